@@ -1,0 +1,36 @@
+# The two commands: `make run` and `make test`. Both create .venv and install
+# the project on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# dvc.yaml's `python -m tasks.<stage>` must find the venv's interpreter.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+# No phoning home from a laptop or CI.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: install run test repro clean
+
+$(INSTALLED): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+## run: the training flow on the configured data (bundled digits by default)
+run: install
+	$(BIN)/python -m flows.pipeline
+
+## test: the test suite
+test: install
+	$(BIN)/python -m pytest
+
+## repro: the same DAG through plain DVC
+repro: install
+	$(BIN)/dvc repro
+
+clean:
+	rm -rf data/ingested data/validated data/quarantine data/processed models reports

@@ -1,0 +1,129 @@
+"""The training pipeline as a Prefect flow that drives dvc.yaml.
+
+The stages, their order and their skip decisions all come from DVC: the flow
+asks `dvc status` whether a stage is stale and runs it with `dvc repro
+--single-item`, so it shares one cache and one dvc.lock with a plain
+`dvc repro`. Adding a stage to dvc.yaml puts it here. No ML logic lives here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from tasks.core import EXIT_EXPECTED_FAILURE, DistilleryError, markdown_table, run_cli
+from tasks.tracking import PIPELINE_RUN_ENV
+
+SUMMARIES = Path("reports/summaries")
+OUTPUT_TAIL_LINES = 40
+
+
+class StageFailed(DistilleryError):
+    """A stage exited non-zero. `transient` is False for the project's expected
+    failures (exit 2: bad params, bad data, a failed gate): retrying won't help."""
+
+    def __init__(self, stage: str, exit_code: int | None, output: str):
+        self.stage, self.exit_code = stage, exit_code
+        self.transient = exit_code != EXIT_EXPECTED_FAILURE
+        super().__init__(f"stage '{stage}' failed (exit {exit_code}):\n{output}")
+
+
+def stage_order(root: Path) -> list[str]:
+    """Stage names from dvc.yaml, in dependency order."""
+    import networkx as nx
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph  # edges point from a stage to what it depends on
+        ordered = reversed(list(nx.topological_sort(graph)))
+        return [s.name for s in ordered if isinstance(s, PipelineStage)]
+
+
+def is_stale(root: Path, stage: str) -> bool:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return bool(repo.status(targets=[stage]))
+
+
+def _stage_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # dvc.yaml says `python -m tasks.<stage>`: make that the interpreter running us.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env[PIPELINE_RUN_ENV] = str(flow_run.get_id() or "")
+    return env
+
+
+def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's hook signature
+    try:
+        state.result()
+    except StageFailed as err:
+        return err.transient
+    except Exception:
+        return True
+    return False
+
+
+@task(retries=2, retry_delay_seconds=3, retry_condition_fn=_retry_if_transient, task_run_name="{stage}")
+def run_dvc_stage(stage: str, root: Path) -> dict:
+    """Run one stage through DVC unless it is up to date; publish its summary."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    if not is_stale(root, stage):
+        logger.info("%s: up to date, skipped", stage)
+        ran = False
+    else:
+        logger.info("%s: running", stage)
+        tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+            cwd=root, env=_stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert process.stdout is not None
+        for line in process.stdout:
+            sys.stdout.write(line)
+            tail.append(line.rstrip())
+        if process.wait() != 0:
+            output = "\n".join(tail)
+            code = re.search(r"exited with (-?\d+)", output)
+            raise StageFailed(stage, int(code.group(1)) if code else process.returncode, output)
+        ran = True
+    seconds = time.perf_counter() - started
+    summary_file = root / SUMMARIES / f"{stage}.md"
+    summary = summary_file.read_text() if summary_file.exists() else "_(no summary written)_"
+    status = f"ran in {seconds:.1f} s" if ran else "**skipped**: up to date (`dvc status` clean)"
+    create_markdown_artifact(
+        key=f"stage-{stage}", markdown=f"## {stage}: {status}\n\n{summary}", description=f"{stage} stage summary"
+    )
+    return {"stage": stage, "ran": ran, "seconds": round(seconds, 2)}
+
+
+@flow(name="distillery-pipeline", log_prints=True)
+def pipeline(root: str = ".") -> list[dict]:
+    """Run every stage of dvc.yaml in order; stale ones run, fresh ones skip."""
+    root_path = Path(root).resolve()
+    results = [run_dvc_stage(stage, root_path) for stage in stage_order(root_path)]
+    create_markdown_artifact(
+        key="pipeline-summary", markdown="## Pipeline\n\n" + markdown_table(results), description="stages run or skipped"
+    )
+    return results
+
+
+def main() -> None:
+    results = pipeline()
+    ran = [r["stage"] for r in results if r["ran"]]
+    print(f"pipeline done: ran {ran or 'nothing'}; skipped {len(results) - len(ran)} up-to-date stage(s)")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,268 @@
+"""params.yaml, read once into frozen typed objects.
+
+Each stage owns one section. Unknown keys, missing keys and wrong types are
+rejected with a message that names the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from tasks.core import DistilleryError
+
+PARAMS_FILE = "params.yaml"
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DigitsParams:
+    # Fraction of each digit's samples kept, index = digit. One rare class mimics
+    # the course's imbalanced Quick Draw notebook.
+    keep_fractions: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class QuickDrawParams:
+    classes: tuple[str, ...]  # file stems (<class>.npy) to load, in label order
+    samples_per_class: dict[str, int]  # how many drawings to take from each class
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: Literal["digits", "quickdraw"]
+    path: Optional[str]  # folder for file-based sources
+    seed: int  # fixes which samples are kept
+    digits: DigitsParams
+    quickdraw: QuickDrawParams
+
+    def __post_init__(self) -> None:
+        if len(self.digits.keep_fractions) != 10:
+            raise ValueError("digits.keep_fractions needs one fraction per digit (10)")
+        if any(not 0 < f <= 1 for f in self.digits.keep_fractions):
+            raise ValueError("digits.keep_fractions must lie in (0, 1]")
+        missing = [c for c in self.quickdraw.classes if c not in self.quickdraw.samples_per_class]
+        if missing:
+            raise ValueError(f"quickdraw.samples_per_class has no count for {missing}")
+        if any(n < 1 for n in self.quickdraw.samples_per_class.values()):
+            raise ValueError("quickdraw.samples_per_class counts must be >= 1")
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    suite: Optional[str]  # GX suite JSON; null means expectations/<data.source>.json
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    val_fraction: float
+    test_fraction: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
+            raise ValueError("val_fraction and test_fraction must lie in (0, 1)")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must leave at least 10% to train on")
+
+
+@dataclass(frozen=True)
+class FitParams:
+    channels: tuple[int, ...]
+    hidden: int
+    dropout: float
+    lr: float
+    batch_size: int
+    max_epochs: int
+    patience: int
+    min_delta: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not self.channels or any(c < 1 for c in self.channels):
+            raise ValueError("channels must be a non-empty list of positive ints")
+        if not 0 <= self.dropout < 1:
+            raise ValueError("dropout must lie in [0, 1)")
+        for name in ("lr", "batch_size", "max_epochs", "hidden"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.patience < 1:
+            raise ValueError("patience must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainParams(FitParams):
+    class_weighting: bool
+
+
+@dataclass(frozen=True)
+class DistillParams(FitParams):
+    temperature: float
+    alpha: float
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError("alpha must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    opset: int
+    atol: float  # max abs logit difference allowed between ONNX fp32 and PyTorch
+    calibration_samples: int  # training samples used to calibrate int8 ranges
+    per_channel: bool
+
+    def __post_init__(self) -> None:
+        if self.calibration_samples < 1:
+            raise ValueError("calibration_samples must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    threads: int  # intra-op threads pinned for the latency measurement
+    latency_repeats: int  # timed runs per batch size; the median is reported
+    ece_bins: int
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.latency_repeats < 1 or self.ece_bins < 2:
+            raise ValueError("threads >= 1, latency_repeats >= 1 and ece_bins >= 2 are required")
+
+
+@dataclass(frozen=True)
+class SelectParams:
+    max_f1_drop: float  # a candidate qualifies within this macro-F1 of the fp32 teacher
+    precisions: tuple[Literal["fp32", "int8"], ...]  # which exports may become champion
+    speed_key: Literal["latency_ms_b1", "latency_ms_b256"]  # what "fastest" means
+    registered_model: str  # MLflow registry name
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_f1_drop <= 1:
+            raise ValueError("max_f1_drop must lie in [0, 1]")
+        if not self.precisions:
+            raise ValueError("precisions must name at least one of fp32, int8")
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    tracking_uri: str  # MLFLOW_TRACKING_URI overrides it
+    experiment: str
+
+    def resolved_uri(self) -> str:
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    validate: ValidateParams
+    preprocess: PreprocessParams
+    train: TrainParams
+    distill: DistillParams
+    export: ExportParams
+    evaluate: EvaluateParams
+    select: SelectParams
+    mlflow: MlflowParams = field(metadata={"doc": "tracking only; not a stage input"})
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise DistilleryError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DistilleryError(f"{path}: not valid YAML ({err})") from err
+    return parse(Params, raw, str(path))
+
+
+def parse(cls: type, raw: Any, source: str, key: str = "") -> Any:
+    """Build dataclass `cls` from `raw`, strictly; errors name `source` and the key."""
+    return _convert(cls, raw, source, key)
+
+
+def _fail(source: str, key: str, message: str) -> DistilleryError:
+    where = f"'{key}'" if key else "the top level"
+    return DistilleryError(f"{source}: {where}: {message}")
+
+
+def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, source, key)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [t for t in options if t is not type(None)]
+        return _convert(inner, value, source, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise _fail(source, key, f"must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise _fail(source, key, f"must be a list, got {type(value).__name__} {value!r}")
+        (item_type, _ellipsis) = typing.get_args(tp)
+        return tuple(_convert(item_type, v, source, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _fail(source, key, f"must be a mapping, got {type(value).__name__} {value!r}")
+        key_type, value_type = typing.get_args(tp)
+        return {
+            _convert(key_type, k, source, f"{key}.{k}"): _convert(value_type, v, source, f"{key}.{k}")
+            for k, v in value.items()
+        }
+    return _scalar(tp, value, source, key)
+
+
+def _scalar(tp: type, value: Any, source: str, key: str) -> Any:
+    # bool is an int in Python; never let `true` pass as 1 or 1 as true.
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a typo in this file, not in params
+        raise TypeError(f"unsupported params type {tp}")
+    if not ok:
+        raise _fail(source, key, f"must be {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build_dataclass(cls: type, value: Any, source: str, key: str) -> Any:
+    if not isinstance(value, dict):
+        raise _fail(source, key, f"must be a mapping, got {type(value).__name__} {value!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{key}." if key else ""
+    unknown = [k for k in value if k not in names]
+    if unknown:
+        raise _fail(source, f"{prefix}{unknown[0]}", f"unknown key (allowed here: {', '.join(names)})")
+    missing = [n for n in names if n not in value]
+    if missing:
+        raise _fail(source, f"{prefix}{missing[0]}", "missing key")
+    kwargs = {n: _convert(hints[n], value[n], source, f"{prefix}{n}") for n in names}
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        raise _fail(source, key, str(err)) from err

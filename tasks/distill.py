@@ -1,0 +1,79 @@
+"""Stage 5, distill: a smaller student learns from the teacher (Hinton et al. 2015).
+
+Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, y).
+The T^2 factor keeps the soft term's gradients on the same scale as the hard
+term's when T changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tasks import paths
+from tasks.config import DistillParams, load_params
+from tasks.core import read_json, run_cli
+from tasks.models import CNN, load_model, spec_for
+from tasks.preprocess import load_split
+from tasks.train import as_tensors, record_training
+from tasks.training import EpochLogger, FitResult, fit, pick_device, predict_logits, seed_everything
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    hard = F.cross_entropy(student_logits, y)
+    return alpha * temperature**2 * soft + (1 - alpha) * hard
+
+
+def distill_student(
+    teacher: torch.nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    meta: dict,
+    params: DistillParams,
+    on_epoch: EpochLogger | None = None,
+) -> tuple[CNN, FitResult]:
+    seed_everything(params.seed)
+    device = pick_device()
+    teacher = teacher.to(device)
+    # The teacher is frozen: its logits are computed once, not every epoch.
+    teacher_train = predict_logits(teacher, train[0])
+    teacher_val = predict_logits(teacher, val[0])
+    student = CNN(spec_for(meta, params.channels, params.hidden, params.dropout)).to(device)
+
+    def loss_fn(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return distillation_loss(logits, teacher_logits, y, params.temperature, params.alpha)
+
+    result = fit(
+        student,
+        as_tensors(train[0], teacher_train, train[1]),
+        as_tensors(val[0], teacher_val, val[1]),
+        loss_fn,
+        params,
+        on_epoch,
+        desc="student",
+    )
+    return student, result
+
+
+def main() -> None:
+    params = load_params(paths.PARAMS)
+    meta = read_json(paths.PROCESSED / paths.META, "processed meta")
+    teacher = load_model(paths.MODELS / "teacher")
+    train, val = load_split("train"), load_split("val")
+    record_training(
+        "distill", "student", params.distill, params.mlflow, meta,
+        lambda on_epoch: distill_student(teacher, train, val, meta, params.distill, on_epoch),
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,135 @@
+"""Stage 6, export: every candidate to ONNX fp32 and int8.
+
+Each fp32 file is checked by onnx.checker and against PyTorch on the validation
+set; each int8 file comes from onnxruntime's static QDQ quantization,
+calibrated on training samples. Every file carries its own description.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tasks import paths
+from tasks.config import ExportParams, load_params
+from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table, read_json, run_cli, write_json, write_summary
+from tasks.models import CNN, count_parameters, load_model
+from tasks.onnx_utils import INPUT_NAME, check_onnx, export_onnx, file_size, run_batches, session, set_metadata
+from tasks.preprocess import load_split
+from tasks.training import predict_logits
+
+CANDIDATE_MODELS = ("teacher", "student")
+
+
+class _Calibration:
+    """Feeds calibration batches to onnxruntime's quantizer."""
+
+    def __init__(self, x: np.ndarray, batch_size: int = 32):
+        self._batches = iter([x[i : i + batch_size] for i in range(0, len(x), batch_size)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch.astype(np.float32)}
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, per_channel: bool) -> None:
+    """Static int8 QDQ: uint8 activations and int8 weights, the layout x86
+    VNNI kernels run fastest."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        with atomic_path(int8_path) as out:
+            quantize_static(
+                str(prepared),
+                str(out),
+                _Calibration(calibration),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+
+
+def export_candidate(
+    name: str,
+    model: CNN,
+    val_x: np.ndarray,
+    calibration: np.ndarray,
+    metadata: dict,
+    params: ExportParams,
+    out_dir: Path,
+) -> dict:
+    """Write `<name>.fp32.onnx` and `<name>.int8.onnx`; return the checks' figures."""
+    fp32, int8 = out_dir / f"{name}.fp32.onnx", out_dir / f"{name}.int8.onnx"
+    export_onnx(model, model.spec.input_shape, fp32, params.opset)
+    set_metadata(fp32, {**metadata, "candidate": f"{name}.fp32", "precision": "fp32"})
+    check_onnx(fp32)
+    expected = predict_logits(model, val_x)
+    got = run_batches(session(fp32), val_x, output="logits")
+    max_diff = float(np.abs(expected - got).max())
+    if max_diff > params.atol:
+        raise DistilleryError(
+            f"{fp32}: ONNX logits differ from PyTorch by {max_diff:.2e} on the validation set, "
+            f"above export.atol={params.atol:.0e}"
+        )
+    quantize_int8(fp32, int8, calibration, params.per_channel)
+    set_metadata(int8, {**metadata, "candidate": f"{name}.int8", "precision": "int8"})
+    check_onnx(int8)
+    return {
+        "parameters": count_parameters(model),
+        "fp32_max_abs_diff": max_diff,
+        "fp32_size_bytes": file_size(fp32),
+        "int8_size_bytes": file_size(int8),
+    }
+
+
+def artifact_metadata(meta: dict) -> dict:
+    """What every exported file says about itself."""
+    return {
+        "classes": meta["classes"],
+        "input_spec": {
+            "name": INPUT_NAME,
+            "shape": [-1, *meta["input_shape"]],
+            "dtype": "float32",
+            "range": [0, meta["pixel_max"]],
+        },
+        "preprocessing": {
+            "inside_graph": "(x - mean) / std per channel; send raw pixel values",
+            "mean": meta["mean"],
+            "std": meta["std"],
+        },
+        "outputs": ["logits", "probabilities"],
+        "git_commit": git_commit(),
+        "data_hash": meta["data_hash"],
+    }
+
+
+def main() -> None:
+    params = load_params(paths.PARAMS).export
+    meta = read_json(paths.PROCESSED / paths.META, "processed meta")
+    train_x, _ = load_split("train")
+    val_x, _ = load_split("val")
+    rng = np.random.default_rng(0)
+    calibration = train_x[rng.choice(len(train_x), size=min(params.calibration_samples, len(train_x)), replace=False)]
+    paths.ONNX_DIR.mkdir(parents=True, exist_ok=True)
+    report = {
+        name: export_candidate(
+            name, load_model(paths.MODELS / name), val_x, calibration, artifact_metadata(meta), params, paths.ONNX_DIR
+        )
+        for name in CANDIDATE_MODELS
+    }
+    write_json(paths.REPORTS / "export.json", report)
+    write_summary(
+        "export",
+        "Exported fp32 (checked against PyTorch) and static int8 QDQ:\n\n"
+        + markdown_table([{"model": name, **figures} for name, figures in report.items()]),
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)

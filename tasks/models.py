@@ -1,0 +1,122 @@
+"""Model architectures and their self-describing artifacts.
+
+Weights are stored as safetensors next to a JSON of constructor arguments; no
+pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tasks.core import DistilleryError, atomic_path, write_json
+
+
+@dataclass(frozen=True)
+class CNNSpec:
+    input_shape: tuple[int, int, int]  # C, H, W of the raw input
+    channels: tuple[int, ...]  # output channels of each conv block
+    hidden: int  # width of the dense layer before the classifier
+    n_classes: int
+    dropout: float
+    mean: tuple[float, ...]  # per-channel normalisation, raw pixel units
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CNNSpec":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std inside the graph, so the model takes raw pixels."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class CNN(nn.Module):
+    """Conv blocks (3x3 conv, batch norm, ReLU, 2x2 max-pool while the map is
+    large enough), then a dropout-regularised dense head."""
+
+    def __init__(self, spec: CNNSpec):
+        super().__init__()
+        self.spec = spec
+        in_ch, height, width = spec.input_shape
+        layers: list[nn.Module] = [Normalize(spec.mean, spec.std)]
+        for out_ch in spec.channels:
+            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU()]
+            if min(height, width) >= 4:  # keep at least a 2x2 map for tiny inputs
+                layers.append(nn.MaxPool2d(2))
+                height, width = height // 2, width // 2
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(spec.dropout),
+            nn.Linear(in_ch * height * width, spec.hidden),
+            nn.ReLU(),
+            nn.Dropout(spec.dropout),
+            nn.Linear(spec.hidden, spec.n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_model(model: CNN, stem: str | Path) -> None:
+    """Write `<stem>.safetensors` and `<stem>.json`."""
+    from safetensors.torch import save_file
+
+    stem = Path(stem)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+        save_file(state, str(tmp))
+    write_json(stem.with_suffix(".json"), {"architecture": "CNN", "spec": asdict(model.spec)})
+
+
+def load_model(stem: str | Path) -> CNN:
+    """Rebuild a model from its JSON and load its safetensors weights, checking both."""
+    from safetensors.torch import load_file
+
+    stem = Path(stem)
+    spec_path, weights_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
+    for path in (spec_path, weights_path):
+        if not path.exists():
+            raise DistilleryError(f"{path}: model artifact not found; run the stage that writes it first")
+    try:
+        described = json.loads(spec_path.read_text())
+        spec = CNNSpec.from_json(described["spec"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DistilleryError(f"{spec_path}: not a valid model description ({err})") from err
+    model = CNN(spec)
+    try:
+        model.load_state_dict(load_file(str(weights_path)))
+    except Exception as err:  # safetensors and torch raise several types here
+        raise DistilleryError(f"{weights_path}: weights do not match {spec_path} ({err})") from err
+    return model.eval()
+
+
+def spec_for(meta: dict, channels: tuple[int, ...], hidden: int, dropout: float) -> CNNSpec:
+    """A CNN spec for the processed data described by `meta` (preprocess's meta.json)."""
+    return CNNSpec(
+        input_shape=tuple(meta["input_shape"]),
+        channels=tuple(channels),
+        hidden=hidden,
+        n_classes=len(meta["classes"]),
+        dropout=dropout,
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+    )

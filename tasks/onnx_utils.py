@@ -1,0 +1,104 @@
+"""ONNX artifacts: export, self-description (metadata_props), checked loading,
+and onnxruntime sessions with pinned threads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.core import DistilleryError, atomic_path
+
+INPUT_NAME = "pixels"
+OUTPUT_NAMES = ("logits", "probabilities")
+
+
+class WithProbabilities(nn.Module):
+    """Adds the softmax to the graph, so a client gets probabilities without
+    re-implementing anything."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int) -> None:
+    """fp32 ONNX with a dynamic batch dimension."""
+    model = WithProbabilities(model.cpu().eval())
+    example = torch.zeros((2, *input_shape), dtype=torch.float32)
+    dynamic = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    with atomic_path(path) as tmp:
+        # The TorchScript exporter: fast, and folds batch norm into the convs.
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def set_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
+    """Write `metadata` into the file's metadata_props (values JSON-encoded)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def check_onnx(path: str | Path) -> dict[str, Any]:
+    """Refuse a missing, truncated or corrupted file; return its metadata."""
+    import onnx
+
+    path = Path(path)
+    if not path.exists():
+        raise DistilleryError(f"{path}: ONNX file not found")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as err:  # onnx raises DecodeError, ValidationError, ...
+        raise DistilleryError(f"{path}: not a valid ONNX model ({type(err).__name__}: {err})") from err
+    return {p.key: json.loads(p.value) for p in model.metadata_props}
+
+
+def session(path: str | Path, threads: int = 0) -> Any:
+    """An onnxruntime CPU session; threads > 0 pins the intra-op thread count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise DistilleryError(f"{path}: onnxruntime cannot load it ({err})") from err
+
+
+def run_batches(sess: Any, x: np.ndarray, output: str = "probabilities", batch_size: int = 1024) -> np.ndarray:
+    parts = [
+        sess.run([output], {INPUT_NAME: x[i : i + batch_size].astype(np.float32)})[0]
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(parts)
+
+
+def file_size(path: str | Path) -> int:
+    return Path(path).stat().st_size

@@ -1,0 +1,99 @@
+"""Stage 4, train: the teacher CNN.
+
+Class-weighted cross-entropy, Adam, early stopping on the validation loss with
+the best weights restored. Every epoch is logged to MLflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tasks import paths
+from tasks.config import FitParams, MlflowParams, TrainParams, load_params
+from tasks.core import read_json, run_cli, write_json, write_summary
+from tasks.metrics import classification_metrics, softmax
+from tasks.models import CNN, count_parameters, save_model, spec_for
+from tasks.preprocess import load_split
+from tasks.training import EpochLogger, FitResult, LossFn, balanced_class_weights, fit, pick_device, predict_logits, seed_everything
+
+
+def as_tensors(*arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.as_tensor(a) for a in arrays)
+
+
+def train_teacher(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    meta: dict,
+    params: TrainParams,
+    on_epoch: EpochLogger | None = None,
+) -> tuple[CNN, FitResult]:
+    seed_everything(params.seed)
+    device = pick_device()
+    model = CNN(spec_for(meta, params.channels, params.hidden, params.dropout)).to(device)
+    weights = balanced_class_weights(train[1], len(meta["classes"])).to(device) if params.class_weighting else None
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, weight=weights)
+
+    result = fit(model, as_tensors(*train), as_tensors(*val), loss_fn, params, on_epoch, desc="teacher")
+    return model, result
+
+
+def record_training(
+    stage: str,
+    model_name: str,
+    params: FitParams,
+    mlflow_cfg: MlflowParams,
+    meta: dict,
+    train_fn,
+) -> None:
+    """Run `train_fn(on_epoch)` inside an MLflow run, then save the model, its
+    validation metrics and the stage summary. Shared by train and distill."""
+    import mlflow
+
+    from tasks.tracking import mlflow_run
+
+    val_x, val_y = load_split("val")
+    with mlflow_run(mlflow_cfg, stage, {"data_hash": meta["data_hash"], "model": model_name}):
+        mlflow.log_params({k: str(v) for k, v in asdict(params).items()} | {"device": str(pick_device())})
+        model, result = train_fn(lambda row, epoch: mlflow.log_metrics(row, step=epoch))
+        scores = classification_metrics(softmax(predict_logits(model, val_x)), val_y, meta["classes"])
+        summary = {
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "best_val_loss": result.best_val_loss,
+            "val_accuracy": scores["accuracy"],
+            "val_macro_f1": scores["macro_f1"],
+            "parameters": count_parameters(model),
+        }
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+        stem = paths.MODELS / model_name
+        save_model(model.cpu(), stem)
+        mlflow.log_artifact(str(stem.with_suffix(".json")))
+    write_json(paths.REPORTS / f"{stage}.json", summary)
+    write_summary(
+        stage,
+        f"`{model_name}`: {count_parameters(model):,} parameters, stopped after {result.epochs_run} epochs "
+        f"(best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}).\n\n"
+        f"Validation accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}.",
+    )
+
+
+def main() -> None:
+    params = load_params(paths.PARAMS)
+    meta = read_json(paths.PROCESSED / paths.META, "processed meta")
+    train, val = load_split("train"), load_split("val")
+    record_training(
+        "train", "teacher", params.train, params.mlflow, meta,
+        lambda on_epoch: train_teacher(train, val, meta, params.train, on_epoch),
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)
