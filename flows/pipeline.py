@@ -8,6 +8,7 @@ asks `dvc status` whether a stage is stale and runs it with `dvc repro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -43,7 +44,7 @@ def stage_order(root: Path) -> list[str]:
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
 
-    with Repo(str(root)) as repo:
+    with contextlib.chdir(root), Repo(str(root)) as repo:
         graph = repo.index.graph  # edges point from a stage to what it depends on
         ordered = reversed(list(nx.topological_sort(graph)))
         return [s.name for s in ordered if isinstance(s, PipelineStage)]
@@ -52,7 +53,8 @@ def stage_order(root: Path) -> list[str]:
 def is_stale(root: Path, stage: str) -> bool:
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    # DVC resolves outputs against the working directory, so look from inside the repo.
+    with contextlib.chdir(root), Repo(str(root)) as repo:
         return bool(repo.status(targets=[stage]))
 
 

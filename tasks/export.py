@@ -37,12 +37,16 @@ class _Calibration:
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, per_channel: bool) -> None:
     """Static int8 QDQ: uint8 activations and int8 weights, the layout x86
     VNNI kernels run fastest."""
+    import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        # Softmax stays in float: quantized probabilities would come in 1/255 steps
+        # and no longer sum to 1, which ruins calibration.
+        float_ops = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Softmax"]
         with atomic_path(int8_path) as out:
             quantize_static(
                 str(prepared),
@@ -52,6 +56,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, per
                 per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                nodes_to_exclude=float_ops,
             )
 
 

@@ -1,0 +1,55 @@
+"""The GX suites on real data: the bundled digits, and Quick Draw-format files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tasks.config import load_params
+from tasks.ingest import ingest
+from tasks.validate import load_suite, run_suite, split_quarantine, suite_parameters
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bundled_digits_pass_their_suite_with_nothing_quarantined() -> None:
+    params = load_params(REPO / "params.yaml").data
+    dataset = ingest(params)
+    outcome = run_suite(dataset.table, load_suite(REPO / "expectations/digits.json"), suite_parameters(dataset.meta))
+    assert outcome.success, [r for r in outcome.results if not r["success"]]
+    valid, quarantined = split_quarantine(dataset, outcome)
+    assert len(quarantined.table) == 0
+    assert len(valid.table) == len(dataset.table) == dataset.meta["rows"]
+    # The default imbalance really is there: one rare class at ~10%, the rest 50-100%.
+    counts = np.bincount(dataset.arrays["labels"], minlength=10)
+    assert counts.min() <= 0.15 * counts.max()
+
+
+def test_quickdraw_files_pass_their_suite_and_bad_bitmaps_are_quarantined(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    rng = np.random.default_rng(0)
+    for name, n in (("cat", 100), ("dog", 60)):
+        np.save(tmp_path / f"{name}.npy", rng.integers(0, 256, size=(n, 784), dtype=np.uint8))
+    base = load_params(REPO / "params.yaml").data
+    params = replace(
+        base,
+        source="quickdraw",
+        path=str(tmp_path),
+        quickdraw=replace(base.quickdraw, classes=("cat", "dog"), samples_per_class={"cat": 80, "dog": 40}),
+    )
+    dataset = ingest(params)
+    suite = load_suite(REPO / "expectations/quickdraw.json")
+    outcome = run_suite(dataset.table, suite, suite_parameters(dataset.meta))
+    assert outcome.success
+    assert dataset.meta["image_shape"] == [28, 28]
+
+    # One image with a NaN pixel: the gate still passes (mostly), the row is quarantined.
+    dataset.arrays["images"][3, 5, 5] = np.nan
+    dataset.table.loc[3, "n_missing"] = 1
+    outcome = run_suite(dataset.table, suite, suite_parameters(dataset.meta))
+    valid, quarantined = split_quarantine(dataset, outcome)
+    assert quarantined.table["row_id"].tolist() == [3]
+    assert "n_missing" in quarantined.table["reason"][0]
+    assert len(valid.table) + len(quarantined.table) == len(dataset.table)

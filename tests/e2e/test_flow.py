@@ -1,0 +1,158 @@
+"""The whole Prefect flow on tiny settings, in a temporary git + DVC copy of the repo."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _tiny(params: dict) -> dict:
+    """Few epochs and few timing repeats: the flow's behaviour, not the model's quality."""
+    for section in ("train", "distill"):
+        params[section].update(max_epochs=3, patience=2)
+    params["evaluate"]["latency_repeats"] = 2
+    params["export"]["calibration_samples"] = 32
+    params["select"]["max_f1_drop"] = 1.0  # 3 epochs decide nothing about quality
+    return params
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh clone-like copy: the tracked files only, committed in a new git repo."""
+    root = tmp_path_factory.mktemp("project")
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout.split()
+    for name in tracked:
+        # dvc.lock belongs to a run, not to the code: a fresh clone has none.
+        if name.startswith("tests/") or name == "dvc.lock" or not (REPO / name).is_file():
+            continue
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    params_file = root / "params.yaml"
+    params_file.write_text(yaml.safe_dump(_tiny(yaml.safe_load(params_file.read_text())), sort_keys=False))
+    _git(root, "init", "-q")
+    _git(root, "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    _git(root, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy")
+    return root
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _run_flow(root: Path) -> list[dict]:
+    from flows.pipeline import pipeline
+
+    return pipeline(root=str(root))
+
+
+def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, harness, monkeypatch) -> None:
+    import onnxruntime as ort
+    from dvc.repo import Repo
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = _run_flow(project)
+    stages = [r["stage"] for r in first]
+    assert stages == ["ingest", "validate", "preprocess", "train", "distill", "export", "evaluate", "select"]
+    assert all(r["ran"] for r in first)
+
+    # The champion is an int8 ONNX that onnxruntime loads and that predicts.
+    metrics = yaml.safe_load((project / "reports/metrics.json").read_text())
+    assert metrics["champion"].endswith(".int8")
+    champion = project / "models/champion.onnx"
+    assert champion.stat().st_size < (project / "models/onnx/teacher.fp32.onnx").stat().st_size
+    with np.load(project / "data/processed/test.npz") as test:
+        x = test["x"][:5]
+    session = ort.InferenceSession(str(champion), providers=["CPUExecutionProvider"])
+    probabilities = session.run(["probabilities"], {"pixels": x})[0]
+    assert probabilities.shape == (5, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+
+    # MLflow holds the registered version under the alias, tagged with its provenance.
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    version = client.get_model_version_by_alias("distillery", "champion")
+    assert version.tags["candidate"] == metrics["champion"]
+    assert len(version.tags["git_commit"]) == 40
+    data_meta = yaml.safe_load((project / "data/processed/meta.json").read_text())
+    assert version.tags["data_hash"] == data_meta["data_hash"]
+
+    # DVC agrees nothing is stale, and a second flow run skips every stage.
+    with Repo(str(project)) as repo:
+        assert repo.status() == {}
+    second = _run_flow(project)
+    assert [r["ran"] for r in second] == [False] * len(stages)
+
+    # Changing an evaluate param reruns evaluate and what follows it, nothing before.
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["evaluate"]["latency_repeats"] = 3
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _run_flow(project)
+    assert [r["stage"] for r in third if r["ran"]] == ["evaluate", "select"]
+    assert client.get_model_version_by_alias("distillery", "champion").version != version.version
+
+
+def test_failed_gate_stops_the_flow_naming_the_expectation(project: Path, harness) -> None:
+    from flows.pipeline import StageFailed
+
+    strict = json_suite_with_min_count(project, 10_000)
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["validate"]["suite"] = str(strict.relative_to(project))
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        with pytest.raises(StageFailed) as failure:
+            _run_flow(project)
+    finally:
+        params_file.write_text(original)
+    assert failure.value.stage == "validate"
+    assert failure.value.exit_code == 2 and not failure.value.transient
+    assert "expect_column_value_counts_to_be_at_least" in str(failure.value)
+    report = yaml.safe_load((project / "reports/validation.json").read_text())
+    assert report["success"] is False
+
+
+def json_suite_with_min_count(project: Path, min_count: int) -> Path:
+    import json
+
+    suite = json.loads((project / "expectations/digits.json").read_text())
+    for expectation in suite["expectations"]:
+        if expectation["type"] == "expect_column_value_counts_to_be_at_least":
+            expectation["kwargs"]["min_count"] = min_count
+    path = project / "expectations/strict.json"
+    path.write_text(json.dumps(suite))
+    return path
+
+
+def test_stage_cli_rejects_bad_params_with_exit_2(project: Path) -> None:
+    """A stage run by hand exits 2 on bad params, naming key and file, with no traceback."""
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params_file.write_text(original.replace("train:", "train:\n  lrr: 0.1", 1))
+    try:
+        done = subprocess.run([sys.executable, "-m", "tasks.train"], cwd=project, capture_output=True, text=True)
+    finally:
+        params_file.write_text(original)
+    assert done.returncode == 2
+    assert "train.lrr" in done.stderr and "params.yaml" in done.stderr
+    assert "Traceback" not in done.stderr
