@@ -1,14 +1,26 @@
 """The project's own GX expectations. Importing this module registers them, so a
-suite JSON can name them by their snake_case type."""
+suite JSON can name them by their snake_case type.
+
+- expect_column_value_counts_to_be_at_least: every class has enough examples;
+- expect_column_imbalance_ratio_to_be_at_most: max count / min count;
+- expect_column_normalized_entropy_to_be_at_least: class entropy / log(k);
+- expect_table_near_duplicate_fraction_to_be_at_most: rows that repeat an
+  earlier row once numbers are rounded and text folded.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import pandas as pd
+from great_expectations.core.metric_domain_types import MetricDomainTypes
 from great_expectations.execution_engine import ExecutionEngine, PandasExecutionEngine
-from great_expectations.expectations.expectation import ColumnAggregateExpectation
+from great_expectations.expectations.expectation import BatchExpectation, ColumnAggregateExpectation
 from great_expectations.expectations.metrics import ColumnAggregateMetricProvider, column_aggregate_value
+from great_expectations.expectations.metrics.metric_provider import metric_value
+from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
+
+from tasks import quality
 
 
 class ColumnValueCountsMin(ColumnAggregateMetricProvider):
@@ -22,6 +34,35 @@ class ColumnValueCountsMin(ColumnAggregateMetricProvider):
         return int(counts.min()) if len(counts) else 0
 
 
+class ColumnClassBalance(ColumnAggregateMetricProvider):
+    """Imbalance ratio, normalised Gini and normalised entropy of a label column."""
+
+    metric_name = "column.class_balance"
+
+    @column_aggregate_value(engine=PandasExecutionEngine)
+    def _pandas(cls, column: pd.Series, **kwargs: Any) -> dict:
+        balance = quality.class_balance(column)
+        return {k: balance[k] for k in ("imbalance_ratio", "gini", "normalized_entropy", "classes")}
+
+
+class TableNearDuplicateFraction(TableMetricProvider):
+    """Share of rows that repeat an earlier one after rounding and folding."""
+
+    metric_name = "table.near_duplicate_fraction"
+    value_keys = ("decimals", "ignore_columns")
+
+    @metric_value(engine=PandasExecutionEngine)
+    def _pandas(cls, execution_engine, metric_domain_kwargs, metric_value_kwargs, metrics, runtime_configuration):
+        df, _, _ = execution_engine.get_compute_domain(metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE)
+        ignore = [c for c in (metric_value_kwargs.get("ignore_columns") or []) if c in df.columns]
+        content = df.drop(columns=ignore)
+        if content.empty:
+            return 0.0
+        near = quality.near_duplicate_rows(content, int(metric_value_kwargs.get("decimals") or 2))
+        exact = quality.duplicate_rows(content)
+        return float((near | exact).mean())
+
+
 class ExpectColumnValueCountsToBeAtLeast(ColumnAggregateExpectation):
     """Expect every distinct value of the column (every class) to occur at least
     `min_count` times: too few examples of a class cannot be learned or tested."""
@@ -31,11 +72,54 @@ class ExpectColumnValueCountsToBeAtLeast(ColumnAggregateExpectation):
     metric_dependencies = ("column.value_counts_min",)
     success_keys = ("min_count",)
 
-    def _validate(
-        self,
-        metrics: dict,
-        runtime_configuration: Optional[dict] = None,
-        execution_engine: Optional[ExecutionEngine] = None,
-    ) -> dict:
+    def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
+                  execution_engine: Optional[ExecutionEngine] = None) -> dict:
         observed = metrics["column.value_counts_min"]
         return {"success": observed >= self.min_count, "result": {"observed_value": observed}}
+
+
+class ExpectColumnImbalanceRatioToBeAtMost(ColumnAggregateExpectation):
+    """Expect max class count / min class count to be at most `max_ratio`."""
+
+    max_ratio: float
+
+    metric_dependencies = ("column.class_balance",)
+    success_keys = ("max_ratio",)
+
+    def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
+                  execution_engine: Optional[ExecutionEngine] = None) -> dict:
+        ratio = metrics["column.class_balance"]["imbalance_ratio"]
+        return {"success": ratio is not None and ratio <= self.max_ratio, "result": {"observed_value": ratio}}
+
+
+class ExpectColumnNormalizedEntropyToBeAtLeast(ColumnAggregateExpectation):
+    """Expect the class distribution's entropy / log(k) to be at least `min_value`
+    (1 = perfectly balanced, 0 = one class)."""
+
+    min_value: float
+
+    metric_dependencies = ("column.class_balance",)
+    success_keys = ("min_value",)
+
+    def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
+                  execution_engine: Optional[ExecutionEngine] = None) -> dict:
+        entropy = metrics["column.class_balance"]["normalized_entropy"]
+        return {"success": entropy is not None and entropy >= self.min_value, "result": {"observed_value": entropy}}
+
+
+class ExpectTableNearDuplicateFractionToBeAtMost(BatchExpectation):
+    """Expect at most `max_fraction` of rows to be (near-)duplicates of an earlier
+    row: numbers rounded to `decimals`, text folded, `ignore_columns` left out."""
+
+    max_fraction: float
+    decimals: int = 2
+    ignore_columns: list[str] = []
+
+    metric_dependencies = ("table.near_duplicate_fraction",)
+    domain_keys: ClassVar[tuple[str, ...]] = ("row_condition", "condition_parser")
+    success_keys = ("max_fraction", "decimals", "ignore_columns")
+
+    def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
+                  execution_engine: Optional[ExecutionEngine] = None) -> dict:
+        fraction = metrics["table.near_duplicate_fraction"]
+        return {"success": fraction <= self.max_fraction, "result": {"observed_value": fraction}}

@@ -37,13 +37,25 @@ class QuickDrawParams:
     samples_per_class: dict[str, int]  # how many drawings to take from each class
 
 
+ColumnType = Literal["numeric", "categorical", "text", "id", "ignore"]
+TABULAR_SOURCES = ("penguins", "csv", "parquet")
+
+
 @dataclass(frozen=True)
 class DataParams:
-    source: Literal["digits", "quickdraw"]
-    path: Optional[str]  # folder for file-based sources
+    source: Literal["digits", "quickdraw", "penguins", "csv", "parquet"]
+    path: Optional[str]  # folder (quickdraw) or file (csv, parquet)
+    target: Optional[str]  # target column of a tabular source; null = the source's default
+    columns: dict[str, ColumnType]  # declared column types; undeclared columns are inferred
+    classes: Optional[tuple[str, ...]]  # declared classes; null = the classes found in the data
+    encoding: str  # text encoding of a CSV file
     seed: int  # fixes which samples are kept
     digits: DigitsParams
     quickdraw: QuickDrawParams
+
+    @property
+    def tabular(self) -> bool:
+        return self.source in TABULAR_SOURCES
 
     def __post_init__(self) -> None:
         if len(self.digits.keep_fractions) != 10:
@@ -55,11 +67,29 @@ class DataParams:
             raise ValueError(f"quickdraw.samples_per_class has no count for {missing}")
         if any(n < 1 for n in self.quickdraw.samples_per_class.values()):
             raise ValueError("quickdraw.samples_per_class counts must be >= 1")
+        if self.source in ("csv", "parquet") and not self.target:
+            raise ValueError(f"source '{self.source}' needs 'target', the column to predict")
 
 
 @dataclass(frozen=True)
 class ValidateParams:
     suite: Optional[str]  # GX suite JSON; null means expectations/<data.source>.json
+    missing_tokens: tuple[str, ...]  # text values that mean "missing" ("", ".", "NA", ...)
+    coerce_numeric: bool  # strip units/currency ("65000 $") and parse numeric columns
+    normalise_categories: bool  # fold case and whitespace in categorical columns and the target
+    synonyms: dict[str, dict[str, str]]  # per column: variant -> canonical spelling
+    drop_duplicates: bool  # exact duplicate rows go to quarantine (never silently dropped)
+    duplicate_keys: tuple[str, ...]  # columns that identify a row; duplicates on them are reported
+    near_duplicate_ratio: float  # SequenceMatcher ratio above which two values look like typos of each other
+    near_duplicate_decimals: int  # numbers rounded to this many decimals when looking for near-duplicate rows
+    outlier_method: Literal["iqr", "robust_z"]
+    outlier_threshold: float  # IQR multiplier (1.5 usual) or robust z cut-off (3.5 usual)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.near_duplicate_ratio <= 1:
+            raise ValueError("near_duplicate_ratio must lie in (0, 1]")
+        if self.outlier_threshold <= 0:
+            raise ValueError("outlier_threshold must be > 0")
 
 
 @dataclass(frozen=True)
@@ -67,18 +97,24 @@ class PreprocessParams:
     val_fraction: float
     test_fraction: float
     seed: int
+    impute: Literal["mean", "median", "most_frequent", "knn", "iterative"]  # numeric columns, fitted on train
+    knn_neighbors: int  # neighbours for impute: knn
+    resample: Literal["none", "over", "under", "smote"]  # applied to the train split only
 
     def __post_init__(self) -> None:
         if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1):
             raise ValueError("val_fraction and test_fraction must lie in (0, 1)")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must leave at least 10% to train on")
+        if self.knn_neighbors < 1:
+            raise ValueError("knn_neighbors must be >= 1")
 
 
 @dataclass(frozen=True)
 class FitParams:
-    channels: tuple[int, ...]
-    hidden: int
+    channels: tuple[int, ...]  # CNN (images): output channels of each conv block
+    hidden: int  # CNN: dense width before the classifier
+    mlp_layers: tuple[int, ...]  # MLP (tables): width of each hidden layer
     dropout: float
     lr: float
     batch_size: int
@@ -90,6 +126,8 @@ class FitParams:
     def __post_init__(self) -> None:
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError("channels must be a non-empty list of positive ints")
+        if not self.mlp_layers or any(c < 1 for c in self.mlp_layers):
+            raise ValueError("mlp_layers must be a non-empty list of positive ints")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must lie in [0, 1)")
         for name in ("lr", "batch_size", "max_epochs", "hidden"):

@@ -32,13 +32,20 @@ def split_indices(labels: np.ndarray, params: PreprocessParams) -> dict[str, np.
         )
     idx = np.arange(len(labels))
     holdout = params.val_fraction + params.test_fraction
-    train, rest = train_test_split(idx, test_size=holdout, stratify=labels, random_state=params.seed)
-    val, test = train_test_split(
-        rest,
-        test_size=params.test_fraction / holdout,
-        stratify=labels[rest],
-        random_state=params.seed,
-    )
+    try:
+        train, rest = train_test_split(idx, test_size=holdout, stratify=labels, random_state=params.seed)
+        val, test = train_test_split(
+            rest,
+            test_size=params.test_fraction / holdout,
+            stratify=labels[rest],
+            random_state=params.seed,
+        )
+    except ValueError as err:  # sklearn: a class too small to reach every split at these fractions
+        raise DistilleryError(
+            f"cannot split the per-class counts {counts.tolist()} with preprocess.val_fraction="
+            f"{params.val_fraction} and preprocess.test_fraction={params.test_fraction} ({err}); "
+            "collect more samples of the rare classes"
+        ) from err
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from tasks.config import DigitsParams, QuickDrawParams
 from tasks.core import DistilleryError
@@ -58,8 +59,10 @@ def load_quickdraw(folder: str | Path | None, params: QuickDrawParams, seed: int
         try:
             # mmap: the real files hold ~100k drawings; read only what is sampled.
             bitmaps = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as err:
+        except (ValueError, EOFError, OSError) as err:  # EOFError: an empty file
             raise DistilleryError(f"{path}: not a readable .npy file ({err})") from err
+        if not isinstance(bitmaps, np.ndarray):  # np.load returns an archive for .npz content
+            raise DistilleryError(f"{path}: expected one .npy array, got an .npz archive")
         if bitmaps.ndim != 2 or bitmaps.shape[1] != QUICKDRAW_SIDE * QUICKDRAW_SIDE:
             raise DistilleryError(
                 f"{path}: expected shape (N, {QUICKDRAW_SIDE * QUICKDRAW_SIDE}) of 28x28 bitmaps, got {bitmaps.shape}"
@@ -80,3 +83,84 @@ def load_quickdraw(folder: str | Path | None, params: QuickDrawParams, seed: int
         classes=tuple(params.classes),
         pixel_max=255.0,
     )
+
+
+# --------------------------------------------------------------------------- tables
+
+PENGUINS_TARGET = "Species"
+# What each column of penguins-raw is, so the gate and the model treat it right.
+PENGUINS_COLUMNS = {
+    "studyName": "id",
+    "Sample Number": "id",
+    "Region": "ignore",  # one value only
+    "Island": "categorical",
+    "Stage": "ignore",  # one value only
+    "Individual ID": "id",
+    "Clutch Completion": "categorical",
+    "Date Egg": "ignore",
+    "Culmen Length (mm)": "numeric",
+    "Culmen Depth (mm)": "numeric",
+    "Flipper Length (mm)": "numeric",
+    "Body Mass (g)": "numeric",
+    "Sex": "categorical",
+    "Delta 15 N (o/oo)": "numeric",
+    "Delta 13 C (o/oo)": "numeric",
+    "Comments": "text",
+}
+
+
+@dataclass(frozen=True)
+class TableData:
+    table: pd.DataFrame  # the values as read: text stays text, for the gate to judge
+    target: str
+    columns: dict[str, str]  # declared column types (the rest are inferred)
+    origin: str  # where it came from, for messages
+
+
+def read_csv_text(path: Path, encoding: str) -> pd.DataFrame:
+    """Every cell as text, nothing parsed or dropped: "NA", "." and "65000 $" reach
+    the gate as written, so it can report and correct them."""
+    if not path.is_file():
+        raise DistilleryError(f"{path}: CSV file not found (params.yaml 'data.path')")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
+    except pd.errors.EmptyDataError as err:
+        raise DistilleryError(f"{path}: the file is empty; a header row and data rows are needed") from err
+    except UnicodeDecodeError as err:
+        raise DistilleryError(
+            f"{path}: not valid {encoding} text (byte {err.start}: {err.reason}); "
+            "convert the file to UTF-8 or set params.yaml 'data.encoding' (e.g. latin-1)"
+        ) from err
+    except pd.errors.ParserError as err:
+        raise DistilleryError(f"{path}: not a readable CSV ({err})") from err
+
+
+def load_table(source: str, path: str | None, target: str | None, columns: dict[str, str], encoding: str) -> TableData:
+    """penguins-raw (bundled with palmerpenguins), or the user's CSV / Parquet file."""
+    if source == "penguins":
+        from importlib.resources import files
+
+        file = Path(str(files("palmerpenguins") / "data" / "penguins-raw.csv"))
+        table, declared, default_target = read_csv_text(file, "utf-8"), PENGUINS_COLUMNS, PENGUINS_TARGET
+    else:
+        if not path:
+            raise DistilleryError(f"params.yaml: 'data.path' must name the {source} file")
+        file = Path(path)
+        if source == "csv":
+            table = read_csv_text(file, encoding)
+        else:
+            if not file.is_file():
+                raise DistilleryError(f"{file}: Parquet file not found (params.yaml 'data.path')")
+            try:
+                table = pd.read_parquet(file)
+            except Exception as err:  # pyarrow raises several types for a bad file
+                raise DistilleryError(f"{file}: not a readable Parquet file ({err})") from err
+        declared, default_target = {}, None
+    target = target or default_target
+    if target not in table.columns:
+        raise DistilleryError(
+            f"{file}: target column '{target}' not found (params.yaml 'data.target'); columns: {list(table.columns)}"
+        )
+    if "row_id" in table.columns or "label" in table.columns:
+        raise DistilleryError(f"{file}: columns 'row_id' and 'label' are reserved; rename them in the file")
+    return TableData(table=table, target=target, columns={**declared, **columns}, origin=str(file))

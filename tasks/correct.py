@@ -1,0 +1,212 @@
+"""Measure the four data-quality dimensions and apply the corrections that
+params.yaml allows. Nothing is dropped here: a row that cannot be kept is
+returned in `row_issues` with its reason, and the gate quarantines it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks import quality
+from tasks.config import ValidateParams
+
+ROW_ID = "row_id"
+LABEL = "label"
+FEATURE_TYPES = ("numeric", "categorical")
+TEXTUAL_TYPES = ("categorical", "text")
+
+
+@dataclass
+class Corrected:
+    table: pd.DataFrame  # typed and corrected; `label` holds the target
+    report: dict[str, Any]  # the four dimensions plus the corrections applied
+    row_issues: dict[int, list[str]] = field(default_factory=dict)  # row_id -> reasons to quarantine
+    column_types: dict[str, str] = field(default_factory=dict)
+
+
+def _flag(issues: dict[int, list[str]], row_ids: pd.Series, reason: str | pd.Series) -> None:
+    reasons = reason if isinstance(reason, pd.Series) else pd.Series(reason, index=row_ids.index)
+    for row_id, why in zip(row_ids.to_numpy(), reasons.to_numpy()):
+        issues.setdefault(int(row_id), []).append(str(why))
+
+
+def infer_types(table: pd.DataFrame, declared: dict[str, str], target: str) -> dict[str, str]:
+    """Declared types win; the rest are read off the values. A column that is
+    mostly numbers (some with units, a few words) is numeric: the words are
+    what the gate must report, not a reason to treat the column as text."""
+    types = {}
+    for col in table.columns:
+        if col in (ROW_ID, target):
+            continue
+        if col in declared:
+            types[col] = declared[col]
+            continue
+        seen = quality.observed_type(table[col])
+        if seen == "mixed":
+            kinds = quality.parse_numbers(table[col].dropna())["kind"]
+            seen = "numeric" if kinds.isin(["number", "unit"]).mean() >= 0.8 else "categorical"
+        types[col] = "ignore" if seen == "empty" else seen
+    return types
+
+
+def correct_table(raw: pd.DataFrame, meta: dict, params: ValidateParams) -> Corrected:
+    """The tabular path: missing tokens, numbers with units, category variants,
+    outliers, duplicates and near-duplicates, class balance."""
+    target = meta["target"]
+    issues: dict[int, list[str]] = {}
+    table = raw.copy()
+    corrections: dict[str, Any] = {}
+    row_ids = table[ROW_ID]
+
+    # Missing tokens first, so "." and "NA" count as missing everywhere below.
+    tokens = set(params.missing_tokens)
+    token_counts = {}
+    for col in table.columns:
+        if col != ROW_ID and not pd.api.types.is_numeric_dtype(table[col]):
+            stripped = table[col].astype("string").str.strip()
+            is_token = stripped.isin(tokens).fillna(False)
+            if is_token.any():
+                token_counts[col] = int(is_token.sum())
+                table[col] = table[col].mask(is_token)
+    corrections["missing_tokens"] = token_counts
+
+    types = infer_types(table, meta.get("columns", {}), target)
+    representation: dict[str, Any] = {}
+    coerced, variants_fixed = {}, {}
+    for col, declared in types.items():
+        entry: dict[str, Any] = {"declared": declared, "observed": quality.observed_type(table[col])}
+        if declared == "numeric":
+            entry.update(_numeric_column(table, col, params, issues, coerced))
+        elif declared in TEXTUAL_TYPES:
+            entry.update(_textual_column(table, col, params, variants_fixed, declared == "categorical"))
+        representation[col] = entry
+    corrections["coerced_numeric"] = coerced
+    corrections["categories_normalised"] = variants_fixed
+
+    # The target: same folding and synonyms, then it becomes `label`.
+    target_entry = {"declared": "target", "observed": quality.observed_type(table[target])}
+    target_entry.update(_textual_column(table, target, params, variants_fixed, True))
+    representation[target] = target_entry
+    table = table.rename(columns={target: LABEL})
+    no_label = table[LABEL].isna()
+    _flag(issues, row_ids[no_label], f"{target}: label missing")
+
+    uniqueness = _uniqueness(table, types, params, issues)
+    corrections["duplicates_quarantined"] = uniqueness["duplicate_rows"] if params.drop_duplicates else 0
+    report = {
+        "kind": "tabular",
+        "rows": int(len(table)),
+        "representation": {"columns": representation},
+        "completeness": quality.completeness(table.drop(columns=[ROW_ID])),
+        "uniqueness": uniqueness,
+        "balance": quality.class_balance(table.loc[~no_label, LABEL]),
+        "corrections": corrections,
+    }
+    return Corrected(table=table, report=report, row_issues=issues, column_types=types)
+
+
+def _numeric_column(
+    table: pd.DataFrame, col: str, params: ValidateParams, issues: dict[int, list[str]], coerced: dict[str, int]
+) -> dict[str, Any]:
+    values = table[col]
+    if pd.api.types.is_numeric_dtype(values):
+        numbers = values.astype(float)
+        entry: dict[str, Any] = {"numbers": int(values.notna().sum()), "with_units": 0, "not_numbers": 0}
+    else:
+        parsed = quality.parse_numbers(values)
+        kinds = parsed["kind"].value_counts()
+        bad = parsed["kind"].eq("text") | (parsed["kind"].eq("unit") & (not params.coerce_numeric))
+        entry = {
+            "numbers": int(kinds.get("number", 0)),
+            "with_units": int(kinds.get("unit", 0)),
+            "units": sorted(parsed["unit"].dropna().unique().tolist()),
+            "not_numbers": int(parsed["kind"].eq("text").sum()),
+            "examples_not_numbers": values[parsed["kind"].eq("text")].astype(str).unique()[:5].tolist(),
+        }
+        if bad.any():
+            _flag(issues, table.loc[bad, ROW_ID], values[bad].map(lambda v: f"{col}: {v!r} is not a number"))
+        numbers = parsed["number"].where(~bad)
+        if params.coerce_numeric and entry["with_units"]:
+            coerced[col] = entry["with_units"]
+    table[col] = numbers
+    mask = quality.outliers(numbers, params.outlier_method, params.outlier_threshold)
+    entry["outliers"] = int(mask.sum())
+    entry["outlier_rows"] = table.loc[mask, ROW_ID].head(20).tolist()
+    if numbers.notna().any():
+        entry["range"] = [float(numbers.min()), float(numbers.max())]
+    return entry
+
+
+def _textual_column(
+    table: pd.DataFrame, col: str, params: ValidateParams, fixed: dict[str, int], normalise: bool
+) -> dict[str, Any]:
+    synonyms = params.synonyms.get(col, {})
+    entry: dict[str, Any] = {
+        "distinct": int(table[col].nunique()),
+        "variants": quality.category_variants(table[col], synonyms),
+        "near_duplicate_values": quality.near_duplicate_values(table[col], params.near_duplicate_ratio),
+    }
+    if normalise and (params.normalise_categories or synonyms):
+        before = table[col]
+        table[col], changed = quality.normalise_categories(before, synonyms)
+        if changed:
+            fixed[col] = changed
+            renamed = pd.DataFrame({"from": before, "to": table[col]}).dropna().drop_duplicates()
+            renamed = renamed[renamed["from"] != renamed["to"]].head(50)
+            entry["renamed"] = dict(zip(renamed["from"].astype(str), renamed["to"].astype(str)))
+    return entry
+
+
+def _uniqueness(table: pd.DataFrame, types: dict[str, str], params: ValidateParams, issues: dict[int, list[str]]) -> dict:
+    """Exact duplicates (all columns but row_id), duplicates on the key columns,
+    near-duplicate rows. Identifiers are left out of the row comparison:
+    two records that differ only by their sample number are the same record."""
+    content = [c for c in table.columns if c != ROW_ID and types.get(c) != "id"]
+    exact = quality.duplicate_rows(table, content)
+    if params.drop_duplicates and exact.any():
+        first = table[content].astype("string").fillna("\x00").agg("\x1f".join, axis=1)
+        first_id = table[ROW_ID].groupby(first).transform("first")
+        _flag(issues, table.loc[exact, ROW_ID], first_id[exact].map(lambda r: f"duplicate of row {r}"))
+    keys = [k for k in params.duplicate_keys if k in table.columns]
+    near = quality.near_duplicate_rows(table[content], params.near_duplicate_decimals)
+    return {
+        "duplicate_rows": int(exact.sum()),
+        "duplicate_rows_on_keys": int(quality.duplicate_rows(table, keys).sum()) if keys else None,
+        "keys": keys,
+        "near_duplicate_rows": int(near.sum()),
+        "near_duplicate_fraction": float(near.mean()) if len(table) else 0.0,
+    }
+
+
+def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidateParams) -> Corrected:
+    """The image path: size, channels and value range; missing pixels; exact and
+    perceptual-hash near-duplicates; class balance."""
+    issues: dict[int, list[str]] = {}
+    dupes = quality.image_duplicates(images) if len(images) else {"duplicate_images": 0, "near_duplicate_images": 0, "exact_mask": np.zeros(0, bool)}
+    if params.drop_duplicates and dupes["duplicate_images"]:
+        _flag(issues, table.loc[dupes["exact_mask"], ROW_ID], "duplicate image")
+    shapes = table.groupby(["height", "width", "channels"]).size()
+    report = {
+        "kind": "image",
+        "rows": int(len(table)),
+        "representation": {
+            "shapes": {f"{h}x{w}x{c}": int(n) for (h, w, c), n in shapes.items()},
+            "value_range": [float(table["pixel_min"].min()), float(table["pixel_max"].max())] if len(table) else None,
+        },
+        "completeness": {
+            "images_with_missing_pixels": int((table["n_missing"] > 0).sum()),
+            "missing_pixels": int(table["n_missing"].sum()),
+        },
+        "uniqueness": {
+            "duplicate_rows": dupes["duplicate_images"],
+            "near_duplicate_images": dupes["near_duplicate_images"],
+            "near_duplicate_fraction": dupes["near_duplicate_images"] / len(table) if len(table) else 0.0,
+        },
+        "balance": quality.class_balance(table["class_name"]),
+        "corrections": {"duplicates_quarantined": dupes["duplicate_images"] if params.drop_duplicates else 0},
+    }
+    return Corrected(table=table.copy(), report=report, row_issues=issues)

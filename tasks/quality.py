@@ -1,0 +1,314 @@
+"""The four data-quality dimensions, measured: consistent representation,
+completeness, uniqueness (near-duplicates included) and class balance.
+
+Every function is vectorised or works on distinct values, never on all pairs
+of rows, so a million rows take seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from difflib import SequenceMatcher
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+# A number, optionally with thousands separators, wrapped in currency or units:
+# "65000 $", "€70,000", "12.5 kg", "-3e2".
+_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?"
+UNIT_NUMBER = re.compile(rf"^\s*(?P<pre>[^\d\s\-+.,]{{0,3}})\s*(?P<num>{_NUMBER})\s*(?P<post>[^\d\s]{{0,6}})\s*$")
+PLAIN_NUMBER = re.compile(rf"^\s*{_NUMBER}\s*$")
+
+
+# --------------------------------------------------------------------------- representation
+
+
+def parse_numbers(values: pd.Series) -> pd.DataFrame:
+    """Classify each value of a text column: plain number, number with a unit or
+    currency, or not a number. Returns columns `number` (float or NaN), `kind`
+    ('number' | 'unit' | 'text' | 'missing') and `unit`."""
+    text = values.astype("string")
+    missing = text.isna()
+    parts = text.str.extract(UNIT_NUMBER)
+    number = pd.to_numeric(parts["num"].str.replace(",", "", regex=False), errors="coerce")
+    unit = (parts["pre"].fillna("") + parts["post"].fillna("")).str.strip()
+    kind = np.select(
+        [missing.to_numpy(), number.isna().to_numpy(), (unit == "").fillna(True).to_numpy()],
+        ["missing", "text", "number"],
+        default="unit",
+    )
+    return pd.DataFrame({"number": number.astype(float), "kind": kind, "unit": unit.where(kind == "unit")}, index=values.index)
+
+
+def observed_type(values: pd.Series) -> str:
+    """numeric | categorical | text | mixed | empty, from the values themselves."""
+    present = values.dropna()
+    if present.empty:
+        return "empty"
+    if pd.api.types.is_numeric_dtype(present):
+        return "numeric"
+    kinds = parse_numbers(present)["kind"].value_counts()
+    numeric_share = (kinds.get("number", 0) + kinds.get("unit", 0)) / len(present)
+    if numeric_share == 1:
+        return "numeric"
+    if numeric_share > 0:
+        return "mixed"
+    distinct = present.nunique()
+    return "categorical" if distinct <= max(20, 0.05 * len(present)) else "text"
+
+
+def fold(value: str) -> str:
+    """Case and whitespace folding: ' Human  resources' -> 'human resources'."""
+    return " ".join(str(value).split()).casefold()
+
+
+def category_variants(values: pd.Series, synonyms: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Groups of distinct raw values that mean the same category once case,
+    whitespace and the synonym map are applied. Only groups with >1 variant."""
+    canonical = _canonical_map(values.dropna().unique(), synonyms or {})
+    groups: dict[str, list[str]] = {}
+    for raw, canon in canonical.items():
+        groups.setdefault(canon, []).append(raw)
+    counts = values.value_counts()
+    return [
+        {"canonical": canon, "variants": sorted(raw), "rows": int(counts[raw].sum())}
+        for canon, raw in sorted(groups.items())
+        if len(raw) > 1
+    ]
+
+
+def _canonical_map(distinct: Iterable[Any], synonyms: dict[str, str]) -> dict[str, str]:
+    """raw value -> canonical spelling. Synonym keys match after folding; other
+    variants take the spelling of their most common folded form's first value."""
+    folded_synonyms = {fold(k): v for k, v in synonyms.items()}
+    out: dict[str, str] = {}
+    first_spelling: dict[str, str] = {}
+    for raw in distinct:
+        key = fold(raw)
+        if key in folded_synonyms:
+            out[str(raw)] = folded_synonyms[key]
+        else:
+            out[str(raw)] = first_spelling.setdefault(key, " ".join(str(raw).split()))
+    return out
+
+
+def normalise_categories(values: pd.Series, synonyms: dict[str, str] | None = None) -> tuple[pd.Series, int]:
+    """Apply case/whitespace folding and synonyms; return the new column and how
+    many values changed."""
+    mapping = _canonical_map(values.dropna().unique(), synonyms or {})
+    new = values.map(lambda v: mapping.get(str(v), v) if pd.notna(v) else v)
+    changed = int((new.astype("string") != values.astype("string")).fillna(False).sum())
+    return new, changed
+
+
+def outliers(values: pd.Series, method: str, threshold: float) -> pd.Series:
+    """Boolean mask of outliers: Tukey's IQR fences or the robust z-score
+    (0.6745 * (x - median) / MAD)."""
+    x = pd.to_numeric(values, errors="coerce")
+    if x.notna().sum() < 4:
+        return pd.Series(False, index=values.index)
+    if method == "iqr":
+        q1, q3 = x.quantile([0.25, 0.75])
+        spread = q3 - q1
+        return ((x < q1 - threshold * spread) | (x > q3 + threshold * spread)).fillna(False)
+    median = x.median()
+    mad = (x - median).abs().median()
+    if mad == 0:
+        return pd.Series(False, index=values.index)
+    return (0.6745 * (x - median).abs() / mad > threshold).fillna(False)
+
+
+# --------------------------------------------------------------------------- completeness
+
+
+def completeness(df: pd.DataFrame, p_value: float = 0.01) -> dict[str, Any]:
+    """Missing count and fraction per column, rows with any missing value, and a
+    hint at the mechanism: if a column's missingness is associated with another
+    observed column, the data are not MCAR."""
+    missing = df.isna()
+    columns = {
+        col: {"missing": int(missing[col].sum()), "fraction": float(missing[col].mean())} for col in df.columns
+    }
+    mechanism = {}
+    for col in df.columns:
+        n_missing = int(missing[col].sum())
+        if n_missing == 0 or n_missing == len(df):
+            continue
+        associated = _missingness_associations(df, missing[col], col, p_value)
+        mechanism[col] = {
+            "associated_with": associated,
+            "hint": "not MCAR: missingness depends on observed columns (MAR or MNAR)"
+            if associated
+            else "consistent with MCAR (no association found with observed columns)",
+        }
+    return {
+        "columns": columns,
+        "rows_with_missing": int(missing.any(axis=1).sum()),
+        "rows_with_missing_fraction": float(missing.any(axis=1).mean()) if len(df) else 0.0,
+        "mechanism": mechanism,
+    }
+
+
+def _missingness_associations(df: pd.DataFrame, is_missing: pd.Series, col: str, p_value: float) -> list[dict]:
+    """Test each other column against the missing/present split of `col`:
+    Mann-Whitney U for numbers, chi-squared for categories."""
+    from scipy import stats
+
+    found = []
+    for other in df.columns:
+        if other == col:
+            continue
+        values = df[other]
+        observed = values.notna()
+        if pd.api.types.is_numeric_dtype(values):
+            a, b = values[is_missing & observed], values[~is_missing & observed]
+            if len(a) < 3 or len(b) < 3 or values.nunique() < 2:
+                continue
+            p = float(stats.mannwhitneyu(a, b).pvalue)
+            test = "mann-whitney"
+        else:
+            if values.nunique() < 2 or values.nunique() > 50:
+                continue
+            table = pd.crosstab(is_missing[observed], values[observed])
+            if table.shape[0] < 2 or table.shape[1] < 2:
+                continue
+            p = float(stats.chi2_contingency(table).pvalue)
+            test = "chi2"
+        if p < p_value:
+            found.append({"column": other, "test": test, "p_value": p})
+    return found
+
+
+def plot_missingness(df: pd.DataFrame, path: Any, max_rows: int = 1000) -> None:
+    """A missingno-style matrix: one row per sample (sampled to `max_rows`), dark
+    where present, white where missing, with each row's completeness at the side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.core import atomic_path
+
+    sample = df if len(df) <= max_rows else df.sample(max_rows, random_state=0).sort_index()
+    present = sample.notna().to_numpy()
+    fig, (ax, side) = plt.subplots(
+        1, 2, figsize=(max(6, 0.45 * len(df.columns) + 2), 5), gridspec_kw={"width_ratios": [12, 1]}, sharey=True
+    )
+    ax.imshow(present, aspect="auto", cmap="Greys", vmin=0, vmax=1.4, interpolation="nearest")
+    ax.set_xticks(range(len(df.columns)))
+    ax.set_xticklabels([str(c) for c in df.columns], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(f"rows ({len(sample)} of {len(df)})")
+    ax.set_title("missing values (white)")
+    side.plot(present.sum(axis=1), np.arange(len(sample)), lw=0.6, color="black")
+    side.set_xlim(0, len(df.columns))
+    side.set_xlabel("present")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- uniqueness
+
+
+def duplicate_rows(df: pd.DataFrame, subset: list[str] | None = None) -> pd.Series:
+    """Mask of rows that repeat an earlier row (on `subset` if given)."""
+    if df.empty:
+        return pd.Series(False, index=df.index)
+    return df.duplicated(subset=subset or None, keep="first")
+
+
+def near_duplicate_rows(df: pd.DataFrame, decimals: int = 2) -> pd.Series:
+    """Rows equal to an earlier row once numbers are rounded and text folded,
+    excluding exact duplicates. One hash pass: no pairwise comparison."""
+    normalised = pd.DataFrame(index=df.index)
+    for col in df.columns:
+        values = df[col]
+        if pd.api.types.is_numeric_dtype(values):
+            normalised[col] = values.round(decimals)
+        else:
+            normalised[col] = values.map(lambda v: fold(v) if isinstance(v, str) else v)
+    hashes = pd.util.hash_pandas_object(normalised, index=False)
+    near = hashes.duplicated(keep="first")
+    return near & ~duplicate_rows(df)
+
+
+def near_duplicate_values(
+    values: pd.Series, threshold: float, max_distinct: int = 2000
+) -> list[dict[str, Any]]:
+    """Pairs of distinct values whose SequenceMatcher ratio is at least
+    `threshold` but that are not equal after folding (those are variants, not
+    typos). Works on distinct values; beyond `max_distinct` it keeps the most
+    frequent, and blocks pairs by length so most are never compared."""
+    counts = values.dropna().astype(str).value_counts()
+    distinct = list(counts.index[:max_distinct])
+    by_fold: dict[str, str] = {}
+    for value in distinct:
+        by_fold.setdefault(fold(value), value)
+    keys = sorted(by_fold, key=len)
+    pairs = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            # ratio <= 2*min/(len sum): stop once b is too long to reach the threshold.
+            if 2 * len(a) / (len(a) + len(b)) < threshold:
+                break
+            matcher = SequenceMatcher(None, a, b, autojunk=False)
+            if matcher.real_quick_ratio() >= threshold and matcher.quick_ratio() >= threshold:
+                ratio = matcher.ratio()
+                if ratio >= threshold:
+                    pairs.append({"a": by_fold[a], "b": by_fold[b], "ratio": round(ratio, 4)})
+    return pairs
+
+
+def difference_hash(images: np.ndarray, size: int = 8) -> np.ndarray:
+    """64-bit dHash per image: shrink to (size, size+1) by area averaging, then
+    one bit per horizontally adjacent pair. Near-identical images share a hash."""
+    n, height, width = images.shape
+    rows = np.linspace(0, height, size + 1).astype(int)
+    cols = np.linspace(0, width, size + 2).astype(int)
+    x = np.nan_to_num(images.astype(np.float32))
+    # Block means via cumulative sums: exact area averaging without a resize library.
+    integral = np.pad(x.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+    r0, r1 = rows[:-1], np.maximum(rows[1:], rows[:-1] + 1)
+    c0, c1 = cols[:-1], np.maximum(cols[1:], cols[:-1] + 1)
+    r1, c1 = np.minimum(r1, height), np.minimum(c1, width)
+    sums = (
+        integral[:, r1][:, :, c1] - integral[:, r0][:, :, c1] - integral[:, r1][:, :, c0] + integral[:, r0][:, :, c0]
+    )
+    means = sums / ((r1 - r0)[:, None] * (c1 - c0)[None, :])
+    bits = (means[:, :, 1:] > means[:, :, :-1]).reshape(n, -1)
+    return np.ascontiguousarray(np.packbits(bits, axis=1)).view(">u8").ravel().astype(np.uint64)
+
+
+def image_duplicates(images: np.ndarray) -> dict[str, Any]:
+    """Exact duplicate images (same bytes) and near-duplicates (same dHash but
+    different bytes)."""
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    exact = pd.Series([row.tobytes() for row in flat]).duplicated(keep="first").to_numpy()
+    hashes = pd.Series(difference_hash(images))
+    near = hashes.duplicated(keep="first").to_numpy() & ~exact
+    return {"duplicate_images": int(exact.sum()), "near_duplicate_images": int(near.sum()), "exact_mask": exact, "near_mask": near}
+
+
+# --------------------------------------------------------------------------- balance
+
+
+def class_balance(labels: pd.Series) -> dict[str, Any]:
+    """Imbalance ratio (max/min count) and the Gini impurity and Shannon entropy
+    of the class distribution, each normalised to [0, 1] by its maximum for k
+    classes, so datasets with different class counts compare. 1 = balanced."""
+    counts = labels.dropna().value_counts()
+    k = len(counts)
+    if k == 0:
+        return {"counts": {}, "classes": 0, "imbalance_ratio": None, "gini": None, "normalized_entropy": None}
+    p = counts.to_numpy() / counts.sum()
+    gini = 1 - float((p**2).sum())
+    entropy = -float((p * np.log(p)).sum())
+    return {
+        "counts": {str(k_): int(v) for k_, v in counts.items()},
+        "classes": k,
+        "imbalance_ratio": float(counts.max() / counts.min()),
+        "gini": gini / (1 - 1 / k) if k > 1 else 0.0,
+        "normalized_entropy": float(entropy / np.log(k)) if k > 1 else 0.0,
+    }
