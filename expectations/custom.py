@@ -10,10 +10,11 @@ suite JSON can name them by their snake_case type.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, Optional, Union
 
 import pandas as pd
 from great_expectations.core.metric_domain_types import MetricDomainTypes
+from great_expectations.core.suite_parameters import SuiteParameterDict
 from great_expectations.execution_engine import ExecutionEngine, PandasExecutionEngine
 from great_expectations.expectations.expectation import BatchExpectation, ColumnAggregateExpectation
 from great_expectations.expectations.metrics import ColumnAggregateMetricProvider, column_aggregate_value
@@ -24,13 +25,18 @@ from tasks import quality
 
 
 class ColumnValueCountsMin(ColumnAggregateMetricProvider):
-    """The count of the rarest distinct value in a column."""
+    """The count of the rarest class. With `value_set`, only those classes count
+    (a stray label is not a class, so it cannot fail this), and a declared class
+    with no rows counts as 0."""
 
     metric_name = "column.value_counts_min"
+    value_keys = ("value_set",)
 
     @column_aggregate_value(engine=PandasExecutionEngine)
-    def _pandas(cls, column: pd.Series, **kwargs: Any) -> int:
+    def _pandas(cls, column: pd.Series, value_set: Optional[list] = None, **kwargs: Any) -> int:
         counts = column.value_counts()
+        if value_set is not None:
+            counts = counts.reindex(list(value_set), fill_value=0)
         return int(counts.min()) if len(counts) else 0
 
 
@@ -64,13 +70,15 @@ class TableNearDuplicateFraction(TableMetricProvider):
 
 
 class ExpectColumnValueCountsToBeAtLeast(ColumnAggregateExpectation):
-    """Expect every distinct value of the column (every class) to occur at least
-    `min_count` times: too few examples of a class cannot be learned or tested."""
+    """Expect every class to occur at least `min_count` times: too few examples of
+    a class cannot be learned or tested. `value_set` names the classes; without
+    it, every distinct value is a class."""
 
     min_count: int
+    value_set: Union[list, SuiteParameterDict, None] = None  # a list, or {"$PARAMETER": name}
 
     metric_dependencies = ("column.value_counts_min",)
-    success_keys = ("min_count",)
+    success_keys = ("min_count", "value_set")
 
     def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
                   execution_engine: Optional[ExecutionEngine] = None) -> dict:

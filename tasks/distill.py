@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tasks import paths
 from tasks.config import DistillParams, load_params
 from tasks.core import read_json, run_cli
-from tasks.models import CNN, load_model, spec_for
+from tasks.models import Model, build_model, load_model, spec_for
 from tasks.preprocess import load_split
 from tasks.train import as_tensors, record_training
 from tasks.training import EpochLogger, FitResult, fit, pick_device, predict_logits, seed_everything
@@ -40,14 +40,14 @@ def distill_student(
     meta: dict,
     params: DistillParams,
     on_epoch: EpochLogger | None = None,
-) -> tuple[CNN, FitResult]:
+) -> tuple[Model, FitResult]:
     seed_everything(params.seed)
     device = pick_device()
     teacher = teacher.to(device)
     # The teacher is frozen: its logits are computed once, not every epoch.
     teacher_train = predict_logits(teacher, train[0])
     teacher_val = predict_logits(teacher, val[0])
-    student = CNN(spec_for(meta, params.channels, params.hidden, params.dropout)).to(device)
+    student = build_model(spec_for(meta, params)).to(device)
 
     def loss_fn(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return distillation_loss(logits, teacher_logits, y, params.temperature, params.alpha)

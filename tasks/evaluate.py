@@ -17,7 +17,7 @@ from tasks.config import EvaluateParams, load_params
 from tasks.core import atomic_path, markdown_table, read_json, run_cli, write_json, write_summary
 from tasks.metrics import classification_metrics
 from tasks.preprocess import load_split
-from tasks.onnx_utils import INPUT_NAME, check_onnx, file_size, run_batches, session
+from tasks.onnx_utils import check_onnx, file_size, run_batches, session
 
 LATENCY_BATCHES = (1, 256)
 
@@ -30,7 +30,7 @@ def candidate_files(folder: Path) -> dict[str, Path]:
 def median_latency_ms(sess, x: np.ndarray, batch: int, repeats: int) -> float:
     """Median wall time of one run on `batch` rows, after one warm-up run."""
     rows = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)  # repeats rows if the split is small
-    feed = {INPUT_NAME: rows}
+    feed = {sess.get_inputs()[0].name: rows}
     sess.run(["probabilities"], feed)
     times = []
     for _ in range(repeats):

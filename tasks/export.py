@@ -15,8 +15,8 @@ import numpy as np
 from tasks import paths
 from tasks.config import ExportParams, load_params
 from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table, read_json, run_cli, write_json, write_summary
-from tasks.models import CNN, count_parameters, load_model
-from tasks.onnx_utils import INPUT_NAME, check_onnx, export_onnx, file_size, run_batches, session, set_metadata
+from tasks.models import Model, count_parameters, load_model
+from tasks.onnx_utils import IMAGE_INPUT, TABLE_INPUT, check_onnx, input_name, export_onnx, file_size, run_batches, session, set_metadata
 from tasks.preprocess import load_split
 from tasks.training import predict_logits
 
@@ -26,15 +26,16 @@ CANDIDATE_MODELS = ("teacher", "student")
 class _Calibration:
     """Feeds calibration batches to onnxruntime's quantizer."""
 
-    def __init__(self, x: np.ndarray, batch_size: int = 32):
+    def __init__(self, x: np.ndarray, name: str, batch_size: int = 32):
+        self._name = name
         self._batches = iter([x[i : i + batch_size] for i in range(0, len(x), batch_size)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
-        return None if batch is None else {INPUT_NAME: batch.astype(np.float32)}
+        return None if batch is None else {self._name: batch.astype(np.float32)}
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, per_channel: bool) -> None:
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, name: str, per_channel: bool) -> None:
     """Static int8 QDQ: uint8 activations and int8 weights, the layout x86
     VNNI kernels run fastest."""
     import onnx
@@ -51,7 +52,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, per
             quantize_static(
                 str(prepared),
                 str(out),
-                _Calibration(calibration),
+                _Calibration(calibration, name),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
                 activation_type=QuantType.QUInt8,
@@ -62,7 +63,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, per
 
 def export_candidate(
     name: str,
-    model: CNN,
+    model: Model,
     val_x: np.ndarray,
     calibration: np.ndarray,
     metadata: dict,
@@ -82,7 +83,7 @@ def export_candidate(
             f"{fp32}: ONNX logits differ from PyTorch by {max_diff:.2e} on the validation set, "
             f"above export.atol={params.atol:.0e}"
         )
-    quantize_int8(fp32, int8, calibration, params.per_channel)
+    quantize_int8(fp32, int8, calibration, input_name(model), params.per_channel)
     set_metadata(int8, {**metadata, "candidate": f"{name}.int8", "precision": "int8"})
     check_onnx(int8)
     return {
@@ -95,19 +96,28 @@ def export_candidate(
 
 def artifact_metadata(meta: dict) -> dict:
     """What every exported file says about itself."""
-    return {
-        "classes": meta["classes"],
-        "input_spec": {
-            "name": INPUT_NAME,
+    if meta.get("kind") == "tabular":
+        input_spec = {
+            "name": TABLE_INPUT,
+            "shape": [-1, *meta["input_shape"]],
+            "dtype": "float32",
+            "features": meta["feature_names"],
+            "encoding": "tasks.preprocess.encode_table with encoder (below): impute, one-hot; then standardised in the graph",
+        }
+        preprocessing = {"encoder": meta["encoder"], "inside_graph": "(x - mean) / std per encoded feature"}
+    else:
+        input_spec = {
+            "name": IMAGE_INPUT,
             "shape": [-1, *meta["input_shape"]],
             "dtype": "float32",
             "range": [0, meta["pixel_max"]],
-        },
-        "preprocessing": {
-            "inside_graph": "(x - mean) / std per channel; send raw pixel values",
-            "mean": meta["mean"],
-            "std": meta["std"],
-        },
+        }
+        preprocessing = {"inside_graph": "(x - mean) / std per channel; send raw pixel values"}
+    return {
+        "classes": meta["classes"],
+        "task": "multiclass",
+        "input_spec": input_spec,
+        "preprocessing": {**preprocessing, "mean": meta["mean"], "std": meta["std"]},
         "outputs": ["logits", "probabilities"],
         "git_commit": git_commit(),
         "data_hash": meta["data_hash"],

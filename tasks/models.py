@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tasks.config import FitParams
 from tasks.core import DistilleryError, atomic_path, write_json
 
 
@@ -32,12 +33,14 @@ class CNNSpec:
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std inside the graph, so the model takes raw pixels."""
+    """(x - mean) / std inside the graph, so the model takes raw values.
+    Stats are per channel for images (N, C, H, W), per feature for tables (N, F)."""
 
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], image: bool = True):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        shape = (1, -1, 1, 1) if image else (1, -1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(*shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(*shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -72,11 +75,55 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
 
+@dataclass(frozen=True)
+class MLPSpec:
+    n_features: int  # width of the encoded feature vector
+    layers: tuple[int, ...]  # hidden layer widths
+    n_classes: int
+    dropout: float
+    mean: tuple[float, ...]  # per-feature standardisation, fitted on the train split
+    std: tuple[float, ...]
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (self.n_features,)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MLPSpec":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class MLP(nn.Module):
+    """Standardise, then Linear -> BatchNorm -> ReLU -> Dropout per hidden layer."""
+
+    def __init__(self, spec: MLPSpec):
+        super().__init__()
+        self.spec = spec
+        layers: list[nn.Module] = [Normalize(spec.mean, spec.std, image=False)]
+        width = spec.n_features
+        for out in spec.layers:
+            layers += [nn.Linear(width, out, bias=False), nn.BatchNorm1d(out), nn.ReLU(), nn.Dropout(spec.dropout)]
+            width = out
+        layers.append(nn.Linear(width, spec.n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+ARCHITECTURES = {"CNN": (CNN, CNNSpec), "MLP": (MLP, MLPSpec)}
+Model = CNN | MLP
+
+
+def build_model(spec: CNNSpec | MLPSpec) -> Model:
+    return MLP(spec) if isinstance(spec, MLPSpec) else CNN(spec)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def save_model(model: CNN, stem: str | Path) -> None:
+def save_model(model: Model, stem: str | Path) -> None:
     """Write `<stem>.safetensors` and `<stem>.json`."""
     from safetensors.torch import save_file
 
@@ -84,10 +131,10 @@ def save_model(model: CNN, stem: str | Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(stem.with_suffix(".safetensors")) as tmp:
         save_file(state, str(tmp))
-    write_json(stem.with_suffix(".json"), {"architecture": "CNN", "spec": asdict(model.spec)})
+    write_json(stem.with_suffix(".json"), {"architecture": type(model).__name__, "spec": asdict(model.spec)})
 
 
-def load_model(stem: str | Path) -> CNN:
+def load_model(stem: str | Path) -> Model:
     """Rebuild a model from its JSON and load its safetensors weights, checking both."""
     from safetensors.torch import load_file
 
@@ -98,10 +145,11 @@ def load_model(stem: str | Path) -> CNN:
             raise DistilleryError(f"{path}: model artifact not found; run the stage that writes it first")
     try:
         described = json.loads(spec_path.read_text())
-        spec = CNNSpec.from_json(described["spec"])
+        model_cls, spec_cls = ARCHITECTURES[described.get("architecture", "CNN")]
+        spec = spec_cls.from_json(described["spec"])
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise DistilleryError(f"{spec_path}: not a valid model description ({err})") from err
-    model = CNN(spec)
+    model = model_cls(spec)
     try:
         model.load_state_dict(load_file(str(weights_path)))
     except Exception as err:  # safetensors and torch raise several types here
@@ -109,14 +157,24 @@ def load_model(stem: str | Path) -> CNN:
     return model.eval()
 
 
-def spec_for(meta: dict, channels: tuple[int, ...], hidden: int, dropout: float) -> CNNSpec:
-    """A CNN spec for the processed data described by `meta` (preprocess's meta.json)."""
+def spec_for(meta: dict, params: FitParams) -> CNNSpec | MLPSpec:
+    """The architecture for the processed data described by `meta` (preprocess's
+    meta.json): a CNN for images, an MLP for tables."""
+    if meta.get("kind") == "tabular":
+        return MLPSpec(
+            n_features=int(meta["input_shape"][0]),
+            layers=tuple(params.mlp_layers),
+            n_classes=len(meta["classes"]),
+            dropout=params.dropout,
+            mean=tuple(meta["mean"]),
+            std=tuple(meta["std"]),
+        )
     return CNNSpec(
         input_shape=tuple(meta["input_shape"]),
-        channels=tuple(channels),
-        hidden=hidden,
+        channels=tuple(params.channels),
+        hidden=params.hidden,
         n_classes=len(meta["classes"]),
-        dropout=dropout,
+        dropout=params.dropout,
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
     )

@@ -13,7 +13,8 @@ from torch import nn
 
 from tasks.core import DistilleryError, atomic_path
 
-INPUT_NAME = "pixels"
+IMAGE_INPUT = "pixels"
+TABLE_INPUT = "features"
 OUTPUT_NAMES = ("logits", "probabilities")
 
 
@@ -30,18 +31,24 @@ class WithProbabilities(nn.Module):
         return logits, torch.softmax(logits, dim=1)
 
 
+def input_name(model: nn.Module) -> str:
+    """Raw pixels for image models, encoded features for table models."""
+    return TABLE_INPUT if type(model).__name__ == "MLP" else IMAGE_INPUT
+
+
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int) -> None:
     """fp32 ONNX with a dynamic batch dimension."""
+    name = input_name(model)
     model = WithProbabilities(model.cpu().eval())
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
-    dynamic = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    dynamic = {name: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
     with atomic_path(path) as tmp:
         # The TorchScript exporter: fast, and folds batch norm into the convs.
         torch.onnx.export(
             model,
             (example,),
             str(tmp),
-            input_names=[INPUT_NAME],
+            input_names=[name],
             output_names=list(OUTPUT_NAMES),
             dynamic_axes=dynamic,
             opset_version=opset,
@@ -93,8 +100,9 @@ def session(path: str | Path, threads: int = 0) -> Any:
 
 
 def run_batches(sess: Any, x: np.ndarray, output: str = "probabilities", batch_size: int = 1024) -> np.ndarray:
+    name = sess.get_inputs()[0].name
     parts = [
-        sess.run([output], {INPUT_NAME: x[i : i + batch_size].astype(np.float32)})[0]
+        sess.run([output], {name: x[i : i + batch_size].astype(np.float32)})[0]
         for i in range(0, len(x), batch_size)
     ]
     return np.concatenate(parts)

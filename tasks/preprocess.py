@@ -1,8 +1,10 @@
-"""Stage 3, preprocess: stratified train/val/test split and normalisation stats.
+"""Stage 3, preprocess: stratified train/val/test split, encoding and
+normalisation stats, and resampling of the train split.
 
-The splits keep raw pixel units. Normalisation is fitted on the train split
-only and stored in meta.json; the model applies it inside its own graph, so the
-exported ONNX takes raw pixels and serving cannot normalise differently.
+Everything is fitted on the train split only. Images keep raw pixel units;
+tables are encoded by `encode_table` (imputation and one-hot), the one function
+training and serving share. Standardisation lives inside the model's graph, so
+the exported ONNX cannot be fed differently from how it was trained.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from tasks import paths
 from tasks.config import PreprocessParams, load_params
@@ -49,13 +52,42 @@ def split_indices(labels: np.ndarray, params: PreprocessParams) -> dict[str, np.
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
+def resample_train(x: np.ndarray, y: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random over/under-sampling or SMOTE, on the train split only: validation
+    and test keep the real class mix so their metrics stay honest."""
+    if method == "none":
+        return x, y
+    from imblearn.over_sampling import SMOTE, RandomOverSampler
+    from imblearn.under_sampling import RandomUnderSampler
+
+    flat = x.reshape(len(x), -1)
+    if method == "smote":
+        rarest = int(np.bincount(y)[np.bincount(y) > 0].min())
+        if rarest < 2:
+            raise DistilleryError("preprocess.resample=smote needs at least 2 train samples of every class")
+        sampler = SMOTE(k_neighbors=min(5, rarest - 1), random_state=seed)
+    elif method == "over":
+        sampler = RandomOverSampler(random_state=seed)
+    else:
+        sampler = RandomUnderSampler(random_state=seed)
+    flat_out, y_out = sampler.fit_resample(flat, y)
+    return flat_out.reshape(-1, *x.shape[1:]).astype(np.float32), y_out.astype(np.int64)
+
+
+def _class_counts(splits: dict[str, dict[str, np.ndarray]], n_classes: int) -> dict[str, list[int]]:
+    return {name: np.bincount(s["y"], minlength=n_classes).tolist() for name, s in splits.items()}
+
+
 def preprocess(dataset: Dataset, params: PreprocessParams) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    if dataset.meta.get("kind") == "tabular":
+        return preprocess_table(dataset, params)
     images = dataset.arrays["images"].astype(np.float32)
     labels = dataset.arrays["labels"].astype(np.int64)
     x = images[:, None, :, :]  # N x C x H x W with one channel
     splits = {name: {"x": x[ix], "y": labels[ix]} for name, ix in split_indices(labels, params).items()}
     train_x = splits["train"]["x"]
     meta = {
+        "kind": "image",
         "classes": dataset.meta["classes"],
         "input_shape": list(x.shape[1:]),
         "pixel_max": dataset.meta["pixel_max"],
@@ -63,11 +95,105 @@ def preprocess(dataset: Dataset, params: PreprocessParams) -> tuple[dict[str, di
         "mean": train_x.mean(axis=(0, 2, 3)).tolist(),
         "std": np.maximum(train_x.std(axis=(0, 2, 3)), 1e-6).tolist(),
         "data_hash": hash_arrays(images, labels),
-        "counts": {
-            name: np.bincount(s["y"], minlength=len(dataset.meta["classes"])).tolist()
-            for name, s in splits.items()
-        },
+        "resample": params.resample,
     }
+    splits["train"]["x"], splits["train"]["y"] = resample_train(
+        splits["train"]["x"], splits["train"]["y"], params.resample, params.seed
+    )
+    meta["counts"] = _class_counts(splits, len(meta["classes"]))
+    return splits, meta
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def fit_encoder(train: pd.DataFrame, column_types: dict[str, str], impute: str) -> dict:
+    """Everything encode_table needs, learnt from the train split: the numeric
+    columns and their fill values, and each categorical column's categories."""
+    numeric = [c for c, t in column_types.items() if t == "numeric"]
+    categorical = [c for c, t in column_types.items() if t == "categorical"]
+    fill = {}
+    for col in numeric:
+        values = pd.to_numeric(train[col], errors="coerce").dropna()
+        if values.empty:
+            fill[col] = 0.0
+        elif impute == "mean":
+            fill[col] = float(values.mean())
+        elif impute == "most_frequent":
+            fill[col] = float(values.mode().iloc[0])
+        else:  # median; also the serving fallback for knn and iterative
+            fill[col] = float(values.median())
+    return {
+        "numeric": numeric,
+        "categorical": {c: sorted(train[c].dropna().astype(str).unique().tolist()) for c in categorical},
+        "impute": impute,
+        "fill_values": fill,
+    }
+
+
+def encoded_feature_names(encoder: dict) -> list[str]:
+    return encoder["numeric"] + [f"{c}={v}" for c, values in encoder["categorical"].items() for v in values]
+
+
+def encode_table(rows: pd.DataFrame, encoder: dict) -> np.ndarray:
+    """Raw typed rows -> the float matrix the model takes: numeric gaps filled
+    with the train statistic, categories one-hot (an unseen or missing category
+    is all zeros). Training and serving both call this, so they cannot drift."""
+    missing = [c for c in [*encoder["numeric"], *encoder["categorical"]] if c not in rows.columns]
+    if missing:
+        raise DistilleryError(f"input rows lack the feature columns {missing}")
+    blocks = []
+    if encoder["numeric"]:
+        numeric = rows[encoder["numeric"]].apply(pd.to_numeric, errors="coerce")
+        blocks.append(numeric.fillna(encoder["fill_values"]).to_numpy(dtype=np.float32))
+    for col, categories in encoder["categorical"].items():
+        values = rows[col].astype("string").fillna("\x00").to_numpy(dtype=object)
+        blocks.append((values[:, None] == np.asarray(categories, dtype=object)[None, :]).astype(np.float32))
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(rows), 0), np.float32)
+
+
+def _model_imputer(method: str, params: PreprocessParams):
+    """scikit-learn's KNN or iterative imputer for the numeric block (fit on train)."""
+    from sklearn.experimental import enable_iterative_imputer  # noqa: F401  makes IterativeImputer importable
+    from sklearn.impute import IterativeImputer, KNNImputer
+
+    if method == "knn":
+        return KNNImputer(n_neighbors=params.knn_neighbors)
+    return IterativeImputer(random_state=params.seed, max_iter=10)
+
+
+def preprocess_table(dataset: Dataset, params: PreprocessParams) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    table, classes = dataset.table, dataset.meta["classes"]
+    index = {name: i for i, name in enumerate(classes)}
+    labels = table["label"].astype(str).map(index)
+    if labels.isna().any():
+        unknown = sorted(table.loc[labels.isna(), "label"].astype(str).unique())
+        raise DistilleryError(f"validated labels {unknown} are not among the classes {classes} (data.classes)")
+    labels = labels.to_numpy(dtype=np.int64)
+    parts = split_indices(labels, params)
+    types = {c: t for c, t in dataset.meta["column_types"].items() if c in dataset.meta["features"]}
+    encoder = fit_encoder(table.iloc[parts["train"]], types, params.impute)
+    frames = {name: table.iloc[ix].reset_index(drop=True) for name, ix in parts.items()}
+    if params.impute in ("knn", "iterative") and encoder["numeric"]:
+        imputer = _model_imputer(params.impute, params)
+        imputer.fit(frames["train"][encoder["numeric"]].astype(float))
+        for frame in frames.values():
+            frame[encoder["numeric"]] = imputer.transform(frame[encoder["numeric"]].astype(float))
+    splits = {name: {"x": encode_table(frames[name], encoder), "y": labels[ix]} for name, ix in parts.items()}
+    train_x = splits["train"]["x"]
+    meta = {
+        "kind": "tabular",
+        "classes": classes,
+        "input_shape": [train_x.shape[1]],
+        "feature_names": encoded_feature_names(encoder),
+        "encoder": encoder,
+        "mean": train_x.mean(axis=0).tolist(),
+        "std": np.maximum(train_x.std(axis=0), 1e-6).tolist(),
+        "data_hash": dataset.meta["data_hash"],
+        "resample": params.resample,
+    }
+    splits["train"]["x"], splits["train"]["y"] = resample_train(train_x, splits["train"]["y"], params.resample, params.seed)
+    meta["counts"] = _class_counts(splits, len(classes))
     return splits, meta
 
 
@@ -78,9 +204,11 @@ def main() -> None:
         save_npz(paths.PROCESSED / f"{name}.npz", **arrays)
     write_json(paths.PROCESSED / paths.META, meta)
     sizes = ", ".join(f"{name} {len(s['y'])}" for name, s in splits.items())
+    inputs = f"{meta['input_shape'][0]} encoded features" if meta["kind"] == "tabular" else f"images {meta['input_shape']}"
     write_summary(
         "preprocess",
-        f"Stratified split: {sizes}.\n\nNormalisation (train only): mean {meta['mean']}, std {meta['std']}.",
+        f"Stratified split: {sizes}; {inputs}; train resampling: {meta['resample']} "
+        f"(train class counts {meta['counts']['train']}).\n\nStandardisation fitted on train only.",
     )
 
 

@@ -209,6 +209,27 @@ def plot_missingness(df: pd.DataFrame, path: Any, max_rows: int = 1000) -> None:
     plt.close(fig)
 
 
+def plot_balance(counts: dict[str, int], path: Any) -> None:
+    """Bar chart of samples per class, rarest last, so imbalance is seen at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.core import atomic_path
+
+    ordered = sorted(counts.items(), key=lambda kv: -kv[1])
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(ordered) + 2), 3.2))
+    ax.bar([str(k) for k, _ in ordered], [v for _, v in ordered], color="#4c72b0")
+    ax.set_ylabel("samples")
+    ax.set_title("class balance")
+    ax.tick_params(axis="x", rotation=45, labelsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------- uniqueness
 
 

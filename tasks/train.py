@@ -17,7 +17,7 @@ from tasks import paths
 from tasks.config import FitParams, MlflowParams, TrainParams, load_params
 from tasks.core import read_json, run_cli, write_json, write_summary
 from tasks.metrics import classification_metrics, softmax
-from tasks.models import CNN, count_parameters, save_model, spec_for
+from tasks.models import Model, build_model, count_parameters, save_model, spec_for
 from tasks.preprocess import load_split
 from tasks.training import EpochLogger, FitResult, LossFn, balanced_class_weights, fit, pick_device, predict_logits, seed_everything
 
@@ -32,10 +32,10 @@ def train_teacher(
     meta: dict,
     params: TrainParams,
     on_epoch: EpochLogger | None = None,
-) -> tuple[CNN, FitResult]:
+) -> tuple[Model, FitResult]:
     seed_everything(params.seed)
     device = pick_device()
-    model = CNN(spec_for(meta, params.channels, params.hidden, params.dropout)).to(device)
+    model = build_model(spec_for(meta, params)).to(device)
     weights = balanced_class_weights(train[1], len(meta["classes"])).to(device) if params.class_weighting else None
 
     def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

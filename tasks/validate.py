@@ -26,10 +26,11 @@ from tasks.config import Params, load_params
 from tasks.core import DistilleryError, markdown_table, read_json, run_cli, write_json, write_summary
 from tasks.correct import LABEL, ROW_ID, Corrected, correct_images, correct_table
 from tasks.dataset import Dataset, read_dataset, write_dataset
+from tasks.quality import plot_balance, plot_missingness
 
 DATA_DOCS = paths.REPORTS / "data_docs"
 DATA_QUALITY_REPORT = paths.REPORTS / "data_quality.json"
-MISSINGNESS_PLOT = paths.PLOTS / "missingness.png"
+QUALITY_PLOTS = paths.REPORTS / "quality"  # class balance and missingness matrix
 
 
 @dataclass
@@ -266,46 +267,62 @@ def log_to_mlflow(params: Params, report: dict, summary: dict) -> None:
             mlflow.log_artifacts(str(DATA_DOCS), "data_docs")
 
 
+@dataclass
+class GateResult:
+    report: dict[str, Any]  # the four dimensions and the corrections
+    outcome: ValidationOutcome
+    valid: Dataset
+    quarantined: Dataset
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {
+            "success": self.outcome.success,
+            "rows_in": len(self.valid.table) + len(self.quarantined.table),
+            "rows_valid": len(self.valid.table),
+            "rows_quarantined": len(self.quarantined.table),
+        }
+
+
+def gate(dataset: Dataset, params: Params, suite: dict, docs_dir: Optional[Path] = None) -> GateResult:
+    """Measure, correct, run the suite, and split the rows into valid and quarantined."""
+    if dataset.meta.get("kind") == "tabular":
+        dataset.meta["declared_columns"] = list(params.data.columns)
+    corrected, typed = assess(dataset, params)
+    parameters = suite_parameters(typed.meta, typed.table, typed.meta.get("classes"))
+    outcome = run_suite(typed.table, suite, parameters, docs_dir)
+    valid, quarantined = split_quarantine(typed, merge_reasons(corrected.row_issues, outcome.reasons))
+    return GateResult(report=corrected.report, outcome=outcome, valid=valid, quarantined=quarantined)
+
+
 def main() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     params = load_params(paths.PARAMS)
     suite_path = Path(params.validate.suite or paths.EXPECTATIONS / f"{params.data.source}.json")
     suite = load_suite(suite_path)
-    dataset = read_dataset(paths.INGESTED)
-    if dataset.meta.get("kind") == "tabular":
-        dataset.meta["declared_columns"] = list(params.data.columns)
-    corrected, typed = assess(dataset, params)
-    write_json(DATA_QUALITY_REPORT, corrected.report)
-    if corrected.report["kind"] == "tabular" and len(typed.table):
-        from tasks.quality import plot_missingness
-
-        plot_missingness(typed.table.drop(columns=[ROW_ID]), MISSINGNESS_PLOT)
-    outcome = run_suite(
-        typed.table, suite, suite_parameters(typed.meta, typed.table, typed.meta.get("classes")), DATA_DOCS
-    )
-    valid, quarantined = split_quarantine(typed, merge_reasons(corrected.row_issues, outcome.reasons))
-    summary = {
-        "success": outcome.success,
-        "rows_in": len(dataset.table),
-        "rows_valid": len(valid.table),
-        "rows_quarantined": len(quarantined.table),
-    }
+    result = gate(read_dataset(paths.INGESTED), params, suite, DATA_DOCS)
+    report, outcome, summary = result.report, result.outcome, result.summary
+    write_json(DATA_QUALITY_REPORT, report)
+    plot_balance(report["balance"]["counts"], QUALITY_PLOTS / "balance.png")
+    if report["kind"] == "tabular" and summary["rows_in"]:
+        typed = pd.concat([result.valid.table, result.quarantined.table.drop(columns="reason")])
+        plot_missingness(typed.sort_values(ROW_ID).drop(columns=[ROW_ID]), QUALITY_PLOTS / "missingness.png")
     write_json(
         paths.VALIDATION_REPORT,
         {**summary, "suite": str(suite_path), "data_docs": str(DATA_DOCS / "index.html"), "results": outcome.results},
     )
-    log_to_mlflow(params, corrected.report, summary)
+    log_to_mlflow(params, report, summary)
     if not outcome.success:
         raise DistilleryError(failure_message(outcome, suite_path))
-    write_dataset(paths.VALIDATED, valid)
-    write_dataset(paths.QUARANTINE, quarantined)
+    write_dataset(paths.VALIDATED, result.valid)
+    write_dataset(paths.QUARANTINE, result.quarantined)
     warned = ", ".join(f"{r['expectation']}({r['column'] or ''})" for r in outcome.warnings) or "none"
     write_summary(
         "validate",
         f"Suite `{suite_path}`: **passed** ({sum(r['success'] for r in outcome.results)}/{len(outcome.results)} "
         f"expectations met; warnings: {warned}).\n\n"
         f"Rows in {summary['rows_in']}, valid {summary['rows_valid']}, quarantined {summary['rows_quarantined']}.\n\n"
-        + quality_summary(corrected.report),
+        + quality_summary(report),
     )
 
 

@@ -18,7 +18,7 @@ def test_bundled_digits_pass_their_suite_with_nothing_quarantined() -> None:
     dataset = ingest(params)
     outcome = run_suite(dataset.table, load_suite(REPO / "expectations/digits.json"), suite_parameters(dataset.meta))
     assert outcome.success, [r for r in outcome.results if not r["success"]]
-    valid, quarantined = split_quarantine(dataset, outcome)
+    valid, quarantined = split_quarantine(dataset, outcome.reasons)
     assert len(quarantined.table) == 0
     assert len(valid.table) == len(dataset.table) == dataset.meta["rows"]
     # The default imbalance really is there: one rare class at ~10%, the rest 50-100%.
@@ -49,7 +49,7 @@ def test_quickdraw_files_pass_their_suite_and_bad_bitmaps_are_quarantined(tmp_pa
     dataset.arrays["images"][3, 5, 5] = np.nan
     dataset.table.loc[3, "n_missing"] = 1
     outcome = run_suite(dataset.table, suite, suite_parameters(dataset.meta))
-    valid, quarantined = split_quarantine(dataset, outcome)
+    valid, quarantined = split_quarantine(dataset, outcome.reasons)
     assert quarantined.table["row_id"].tolist() == [3]
     assert "n_missing" in quarantined.table["reason"][0]
     assert len(valid.table) + len(quarantined.table) == len(dataset.table)
