@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install run test repro clean
+.PHONY: install run test repro bench suite clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ run: install
 ## test: the test suite
 test: install
 	$(BIN)/python -m pytest
+
+## bench: every benchmark in bench/, results in reports/bench.json
+bench: install
+	for script in bench/bench_*.py; do $(BIN)/python -m bench.$$(basename $$script .py) || exit 1; done
+
+## suite: profile the configured (trusted) data into an editable GX suite
+suite: install
+	$(BIN)/python -m tasks.bootstrap_suite
 
 ## repro: the same DAG through plain DVC
 repro: install

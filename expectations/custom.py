@@ -5,7 +5,8 @@ suite JSON can name them by their snake_case type.
 - expect_column_imbalance_ratio_to_be_at_most: max count / min count;
 - expect_column_normalized_entropy_to_be_at_least: class entropy / log(k);
 - expect_table_near_duplicate_fraction_to_be_at_most: rows that repeat an
-  earlier row once numbers are rounded and text folded.
+  earlier row once numbers are rounded and text folded;
+- expect_table_columns_missing_fraction_to_be_at_most: no column (nearly) empty.
 """
 
 from __future__ import annotations
@@ -67,6 +68,22 @@ class TableNearDuplicateFraction(TableMetricProvider):
         near = quality.near_duplicate_rows(content, int(metric_value_kwargs.get("decimals") or 2))
         exact = quality.duplicate_rows(content)
         return float((near | exact).mean())
+
+
+class TableColumnsMissingFraction(TableMetricProvider):
+    """The column with the largest share of missing values, and that share."""
+
+    metric_name = "table.columns_missing_fraction"
+    value_keys = ("ignore_columns",)
+
+    @metric_value(engine=PandasExecutionEngine)
+    def _pandas(cls, execution_engine, metric_domain_kwargs, metric_value_kwargs, metrics, runtime_configuration):
+        df, _, _ = execution_engine.get_compute_domain(metric_domain_kwargs, domain_type=MetricDomainTypes.TABLE)
+        ignore = set(metric_value_kwargs.get("ignore_columns") or [])
+        fractions = df[[c for c in df.columns if c not in ignore]].isna().mean()
+        if fractions.empty or df.empty:
+            return {"column": None, "fraction": 0.0}
+        return {"column": str(fractions.idxmax()), "fraction": float(fractions.max())}
 
 
 class ExpectColumnValueCountsToBeAtLeast(ColumnAggregateExpectation):
@@ -131,3 +148,21 @@ class ExpectTableNearDuplicateFractionToBeAtMost(BatchExpectation):
                   execution_engine: Optional[ExecutionEngine] = None) -> dict:
         fraction = metrics["table.near_duplicate_fraction"]
         return {"success": fraction <= self.max_fraction, "result": {"observed_value": fraction}}
+
+
+class ExpectTableColumnsMissingFractionToBeAtMost(BatchExpectation):
+    """Expect no column (outside `ignore_columns`) to miss more than
+    `max_fraction` of its values: an all-empty column carries no information
+    and usually means a broken export upstream."""
+
+    max_fraction: float
+    ignore_columns: list[str] = []
+
+    metric_dependencies = ("table.columns_missing_fraction",)
+    domain_keys: ClassVar[tuple[str, ...]] = ("row_condition", "condition_parser")
+    success_keys = ("max_fraction", "ignore_columns")
+
+    def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
+                  execution_engine: Optional[ExecutionEngine] = None) -> dict:
+        worst = metrics["table.columns_missing_fraction"]
+        return {"success": worst["fraction"] <= self.max_fraction, "result": {"observed_value": worst}}

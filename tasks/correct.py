@@ -34,23 +34,32 @@ def _flag(issues: dict[int, list[str]], row_ids: pd.Series, reason: str | pd.Ser
         issues.setdefault(int(row_id), []).append(str(why))
 
 
-def infer_types(table: pd.DataFrame, declared: dict[str, str], target: str) -> dict[str, str]:
-    """Declared types win; the rest are read off the values. A column that is
-    mostly numbers (some with units, a few words) is numeric: the words are
-    what the gate must report, not a reason to treat the column as text."""
-    types = {}
+def _parsed(table: pd.DataFrame, col: str) -> pd.DataFrame | None:
+    """parse_numbers of a text column (None for a column already numeric)."""
+    return None if pd.api.types.is_numeric_dtype(table[col]) else quality.parse_numbers(table[col])
+
+
+def infer_types(
+    table: pd.DataFrame, declared: dict[str, str], target: str, parsed: dict[str, pd.DataFrame | None]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(types, observed): declared types win; the rest are read off the values.
+    A column that is mostly numbers (some with units, a few words) is numeric:
+    the words are what the gate must report, not a reason to treat the column
+    as text."""
+    types, observed = {}, {}
     for col in table.columns:
         if col in (ROW_ID, target):
             continue
+        seen = observed[col] = quality.observed_type(table[col], parsed[col])
         if col in declared:
             types[col] = declared[col]
             continue
-        seen = quality.observed_type(table[col])
         if seen == "mixed":
-            kinds = quality.parse_numbers(table[col].dropna())["kind"]
-            seen = "numeric" if kinds.isin(["number", "unit"]).mean() >= 0.8 else "categorical"
+            kinds = parsed[col]["kind"]
+            numeric = kinds.isin(["number", "unit"]).sum() / max(1, (kinds != "missing").sum())
+            seen = "numeric" if numeric >= 0.8 else "categorical"
         types[col] = "ignore" if seen == "empty" else seen
-    return types
+    return types, observed
 
 
 def correct_table(raw: pd.DataFrame, meta: dict, params: ValidateParams) -> Corrected:
@@ -74,13 +83,14 @@ def correct_table(raw: pd.DataFrame, meta: dict, params: ValidateParams) -> Corr
                 table[col] = table[col].mask(is_token)
     corrections["missing_tokens"] = token_counts
 
-    types = infer_types(table, meta.get("columns", {}), target)
+    parsed = {col: _parsed(table, col) for col in table.columns if col not in (ROW_ID, target)}
+    types, observed = infer_types(table, meta.get("columns", {}), target, parsed)
     representation: dict[str, Any] = {}
     coerced, variants_fixed = {}, {}
     for col, declared in types.items():
-        entry: dict[str, Any] = {"declared": declared, "observed": quality.observed_type(table[col])}
+        entry: dict[str, Any] = {"declared": declared, "observed": observed[col]}
         if declared == "numeric":
-            entry.update(_numeric_column(table, col, params, issues, coerced))
+            entry.update(_numeric_column(table, col, parsed[col], params, issues, coerced))
         elif declared in TEXTUAL_TYPES:
             entry.update(_textual_column(table, col, params, variants_fixed, declared == "categorical"))
         representation[col] = entry
@@ -110,14 +120,18 @@ def correct_table(raw: pd.DataFrame, meta: dict, params: ValidateParams) -> Corr
 
 
 def _numeric_column(
-    table: pd.DataFrame, col: str, params: ValidateParams, issues: dict[int, list[str]], coerced: dict[str, int]
+    table: pd.DataFrame,
+    col: str,
+    parsed: pd.DataFrame | None,
+    params: ValidateParams,
+    issues: dict[int, list[str]],
+    coerced: dict[str, int],
 ) -> dict[str, Any]:
     values = table[col]
-    if pd.api.types.is_numeric_dtype(values):
+    if parsed is None:
         numbers = values.astype(float)
         entry: dict[str, Any] = {"numbers": int(values.notna().sum()), "with_units": 0, "not_numbers": 0}
     else:
-        parsed = quality.parse_numbers(values)
         kinds = parsed["kind"].value_counts()
         bad = parsed["kind"].eq("text") | (parsed["kind"].eq("unit") & (not params.coerce_numeric))
         entry = {
@@ -168,8 +182,7 @@ def _uniqueness(table: pd.DataFrame, types: dict[str, str], params: ValidatePara
     content = [c for c in table.columns if c != ROW_ID and types.get(c) != "id"]
     exact = quality.duplicate_rows(table, content)
     if params.drop_duplicates and exact.any():
-        first = table[content].astype("string").fillna("\x00").agg("\x1f".join, axis=1)
-        first_id = table[ROW_ID].groupby(first).transform("first")
+        first_id = table.groupby(content, dropna=False, sort=False)[ROW_ID].transform("first")
         _flag(issues, table.loc[exact, ROW_ID], first_id[exact].map(lambda r: f"duplicate of row {r}"))
     keys = [k for k in params.duplicate_keys if k in table.columns]
     near = quality.near_duplicate_rows(table[content], params.near_duplicate_decimals)

@@ -27,28 +27,51 @@ PLAIN_NUMBER = re.compile(rf"^\s*{_NUMBER}\s*$")
 def parse_numbers(values: pd.Series) -> pd.DataFrame:
     """Classify each value of a text column: plain number, number with a unit or
     currency, or not a number. Returns columns `number` (float or NaN), `kind`
-    ('number' | 'unit' | 'text' | 'missing') and `unit`."""
-    text = values.astype("string")
-    missing = text.isna()
-    parts = text.str.extract(UNIT_NUMBER)
-    number = pd.to_numeric(parts["num"].str.replace(",", "", regex=False), errors="coerce")
-    unit = (parts["pre"].fillna("") + parts["post"].fillna("")).str.strip()
-    kind = np.select(
-        [missing.to_numpy(), number.isna().to_numpy(), (unit == "").fillna(True).to_numpy()],
-        ["missing", "text", "number"],
-        default="unit",
+    ('number' | 'unit' | 'text' | 'missing') and `unit`.
+
+    Each distinct value is parsed once, and plain numbers skip the regex, so a
+    million rows with few distinct spellings cost little."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    text = pd.Series(uniques, dtype="string")
+    number = pd.to_numeric(text, errors="coerce").astype(float)
+    kind = pd.Series(np.where(number.notna(), "number", "text"), dtype=object)
+    unit = pd.Series(pd.NA, index=text.index, dtype="string")
+    needs_regex = number.isna().to_numpy()
+    if needs_regex.any():
+        parts = text[needs_regex].str.extract(UNIT_NUMBER)
+        parsed = pd.to_numeric(parts["num"].str.replace(",", "", regex=False), errors="coerce")
+        suffix = (parts["pre"].fillna("") + parts["post"].fillna("")).str.strip()
+        number[needs_regex] = parsed.astype(float)
+        kind[needs_regex] = np.where(parsed.isna(), "text", np.where(suffix == "", "number", "unit"))
+        unit[needs_regex] = suffix.where(parsed.notna() & (suffix != ""))
+    missing = codes < 0
+    take = np.where(missing, 0, codes)
+
+    def expand(column: pd.Series, fill: object) -> np.ndarray:
+        out = column.to_numpy(dtype=object)[take] if len(column) else np.full(len(codes), fill, dtype=object)
+        out[missing] = fill
+        return out
+
+    return pd.DataFrame(
+        {
+            "number": expand(number, np.nan).astype(float),
+            "kind": expand(kind, "missing"),
+            "unit": pd.array(expand(unit, pd.NA), dtype="string"),
+        },
+        index=values.index,
     )
-    return pd.DataFrame({"number": number.astype(float), "kind": kind, "unit": unit.where(kind == "unit")}, index=values.index)
 
 
-def observed_type(values: pd.Series) -> str:
-    """numeric | categorical | text | mixed | empty, from the values themselves."""
+def observed_type(values: pd.Series, parsed: pd.DataFrame | None = None) -> str:
+    """numeric | categorical | text | mixed | empty, from the values themselves.
+    `parsed` (parse_numbers of the same values) saves parsing twice."""
     present = values.dropna()
     if present.empty:
         return "empty"
     if pd.api.types.is_numeric_dtype(present):
         return "numeric"
-    kinds = parse_numbers(present)["kind"].value_counts()
+    kinds = (parsed if parsed is not None else parse_numbers(values))["kind"]
+    kinds = kinds[kinds != "missing"].value_counts()
     numeric_share = (kinds.get("number", 0) + kinds.get("unit", 0)) / len(present)
     if numeric_share == 1:
         return "numeric"
@@ -56,6 +79,15 @@ def observed_type(values: pd.Series) -> str:
         return "mixed"
     distinct = present.nunique()
     return "categorical" if distinct <= max(20, 0.05 * len(present)) else "text"
+
+
+def _map_distinct(values: pd.Series, func) -> pd.Series:
+    """Apply `func` to each distinct value once; missing stays missing."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    mapped = np.asarray([func(u) for u in uniques], dtype=object)
+    out = mapped[np.where(codes < 0, 0, codes)] if len(mapped) else np.full(len(codes), None, dtype=object)
+    out[codes < 0] = None
+    return pd.Series(out, index=values.index, dtype=object)
 
 
 def fold(value: str) -> str:
@@ -97,7 +129,7 @@ def normalise_categories(values: pd.Series, synonyms: dict[str, str] | None = No
     """Apply case/whitespace folding and synonyms; return the new column and how
     many values changed."""
     mapping = _canonical_map(values.dropna().unique(), synonyms or {})
-    new = values.map(lambda v: mapping.get(str(v), v) if pd.notna(v) else v)
+    new = _map_distinct(values, lambda v: mapping.get(str(v), v)).astype(values.dtype)
     changed = int((new.astype("string") != values.astype("string")).fillna(False).sum())
     return new, changed
 
@@ -122,6 +154,9 @@ def outliers(values: pd.Series, method: str, threshold: float) -> pd.Series:
 # --------------------------------------------------------------------------- completeness
 
 
+MECHANISM_SAMPLE = 20_000  # rows used for the missingness-mechanism tests
+
+
 def completeness(df: pd.DataFrame, p_value: float = 0.01) -> dict[str, Any]:
     """Missing count and fraction per column, rows with any missing value, and a
     hint at the mechanism: if a column's missingness is associated with another
@@ -131,11 +166,13 @@ def completeness(df: pd.DataFrame, p_value: float = 0.01) -> dict[str, Any]:
         col: {"missing": int(missing[col].sum()), "fraction": float(missing[col].mean())} for col in df.columns
     }
     mechanism = {}
+    # The tests need thousands of rows, not millions: a fixed sample keeps them cheap.
+    sample = df if len(df) <= MECHANISM_SAMPLE else df.sample(MECHANISM_SAMPLE, random_state=0)
     for col in df.columns:
         n_missing = int(missing[col].sum())
         if n_missing == 0 or n_missing == len(df):
             continue
-        associated = _missingness_associations(df, missing[col], col, p_value)
+        associated = _missingness_associations(sample, sample[col].isna(), col, p_value)
         mechanism[col] = {
             "associated_with": associated,
             "hint": "not MCAR: missingness depends on observed columns (MAR or MNAR)"
@@ -249,7 +286,7 @@ def near_duplicate_rows(df: pd.DataFrame, decimals: int = 2) -> pd.Series:
         if pd.api.types.is_numeric_dtype(values):
             normalised[col] = values.round(decimals)
         else:
-            normalised[col] = values.map(lambda v: fold(v) if isinstance(v, str) else v)
+            normalised[col] = _map_distinct(values, lambda v: fold(v) if isinstance(v, str) else v)
     hashes = pd.util.hash_pandas_object(normalised, index=False)
     near = hashes.duplicated(keep="first")
     return near & ~duplicate_rows(df)

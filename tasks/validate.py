@@ -73,7 +73,10 @@ def run_suite(
 
     import expectations.custom  # noqa: F401  registers the project's expectations
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # stage logs stay readable
     batch = (
         context.data_sources.add_pandas("distillery")
         .add_dataframe_asset("table")
