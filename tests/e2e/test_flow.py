@@ -30,10 +30,8 @@ def _tiny(params: dict) -> dict:
     return params
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_project(root: Path, **data: object) -> Path:
     """A fresh clone-like copy: the tracked files only, committed in a new git repo."""
-    root = tmp_path_factory.mktemp("project")
     tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
                              capture_output=True, text=True).stdout.split()
     for name in tracked:
@@ -43,11 +41,18 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
     params_file = root / "params.yaml"
-    params_file.write_text(yaml.safe_dump(_tiny(yaml.safe_load(params_file.read_text())), sort_keys=False))
+    params = _tiny(yaml.safe_load(params_file.read_text()))
+    params["data"].update(data)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     _git(root, "init", "-q")
     _git(root, "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
     _git(root, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy")
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_project(tmp_path_factory.mktemp("project"))
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +161,35 @@ def test_stage_cli_rejects_bad_params_with_exit_2(project: Path) -> None:
     assert done.returncode == 2
     assert "train.lrr" in done.stderr and "params.yaml" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_penguins_run_through_the_gate_to_a_registered_champion(tmp_path: Path, harness) -> None:
+    """The messy tabular path: corrections on, quality report written, champion registered."""
+    import onnxruntime as ort
+    from mlflow import MlflowClient
+
+    from tasks.preprocess import encode_table
+
+    root = make_project(tmp_path, source="penguins")
+    results = _run_flow(root)
+    assert all(r["ran"] for r in results)
+
+    quality = yaml.safe_load((root / "reports/data_quality.json").read_text())
+    assert quality["balance"]["counts"] == {"Adelie": 152, "Gentoo": 124, "Chinstrap": 68}
+    assert quality["balance"]["imbalance_ratio"] == pytest.approx(152 / 68)
+    assert quality["completeness"]["columns"]["Sex"]["missing"] == 11
+    assert quality["uniqueness"]["duplicate_rows"] == 0
+    assert quality["representation"]["columns"]["Species"]["renamed"]["Gentoo penguin (Pygoscelis papua)"] == "Gentoo"
+    validation = yaml.safe_load((root / "reports/validation.json").read_text())
+    assert validation["rows_in"] == validation["rows_valid"] + validation["rows_quarantined"] == 344
+    assert (root / "reports/data_docs/index.html").exists()
+    assert (root / "reports/quality/missingness.png").stat().st_size > 0
+
+    # Raw rows -> the shared encoder -> the champion: the serving path, end to end.
+    meta = yaml.safe_load((root / "data/processed/meta.json").read_text())
+    rows = __import__("pandas").read_parquet(root / "data/validated/table.parquet").head(4)
+    session = ort.InferenceSession(str(root / "models/champion.onnx"), providers=["CPUExecutionProvider"])
+    probabilities = session.run(["probabilities"], {"features": encode_table(rows, meta["encoder"])})[0]
+    assert probabilities.shape == (4, 3)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    assert client.get_model_version_by_alias("distillery", "champion").tags["data_hash"] == meta["data_hash"]
