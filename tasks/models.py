@@ -147,7 +147,7 @@ def load_model(stem: str | Path) -> Model:
         described = json.loads(spec_path.read_text())
         model_cls, spec_cls = ARCHITECTURES[described.get("architecture", "CNN")]
         spec = spec_cls.from_json(described["spec"])
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:  # AttributeError: not a JSON object
         raise DistilleryError(f"{spec_path}: not a valid model description ({err})") from err
     model = model_cls(spec)
     try:

@@ -1,0 +1,252 @@
+"""tasks/config.py: params.yaml read strictly into frozen typed objects, and the
+CLI's exit 2 on bad params."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import Params, load_params
+from tasks.core import DistilleryError
+
+from conftest import REPO_ROOT
+
+REPO_PARAMS = REPO_ROOT / "params.yaml"
+
+
+@pytest.fixture(scope="module")
+def raw_params() -> dict:
+    return yaml.safe_load(REPO_PARAMS.read_text())
+
+
+def write_params(folder: Path, raw: dict) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def set_dotted(raw: dict, dotted: str, value) -> dict:
+    raw = copy.deepcopy(raw)
+    *parents, last = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return raw
+
+
+def delete_dotted(raw: dict, dotted: str) -> dict:
+    raw = copy.deepcopy(raw)
+    *parents, last = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node[part]
+    del node[last]
+    return raw
+
+
+def load_error(tmp_path: Path, raw) -> tuple[str, Path]:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(DistilleryError) as err:
+        load_params(path)
+    return str(err.value), path
+
+
+# --------------------------------------------------------------------------- the repo's params
+
+
+def test_repo_params_load_with_the_yaml_values(raw_params):
+    params = load_params(REPO_PARAMS)
+    assert isinstance(params, Params)
+    assert params.data.source == raw_params["data"]["source"]
+    assert params.data.digits.keep_fractions == tuple(raw_params["data"]["digits"]["keep_fractions"])
+    assert params.data.quickdraw.classes == tuple(raw_params["data"]["quickdraw"]["classes"])
+    assert params.data.quickdraw.samples_per_class == raw_params["data"]["quickdraw"]["samples_per_class"]
+    assert params.train.channels == tuple(raw_params["train"]["channels"])
+    assert params.train.lr == raw_params["train"]["lr"]
+    assert params.train.class_weighting is raw_params["train"]["class_weighting"]
+    assert params.distill.temperature == raw_params["distill"]["temperature"]
+    assert params.select.precisions == tuple(raw_params["select"]["precisions"])
+    assert params.validate.suite == raw_params["validate"]["suite"]
+
+
+def test_params_are_frozen():
+    params = load_params(REPO_PARAMS)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_an_int_is_accepted_where_a_float_is_expected(tmp_path, raw_params):
+    path = write_params(tmp_path, set_dotted(raw_params, "train.lr", 1))
+    lr = load_params(path).train.lr
+    assert isinstance(lr, float) and lr == 1.0
+
+
+@pytest.mark.parametrize("value", [None, "expectations/other.json"])
+def test_an_optional_key_takes_null_or_its_type(tmp_path, raw_params, value):
+    path = write_params(tmp_path, set_dotted(raw_params, "validate.suite", value))
+    assert load_params(path).validate.suite == value
+
+
+def test_an_optional_key_still_checks_its_type(tmp_path, raw_params):
+    message, _ = load_error(tmp_path, set_dotted(raw_params, "validate.suite", 3))
+    assert "'validate.suite'" in message and "str" in message
+
+
+# --------------------------------------------------------------------------- rejected params
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value"),
+    [
+        ("train.lrr", 0.002),
+        ("data.digits.keep_fraction", [1.0] * 10),
+        ("mlflow.uri", "sqlite:///x.db"),
+    ],
+)
+def test_an_unknown_key_is_named_with_the_file(tmp_path, raw_params, dotted, value):
+    message, path = load_error(tmp_path, set_dotted(raw_params, dotted, value))
+    assert f"'{dotted}'" in message
+    assert str(path) in message
+    assert "unknown key" in message
+
+
+def test_an_unknown_top_level_section_is_named(tmp_path, raw_params):
+    message, path = load_error(tmp_path, {**raw_params, "trian": {"lr": 1.0}})
+    assert "'trian'" in message and str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "expected_type"),
+    [
+        ("train.lr", "abc", "float"),
+        ("train.batch_size", True, "int"),
+        ("train.batch_size", 64.0, "int"),
+        ("train.class_weighting", 1, "bool"),
+        ("train.class_weighting", "yes please", "bool"),
+        ("distill.temperature", True, "float"),
+        ("select.registered_model", 7, "str"),
+        ("train.channels", "32", "list"),
+        ("data.quickdraw", ["apple"], "mapping"),
+    ],
+)
+def test_a_wrong_type_names_the_key_and_the_file(tmp_path, raw_params, dotted, value, expected_type):
+    message, path = load_error(tmp_path, set_dotted(raw_params, dotted, value))
+    assert f"'{dotted}'" in message
+    assert str(path) in message
+    assert expected_type in message
+
+
+def test_a_wrong_item_type_in_a_list_names_the_index(tmp_path, raw_params):
+    message, _ = load_error(tmp_path, set_dotted(raw_params, "train.channels", [32, "x"]))
+    assert "'train.channels[1]'" in message
+
+
+def test_a_wrong_value_type_in_a_mapping_names_the_entry(tmp_path, raw_params):
+    message, _ = load_error(tmp_path, set_dotted(raw_params, "data.quickdraw.samples_per_class.cat", "many"))
+    assert "'data.quickdraw.samples_per_class.cat'" in message
+
+
+@pytest.mark.parametrize("dotted", ["train.patience", "data.digits.keep_fractions", "select", "export.opset"])
+def test_a_missing_key_is_named(tmp_path, raw_params, dotted):
+    message, path = load_error(tmp_path, delete_dotted(raw_params, dotted))
+    assert f"'{dotted}'" in message
+    assert "missing key" in message
+    assert str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "allowed"),
+    [
+        ("data.source", "foo", "digits"),
+        ("select.speed_key", "latency_ms_b7", "latency_ms_b1"),
+        ("select.precisions", ["int8", "fp16"], "fp32"),
+    ],
+)
+def test_a_literal_violation_lists_the_allowed_values(tmp_path, raw_params, dotted, value, allowed):
+    message, path = load_error(tmp_path, set_dotted(raw_params, dotted, value))
+    assert dotted.split(".")[0] in message and str(path) in message
+    assert allowed in message
+    assert "must be one of" in message
+
+
+def test_a_literal_violation_in_a_list_names_the_index(tmp_path, raw_params):
+    message, _ = load_error(tmp_path, set_dotted(raw_params, "select.precisions", ["int8", "fp16"]))
+    assert "'select.precisions[1]'" in message
+    assert "'fp16'" in message
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "section", "rule"),
+    [
+        ("train.dropout", 1.5, "train", "dropout"),
+        ("distill.dropout", -0.1, "distill", "dropout"),
+        ("distill.alpha", 2, "distill", "alpha"),
+        ("distill.temperature", 0, "distill", "temperature"),
+        ("train.channels", [], "train", "channels"),
+        ("train.lr", 0, "train", "lr"),
+        ("train.patience", 0, "train", "patience"),
+        ("select.precisions", [], "select", "precisions"),
+        ("select.max_f1_drop", 1.5, "select", "max_f1_drop"),
+        ("preprocess.val_fraction", 1.0, "preprocess", "val_fraction"),
+        ("preprocess.val_fraction", 0.75, "preprocess", "at least 10% to train on"),
+        ("data.digits.keep_fractions", [1.0] * 9, "data", "keep_fractions"),
+        ("data.digits.keep_fractions", [0.0] + [1.0] * 9, "data", "keep_fractions"),
+        ("data.quickdraw.samples_per_class", {"apple": 10, "banana": 10}, "data", "samples_per_class"),
+        ("export.calibration_samples", 0, "export", "calibration_samples"),
+        ("evaluate.ece_bins", 1, "evaluate", "ece_bins"),
+    ],
+)
+def test_a_rule_violation_names_the_section_the_rule_and_the_file(tmp_path, raw_params, dotted, value, section, rule):
+    message, path = load_error(tmp_path, set_dotted(raw_params, dotted, value))
+    assert f"'{section}'" in message
+    assert rule in message
+    assert str(path) in message
+
+
+def test_a_missing_params_file_is_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    with pytest.raises(DistilleryError, match="params file not found") as err:
+        load_params(path)
+    assert str(path) in str(err.value)
+
+
+def test_invalid_yaml_is_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: [0.1\n")
+    with pytest.raises(DistilleryError, match="not valid YAML") as err:
+        load_params(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["", "- a\n- b\n"])
+def test_a_file_that_is_not_a_mapping_is_rejected_at_the_top_level(tmp_path, content):
+    path = tmp_path / "params.yaml"
+    path.write_text(content)
+    with pytest.raises(DistilleryError, match="the top level") as err:
+        load_params(path)
+    assert str(path) in str(err.value)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def test_stage_cli_exits_2_on_bad_params_without_a_traceback(tmp_path, raw_params):
+    write_params(tmp_path, set_dotted(raw_params, "train.lrr", 0.002))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.ingest"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "'train.lrr'" in proc.stderr
+    assert "params.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "data").exists()  # nothing was ingested

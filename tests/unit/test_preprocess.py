@@ -1,0 +1,129 @@
+"""tasks/preprocess.py: the stratified split and the train-only normalisation stats."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.core import DistilleryError, hash_arrays
+from tasks.dataset import Dataset
+from tasks.preprocess import preprocess, split_indices
+
+from conftest import params_section
+
+PARAMS = params_section("preprocess", val_fraction=0.15, test_fraction=0.2, seed=42)
+COUNTS = (200, 100, 20)
+
+
+def imbalanced_labels(counts=COUNTS) -> np.ndarray:
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return np.random.default_rng(0).permutation(labels).astype(np.int64)
+
+
+def make_dataset(labels: np.ndarray) -> Dataset:
+    """Each image holds its own row index in every pixel, so rows can be traced;
+    the class shifts the pixel values so the classes differ."""
+    n = len(labels)
+    images = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 8, axis=1).repeat(8, axis=2)
+    images += 1000.0 * labels[:, None, None]
+    meta = {"classes": [f"c{i}" for i in range(labels.max() + 1)], "pixel_max": 16.0}
+    return Dataset(table=None, arrays={"images": images, "labels": labels}, meta=meta)  # type: ignore[arg-type]
+
+
+def test_splits_are_disjoint_and_cover_every_row():
+    labels = imbalanced_labels()
+    splits = split_indices(labels, PARAMS)
+    assert set(splits) == {"train", "val", "test"}
+    joined = np.concatenate(list(splits.values()))
+    assert len(joined) == len(labels)
+    np.testing.assert_array_equal(np.sort(joined), np.arange(len(labels)))
+
+
+def test_split_sizes_follow_the_fractions():
+    labels = imbalanced_labels()
+    splits = split_indices(labels, PARAMS)
+    n = len(labels)
+    assert abs(len(splits["val"]) - PARAMS.val_fraction * n) <= 3
+    assert abs(len(splits["test"]) - PARAMS.test_fraction * n) <= 3
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_splits_keep_class_proportions(seed):
+    labels = imbalanced_labels()
+    class_counts = np.bincount(labels)
+    params = params_section("preprocess", val_fraction=0.15, test_fraction=0.2, seed=seed)
+    for name, idx in split_indices(labels, params).items():
+        split_share = len(idx) / len(labels)
+        per_class = np.bincount(labels[idx], minlength=len(COUNTS))
+        # Stratified: each class contributes its own share to each split, to within rounding.
+        assert np.all(np.abs(per_class - split_share * class_counts) <= 1.5), (name, per_class)
+        assert np.all(per_class >= 1), name  # the rare class is in every split
+
+
+def test_split_is_deterministic_for_a_seed():
+    labels = imbalanced_labels()
+    first, again = split_indices(labels, PARAMS), split_indices(labels, PARAMS)
+    other = split_indices(labels, params_section("preprocess", val_fraction=0.15, test_fraction=0.2, seed=7))
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])
+    assert not np.array_equal(first["test"], other["test"])
+
+
+@pytest.mark.parametrize("rare", [1, 2])
+def test_a_class_with_fewer_than_3_samples_is_refused(rare):
+    labels = imbalanced_labels((50, 50, rare))
+    with pytest.raises(DistilleryError) as err:
+        split_indices(labels, PARAMS)
+    assert "[2]" in str(err.value) and "fewer than 3" in str(err.value)
+
+
+@pytest.mark.parametrize("rare", [3, 4])
+def test_a_class_too_small_for_the_fractions_is_refused_plainly(rare):
+    # With val 0.15 and test 0.2, 3 or 4 samples cannot reach every split;
+    # that is bad data, so it must be the project's error, not sklearn's ValueError.
+    labels = imbalanced_labels((100, rare))
+    with pytest.raises(DistilleryError) as err:
+        split_indices(labels, PARAMS)
+    assert "preprocess" in str(err.value)
+
+
+def test_an_absent_class_in_the_middle_is_allowed():
+    labels = imbalanced_labels((40, 0, 40))
+    splits = split_indices(labels, PARAMS)
+    assert sum(len(v) for v in splits.values()) == 80
+
+
+def test_preprocess_keeps_rows_aligned_and_adds_a_channel():
+    labels = imbalanced_labels()
+    dataset = make_dataset(labels)
+    splits, meta = preprocess(dataset, PARAMS)
+    for name, idx in split_indices(labels, PARAMS).items():
+        x, y = splits[name]["x"], splits[name]["y"]
+        assert x.shape == (len(idx), 1, 8, 8) and x.dtype == np.float32 and y.dtype == np.int64
+        np.testing.assert_array_equal(x[:, 0], dataset.arrays["images"][idx])
+        np.testing.assert_array_equal(y, labels[idx])
+    assert meta["input_shape"] == [1, 8, 8]
+    assert meta["classes"] == dataset.meta["classes"]
+    assert meta["data_hash"] == hash_arrays(dataset.arrays["images"], labels)
+    for name in ("train", "val", "test"):
+        assert meta["counts"][name] == np.bincount(labels[split_indices(labels, PARAMS)[name]], minlength=3).tolist()
+
+
+def test_normalisation_stats_come_from_the_train_split_only():
+    labels = imbalanced_labels()
+    dataset = make_dataset(labels)
+    images = dataset.arrays["images"]
+    _, meta = preprocess(dataset, PARAMS)
+    train = images[split_indices(labels, PARAMS)["train"]]
+    np.testing.assert_allclose(meta["mean"], [train.mean()], rtol=1e-6)
+    np.testing.assert_allclose(meta["std"], [train.std()], rtol=1e-5)
+    assert abs(meta["mean"][0] - images.mean()) > 1e-3  # not the whole data's
+
+
+def test_a_constant_image_set_gets_a_positive_std():
+    labels = imbalanced_labels((10, 10))
+    dataset = make_dataset(labels)
+    dataset.arrays["images"][:] = 5.0
+    _, meta = preprocess(dataset, PARAMS)
+    assert meta["mean"] == [5.0]
+    assert meta["std"][0] > 0

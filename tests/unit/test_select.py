@@ -1,0 +1,93 @@
+"""tasks/select.py: the accuracy-aware champion choice."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.config import SelectParams
+from tasks.core import DistilleryError
+from tasks.select import select_champion
+
+
+def params(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256") -> SelectParams:
+    return SelectParams(max_f1_drop=max_f1_drop, precisions=precisions, speed_key=speed_key, registered_model="m")
+
+
+def candidate(macro_f1: float, b1: float, b256: float) -> dict:
+    return {
+        "accuracy": macro_f1,
+        "macro_f1": macro_f1,
+        "weighted_f1": macro_f1,
+        "ece": 0.02,
+        "size_bytes": 1000,
+        "latency_ms_b1": b1,
+        "latency_ms_b256": b256,
+        "confusion_matrix": [[1]],  # extra keys are not copied into the table
+    }
+
+
+@pytest.fixture
+def candidates() -> dict[str, dict]:
+    return {
+        "teacher.fp32": candidate(0.900, b1=1.0, b256=40.0),
+        "teacher.int8": candidate(0.896, b1=0.8, b256=20.0),
+        "student.fp32": candidate(0.895, b1=0.3, b256=5.0),  # fastest overall, but fp32
+        "student.int8": candidate(0.894, b1=0.5, b256=8.0),
+        "pruned.int8": candidate(0.850, b1=0.1, b256=2.0),  # fastest int8, but too inaccurate
+    }
+
+
+def test_the_fastest_qualifying_int8_candidate_wins(candidates):
+    champion, table = select_champion(candidates, params())
+    assert champion == "student.int8"
+    assert table["pruned.int8"]["qualifies"] is False
+    assert table["pruned.int8"]["eligible"] is True
+    assert table["pruned.int8"]["f1_drop"] == pytest.approx(0.05)
+    assert table["student.fp32"]["eligible"] is False and table["student.fp32"]["qualifies"] is False
+    assert table["teacher.int8"]["qualifies"] is True
+    assert set(table) == set(candidates)
+    assert "confusion_matrix" not in table["student.int8"]
+
+
+def test_fp32_competes_only_when_allowed(candidates):
+    champion, table = select_champion(candidates, params(precisions=("fp32", "int8")))
+    assert champion == "student.fp32"
+    assert table["student.fp32"]["qualifies"] is True
+
+
+def test_the_speed_key_decides_what_fastest_means(candidates):
+    candidates["teacher.int8"] = candidate(0.899, b1=0.2, b256=30.0)  # best at batch 1, worst at 256
+    assert select_champion(candidates, params(speed_key="latency_ms_b1"))[0] == "teacher.int8"
+    assert select_champion(candidates, params(speed_key="latency_ms_b256"))[0] == "student.int8"
+
+
+def test_a_looser_drop_lets_the_fast_inaccurate_candidate_win(candidates):
+    assert select_champion(candidates, params(max_f1_drop=0.06))[0] == "pruned.int8"
+
+
+def test_a_candidate_exactly_at_the_floor_qualifies():
+    candidates = {"teacher.fp32": candidate(0.75, 1.0, 10.0), "student.int8": candidate(0.5, 0.5, 5.0)}
+    champion, table = select_champion(candidates, params(max_f1_drop=0.25))
+    assert champion == "student.int8" and table["student.int8"]["f1_drop"] == 0.25
+
+
+def test_no_qualifying_candidate_fails_with_the_table(candidates):
+    with pytest.raises(DistilleryError) as err:
+        select_champion(candidates, params(max_f1_drop=0.001))
+    message = str(err.value)
+    assert "Nothing was promoted" in message
+    assert "select.max_f1_drop=0.001" in message
+    assert "| candidate | macro_f1 | f1_drop | eligible | latency_ms_b256 |" in message
+    for name in candidates:
+        assert f"| {name} |" in message
+
+
+def test_the_reference_alone_is_not_a_champion_when_only_int8_may_win():
+    with pytest.raises(DistilleryError, match="Nothing was promoted"):
+        select_champion({"teacher.fp32": candidate(0.9, 1.0, 10.0)}, params())
+
+
+def test_a_missing_reference_is_refused(candidates):
+    del candidates["teacher.fp32"]
+    with pytest.raises(DistilleryError, match="teacher.fp32"):
+        select_champion(candidates, params())
