@@ -161,6 +161,8 @@ class ExportParams:
     atol: float  # max abs logit difference allowed between ONNX fp32 and PyTorch
     calibration_samples: int  # training samples used to calibrate int8 ranges
     per_channel: bool
+    temperature_scaling: bool  # fit T on the validation split and fold it into the graph
+    calibration_bins: int  # confidence bins for the ECE check that guards the temperature
 
     def __post_init__(self) -> None:
         if self.calibration_samples < 1:
@@ -172,6 +174,7 @@ class EvaluateParams:
     threads: int  # intra-op threads pinned for the latency measurement
     latency_repeats: int  # timed runs per batch size; the median is reported
     ece_bins: int
+    f_beta: float  # beta of the reported F-beta (2 favours recall, 0.5 precision)
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.latency_repeats < 1 or self.ece_bins < 2:

@@ -14,12 +14,15 @@ import numpy as np
 
 from tasks import paths
 from tasks.config import EvaluateParams, load_params
-from tasks.core import atomic_path, markdown_table, read_json, run_cli, write_json, write_summary
-from tasks.metrics import classification_metrics
+from tasks.core import markdown_table, read_json, run_cli, write_json, write_summary
+from tasks import plots
+from tasks.metrics import classification_metrics, curve_points, expected_calibration_error, softmax
 from tasks.preprocess import load_split
 from tasks.onnx_utils import check_onnx, file_size, run_batches, session
 
 LATENCY_BATCHES = (1, 256)
+CURVES = paths.REPORTS / "curves"  # ROC, PR and reliability data for `dvc plots`
+SUMMARY_COLUMNS = ("accuracy", "macro_f1", "ece_before_scaling", "ece", "size_bytes", "latency_ms_b1", "latency_ms_b256")
 
 
 def candidate_files(folder: Path) -> dict[str, Path]:
@@ -41,35 +44,34 @@ def median_latency_ms(sess, x: np.ndarray, batch: int, repeats: int) -> float:
 
 
 def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str], params: EvaluateParams) -> dict:
-    check_onnx(path)
+    """Quality and cost of one ONNX file, run by onnxruntime on the test split."""
+    metadata = check_onnx(path)
     sess = session(path, threads=params.threads)
-    scores = classification_metrics(run_batches(sess, x), y, classes, params.ece_bins)
+    probabilities = run_batches(sess, x)
+    scores = classification_metrics(probabilities, y, classes, params.ece_bins, params.f_beta)
+    # The graph divides logits by T; multiplying back recovers the uncalibrated model.
+    temperature = float(metadata.get("temperature", 1.0))
+    uncalibrated = softmax(run_batches(sess, x, output="logits") * temperature)
     return {
         **scores,
+        "temperature": temperature,
+        "ece_before_scaling": expected_calibration_error(uncalibrated, y, params.ece_bins),
+        "curves": curve_points(probabilities, y, classes),
         "size_bytes": file_size(path),
         **{f"latency_ms_b{b}": median_latency_ms(sess, x, b, params.latency_repeats) for b in LATENCY_BATCHES},
     }
 
 
-def plot_confusion(matrix: list[list[int]], classes: list[str], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers
-    import matplotlib.pyplot as plt
-
-    counts = np.asarray(matrix)
-    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(classes), 0.8 + 0.5 * len(classes)))
-    ax.imshow(counts, cmap="Blues")
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-           xlabel="predicted", ylabel="true", title=title)
-    for (i, j), n in np.ndenumerate(counts):
-        if n:
-            ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
-                    color="white" if n > counts.max() / 2 else "black")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+def write_plots(name: str, result: dict, classes: list[str]) -> None:
+    """PNGs for people, and the curve data as JSON for `dvc plots`."""
+    plots.confusion(result["confusion_matrix"], result["confusion_matrix_normalized"], classes, name,
+                    paths.PLOTS / f"confusion_{name}.png")
+    plots.curves(result["curves"], name, paths.PLOTS / f"curves_{name}.png")
+    plots.reliability(result["reliability"], result["ece_before_scaling"], result["ece"], name,
+                      paths.PLOTS / f"reliability_{name}.png")
+    write_json(CURVES / "roc" / f"{name}.json", result["curves"]["roc"])
+    write_json(CURVES / "pr" / f"{name}.json", result["curves"]["pr"])
+    write_json(CURVES / "reliability" / f"{name}.json", [b for b in result["reliability"] if b["count"]])
 
 
 def main() -> None:
@@ -81,10 +83,11 @@ def main() -> None:
         for name, path in candidate_files(paths.ONNX_DIR).items()
     }
     for name, result in candidates.items():
-        plot_confusion(result["confusion_matrix"], meta["classes"], name, paths.PLOTS / f"confusion_{name}.png")
+        write_plots(name, result, meta["classes"])
+        del result["curves"]  # in reports/curves/; the report stays readable
     write_json(paths.EVALUATION_REPORT, {"test_rows": len(y), "threads": params.threads, "candidates": candidates})
     rows = [
-        {"candidate": n, **{k: r[k] for k in ("accuracy", "macro_f1", "ece", "size_bytes", "latency_ms_b1", "latency_ms_b256")}}
+        {"candidate": n, **{k: r[k] for k in SUMMARY_COLUMNS}}
         for n, r in candidates.items()
     ]
     write_summary("evaluate", f"Test split: {len(y)} rows, onnxruntime with {params.threads} thread(s).\n\n" + markdown_table(rows))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks import paths
+from tasks.calibration import calibrate
 from tasks.config import ExportParams, load_params
 from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table, read_json, run_cli, write_json, write_summary
 from tasks.models import Model, count_parameters, load_model
@@ -64,18 +65,27 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, nam
 def export_candidate(
     name: str,
     model: Model,
-    val_x: np.ndarray,
+    val: tuple[np.ndarray, np.ndarray],
     calibration: np.ndarray,
     metadata: dict,
     params: ExportParams,
     out_dir: Path,
 ) -> dict:
-    """Write `<name>.fp32.onnx` and `<name>.int8.onnx`; return the checks' figures."""
+    """Fit the temperature on the validation split, write `<name>.fp32.onnx` and
+    `<name>.int8.onnx` with it folded in, and return the checks' figures."""
+    val_x, val_y = val
     fp32, int8 = out_dir / f"{name}.fp32.onnx", out_dir / f"{name}.int8.onnx"
-    export_onnx(model, model.spec.input_shape, fp32, params.opset)
+    raw_logits = predict_logits(model, val_x)
+    if params.temperature_scaling:
+        scaling = calibrate(raw_logits, val_y, params.calibration_bins)
+    else:
+        scaling = {"temperature": 1.0}
+    temperature = scaling["temperature"]
+    metadata = {**metadata, "temperature": temperature}
+    export_onnx(model, model.spec.input_shape, fp32, params.opset, temperature)
     set_metadata(fp32, {**metadata, "candidate": f"{name}.fp32", "precision": "fp32"})
     check_onnx(fp32)
-    expected = predict_logits(model, val_x)
+    expected = raw_logits / temperature
     got = run_batches(session(fp32), val_x, output="logits")
     max_diff = float(np.abs(expected - got).max())
     if max_diff > params.atol:
@@ -87,6 +97,7 @@ def export_candidate(
     set_metadata(int8, {**metadata, "candidate": f"{name}.int8", "precision": "int8"})
     check_onnx(int8)
     return {
+        **scaling,
         "parameters": count_parameters(model),
         "fp32_max_abs_diff": max_diff,
         "fp32_size_bytes": file_size(fp32),
@@ -128,20 +139,21 @@ def main() -> None:
     params = load_params(paths.PARAMS).export
     meta = read_json(paths.PROCESSED / paths.META, "processed meta")
     train_x, _ = load_split("train")
-    val_x, _ = load_split("val")
+    val = load_split("val")
     rng = np.random.default_rng(0)
     calibration = train_x[rng.choice(len(train_x), size=min(params.calibration_samples, len(train_x)), replace=False)]
     paths.ONNX_DIR.mkdir(parents=True, exist_ok=True)
     report = {
         name: export_candidate(
-            name, load_model(paths.MODELS / name), val_x, calibration, artifact_metadata(meta), params, paths.ONNX_DIR
+            name, load_model(paths.MODELS / name), val, calibration, artifact_metadata(meta), params, paths.ONNX_DIR
         )
         for name in CANDIDATE_MODELS
     }
     write_json(paths.REPORTS / "export.json", report)
     write_summary(
         "export",
-        "Exported fp32 (checked against PyTorch) and static int8 QDQ:\n\n"
+        "Temperature fitted on the validation split and folded into each graph; exported fp32 "
+        "(checked against PyTorch) and static int8 QDQ:\n\n"
         + markdown_table([{"model": name, **figures} for name, figures in report.items()]),
     )
 

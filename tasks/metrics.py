@@ -11,33 +11,177 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> float:
-    """ECE: the confidence-weighted gap between confidence and accuracy, over
-    equal-width confidence bins."""
+def calibration_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> list[dict]:
+    """Equal-width confidence bins: per bin the mean confidence, the accuracy and
+    the count. The data behind ECE, MCE and the reliability diagram."""
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    ece = 0.0
+    out = []
     for b in range(n_bins):
         in_bin = bins == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+        out.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": int(in_bin.sum()),
+                "confidence": float(confidence[in_bin].mean()) if in_bin.any() else None,
+                "accuracy": float(correct[in_bin].mean()) if in_bin.any() else None,
+            }
+        )
+    return out
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], n_bins: int = 15) -> dict:
-    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> float:
+    """ECE: the count-weighted gap between confidence and accuracy over bins."""
+    bins = calibration_bins(probs, labels, n_bins)
+    total = sum(b["count"] for b in bins)
+    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]))
+
+
+def max_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> float:
+    """MCE: the worst bin's gap between confidence and accuracy."""
+    gaps = [abs(b["accuracy"] - b["confidence"]) for b in calibration_bins(probs, labels, n_bins) if b["count"]]
+    return float(max(gaps)) if gaps else 0.0
+
+
+def _ovo_micro_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    """One-vs-one AUC with every pair's decisions pooled (sklearn offers OvO
+    macro only): for classes i < j, on samples of i or j, score p_i / (p_i + p_j)."""
+    from sklearn.metrics import roc_auc_score
+
+    truths, scores = [], []
+    present = np.unique(labels)
+    for a_index, a in enumerate(present):
+        for b in present[a_index + 1 :]:
+            mask = (labels == a) | (labels == b)
+            pa, pb = probs[mask, a], probs[mask, b]
+            truths.append(labels[mask] == a)
+            scores.append(pa / np.maximum(pa + pb, 1e-12))
+    return float(roc_auc_score(np.concatenate(truths), np.concatenate(scores)))
+
+
+def roc_auc(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """Binary AUC, or for multiclass one-vs-rest and one-vs-one, each micro and
+    macro. None where the test split lacks the classes to define it."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import label_binarize
+
+    n_classes = probs.shape[1]
+    if len(np.unique(labels)) < 2:
+        return {"auc": None}
+    if n_classes == 2:
+        return {"auc": float(roc_auc_score(labels, probs[:, 1]))}
+    onehot = label_binarize(labels, classes=list(range(n_classes)))
+    present = onehot.sum(axis=0) > 0
+    result: dict[str, float | None] = {
+        "ovr_micro": float(roc_auc_score(onehot.ravel(), probs.ravel())),
+        "ovr_macro": float(np.mean([roc_auc_score(onehot[:, c], probs[:, c]) for c in np.flatnonzero(present)])),
+        "ovo_micro": _ovo_micro_auc(probs, labels),
+        "ovo_macro": None,
+    }
+    if present.all():
+        result["ovo_macro"] = float(roc_auc_score(labels, probs, multi_class="ovo", average="macro"))
+    return result
+
+
+def average_precision(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """Average precision (area under the PR curve) per class, macro and micro."""
+    from sklearn.metrics import average_precision_score
+    from sklearn.preprocessing import label_binarize
+
+    onehot = label_binarize(labels, classes=list(range(len(classes))))
+    if len(classes) == 2:
+        onehot = np.column_stack([1 - onehot[:, 0], onehot[:, 0]])
+    per_class = {
+        name: float(average_precision_score(onehot[:, c], probs[:, c])) if onehot[:, c].any() else None
+        for c, name in enumerate(classes)
+    }
+    defined = [v for v in per_class.values() if v is not None]
+    return {
+        "per_class": per_class,
+        "macro": float(np.mean(defined)) if defined else None,
+        "micro": float(average_precision_score(onehot.ravel(), probs.ravel())) if onehot.any() else None,
+    }
+
+
+def curve_points(probs: np.ndarray, labels: np.ndarray, classes: list[str], max_points: int = 200) -> dict:
+    """ROC and PR curve points per class (one-vs-rest), thinned to `max_points`,
+    as rows that DVC plots and matplotlib both read."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    roc_rows, pr_rows = [], []
+    for c, name in enumerate(classes):
+        truth = labels == c
+        if truth.all() or not truth.any():
+            continue
+        fpr, tpr, _ = roc_curve(truth, probs[:, c])
+        precision, recall, _ = precision_recall_curve(truth, probs[:, c])
+        keep = np.unique(np.linspace(0, len(fpr) - 1, min(max_points, len(fpr))).astype(int))
+        roc_rows += [{"class": name, "fpr": float(fpr[i]), "tpr": float(tpr[i])} for i in keep]
+        keep = np.unique(np.linspace(0, len(recall) - 1, min(max_points, len(recall))).astype(int))
+        pr_rows += [{"class": name, "recall": float(recall[i]), "precision": float(precision[i])} for i in keep]
+    return {"roc": roc_rows, "pr": pr_rows}
+
+
+def classification_metrics(
+    probs: np.ndarray, labels: np.ndarray, classes: list[str], n_bins: int = 15, beta: float = 1.0
+) -> dict:
+    """Never one number: per-class and averaged precision/recall/F1/F-beta, the
+    confusion matrix (counts and row-normalised), ROC AUC, average precision,
+    and calibration (ECE, MCE, reliability bins)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        classification_report,
+        confusion_matrix,
+        fbeta_score,
+        precision_recall_fscore_support,
+    )
 
     predicted = probs.argmax(axis=1)
-    label_ids = list(range(len(classes)))
+    ids = list(range(len(classes)))
+    averages = {}
+    for average in ("micro", "macro", "weighted"):
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            labels, predicted, labels=ids, average=average, zero_division=0
+        )
+        averages[average] = {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    counts = confusion_matrix(labels, predicted, labels=ids)
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
-        "macro_f1": float(f1_score(labels, predicted, average="macro", labels=label_ids, zero_division=0)),
-        "weighted_f1": float(f1_score(labels, predicted, average="weighted", labels=label_ids, zero_division=0)),
+        "macro_f1": averages["macro"]["f1"],
+        "weighted_f1": averages["weighted"]["f1"],
+        "micro_f1": averages["micro"]["f1"],
+        "averages": averages,
+        "fbeta": {"beta": beta, "macro": float(fbeta_score(labels, predicted, beta=beta, labels=ids,
+                                                           average="macro", zero_division=0))},
         "ece": expected_calibration_error(probs, labels, n_bins),
+        "mce": max_calibration_error(probs, labels, n_bins),
+        "reliability": calibration_bins(probs, labels, n_bins),
+        "roc_auc": roc_auc(probs, labels),
+        "average_precision": average_precision(probs, labels, classes),
         "per_class": classification_report(
-            labels, predicted, labels=label_ids, target_names=classes, output_dict=True, zero_division=0
+            labels, predicted, labels=ids, target_names=classes, output_dict=True, zero_division=0
         ),
-        "confusion_matrix": confusion_matrix(labels, predicted, labels=label_ids).tolist(),
+        "confusion_matrix": counts.tolist(),
+        "confusion_matrix_normalized": (counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)).round(4).tolist(),
+    }
+
+
+def regression_metrics(predicted: np.ndarray, target: np.ndarray) -> dict:
+    """MAE, MAPE, MSE, RMSE, R^2, D^2 (absolute error), median and max error."""
+    from sklearn import metrics as m
+
+    predicted, target = np.ravel(predicted), np.ravel(target)
+    mse = float(m.mean_squared_error(target, predicted))
+    return {
+        "mae": float(m.mean_absolute_error(target, predicted)),
+        "mape": float(m.mean_absolute_percentage_error(target, predicted)),
+        "mse": mse,
+        "rmse": float(np.sqrt(mse)),
+        "r2": float(m.r2_score(target, predicted)),
+        "d2": float(m.d2_absolute_error_score(target, predicted)),
+        "median_absolute_error": float(m.median_absolute_error(target, predicted)),
+        "max_error": float(m.max_error(target, predicted)),
     }

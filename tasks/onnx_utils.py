@@ -19,15 +19,17 @@ OUTPUT_NAMES = ("logits", "probabilities")
 
 
 class WithProbabilities(nn.Module):
-    """Adds the softmax to the graph, so a client gets probabilities without
-    re-implementing anything."""
+    """Folds the calibration temperature into the logits and adds the softmax to
+    the graph, so a client gets calibrated probabilities without re-implementing
+    anything."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(x)
+        logits = self.model(x) / self.temperature
         return logits, torch.softmax(logits, dim=1)
 
 
@@ -36,10 +38,12 @@ def input_name(model: nn.Module) -> str:
     return TABLE_INPUT if type(model).__name__ == "MLP" else IMAGE_INPUT
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int) -> None:
-    """fp32 ONNX with a dynamic batch dimension."""
+def export_onnx(
+    model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int, temperature: float = 1.0
+) -> None:
+    """fp32 ONNX with a dynamic batch dimension; `logits` are divided by `temperature`."""
     name = input_name(model)
-    model = WithProbabilities(model.cpu().eval())
+    model = WithProbabilities(model.cpu().eval(), temperature)
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
     dynamic = {name: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
     with atomic_path(path) as tmp:

@@ -17,7 +17,7 @@ from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table,
 from tasks.onnx_utils import check_onnx
 
 REFERENCE = "teacher.fp32"
-SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece", "size_bytes", "latency_ms_b1", "latency_ms_b256")
+SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece_before_scaling", "ece", "mce", "size_bytes", "latency_ms_b1", "latency_ms_b256")
 CHAMPION_ALIAS = "champion"
 
 

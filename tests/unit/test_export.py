@@ -46,11 +46,15 @@ def pixels(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 16, (n, 1, 8, 8)).astype(np.float32)
 
 
+def labelled(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    return pixels(n, seed), np.random.default_rng(seed).integers(0, 3, n)
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx")
     model = tiny_model()
-    figures = export_candidate("tiny", model, pixels(20, 1), pixels(32, 2), artifact_metadata(META), PARAMS, out)
+    figures = export_candidate("tiny", model, labelled(20, 1), pixels(32, 2), artifact_metadata(META), PARAMS, out)
     return model, figures, out / "tiny.fp32.onnx", out / "tiny.int8.onnx"
 
 
@@ -72,13 +76,22 @@ def test_the_int8_file_is_quantized(exported):
     assert "QuantizeLinear" not in {node.op_type for node in onnx.load(str(fp32)).graph.node}
 
 
-def test_fp32_logits_match_pytorch(exported):
-    model, _, fp32, _ = exported
+def test_fp32_logits_match_pytorch_divided_by_the_temperature(exported):
+    model, figures, fp32, _ = exported
     x = pixels(9, 3)  # not the rows the export checked itself on
     with torch.no_grad():
-        expected = model(torch.as_tensor(x)).numpy()
+        expected = model(torch.as_tensor(x)).numpy() / figures["temperature"]
     got = run_batches(session(fp32), x, output="logits")
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert check_onnx(fp32)["temperature"] == figures["temperature"]
+
+
+def test_temperature_is_fitted_and_kept_only_when_val_ece_does_not_rise(exported):
+    _, figures, _, _ = exported
+    assert figures["temperature"] > 0
+    assert figures["val_ece_after"] <= figures["val_ece_before"]
+    if figures["temperature"] == 1.0:
+        assert figures["val_ece_after"] == figures["val_ece_before"]
 
 
 @pytest.mark.parametrize("which", ["fp32", "int8"])
@@ -123,7 +136,7 @@ def test_export_refuses_logits_outside_atol(tmp_path):
     # A negative tolerance cannot be met by any export: the gate's wiring, deterministically.
     strict = params_section("export", opset=17, atol=-1.0, calibration_samples=8, per_channel=False)
     with pytest.raises(DistilleryError) as err:
-        export_candidate("tiny", tiny_model(), pixels(4, 1), pixels(8, 2), artifact_metadata(META), strict, tmp_path)
+        export_candidate("tiny", tiny_model(), labelled(4, 1), pixels(8, 2), artifact_metadata(META), strict, tmp_path)
     assert str(tmp_path / "tiny.fp32.onnx") in str(err.value) and "export.atol" in str(err.value)
     assert not (tmp_path / "tiny.int8.onnx").exists()
 

@@ -1,0 +1,74 @@
+"""Evaluation plots as PNG files (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.core import atomic_path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; servers have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    _pyplot().close(fig)
+
+
+def confusion(counts: list[list[int]], normalized: list[list[float]], classes: list[str], title: str, path: Path) -> None:
+    """Counts and row-normalised side by side: the second shows the rare class's recall."""
+    plt = _pyplot()
+    size = 0.8 + 0.45 * len(classes)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    for ax, matrix, fmt, name in ((axes[0], np.asarray(counts), "{:d}", "counts"),
+                                  (axes[1], np.asarray(normalized), "{:.2f}", "normalised by true class")):
+        ax.imshow(matrix, cmap="Blues")
+        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+               xlabel="predicted", ylabel="true", title=f"{title}: {name}")
+        for (i, j), v in np.ndenumerate(matrix):
+            if v:
+                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6,
+                        color="white" if v > matrix.max() / 2 else "black")
+    _save(fig, path)
+
+
+def curves(points: dict, title: str, path: Path) -> None:
+    """ROC and precision-recall curves, one line per class (one-vs-rest)."""
+    plt = _pyplot()
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(9, 4))
+    for name in dict.fromkeys(row["class"] for row in points["roc"]):
+        rows = [r for r in points["roc"] if r["class"] == name]
+        roc.plot([r["fpr"] for r in rows], [r["tpr"] for r in rows], lw=1, label=name)
+        rows = [r for r in points["pr"] if r["class"] == name]
+        pr.plot([r["recall"] for r in rows], [r["precision"] for r in rows], lw=1, label=name)
+    roc.plot([0, 1], [0, 1], ls=":", color="grey")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC")
+    pr.set(xlabel="recall", ylabel="precision", title=f"{title}: precision-recall")
+    roc.legend(fontsize=6)
+    _save(fig, path)
+
+
+def reliability(bins: list[dict], ece_before: float, ece_after: float, title: str, path: Path) -> None:
+    """Reliability diagram: accuracy per confidence bin against the diagonal."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    filled = [b for b in bins if b["count"]]
+    width = bins[0]["upper"] - bins[0]["lower"]
+    ax.bar([b["lower"] for b in filled], [b["accuracy"] for b in filled], width=width, align="edge",
+           edgecolor="black", alpha=0.7, label="accuracy")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+           title=f"{title}\nECE {ece_before:.4f} before scaling, {ece_after:.4f} after")
+    ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path)
