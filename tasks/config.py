@@ -187,6 +187,9 @@ class SelectParams:
     precisions: tuple[Literal["fp32", "int8"], ...]  # which exports may become champion
     speed_key: Literal["latency_ms_b1", "latency_ms_b256"]  # what "fastest" means
     registered_model: str  # MLflow registry name
+    min_macro_f1: float  # gate: absolute floor for the champion's macro-F1
+    max_ece: float  # gate: absolute ceiling for its calibration error
+    max_drop_vs_champion: float  # gate: macro-F1 it may lose against the current champion on this test split
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_f1_drop <= 1:

@@ -11,10 +11,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from tasks import paths
 from tasks.config import MlflowParams, SelectParams, load_params
 from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table, read_json, run_cli, sha256_file, write_json, write_summary
-from tasks.onnx_utils import check_onnx
+from tasks.metrics import classification_metrics
+from tasks.onnx_utils import check_onnx, run_batches, session
+from tasks.preprocess import load_split
 
 REFERENCE = "teacher.fp32"
 SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece_before_scaling", "ece", "mce", "size_bytes", "latency_ms_b1", "latency_ms_b256")
@@ -45,9 +49,47 @@ def select_champion(candidates: dict[str, dict], params: SelectParams) -> tuple[
     return min(qualified, key=lambda n: table[n][params.speed_key]), table
 
 
-def register_champion(path: Path, name: str, metadata: dict, params: SelectParams, mlflow_cfg: MlflowParams) -> str:
-    """Log the champion ONNX as an MLflow model, register it and move the alias.
-    Returns the new model version."""
+def current_champion_f1(params: SelectParams, x: np.ndarray, y: np.ndarray, classes: list[str]) -> float | None:
+    """Macro-F1 of the model now holding the `champion` alias, measured on this
+    test split (as TFX's evaluator compares against its baseline). None when
+    there is no champion yet, or it takes other inputs or classes."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(f"models:/{params.registered_model}@{CHAMPION_ALIAS}"))
+    except MlflowException:
+        return None
+    onnx_files = sorted(folder.glob("*.onnx"))
+    if not onnx_files:
+        return None
+    metadata = check_onnx(onnx_files[0])
+    if metadata.get("classes") != classes or metadata.get("input_spec", {}).get("shape", [None])[1:] != list(x.shape[1:]):
+        return None
+    probabilities = run_batches(session(onnx_files[0]), x)
+    return classification_metrics(probabilities, y, classes)["macro_f1"]
+
+
+def gate_failures(candidate: dict, params: SelectParams, baseline_f1: float | None) -> list[str]:
+    """Every threshold the candidate misses, with the amount it misses by."""
+    failures = []
+    if candidate["macro_f1"] < params.min_macro_f1:
+        failures.append(f"macro_f1 {candidate['macro_f1']:.4f} < select.min_macro_f1 {params.min_macro_f1} "
+                        f"(short by {params.min_macro_f1 - candidate['macro_f1']:.4f})")
+    if candidate["ece"] > params.max_ece:
+        failures.append(f"ece {candidate['ece']:.4f} > select.max_ece {params.max_ece} "
+                        f"(over by {candidate['ece'] - params.max_ece:.4f})")
+    if baseline_f1 is not None and candidate["macro_f1"] < baseline_f1 - params.max_drop_vs_champion:
+        drop = baseline_f1 - candidate["macro_f1"]
+        failures.append(f"macro_f1 {candidate['macro_f1']:.4f} is {drop:.4f} below the current champion's "
+                        f"{baseline_f1:.4f}, more than select.max_drop_vs_champion {params.max_drop_vs_champion}")
+    return failures
+
+
+def register(path: Path, name: str, metadata: dict, scores: dict, params: SelectParams,
+             mlflow_cfg: MlflowParams, promote: bool) -> str:
+    """Log the ONNX as an MLflow model and register a version, tagged with its
+    provenance and scores. Only a version that passed the gate gets the alias."""
     import mlflow
     import onnx
     from mlflow import MlflowClient
@@ -55,8 +97,10 @@ def register_champion(path: Path, name: str, metadata: dict, params: SelectParam
     from tasks.tracking import mlflow_run
 
     tags = {"git_commit": metadata.get("git_commit", git_commit()), "data_hash": metadata.get("data_hash", ""),
-            "candidate": name, "sha256": sha256_file(path)}
+            "candidate": name, "sha256": sha256_file(path), "gate": "passed" if promote else "failed",
+            "macro_f1": f"{scores['macro_f1']:.6f}", "ece": f"{scores['ece']:.6f}"}
     with mlflow_run(mlflow_cfg, "select", tags):
+        mlflow.log_metrics({k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         info = mlflow.onnx.log_model(
             onnx.load(str(path)),
             name="model",
@@ -68,19 +112,33 @@ def register_champion(path: Path, name: str, metadata: dict, params: SelectParam
     client = MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(params.registered_model, version, key, value)
-    client.set_registered_model_alias(params.registered_model, CHAMPION_ALIAS, version)
+    if promote:
+        client.set_registered_model_alias(params.registered_model, CHAMPION_ALIAS, version)
     return version
 
 
 def main() -> None:
     params = load_params(paths.PARAMS)
     evaluation = read_json(paths.EVALUATION_REPORT, "evaluation report")
+    meta = read_json(paths.PROCESSED / paths.META, "processed meta")
     champion, table = select_champion(evaluation["candidates"], params.select)
     source = paths.ONNX_DIR / f"{champion}.onnx"
     metadata = check_onnx(source)
+
+    from tasks.tracking import configure
+
+    configure(params.mlflow)
+    x, y = load_split("test")
+    baseline_f1 = current_champion_f1(params.select, x, y, meta["classes"])
+    failures = gate_failures(table[champion], params.select, baseline_f1)
+    version = register(source, champion, metadata, table[champion], params.select, params.mlflow, not failures)
+    if failures:
+        raise DistilleryError(
+            f"evaluation gate failed for {champion} (registered as version {version} without the "
+            f"'{CHAMPION_ALIAS}' alias; nothing promoted):\n  - " + "\n  - ".join(failures)
+        )
     with atomic_path(paths.CHAMPION) as tmp:
         shutil.copyfile(source, tmp)
-    version = register_champion(paths.CHAMPION, champion, metadata, params.select, params.mlflow)
     write_json(
         paths.METRICS,
         {
@@ -90,16 +148,19 @@ def main() -> None:
             "speed_key": params.select.speed_key,
             "registered_model": params.select.registered_model,
             "registered_version": version,
+            "previous_champion_macro_f1": baseline_f1,
             "candidates": table,
         },
     )
     c = table[champion]
+    baseline = f"{baseline_f1:.4f}" if baseline_f1 is not None else "none comparable"
     write_summary(
         "select",
         f"Champion **{champion}** (fastest by {params.select.speed_key} within {params.select.max_f1_drop} macro-F1 "
-        f"of {REFERENCE}): macro-F1 {c['macro_f1']:.4f}, {c['size_bytes']:,} bytes, "
+        f"of {REFERENCE}): macro-F1 {c['macro_f1']:.4f}, ECE {c['ece']:.4f}, {c['size_bytes']:,} bytes, "
         f"{c['latency_ms_b1']:.3f} ms at batch 1, {c['latency_ms_b256']:.3f} ms at batch 256.\n\n"
-        f"Registered as `{params.select.registered_model}` version {version} with alias `{CHAMPION_ALIAS}`.\n\n"
+        f"Gate passed (previous champion on this test split: {baseline}). Registered as "
+        f"`{params.select.registered_model}` version {version} with alias `{CHAMPION_ALIAS}`.\n\n"
         + markdown_table([{"candidate": n, **r} for n, r in table.items()]),
     )
 

@@ -1,4 +1,4 @@
-"""tasks/select.py register_champion: a real MLflow registry in a temp folder."""
+"""tasks/select.py register, the baseline lookup and the evaluation gate: a real MLflow registry in a temp folder."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ from tasks.config import MlflowParams, SelectParams
 from tasks.core import sha256_file
 from tasks.models import CNN
 from tasks.onnx_utils import export_onnx, set_metadata
-from tasks.select import CHAMPION_ALIAS, register_champion
+import numpy as np
+
+from tasks.select import CHAMPION_ALIAS, current_champion_f1, gate_failures, register
 
 from conftest import tiny_spec
 
-SELECT = SelectParams(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256", registered_model="tiny")
+SELECT = SelectParams(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256", registered_model="tiny",
+                      min_macro_f1=0.9, max_ece=0.1, max_drop_vs_champion=0.02)
+SCORES = {"macro_f1": 0.95, "ece": 0.02, "accuracy": 0.96}
 
 
 @pytest.fixture
@@ -41,8 +45,8 @@ def test_register_creates_versions_and_moves_the_champion_alias(registry, tmp_pa
     first = onnx_file(tmp_path / "first.onnx", seed=0)
     second = onnx_file(tmp_path / "second.onnx", seed=1)
 
-    v1 = register_champion(first, "student.int8", {"git_commit": "abc123", "data_hash": "hash0"}, SELECT, registry)
-    v2 = register_champion(second, "teacher.int8", {"git_commit": "abc123", "data_hash": "hash1"}, SELECT, registry)
+    v1 = register(first, "student.int8", {"git_commit": "abc123", "data_hash": "hash0"}, SCORES, SELECT, registry, True)
+    v2 = register(second, "teacher.int8", {"git_commit": "abc123", "data_hash": "hash1"}, SCORES, SELECT, registry, True)
     assert (v1, v2) == ("1", "2")
     assert (tmp_path / "mlruns").is_dir()  # MLflow artifacts stay under the temp cwd
 
@@ -61,3 +65,47 @@ def test_register_creates_versions_and_moves_the_champion_alias(registry, tmp_pa
     assert served.graph.SerializeToString() == onnx.load(str(second)).graph.SerializeToString()
     run = client.get_run(champion.run_id)
     assert run.data.tags["stage"] == "select"
+
+
+def test_a_version_that_fails_the_gate_is_registered_without_the_alias(registry, tmp_path):
+    first = onnx_file(tmp_path / "first.onnx", seed=0)
+    second = onnx_file(tmp_path / "second.onnx", seed=1)
+    register(first, "student.int8", {"data_hash": "h"}, SCORES, SELECT, registry, True)
+    v2 = register(second, "teacher.int8", {"data_hash": "h"}, {**SCORES, "macro_f1": 0.5}, SELECT, registry, False)
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("tiny", CHAMPION_ALIAS).version) == "1"
+    assert client.get_model_version("tiny", v2).tags["gate"] == "failed"
+    assert client.get_model_version("tiny", v2).tags["macro_f1"] == "0.500000"
+
+
+def test_current_champion_f1_is_measured_on_the_given_split(registry, tmp_path):
+    from tasks.metrics import classification_metrics
+    from tasks.onnx_utils import run_batches, session
+
+    classes = [str(i) for i in range(3)]
+    path = onnx_file(tmp_path / "first.onnx", seed=0)
+    set_metadata(path, {"classes": classes, "input_spec": {"shape": [-1, 1, 8, 8]}})
+    assert current_champion_f1(SELECT, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), classes) is None  # none yet
+    register(path, "student.int8", {}, SCORES, SELECT, registry, True)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 16, (40, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    expected = classification_metrics(run_batches(session(path), x), y, classes)["macro_f1"]
+    assert current_champion_f1(SELECT, x, y, classes) == pytest.approx(expected)
+    # Another dataset's classes: not a comparable baseline.
+    assert current_champion_f1(SELECT, x, y, ["x", "y", "z"]) is None
+
+
+@pytest.mark.parametrize(
+    ("scores", "baseline", "expected"),
+    [
+        ({"macro_f1": 0.95, "ece": 0.02}, None, []),
+        ({"macro_f1": 0.85, "ece": 0.02}, None, ["macro_f1 0.8500 < select.min_macro_f1 0.9 (short by 0.0500)"]),
+        ({"macro_f1": 0.95, "ece": 0.25}, None, ["ece 0.2500 > select.max_ece 0.1 (over by 0.1500)"]),
+        ({"macro_f1": 0.95, "ece": 0.02}, 0.96, []),
+        ({"macro_f1": 0.92, "ece": 0.02}, 0.96, ["macro_f1 0.9200 is 0.0400 below the current champion's 0.9600, "
+                                                   "more than select.max_drop_vs_champion 0.02"]),
+    ],
+)
+def test_gate_failures_say_which_threshold_and_by_how_much(scores, baseline, expected):
+    assert gate_failures(scores, SELECT, baseline) == expected

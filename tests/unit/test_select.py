@@ -10,7 +10,8 @@ from tasks.select import select_champion
 
 
 def params(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256") -> SelectParams:
-    return SelectParams(max_f1_drop=max_f1_drop, precisions=precisions, speed_key=speed_key, registered_model="m")
+    return SelectParams(max_f1_drop=max_f1_drop, precisions=precisions, speed_key=speed_key, registered_model="m",
+                        min_macro_f1=0.0, max_ece=1.0, max_drop_vs_champion=1.0)
 
 
 def candidate(macro_f1: float, b1: float, b256: float) -> dict:
@@ -18,7 +19,9 @@ def candidate(macro_f1: float, b1: float, b256: float) -> dict:
         "accuracy": macro_f1,
         "macro_f1": macro_f1,
         "weighted_f1": macro_f1,
+        "ece_before_scaling": 0.03,
         "ece": 0.02,
+        "mce": 0.05,
         "size_bytes": 1000,
         "latency_ms_b1": b1,
         "latency_ms_b256": b256,
