@@ -199,6 +199,40 @@ class SelectParams:
 
 
 @dataclass(frozen=True)
+class SearchSpace:
+    """One hyperparameter's range: `choices`, or `low`..`high` (log-uniform with `log`)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    choices: Optional[tuple[float, ...]] = None
+
+    def __post_init__(self) -> None:
+        if self.choices is None and (self.low is None or self.high is None or self.low >= self.high):
+            raise ValueError("give either choices, or low < high")
+        if self.log and self.choices is None and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    enabled: bool  # run the search before training (dvc repro then trains with the best values)
+    sampler: Literal["grid", "random", "tpe"]  # tpe = Bayesian optimisation (Optuna)
+    trials: int  # number of trials (grid: at most the grid's size)
+    parallel: int  # trials run at once; they are independent
+    max_epochs: int  # epoch budget of each trial
+    grid_points: int  # values per numeric range for the grid sampler
+    seed: int
+    space: dict[str, SearchSpace]  # train param -> its range
+
+    def __post_init__(self) -> None:
+        if self.trials < 1 or self.parallel < 1 or self.max_epochs < 1 or self.grid_points < 2:
+            raise ValueError("trials, parallel, max_epochs >= 1 and grid_points >= 2 are required")
+        if not self.space:
+            raise ValueError("space must name at least one train param")
+
+
+@dataclass(frozen=True)
 class MlflowParams:
     tracking_uri: str  # MLFLOW_TRACKING_URI overrides it
     experiment: str
@@ -217,6 +251,7 @@ class Params:
     export: ExportParams
     evaluate: EvaluateParams
     select: SelectParams
+    search: SearchParams
     mlflow: MlflowParams = field(metadata={"doc": "tracking only; not a stage input"})
 
 
@@ -302,10 +337,12 @@ def _build_dataclass(cls: type, value: Any, source: str, key: str) -> Any:
     unknown = [k for k in value if k not in names]
     if unknown:
         raise _fail(source, f"{prefix}{unknown[0]}", f"unknown key (allowed here: {', '.join(names)})")
-    missing = [n for n in names if n not in value]
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in value]
     if missing:
         raise _fail(source, f"{prefix}{missing[0]}", "missing key")
-    kwargs = {n: _convert(hints[n], value[n], source, f"{prefix}{n}") for n in names}
+    kwargs = {n: _convert(hints[n], value[n], source, f"{prefix}{n}") for n in names if n in value}
     try:
         return cls(**kwargs)
     except ValueError as err:

@@ -43,7 +43,10 @@ def export_onnx(
 ) -> None:
     """fp32 ONNX with a dynamic batch dimension; `logits` are divided by `temperature`."""
     name = input_name(model)
-    model = WithProbabilities(model.cpu().eval(), temperature)
+    # eval() on the wrapper too: the exporter restores the wrapper's mode afterwards,
+    # recursively, and a new module is in training mode, so the caller's model would
+    # come back training (dropout on, batch norm updating its statistics).
+    model = WithProbabilities(model.cpu().eval(), temperature).eval()
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
     dynamic = {name: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
     with atomic_path(path) as tmp:

@@ -17,7 +17,8 @@ import pandas as pd
 # A number, optionally with thousands separators, wrapped in currency or units:
 # "65000 $", "€70,000", "12.5 kg", "-3e2".
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?"
-UNIT_NUMBER = re.compile(rf"^\s*(?P<pre>[^\d\s\-+.,]{{0,3}})\s*(?P<num>{_NUMBER})\s*(?P<post>[^\d\s]{{0,6}})\s*$")
+# Only currency symbols may lead: "PAL0708" or "SKU123" are codes, not numbers.
+UNIT_NUMBER = re.compile(rf"^\s*(?P<pre>[$€£¥₹]?)\s*(?P<num>{_NUMBER})\s*(?P<post>[^\d\s]{{0,6}})\s*$")
 PLAIN_NUMBER = re.compile(rf"^\s*{_NUMBER}\s*$")
 
 
@@ -98,7 +99,7 @@ def fold(value: str) -> str:
 def category_variants(values: pd.Series, synonyms: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Groups of distinct raw values that mean the same category once case,
     whitespace and the synonym map are applied. Only groups with >1 variant."""
-    canonical = _canonical_map(values.dropna().unique(), synonyms or {})
+    canonical = _canonical_map(values, synonyms or {})
     groups: dict[str, list[str]] = {}
     for raw, canon in canonical.items():
         groups.setdefault(canon, []).append(raw)
@@ -110,25 +111,27 @@ def category_variants(values: pd.Series, synonyms: dict[str, str] | None = None)
     ]
 
 
-def _canonical_map(distinct: Iterable[Any], synonyms: dict[str, str]) -> dict[str, str]:
-    """raw value -> canonical spelling. Synonym keys match after folding; other
-    variants take the spelling of their most common folded form's first value."""
+def _canonical_map(values: pd.Series, synonyms: dict[str, str]) -> dict[str, str]:
+    """raw value -> canonical spelling, independent of row order. Synonym keys
+    match after folding, and a synonym's target is also the spelling of its own
+    folded form ("hr" -> "HR" when some synonym maps to "HR"). Other variants take
+    their group's most common spelling, ties broken alphabetically."""
     folded_synonyms = {fold(k): v for k, v in synonyms.items()}
-    out: dict[str, str] = {}
-    first_spelling: dict[str, str] = {}
-    for raw in distinct:
+    folded_synonyms.update({fold(v): v for v in synonyms.values()})
+    counts = values.dropna().astype(str).value_counts()
+    best: dict[str, tuple[int, str]] = {}
+    for raw, n in counts.items():
+        tidy = " ".join(raw.split())
         key = fold(raw)
-        if key in folded_synonyms:
-            out[str(raw)] = folded_synonyms[key]
-        else:
-            out[str(raw)] = first_spelling.setdefault(key, " ".join(str(raw).split()))
-    return out
+        if key not in best or (-n, tidy) < (-best[key][0], best[key][1]):
+            best[key] = (n, tidy)
+    return {raw: folded_synonyms.get(fold(raw), best[fold(raw)][1]) for raw in counts.index}
 
 
 def normalise_categories(values: pd.Series, synonyms: dict[str, str] | None = None) -> tuple[pd.Series, int]:
     """Apply case/whitespace folding and synonyms; return the new column and how
     many values changed."""
-    mapping = _canonical_map(values.dropna().unique(), synonyms or {})
+    mapping = _canonical_map(values, synonyms or {})
     new = _map_distinct(values, lambda v: mapping.get(str(v), v)).astype(values.dtype)
     changed = int((new.astype("string") != values.astype("string")).fillna(False).sum())
     return new, changed

@@ -6,6 +6,7 @@ the best weights restored. Every epoch is logged to MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from tasks import paths
 from tasks.config import FitParams, MlflowParams, TrainParams, load_params
-from tasks.core import read_json, run_cli, write_json, write_summary
+from tasks.core import DistilleryError, read_json, run_cli, write_json, write_summary
 from tasks.metrics import classification_metrics, softmax
 from tasks.models import Model, build_model, count_parameters, save_model, spec_for
 from tasks.preprocess import load_split
@@ -32,6 +33,7 @@ def train_teacher(
     meta: dict,
     params: TrainParams,
     on_epoch: EpochLogger | None = None,
+    quiet: bool = False,
 ) -> tuple[Model, FitResult]:
     seed_everything(params.seed)
     device = pick_device()
@@ -41,7 +43,7 @@ def train_teacher(
     def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, weight=weights)
 
-    result = fit(model, as_tensors(*train), as_tensors(*val), loss_fn, params, on_epoch, desc="teacher")
+    result = fit(model, as_tensors(*train), as_tensors(*val), loss_fn, params, on_epoch, desc="teacher", quiet=quiet)
     return model, result
 
 
@@ -85,13 +87,26 @@ def record_training(
     )
 
 
+def with_search_results(params: TrainParams, best_params_file: Path) -> TrainParams:
+    """params.yaml 'train' with the search stage's best values over it (none when
+    the search is disabled)."""
+    best = read_json(best_params_file, "search results") if best_params_file.exists() else {}
+    try:
+        return dataclasses.replace(params, **best)
+    except (TypeError, ValueError) as err:
+        raise DistilleryError(f"{best_params_file}: cannot apply to params.yaml 'train' ({err})") from err
+
+
 def main() -> None:
+    from tasks.search import BEST_PARAMS
+
     params = load_params(paths.PARAMS)
+    train_params = with_search_results(params.train, BEST_PARAMS)
     meta = read_json(paths.PROCESSED / paths.META, "processed meta")
     train, val = load_split("train"), load_split("val")
     record_training(
-        "train", "teacher", params.train, params.mlflow, meta,
-        lambda on_epoch: train_teacher(train, val, meta, params.train, on_epoch),
+        "train", "teacher", train_params, params.mlflow, meta,
+        lambda on_epoch: train_teacher(train, val, meta, train_params, on_epoch),
     )
 
 

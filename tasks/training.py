@@ -69,6 +69,7 @@ def fit(
     params: FitParams,
     on_epoch: Optional[EpochLogger] = None,
     desc: str = "train",
+    quiet: bool = False,
 ) -> FitResult:
     """Adam on `train`, early stopping on the validation loss; the best weights
     are restored before returning. `train` and `val` are (x, *targets)."""
@@ -82,7 +83,7 @@ def fit(
 
     best_loss, best_epoch, best_state, stale = float("inf"), 0, None, 0
     history: list[dict[str, float]] = []
-    bar = tqdm(range(1, params.max_epochs + 1), desc=desc, unit="epoch")
+    bar = tqdm(range(1, params.max_epochs + 1), desc=desc, unit="epoch", disable=quiet, mininterval=1.0)
     for epoch in bar:
         model.train()
         order = torch.randperm(len(train[0]), generator=generator).to(device)

@@ -157,3 +157,21 @@ def test_csv_that_is_not_utf8_is_refused_naming_file_and_key(tmp_path: Path) -> 
     text = clean_frame().to_csv(index=False).replace("Sales", "Ventes é")
     with pytest.raises(DistilleryError, match=r"data\.csv: not valid utf-8.*data\.encoding"):
         run_gate(None, tmp_path, raw=text.encode("latin-1"))
+
+
+def test_a_missing_label_is_quarantined_not_fatal(tmp_path: Path) -> None:
+    frame = clean_frame()
+    frame.loc[11, "outcome"] = "NA"
+    result = run_gate(frame, tmp_path)
+    assert result.outcome.success
+    assert result.quarantined.table["row_id"].tolist() == [11]
+    assert "outcome: label missing" in result.quarantined.table["reason"][0]
+
+
+def test_canonical_spellings_do_not_depend_on_row_order(tmp_path: Path) -> None:
+    frame = clean_frame()
+    forward = run_gate(frame, tmp_path).valid.table.set_index("row_id")["dept"]
+    backward = run_gate(frame.iloc[::-1].reset_index(drop=True), tmp_path).valid.table
+    backward = backward.assign(row_id=len(frame) - 1 - backward["row_id"]).set_index("row_id")["dept"]
+    assert forward.sort_index().tolist() == backward.sort_index().tolist()
+    assert set(forward) == {"HR", "Sales", "Engineering"}  # the synonym's target spells its own group
