@@ -110,36 +110,92 @@ class PreprocessParams:
             raise ValueError("knn_neighbors must be >= 1")
 
 
+TaskType = Literal["regression", "binary", "multiclass", "multilabel"]
+
+
+@dataclass(frozen=True)
+class TaskParams:
+    type: TaskType  # what the model predicts; sets the default loss, last activation and metrics
+
+
 @dataclass(frozen=True)
 class FitParams:
+    """Everything a training run takes; train and distill each have a section."""
+
     channels: tuple[int, ...]  # CNN (images): output channels of each conv block
     hidden: int  # CNN: dense width before the classifier
     mlp_layers: tuple[int, ...]  # MLP (tables): width of each hidden layer
     dropout: float
+    batch_norm: bool  # batch norm after each conv / hidden layer
     lr: float
     batch_size: int
     max_epochs: int
+    seed: int
+    loss: str  # auto = the task's default (ce / bce / mse), or a name from tasks/losses.py
+    loss_options: dict[str, Any]  # e.g. focal {gamma: 2, alpha: 0.25}; huber {delta: 1}; quantile {q: 0.9}
+    optimizer: str  # sgd | momentum | adagrad | rmsprop | adam | adamw
+    optimizer_options: dict[str, Any]  # e.g. momentum {momentum: 0.9, nesterov: true}; adamw {weight_decay: 0.01}
+    schedule: str  # none | step | exponential | cosine | custom | plateau
+    schedule_options: dict[str, Any]  # e.g. step {step_size: 10, gamma: 0.5}; custom {table: {0: 1, 20: 0.1}}
+    clip: Literal["none", "norm", "value"]  # gradient clipping
+    clip_value: float  # max gradient norm (norm) or absolute value (value)
+    l1: float  # weight penalty; l1 and l2 together = elastic net
+    l2: float
+    penalty_target: Literal["weights", "biases", "both"]
+    activity_l1: float  # penalty on ReLU activations
+    activity_l2: float
+    constraint: str  # none | max_norm | min_max_norm | non_negative, applied after each step
+    constraint_options: dict[str, Any]  # e.g. max_norm {max_value: 3}
+    stopping: Literal["patience", "correlation"]  # early stopping on val loss, or the correlation criterion
     patience: int
     min_delta: float
-    seed: int
+    correlation_window: int  # epochs in the rolling train/val loss correlation
+    correlation_threshold: float  # stop when the correlation falls below this
 
     def __post_init__(self) -> None:
+        from tasks.losses import LOSS_TASKS, loss_options
+        from tasks.optim import check_optimizer_options, check_scheduler_options
+        from tasks.regularization import check_constraint_options
+
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError("channels must be a non-empty list of positive ints")
         if not self.mlp_layers or any(c < 1 for c in self.mlp_layers):
             raise ValueError("mlp_layers must be a non-empty list of positive ints")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must lie in [0, 1)")
-        for name in ("lr", "batch_size", "max_epochs", "hidden"):
+        for name in ("lr", "batch_size", "max_epochs", "hidden", "clip_value"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        for name in ("l1", "l2", "activity_l1", "activity_l2", "min_delta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
         if self.patience < 1:
             raise ValueError("patience must be >= 1")
+        if self.correlation_window < 3 or not -1 <= self.correlation_threshold <= 1:
+            raise ValueError("correlation_window must be >= 3 and correlation_threshold in [-1, 1]")
+        if self.loss != "auto":
+            if self.loss not in LOSS_TASKS:
+                raise ValueError(f"loss: unknown loss '{self.loss}' (known: auto, {', '.join(LOSS_TASKS)})")
+            unknown = [k for k in self.loss_options if k not in loss_options(self.loss)]
+            if unknown:
+                raise ValueError(f"loss_options: '{unknown[0]}' is not an option of loss '{self.loss}' "
+                                 f"(options: {sorted(loss_options(self.loss))})")
+            if "gamma" in self.loss_options and self.loss_options["gamma"] < 0:
+                raise ValueError("loss_options.gamma must be >= 0")
+        check_optimizer_options(self.optimizer, self.lr, **self.optimizer_options)
+        schedule = dict(self.schedule_options)
+        if self.schedule == "cosine":
+            schedule.setdefault("t_max", self.max_epochs)
+        check_scheduler_options(self.schedule, **schedule)
+        check_constraint_options(self.constraint, **self.constraint_options)
 
 
 @dataclass(frozen=True)
 class TrainParams(FitParams):
-    class_weighting: bool
+    class_weighting: Literal["none", "balanced", "sqrt_inverse"]  # weights per class from their frequencies
+    init_from: Optional[str]  # transfer learning: a model stem (e.g. models/teacher) to start from
+    freeze: tuple[str, ...]  # module prefixes kept frozen (e.g. [features]); the head is always trained
+    unfreeze_after: int  # epoch after which frozen modules train too (0 = never)
 
 
 @dataclass(frozen=True)
@@ -243,6 +299,7 @@ class MlflowParams:
 
 @dataclass(frozen=True)
 class Params:
+    task: TaskParams
     data: DataParams
     validate: ValidateParams
     preprocess: PreprocessParams
@@ -253,6 +310,21 @@ class Params:
     select: SelectParams
     search: SearchParams
     mlflow: MlflowParams = field(metadata={"doc": "tracking only; not a stage input"})
+
+    def __post_init__(self) -> None:
+        from tasks.losses import check_loss_task
+
+        # Checks across sections: the loss must fit the task.
+        for section in ("train", "distill"):
+            loss = getattr(self, section).loss
+            if loss != "auto":
+                try:
+                    check_loss_task(loss, self.task.type)
+                except ValueError as err:
+                    raise ValueError(f"{section}.loss: {err} (task.type is '{self.task.type}')") from err
+        if self.task.type != "multiclass" and self.task.type != "binary":
+            raise ValueError(f"task.type '{self.task.type}' is not wired through the pipeline yet; "
+                             "use multiclass or binary")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -280,6 +352,8 @@ def _fail(source: str, key: str, message: str) -> DistilleryError:
 
 
 def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
+    if tp is Any:  # free-form options, checked by the component that takes them
+        return value
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, source, key)

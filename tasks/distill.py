@@ -16,8 +16,18 @@ from tasks.config import DistillParams, load_params
 from tasks.core import read_json, run_cli
 from tasks.models import Model, build_model, load_model, spec_for
 from tasks.preprocess import load_split
-from tasks.train import as_tensors, record_training
-from tasks.training import EpochLogger, FitResult, fit, pick_device, predict_logits, seed_everything
+from tasks.train import TENSORBOARD, as_tensors, record_training
+from tasks.training import (
+    EpochLogger,
+    FitResult,
+    class_logits,
+    fit,
+    n_outputs,
+    pick_device,
+    predict_logits,
+    seed_everything,
+    task_loss,
+)
 
 
 def distillation_loss(
@@ -40,17 +50,22 @@ def distill_student(
     meta: dict,
     params: DistillParams,
     on_epoch: EpochLogger | None = None,
+    task: str = "multiclass",
+    tensorboard_dir: str | None = None,
 ) -> tuple[Model, FitResult]:
     seed_everything(params.seed)
     device = pick_device()
     teacher = teacher.to(device)
-    # The teacher is frozen: its logits are computed once, not every epoch.
-    teacher_train = predict_logits(teacher, train[0])
-    teacher_val = predict_logits(teacher, val[0])
-    student = build_model(spec_for(meta, params)).to(device)
+    # The teacher is frozen: its logits are computed once, not every epoch. As
+    # class logits, a binary sigmoid teacher distils like any softmax one.
+    teacher_train = class_logits(predict_logits(teacher, train[0]))
+    teacher_val = class_logits(predict_logits(teacher, val[0]))
+    student = build_model(spec_for(meta, params, n_outputs(task, params, len(meta["classes"])))).to(device)
+    hard_loss = task_loss(task, params, None)
 
     def loss_fn(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return distillation_loss(logits, teacher_logits, y, params.temperature, params.alpha)
+        soft = distillation_loss(class_logits_tensor(logits), teacher_logits, y, params.temperature, alpha=1.0)
+        return params.alpha * soft + (1 - params.alpha) * hard_loss(logits, y)
 
     result = fit(
         student,
@@ -60,8 +75,14 @@ def distill_student(
         params,
         on_epoch,
         desc="student",
+        tensorboard_dir=tensorboard_dir,
     )
     return student, result
+
+
+def class_logits_tensor(logits: torch.Tensor) -> torch.Tensor:
+    """torch twin of training.class_logits: [0, z] for a single binary logit."""
+    return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
 
 
 def main() -> None:
@@ -71,7 +92,8 @@ def main() -> None:
     train, val = load_split("train"), load_split("val")
     record_training(
         "distill", "student", params.distill, params.mlflow, meta,
-        lambda on_epoch: distill_student(teacher, train, val, meta, params.distill, on_epoch),
+        lambda on_epoch: distill_student(teacher, train, val, meta, params.distill, on_epoch, task=params.task.type,
+                                         tensorboard_dir=str(TENSORBOARD / "distill")),
     )
 
 

@@ -19,7 +19,7 @@ from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table,
 from tasks.models import Model, count_parameters, load_model
 from tasks.onnx_utils import IMAGE_INPUT, TABLE_INPUT, check_onnx, input_name, export_onnx, file_size, run_batches, session, set_metadata
 from tasks.preprocess import load_split
-from tasks.training import predict_logits
+from tasks.training import class_logits, predict_logits
 
 CANDIDATE_MODELS = ("teacher", "student")
 
@@ -75,7 +75,7 @@ def export_candidate(
     `<name>.int8.onnx` with it folded in, and return the checks' figures."""
     val_x, val_y = val
     fp32, int8 = out_dir / f"{name}.fp32.onnx", out_dir / f"{name}.int8.onnx"
-    raw_logits = predict_logits(model, val_x)
+    raw_logits = class_logits(predict_logits(model, val_x))
     if params.temperature_scaling:
         scaling = calibrate(raw_logits, val_y, params.calibration_bins)
     else:

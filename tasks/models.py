@@ -26,6 +26,7 @@ class CNNSpec:
     dropout: float
     mean: tuple[float, ...]  # per-channel normalisation, raw pixel units
     std: tuple[float, ...]
+    batch_norm: bool = True
 
     @classmethod
     def from_json(cls, data: dict) -> "CNNSpec":
@@ -56,7 +57,8 @@ class CNN(nn.Module):
         in_ch, height, width = spec.input_shape
         layers: list[nn.Module] = [Normalize(spec.mean, spec.std)]
         for out_ch in spec.channels:
-            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU()]
+            norm = [nn.BatchNorm2d(out_ch)] if spec.batch_norm else []
+            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=not spec.batch_norm), *norm, nn.ReLU()]
             if min(height, width) >= 4:  # keep at least a 2x2 map for tiny inputs
                 layers.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
@@ -83,6 +85,7 @@ class MLPSpec:
     dropout: float
     mean: tuple[float, ...]  # per-feature standardisation, fitted on the train split
     std: tuple[float, ...]
+    batch_norm: bool = True
 
     @property
     def input_shape(self) -> tuple[int]:
@@ -102,7 +105,8 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [Normalize(spec.mean, spec.std, image=False)]
         width = spec.n_features
         for out in spec.layers:
-            layers += [nn.Linear(width, out, bias=False), nn.BatchNorm1d(out), nn.ReLU(), nn.Dropout(spec.dropout)]
+            norm = [nn.BatchNorm1d(out)] if spec.batch_norm else []
+            layers += [nn.Linear(width, out, bias=not spec.batch_norm), *norm, nn.ReLU(), nn.Dropout(spec.dropout)]
             width = out
         layers.append(nn.Linear(width, spec.n_classes))
         self.net = nn.Sequential(*layers)
@@ -157,24 +161,28 @@ def load_model(stem: str | Path) -> Model:
     return model.eval()
 
 
-def spec_for(meta: dict, params: FitParams) -> CNNSpec | MLPSpec:
+def spec_for(meta: dict, params: FitParams, outputs: int | None = None) -> CNNSpec | MLPSpec:
     """The architecture for the processed data described by `meta` (preprocess's
-    meta.json): a CNN for images, an MLP for tables."""
+    meta.json): a CNN for images, an MLP for tables, with `outputs` logits
+    (default: one per class)."""
+    outputs = outputs or len(meta["classes"])
     if meta.get("kind") == "tabular":
         return MLPSpec(
             n_features=int(meta["input_shape"][0]),
             layers=tuple(params.mlp_layers),
-            n_classes=len(meta["classes"]),
+            n_classes=outputs,
             dropout=params.dropout,
             mean=tuple(meta["mean"]),
             std=tuple(meta["std"]),
+            batch_norm=params.batch_norm,
         )
     return CNNSpec(
         input_shape=tuple(meta["input_shape"]),
         channels=tuple(params.channels),
         hidden=params.hidden,
-        n_classes=len(meta["classes"]),
+        n_classes=outputs,
         dropout=params.dropout,
         mean=tuple(meta["mean"]),
         std=tuple(meta["std"]),
+        batch_norm=params.batch_norm,
     )

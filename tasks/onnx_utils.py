@@ -27,9 +27,13 @@ class WithProbabilities(nn.Module):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)
+        # Known before tracing, so the exported graph has no data-dependent branch.
+        self.single_logit = getattr(getattr(model, "spec", None), "n_classes", 2) == 1
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x) / self.temperature
+        if self.single_logit:  # a sigmoid binary head: [0, z] so softmax gives [1 - p, p]
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
         return logits, torch.softmax(logits, dim=1)
 
 

@@ -18,9 +18,20 @@ from tasks import paths
 from tasks.config import FitParams, MlflowParams, TrainParams, load_params
 from tasks.core import DistilleryError, read_json, run_cli, write_json, write_summary
 from tasks.metrics import classification_metrics, softmax
-from tasks.models import Model, build_model, count_parameters, save_model, spec_for
+from tasks.models import Model, build_model, count_parameters, load_model, save_model, spec_for
 from tasks.preprocess import load_split
-from tasks.training import EpochLogger, FitResult, LossFn, balanced_class_weights, fit, pick_device, predict_logits, seed_everything
+from tasks.training import (
+    EpochLogger,
+    FitResult,
+    class_logits,
+    class_weights,
+    fit,
+    n_outputs,
+    pick_device,
+    predict_logits,
+    seed_everything,
+    task_loss,
+)
 
 
 def as_tensors(*arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -34,17 +45,33 @@ def train_teacher(
     params: TrainParams,
     on_epoch: EpochLogger | None = None,
     quiet: bool = False,
+    task: str = "multiclass",
+    tensorboard_dir: str | None = None,
 ) -> tuple[Model, FitResult]:
     seed_everything(params.seed)
     device = pick_device()
-    model = build_model(spec_for(meta, params)).to(device)
-    weights = balanced_class_weights(train[1], len(meta["classes"])).to(device) if params.class_weighting else None
-
-    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, weight=weights)
-
-    result = fit(model, as_tensors(*train), as_tensors(*val), loss_fn, params, on_epoch, desc="teacher", quiet=quiet)
+    model = build_model(spec_for(meta, params, n_outputs(task, params, len(meta["classes"])))).to(device)
+    if params.init_from:
+        start_from(model, params.init_from)
+    weights = class_weights(train[1], len(meta["classes"]), params.class_weighting)
+    loss_fn = task_loss(task, params, None if weights is None else weights.to(device))
+    result = fit(model, as_tensors(*train), as_tensors(*val), loss_fn, params, on_epoch, desc="teacher",
+                 quiet=quiet, frozen=params.freeze if params.init_from else (),
+                 unfreeze_after=params.unfreeze_after, tensorboard_dir=tensorboard_dir)
     return model, result
+
+
+def start_from(model: Model, stem: str) -> list[str]:
+    """Transfer learning: copy every weight of the checkpoint `stem` whose name and
+    shape match; the rest (a new head for other classes) keeps its fresh init.
+    Returns the names that were not copied."""
+    source = load_model(stem).state_dict()
+    target = model.state_dict()
+    copied = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    if not copied:
+        raise DistilleryError(f"{stem}: no weight matches this model's architecture (params.yaml 'train.init_from')")
+    model.load_state_dict(copied, strict=False)
+    return sorted(set(target) - set(copied))
 
 
 def record_training(
@@ -65,7 +92,7 @@ def record_training(
     with mlflow_run(mlflow_cfg, stage, {"data_hash": meta["data_hash"], "model": model_name}):
         mlflow.log_params({k: str(v) for k, v in asdict(params).items()} | {"device": str(pick_device())})
         model, result = train_fn(lambda row, epoch: mlflow.log_metrics(row, step=epoch))
-        scores = classification_metrics(softmax(predict_logits(model, val_x)), val_y, meta["classes"])
+        scores = classification_metrics(softmax(class_logits(predict_logits(model, val_x))), val_y, meta["classes"])
         summary = {
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
@@ -87,6 +114,9 @@ def record_training(
     )
 
 
+TENSORBOARD = Path("runs")  # `tensorboard --logdir runs`: live per-epoch curves
+
+
 def with_search_results(params: TrainParams, best_params_file: Path) -> TrainParams:
     """params.yaml 'train' with the search stage's best values over it (none when
     the search is disabled)."""
@@ -106,7 +136,8 @@ def main() -> None:
     train, val = load_split("train"), load_split("val")
     record_training(
         "train", "teacher", train_params, params.mlflow, meta,
-        lambda on_epoch: train_teacher(train, val, meta, train_params, on_epoch),
+        lambda on_epoch: train_teacher(train, val, meta, train_params, on_epoch, task=params.task.type,
+                                       tensorboard_dir=str(TENSORBOARD / "train")),
     )
 
 

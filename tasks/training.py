@@ -5,7 +5,6 @@ It reads top to bottom: seed, batches, loss, step, validate, keep the best.
 
 from __future__ import annotations
 
-import copy
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -43,6 +42,57 @@ def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def class_weights(labels: np.ndarray, n_classes: int, scheme: str) -> Optional[torch.Tensor]:
+    """Per-class loss weights from the train split's class frequencies:
+    `balanced` = n / (k * count_c); `sqrt_inverse` = its square root, a gentler
+    push for the rare classes; `none` = no weights."""
+    if scheme == "none":
+        return None
+    weights = balanced_class_weights(labels, n_classes)
+    return weights.sqrt() if scheme == "sqrt_inverse" else weights
+
+
+DEFAULT_LOSS = {"multiclass": "ce", "binary": "bce", "multilabel": "bce", "regression": "mse"}
+SINGLE_LOGIT_LOSSES = ("bce", "focal")  # a binary task with these has one sigmoid output
+
+
+def loss_name(task: str, params: FitParams) -> str:
+    return DEFAULT_LOSS[task] if params.loss == "auto" else params.loss
+
+
+def n_outputs(task: str, params: FitParams, n_classes: int) -> int:
+    """The model's output width: one logit for a sigmoid binary head, else one per class."""
+    return 1 if task == "binary" and loss_name(task, params) in SINGLE_LOGIT_LOSSES else n_classes
+
+
+def class_logits(logits: np.ndarray) -> np.ndarray:
+    """Logits with one column per class: a single binary logit z becomes [0, z],
+    since softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]."""
+    if logits.shape[1] == 1:
+        return np.concatenate([np.zeros_like(logits), logits], axis=1)
+    return logits
+
+
+def task_loss(task: str, params: FitParams, weights: Optional[torch.Tensor]) -> LossFn:
+    """The configured loss for `task` (the course default when `auto`), with the
+    class weights where the loss takes them."""
+    from tasks.losses import make_loss
+
+    name = loss_name(task, params)
+    options = dict(params.loss_options)
+    if weights is not None:
+        if name in ("ce", "ce_onehot"):
+            options.setdefault("weight", weights)
+        elif name == "focal" and task == "multiclass":
+            options.setdefault("alpha", weights)
+        elif name == "bce" and task == "binary":
+            options.setdefault("pos_weight", weights[1:] / weights[:1])  # positives vs negatives
+    loss = make_loss(name, task, **options)
+    if task == "binary" and name in SINGLE_LOGIT_LOSSES:
+        return lambda logits, y: loss(logits, y.to(logits.dtype).view(-1, 1))
+    return loss
+
+
 @dataclass
 class FitResult:
     best_epoch: int
@@ -61,6 +111,21 @@ def _epoch_loss(model: nn.Module, tensors: tuple[torch.Tensor, ...], loss_fn: Lo
     return total / n
 
 
+def _set_trainable(model: nn.Module, frozen: tuple[str, ...], trainable: bool) -> None:
+    for name, parameter in model.named_parameters():
+        if any(name.startswith(prefix) for prefix in frozen):
+            parameter.requires_grad_(trainable)
+
+
+def make_stopper(params: FitParams):
+    from tasks.stopping import CorrelationStopping, EarlyStopping
+
+    if params.stopping == "correlation":
+        return CorrelationStopping(window=params.correlation_window, threshold=params.correlation_threshold,
+                                   patience=params.patience)
+    return EarlyStopping(monitor="val_loss", mode="min", patience=params.patience, min_delta=params.min_delta)
+
+
 def fit(
     model: nn.Module,
     train: tuple[torch.Tensor, ...],
@@ -70,53 +135,100 @@ def fit(
     on_epoch: Optional[EpochLogger] = None,
     desc: str = "train",
     quiet: bool = False,
+    frozen: tuple[str, ...] = (),
+    unfreeze_after: int = 0,
+    tensorboard_dir: Optional[str] = None,
 ) -> FitResult:
-    """Adam on `train`, early stopping on the validation loss; the best weights
-    are restored before returning. `train` and `val` are (x, *targets)."""
+    """Train on `train`, stop on the validation loss (patience or the correlation
+    criterion) and restore the best weights. `train` and `val` are (x, *targets).
+
+    Per batch: data loss + weight and activity penalties, backward, clipping,
+    optimizer step, weight constraint. Per epoch: validation loss (no
+    penalties), learning-rate schedule, stopping rule."""
     from tqdm.auto import tqdm
+
+    from tasks.optim import clip_gradients, make_optimizer, make_scheduler, step_scheduler
+    from tasks.regularization import ActivationRegularizer, apply_constraint, weight_penalty
 
     device = next(model.parameters()).device
     train = tuple(t.to(device) for t in train)
     val = tuple(t.to(device) for t in val)
     generator = torch.Generator().manual_seed(params.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
+    _set_trainable(model, frozen, False)
+    # Frozen parameters get no gradient, and optimizers skip a parameter without one,
+    # so unfreezing later is just requires_grad (schedules keep one param group).
+    optimizer = make_optimizer(params.optimizer, model.parameters(), params.lr, **params.optimizer_options)
+    schedule_options = dict(params.schedule_options)
+    if params.schedule == "cosine":
+        schedule_options.setdefault("t_max", params.max_epochs)
+    scheduler = make_scheduler(params.schedule, optimizer, **schedule_options)
+    stopper = make_stopper(params)
+    activity = ActivationRegularizer(params.activity_l1, params.activity_l2).attach(model) \
+        if params.activity_l1 or params.activity_l2 else None
+    # Mixed precision where it pays: CUDA. The CPU path stays fp32 and bit-for-bit repeatable.
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    writer = None
+    if tensorboard_dir:
+        from torch.utils.tensorboard import SummaryWriter
 
-    best_loss, best_epoch, best_state, stale = float("inf"), 0, None, 0
+        writer = SummaryWriter(tensorboard_dir)
+
     history: list[dict[str, float]] = []
     bar = tqdm(range(1, params.max_epochs + 1), desc=desc, unit="epoch", disable=quiet, mininterval=1.0)
-    for epoch in bar:
-        model.train()
-        order = torch.randperm(len(train[0]), generator=generator).to(device)
-        running = 0.0
-        for start in range(0, len(order), params.batch_size):
-            batch = [t[order[start : start + params.batch_size]] for t in train]
-            loss = loss_fn(model(batch[0]), *batch[1:])
-            if not torch.isfinite(loss):
-                raise DistilleryError(
-                    f"{desc}: the loss became {loss.item()} at epoch {epoch}; lower the learning rate "
-                    "(params.yaml 'lr') or check the data. No model was written."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += loss.item() * len(batch[0])  # .item() syncs with the GPU; fine at this size
-        row = {"train_loss": running / len(order), "val_loss": _epoch_loss(model, val, loss_fn, params.batch_size)}
-        history.append(row)
-        if on_epoch:
-            on_epoch(row, epoch)
-        bar.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{row['val_loss']:.4f}")
-        if row["val_loss"] < best_loss - params.min_delta:
-            best_loss, best_epoch, stale = row["val_loss"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= params.patience:
+    try:
+        for epoch in bar:
+            if frozen and unfreeze_after and epoch == unfreeze_after + 1:
+                _set_trainable(model, frozen, True)
+            model.train()
+            order = torch.randperm(len(train[0]), generator=generator).to(device)
+            running = 0.0
+            for start in range(0, len(order), params.batch_size):
+                batch = [t[order[start : start + params.batch_size]] for t in train]
+                with torch.autocast(device_type=device.type, enabled=amp):
+                    loss = loss_fn(model(batch[0]), *batch[1:])
+                if not torch.isfinite(loss):
+                    raise DistilleryError(
+                        f"{desc}: the loss became {loss.item()} at epoch {epoch}; lower the learning rate "
+                        "(params.yaml 'lr') or check the data. No model was written."
+                    )
+                total = loss
+                if params.l1 or params.l2:
+                    total = total + weight_penalty(model, params.l1, params.l2, params.penalty_target)
+                if activity is not None:
+                    total = total + activity.penalty()
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                scaler.unscale_(optimizer)
+                clip_gradients(model.parameters(), params.clip, params.clip_value)
+                scaler.step(optimizer)
+                scaler.update()
+                apply_constraint(model, params.constraint, **params.constraint_options)
+                running += loss.item() * len(batch[0])  # .item() syncs with the GPU; fine at this size
+            row = {"train_loss": running / len(order), "val_loss": _epoch_loss(model, val, loss_fn, params.batch_size),
+                   "lr": optimizer.param_groups[0]["lr"]}
+            step_scheduler(scheduler, row["val_loss"])
+            stop = stopper.update(row, model)
+            if getattr(stopper, "correlation", None) is not None:
+                row["train_val_correlation"] = float(stopper.correlation)
+            history.append(row)
+            if on_epoch:
+                on_epoch(row, epoch)
+            if writer:
+                for key, value in row.items():
+                    writer.add_scalar(f"{desc}/{key}", value, epoch)
+            bar.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{row['val_loss']:.4f}")
+            if stop:
                 break
-    bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    finally:
+        bar.close()
+        if activity is not None:
+            activity.detach()
+        if writer:
+            writer.close()
+    stopper.restore(model)
     model.eval()
-    return FitResult(best_epoch=best_epoch, best_val_loss=best_loss, epochs_run=len(history), history=history)
+    return FitResult(best_epoch=stopper.best_epoch, best_val_loss=stopper.best, epochs_run=len(history), history=history)
 
 
 def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> np.ndarray:

@@ -72,7 +72,8 @@ def test_repo_params_load_with_the_yaml_values(raw_params):
     assert params.data.quickdraw.samples_per_class == raw_params["data"]["quickdraw"]["samples_per_class"]
     assert params.train.channels == tuple(raw_params["train"]["channels"])
     assert params.train.lr == raw_params["train"]["lr"]
-    assert params.train.class_weighting is raw_params["train"]["class_weighting"]
+    assert params.train.class_weighting == raw_params["train"]["class_weighting"]
+    assert params.task.type == raw_params["task"]["type"]
     assert params.distill.temperature == raw_params["distill"]["temperature"]
     assert params.select.precisions == tuple(raw_params["select"]["precisions"])
     assert params.validate.suite == raw_params["validate"]["suite"]
@@ -130,8 +131,8 @@ def test_an_unknown_top_level_section_is_named(tmp_path, raw_params):
         ("train.lr", "abc", "float"),
         ("train.batch_size", True, "int"),
         ("train.batch_size", 64.0, "int"),
-        ("train.class_weighting", 1, "bool"),
-        ("train.class_weighting", "yes please", "bool"),
+        ("train.batch_norm", 1, "bool"),
+        ("train.batch_norm", "yes please", "bool"),
         ("distill.temperature", True, "float"),
         ("select.registered_model", 7, "str"),
         ("train.channels", "32", "list"),

@@ -182,7 +182,7 @@ def test_predict_logits_batches_agree_with_one_forward_pass():
 
 
 def test_train_teacher_builds_the_configured_model():
-    params = fit_params(channels=(3,), hidden=5, max_epochs=2, class_weighting=True)
+    params = fit_params(channels=(3,), hidden=5, max_epochs=2, class_weighting="balanced")
     model, result = train_teacher(toy_data(), toy_data(24, 1), META, params)
     assert model.spec.channels == (3,) and model.spec.hidden == 5 and model.spec.n_classes == 3
     assert result.epochs_run == 2
