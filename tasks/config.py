@@ -289,6 +289,35 @@ class SearchParams:
 
 
 @dataclass(frozen=True)
+class MonitorParams:
+    """Production monitoring (flows/monitor.py): drift, operations, live quality."""
+
+    log_dir: str  # the server's prediction log folder (SQLite files)
+    feedback_dir: str  # late labels: CSV/Parquet files with request_id, row, label
+    state_file: str  # where the monitor remembers the last row it read
+    window_minutes: int  # one MLflow step per window of this length
+    min_rows: int  # windows with fewer rows are reported but never trigger a retrain
+    psi_threshold: float  # population stability index above which a feature drifted (0.2 = major shift)
+    p_value: float  # KS (numeric) / chi-squared (categorical) p-value below which a feature drifted
+    max_drifted_fraction: float  # retrain when more than this share of features drifted...
+    prediction_psi_threshold: float  # ...or the predicted-class distribution moved by more than this PSI
+    experiment: str  # MLflow experiment that receives the production metrics
+    retrain_deployment: str  # Prefect deployment to trigger, "<flow name>/<deployment name>"
+    retrain_cron: str  # schedule of the retraining deployment (weekly by default)
+    monitor_cron: str  # schedule of the monitoring deployment (hourly by default)
+
+    def __post_init__(self) -> None:
+        if self.window_minutes < 1 or self.min_rows < 1:
+            raise ValueError("window_minutes and min_rows must be >= 1")
+        if self.psi_threshold <= 0 or self.prediction_psi_threshold <= 0 or not 0 < self.p_value < 1:
+            raise ValueError("PSI thresholds must be > 0 and p_value in (0, 1)")
+        if not 0 <= self.max_drifted_fraction <= 1:
+            raise ValueError("max_drifted_fraction must lie in [0, 1]")
+        if "/" not in self.retrain_deployment:
+            raise ValueError("retrain_deployment must read '<flow name>/<deployment name>'")
+
+
+@dataclass(frozen=True)
 class MlflowParams:
     tracking_uri: str  # MLFLOW_TRACKING_URI overrides it
     experiment: str
@@ -309,6 +338,7 @@ class Params:
     evaluate: EvaluateParams
     select: SelectParams
     search: SearchParams
+    monitor: MonitorParams
     mlflow: MlflowParams = field(metadata={"doc": "tracking only; not a stage input"})
 
     def __post_init__(self) -> None:
