@@ -8,20 +8,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks.metrics import expected_calibration_error, softmax
+from tasks.metrics import expected_calibration_error, sigmoid, softmax
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100) -> float:
-    """The T minimising the negative log-likelihood of softmax(logits / T).
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100, kind: str = "softmax") -> float:
+    """The T minimising the negative log-likelihood of softmax(logits / T), or of
+    sigmoid(logits / T) per label for multilabel (`kind="sigmoid"`).
     Optimised in log space so T stays positive."""
     z = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
+    y = torch.as_tensor(labels, dtype=torch.float64 if kind == "sigmoid" else torch.long)
+    nll = F.binary_cross_entropy_with_logits if kind == "sigmoid" else F.cross_entropy
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss = nll(z / log_t.exp(), y)
         loss.backward()
         return loss
 
@@ -29,12 +31,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100)
     return float(log_t.exp().item())
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray, n_bins: int) -> dict:
+def _ece(logits: np.ndarray, labels: np.ndarray, n_bins: int, kind: str) -> float:
+    if kind == "sigmoid":  # every label decision is a two-class prediction
+        p = sigmoid(logits).ravel()
+        return expected_calibration_error(np.column_stack([1 - p, p]), labels.ravel().astype(int), n_bins)
+    return expected_calibration_error(softmax(logits), labels, n_bins)
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray, n_bins: int, kind: str = "softmax") -> dict:
     """Fit T on (validation) logits; keep it only if it does not worsen ECE on
     that same split, since NLL and ECE can disagree on small data."""
-    before = expected_calibration_error(softmax(logits), labels, n_bins)
-    temperature = fit_temperature(logits, labels)
-    after = expected_calibration_error(softmax(logits / temperature), labels, n_bins)
+    before = _ece(logits, labels, n_bins, kind)
+    temperature = fit_temperature(logits, labels, kind=kind)
+    after = _ece(logits / temperature, labels, n_bins, kind)
     if after > before:
         temperature, after = 1.0, before
     return {"temperature": temperature, "val_ece_before": before, "val_ece_after": after}

@@ -38,12 +38,12 @@ class QuickDrawParams:
 
 
 ColumnType = Literal["numeric", "categorical", "text", "id", "ignore"]
-TABULAR_SOURCES = ("penguins", "csv", "parquet")
+TABULAR_SOURCES = ("penguins", "breast_cancer", "diabetes", "csv", "parquet")
 
 
 @dataclass(frozen=True)
 class DataParams:
-    source: Literal["digits", "quickdraw", "penguins", "csv", "parquet"]
+    source: Literal["digits", "quickdraw", "penguins", "breast_cancer", "diabetes", "csv", "parquet"]
     path: Optional[str]  # folder (quickdraw) or file (csv, parquet)
     target: Optional[str]  # target column of a tabular source; null = the source's default
     columns: dict[str, ColumnType]  # declared column types; undeclared columns are inferred
@@ -243,13 +243,14 @@ class SelectParams:
     precisions: tuple[Literal["fp32", "int8"], ...]  # which exports may become champion
     speed_key: Literal["latency_ms_b1", "latency_ms_b256"]  # what "fastest" means
     registered_model: str  # MLflow registry name
-    min_macro_f1: float  # gate: absolute floor for the champion's macro-F1
+    min_macro_f1: float  # gate: absolute floor for the champion's macro-F1 (classification)
+    min_r2: float  # gate: absolute floor for its R^2 (regression)
     max_ece: float  # gate: absolute ceiling for its calibration error
     max_drop_vs_champion: float  # gate: macro-F1 it may lose against the current champion on this test split
 
     def __post_init__(self) -> None:
-        if not 0 <= self.max_f1_drop <= 1:
-            raise ValueError("max_f1_drop must lie in [0, 1]")
+        if self.max_f1_drop < 0:
+            raise ValueError("max_f1_drop must be >= 0")
         if not self.precisions:
             raise ValueError("precisions must name at least one of fp32, int8")
 
@@ -352,9 +353,11 @@ class Params:
                     check_loss_task(loss, self.task.type)
                 except ValueError as err:
                     raise ValueError(f"{section}.loss: {err} (task.type is '{self.task.type}')") from err
-        if self.task.type != "multiclass" and self.task.type != "binary":
-            raise ValueError(f"task.type '{self.task.type}' is not wired through the pipeline yet; "
-                             "use multiclass or binary")
+        if self.task.type == "regression" and not self.data.tabular:
+            raise ValueError(f"task.type 'regression' needs a table with a numeric target (data.source "
+                             f"diabetes, penguins, csv or parquet), not '{self.data.source}'")
+        if self.task.type == "multilabel" and self.data.source != "digits":
+            raise ValueError("task.type 'multilabel' is wired for data.source 'digits' (labels: even, large, loop)")
 
 
 # --------------------------------------------------------------------------- parsing

@@ -97,13 +97,18 @@ def correct_table(raw: pd.DataFrame, meta: dict, params: ValidateParams) -> Corr
     corrections["coerced_numeric"] = coerced
     corrections["categories_normalised"] = variants_fixed
 
-    # The target: same folding and synonyms, then it becomes `label`.
-    target_entry = {"declared": "target", "observed": quality.observed_type(table[target])}
-    target_entry.update(_textual_column(table, target, params, variants_fixed, True))
+    # The target becomes `label`: a number for regression (units stripped, words
+    # quarantined), else a class name with the same folding and synonyms.
+    target_entry: dict[str, Any] = {"declared": "target", "observed": quality.observed_type(table[target])}
+    regression = meta.get("task") == "regression"
+    if regression:
+        target_entry.update(_numeric_column(table, target, _parsed(table, target), params, issues, coerced))
+    else:
+        target_entry.update(_textual_column(table, target, params, variants_fixed, True))
     representation[target] = target_entry
     table = table.rename(columns={target: LABEL})
     no_label = table[LABEL].isna()
-    _flag(issues, row_ids[no_label], f"{target}: label missing")
+    _flag(issues, row_ids[no_label & ~row_ids.isin(list(issues))], f"{target}: label missing")
 
     uniqueness = _uniqueness(table, types, params, issues)
     corrections["duplicates_quarantined"] = uniqueness["duplicate_rows"] if params.drop_duplicates else 0
@@ -113,7 +118,8 @@ def correct_table(raw: pd.DataFrame, meta: dict, params: ValidateParams) -> Corr
         "representation": {"columns": representation},
         "completeness": quality.completeness(table.drop(columns=[ROW_ID])),
         "uniqueness": uniqueness,
-        "balance": quality.class_balance(table.loc[~no_label, LABEL]),
+        "balance": quality.target_distribution(table.loc[~no_label, LABEL]) if regression
+        else quality.class_balance(table.loc[~no_label, LABEL]),
         "corrections": corrections,
     }
     return Corrected(table=table, report=report, row_issues=issues, column_types=types)

@@ -56,16 +56,26 @@ def distill_student(
     seed_everything(params.seed)
     device = pick_device()
     teacher = teacher.to(device)
-    # The teacher is frozen: its logits are computed once, not every epoch. As
+    # The teacher is frozen: its outputs are computed once, not every epoch. As
     # class logits, a binary sigmoid teacher distils like any softmax one.
-    teacher_train = class_logits(predict_logits(teacher, train[0]))
-    teacher_val = class_logits(predict_logits(teacher, val[0]))
+    single_label = task in ("multiclass", "binary")
+    teacher_train = predict_logits(teacher, train[0])
+    teacher_val = predict_logits(teacher, val[0])
+    if single_label:
+        teacher_train, teacher_val = class_logits(teacher_train), class_logits(teacher_val)
     student = build_model(spec_for(meta, params, n_outputs(task, params, len(meta["classes"])))).to(device)
     hard_loss = task_loss(task, params, None)
 
-    def loss_fn(logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        soft = distillation_loss(class_logits_tensor(logits), teacher_logits, y, params.temperature, alpha=1.0)
-        return params.alpha * soft + (1 - params.alpha) * hard_loss(logits, y)
+    def loss_fn(outputs: torch.Tensor, teacher_outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if single_label:
+            soft = distillation_loss(class_logits_tensor(outputs), teacher_outputs, y, params.temperature, alpha=1.0)
+        elif task == "multilabel":
+            # Each label is its own two-class problem: BCE against the teacher's softened sigmoid.
+            t = params.temperature
+            soft = t**2 * F.binary_cross_entropy_with_logits(outputs / t, torch.sigmoid(teacher_outputs / t))
+        else:  # regression: regress on the teacher's predictions
+            soft = F.mse_loss(outputs, teacher_outputs)
+        return params.alpha * soft + (1 - params.alpha) * hard_loss(outputs, y)
 
     result = fit(
         student,
@@ -92,7 +102,8 @@ def main() -> None:
     train, val = load_split("train"), load_split("val")
     record_training(
         "distill", "student", params.distill, params.mlflow, meta,
-        lambda on_epoch: distill_student(teacher, train, val, meta, params.distill, on_epoch, task=params.task.type,
+        lambda on_epoch: distill_student(teacher, train, val, meta, params.distill, on_epoch,
+                                         task=meta.get("task", "multiclass"),
                                          tensorboard_dir=str(TENSORBOARD / "distill")),
     )
 

@@ -16,13 +16,15 @@ from tasks import paths
 from tasks.config import EvaluateParams, load_params
 from tasks.core import markdown_table, read_json, run_cli, write_json, write_summary
 from tasks import plots
-from tasks.metrics import classification_metrics, curve_points, expected_calibration_error, softmax
+from tasks.metrics import curve_points, label_curve_points, task_metrics
 from tasks.preprocess import load_split
 from tasks.onnx_utils import check_onnx, file_size, run_batches, session
 
 LATENCY_BATCHES = (1, 256)
-CURVES = paths.REPORTS / "curves"  # ROC, PR and reliability data for `dvc plots`
+CURVES = paths.REPORTS / "curves"  # ROC, PR, reliability and residual data for `dvc plots`
+CURVE_KINDS = ("roc", "pr", "reliability", "residuals")
 SUMMARY_COLUMNS = ("accuracy", "macro_f1", "ece_before_scaling", "ece", "size_bytes", "latency_ms_b1", "latency_ms_b256")
+REGRESSION_COLUMNS = ("r2", "rmse", "mae", "size_bytes", "latency_ms_b1", "latency_ms_b256")
 
 
 def candidate_files(folder: Path) -> dict[str, Path]:
@@ -34,62 +36,77 @@ def median_latency_ms(sess, x: np.ndarray, batch: int, repeats: int) -> float:
     """Median wall time of one run on `batch` rows, after one warm-up run."""
     rows = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)  # repeats rows if the split is small
     feed = {sess.get_inputs()[0].name: rows}
-    sess.run(["probabilities"], feed)
+    outputs = [sess.get_outputs()[-1].name]  # probabilities, or a regression's prediction
+    sess.run(outputs, feed)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        sess.run(["probabilities"], feed)
+        sess.run(outputs, feed)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
 
 
-def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str], params: EvaluateParams) -> dict:
+def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str], params: EvaluateParams,
+                       task: str = "multiclass") -> dict:
     """Quality and cost of one ONNX file, run by onnxruntime on the test split."""
     metadata = check_onnx(path)
     sess = session(path, threads=params.threads)
-    probabilities = run_batches(sess, x)
-    scores = classification_metrics(probabilities, y, classes, params.ece_bins, params.f_beta)
-    # The graph divides logits by T; multiplying back recovers the uncalibrated model.
-    temperature = float(metadata.get("temperature", 1.0))
-    uncalibrated = softmax(run_batches(sess, x, output="logits") * temperature)
-    return {
-        **scores,
-        "temperature": temperature,
-        "ece_before_scaling": expected_calibration_error(uncalibrated, y, params.ece_bins),
-        "curves": curve_points(probabilities, y, classes),
+    cost = {
         "size_bytes": file_size(path),
         **{f"latency_ms_b{b}": median_latency_ms(sess, x, b, params.latency_repeats) for b in LATENCY_BATCHES},
     }
+    if task == "regression":
+        predicted = run_batches(sess, x, output="prediction").ravel()
+        scores = task_metrics(task, predicted, y, classes)
+        return {**scores, "residuals": {"predicted": predicted.tolist(), "actual": y.tolist()}, **cost}
+    probabilities = run_batches(sess, x)
+    scores = task_metrics(task, probabilities, y, classes, params.ece_bins, params.f_beta, probabilities=True)
+    # The graph divides logits by T; multiplying back recovers the uncalibrated model.
+    temperature = float(metadata.get("temperature", 1.0))
+    logits = run_batches(sess, x, output="logits") * temperature
+    uncalibrated = task_metrics(task, logits, y, classes, params.ece_bins)
+    curves = label_curve_points(probabilities, y, classes) if task == "multilabel" else \
+        curve_points(probabilities, y, classes)
+    return {**scores, "temperature": temperature, "ece_before_scaling": uncalibrated["ece"], "curves": curves, **cost}
 
 
-def write_plots(name: str, result: dict, classes: list[str]) -> None:
+def write_plots(name: str, result: dict, classes: list[str], task: str) -> None:
     """PNGs for people, and the curve data as JSON for `dvc plots`."""
-    plots.confusion(result["confusion_matrix"], result["confusion_matrix_normalized"], classes, name,
-                    paths.PLOTS / f"confusion_{name}.png")
+    if task == "regression":
+        residuals = result.pop("residuals")
+        plots.residuals(residuals["actual"], residuals["predicted"], name, paths.PLOTS / f"residuals_{name}.png")
+        rows = [{"actual": a, "predicted": p} for a, p in zip(residuals["actual"], residuals["predicted"])]
+        write_json(CURVES / "residuals" / f"{name}.json", rows)
+        return
+    if task != "multilabel":
+        plots.confusion(result["confusion_matrix"], result["confusion_matrix_normalized"], classes, name,
+                        paths.PLOTS / f"confusion_{name}.png")
     plots.curves(result["curves"], name, paths.PLOTS / f"curves_{name}.png")
     plots.reliability(result["reliability"], result["ece_before_scaling"], result["ece"], name,
                       paths.PLOTS / f"reliability_{name}.png")
     write_json(CURVES / "roc" / f"{name}.json", result["curves"]["roc"])
     write_json(CURVES / "pr" / f"{name}.json", result["curves"]["pr"])
     write_json(CURVES / "reliability" / f"{name}.json", [b for b in result["reliability"] if b["count"]])
+    del result["curves"]  # in reports/curves/; the report stays readable
 
 
 def main() -> None:
     params = load_params(paths.PARAMS).evaluate
     meta = read_json(paths.PROCESSED / paths.META, "processed meta")
     x, y = load_split("test")
+    task = meta.get("task", "multiclass")
     candidates = {
-        name: evaluate_candidate(path, x, y, meta["classes"], params)
+        name: evaluate_candidate(path, x, y, meta["classes"], params, task)
         for name, path in candidate_files(paths.ONNX_DIR).items()
     }
+    for kind in CURVE_KINDS:  # DVC wants every declared plots folder, even one this task leaves empty
+        (CURVES / kind).mkdir(parents=True, exist_ok=True)
     for name, result in candidates.items():
-        write_plots(name, result, meta["classes"])
-        del result["curves"]  # in reports/curves/; the report stays readable
-    write_json(paths.EVALUATION_REPORT, {"test_rows": len(y), "threads": params.threads, "candidates": candidates})
-    rows = [
-        {"candidate": n, **{k: r[k] for k in SUMMARY_COLUMNS}}
-        for n, r in candidates.items()
-    ]
+        write_plots(name, result, meta["classes"], task)
+    write_json(paths.EVALUATION_REPORT,
+               {"task": task, "test_rows": len(y), "threads": params.threads, "candidates": candidates})
+    columns = REGRESSION_COLUMNS if task == "regression" else SUMMARY_COLUMNS
+    rows = [{"candidate": n, **{k: r[k] for k in columns}} for n, r in candidates.items()]
     write_summary("evaluate", f"Test split: {len(y)} rows, onnxruntime with {params.threads} thread(s).\n\n" + markdown_table(rows))
 
 

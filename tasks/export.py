@@ -17,11 +17,12 @@ from tasks.calibration import calibrate
 from tasks.config import ExportParams, load_params
 from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table, read_json, run_cli, write_json, write_summary
 from tasks.models import Model, count_parameters, load_model
-from tasks.onnx_utils import IMAGE_INPUT, TABLE_INPUT, check_onnx, input_name, export_onnx, file_size, run_batches, session, set_metadata
+from tasks.onnx_utils import IMAGE_INPUT, TABLE_INPUT, check_onnx, input_name, output_names, export_onnx, file_size, run_batches, session, set_metadata
 from tasks.preprocess import load_split
 from tasks.training import class_logits, predict_logits
 
 CANDIDATE_MODELS = ("teacher", "student")
+FLOAT_OPS = ("Softmax", "Sigmoid", "Mul", "Add")  # kept out of int8 (the input's Sub/Div normalisation is quantized)
 
 
 class _Calibration:
@@ -46,9 +47,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, nam
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        # Softmax stays in float: quantized probabilities would come in 1/255 steps
-        # and no longer sum to 1, which ruins calibration.
-        float_ops = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Softmax"]
+        # The output activations stay in float: quantized probabilities would come in
+        # 1/255 steps (softmax rows no longer summing to 1), ruining calibration; and
+        # a regression's scale-back to target units (Mul, Add) would round values.
+        float_ops = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in FLOAT_OPS]
         with atomic_path(int8_path) as out:
             quantize_static(
                 str(prepared),
@@ -74,23 +76,27 @@ def export_candidate(
     """Fit the temperature on the validation split, write `<name>.fp32.onnx` and
     `<name>.int8.onnx` with it folded in, and return the checks' figures."""
     val_x, val_y = val
+    task = metadata.get("task", "multiclass")
     fp32, int8 = out_dir / f"{name}.fp32.onnx", out_dir / f"{name}.int8.onnx"
-    raw_logits = class_logits(predict_logits(model, val_x))
-    if params.temperature_scaling:
-        scaling = calibrate(raw_logits, val_y, params.calibration_bins)
+    raw = predict_logits(model, val_x)
+    if task in ("multiclass", "binary"):
+        raw = class_logits(raw)
+    if params.temperature_scaling and task != "regression":
+        kind = "sigmoid" if task == "multilabel" else "softmax"
+        scaling = calibrate(raw, val_y, params.calibration_bins, kind)
     else:
         scaling = {"temperature": 1.0}
     temperature = scaling["temperature"]
     metadata = {**metadata, "temperature": temperature}
-    export_onnx(model, model.spec.input_shape, fp32, params.opset, temperature)
+    export_onnx(model, model.spec.input_shape, fp32, params.opset, temperature, task)
     set_metadata(fp32, {**metadata, "candidate": f"{name}.fp32", "precision": "fp32"})
     check_onnx(fp32)
-    expected = raw_logits / temperature
-    got = run_batches(session(fp32), val_x, output="logits")
-    max_diff = float(np.abs(expected - got).max())
-    if max_diff > params.atol:
+    output = "prediction" if task == "regression" else "logits"
+    got = run_batches(session(fp32), val_x, output=output)
+    max_diff = float(np.abs(raw / temperature - got).max())
+    if max_diff > params.atol * max(1.0, float(np.abs(raw).max()) if task == "regression" else 1.0):
         raise DistilleryError(
-            f"{fp32}: ONNX logits differ from PyTorch by {max_diff:.2e} on the validation set, "
+            f"{fp32}: ONNX {output} differ from PyTorch by {max_diff:.2e} on the validation set, "
             f"above export.atol={params.atol:.0e}"
         )
     quantize_int8(fp32, int8, calibration, input_name(model), params.per_channel)
@@ -126,10 +132,12 @@ def artifact_metadata(meta: dict) -> dict:
         preprocessing = {"inside_graph": "(x - mean) / std per channel; send raw pixel values"}
     return {
         "classes": meta["classes"],
-        "task": "multiclass",
+        "task": meta.get("task", "multiclass"),
         "input_spec": input_spec,
         "preprocessing": {**preprocessing, "mean": meta["mean"], "std": meta["std"]},
-        "outputs": ["logits", "probabilities"],
+        "outputs": list(output_names(meta.get("task", "multiclass"))),
+        "target_units": {"mean": meta.get("target_mean"), "std": meta.get("target_std")}
+        if meta.get("task") == "regression" else None,
         "git_commit": git_commit(),
         "data_hash": meta["data_hash"],
     }

@@ -5,6 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def class_logits(logits: np.ndarray) -> np.ndarray:
+    """Logits with one column per class: a single binary logit z becomes [0, z],
+    since softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]."""
+    if logits.shape[1] == 1:
+        return np.concatenate([np.zeros_like(logits), logits], axis=1)
+    return logits
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
@@ -125,6 +137,17 @@ def curve_points(probs: np.ndarray, labels: np.ndarray, classes: list[str], max_
     return {"roc": roc_rows, "pr": pr_rows}
 
 
+def label_curve_points(probs: np.ndarray, labels: np.ndarray, names: list[str], max_points: int = 200) -> dict:
+    """Multilabel: ROC and PR points per label, each label its own two-class problem."""
+    rows: dict[str, list] = {"roc": [], "pr": []}
+    for c, name in enumerate(names):
+        p = probs[:, c]
+        points = curve_points(np.column_stack([1 - p, p]), labels[:, c].astype(int), ["not " + name, name], max_points)
+        rows["roc"] += [r for r in points["roc"] if r["class"] == name]
+        rows["pr"] += [r for r in points["pr"] if r["class"] == name]
+    return rows
+
+
 def classification_metrics(
     probs: np.ndarray, labels: np.ndarray, classes: list[str], n_bins: int = 15, beta: float = 1.0
 ) -> dict:
@@ -185,3 +208,71 @@ def regression_metrics(predicted: np.ndarray, target: np.ndarray) -> dict:
         "median_absolute_error": float(m.median_absolute_error(target, predicted)),
         "max_error": float(m.max_error(target, predicted)),
     }
+
+
+def _binary_decisions(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (sample, label) decision of a multilabel model as a two-class
+    prediction, so calibration pools over all of them."""
+    p = probs.ravel()
+    return np.column_stack([1 - p, p]), labels.ravel().astype(np.int64)
+
+
+def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, names: list[str], n_bins: int = 15,
+                       beta: float = 1.0) -> dict:
+    """Per-label scores and the micro, macro, weighted and samples averages;
+    subset accuracy and Hamming loss; per-label ROC AUC and average precision;
+    calibration pooled over all label decisions."""
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        classification_report,
+        fbeta_score,
+        hamming_loss,
+        multilabel_confusion_matrix,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    truth = labels.astype(np.int64)
+    predicted = (probs >= 0.5).astype(np.int64)
+    averages = {}
+    for average in ("micro", "macro", "weighted", "samples"):
+        precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average=average, zero_division=0)
+        averages[average] = {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    pooled_probs, pooled_truth = _binary_decisions(probs, truth)
+    defined = [c for c in range(truth.shape[1]) if 0 < truth[:, c].sum() < len(truth)]
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),  # subset accuracy: every label right
+        "hamming_loss": float(hamming_loss(truth, predicted)),
+        "macro_f1": averages["macro"]["f1"],
+        "weighted_f1": averages["weighted"]["f1"],
+        "micro_f1": averages["micro"]["f1"],
+        "samples_f1": averages["samples"]["f1"],
+        "averages": averages,
+        "fbeta": {"beta": beta, "macro": float(fbeta_score(truth, predicted, beta=beta, average="macro",
+                                                           zero_division=0))},
+        "ece": expected_calibration_error(pooled_probs, pooled_truth, n_bins),
+        "mce": max_calibration_error(pooled_probs, pooled_truth, n_bins),
+        "reliability": calibration_bins(pooled_probs, pooled_truth, n_bins),
+        "roc_auc": {names[c]: float(roc_auc_score(truth[:, c], probs[:, c])) for c in defined},
+        "average_precision": {names[c]: float(average_precision_score(truth[:, c], probs[:, c])) for c in defined},
+        "per_class": classification_report(truth, predicted, target_names=names, output_dict=True, zero_division=0),
+        "confusion_matrix": multilabel_confusion_matrix(truth, predicted).tolist(),  # one 2x2 per label
+    }
+
+
+def task_metrics(task: str, outputs: np.ndarray, targets: np.ndarray, classes: list[str], n_bins: int = 15,
+                 beta: float = 1.0, probabilities: bool = False) -> dict:
+    """The metrics of `task` for raw model `outputs` (logits, or probabilities
+    when `probabilities`), with `quality`: the one number selection compares
+    (macro-F1, or R^2 for regression)."""
+    if task == "regression":
+        scores = regression_metrics(outputs, targets)
+        return {**scores, "quality": scores["r2"]}
+    if task == "multilabel":
+        probs = outputs if probabilities else sigmoid(outputs)
+        scores = multilabel_metrics(probs, targets, classes, n_bins, beta)
+    else:
+        probs = outputs if probabilities else softmax(class_logits(outputs))
+        scores = classification_metrics(probs, targets, classes, n_bins, beta)
+    return {**scores, "quality": scores["macro_f1"]}

@@ -86,6 +86,8 @@ class MLPSpec:
     mean: tuple[float, ...]  # per-feature standardisation, fitted on the train split
     std: tuple[float, ...]
     batch_norm: bool = True
+    target_mean: float = 0.0  # regression: outputs are scaled back to the target's units in the graph
+    target_std: float = 1.0
 
     @property
     def input_shape(self) -> tuple[int]:
@@ -112,7 +114,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x) * self.spec.target_std + self.spec.target_mean
 
 
 ARCHITECTURES = {"CNN": (CNN, CNNSpec), "MLP": (MLP, MLPSpec)}
@@ -165,7 +167,7 @@ def spec_for(meta: dict, params: FitParams, outputs: int | None = None) -> CNNSp
     """The architecture for the processed data described by `meta` (preprocess's
     meta.json): a CNN for images, an MLP for tables, with `outputs` logits
     (default: one per class)."""
-    outputs = outputs or len(meta["classes"])
+    outputs = outputs or max(1, len(meta["classes"]))
     if meta.get("kind") == "tabular":
         return MLPSpec(
             n_features=int(meta["input_shape"][0]),
@@ -175,6 +177,8 @@ def spec_for(meta: dict, params: FitParams, outputs: int | None = None) -> CNNSp
             mean=tuple(meta["mean"]),
             std=tuple(meta["std"]),
             batch_norm=params.batch_norm,
+            target_mean=float(meta.get("target_mean", 0.0)),
+            target_std=float(meta.get("target_std", 1.0)),
         )
     return CNNSpec(
         input_shape=tuple(meta["input_shape"]),

@@ -18,20 +18,31 @@ TABLE_INPUT = "features"
 OUTPUT_NAMES = ("logits", "probabilities")
 
 
-class WithProbabilities(nn.Module):
-    """Folds the calibration temperature into the logits and adds the softmax to
-    the graph, so a client gets calibrated probabilities without re-implementing
-    anything."""
+def output_names(task: str) -> tuple[str, ...]:
+    """Regression models answer a value; classifiers logits and probabilities."""
+    return ("prediction",) if task == "regression" else OUTPUT_NAMES
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0):
+
+class WithProbabilities(nn.Module):
+    """Folds the calibration temperature into the logits and adds the output
+    activation to the graph (softmax for single-label, sigmoid per label for
+    multilabel), so a client gets calibrated probabilities without
+    re-implementing anything. A regression model passes its value through."""
+
+    def __init__(self, model: nn.Module, temperature: float = 1.0, task: str = "multiclass"):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)
+        self.task = task
         # Known before tracing, so the exported graph has no data-dependent branch.
         self.single_logit = getattr(getattr(model, "spec", None), "n_classes", 2) == 1
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.task == "regression":
+            return (self.model(x),)
         logits = self.model(x) / self.temperature
+        if self.task == "multilabel":
+            return logits, torch.sigmoid(logits)
         if self.single_logit:  # a sigmoid binary head: [0, z] so softmax gives [1 - p, p]
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
         return logits, torch.softmax(logits, dim=1)
@@ -43,16 +54,22 @@ def input_name(model: nn.Module) -> str:
 
 
 def export_onnx(
-    model: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int, temperature: float = 1.0
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    path: str | Path,
+    opset: int,
+    temperature: float = 1.0,
+    task: str = "multiclass",
 ) -> None:
     """fp32 ONNX with a dynamic batch dimension; `logits` are divided by `temperature`."""
     name = input_name(model)
+    outputs = output_names(task)
     # eval() on the wrapper too: the exporter restores the wrapper's mode afterwards,
     # recursively, and a new module is in training mode, so the caller's model would
     # come back training (dropout on, batch norm updating its statistics).
-    model = WithProbabilities(model.cpu().eval(), temperature).eval()
+    model = WithProbabilities(model.cpu().eval(), temperature, task).eval()
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
-    dynamic = {name: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    dynamic = {tensor: {0: "batch"} for tensor in (name, *outputs)}
     with atomic_path(path) as tmp:
         # The TorchScript exporter: fast, and folds batch norm into the convs.
         torch.onnx.export(
@@ -60,7 +77,7 @@ def export_onnx(
             (example,),
             str(tmp),
             input_names=[name],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(outputs),
             dynamic_axes=dynamic,
             opset_version=opset,
             do_constant_folding=True,

@@ -72,3 +72,19 @@ def reliability(bins: list[dict], ece_before: float, ece_after: float, title: st
            title=f"{title}\nECE {ece_before:.4f} before scaling, {ece_after:.4f} after")
     ax.legend(fontsize=7, loc="upper left")
     _save(fig, path)
+
+
+def residuals(actual: list[float], predicted: list[float], title: str, path: Path) -> None:
+    """Predicted against actual, and the residuals against the prediction: a
+    funnel or a curve in the second panel means the errors are not noise."""
+    plt = _pyplot()
+    actual_a, predicted_a = np.asarray(actual), np.asarray(predicted)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    left.scatter(actual_a, predicted_a, s=8, alpha=0.6)
+    low, high = float(min(actual_a.min(), predicted_a.min())), float(max(actual_a.max(), predicted_a.max()))
+    left.plot([low, high], [low, high], ls=":", color="grey")
+    left.set(xlabel="actual", ylabel="predicted", title=f"{title}: predicted vs actual")
+    right.scatter(predicted_a, actual_a - predicted_a, s=8, alpha=0.6)
+    right.axhline(0, ls=":", color="grey")
+    right.set(xlabel="predicted", ylabel="residual (actual - predicted)", title=f"{title}: residuals")
+    _save(fig, path)

@@ -84,11 +84,20 @@ def preprocess(dataset: Dataset, params: PreprocessParams) -> tuple[dict[str, di
     images = dataset.arrays["images"].astype(np.float32)
     labels = dataset.arrays["labels"].astype(np.int64)
     x = images[:, None, :, :]  # N x C x H x W with one channel
-    splits = {name: {"x": x[ix], "y": labels[ix]} for name, ix in split_indices(labels, params).items()}
+    task = dataset.meta.get("task", "multiclass")
+    classes = dataset.meta["classes"]
+    targets: np.ndarray = labels
+    if task == "multilabel":
+        # Labels derived from the digit: even, at least 5, closed loop (tasks/sources.py).
+        from tasks.sources import DIGIT_ATTRIBUTE_MATRIX, DIGIT_ATTRIBUTES
+
+        targets, classes = np.asarray(DIGIT_ATTRIBUTE_MATRIX, np.float32)[labels], list(DIGIT_ATTRIBUTES)
+    splits = {name: {"x": x[ix], "y": targets[ix]} for name, ix in split_indices(labels, params).items()}
     train_x = splits["train"]["x"]
     meta = {
         "kind": "image",
-        "classes": dataset.meta["classes"],
+        "task": task,
+        "classes": classes,
         "input_shape": list(x.shape[1:]),
         "pixel_max": dataset.meta["pixel_max"],
         # Per-channel stats in raw units, from the train split alone.
@@ -97,11 +106,21 @@ def preprocess(dataset: Dataset, params: PreprocessParams) -> tuple[dict[str, di
         "data_hash": hash_arrays(images, labels),
         "resample": params.resample,
     }
-    splits["train"]["x"], splits["train"]["y"] = resample_train(
-        splits["train"]["x"], splits["train"]["y"], params.resample, params.seed
-    )
-    meta["counts"] = _class_counts(splits, len(meta["classes"]))
+    if task != "multilabel":
+        splits["train"]["x"], splits["train"]["y"] = resample_train(
+            splits["train"]["x"], splits["train"]["y"], params.resample, params.seed
+        )
+    meta["counts"] = _label_counts(splits, len(meta["classes"]), task)
     return splits, meta
+
+
+def _label_counts(splits: dict[str, dict[str, np.ndarray]], n_classes: int, task: str) -> dict[str, list]:
+    """Per split: samples per class, positives per label (multilabel), or rows (regression)."""
+    if task == "multilabel":
+        return {name: s["y"].sum(axis=0).astype(int).tolist() for name, s in splits.items()}
+    if task == "regression":
+        return {name: [len(s["y"])] for name, s in splits.items()}
+    return _class_counts(splits, n_classes)
 
 
 # --------------------------------------------------------------------------- tables
@@ -164,13 +183,23 @@ def _model_imputer(method: str, params: PreprocessParams):
 
 def preprocess_table(dataset: Dataset, params: PreprocessParams) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     table, classes = dataset.table, dataset.meta["classes"]
-    index = {name: i for i, name in enumerate(classes)}
-    labels = table["label"].astype(str).map(index)
-    if labels.isna().any():
-        unknown = sorted(table.loc[labels.isna(), "label"].astype(str).unique())
-        raise DistilleryError(f"validated labels {unknown} are not among the classes {classes} (data.classes)")
-    labels = labels.to_numpy(dtype=np.int64)
-    parts = split_indices(labels, params)
+    task = dataset.meta.get("task", "multiclass")
+    if task == "regression":
+        targets = pd.to_numeric(table["label"], errors="coerce").to_numpy(dtype=np.float32)
+        # Stratify on quintiles, so every split sees the whole range of the target.
+        strata = pd.qcut(targets, q=min(5, max(1, len(targets) // 10)), labels=False, duplicates="drop")
+        parts = split_indices(np.asarray(strata, dtype=np.int64), params)
+        labels = targets
+    else:
+        index = {name: i for i, name in enumerate(classes)}
+        mapped = table["label"].astype(str).map(index)
+        if mapped.isna().any():
+            unknown = sorted(table.loc[mapped.isna(), "label"].astype(str).unique())
+            raise DistilleryError(f"validated labels {unknown} are not among the classes {classes} (data.classes)")
+        labels = mapped.to_numpy(dtype=np.int64)
+        if task == "binary" and len(classes) != 2:
+            raise DistilleryError(f"task.type binary needs exactly 2 classes, the data has {len(classes)}: {classes}")
+        parts = split_indices(labels, params)
     types = {c: t for c, t in dataset.meta["column_types"].items() if c in dataset.meta["features"]}
     encoder = fit_encoder(table.iloc[parts["train"]], types, params.impute)
     frames = {name: table.iloc[ix].reset_index(drop=True) for name, ix in parts.items()}
@@ -183,6 +212,7 @@ def preprocess_table(dataset: Dataset, params: PreprocessParams) -> tuple[dict[s
     train_x = splits["train"]["x"]
     meta = {
         "kind": "tabular",
+        "task": task,
         "classes": classes,
         "input_shape": [train_x.shape[1]],
         "feature_names": encoded_feature_names(encoder),
@@ -192,8 +222,14 @@ def preprocess_table(dataset: Dataset, params: PreprocessParams) -> tuple[dict[s
         "data_hash": dataset.meta["data_hash"],
         "resample": params.resample,
     }
-    splits["train"]["x"], splits["train"]["y"] = resample_train(train_x, splits["train"]["y"], params.resample, params.seed)
-    meta["counts"] = _class_counts(splits, len(classes))
+    if task == "regression":
+        # The model predicts in standardised units; the graph scales back to the target's.
+        meta["target_mean"] = float(splits["train"]["y"].mean())
+        meta["target_std"] = float(max(splits["train"]["y"].std(), 1e-6))
+    else:
+        splits["train"]["x"], splits["train"]["y"] = resample_train(train_x, splits["train"]["y"], params.resample,
+                                                                    params.seed)
+    meta["counts"] = _label_counts(splits, len(classes), task)
     return splits, meta
 
 

@@ -373,3 +373,22 @@ def class_balance(labels: pd.Series) -> dict[str, Any]:
         "gini": gini / (1 - 1 / k) if k > 1 else 0.0,
         "normalized_entropy": float(entropy / np.log(k)) if k > 1 else 0.0,
     }
+
+
+def target_distribution(values: pd.Series) -> dict[str, Any]:
+    """For a regression target, balance is the shape of its distribution: a
+    heavy skew or a few extreme values can dominate a squared loss."""
+    x = pd.to_numeric(values, errors="coerce").dropna()
+    if x.empty:
+        return {"counts": {}, "imbalance_ratio": None, "gini": None, "normalized_entropy": None}
+    quartiles = x.quantile([0.25, 0.5, 0.75])
+    return {
+        "counts": {},
+        "imbalance_ratio": None,
+        "gini": None,
+        "normalized_entropy": None,
+        "target": {
+            "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max()),
+            "quartiles": [float(q) for q in quartiles], "skew": float(x.skew()) if len(x) > 2 else 0.0,
+        },
+    }

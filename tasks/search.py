@@ -1,7 +1,7 @@
 """Stage `search`: hyperparameter search for the teacher with Optuna.
 
 Grid, random or Bayesian (TPE). Each trial trains the teacher with the trial's
-values on the train split and scores macro-F1 on the validation split; every
+values on the train split and scores the task's quality (macro-F1, R^2 for regression) on the validation split; every
 trial is an MLflow child run. The best values go to reports/search/best_params.json,
 which the train stage merges over params.yaml 'train', so the result flows
 through `dvc repro` like everything else. Disabled, the stage writes an empty
@@ -72,7 +72,7 @@ def run_search(train: tuple, val: tuple, meta: dict, base: TrainParams, params: 
     `on_trial(number, values, score)` lets the caller log each trial."""
     import optuna
 
-    from tasks.metrics import classification_metrics, softmax
+    from tasks.metrics import task_metrics
     from tasks.train import train_teacher
     from tasks.training import predict_logits
 
@@ -82,8 +82,10 @@ def run_search(train: tuple, val: tuple, meta: dict, base: TrainParams, params: 
 
     def objective(trial: optuna.Trial) -> float:
         values = {name: suggest(trial, name, space) for name, space in params.space.items()}
-        model, _ = train_teacher(train, val, meta, trial_params(base, values, params.max_epochs), quiet=True)
-        score = classification_metrics(softmax(predict_logits(model, val[0])), val[1], meta["classes"])["macro_f1"]
+        model, _ = train_teacher(train, val, meta, trial_params(base, values, params.max_epochs), quiet=True,
+                                 task=meta.get("task", "multiclass"))
+        task = meta.get("task", "multiclass")
+        score = task_metrics(task, predict_logits(model, val[0]), val[1], meta["classes"])["quality"]
         if on_trial:
             on_trial(trial.number, values, score)
         return score
@@ -146,23 +148,23 @@ def main() -> None:
                                           tags={"mlflow.parentRunId": parent.info.run_id, "stage": "search"})
                 for key, value in values.items():
                     client.log_param(child.info.run_id, key, value)
-                client.log_metric(child.info.run_id, "val_macro_f1", score)
+                client.log_metric(child.info.run_id, "val_quality", score)
                 client.set_terminated(child.info.run_id)
 
         study = run_search(train, val, meta, params.train, params.search, log_trial)
         mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
-        mlflow.log_metric("best_val_macro_f1", study.best_value)
+        mlflow.log_metric("best_val_quality", study.best_value)
         plot_parallel(study, SEARCH_DIR / "parallel_coordinates.png")
         mlflow.log_artifact(str(SEARCH_DIR / "parallel_coordinates.png"))
     best = {k: int(v) if k in INT_KEYS else v for k, v in study.best_params.items()}
     write_json(BEST_PARAMS, best)
-    rows = [{"trial": t.number, **t.params, "val_macro_f1": t.value} for t in study.trials if t.value is not None]
+    rows = [{"trial": t.number, **t.params, "val_quality": t.value} for t in study.trials if t.value is not None]
     write_json(SEARCH_DIR / "trials.json", rows)
     write_summary(
         "search",
-        f"{len(rows)} {params.search.sampler} trials, {params.search.parallel} in parallel. Best val macro-F1 "
+        f"{len(rows)} {params.search.sampler} trials, {params.search.parallel} in parallel. Best validation quality (macro-F1; R^2 for regression) "
         f"{study.best_value:.4f} with {best}, written to `{BEST_PARAMS}` for the train stage.\n\n"
-        + markdown_table(sorted(rows, key=lambda r: -r["val_macro_f1"])[:10]),
+        + markdown_table(sorted(rows, key=lambda r: -r["val_quality"])[:10]),
     )
 
 

@@ -16,43 +16,54 @@ import numpy as np
 from tasks import paths
 from tasks.config import MlflowParams, SelectParams, load_params
 from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table, read_json, run_cli, sha256_file, write_json, write_summary
-from tasks.metrics import classification_metrics
+from tasks.metrics import task_metrics
 from tasks.onnx_utils import check_onnx, run_batches, session
 from tasks.preprocess import load_split
 
 REFERENCE = "teacher.fp32"
-SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece_before_scaling", "ece", "mce", "size_bytes", "latency_ms_b1", "latency_ms_b256")
+SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece_before_scaling", "ece", "mce", "r2", "rmse", "mae",
+                "size_bytes", "latency_ms_b1", "latency_ms_b256")
 CHAMPION_ALIAS = "champion"
 
 
+def _quality(result: dict) -> float:
+    """macro-F1 for classifiers, R^2 for regression (evaluate's `quality`)."""
+    return result.get("quality", result.get("macro_f1"))
+
+
 def select_champion(candidates: dict[str, dict], params: SelectParams) -> tuple[str, dict[str, dict]]:
-    """Return the champion's name and every candidate's summary with its verdict."""
+    """Return the champion's name and every candidate's summary with its verdict.
+    Quality is macro-F1 (R^2 for regression); `max_f1_drop` bounds its loss."""
     if REFERENCE not in candidates:
         raise DistilleryError(f"{paths.EVALUATION_REPORT}: the reference candidate '{REFERENCE}' was not evaluated")
-    floor = candidates[REFERENCE]["macro_f1"] - params.max_f1_drop
+    reference = _quality(candidates[REFERENCE])
+    floor = reference - params.max_f1_drop
     table: dict[str, dict] = {}
     for name, result in candidates.items():
         precision = name.rsplit(".", 1)[-1]
-        row = {key: result[key] for key in SUMMARY_KEYS}
-        row["f1_drop"] = candidates[REFERENCE]["macro_f1"] - result["macro_f1"]
+        row = {key: result[key] for key in SUMMARY_KEYS if key in result}
+        row["quality"] = _quality(result)
+        row["f1_drop"] = reference - row["quality"]
         row["eligible"] = precision in params.precisions
-        row["qualifies"] = row["eligible"] and result["macro_f1"] >= floor
+        row["qualifies"] = row["eligible"] and row["quality"] >= floor
         table[name] = row
     qualified = [n for n, row in table.items() if row["qualifies"]]
     if not qualified:
-        rows = [{"candidate": n, **{k: r[k] for k in ("macro_f1", "f1_drop", "eligible", params.speed_key)}} for n, r in table.items()]
+        rows = [{"candidate": n, **{k: r[k] for k in ("quality", "f1_drop", "eligible", params.speed_key)}}
+                for n, r in table.items()]
         raise DistilleryError(
-            f"no candidate qualifies: none of precision {list(params.precisions)} keeps macro-F1 within "
-            f"select.max_f1_drop={params.max_f1_drop} of {REFERENCE} "
-            f"({candidates[REFERENCE]['macro_f1']:.4f}). Nothing was promoted.\n" + markdown_table(rows)
+            f"no candidate qualifies: none of precision {list(params.precisions)} keeps its quality (macro-F1; "
+            f"R^2 for regression) within select.max_f1_drop={params.max_f1_drop} of {REFERENCE} "
+            f"({reference:.4f}). Nothing was promoted.\n" + markdown_table(rows)
         )
     return min(qualified, key=lambda n: table[n][params.speed_key]), table
 
 
-def current_champion_f1(params: SelectParams, x: np.ndarray, y: np.ndarray, classes: list[str]) -> float | None:
-    """Macro-F1 of the model now holding the `champion` alias, measured on this
+def current_champion_quality(params: SelectParams, x: np.ndarray, y: np.ndarray, classes: list[str],
+                             task: str = "multiclass") -> float | None:
+    """Quality of the model now holding the `champion` alias, measured on this
     test split (as TFX's evaluator compares against its baseline). None when
-    there is no champion yet, or it takes other inputs or classes."""
+    there is no champion yet, or it takes other inputs, classes or task."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -64,25 +75,29 @@ def current_champion_f1(params: SelectParams, x: np.ndarray, y: np.ndarray, clas
     if not onnx_files:
         return None
     metadata = check_onnx(onnx_files[0])
-    if metadata.get("classes") != classes or metadata.get("input_spec", {}).get("shape", [None])[1:] != list(x.shape[1:]):
+    if (metadata.get("classes") != classes or metadata.get("task", "multiclass") != task
+            or metadata.get("input_spec", {}).get("shape", [None])[1:] != list(x.shape[1:])):
         return None
-    probabilities = run_batches(session(onnx_files[0]), x)
-    return classification_metrics(probabilities, y, classes)["macro_f1"]
+    sess = session(onnx_files[0])
+    if task == "regression":
+        return task_metrics(task, run_batches(sess, x, output="prediction").ravel(), y, classes)["quality"]
+    return task_metrics(task, run_batches(sess, x), y, classes, probabilities=True)["quality"]
 
 
-def gate_failures(candidate: dict, params: SelectParams, baseline_f1: float | None) -> list[str]:
+def gate_failures(candidate: dict, params: SelectParams, baseline: float | None, task: str = "multiclass") -> list[str]:
     """Every threshold the candidate misses, with the amount it misses by."""
     failures = []
-    if candidate["macro_f1"] < params.min_macro_f1:
-        failures.append(f"macro_f1 {candidate['macro_f1']:.4f} < select.min_macro_f1 {params.min_macro_f1} "
-                        f"(short by {params.min_macro_f1 - candidate['macro_f1']:.4f})")
-    if candidate["ece"] > params.max_ece:
+    quality = _quality(candidate)
+    name, floor = ("r2", params.min_r2) if task == "regression" else ("macro_f1", params.min_macro_f1)
+    if quality < floor:
+        failures.append(f"{name} {quality:.4f} < select.min_{name} {floor} (short by {floor - quality:.4f})")
+    if candidate.get("ece") is not None and candidate["ece"] > params.max_ece:
         failures.append(f"ece {candidate['ece']:.4f} > select.max_ece {params.max_ece} "
                         f"(over by {candidate['ece'] - params.max_ece:.4f})")
-    if baseline_f1 is not None and candidate["macro_f1"] < baseline_f1 - params.max_drop_vs_champion:
-        drop = baseline_f1 - candidate["macro_f1"]
-        failures.append(f"macro_f1 {candidate['macro_f1']:.4f} is {drop:.4f} below the current champion's "
-                        f"{baseline_f1:.4f}, more than select.max_drop_vs_champion {params.max_drop_vs_champion}")
+    if baseline is not None and quality < baseline - params.max_drop_vs_champion:
+        drop = baseline - quality
+        failures.append(f"{name} {quality:.4f} is {drop:.4f} below the current champion's "
+                        f"{baseline:.4f}, more than select.max_drop_vs_champion {params.max_drop_vs_champion}")
     return failures
 
 
@@ -98,7 +113,9 @@ def register(path: Path, name: str, metadata: dict, scores: dict, params: Select
 
     tags = {"git_commit": metadata.get("git_commit", git_commit()), "data_hash": metadata.get("data_hash", ""),
             "candidate": name, "sha256": sha256_file(path), "gate": "passed" if promote else "failed",
-            "macro_f1": f"{scores['macro_f1']:.6f}", "ece": f"{scores['ece']:.6f}"}
+            "quality": f"{_quality(scores):.6f}", "task": scores.get("task", "")}
+    if scores.get("ece") is not None:
+        tags["ece"] = f"{scores['ece']:.6f}"
     with mlflow_run(mlflow_cfg, "select", tags):
         mlflow.log_metrics({k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         info = mlflow.onnx.log_model(
@@ -129,8 +146,9 @@ def main() -> None:
 
     configure(params.mlflow)
     x, y = load_split("test")
-    baseline_f1 = current_champion_f1(params.select, x, y, meta["classes"])
-    failures = gate_failures(table[champion], params.select, baseline_f1)
+    task = meta.get("task", "multiclass")
+    baseline_f1 = current_champion_quality(params.select, x, y, meta["classes"], task)
+    failures = gate_failures(table[champion], params.select, baseline_f1, task)
     version = register(source, champion, metadata, table[champion], params.select, params.mlflow, not failures)
     if failures:
         raise DistilleryError(
@@ -148,16 +166,19 @@ def main() -> None:
             "speed_key": params.select.speed_key,
             "registered_model": params.select.registered_model,
             "registered_version": version,
-            "previous_champion_macro_f1": baseline_f1,
+            "task": task,
+            "previous_champion_quality": baseline_f1,
             "candidates": table,
         },
     )
     c = table[champion]
     baseline = f"{baseline_f1:.4f}" if baseline_f1 is not None else "none comparable"
+    quality_name = "R^2" if task == "regression" else "macro-F1"
+    ece = f", ECE {c['ece']:.4f}" if c.get("ece") is not None else ""
     write_summary(
         "select",
-        f"Champion **{champion}** (fastest by {params.select.speed_key} within {params.select.max_f1_drop} macro-F1 "
-        f"of {REFERENCE}): macro-F1 {c['macro_f1']:.4f}, ECE {c['ece']:.4f}, {c['size_bytes']:,} bytes, "
+        f"Champion **{champion}** (fastest by {params.select.speed_key} within {params.select.max_f1_drop} "
+        f"{quality_name} of {REFERENCE}): {quality_name} {c['quality']:.4f}{ece}, {c['size_bytes']:,} bytes, "
         f"{c['latency_ms_b1']:.3f} ms at batch 1, {c['latency_ms_b256']:.3f} ms at batch 256.\n\n"
         f"Gate passed (previous champion on this test split: {baseline}). Registered as "
         f"`{params.select.registered_model}` version {version} with alias `{CHAMPION_ALIAS}`.\n\n"

@@ -23,6 +23,13 @@ class ImageData:
     pixel_max: float  # the top of the source's pixel range (16 for digits, 255 for bitmaps)
 
 
+# Attributes of each digit 0..9, for the multilabel task: even, at least 5, has a closed loop.
+DIGIT_ATTRIBUTES = ("even", "large", "loop")
+DIGIT_ATTRIBUTE_MATRIX = tuple(
+    (int(d % 2 == 0), int(d >= 5), int(d in (0, 6, 8, 9))) for d in range(10)
+)
+
+
 def load_digits(params: DigitsParams, seed: int) -> ImageData:
     """scikit-learn's bundled 8x8 digits, made imbalanced by per-class keep fractions."""
     from sklearn.datasets import load_digits as sk_load_digits
@@ -135,8 +142,33 @@ def read_csv_text(path: Path, encoding: str) -> pd.DataFrame:
         raise DistilleryError(f"{path}: not a readable CSV ({err})") from err
 
 
+def sklearn_table(source: str) -> tuple[pd.DataFrame, str]:
+    """scikit-learn's bundled tables, as text like a CSV reader gives them:
+    breast_cancer (binary: malignant / benign) and diabetes (regression:
+    disease progression after one year, in its original units)."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes
+
+    if source == "breast_cancer":
+        bunch = load_breast_cancer(as_frame=True)
+        frame = bunch.data.copy()
+        frame["diagnosis"] = np.asarray(bunch.target_names)[bunch.target]
+        return frame.astype(str), "diagnosis"
+    bunch = load_diabetes(as_frame=True, scaled=False)
+    frame = bunch.data.copy()
+    frame["progression"] = bunch.target
+    return frame.astype(str), "progression"
+
+
 def load_table(source: str, path: str | None, target: str | None, columns: dict[str, str], encoding: str) -> TableData:
-    """penguins-raw (bundled with palmerpenguins), or the user's CSV / Parquet file."""
+    """penguins-raw (bundled with palmerpenguins), breast_cancer and diabetes
+    (bundled with scikit-learn), or the user's CSV / Parquet file."""
+    if source in ("breast_cancer", "diabetes"):
+        table, default_target = sklearn_table(source)
+        declared = {c: "numeric" for c in table.columns if c != default_target}
+        if source == "diabetes":
+            declared["sex"] = "categorical"  # coded 1/2 in the raw data
+        target = target or default_target
+        return TableData(table=table, target=target, columns={**declared, **columns}, origin=f"sklearn:{source}")
     if source == "penguins":
         from importlib.resources import files
 

@@ -17,13 +17,12 @@ import torch.nn.functional as F
 from tasks import paths
 from tasks.config import FitParams, MlflowParams, TrainParams, load_params
 from tasks.core import DistilleryError, read_json, run_cli, write_json, write_summary
-from tasks.metrics import classification_metrics, softmax
+from tasks.metrics import task_metrics
 from tasks.models import Model, build_model, count_parameters, load_model, save_model, spec_for
 from tasks.preprocess import load_split
 from tasks.training import (
     EpochLogger,
     FitResult,
-    class_logits,
     class_weights,
     fit,
     n_outputs,
@@ -92,13 +91,12 @@ def record_training(
     with mlflow_run(mlflow_cfg, stage, {"data_hash": meta["data_hash"], "model": model_name}):
         mlflow.log_params({k: str(v) for k, v in asdict(params).items()} | {"device": str(pick_device())})
         model, result = train_fn(lambda row, epoch: mlflow.log_metrics(row, step=epoch))
-        scores = classification_metrics(softmax(class_logits(predict_logits(model, val_x))), val_y, meta["classes"])
+        scores = task_metrics(meta.get("task", "multiclass"), predict_logits(model, val_x), val_y, meta["classes"])
         summary = {
             "best_epoch": result.best_epoch,
             "epochs_run": result.epochs_run,
             "best_val_loss": result.best_val_loss,
-            "val_accuracy": scores["accuracy"],
-            "val_macro_f1": scores["macro_f1"],
+            "val_quality": scores["quality"],  # macro-F1, or R^2 for regression
             "parameters": count_parameters(model),
         }
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
@@ -110,7 +108,7 @@ def record_training(
         stage,
         f"`{model_name}`: {count_parameters(model):,} parameters, stopped after {result.epochs_run} epochs "
         f"(best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}).\n\n"
-        f"Validation accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}.",
+        f"Validation quality ({'R^2' if meta.get('task') == 'regression' else 'macro-F1'}) {scores['quality']:.4f}.",
     )
 
 
@@ -136,7 +134,7 @@ def main() -> None:
     train, val = load_split("train"), load_split("val")
     record_training(
         "train", "teacher", train_params, params.mlflow, meta,
-        lambda on_epoch: train_teacher(train, val, meta, train_params, on_epoch, task=params.task.type,
+        lambda on_epoch: train_teacher(train, val, meta, train_params, on_epoch, task=meta.get("task", "multiclass"),
                                        tensorboard_dir=str(TENSORBOARD / "train")),
     )
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from tasks.config import FitParams
 from tasks.core import DistilleryError
+from tasks.metrics import class_logits  # noqa: F401  (re-exported: stages import it from here)
 
 # loss_fn(logits, *targets) -> scalar; targets are the batch's tensors after x.
 LossFn = Callable[..., torch.Tensor]
@@ -43,12 +44,17 @@ def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 def class_weights(labels: np.ndarray, n_classes: int, scheme: str) -> Optional[torch.Tensor]:
-    """Per-class loss weights from the train split's class frequencies:
-    `balanced` = n / (k * count_c); `sqrt_inverse` = its square root, a gentler
-    push for the rare classes; `none` = no weights."""
-    if scheme == "none":
+    """Loss weights from the train split's frequencies: per class,
+    `balanced` = n / (k * count_c); for multilabel (2-D labels) the per-label
+    positive weight negatives / positives. `sqrt_inverse` takes the square root,
+    a gentler push for the rare ones; `none` = no weights. Regression: none."""
+    if scheme == "none" or labels.dtype.kind == "f" and labels.ndim == 1:
         return None
-    weights = balanced_class_weights(labels, n_classes)
+    if labels.ndim == 2:
+        positives = labels.sum(axis=0)
+        weights = torch.tensor((len(labels) - positives) / np.maximum(positives, 1.0), dtype=torch.float32)
+    else:
+        weights = balanced_class_weights(labels, n_classes)
     return weights.sqrt() if scheme == "sqrt_inverse" else weights
 
 
@@ -61,16 +67,11 @@ def loss_name(task: str, params: FitParams) -> str:
 
 
 def n_outputs(task: str, params: FitParams, n_classes: int) -> int:
-    """The model's output width: one logit for a sigmoid binary head, else one per class."""
+    """The model's output width: one value for regression and for a sigmoid
+    binary head, else one per class (or label)."""
+    if task == "regression":
+        return 1
     return 1 if task == "binary" and loss_name(task, params) in SINGLE_LOGIT_LOSSES else n_classes
-
-
-def class_logits(logits: np.ndarray) -> np.ndarray:
-    """Logits with one column per class: a single binary logit z becomes [0, z],
-    since softmax([0, z]) = [1 - sigmoid(z), sigmoid(z)]."""
-    if logits.shape[1] == 1:
-        return np.concatenate([np.zeros_like(logits), logits], axis=1)
-    return logits
 
 
 def task_loss(task: str, params: FitParams, weights: Optional[torch.Tensor]) -> LossFn:
@@ -87,9 +88,13 @@ def task_loss(task: str, params: FitParams, weights: Optional[torch.Tensor]) -> 
             options.setdefault("alpha", weights)
         elif name == "bce" and task == "binary":
             options.setdefault("pos_weight", weights[1:] / weights[:1])  # positives vs negatives
+        elif name == "bce" and task == "multilabel":
+            options.setdefault("pos_weight", weights)  # per label: negatives / positives
     loss = make_loss(name, task, **options)
     if task == "binary" and name in SINGLE_LOGIT_LOSSES:
         return lambda logits, y: loss(logits, y.to(logits.dtype).view(-1, 1))
+    if task in ("regression", "multilabel"):
+        return lambda outputs, y: loss(outputs, y.to(outputs.dtype))
     return loss
 
 

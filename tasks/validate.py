@@ -175,7 +175,10 @@ def merge_reasons(*sources: dict[int, list[str]]) -> dict[int, list[str]]:
 
 
 def classes_of(corrected: Corrected, meta: dict) -> list[str]:
-    """Declared classes if any, else the labels found (sorted, so stable)."""
+    """Declared classes if any, else the labels found (sorted, so stable); none
+    for a regression target."""
+    if meta.get("task") == "regression":
+        return []
     if meta.get("classes"):
         return list(meta["classes"])
     return sorted(corrected.table[LABEL].dropna().astype(str).unique().tolist())
@@ -242,14 +245,21 @@ def quality_summary(report: dict) -> str:
         rows_missing = completeness["images_with_missing_pixels"]
         representation = f"shapes {report['representation']['shapes']}, value range {report['representation']['value_range']}"
     ratio = balance["imbalance_ratio"]
+    if "target" in balance:
+        t = balance["target"]
+        balance_text = f"target mean {t['mean']:.4g}, std {t['std']:.4g}, skew {t['skew']:.2f}, range [{t['min']:.4g}, {t['max']:.4g}]"
+    elif ratio:
+        balance_text = (f"imbalance ratio {ratio:.2f}, normalised entropy {balance['normalized_entropy']:.3f}, "
+                        f"gini {balance['gini']:.3f}")
+    else:
+        balance_text = "no labels"
     return markdown_table(
         [
             {"dimension": "representation", "finding": representation},
             {"dimension": "completeness", "finding": f"rows with a missing value: {rows_missing}; missing: {missing or 'none'}"},
             {"dimension": "uniqueness", "finding": f"duplicate rows {unique['duplicate_rows']}, near-duplicates "
              f"{unique.get('near_duplicate_rows', unique.get('near_duplicate_images'))}"},
-            {"dimension": "balance", "finding": f"imbalance ratio {ratio:.2f}, normalised entropy "
-             f"{balance['normalized_entropy']:.3f}, gini {balance['gini']:.3f}" if ratio else "no labels"},
+            {"dimension": "balance", "finding": balance_text},
         ]
     )
 
@@ -261,7 +271,7 @@ def log_to_mlflow(params: Params, report: dict, summary: dict) -> None:
 
     with mlflow_run(params.mlflow, "validate", {"data_source": params.data.source}):
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
-        ratio = report["balance"]["imbalance_ratio"]
+        ratio = report["balance"].get("imbalance_ratio")
         if ratio:
             mlflow.log_metric("imbalance_ratio", ratio)
         mlflow.log_metric("duplicate_rows", report["uniqueness"]["duplicate_rows"])
@@ -289,6 +299,7 @@ class GateResult:
 
 def gate(dataset: Dataset, params: Params, suite: dict, docs_dir: Optional[Path] = None) -> GateResult:
     """Measure, correct, run the suite, and split the rows into valid and quarantined."""
+    dataset.meta["task"] = params.task.type
     if dataset.meta.get("kind") == "tabular":
         dataset.meta["declared_columns"] = list(params.data.columns)
     corrected, typed = assess(dataset, params)

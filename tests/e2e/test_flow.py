@@ -27,7 +27,7 @@ def _tiny(params: dict) -> dict:
     params["evaluate"]["latency_repeats"] = 2
     params["export"]["calibration_samples"] = 32
     # 3 epochs decide nothing about quality: open the selection budget and the gate.
-    params["select"].update(max_f1_drop=1.0, min_macro_f1=0.0, max_ece=1.0, max_drop_vs_champion=1.0)
+    params["select"].update(max_f1_drop=1e9, min_macro_f1=0.0, min_r2=-1e9, max_ece=1.0, max_drop_vs_champion=1e9)
     return params
 
 

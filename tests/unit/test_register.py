@@ -14,12 +14,12 @@ from tasks.models import CNN
 from tasks.onnx_utils import export_onnx, set_metadata
 import numpy as np
 
-from tasks.select import CHAMPION_ALIAS, current_champion_f1, gate_failures, register
+from tasks.select import CHAMPION_ALIAS, current_champion_quality, gate_failures, register
 
 from conftest import tiny_spec
 
 SELECT = SelectParams(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256", registered_model="tiny",
-                      min_macro_f1=0.9, max_ece=0.1, max_drop_vs_champion=0.02)
+                      min_macro_f1=0.9, min_r2=0.3, max_ece=0.1, max_drop_vs_champion=0.02)
 SCORES = {"macro_f1": 0.95, "ece": 0.02, "accuracy": 0.96}
 
 
@@ -75,25 +75,25 @@ def test_a_version_that_fails_the_gate_is_registered_without_the_alias(registry,
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("tiny", CHAMPION_ALIAS).version) == "1"
     assert client.get_model_version("tiny", v2).tags["gate"] == "failed"
-    assert client.get_model_version("tiny", v2).tags["macro_f1"] == "0.500000"
+    assert client.get_model_version("tiny", v2).tags["quality"] == "0.500000"
 
 
-def test_current_champion_f1_is_measured_on_the_given_split(registry, tmp_path):
+def test_current_champion_quality_is_measured_on_the_given_split(registry, tmp_path):
     from tasks.metrics import classification_metrics
     from tasks.onnx_utils import run_batches, session
 
     classes = [str(i) for i in range(3)]
     path = onnx_file(tmp_path / "first.onnx", seed=0)
     set_metadata(path, {"classes": classes, "input_spec": {"shape": [-1, 1, 8, 8]}})
-    assert current_champion_f1(SELECT, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), classes) is None  # none yet
+    assert current_champion_quality(SELECT, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), classes) is None  # none yet
     register(path, "student.int8", {}, SCORES, SELECT, registry, True)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 16, (40, 1, 8, 8)).astype(np.float32)
     y = rng.integers(0, 3, 40)
     expected = classification_metrics(run_batches(session(path), x), y, classes)["macro_f1"]
-    assert current_champion_f1(SELECT, x, y, classes) == pytest.approx(expected)
+    assert current_champion_quality(SELECT, x, y, classes) == pytest.approx(expected)
     # Another dataset's classes: not a comparable baseline.
-    assert current_champion_f1(SELECT, x, y, ["x", "y", "z"]) is None
+    assert current_champion_quality(SELECT, x, y, ["x", "y", "z"]) is None
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from tasks.select import select_champion
 
 def params(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256") -> SelectParams:
     return SelectParams(max_f1_drop=max_f1_drop, precisions=precisions, speed_key=speed_key, registered_model="m",
-                        min_macro_f1=0.0, max_ece=1.0, max_drop_vs_champion=1.0)
+                        min_macro_f1=0.0, min_r2=0.0, max_ece=1.0, max_drop_vs_champion=1.0)
 
 
 def candidate(macro_f1: float, b1: float, b256: float) -> dict:
@@ -80,7 +80,7 @@ def test_no_qualifying_candidate_fails_with_the_table(candidates):
     message = str(err.value)
     assert "Nothing was promoted" in message
     assert "select.max_f1_drop=0.001" in message
-    assert "| candidate | macro_f1 | f1_drop | eligible | latency_ms_b256 |" in message
+    assert "| candidate | quality | f1_drop | eligible | latency_ms_b256 |" in message
     for name in candidates:
         assert f"| {name} |" in message
 
