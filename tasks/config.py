@@ -231,6 +231,7 @@ class EvaluateParams:
     latency_repeats: int  # timed runs per batch size; the median is reported
     ece_bins: int
     f_beta: float  # beta of the reported F-beta (2 favours recall, 0.5 precision)
+    slice_column: Optional[str]  # a validated-table column to report metrics per value of (e.g. Island)
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.latency_repeats < 1 or self.ece_bins < 2:

@@ -90,6 +90,37 @@ def write_plots(name: str, result: dict, classes: list[str], task: str) -> None:
     del result["curves"]  # in reports/curves/; the report stays readable
 
 
+def slice_report(task: str, classes: list[str], y: np.ndarray, params: EvaluateParams) -> dict:
+    """Metrics of every candidate per value of `evaluate.slice_column` (a column of
+    the validated table): a model can be good on average and bad for one group."""
+    import pandas as pd
+
+    from tasks.core import DistilleryError, load_npz
+
+    table = pd.read_parquet(paths.VALIDATED / paths.TABLE)
+    if params.slice_column not in table.columns:
+        raise DistilleryError(f"params.yaml 'evaluate.slice_column': column '{params.slice_column}' is not in "
+                              f"the validated table (columns: {list(table.columns)})")
+    row_ids = load_npz(paths.PROCESSED / "test.npz")["row_id"]
+    values = table.set_index("row_id").loc[row_ids, params.slice_column].astype("string").fillna("(missing)").to_numpy()
+    x, _ = load_split("test")
+    report: dict[str, dict] = {}
+    for name, path in candidate_files(paths.ONNX_DIR).items():
+        sess = session(path, threads=params.threads)
+        output = "prediction" if task == "regression" else "probabilities"
+        predicted = run_batches(sess, x, output=output)
+        per_value = {}
+        for value in sorted(set(values)):
+            mask = values == value
+            part = predicted[mask].ravel() if task == "regression" else predicted[mask]
+            scores = task_metrics(task, part, y[mask], classes, params.ece_bins, params.f_beta,
+                                  probabilities=task != "regression")
+            per_value[value] = {"rows": int(mask.sum()), "quality": scores["quality"],
+                                **{k: scores[k] for k in ("accuracy", "macro_f1", "r2", "rmse") if k in scores}}
+        report[name] = per_value
+    return {"column": params.slice_column, "candidates": report}
+
+
 def main() -> None:
     params = load_params(paths.PARAMS).evaluate
     meta = read_json(paths.PROCESSED / paths.META, "processed meta")
@@ -103,8 +134,9 @@ def main() -> None:
         (CURVES / kind).mkdir(parents=True, exist_ok=True)
     for name, result in candidates.items():
         write_plots(name, result, meta["classes"], task)
-    write_json(paths.EVALUATION_REPORT,
-               {"task": task, "test_rows": len(y), "threads": params.threads, "candidates": candidates})
+    slices = slice_report(task, meta["classes"], y, params) if params.slice_column else None
+    write_json(paths.EVALUATION_REPORT, {"task": task, "test_rows": len(y), "threads": params.threads,
+                                         "candidates": candidates, "slices": slices})
     columns = REGRESSION_COLUMNS if task == "regression" else SUMMARY_COLUMNS
     rows = [{"candidate": n, **{k: r[k] for k in columns}} for n, r in candidates.items()]
     write_summary("evaluate", f"Test split: {len(y)} rows, onnxruntime with {params.threads} thread(s).\n\n" + markdown_table(rows))

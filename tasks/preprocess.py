@@ -92,7 +92,9 @@ def preprocess(dataset: Dataset, params: PreprocessParams) -> tuple[dict[str, di
         from tasks.sources import DIGIT_ATTRIBUTE_MATRIX, DIGIT_ATTRIBUTES
 
         targets, classes = np.asarray(DIGIT_ATTRIBUTE_MATRIX, np.float32)[labels], list(DIGIT_ATTRIBUTES)
-    splits = {name: {"x": x[ix], "y": targets[ix]} for name, ix in split_indices(labels, params).items()}
+    row_ids = dataset.table["row_id"].to_numpy()
+    splits = {name: {"x": x[ix], "y": targets[ix], "row_id": row_ids[ix]}
+              for name, ix in split_indices(labels, params).items()}
     train_x = splits["train"]["x"]
     meta = {
         "kind": "image",
@@ -106,10 +108,11 @@ def preprocess(dataset: Dataset, params: PreprocessParams) -> tuple[dict[str, di
         "data_hash": hash_arrays(images, labels),
         "resample": params.resample,
     }
-    if task != "multilabel":
+    if task != "multilabel" and params.resample != "none":
         splits["train"]["x"], splits["train"]["y"] = resample_train(
             splits["train"]["x"], splits["train"]["y"], params.resample, params.seed
         )
+        del splits["train"]["row_id"]  # resampled rows are no longer the dataset's rows
     meta["counts"] = _label_counts(splits, len(meta["classes"]), task)
     return splits, meta
 
@@ -208,7 +211,8 @@ def preprocess_table(dataset: Dataset, params: PreprocessParams) -> tuple[dict[s
         imputer.fit(frames["train"][encoder["numeric"]].astype(float))
         for frame in frames.values():
             frame[encoder["numeric"]] = imputer.transform(frame[encoder["numeric"]].astype(float))
-    splits = {name: {"x": encode_table(frames[name], encoder), "y": labels[ix]} for name, ix in parts.items()}
+    splits = {name: {"x": encode_table(frames[name], encoder), "y": labels[ix], "row_id": frames[name]["row_id"].to_numpy()}
+              for name, ix in parts.items()}
     train_x = splits["train"]["x"]
     meta = {
         "kind": "tabular",
@@ -226,9 +230,10 @@ def preprocess_table(dataset: Dataset, params: PreprocessParams) -> tuple[dict[s
         # The model predicts in standardised units; the graph scales back to the target's.
         meta["target_mean"] = float(splits["train"]["y"].mean())
         meta["target_std"] = float(max(splits["train"]["y"].std(), 1e-6))
-    else:
+    elif params.resample != "none":
         splits["train"]["x"], splits["train"]["y"] = resample_train(train_x, splits["train"]["y"], params.resample,
                                                                     params.seed)
+        del splits["train"]["row_id"]  # resampled rows are no longer the dataset's rows
     meta["counts"] = _label_counts(splits, len(classes), task)
     return splits, meta
 

@@ -172,6 +172,9 @@ def test_penguins_run_through_the_gate_to_a_registered_champion(tmp_path: Path, 
     from tasks.preprocess import encode_table
 
     root = make_project(tmp_path, source="penguins")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["slice_column"] = "Island"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     results = _run_flow(root)
     assert all(r["ran"] for r in results)
 
@@ -185,6 +188,12 @@ def test_penguins_run_through_the_gate_to_a_registered_champion(tmp_path: Path, 
     assert validation["rows_in"] == validation["rows_valid"] + validation["rows_quarantined"] == 344
     assert (root / "reports/data_docs/index.html").exists()
     assert (root / "reports/quality/missingness.png").stat().st_size > 0
+
+    slices = yaml.safe_load((root / "reports/evaluation.json").read_text())["slices"]
+    islands = slices["candidates"]["teacher.fp32"]
+    assert slices["column"] == "Island" and set(islands) <= {"Biscoe", "Dream", "Torgersen"}
+    test_rows = len(np.load(root / "data/processed/test.npz")["y"])
+    assert sum(v["rows"] for v in islands.values()) == test_rows
 
     # Raw rows -> the shared encoder -> the champion: the serving path, end to end.
     meta = yaml.safe_load((root / "data/processed/meta.json").read_text())
