@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tasks.core import DistilleryError, hash_arrays
@@ -27,7 +28,8 @@ def make_dataset(labels: np.ndarray) -> Dataset:
     images = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 8, axis=1).repeat(8, axis=2)
     images += 1000.0 * labels[:, None, None]
     meta = {"classes": [f"c{i}" for i in range(labels.max() + 1)], "pixel_max": 16.0}
-    return Dataset(table=None, arrays={"images": images, "labels": labels}, meta=meta)  # type: ignore[arg-type]
+    table = pd.DataFrame({"row_id": np.arange(n, dtype=np.int64)})
+    return Dataset(table=table, arrays={"images": images, "labels": labels}, meta=meta)
 
 
 def test_splits_are_disjoint_and_cover_every_row():
@@ -127,3 +129,11 @@ def test_a_constant_image_set_gets_a_positive_std():
     _, meta = preprocess(dataset, PARAMS)
     assert meta["mean"] == [5.0]
     assert meta["std"][0] > 0
+
+
+def test_each_split_keeps_the_row_ids_of_its_images():
+    dataset = make_dataset(imbalanced_labels())
+    splits, _ = preprocess(dataset, params_section("preprocess", resample="none"))
+    for split in splits.values():
+        # Every pixel of an image holds its row index (mod the class offset).
+        assert (split["x"][:, 0, 0, 0] % 1000 == split["row_id"]).all()
