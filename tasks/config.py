@@ -354,6 +354,11 @@ class Params:
                     check_loss_task(loss, self.task.type)
                 except ValueError as err:
                     raise ValueError(f"{section}.loss: {err} (task.type is '{self.task.type}')") from err
+        student, teacher = self.distill, self.train
+        if (sum(student.channels) > sum(teacher.channels) or student.hidden > teacher.hidden
+                or sum(student.mlp_layers) > sum(teacher.mlp_layers)):
+            raise ValueError("distill: the student (channels, hidden, mlp_layers) must not be larger than the "
+                             "teacher (train.channels, train.hidden, train.mlp_layers)")
         if self.task.type == "regression" and not self.data.tabular:
             raise ValueError(f"task.type 'regression' needs a table with a numeric target (data.source "
                              f"diabetes, penguins, csv or parquet), not '{self.data.source}'")

@@ -210,3 +210,8 @@ def test_start_from_refuses_an_unrelated_checkpoint(tmp_path: Path) -> None:
                              quiet=True)
     missing = start_from(model, str(tmp_path / "other"))
     assert "features.1.weight" in missing  # conv widths differ: not copied
+
+
+def test_a_student_larger_than_its_teacher_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DistilleryError, match=r"student .* must not be larger than the teacher"):
+        load_params(write_params(tmp_path, distill__channels=[64, 128]))
