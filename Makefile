@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install run test repro bench suite clean
+.PHONY: install run test repro bench suite serve monitor deploy clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: install
 bench: install
 	for script in bench/bench_*.py; do $(BIN)/python -m bench.$$(basename $$script .py) || exit 1; done
 
+## serve: the model server on 127.0.0.1:8000 (settings: DISTILLERY_SERVE_* variables; README, "Serving")
+serve: install
+	$(BIN)/python -m deploy.server
+
 ## suite: profile the configured (trusted) data into an editable GX suite
 suite: install
 	$(BIN)/python -m tasks.bootstrap_suite
@@ -39,6 +43,15 @@ suite: install
 ## repro: the same DAG through plain DVC
 repro: install
 	$(BIN)/dvc repro
+
+## monitor: one monitoring pass over the prediction log (drift, operations, live quality -> MLflow)
+monitor: install
+	$(BIN)/python -m flows.monitor
+
+## deploy: register and serve the weekly retrain and hourly monitor deployments
+## (start `$(BIN)/prefect server start` first; PREFECT_API_URL defaults to that local server)
+deploy: install
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m flows.deployments
 
 clean:
 	rm -rf data/ingested data/validated data/quarantine data/processed models reports

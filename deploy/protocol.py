@@ -1,0 +1,400 @@
+"""Request bodies in, tensors out, and back: the Open Inference Protocol (KServe
+v2) infer request, JSON or with Triton's binary tensor extension, and the plain
+/predict rows.
+
+Every refusal is a RequestError that names the field at fault, with a JSON path
+such as `inputs[0].shape` or `rows[3].Island`. Nothing a client sends can make
+these functions raise anything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+BINARY_HEADER = "inference-header-content-length"
+NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+class RequestError(Exception):
+    """A request the server refuses; `status` is 4xx (or 503/504 for load)."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, reason: str = "bad_request", headers: list | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field, self.reason = status, message, field, reason
+        self.headers = headers or []
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": self.message, "field": self.field})
+
+
+def invalid(message: str, field: str | None) -> RequestError:
+    return RequestError(422, message, field)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise RequestError(400, "the request has no body; send a JSON object", "body")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        # NaN, Infinity and numbers too large for a double are not JSON, but common
+        # encoders write them; read them here so that validation names their field.
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):
+            raise RequestError(400, f"malformed JSON: {err}", "body") from None
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"the string {value[:20]!r}"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, float) and not np.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    text = repr(value)
+    return text if len(text) <= 24 else text[:20] + "..."
+
+
+def _first_problem(value: Any, path: str, shape: tuple[int, ...] | None) -> tuple[str, str] | None:
+    """Where `value` stops being a numeric array of `shape` (any shape if None):
+    the first non-number, or the first list of the wrong length."""
+    if isinstance(value, list):
+        if shape is not None and (not shape or len(value) != shape[0]):
+            want = "a number" if not shape else f"{shape[0]} values"
+            return path, f"expected {want}, got a list of {len(value)}"
+        inner = shape[1:] if shape else None
+        first_type = None
+        for i, item in enumerate(value):
+            kind = isinstance(item, list)
+            if first_type is None:
+                first_type = kind
+            elif kind != first_type:
+                return f"{path}[{i}]", "mixes lists and numbers at one level (a ragged array)"
+            found = _first_problem(item, f"{path}[{i}]", inner)
+            if found:
+                return found
+        if shape is None and first_type:
+            lengths = {len(item) for item in value}
+            if len(lengths) > 1:
+                return path, f"rows of different lengths {sorted(lengths)} (a ragged array)"
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return path, f"expected a number, got {_describe(value)}"
+    if shape:
+        return path, f"expected a list of {shape[0]} values, got a number"
+    if isinstance(value, float) and not np.isfinite(value):
+        return path, f"{_describe(value)} is not allowed; values must be finite numbers"
+    if not finite32(value):
+        return path, f"{_describe(value)} is out of float32 range"
+    return None
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def finite32(value: int | float) -> bool:
+    """True if the JSON number `value` is a finite float32."""
+    try:
+        return abs(float(value)) <= FLOAT32_MAX  # False for NaN; float() overflows for huge ints
+    except OverflowError:
+        return False
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_has_bool(v) for v in value) if value and isinstance(value[0], list) else any(type(v) is bool for v in value)
+    return type(value) is bool
+
+
+def as_float32(data: Any, path: str, shape: tuple[int, ...] | None = None, maybe_bool: bool = True) -> np.ndarray:
+    """A float32 array from nested JSON lists, refusing anything that is not a
+    finite number (bools, strings, null, NaN, Inf) or not rectangular. `shape`,
+    if given, is the nesting expected (flat data is checked by the caller)."""
+    try:
+        arr = np.asarray(data)  # no dtype: strings, null and bools show up in it
+        ok = arr.dtype.kind in "iuf" and not (maybe_bool and _has_bool(data))
+        if ok:
+            arr = arr.astype(np.float32)  # an overflow becomes inf, caught just below
+            ok = bool(np.isfinite(arr).all())
+    except (ValueError, TypeError, OverflowError):  # ragged nesting, ints beyond int64
+        ok = False
+    if ok and (shape is None or arr.shape == shape):
+        return arr
+    problem = _first_problem(data, path, shape)
+    if problem is None:  # numbers only, but not the nesting asked for
+        problem = (path, f"has shape {list(np.shape(data))}, expected {list(shape or ())}")
+    raise invalid(f"{problem[0]}: {problem[1]}", problem[0])
+
+
+# --------------------------------------------------------------------------- v2 infer
+
+
+@dataclass
+class InferRequest:
+    x: np.ndarray
+    request_id: str | None
+    outputs: list[tuple[str, bool]]  # (name, as binary)
+    binary_output: bool = False
+    parameters: dict = field(default_factory=dict)
+
+
+def _mapping(value: Any, path: str) -> dict:
+    if not isinstance(value, dict):
+        raise invalid(f"{path} must be a JSON object, got {_describe(value)}", path)
+    return value
+
+
+def _shape(value: Any, path: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
+        raise invalid(f"{path} must be a non-empty list of integers, got {_describe(value) if not isinstance(value, list) else value}", path)
+    if any(d == -1 for d in value):
+        raise invalid(f"{path} is {value}: -1 (any size) is for model metadata; a request gives each dimension's actual size", path)
+    if any(d < 0 for d in value):
+        raise invalid(f"{path} is {value}: dimensions cannot be negative", path)
+    return tuple(value)
+
+
+def parse_infer(payload: Any, model: Any, max_rows: int, binary: bytes | None = None, maybe_bool: bool = True) -> InferRequest:
+    """Check a v2 infer request against `model`; `binary` holds the bytes after
+    the JSON header when the binary tensor extension is used."""
+    payload = _mapping(payload, "body")
+    sig = model.signature
+    inputs = payload.get("inputs")
+    if inputs is None:
+        raise invalid("missing 'inputs': a list with one tensor {name, shape, datatype, data}", "inputs")
+    if not isinstance(inputs, list):
+        raise invalid(f"inputs must be a list of tensors, got {_describe(inputs)}", "inputs")
+    if len(inputs) != 1:
+        raise invalid(f"the model takes one input '{sig.input_name}', the request has {len(inputs)}", "inputs")
+    tensor = _mapping(inputs[0], "inputs[0]")
+    for key in ("name", "shape", "datatype"):
+        if key not in tensor:
+            raise invalid(f"inputs[0] has no '{key}'", f"inputs[0].{key}")
+    if tensor["name"] != sig.input_name:
+        raise invalid(f"inputs[0].name is {tensor['name']!r}; this model's input is '{sig.input_name}'", "inputs[0].name")
+    if tensor["datatype"] != "FP32":
+        raise invalid(f"inputs[0].datatype is {tensor['datatype']!r}; '{sig.input_name}' is FP32", "inputs[0].datatype")
+    shape = _shape(tensor["shape"], "inputs[0].shape")
+    if shape[1:] != sig.input_shape:
+        raise invalid(
+            f"inputs[0].shape is {list(shape)}; '{sig.input_name}' takes [n, {', '.join(map(str, sig.input_shape))}]",
+            "inputs[0].shape",
+        )
+    rows = shape[0]
+    if rows == 0:
+        raise invalid("inputs[0].shape has 0 rows: the batch is empty", "inputs[0].shape")
+    if rows > max_rows:
+        raise invalid(f"{rows} rows is more than the limit of {max_rows} per request (DISTILLERY_SERVE_MAX_ROWS)", "inputs[0].shape")
+    params = tensor.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise invalid("inputs[0].parameters must be a JSON object", "inputs[0].parameters")
+    size = int(np.prod(shape))
+
+    if "binary_data_size" in params:
+        x = _binary_tensor(params["binary_data_size"], binary, size, shape)
+    else:
+        if "data" not in tensor:
+            raise invalid("inputs[0] has no 'data'", "inputs[0].data")
+        data = tensor["data"]
+        if not isinstance(data, list):
+            raise invalid(f"inputs[0].data must be a list of numbers, got {_describe(data)}", "inputs[0].data")
+        flat = not data or not isinstance(data[0], list)
+        x = as_float32(data, "inputs[0].data", None if flat else shape, maybe_bool)
+        if x.size != size:
+            raise invalid(f"inputs[0].data has {x.size} values; shape {list(shape)} needs {size}", "inputs[0].data")
+        x = x.reshape(shape)
+    if binary is not None and "binary_data_size" not in params and binary:
+        raise invalid("the request carries binary data but no input declares binary_data_size", "inputs[0].parameters")
+
+    request_params = payload.get("parameters") or {}
+    if not isinstance(request_params, dict):
+        raise invalid("parameters must be a JSON object", "parameters")
+    binary_default = request_params.get("binary_data_output", False) is True
+    outputs = _requested_outputs(payload.get("outputs"), model, binary_default)
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise invalid("id must be a string", "id")
+    return InferRequest(np.ascontiguousarray(x), request_id, outputs, binary_default, request_params)
+
+
+def _binary_tensor(declared: Any, binary: bytes | None, size: int, shape: tuple[int, ...]) -> np.ndarray:
+    path = "inputs[0].parameters.binary_data_size"
+    if binary is None:
+        raise invalid(f"{path} is set but the request has no binary part (header {BINARY_HEADER} missing)", path)
+    if not isinstance(declared, int) or isinstance(declared, bool) or declared != size * 4:
+        raise invalid(f"{path} is {declared!r}; shape {list(shape)} of FP32 needs {size * 4} bytes", path)
+    if len(binary) != declared:
+        raise invalid(f"{path} is {declared} but the binary part has {len(binary)} bytes", path)
+    x = np.frombuffer(binary, dtype="<f4").astype(np.float32).reshape(shape)
+    if not np.isfinite(x).all():
+        index = int(np.flatnonzero(~np.isfinite(x.ravel()))[0])
+        raise invalid(f"inputs[0] (binary): value {index} is {x.ravel()[index]}; values must be finite", "inputs[0].data")
+    return x
+
+
+def _requested_outputs(value: Any, model: Any, binary_default: bool) -> list[tuple[str, bool]]:
+    if value is None:
+        return [(name, binary_default) for name in model.output_names]
+    if not isinstance(value, list) or not value:
+        raise invalid("outputs must be a non-empty list of {name}", "outputs")
+    requested = []
+    for i, item in enumerate(value):
+        item = _mapping(item, f"outputs[{i}]")
+        name = item.get("name")
+        if name not in model.output_names:
+            raise invalid(f"outputs[{i}].name is {name!r}; the model's outputs are {list(model.output_names)}", f"outputs[{i}].name")
+        params = item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise invalid(f"outputs[{i}].parameters must be a JSON object", f"outputs[{i}].parameters")
+        requested.append((name, params.get("binary_data", binary_default) is True))
+    return requested
+
+
+def infer_response(model: Any, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The v2 response body and its extra headers (binary extension)."""
+    entries, chunks = [], []
+    for name, as_binary in request.outputs:
+        value = outputs[name]
+        entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(value.shape)}
+        if as_binary:
+            chunk = np.ascontiguousarray(value, dtype="<f4").tobytes()
+            entry["parameters"] = {"binary_data_size": len(chunk)}
+            chunks.append(chunk)
+        else:
+            entry["data"] = value.ravel()
+        entries.append(entry)
+    body: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
+    if request.request_id is not None:
+        body["id"] = request.request_id
+    body["outputs"] = entries
+    header = orjson.dumps(body, option=NUMPY)
+    if not chunks:
+        return header, []
+    return header + b"".join(chunks), [(BINARY_HEADER.encode(), str(len(header)).encode())]
+
+
+# --------------------------------------------------------------------------- /predict
+
+
+@dataclass
+class PredictRequest:
+    x: np.ndarray
+    rows: list | None  # table rows as sent (for the prediction log)
+
+
+def _rows(payload: Any, max_rows: int) -> list:
+    payload = _mapping(payload, "body")
+    if "rows" not in payload:
+        raise invalid("missing 'rows': a list of samples to predict", "rows")
+    rows = payload["rows"]
+    if not isinstance(rows, list):
+        raise invalid(f"rows must be a list of samples, got {_describe(rows)}", "rows")
+    if not rows:
+        raise invalid("rows is empty: send at least one sample", "rows")
+    if len(rows) > max_rows:
+        raise invalid(f"{len(rows)} rows is more than the limit of {max_rows} per request (DISTILLERY_SERVE_MAX_ROWS)", "rows")
+    return rows
+
+
+@functools.lru_cache(maxsize=16)
+def _row_layouts(shape: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], ...], str]:
+    """The shapes a /predict image row may have, and how to say so."""
+    size = int(np.prod(shape))
+    accepted = [shape, (size,)]
+    if len(shape) == 3 and shape[0] == 1:
+        accepted.insert(1, shape[1:])  # one-channel images may leave the channel out
+    return tuple(accepted), " or ".join(str(list(s)) for s in accepted)
+
+
+def parse_predict(payload: Any, model: Any, max_rows: int, maybe_bool: bool = True) -> PredictRequest:
+    rows = _rows(payload, max_rows)
+    if model.encoder is not None:
+        return PredictRequest(encode_rows(rows, model.encoder), rows)
+    shape = model.signature.input_shape
+    accepted, expected = _row_layouts(shape)
+    for i, row in enumerate(rows):  # cheap: finds a row that is not a list before numpy does
+        if type(row) is not list:
+            raise invalid(f"rows[{i}] must be a list of pixel values ({expected}), got {_describe(row)}", f"rows[{i}]")
+    try:
+        # Fast path. Overflow in the cast to float32 becomes inf, which isfinite
+        # catches; the server turns numpy's warning about it off (deploy.server).
+        arr = np.asarray(rows)
+        good = arr.dtype.kind in "iuf" and arr.shape[1:] in accepted and not (maybe_bool and _has_bool(rows))
+        if good:
+            x = arr.astype(np.float32)
+            good = bool(np.isfinite(x).all())
+    except (ValueError, TypeError, OverflowError):  # ragged rows, ints beyond int64
+        good = False
+    if not good:  # find the row at fault, and say why
+        for i, row in enumerate(rows):
+            row_shape = np.shape(row) if _first_problem(row, "", None) is None else None
+            if row_shape is None or tuple(row_shape) not in accepted:
+                if row_shape is not None:
+                    raise invalid(f"rows[{i}] has shape {list(row_shape)}; a row is {expected}", f"rows[{i}]")
+                break
+        x = as_float32(rows, "rows", None, maybe_bool)  # raises, naming the value
+        if tuple(x.shape[1:]) not in accepted:
+            raise invalid(f"rows have shape {list(x.shape[1:])}; a row is {expected}", "rows")
+    return PredictRequest(np.ascontiguousarray(x.reshape((len(rows), *shape))), None)
+
+
+def encode_rows(rows: list, encoder: dict) -> np.ndarray:
+    """Table rows {column: value} -> the model's features, through the very
+    function training used (tasks.preprocess.encode_table)."""
+    import pandas as pd
+
+    from tasks.preprocess import encode_table
+
+    numeric, categorical = encoder["numeric"], list(encoder["categorical"])
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise invalid(f"rows[{i}] must be an object {{column: value}}, got {_describe(row)}", f"rows[{i}]")
+        for col in numeric:
+            if col not in row:
+                raise invalid(f"rows[{i}] has no '{col}' (send null for a missing value)", f"rows[{i}].{col}")
+            value = row[col]
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise invalid(f"rows[{i}].{col} must be a number or null, got {_describe(value)}", f"rows[{i}].{col}")
+            if not finite32(value):
+                raise invalid(f"rows[{i}].{col} is {_describe(value)}; send a finite number, or null for a missing value", f"rows[{i}].{col}")
+        for col in categorical:
+            if col not in row:
+                raise invalid(f"rows[{i}] has no '{col}' (send null for a missing value)", f"rows[{i}].{col}")
+            value = row[col]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+                raise invalid(f"rows[{i}].{col} must be a string or null, got {_describe(value)}", f"rows[{i}].{col}")
+    frame = pd.DataFrame({col: [row[col] for row in rows] for col in [*numeric, *categorical]})
+    for col in numeric:
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return np.ascontiguousarray(encode_table(frame, encoder), dtype=np.float32)
+
+
+def predict_response(model: Any, probabilities: np.ndarray, request_id: str) -> bytes:
+    classes = model.classes
+    best = probabilities.argmax(axis=1)
+    predictions = [
+        {"class": classes[b], "probability": row[b], "probabilities": dict(zip(classes, row))}
+        for b, row in zip(best.tolist(), probabilities)
+    ]
+    return orjson.dumps(
+        {"model_name": model.name, "model_version": model.version, "request_id": request_id, "predictions": predictions},
+        option=NUMPY,
+    )

@@ -1,0 +1,329 @@
+"""What the serve tests share: tiny ONNX models made here, a throwaway MLflow
+registry, and a real server process on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+CLASSES = ["a", "b", "c"]
+IMAGE_META = {
+    "classes": CLASSES,
+    "task": "multiclass",
+    "input_spec": {"name": "pixels", "shape": [-1, 1, 8, 8], "dtype": "float32", "range": [0, 16.0]},
+    "preprocessing": {"inside_graph": "(x - mean) / std per channel; send raw pixel values", "mean": [8.0], "std": [4.0]},
+    "outputs": ["logits", "probabilities"],
+    "git_commit": "abc123",
+    "data_hash": "hash0",
+}
+ENCODER = {
+    "numeric": ["bill", "mass"],
+    "categorical": {"island": ["Biscoe", "Dream", "Torgersen"], "sex": ["FEMALE", "MALE"]},
+    "impute": "median",
+    "fill_values": {"bill": 44.0, "mass": 4000.0},
+}
+
+
+# --------------------------------------------------------------------------- models
+
+
+def image_model(path: Path, seed: int = 0, n_classes: int = 3, input_shape: tuple[int, int, int] = (1, 8, 8)) -> Path:
+    """A tiny CNN (a few hundred weights) for raw 0..16 pixels, exported as the pipeline does."""
+    import torch
+
+    from tasks.models import CNN, CNNSpec
+    from tasks.onnx_utils import export_onnx, set_metadata
+
+    torch.manual_seed(seed)
+    spec = CNNSpec(input_shape=input_shape, channels=(4,), hidden=8, n_classes=n_classes, dropout=0.0, mean=(8.0,), std=(4.0,))
+    export_onnx(CNN(spec).eval(), input_shape, path, opset=17)
+    classes = [f"c{i}" for i in range(n_classes)] if n_classes != 3 else CLASSES
+    set_metadata(path, {**IMAGE_META, "classes": classes, "data_hash": f"hash{seed}",
+                        "input_spec": {**IMAGE_META["input_spec"], "shape": [-1, *input_shape]}})
+    return path
+
+
+def table_model(path: Path, seed: int = 0) -> Path:
+    """A tiny MLP over ENCODER's features, with the encoder in its metadata."""
+    import torch
+
+    from tasks.models import MLP, MLPSpec
+    from tasks.onnx_utils import export_onnx, set_metadata
+    from tasks.preprocess import encoded_feature_names
+
+    torch.manual_seed(seed)
+    width = 2 + 3 + 2
+    spec = MLPSpec(n_features=width, layers=(8,), n_classes=3, dropout=0.0, mean=(44.0, 4000.0) + (0.3,) * 5, std=(5.0, 800.0) + (0.5,) * 5)
+    export_onnx(MLP(spec).eval(), (width,), path, opset=17)
+    set_metadata(path, {
+        "classes": ["Adelie", "Chinstrap", "Gentoo"],
+        "task": "multiclass",
+        "input_spec": {"name": "features", "shape": [-1, width], "dtype": "float32", "features": encoded_feature_names(ENCODER)},
+        "preprocessing": {"encoder": ENCODER, "inside_graph": "(x - mean) / std per encoded feature"},
+        "outputs": ["logits", "probabilities"],
+        "git_commit": "abc123",
+        "data_hash": "tablehash",
+    })
+    return path
+
+
+def slow_model(path: Path, matmuls: int = 12, width: int = 512, spread: int = 768) -> Path:
+    """Same contract as image_model, but slow: each row is spread over `spread`
+    internal rows, each pushed through `matmuls` width x width products (tens of
+    milliseconds a row), so that requests queue up behind one another."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tasks.onnx_utils import set_metadata
+
+    rng = np.random.default_rng(0)
+    scale = 1 / np.sqrt(width)
+    inits = [
+        numpy_helper.from_array(np.array([-1, 1, 64], dtype=np.int64), "flat_shape"),
+        numpy_helper.from_array(np.array([1, spread, 1], dtype=np.int64), "spread"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+        numpy_helper.from_array((rng.standard_normal((64, width)) * 0.02).astype(np.float32), "w_in"),
+        numpy_helper.from_array((rng.standard_normal((width, width)) * scale).astype(np.float32), "w"),
+        numpy_helper.from_array((rng.standard_normal((width, 3)) * scale).astype(np.float32), "w_out"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["pixels", "flat_shape"], ["flat"]),  # N x 1 x 64
+        helper.make_node("MatMul", ["flat", "w_in"], ["first"]),  # N x 1 x width
+        helper.make_node("Expand", ["first", "spread"], ["h0"]),  # N x spread x width
+    ]
+    for i in range(matmuls):
+        nodes += [helper.make_node("MatMul", [f"h{i}", "w"], [f"m{i}"]), helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"])]
+    nodes += [
+        helper.make_node("ReduceMean", [f"h{matmuls}", "axis1"], ["pooled"], keepdims=0),  # N x width
+        helper.make_node("MatMul", ["pooled", "w_out"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    set_metadata(path, IMAGE_META)
+    return path
+
+
+def onnx_outputs(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """What onnxruntime gives for `x` when used directly, as a client would."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    values = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
+    return dict(zip([o.name for o in session.get_outputs()], values))
+
+
+def pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 17, size=(n, 1, 8, 8)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def register(tracking_uri: str, path: Path, name: str = "tiny", alias: str | None = "champion", sha256: str | None = None) -> str:
+    """Register `path` the way the pipeline's select stage does: an MLflow ONNX
+    model, a version tagged with its file's sha256, and the alias moved to it."""
+    import mlflow
+    import onnx
+    from mlflow import MlflowClient
+
+    from tasks.core import sha256_file
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("serve-tests")
+    with mlflow.start_run():
+        info = mlflow.onnx.log_model(
+            onnx.load(str(path)), name="model", registered_model_name=name, pip_requirements=["onnxruntime"], save_as_external_data=False
+        )
+    version = str(info.registered_model_version)
+    client = MlflowClient(tracking_uri)
+    client.set_model_version_tag(name, version, "sha256", sha256 or sha256_file(path))
+    client.set_model_version_tag(name, version, "candidate", path.stem)
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return version
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m deploy.server` in a subprocess, configured by environment
+    variables, on a free loopback port."""
+
+    def __init__(self, workdir: Path, model: str | Path, **settings: Any):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = workdir / "predictions"
+        self.log_file = workdir / f"server-{self.port}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_SERVE_") and k != "MLFLOW_TRACKING_URI"}
+        env.update(
+            DISTILLERY_SERVE_MODEL=str(model),
+            DISTILLERY_SERVE_PORT=str(self.port),
+            DISTILLERY_SERVE_LOG_DIR=str(self.log_dir),
+            DISTILLERY_SERVE_POLL_INTERVAL_S="0",
+            DISTILLERY_SERVE_DRAIN_GRACE_S="0",
+            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+        )
+        for key, value in settings.items():
+            name = "MLFLOW_TRACKING_URI" if key == "tracking_uri" else f"DISTILLERY_SERVE_{key.upper()}"
+            env[name] = str(value)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy.server"], cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log_file, "wb")
+        )
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60) -> "Server":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the server was not ready after {timeout} s:\n{self.log()}")
+
+    def predict(self, rows: Any, **kw: Any) -> httpx.Response:
+        return self.client.post("/predict", json={"rows": rows}, **kw)
+
+    def infer(self, x: np.ndarray, name: str = "distillery", **kw: Any) -> httpx.Response:
+        body = {"inputs": [{"name": "pixels", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        return self.client.post(f"/v2/models/{name}/infer", json=body, **kw)
+
+    def metric(self, sample_name: str, /, **labels: str) -> float:
+        """A sample's value from /metrics (0 if absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        headers = self.client.headers
+        text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.client.close()
+        return self.proc.returncode
+
+
+def read_log(folder: Path) -> list[dict]:
+    from deploy.predlog import read_predictions
+
+    return read_predictions(folder)
+
+
+def json_body(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+class Load:
+    """Clients sending /predict and v2 infer requests back to back (each from
+    its own thread and connection) until stopped; every answer is kept."""
+
+    def __init__(self, server: Server, threads: int = 3, model_name: str = "distillery", pause_s: float = 0.002):
+        import threading
+
+        self.server, self.model_name, self.pause_s = server, model_name, pause_s
+        self.results: list[tuple[int, int, str | None]] = []  # (thread, status, model version)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, index: int) -> None:
+        x = pixels(2, seed=index)
+        infer = {"inputs": [{"name": "pixels", "shape": [2, 1, 8, 8], "datatype": "FP32", "data": x.ravel().tolist()}]}
+        with httpx.Client(base_url=self.server.url, timeout=30) as client:
+            n = 0
+            while not self._stop.is_set() and n < 20_000:  # bounded, whatever happens
+                n += 1
+                try:
+                    if n % 2:
+                        r = client.post("/predict", json={"rows": x.tolist()})
+                    else:
+                        r = client.post(f"/v2/models/{self.model_name}/infer", json=infer)
+                    version = r.json().get("model_version") if r.status_code == 200 else None
+                    self.results.append((index, r.status_code, version))
+                except httpx.HTTPError as err:
+                    self.results.append((index, -1, repr(err)))
+                time.sleep(self.pause_s)  # steady traffic that leaves the test's own thread some CPU
+
+    def __enter__(self) -> "Load":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def versions(self) -> set:
+        return {v for _, s, v in self.results if s == 200}
+
+    def failures(self) -> list:
+        return [r for r in self.results if r[1] != 200]
+
+    def wait_for_version(self, version: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(v == version for _, s, v in self.results[-50:]):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"no answer from version {version} after {timeout} s; seen {self.versions()}:\n{self.server.log()}")
+
+
+def replace_file(target: Path, source: Path | bytes) -> None:
+    """Write then rename, as the pipeline writes artifacts."""
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(source if isinstance(source, bytes) else source.read_bytes())
+    os.replace(tmp, target)
+
+
+def wait_until(condition, timeout: float = 30, message: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out: {message}")

@@ -1,0 +1,98 @@
+"""The bearer token, and settings read strictly from the environment."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from deploy.settings import ServeSettings, load_settings
+from .serve_helpers import pixels
+from tasks.core import DistilleryError
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def server(serve_module, models):
+    return serve_module(models["image"], token=TOKEN)
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [("POST", "/predict"), ("POST", "/v2/models/distillery/infer"), ("GET", "/v2/models/distillery"), ("GET", "/v2"),
+     ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"), ("POST", "/v2/repository/models/distillery/load")],
+)
+def test_every_endpoint_but_health_needs_the_token(server, method, path):
+    r = server.client.request(method, path, json={"rows": pixels(1).tolist()})
+    assert r.status_code == 401 and r.json()["field"] == "Authorization"
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    r = server.client.request(method, path, json={"rows": pixels(1).tolist()}, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+
+
+def test_health_needs_no_token(server):
+    assert server.client.get("/v2/health/live").status_code == 200
+    assert server.client.get("/v2/health/ready").status_code == 200
+
+
+def test_the_token_opens_the_door(server):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert server.predict(pixels(1).tolist(), headers=auth).status_code == 200
+    assert server.client.get("/metrics", headers=auth).status_code == 200
+    assert server.client.get("/openapi.json", headers=auth).json()["security"] == [{"bearer": []}]
+
+
+def test_defaults_bind_loopback_and_follow_the_champion_alias():
+    settings = load_settings({})
+    assert settings == ServeSettings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.model == "models:/distillery@champion" and settings.registry
+    assert settings.log_dir == "logs/predictions" and not settings.token
+
+
+@pytest.mark.parametrize(
+    "env, named",
+    [
+        ({"DISTILLERY_SERVE_PORT": "eighty"}, "DISTILLERY_SERVE_PORT='eighty': must be an integer"),
+        ({"DISTILLERY_SERVE_PORT": "70000"}, "DISTILLERY_SERVE_PORT='70000': must be between 1 and 65535"),
+        ({"DISTILLERY_SERVE_MAX_WAIT_MS": "-1"}, "DISTILLERY_SERVE_MAX_WAIT_MS='-1': must be >= 0"),
+        ({"DISTILLERY_SERVE_REQUEST_TIMEOUT_S": "nan"}, "DISTILLERY_SERVE_REQUEST_TIMEOUT_S='nan': must be a finite number"),
+        ({"DISTILLERY_SERVE_ACCESS_LOG": "maybe"}, "DISTILLERY_SERVE_ACCESS_LOG='maybe': must be true or false"),
+        ({"DISTILLERY_SERVE_PROT": "8000"}, "unknown setting DISTILLERY_SERVE_PROT"),
+        ({"DISTILLERY_SERVE_TOKEN": "a", "DISTILLERY_SERVE_TOKEN_FILE": "/x"}, "TOKEN and DISTILLERY_SERVE_TOKEN_FILE are both set"),
+    ],
+)
+def test_bad_settings_are_named(env, named):
+    with pytest.raises(DistilleryError, match=named.replace("(", r"\(").replace("[", r"\[")):
+        load_settings(env)
+
+
+def _run(env: dict, cwd) -> subprocess.CompletedProcess:
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_SERVE_")}
+    return subprocess.run([sys.executable, "-m", "deploy.server"], env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_the_server_exits_2_on_a_bad_setting_or_model_without_a_traceback(tmp_path, models):
+    out = _run({"DISTILLERY_SERVE_PORT": "x"}, tmp_path)
+    assert out.returncode == 2 and "DISTILLERY_SERVE_PORT='x'" in out.stderr and "Traceback" not in out.stderr
+    out = _run({"DISTILLERY_SERVE_MODEL": str(tmp_path / "missing.onnx")}, tmp_path)
+    assert out.returncode == 2 and "missing.onnx: model file not found" in out.stderr
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    out = _run({"DISTILLERY_SERVE_MODEL": str(tmp_path / "junk.onnx")}, tmp_path)
+    assert out.returncode == 2 and "onnxruntime cannot load it" in out.stderr and "Traceback" not in out.stderr
+    out = _run({"DISTILLERY_SERVE_MODEL": "models:/x@"}, tmp_path)
+    assert out.returncode == 2 and "models:/<name>@<alias>" in out.stderr
+    (tmp_path / "file").write_text("")
+    out = _run({"DISTILLERY_SERVE_MODEL": str(models["image"]), "DISTILLERY_SERVE_LOG_DIR": str(tmp_path / "file" / "logs")}, tmp_path)
+    assert out.returncode == 2 and "DISTILLERY_SERVE_LOG_DIR=" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_help_lists_every_setting(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "deploy.server", "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert out.returncode == 0
+    for name in ("DISTILLERY_SERVE_PORT", "DISTILLERY_SERVE_MAX_BATCH", "DISTILLERY_SERVE_TOKEN", "MLFLOW_TRACKING_URI"):
+        assert name in out.stdout

@@ -1,0 +1,163 @@
+"""The Open Inference Protocol (v2) and /predict, against a real server: the
+answers are onnxruntime's own, in every form a client may use."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from .serve_helpers import CLASSES, onnx_outputs, pixels
+
+
+@pytest.fixture(scope="module")
+def server(serve_module, models):
+    return serve_module(models["image"], max_rows=64)
+
+
+def test_health_and_server_metadata(server):
+    assert server.client.get("/v2/health/live").json() == {"live": True}
+    assert server.client.get("/v2/health/ready").json() == {"ready": True}
+    meta = server.client.get("/v2").json()
+    assert meta["name"] == "distillery" and "binary_tensor_data" in meta["extensions"]
+
+
+def test_model_metadata_names_tensors_with_a_batch_dimension(server, models):
+    meta = server.client.get("/v2/models/distillery").json()
+    assert meta["inputs"] == [{"name": "pixels", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert meta["outputs"] == [
+        {"name": "logits", "datatype": "FP32", "shape": [-1, 3]},
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+    ]
+    assert meta["platform"] == "onnxruntime_onnx"
+    assert meta["parameters"]["classes"] == CLASSES
+    assert meta["parameters"]["data_hash"] == "hash0"
+    version = meta["versions"][0]
+    assert meta["parameters"]["sha256"].startswith(version)  # a file's version is its sha256 prefix
+    assert server.client.get(f"/v2/models/distillery/versions/{version}").status_code == 200
+    assert server.client.get("/v2/models/distillery/ready").status_code == 200
+
+
+def test_unknown_model_or_version_is_404_naming_the_field(server):
+    r = server.client.get("/v2/models/other")
+    assert r.status_code == 404 and r.json()["field"] == "model_name"
+    r = server.client.post("/v2/models/other/infer", json={"inputs": []})
+    assert r.status_code == 404 and r.json()["field"] == "model_name"
+    r = server.client.get("/v2/models/distillery/versions/999")
+    assert r.status_code == 404 and r.json()["field"] == "model_version"
+
+
+def test_v2_infer_equals_onnxruntime_on_the_same_inputs(server, models):
+    x = pixels(5, seed=1)
+    r = server.infer(x)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_name"] == "distillery" and body["model_version"]
+    expected = onnx_outputs(models["image"], x)
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert set(outputs) == {"logits", "probabilities"}
+    for name, want in expected.items():
+        assert outputs[name]["datatype"] == "FP32" and outputs[name]["shape"] == [5, 3]
+        got = np.asarray(outputs[name]["data"], dtype=np.float32).reshape(5, 3)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_v2_infer_takes_nested_data_and_answers_requested_outputs_with_the_id(server, models):
+    x = pixels(2, seed=2)
+    body = {
+        "id": "req-42",
+        "inputs": [{"name": "pixels", "shape": [2, 1, 8, 8], "datatype": "FP32", "data": x.tolist()}],
+        "outputs": [{"name": "probabilities"}],
+    }
+    r = server.client.post("/v2/models/distillery/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["id"] == "req-42"
+    assert [o["name"] for o in out["outputs"]] == ["probabilities"]
+    got = np.asarray(out["outputs"][0]["data"], dtype=np.float32).reshape(2, 3)
+    np.testing.assert_allclose(got, onnx_outputs(models["image"], x)["probabilities"], rtol=1e-6, atol=1e-7)
+
+
+def test_v2_infer_on_the_versioned_path(server):
+    version = server.client.get("/v2/models/distillery").json()["versions"][0]
+    x = pixels(1)
+    body = {"inputs": [{"name": "pixels", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": x.ravel().tolist()}]}
+    assert server.client.post(f"/v2/models/distillery/versions/{version}/infer", json=body).status_code == 200
+
+
+def test_binary_tensor_extension_in_and_out(server, models):
+    """Triton's clients send binary tensors by default: a JSON header, then raw
+    little-endian FP32, its length in Inference-Header-Content-Length."""
+    x = pixels(3, seed=3)
+    raw = x.astype("<f4").tobytes()
+    header = json.dumps({
+        "inputs": [{"name": "pixels", "shape": [3, 1, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "logits", "parameters": {"binary_data": False}}],
+    }).encode()
+    r = server.client.post(
+        "/v2/models/distillery/infer",
+        content=header + raw,
+        headers={"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+    )
+    assert r.status_code == 200, r.text
+    length = int(r.headers["inference-header-content-length"])
+    meta = json.loads(r.content[:length])
+    expected = onnx_outputs(models["image"], x)
+    probs_meta, logits_meta = meta["outputs"]
+    assert probs_meta["parameters"]["binary_data_size"] == 3 * 3 * 4
+    probs = np.frombuffer(r.content[length:], dtype="<f4").reshape(3, 3)
+    np.testing.assert_allclose(probs, expected["probabilities"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(logits_meta["data"], np.float32).reshape(3, 3), expected["logits"], rtol=1e-6, atol=1e-6)
+
+
+def test_predict_accepts_each_row_layout_and_answers_classes_and_probabilities(server, models):
+    x = pixels(2, seed=4)
+    expected = onnx_outputs(models["image"], x)["probabilities"]
+    for rows in (x.tolist(), x[:, 0].tolist(), x.reshape(2, -1).tolist()):  # [1,8,8], [8,8], flat 64
+        r = server.predict(rows)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model_name"] == "distillery" and body["request_id"] == r.headers["x-request-id"]
+        for prediction, want in zip(body["predictions"], expected):
+            assert prediction["class"] == CLASSES[int(want.argmax())]
+            assert prediction["probability"] == pytest.approx(float(want.max()), rel=1e-6)
+            assert list(prediction["probabilities"]) == CLASSES
+            np.testing.assert_allclose(list(prediction["probabilities"].values()), want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_sent_request_id_is_kept(server):
+    r = server.predict(pixels(1).tolist(), headers={"X-Request-ID": "trace-0001"})
+    assert r.headers["x-request-id"] == "trace-0001" and r.json()["request_id"] == "trace-0001"
+
+
+def test_openapi_document_and_docs(server):
+    doc = server.client.get("/openapi.json").json()
+    assert {"/predict", "/v2/models/{name}/infer", "/v2/health/ready"} <= set(doc["paths"])
+    assert "InferRequest" in doc["components"]["schemas"]
+    assert "security" not in doc  # no token configured
+    r = server.client.get("/docs")
+    assert r.status_code == 200 and "swagger" in r.text.lower()
+
+
+def test_wrong_method_and_unknown_path(server):
+    r = server.client.get("/predict")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["field"] == "method"
+    r = server.client.get("/nope")
+    assert r.status_code == 404 and r.json()["field"] == "path"
+
+
+def test_metrics_count_requests_errors_latency_batches_and_the_model(server):
+    server.predict(pixels(2).tolist())
+    server.client.post("/predict", content=b"{", headers={"Content-Type": "application/json"})
+    version = server.client.get("/v2/models/distillery").json()["versions"][0]
+    assert server.metric("distillery_requests_total", endpoint="/predict", code="200") >= 1
+    assert server.metric("distillery_requests_total", endpoint="/predict", code="400") >= 1
+    assert server.metric("distillery_request_errors_total", endpoint="/predict", reason="bad_request") >= 1
+    assert server.metric("distillery_request_duration_seconds_count", endpoint="/predict") >= 2
+    assert server.metric("distillery_batch_size_count") >= 1
+    assert server.metric("distillery_batch_size_sum") >= 2
+    assert server.metric("distillery_model_info", name="distillery", version=version) == 1
+    assert server.metric("distillery_ready") == 1
+    r = server.client.get("/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
