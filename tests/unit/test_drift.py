@@ -1,0 +1,521 @@
+"""tasks/drift.py: PSI, KS, chi-squared, prediction drift, operations, live
+quality, the training reference, and reading the prediction log and labels."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks import drift
+from tasks.core import DistilleryError, hash_arrays, save_npz, write_json
+
+from conftest import params_section
+
+MONITOR = params_section("monitor", psi_threshold=0.2, p_value=0.01, max_drifted_fraction=0.3,
+                         prediction_psi_threshold=0.2, min_rows=50, window_minutes=60)
+PREPROCESS = params_section("preprocess", val_fraction=0.15, test_fraction=0.2, seed=42, resample="none")
+
+
+# --------------------------------------------------------------------------- PSI
+
+
+def _hand_psi(p: list[float], q: list[float]) -> float:
+    return sum((qi - pi) * math.log(qi / pi) for pi, qi in zip(p, q))
+
+
+def test_psi_matches_a_hand_computation():
+    reference = np.arange(100.0)  # quartile cut points 24.75, 49.5, 74.25: 25 values in each bin
+    current = np.concatenate([np.full(40, 10.0), np.full(30, 30.0), np.full(20, 60.0), np.full(10, 90.0)])
+    np.testing.assert_allclose(drift.quantile_edges(reference, 4), [24.75, 49.5, 74.25])
+    expected = _hand_psi([0.25] * 4, [0.4, 0.3, 0.2, 0.1])  # the missing-value bin is empty on both sides: 0
+    assert drift.psi(reference, current, bins=4) == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(0.2282, abs=1e-4)
+
+
+def test_psi_gives_an_empty_bin_epsilon_rather_than_infinity():
+    reference = np.arange(100.0)
+    current = np.full(50, 5.0)  # every value in the first quartile bin
+    eps = drift.EPSILON
+    expected = (1 - 0.25) * math.log(1 / 0.25) + 3 * (eps - 0.25) * math.log(eps / 0.25)
+    value = drift.psi(reference, current, bins=4)
+    assert np.isfinite(value) and value == pytest.approx(expected, rel=1e-12)
+
+
+def test_psi_of_identical_distributions_is_about_zero():
+    rng = np.random.default_rng(0)
+    sample = rng.normal(size=5000)
+    assert drift.psi(sample, sample) == pytest.approx(0.0, abs=1e-12)
+    assert drift.psi(sample, rng.normal(size=5000)) < 0.02
+
+
+def test_psi_of_a_shifted_distribution_is_a_major_shift():
+    rng = np.random.default_rng(1)
+    assert drift.psi(rng.normal(size=5000), rng.normal(loc=1.0, size=2000)) > 0.2
+
+
+def test_psi_counts_a_rise_in_missing_values_as_a_shift():
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=5000)
+    current = rng.normal(size=1000)
+    current[:400] = np.nan
+    assert drift.psi(reference, current) > 0.2
+
+
+def test_psi_handles_a_reference_of_one_repeated_value():
+    """Pixel minimums are nearly always 0: the quantile cut points collapse to one."""
+    reference = np.zeros(1000)
+    np.testing.assert_array_equal(drift.quantile_edges(reference), [0.0])
+    assert drift.psi(reference, np.zeros(100)) == pytest.approx(0.0)
+    assert drift.psi(reference, np.ones(100)) > 1.0
+
+
+def test_psi_is_nan_without_current_values():
+    assert math.isnan(drift.psi(np.arange(10.0), np.array([])))
+
+
+# --------------------------------------------------------------------------- KS and chi-squared
+
+
+def test_ks_detects_a_shift_and_not_noise():
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=3000)
+    _, p_noise = drift.ks_test(reference, rng.normal(size=300))
+    stat, p_shift = drift.ks_test(reference, rng.normal(loc=0.5, size=300))
+    assert p_noise > 0.05
+    assert p_shift < 1e-6 and stat > 0.15
+
+
+def test_ks_is_nan_when_a_side_has_no_values():
+    stat, p = drift.ks_test(np.arange(10.0), np.array([np.nan, np.nan]))
+    assert math.isnan(stat) and math.isnan(p)
+
+
+def _draw(rng: np.random.Generator, shares: dict[str, float], n: int) -> np.ndarray:
+    return rng.choice(np.array(list(shares), dtype=object), size=n, p=list(shares.values()))
+
+
+def test_chi2_detects_a_shift_and_not_noise():
+    rng = np.random.default_rng(4)
+    mix = {"Biscoe": 0.5, "Dream": 0.35, "Torgersen": 0.15}
+    reference = _draw(rng, mix, 2000)
+    noise = drift.chi2_test(reference, _draw(rng, mix, 300))
+    shifted = drift.chi2_test(reference, _draw(rng, {"Biscoe": 0.2, "Dream": 0.35, "Torgersen": 0.45}, 300))
+    assert noise["p_value"] > 0.05
+    assert shifted["p_value"] < 1e-6
+    assert noise["unseen"] == shifted["unseen"] == 0
+
+
+def test_chi2_aligns_categories_and_counts_unseen_ones():
+    reference = ["a"] * 50 + ["b"] * 50
+    current = ["b"] * 30 + ["a"] * 30 + ["c"] * 40  # order differs, "c" is new
+    categories, ref, cur = drift.category_counts(reference, current)
+    assert categories == ["a", "b", "c"]
+    assert ref.tolist() == [50, 50, 0] and cur.tolist() == [30, 30, 40]
+    result = drift.chi2_test(reference, current)
+    assert result["unseen"] == 40 and result["unseen_fraction"] == pytest.approx(0.4)
+    assert result["p_value"] < 1e-10
+
+
+def test_chi2_of_a_single_category_on_both_sides_finds_nothing():
+    assert drift.chi2_test(["a"] * 10, ["a"] * 5) == {"unseen": 0, "unseen_fraction": 0.0, "statistic": 0.0, "p_value": 1.0}
+
+
+def test_categorical_psi_is_zero_for_the_same_mix_and_large_for_an_unseen_category():
+    assert drift.categorical_psi(["a", "b"] * 50, ["b", "a"] * 20) == pytest.approx(0.0)
+    assert drift.categorical_psi(["a", "b"] * 50, ["z"] * 20) > 1.0
+
+
+def test_a_feature_drifts_only_when_psi_and_the_test_agree():
+    rng = np.random.default_rng(5)
+    reference = rng.normal(size=3000)
+    shifted = drift.numeric_drift("x", reference, rng.normal(loc=1.0, size=500), 0.2, 0.01)
+    assert shifted["drifted"] and shifted["psi"] > 0.2 and shifted["p_value"] < 0.01
+    # A tiny shift on a huge window: significant, but not material.
+    small = drift.numeric_drift("x", reference, rng.normal(loc=0.1, size=100_000), 0.2, 0.01)
+    assert small["p_value"] < 0.01 and small["psi"] < 0.2 and not small["drifted"]
+    # A column that stops arriving drifted.
+    assert drift.numeric_drift("x", reference, np.full(60, np.nan), 0.2, 0.01)["drifted"]
+
+
+# --------------------------------------------------------------------------- predictions, operations, quality
+
+
+def test_prediction_drift_reports_shares_and_detects_a_moved_mix():
+    reference = {"cat": 500, "dog": 400, "eel": 100}
+    rng = np.random.default_rng(6)
+    same = drift.prediction_drift(reference, _draw(rng, {"cat": 0.5, "dog": 0.4, "eel": 0.1}, 400), 0.2, 0.01)
+    moved = drift.prediction_drift(reference, _draw(rng, {"cat": 0.1, "dog": 0.3, "eel": 0.6}, 400), 0.2, 0.01)
+    assert not same["drifted"] and same["psi"] < 0.05
+    assert moved["drifted"] and moved["psi"] > 0.2
+    assert list(moved["shares"]) == ["cat", "dog", "eel"] and sum(moved["shares"].values()) == pytest.approx(1.0)
+    unknown = drift.prediction_drift(reference, ["cat", "fox"], 0.2, 0.01)
+    assert unknown["shares"] == {"cat": 0.5, "dog": 0.0, "eel": 0.0, "fox": 0.5}
+
+
+def test_operational_percentiles_count_each_request_once():
+    rng = np.random.default_rng(7)
+    per_request = rng.gamma(2.0, 3.0, size=200)
+    rows_per_request = rng.integers(1, 5, size=200)
+    latency = np.repeat(per_request, rows_per_request)
+    row = np.concatenate([np.arange(n) for n in rows_per_request])
+    ts = 1000.0 + np.sort(rng.uniform(0, 3600, size=len(row)))
+    ops = drift.operational(ts, latency, row, window_s=3600.0)
+    for q in (50, 95, 99):
+        assert ops[f"latency_p{q}_ms"] == pytest.approx(np.percentile(per_request, q))
+    assert ops["rows"] == len(row) and ops["requests"] == 200
+    assert ops["throughput_rows_per_s"] == pytest.approx(len(row) / 3600.0)
+    assert ops["requests_per_s"] == pytest.approx(200 / 3600.0)
+    assert "error_rate" not in ops
+    assert drift.operational(ts, latency, row, 3600.0, errors=50)["error_rate"] == pytest.approx(50 / 250)
+
+
+def test_live_quality_matches_sklearn_and_tasks_metrics():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from tasks.metrics import expected_calibration_error
+
+    rng = np.random.default_rng(8)
+    classes = ["a", "b", "c"]
+    probs = rng.dirichlet([1, 1, 1], size=300)
+    truth = rng.integers(0, 3, size=300)
+    predicted = np.array(classes)[probs.argmax(1)]
+    labels = np.array(classes, dtype=object)[truth]
+    labels[:5] = "zebra"  # a label the model does not know: wrong for accuracy, left out of ECE
+    quality = drift.live_quality(labels, predicted, probs, classes, n_bins=10)
+    assert quality["labeled_rows"] == 300
+    assert quality["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
+    assert quality["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro", zero_division=0))
+    assert quality["ece"] == pytest.approx(expected_calibration_error(probs[5:], truth[5:], 10))
+    assert math.isnan(drift.live_quality([], [], None, classes)["accuracy"])
+
+
+# --------------------------------------------------------------------------- the reference
+
+
+def test_image_summaries_are_the_servers(tmp_path):
+    """Parity with what deploy/predlog.py logs for an image request."""
+    from deploy.predlog import Entry, _records
+
+    x = np.random.default_rng(9).uniform(0, 16, size=(5, 1, 8, 8)).astype(np.float32)
+    entry = Entry(1.0, "r", "predict", "m", "1", ("a", "b"), x, None, np.full((5, 2), 0.5, np.float32), 1.0)
+    logged = [json.loads(record[6]) for record in _records([entry])]
+    ours = drift.image_summaries(x)
+    for i, row in enumerate(logged):
+        for key in drift.IMAGE_FEATURES:
+            assert ours[key][i] == pytest.approx(row[key], rel=1e-12)
+
+
+def tiny_onnx(path: Path, n_pixels: int, n_classes: int, favourite: int) -> Path:
+    """An ONNX 'model' whose probabilities always favour class `favourite`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    bias = np.zeros(n_classes, np.float32)
+    bias[favourite] = 10.0
+    weights = np.zeros((n_pixels, n_classes), np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["pixels"], ["flat"]),
+         helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        "tiny",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", n_classes])],
+        [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.ravel()),
+         helper.make_tensor("b", TensorProto.FLOAT, bias.shape, bias)],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def image_project(root: Path, resample: str = "none") -> dict:
+    """data/processed and data/validated of a 3-class 8x8 image set."""
+    rng = np.random.default_rng(10)
+    labels = np.repeat(np.arange(3), [60, 40, 20]).astype(np.int64)
+    images = rng.uniform(0, 16, size=(len(labels), 8, 8)).astype(np.float32)
+    from tasks.preprocess import split_indices
+
+    parts = split_indices(labels, PREPROCESS)
+    for name, ix in parts.items():
+        save_npz(root / "data/processed" / f"{name}.npz", x=images[ix][:, None], y=labels[ix])
+    meta = {"kind": "image", "classes": ["a", "b", "c"], "resample": resample, "data_hash": hash_arrays(images, labels)}
+    write_json(root / "data/processed/meta.json", meta)
+    save_npz(root / "data/validated/arrays.npz", images=images, labels=labels)
+    return {"images": images, "labels": labels, "parts": parts}
+
+
+def test_image_reference_is_the_train_split_summary_and_the_champions_mix(tmp_path):
+    data = image_project(tmp_path)
+    champion = tiny_onnx(tmp_path / "champion.onnx", 64, 3, favourite=2)
+    reference = drift.build_reference(tmp_path, champion)
+    train = data["images"][data["parts"]["train"]]
+    assert reference.kind == "image" and reference.rows == len(train)
+    assert reference.features == list(drift.IMAGE_FEATURES)
+    np.testing.assert_allclose(reference.numeric["mean"], train.reshape(len(train), -1).mean(1))
+    n_test = len(data["parts"]["test"])
+    assert reference.predicted_counts == {"a": 0, "b": 0, "c": n_test}
+    assert "champion.onnx" in reference.predictions_from
+    # Without a champion file: the test split's label mix.
+    fallback = drift.build_reference(tmp_path, tmp_path / "missing.onnx")
+    assert fallback.predicted_counts == dict(zip("abc", np.bincount(data["labels"][data["parts"]["test"]]).tolist()))
+
+
+def test_a_resampled_train_split_is_replaced_by_the_validated_images(tmp_path):
+    data = image_project(tmp_path, resample="over")
+    save_npz(tmp_path / "data/processed/train.npz", x=np.full((500, 1, 8, 8), 99.0, np.float32), y=np.zeros(500, np.int64))
+    reference = drift.build_reference(tmp_path)
+    assert reference.rows == len(data["images"])
+    np.testing.assert_allclose(reference.numeric["max"], data["images"].reshape(len(data["images"]), -1).max(1))
+    # Validated data that is not what data/processed was made from is refused.
+    save_npz(tmp_path / "data/validated/arrays.npz", images=data["images"] + 1, labels=data["labels"])
+    with pytest.raises(DistilleryError, match="data_hash differs"):
+        drift.build_reference(tmp_path)
+
+
+def test_a_missing_processed_folder_says_to_run_the_pipeline(tmp_path):
+    with pytest.raises(DistilleryError, match="not found; run the stage"):
+        drift.build_reference(tmp_path)
+
+
+def table_project(root: Path, task: str = "multiclass") -> pd.DataFrame:
+    """data/validated and data/processed of a small table: a numeric column with
+    gaps, a categorical one with gaps, and a text column that is no feature."""
+    from tasks.preprocess import encode_table, fit_encoder, split_indices
+
+    rng = np.random.default_rng(11)
+    n = 150
+    table = pd.DataFrame({
+        "row_id": np.arange(n),
+        "mass": rng.normal(4000, 500, n),
+        "island": rng.choice(["Biscoe", "Dream", None], n),
+        "notes": ["free text"] * n,
+        "label": np.repeat(["Adelie", "Gentoo", "Chinstrap"], [70, 50, 30]),
+    })
+    table.loc[:4, "mass"] = np.nan
+    classes = ["Adelie", "Chinstrap", "Gentoo"]
+    labels = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    parts = split_indices(labels, PREPROCESS)
+    encoder = fit_encoder(table.iloc[parts["train"]], {"mass": "numeric", "island": "categorical"}, "median")
+    (root / "data/validated").mkdir(parents=True)
+    table.to_parquet(root / "data/validated/table.parquet", index=False)
+    write_json(root / "data/validated/meta.json", {"data_hash": "h1"})
+    write_json(root / "data/processed/meta.json", {"kind": "tabular", "task": task, "classes": classes,
+                                                   "encoder": encoder, "data_hash": "h1", "resample": "none"})
+    y = labels[parts["test"]] if task != "regression" else rng.normal(size=len(parts["test"]))
+    save_npz(root / "data/processed/test.npz", x=encode_table(table.iloc[parts["test"]], encoder), y=y)
+    return table
+
+
+def test_table_reference_takes_the_raw_validated_rows_by_column_type(tmp_path):
+    table = table_project(tmp_path)
+    reference = drift.build_reference(tmp_path)
+    assert reference.kind == "tabular" and reference.rows == len(table)
+    assert list(reference.numeric) == ["mass"] and list(reference.categorical) == ["island"]  # notes is not a feature
+    np.testing.assert_array_equal(reference.numeric["mass"], table["mass"].to_numpy())  # raw: gaps stay gaps
+    assert reference.categorical["island"].tolist() == table["island"].fillna(drift.MISSING).tolist()
+    test_labels = np.load(tmp_path / "data/processed/test.npz")["y"]
+    assert reference.predicted_counts == dict(zip(["Adelie", "Chinstrap", "Gentoo"], np.bincount(test_labels).tolist()))
+    write_json(tmp_path / "data/validated/meta.json", {"data_hash": "h2"})
+    with pytest.raises(DistilleryError, match="rerun the pipeline"):
+        drift.build_reference(tmp_path)
+
+
+def test_a_regression_reference_has_features_but_no_class_mix(tmp_path):
+    table_project(tmp_path, task="regression")
+    reference = drift.build_reference(tmp_path)
+    assert reference.task == "regression" and reference.predicted_counts == {}
+    assert list(reference.numeric) == ["mass"]
+    rng = np.random.default_rng(17)
+    rows = _rows(rng, 80, 0.0)
+    rows["inputs"] = [json.dumps({"mass": 9000.0, "island": "Dream"})] * 80
+    (window,) = drift.analyse(rows, reference, MONITOR)
+    assert window["prediction"] is None and window["retrain"] and "mass" in window["drifted_features"]
+
+
+def test_a_binary_champion_with_one_sigmoid_output_gives_two_classes(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    image_project(tmp_path)
+    meta = json.loads((tmp_path / "data/processed/meta.json").read_text())
+    write_json(tmp_path / "data/processed/meta.json", {**meta, "task": "binary", "classes": ["no", "yes"]})
+    test = np.load(tmp_path / "data/processed/test.npz")
+    save_npz(tmp_path / "data/processed/test.npz", x=test["x"], y=np.minimum(test["y"], 1))
+    # P(yes) = sigmoid(mean pixel - 8): about half the uniform 0..16 images each way.
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["pixels"], ["m"], axes=[1, 2, 3], keepdims=0),
+         helper.make_node("Sub", ["m", "eight"], ["z"]),
+         helper.make_node("Unsqueeze", ["z", "one"], ["logits"]),
+         helper.make_node("Sigmoid", ["logits"], ["probabilities"])],
+        "binary", [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 1])],
+        [helper.make_tensor("eight", TensorProto.FLOAT, [], [8.0]), helper.make_tensor("one", TensorProto.INT64, [1], [1])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "champion.onnx"))
+    counts = drift.build_reference(tmp_path, tmp_path / "champion.onnx").predicted_counts
+    expected_yes = int((test["x"].reshape(len(test["x"]), -1).mean(1) > 8).sum())
+    assert counts == {"no": len(test["x"]) - expected_yes, "yes": expected_yes} and 0 < expected_yes < len(test["x"])
+
+
+# --------------------------------------------------------------------------- windows and verdicts
+
+
+def _reference(rng: np.random.Generator, n: int = 2000) -> drift.Reference:
+    x = rng.uniform(0, 16, size=(n, 1, 8, 8))
+    return drift.Reference("image", "multiclass", drift.image_summaries(x), {}, ["a", "b"], {"a": 600, "b": 400}, "labels", n)
+
+
+def _rows(rng: np.random.Generator, n: int, start: float, shift: float = 0.0, classes=("a", "b"), p=(0.6, 0.4)) -> pd.DataFrame:
+    x = rng.uniform(0, 16, size=(n, 1, 8, 8)) + shift
+    summaries = drift.image_summaries(x)
+    predicted = rng.choice(classes, size=n, p=p)
+    return pd.DataFrame({
+        "ts": np.sort(start + rng.uniform(0, 3599, n)),
+        "request_id": [f"r{i}" for i in range(n)],
+        "row": 0,
+        "endpoint": "predict",
+        "model_name": "distillery",
+        "model_version": "3",
+        "inputs": [json.dumps({k: float(summaries[k][i]) for k in drift.IMAGE_FEATURES}) for i in range(n)],
+        "predicted": predicted,
+        "probability": 0.9,
+        "probabilities": [json.dumps([0.9, 0.1] if v == "a" else [0.1, 0.9]) for v in predicted],
+        "latency_ms": rng.gamma(2.0, 2.0, n),
+    })
+
+
+def test_windows_are_judged_separately_and_only_big_drifted_ones_call_for_retraining():
+    rng = np.random.default_rng(12)
+    reference = _reference(rng)
+    hour = 3600.0
+    t0 = 1_800_000_000 // 3600 * 3600.0
+    rows = pd.concat([_rows(rng, 200, t0), _rows(rng, 200, t0 + hour, shift=4.0), _rows(rng, 20, t0 + 2 * hour, shift=4.0)])
+    windows = drift.analyse(rows, reference, MONITOR)
+    assert [w["start"] for w in windows] == [t0, t0 + hour, t0 + 2 * hour]
+    assert [w["step"] for w in windows] == [int(t0 / hour), int(t0 / hour) + 1, int(t0 / hour) + 2]
+    calm, drifted, small = windows
+    assert not calm["retrain"] and calm["drifted_features"] == [] and calm["reason"] == "no drift"
+    assert drifted["retrain"] and {"mean", "min", "max"} <= set(drifted["drifted_features"])
+    assert "features drifted" in drifted["reason"]
+    assert not small["retrain"] and "min_rows" in small["reason"]
+    assert drifted["operations"]["rows"] == 200 and drifted["models"] == ["distillery:3"]
+
+
+def test_a_moved_prediction_mix_alone_calls_for_retraining():
+    rng = np.random.default_rng(13)
+    rows = _rows(rng, 300, 0.0, p=(0.1, 0.9))
+    (window,) = drift.analyse(rows, _reference(rng), MONITOR)
+    assert window["drifted_features"] == [] and window["prediction"]["drifted"]
+    assert window["retrain"] and "prediction PSI" in window["reason"]
+
+
+def test_table_windows_read_the_logged_rows():
+    rng = np.random.default_rng(14)
+    reference = drift.Reference("tabular", "multiclass", {"mass": rng.normal(4000, 500, 1000)},
+                                {"island": rng.choice(["Biscoe", "Dream"], 1000).astype(object)}, ["a", "b"],
+                                {"a": 50, "b": 50}, "labels", 1000)
+    n = 200
+    rows = _rows(rng, n, 0.0, p=(0.5, 0.5))
+    rows["inputs"] = [json.dumps({"mass": float(m), "island": "Torgersen"}) for m in rng.normal(4000, 500, n)]
+    (window,) = drift.analyse(rows, reference, MONITOR)
+    by_name = {f["feature"]: f for f in window["features"]}
+    assert not by_name["mass"]["drifted"] and by_name["mass"]["test"] == "ks"
+    assert by_name["island"]["drifted"] and by_name["island"]["unseen_fraction"] == 1.0
+    assert window["drifted_fraction"] == 0.5 and window["retrain"]
+
+
+def test_window_boundaries_and_steps():
+    assert drift.window_boundary(7200.0 + 59.0, 3600.0) == 7200.0
+    assert drift.window_step(7200.0, 3600.0) == 2
+    assert drift.window_seconds(MONITOR) == 3600.0
+
+
+# --------------------------------------------------------------------------- the log, the labels, the state
+
+
+def write_log(path: Path, rows: pd.DataFrame) -> None:
+    from deploy.predlog import INSERT, SCHEMA
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)
+    columns = ["ts", "request_id", "row", "endpoint", "model_name", "model_version", "inputs", "predicted",
+               "probability", "probabilities", "latency_ms"]
+    db.executemany(INSERT, rows[columns].itertuples(index=False, name=None))
+    db.commit()
+    db.close()
+
+
+def _day(ts: float) -> str:
+    return time.strftime("%Y%m%d", time.gmtime(ts))
+
+
+def test_read_log_spans_daily_files_and_replicas_within_the_bounds(tmp_path):
+    rng = np.random.default_rng(15)
+    t0 = 1_800_000_000 // 86400 * 86400.0 + 22 * 3600.0  # 22:00 UTC: the rows cross midnight
+    rows = _rows(rng, 100, t0, classes=("a", "b"))
+    rows["ts"] = t0 + np.arange(100) * 144.0  # 4 hours
+    first = rows[rows["ts"] < t0 + 7200]
+    write_log(tmp_path / f"predictions-{_day(t0)}.db", first)
+    # The later rows come from a second replica, writing in a folder of its own.
+    write_log(tmp_path / "replica-2" / f"predictions-{_day(t0 + 7200)}.db", rows[rows["ts"] >= t0 + 7200])
+    assert _day(t0) != _day(t0 + 7200)
+    everything = drift.read_log(tmp_path, None, t0 + 10 * 3600)
+    assert len(everything) == 100 and everything["ts"].is_monotonic_increasing
+    middle = drift.read_log(tmp_path, t0 + 3600, t0 + 3 * 3600)
+    assert middle["ts"].min() >= t0 + 3600 and middle["ts"].max() < t0 + 3 * 3600 and len(middle) == 50
+    assert drift.read_log(tmp_path / "nothing-here", None, t0).empty
+    (tmp_path / "predictions-20990101.db").write_bytes(b"")
+    sqlite3.connect(tmp_path / "predictions-20990101.db").execute("CREATE TABLE other (x)").connection.close()
+    with pytest.raises(DistilleryError, match="not a prediction log"):
+        drift.read_log(tmp_path, None, 5e9)
+
+
+def test_feedback_files_are_read_append_only(tmp_path):
+    folder = tmp_path / "feedback"
+    folder.mkdir()
+    (folder / "a.csv").write_text("request_id,row,label\nr1,0,a\nr2,0,b\n")
+    labels, seen = drift.read_feedback(folder, {})
+    assert labels.to_dict("records") == [{"request_id": "r1", "row": 0, "label": "a"}, {"request_id": "r2", "row": 0, "label": "b"}]
+    assert seen == {"a.csv": 2}
+    with open(folder / "a.csv", "a") as handle:
+        handle.write("r3,1,a\n")
+    pd.DataFrame({"request_id": ["r4"], "row": [0], "label": ["b"]}).to_parquet(folder / "b.parquet")
+    labels, seen = drift.read_feedback(folder, seen)
+    assert labels[["request_id", "row"]].values.tolist() == [["r3", 1], ["r4", 0]]
+    assert seen == {"a.csv": 3, "b.parquet": 1}
+    assert drift.read_feedback(folder, seen)[0].empty
+    assert drift.read_feedback(tmp_path / "absent", {})[0].empty
+    (folder / "bad.csv").write_text("request_id,label\nr1,a\n")
+    with pytest.raises(DistilleryError, match=r"bad.csv: feedback file lacks the columns \['row'\]"):
+        drift.read_feedback(folder, seen)
+
+
+def test_labels_join_the_log_on_request_and_row(tmp_path):
+    rng = np.random.default_rng(16)
+    rows = _rows(rng, 40, 0.0)
+    write_log(tmp_path / "log/predictions-20260101.db", rows)
+    labels = pd.DataFrame({"request_id": [*rows["request_id"][:30], "ghost"], "row": [0] * 31,
+                           "label": [*rows["predicted"][:20], *(["a"] * 10), "a"]})
+    quality = drift.quality_of_labels(labels, tmp_path / "log", ["a", "b"], 10)
+    expected = np.mean(np.array([*rows["predicted"][:20], *(["a"] * 10)]) == rows["predicted"][:30].to_numpy())
+    assert quality["labeled_rows"] == 30 and quality["unmatched_labels"] == 1
+    assert quality["accuracy"] == pytest.approx(expected)
+    assert np.isfinite(quality["ece"])
+
+
+def test_state_round_trip_and_a_corrupt_file(tmp_path):
+    path = tmp_path / "state.json"
+    assert drift.read_state(path) == drift.MonitorState()
+    drift.write_state(path, drift.MonitorState(7200.0, 10800.0, {"a.csv": 3}))
+    assert drift.read_state(path) == drift.MonitorState(7200.0, 10800.0, {"a.csv": 3})
+    assert json.loads(path.read_text())["watermark_utc"] == "1970-01-01T02:00:00Z"
+    path.write_text("[1, 2]")
+    with pytest.raises(DistilleryError, match="not a monitor state file"):
+        drift.read_state(path)
