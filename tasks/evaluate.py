@@ -121,8 +121,23 @@ def slice_report(task: str, classes: list[str], y: np.ndarray, params: EvaluateP
     return {"column": params.slice_column, "candidates": report}
 
 
+def log_to_mlflow(all_params, candidates: dict, task: str) -> None:
+    """Every candidate's scalar metrics (prefixed by its name), the report and the plots."""
+    import mlflow
+
+    from tasks.tracking import mlflow_run
+
+    with mlflow_run(all_params.mlflow, "evaluate", {"task": task}):
+        for name, result in candidates.items():
+            mlflow.log_metrics({f"{name}.{k}": float(v) for k, v in result.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_artifact(str(paths.EVALUATION_REPORT))
+        mlflow.log_artifacts(str(paths.PLOTS), "plots")
+
+
 def main() -> None:
-    params = load_params(paths.PARAMS).evaluate
+    all_params = load_params(paths.PARAMS)
+    params = all_params.evaluate
     meta = read_json(paths.PROCESSED / paths.META, "processed meta")
     x, y = load_split("test")
     task = meta.get("task", "multiclass")
@@ -137,6 +152,7 @@ def main() -> None:
     slices = slice_report(task, meta["classes"], y, params) if params.slice_column else None
     write_json(paths.EVALUATION_REPORT, {"task": task, "test_rows": len(y), "threads": params.threads,
                                          "candidates": candidates, "slices": slices})
+    log_to_mlflow(all_params, candidates, task)
     columns = REGRESSION_COLUMNS if task == "regression" else SUMMARY_COLUMNS
     rows = [{"candidate": n, **{k: r[k] for k in columns}} for n, r in candidates.items()]
     write_summary("evaluate", f"Test split: {len(y)} rows, onnxruntime with {params.threads} thread(s).\n\n" + markdown_table(rows))
