@@ -212,12 +212,31 @@ class DistillParams(FitParams):
 
 
 @dataclass(frozen=True)
+class PruneParams:
+    structured_amount: float  # share of channels/units removed per layer, ranked by norm
+    norm: Literal["l1", "l2"]  # how channels are ranked
+    fine_tune_epochs: int  # epochs of fine-tuning after structured pruning (0 = none)
+    unstructured_amounts: tuple[float, ...]  # magnitude-pruning sweep, reported (the ONNX stays dense)
+    scope: Literal["layer", "global"]  # per-layer or global magnitude threshold for the sweep
+
+    def __post_init__(self) -> None:
+        for amount in (self.structured_amount, *self.unstructured_amounts):
+            if not 0 <= amount < 1:
+                raise ValueError(f"a pruning amount must lie in [0, 1), got {amount}")
+        if self.fine_tune_epochs < 0:
+            raise ValueError("fine_tune_epochs must be >= 0")
+
+
+@dataclass(frozen=True)
 class ExportParams:
     opset: int
     atol: float  # max abs logit difference allowed between ONNX fp32 and PyTorch
     calibration_samples: int  # training samples used to calibrate int8 ranges
     per_channel: bool
     temperature_scaling: bool  # fit T on the validation split and fold it into the graph
+    quantization: Literal["static", "dynamic"]  # static QDQ (calibrated) or dynamic (weights only, Gemm/MatMul)
+    calibration_method: Literal["minmax", "entropy", "percentile"]  # static: how activation ranges are set
+    reduce_range: Literal["auto", "on", "off"]  # 7-bit weights; auto = on where the CPU lacks VNNI
     calibration_bins: int  # confidence bins for the ECE check that guards the temperature
 
     def __post_init__(self) -> None:
@@ -248,6 +267,8 @@ class SelectParams:
     min_r2: float  # gate: absolute floor for its R^2 (regression)
     max_ece: float  # gate: absolute ceiling for its calibration error
     max_drop_vs_champion: float  # gate: macro-F1 it may lose against the current champion on this test split
+    max_size_bytes: Optional[int]  # budget: largest ONNX file a champion may be (null = no limit)
+    max_latency_ms: Optional[float]  # budget: slowest speed_key latency a champion may have (null = no limit)
 
     def __post_init__(self) -> None:
         if self.max_f1_drop < 0:
@@ -336,6 +357,7 @@ class Params:
     preprocess: PreprocessParams
     train: TrainParams
     distill: DistillParams
+    prune: PruneParams
     export: ExportParams
     evaluate: EvaluateParams
     select: SelectParams

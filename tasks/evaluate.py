@@ -18,6 +18,7 @@ from tasks.core import markdown_table, read_json, run_cli, write_json, write_sum
 from tasks import plots
 from tasks.metrics import curve_points, label_curve_points, task_metrics
 from tasks.preprocess import load_split
+from tasks.quantize import agreement
 from tasks.onnx_utils import check_onnx, file_size, run_batches, session
 
 LATENCY_BATCHES = (1, 256)
@@ -121,6 +122,22 @@ def slice_report(task: str, classes: list[str], y: np.ndarray, params: EvaluateP
     return {"column": params.slice_column, "candidates": report}
 
 
+def add_int8_agreement(candidates: dict, x: np.ndarray, params: EvaluateParams) -> None:
+    """Top-1 agreement of each int8 file with its fp32 sibling on the test split
+    (for regression, the largest absolute difference of predictions)."""
+    for name in list(candidates):
+        if not name.endswith(".int8") or name.replace(".int8", ".fp32") not in candidates:
+            continue
+        int8, fp32 = (session(paths.ONNX_DIR / f"{n}.onnx", threads=params.threads)
+                      for n in (name, name.replace(".int8", ".fp32")))
+        output = int8.get_outputs()[-1].name
+        a, b = run_batches(int8, x, output=output), run_batches(fp32, x, output=output)
+        if output == "prediction":
+            candidates[name]["int8_max_abs_diff"] = float(np.abs(a - b).max())
+        else:
+            candidates[name]["int8_top1_agreement"] = agreement(b, a)
+
+
 def log_to_mlflow(all_params, candidates: dict, task: str) -> None:
     """Every candidate's scalar metrics (prefixed by its name), the report and the plots."""
     import mlflow
@@ -145,6 +162,7 @@ def main() -> None:
         name: evaluate_candidate(path, x, y, meta["classes"], params, task)
         for name, path in candidate_files(paths.ONNX_DIR).items()
     }
+    add_int8_agreement(candidates, x, params)
     for kind in CURVE_KINDS:  # DVC wants every declared plots folder, even one this task leaves empty
         (CURVES / kind).mkdir(parents=True, exist_ok=True)
     for name, result in candidates.items():

@@ -7,13 +7,13 @@ calibrated on training samples. Every file carries its own description.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from tasks import paths
 from tasks.calibration import calibrate
+from tasks.quantize import cpu_has_vnni, default_reduce_range, quantize
 from tasks.config import ExportParams, load_params
 from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table, read_json, run_cli, write_json, write_summary
 from tasks.models import Model, count_parameters, load_model
@@ -21,47 +21,9 @@ from tasks.onnx_utils import IMAGE_INPUT, TABLE_INPUT, check_onnx, input_name, o
 from tasks.preprocess import load_split
 from tasks.training import class_logits, predict_logits
 
-CANDIDATE_MODELS = ("teacher", "student")
-FLOAT_OPS = ("Softmax", "Sigmoid", "Mul", "Add")  # kept out of int8 (the input's Sub/Div normalisation is quantized)
-
-
-class _Calibration:
-    """Feeds calibration batches to onnxruntime's quantizer."""
-
-    def __init__(self, x: np.ndarray, name: str, batch_size: int = 32):
-        self._name = name
-        self._batches = iter([x[i : i + batch_size] for i in range(0, len(x), batch_size)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {self._name: batch.astype(np.float32)}
-
-
-def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, name: str, per_channel: bool) -> None:
-    """Static int8 QDQ: uint8 activations and int8 weights, the layout x86
-    VNNI kernels run fastest."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        # The output activations stay in float: quantized probabilities would come in
-        # 1/255 steps (softmax rows no longer summing to 1), ruining calibration; and
-        # a regression's scale-back to target units (Mul, Add) would round values.
-        float_ops = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type in FLOAT_OPS]
-        with atomic_path(int8_path) as out:
-            quantize_static(
-                str(prepared),
-                str(out),
-                _Calibration(calibration, name),
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=float_ops,
-            )
+def candidate_models(folder: Path) -> list[str]:
+    """Every trained model in `folder`: teacher, student, and their pruned versions."""
+    return sorted(p.stem for p in folder.glob("*.safetensors"))
 
 
 def export_candidate(
@@ -99,13 +61,19 @@ def export_candidate(
             f"{fp32}: ONNX {output} differ from PyTorch by {max_diff:.2e} on the validation set, "
             f"above export.atol={params.atol:.0e}"
         )
-    quantize_int8(fp32, int8, calibration, input_name(model), params.per_channel)
-    set_metadata(int8, {**metadata, "candidate": f"{name}.int8", "precision": "int8"})
+    reduce_range = default_reduce_range() if params.reduce_range == "auto" else params.reduce_range == "on"
+    quantization = {"mode": params.quantization, "per_channel": params.per_channel,
+                    "calibration_method": params.calibration_method, "reduce_range": reduce_range,
+                    "cpu_has_vnni": cpu_has_vnni()}
+    quantize(fp32, int8, mode=params.quantization, calibration=calibration, per_channel=params.per_channel,
+             method=params.calibration_method, reduce_range=reduce_range, input_name=input_name(model))
+    set_metadata(int8, {**metadata, "candidate": f"{name}.int8", "precision": "int8", "quantization": quantization})
     check_onnx(int8)
     return {
         **scaling,
         "parameters": count_parameters(model),
         "fp32_max_abs_diff": max_diff,
+        "quantization": quantization,
         "fp32_size_bytes": file_size(fp32),
         "int8_size_bytes": file_size(int8),
     }
@@ -155,13 +123,13 @@ def main() -> None:
         name: export_candidate(
             name, load_model(paths.MODELS / name), val, calibration, artifact_metadata(meta), params, paths.ONNX_DIR
         )
-        for name in CANDIDATE_MODELS
+        for name in candidate_models(paths.MODELS)
     }
     write_json(paths.REPORTS / "export.json", report)
     write_summary(
         "export",
         "Temperature fitted on the validation split and folded into each graph; exported fp32 "
-        "(checked against PyTorch) and static int8 QDQ:\n\n"
+        "(checked against PyTorch) and int8 (onnxruntime quantization):\n\n"
         + markdown_table([{"model": name, **figures} for name, figures in report.items()]),
     )
 

@@ -88,3 +88,20 @@ def residuals(actual: list[float], predicted: list[float], title: str, path: Pat
     right.axhline(0, ls=":", color="grey")
     right.set(xlabel="predicted", ylabel="residual (actual - predicted)", title=f"{title}: residuals")
     _save(fig, path)
+
+
+def pareto(candidates: list[dict], champion: str, quality_name: str, path: Path) -> None:
+    """Latency at batch 256 against quality, marker area by size on disk: the
+    trade-off selection walks along. The champion is ringed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    largest = max(c["size_bytes"] for c in candidates)
+    for c in candidates:
+        colour = "#dd8452" if c["precision"] == "int8" else "#4c72b0"
+        ax.scatter(c["latency_ms_b256"], c["quality"], s=40 + 600 * c["size_bytes"] / largest, color=colour,
+                   alpha=0.6, edgecolor="black" if c["name"] == champion else "none", linewidth=2)
+        ax.annotate(c["name"], (c["latency_ms_b256"], c["quality"]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set(xlabel="latency at batch 256 (ms, onnxruntime)", ylabel=quality_name,
+           title="candidates: faster is left, better is up; area = size (orange = int8)")
+    _save(fig, path)

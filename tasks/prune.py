@@ -21,6 +21,7 @@ import dataclasses
 import math
 from typing import Literal, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -224,3 +225,81 @@ def fine_tune(
         for layer in masked:
             torch_prune.remove(layer, "weight")  # weight = weight_orig * mask, a plain tensor again
     return result
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def unstructured_sweep(model: Model, amounts: tuple[float, ...], scope: str, val: tuple[np.ndarray, np.ndarray],
+                       meta: dict) -> list[dict]:
+    """Quality, sparsity and compressed size at each amount. The ONNX stays
+    dense, so onnxruntime runs it no faster: the gain is only in a compressed
+    file (gzip of the weights), which this reports honestly."""
+    import gzip
+
+    from tasks.metrics import task_metrics
+    from tasks.training import predict_logits
+
+    rows = []
+    for amount in amounts:
+        pruned = prune_unstructured(model, amount, scope)
+        weights = b"".join(p.detach().cpu().numpy().tobytes() for p in pruned.parameters())
+        scores = task_metrics(meta.get("task", "multiclass"), predict_logits(pruned, val[0]), val[1], meta["classes"])
+        rows.append({"amount": amount, "sparsity": sparsity(pruned), "val_quality": scores["quality"],
+                     "nonzero_parameters": count_nonzero_parameters(pruned),
+                     "gzip_bytes": len(gzip.compress(weights, 6)), "dense_bytes": len(weights)})
+    return rows
+
+
+def main() -> None:
+    """Structured-prune the teacher and the student, fine-tune them, and save
+    them as candidates `<model>_pruned`; sweep unstructured pruning for the report."""
+    import dataclasses
+
+    from tasks import paths
+    from tasks.config import load_params
+    from tasks.core import markdown_table, read_json, write_json, write_summary
+    from tasks.models import load_model, save_model
+    from tasks.preprocess import load_split
+    from tasks.train import as_tensors
+    from tasks.training import seed_everything, task_loss
+
+    params = load_params(paths.PARAMS)
+    prune_params = params.prune
+    meta = read_json(paths.PROCESSED / paths.META, "processed meta")
+    task = meta.get("task", "multiclass")
+    train, val = load_split("train"), load_split("val")
+    report: dict[str, dict] = {}
+    for name, fit_params in (("teacher", params.train), ("student", params.distill)):
+        model = load_model(paths.MODELS / name)
+        seed_everything(fit_params.seed)
+        pruned = prune_structured(model, prune_params.structured_amount, prune_params.norm)
+        if prune_params.fine_tune_epochs:
+            tuning = dataclasses.replace(fit_params, patience=max(1, prune_params.fine_tune_epochs))
+            fine_tune(pruned, as_tensors(*train), as_tensors(*val), task_loss(task, tuning, None), tuning,
+                      prune_params.fine_tune_epochs)
+        save_model(pruned.cpu(), paths.MODELS / f"{name}_pruned")
+        report[name] = {
+            "structured": {"amount": prune_params.structured_amount, "norm": prune_params.norm,
+                           "parameters_before": count_nonzero_parameters(model),
+                           "parameters_after": count_nonzero_parameters(pruned),
+                           "fine_tune_epochs": prune_params.fine_tune_epochs},
+            "unstructured_sweep": unstructured_sweep(model, prune_params.unstructured_amounts,
+                                                     prune_params.scope, val, meta),
+        }
+    write_json(paths.REPORTS / "pruning.json", report)
+    rows = [{"model": n, **{k: v for k, v in r["structured"].items() if k != "norm"}} for n, r in report.items()]
+    sweep = [{"model": n, **row} for n, r in report.items() for row in r["unstructured_sweep"]]
+    write_summary(
+        "prune",
+        f"Structured pruning ({prune_params.norm} norm), then fine-tuning; saved as `<model>_pruned` candidates:\n\n"
+        + markdown_table(rows)
+        + "\n\nUnstructured magnitude pruning (reported only: the ONNX stays dense, so onnxruntime gains no speed; "
+          "the gain is in a compressed file):\n\n" + markdown_table(sweep),
+    )
+
+
+if __name__ == "__main__":
+    from tasks.core import run_cli
+
+    run_cli(main)

@@ -22,7 +22,8 @@ from tasks.preprocess import load_split
 
 REFERENCE = "teacher.fp32"
 SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece_before_scaling", "ece", "mce", "r2", "rmse", "mae",
-                "size_bytes", "latency_ms_b1", "latency_ms_b256")
+                "size_bytes", "latency_ms_b1", "latency_ms_b256", "int8_top1_agreement", "int8_max_abs_diff")
+COMPRESSION_REPORT = paths.REPORTS / "compression.json"
 CHAMPION_ALIAS = "champion"
 
 
@@ -45,15 +46,21 @@ def select_champion(candidates: dict[str, dict], params: SelectParams) -> tuple[
         row["quality"] = _quality(result)
         row["f1_drop"] = reference - row["quality"]
         row["eligible"] = precision in params.precisions
-        row["qualifies"] = row["eligible"] and row["quality"] >= floor
+        within_budget = ((params.max_size_bytes is None or row["size_bytes"] <= params.max_size_bytes)
+                         and (params.max_latency_ms is None or row[params.speed_key] <= params.max_latency_ms))
+        row["within_budget"] = within_budget
+        row["qualifies"] = row["eligible"] and within_budget and row["quality"] >= floor
         table[name] = row
     qualified = [n for n, row in table.items() if row["qualifies"]]
     if not qualified:
-        rows = [{"candidate": n, **{k: r[k] for k in ("quality", "f1_drop", "eligible", params.speed_key)}}
+        rows = [{"candidate": n, **{k: r[k] for k in ("quality", "f1_drop", "eligible", "within_budget", "size_bytes",
+                                                      params.speed_key)}}
                 for n, r in table.items()]
         raise DistilleryError(
             f"no candidate qualifies: none of precision {list(params.precisions)} keeps its quality (macro-F1; "
             f"R^2 for regression) within select.max_f1_drop={params.max_f1_drop} of {REFERENCE} "
+            f"and within the size/latency budgets (select.max_size_bytes={params.max_size_bytes}, "
+            f"select.max_latency_ms={params.max_latency_ms}) "
             f"({reference:.4f}). Nothing was promoted.\n" + markdown_table(rows)
         )
     return min(qualified, key=lambda n: table[n][params.speed_key]), table
@@ -134,6 +141,25 @@ def register(path: Path, name: str, metadata: dict, scores: dict, params: Select
     return version
 
 
+def write_compression_report(champion: str, table: dict[str, dict], meta: dict) -> None:
+    """reports/compression.json and the Pareto plot: latency against quality,
+    marker area by file size."""
+    from tasks import plots
+    from tasks.onnx_utils import file_size
+
+    export = read_json(paths.REPORTS / "export.json", "export report")
+    candidates = []
+    for name, row in table.items():
+        model, precision = name.rsplit(".", 1)
+        candidates.append({"name": name, "path": str(paths.ONNX_DIR / f"{name}.onnx"), "precision": precision,
+                           "parameters": export.get(model, {}).get("parameters"),
+                           "size_bytes": file_size(paths.ONNX_DIR / f"{name}.onnx"), **row})
+    write_json(COMPRESSION_REPORT, {"champion": champion, "task": meta.get("task", "multiclass"),
+                                    "candidates": candidates})
+    plots.pareto(candidates, champion, "R^2" if meta.get("task") == "regression" else "macro-F1",
+                 paths.REPORTS / "pareto.png")
+
+
 def main() -> None:
     params = load_params(paths.PARAMS)
     evaluation = read_json(paths.EVALUATION_REPORT, "evaluation report")
@@ -171,6 +197,7 @@ def main() -> None:
             "candidates": table,
         },
     )
+    write_compression_report(champion, table, meta)
     c = table[champion]
     baseline = f"{baseline_f1:.4f}" if baseline_f1 is not None else "none comparable"
     quality_name = "R^2" if task == "regression" else "macro-F1"

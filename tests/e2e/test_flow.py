@@ -26,6 +26,7 @@ def _tiny(params: dict) -> dict:
         params[section].update(max_epochs=3, patience=2)
     params["evaluate"]["latency_repeats"] = 2
     params["export"]["calibration_samples"] = 32
+    params["prune"].update(fine_tune_epochs=1, unstructured_amounts=[0.5])
     # 3 epochs decide nothing about quality: open the selection budget and the gate.
     params["select"].update(max_f1_drop=1e9, min_macro_f1=0.0, min_r2=-1e9, max_ece=1.0, max_drop_vs_champion=1e9)
     return params
@@ -78,7 +79,8 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first = _run_flow(project)
     stages = [r["stage"] for r in first]
-    assert stages == ["ingest", "validate", "preprocess", "search", "train", "distill", "export", "evaluate", "select"]
+    assert stages == ["ingest", "validate", "preprocess", "search", "train", "distill", "prune", "export", "evaluate",
+                      "select"]
     assert all(r["ran"] for r in first)
 
     # The champion is an int8 ONNX that onnxruntime loads and that predicts.

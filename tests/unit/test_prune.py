@@ -281,3 +281,21 @@ def test_fine_tune_trains_but_keeps_the_pruned_zeros():
                                              / sum(b.numel() for b in before))
     assert set(pruned.state_dict()) == set(cnn().state_dict())  # masks removed again
     assert not math.isnan(result.best_val_loss) and np.isfinite(result.best_val_loss)
+
+
+def test_unstructured_sweep_reports_sparsity_quality_and_compressed_size():
+    import numpy as np
+
+    from tasks.models import CNN, CNNSpec
+    from tasks.prune import unstructured_sweep
+
+    torch.manual_seed(0)
+    model = CNN(CNNSpec(input_shape=(1, 8, 8), channels=(4,), hidden=8, n_classes=3, dropout=0.0, mean=(8.0,),
+                        std=(4.0,))).eval()
+    rng = np.random.default_rng(0)
+    val = (rng.uniform(0, 16, (30, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 30))
+    rows = unstructured_sweep(model, (0.25, 0.75), "global", val, {"classes": ["a", "b", "c"]})
+    assert [r["amount"] for r in rows] == [0.25, 0.75]
+    assert rows[0]["sparsity"] == pytest.approx(0.25, abs=0.01) and rows[1]["sparsity"] == pytest.approx(0.75, abs=0.01)
+    assert rows[1]["gzip_bytes"] < rows[0]["gzip_bytes"] < rows[0]["dense_bytes"]
+    assert rows[0]["dense_bytes"] == rows[1]["dense_bytes"]  # dense either way: no speed from sparsity

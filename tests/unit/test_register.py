@@ -19,7 +19,8 @@ from tasks.select import CHAMPION_ALIAS, current_champion_quality, gate_failures
 from conftest import tiny_spec
 
 SELECT = SelectParams(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256", registered_model="tiny",
-                      min_macro_f1=0.9, min_r2=0.3, max_ece=0.1, max_drop_vs_champion=0.02)
+                      min_macro_f1=0.9, min_r2=0.3, max_ece=0.1, max_drop_vs_champion=0.02,
+                      max_size_bytes=None, max_latency_ms=None)
 SCORES = {"macro_f1": 0.95, "ece": 0.02, "accuracy": 0.96}
 
 

@@ -11,7 +11,8 @@ from tasks.select import select_champion
 
 def params(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256") -> SelectParams:
     return SelectParams(max_f1_drop=max_f1_drop, precisions=precisions, speed_key=speed_key, registered_model="m",
-                        min_macro_f1=0.0, min_r2=0.0, max_ece=1.0, max_drop_vs_champion=1.0)
+                        min_macro_f1=0.0, min_r2=0.0, max_ece=1.0, max_drop_vs_champion=1.0,
+                        max_size_bytes=None, max_latency_ms=None)
 
 
 def candidate(macro_f1: float, b1: float, b256: float) -> dict:
@@ -80,7 +81,7 @@ def test_no_qualifying_candidate_fails_with_the_table(candidates):
     message = str(err.value)
     assert "Nothing was promoted" in message
     assert "select.max_f1_drop=0.001" in message
-    assert "| candidate | quality | f1_drop | eligible | latency_ms_b256 |" in message
+    assert "| candidate | quality | f1_drop | eligible | within_budget | size_bytes | latency_ms_b256 |" in message
     for name in candidates:
         assert f"| {name} |" in message
 
@@ -94,3 +95,15 @@ def test_a_missing_reference_is_refused(candidates):
     del candidates["teacher.fp32"]
     with pytest.raises(DistilleryError, match="teacher.fp32"):
         select_champion(candidates, params())
+
+
+def test_size_and_latency_budgets_exclude_candidates(candidates):
+    import dataclasses
+
+    candidates["student.int8"]["size_bytes"] = 5000  # the fastest qualifying one, made too big
+    champion, table = select_champion(candidates, dataclasses.replace(params(), max_size_bytes=2000))
+    assert champion == "teacher.int8" and not table["student.int8"]["within_budget"]
+    champion, table = select_champion(candidates, dataclasses.replace(params(), max_latency_ms=10.0))
+    assert champion == "student.int8" and not table["teacher.int8"]["within_budget"]
+    with pytest.raises(DistilleryError, match="max_size_bytes=10"):
+        select_champion(candidates, dataclasses.replace(params(), max_size_bytes=10))
