@@ -211,6 +211,40 @@ def bench_pruning(folder: Path, seconds: float) -> dict:
     }
 
 
+def bench_pipeline_champion(seconds: float) -> dict | None:
+    """The pipeline's own artifacts, when `make run` has made them: the champion
+    ONNX in onnxruntime against the fp32 teacher in torch eager, at batch 256,
+    with the macro-F1 both reached on the test split (reports/metrics.json)."""
+    import json
+
+    from tasks.models import load_model
+
+    champion, teacher_stem, metrics_file = Path("models/champion.onnx"), Path("models/teacher"), Path("reports/metrics.json")
+    if not (champion.exists() and teacher_stem.with_suffix(".json").exists() and metrics_file.exists()):
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    teacher = load_model(teacher_stem)
+    x = np.random.default_rng(0).uniform(0, 16, (256, *teacher.spec.input_shape)).astype(np.float32)
+    sess = session(champion, threads=THREADS)
+    feed = {sess.get_inputs()[0].name: x}
+    outputs = [sess.get_outputs()[-1].name]
+    tensor = torch.as_tensor(x)
+
+    def torch_teacher() -> object:
+        with torch.no_grad():
+            return teacher(tensor)
+
+    timings = Timings({"teacher_torch_eager": torch_teacher, "champion_ort": lambda: sess.run(outputs, feed)}, seconds)
+    candidates = metrics["candidates"]
+    return {
+        "champion": metrics["champion"],
+        "teacher_torch_eager_ms_b256": timings.median("teacher_torch_eager"),
+        "champion_ort_ms_b256": timings.median("champion_ort"),
+        "throughput_ratio_b256": timings.speedup("teacher_torch_eager", "champion_ort"),
+        "macro_f1_drop_points": 100 * (candidates["teacher.fp32"]["quality"] - candidates[metrics["champion"]]["quality"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0,
@@ -239,6 +273,8 @@ def main() -> None:
                 results[name] = bench_model(model, shape, pixel_max, Path(tmp), name, args.seconds, reduce_range)
         with timed(stages, "structured_pruning"):
             results["structured_pruning"] = bench_pruning(Path(tmp), args.seconds / 2)
+    with timed(stages, "pipeline_champion"):
+        results["pipeline_champion"] = bench_pipeline_champion(args.seconds / 2)
     mlp = results["reference_mlp"]
     results["targets"] = {
         "mlp_int8_vs_ort_fp32_b256 >= 2.5": mlp["b256"]["ratios"]["int8_static_vs_ort_fp32"] >= 2.5,
@@ -246,6 +282,10 @@ def main() -> None:
         "mlp_int8_size_ratio <= 0.3": mlp["size_ratio"]["int8_static"] <= 0.3,
         "pruned_50pct_speedup_b256 >= 1.3": results["structured_pruning"]["speedup_b256"] >= 1.3,
     }
+    if results["pipeline_champion"]:
+        champ = results["pipeline_champion"]
+        results["targets"]["champion_vs_teacher_torch_b256 >= 10 at <= 1 point"] = (
+            champ["throughput_ratio_b256"] >= 10 and champ["macro_f1_drop_points"] <= 1)
     results["load_average_after"] = os.getloadavg()[0]
     results["seconds"] = stages
     record("compression", results)
