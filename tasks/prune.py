@@ -262,7 +262,7 @@ def main() -> None:
     from tasks.models import load_model, save_model
     from tasks.preprocess import load_split
     from tasks.train import as_tensors
-    from tasks.training import seed_everything, task_loss
+    from tasks.training import class_weights, seed_everything, task_loss
 
     params = load_params(paths.PARAMS)
     prune_params = params.prune
@@ -276,7 +276,9 @@ def main() -> None:
         pruned = prune_structured(model, prune_params.structured_amount, prune_params.norm)
         if prune_params.fine_tune_epochs:
             tuning = dataclasses.replace(fit_params, patience=max(1, prune_params.fine_tune_epochs))
-            fine_tune(pruned, as_tensors(*train), as_tensors(*val), task_loss(task, tuning, None), tuning,
+            # The same class weighting the model was trained with, so the rare class is not given up.
+            weights = class_weights(train[1], len(meta["classes"]), getattr(fit_params, "class_weighting", "none"))
+            fine_tune(pruned, as_tensors(*train), as_tensors(*val), task_loss(task, tuning, weights), tuning,
                       prune_params.fine_tune_epochs)
         save_model(pruned.cpu(), paths.MODELS / f"{name}_pruned")
         report[name] = {
