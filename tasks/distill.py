@@ -14,13 +14,13 @@ import torch.nn.functional as F
 from tasks import paths
 from tasks.config import DistillParams, load_params
 from tasks.core import read_json, run_cli
+from tasks.metrics import class_logits
 from tasks.models import Model, build_model, load_model, spec_for
 from tasks.preprocess import load_split
 from tasks.train import TENSORBOARD, as_tensors, record_training
 from tasks.training import (
     EpochLogger,
     FitResult,
-    class_logits,
     fit,
     n_outputs,
     pick_device,

@@ -15,11 +15,13 @@ from tasks import paths
 from tasks.calibration import calibrate
 from tasks.quantize import cpu_has_vnni, default_reduce_range, quantize
 from tasks.config import ExportParams, load_params
-from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table, read_json, run_cli, write_json, write_summary
+from tasks.core import DistilleryError, git_commit, markdown_table, read_json, run_cli, write_json, write_summary
 from tasks.models import Model, count_parameters, load_model
 from tasks.onnx_utils import IMAGE_INPUT, TABLE_INPUT, check_onnx, input_name, output_names, export_onnx, file_size, run_batches, session, set_metadata
 from tasks.preprocess import load_split
-from tasks.training import class_logits, predict_logits
+from tasks.metrics import class_logits
+from tasks.training import predict_logits
+
 
 def candidate_models(folder: Path) -> list[str]:
     """Every trained model in `folder`: teacher, student, and their pruned versions."""

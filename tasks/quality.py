@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from difflib import SequenceMatcher
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd

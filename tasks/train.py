@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tasks import paths
 from tasks.config import FitParams, MlflowParams, TrainParams, load_params

@@ -15,7 +15,6 @@ from torch import nn
 
 from tasks.config import FitParams
 from tasks.core import DistilleryError
-from tasks.metrics import class_logits  # noqa: F401  (re-exported: stages import it from here)
 
 # loss_fn(logits, *targets) -> scalar; targets are the batch's tensors after x.
 LossFn = Callable[..., torch.Tensor]

@@ -4,7 +4,6 @@ checked through onnx and onnxruntime."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import onnx

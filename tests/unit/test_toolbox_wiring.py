@@ -17,7 +17,8 @@ from tasks.models import save_model
 from tasks.onnx_utils import run_batches, session
 from tasks.regularization import _unit_norms
 from tasks.train import start_from, train_teacher
-from tasks.training import class_logits, class_weights, fit, n_outputs, predict_logits, task_loss
+from tasks.metrics import class_logits
+from tasks.training import class_weights, n_outputs, predict_logits, task_loss
 
 from conftest import REPO_ROOT, params_section
 
