@@ -23,6 +23,7 @@ Endpoints (all but the two health probes need the bearer token when one is set):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import itertools
 import logging
@@ -51,6 +52,8 @@ log = logging.getLogger("deploy.app")
 JSON = b"application/json"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
+# Route labels whose refusals go to the prediction log, and the endpoint name logged.
+LOGGED_ENDPOINTS = {"/predict": "predict", "/v2/models/{name}/infer": "infer"}
 HEADERS_WANTED = frozenset((b"content-type", b"content-length", b"authorization", b"x-request-id", b"inference-header-content-length"))
 
 
@@ -170,15 +173,19 @@ class ServingApp:
         except RequestError as err:
             status, body, content_type, headers = err.status, err.body(), JSON, err.headers
             self.metrics.errors.labels(label, err.reason).inc()
+            self._log_refused(request, label, status, err.message)
         except TimeoutError:
             status, content_type, headers = 504, JSON, []
-            body = orjson.dumps({"error": f"the request took longer than {self.settings.request_timeout_s} s (DISTILLERY_SERVE_REQUEST_TIMEOUT_S)", "field": None})
+            message = f"the request took longer than {self.settings.request_timeout_s} s (DISTILLERY_SERVE_REQUEST_TIMEOUT_S)"
+            body = orjson.dumps({"error": message, "field": None})
             self.metrics.errors.labels(label, "timeout").inc()
+            self._log_refused(request, label, status, message)
         except Exception:  # a bug: answer 500, keep serving, leave a traceback in the log
             log.exception("internal error on %s %s (request id %s)", scope["method"], scope["path"], request.request_id)
             status, content_type, headers = 500, JSON, []
             body = orjson.dumps({"error": f"internal error; the server log has the details under request id {request.request_id}", "field": None})
             self.metrics.errors.labels(label, "internal").inc()
+            self._log_refused(request, label, status, "internal error")
         await send(
             {
                 "type": "http.response.start",
@@ -266,9 +273,9 @@ class ServingApp:
             outputs = await self.batcher.submit(model, parsed.x)
         finally:
             self.admission.release()
-        probabilities = outputs["probabilities"]
-        self._log(request, "predict", model, parsed.x, parsed.rows, probabilities)
-        return 200, protocol.predict_response(model, probabilities, request.request_id), JSON, []
+        answer = outputs[model.answer]
+        self._log(request, "predict", model, parsed.x, parsed.rows, answer)
+        return 200, protocol.predict_response(model, answer, request.request_id), JSON, []
 
     async def infer(self, request: Request) -> Response:
         body = await self._read_body(request, binary_ok=True)
@@ -289,14 +296,28 @@ class ServingApp:
             self.admission.release()
         if parsed.request_id and REQUEST_ID.match(parsed.request_id) and b"x-request-id" not in request.headers:
             request.request_id = parsed.request_id
-        self._log(request, "infer", model, parsed.x, None, outputs["probabilities"])
+        self._log(request, "infer", model, parsed.x, None, outputs[model.answer])
         content, headers = protocol.infer_response(model, parsed, outputs)
         return 200, content, (b"application/octet-stream" if headers else JSON), headers
 
-    def _log(self, request: Request, endpoint: str, model: Any, x: Any, rows: list | None, probabilities: Any) -> None:
-        self.predlog.append(
-            Entry(time.time(), request.request_id, endpoint, model.name, model.version, model.classes, x, rows, probabilities, (perf_counter() - request.start) * 1000)
-        )
+    def _log(self, request: Request, endpoint: str, model: Any, x: Any, rows: list | None, answer: Any) -> None:
+        self.predlog.append(Entry(
+            ts=time.time(), request_id=request.request_id, endpoint=endpoint, model_name=model.name,
+            model_version=model.version, latency_ms=(perf_counter() - request.start) * 1000, task=model.task,
+            classes=model.classes, threshold=model.metadata.threshold, x=x, rows=rows, outputs=answer,
+        ))
+
+    def _log_refused(self, request: Request, label: str, status: int, error: str) -> None:
+        """A refused prediction request is logged too, so the monitor sees the error rate."""
+        endpoint = LOGGED_ENDPOINTS.get(label)
+        model = self.manager.current
+        if endpoint is None or model is None:
+            return
+        self.predlog.append(Entry(
+            ts=time.time(), request_id=request.request_id, endpoint=endpoint, model_name=model.name,
+            model_version=model.version, latency_ms=(perf_counter() - request.start) * 1000, status=status,
+            error=error,
+        ))
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -336,19 +357,24 @@ class ServingApp:
             "inputs": [{"name": sig.input_name, "datatype": "FP32", "shape": [-1, *sig.input_shape]}],
             "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, *shape]} for name, shape in sig.outputs],
             "parameters": {
+                "task": model.task,
+                "answer": model.answer,
                 "classes": list(model.classes),
                 "kind": model.kind,
                 "sha256": model.sha256,
                 "source": model.source,
                 "loaded_at": model.loaded_at,
-                "input_spec": meta.get("input_spec"),
-                "git_commit": meta.get("git_commit"),
-                "data_hash": meta.get("data_hash"),
-                "candidate": meta.get("candidate"),
+                "input_spec": dataclasses.asdict(meta.input_spec),
+                "git_commit": meta.git_commit,
+                "data_hash": meta.data_hash,
+                "candidate": meta.candidate,
             },
         }
+        if model.task == "multilabel":
+            body["parameters"]["threshold"] = model.metadata.threshold
         if model.encoder is not None:
-            body["parameters"]["columns"] = {"numeric": model.encoder["numeric"], "categorical": model.encoder["categorical"]}
+            body["parameters"]["columns"] = {"numeric": list(model.encoder.numeric),
+                                             "categorical": {c: list(v) for c, v in model.encoder.categorical.items()}}
         return 200, orjson.dumps(body), JSON, []
 
     async def load(self, request: Request) -> Response:

@@ -10,7 +10,6 @@ ONNX artifact, and onnxruntime reads the ONNX protobuf.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -22,26 +21,15 @@ from typing import Any, Hashable
 
 import numpy as np
 
-from tasks.core import DistilleryError
+from tasks.contracts.encoder import TableEncoder
+from tasks.contracts.onnx import (TABLE_INPUT, ArtifactMetadata, Signature, Tensor, answer_output, check_outputs,
+                                  check_servable)
+from tasks.contracts.registry import SHA256_TAG
+from tasks.core.errors import DistilleryError
 
 log = logging.getLogger("deploy.model")
 
-OUTPUTS = ("logits", "probabilities")
-IMAGE_INPUT, TABLE_INPUT = "pixels", "features"
 REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
-
-
-@dataclass(frozen=True)
-class Signature:
-    """What clients depend on: the input tensor and the outputs, batch dimension left out."""
-
-    input_name: str
-    input_shape: tuple[int, ...]
-    outputs: tuple[tuple[str, tuple[int, ...]], ...]
-
-    def describe(self) -> str:
-        outs = ", ".join(f"{n}{list(s)}" for n, s in self.outputs)
-        return f"{self.input_name}[-1, {', '.join(map(str, self.input_shape))}] -> {outs}"
 
 
 @dataclass
@@ -52,10 +40,21 @@ class LoadedModel:
     source: str
     session: Any  # onnxruntime.InferenceSession
     signature: Signature
-    classes: tuple[str, ...]
-    metadata: dict[str, Any]
-    encoder: dict | None = None  # tables: tasks.preprocess.encode_table's encoder
+    metadata: ArtifactMetadata
     loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def task(self) -> str:
+        return self.metadata.task
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.metadata.classes)
+
+    @property
+    def encoder(self) -> TableEncoder | None:
+        """Tables: how raw rows become the input (the encoder training used)."""
+        return self.metadata.preprocessing.encoder
 
     @property
     def kind(self) -> str:
@@ -64,6 +63,11 @@ class LoadedModel:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.signature.outputs)
+
+    @property
+    def answer(self) -> str:
+        """The output that holds the answer (probabilities, or a regression's prediction)."""
+        return answer_output(self.task)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every output for the batch `x` (float32, C-contiguous)."""
@@ -77,26 +81,13 @@ class LoadedModel:
 # --------------------------------------------------------------------------- checks
 
 
-def _static_dims(shape: list, what: str, where: str) -> tuple[int, ...]:
-    if len(shape) < 2:
-        raise DistilleryError(f"{where}: {what} has shape {shape}; a batch dimension and at least one more are needed")
-    if isinstance(shape[0], int) and shape[0] > 0:
-        raise DistilleryError(f"{where}: {what} has a fixed batch size {shape[0]}; export it with a dynamic batch dimension")
-    rest = shape[1:]
-    if not all(isinstance(d, int) and d > 0 for d in rest):
-        raise DistilleryError(f"{where}: {what} has non-batch dimensions {rest}; they must be fixed")
-    return tuple(rest)
-
-
 def build_model(data: bytes, *, name: str, version: str, source: str, threads: int, expected_sha256: str | None = None) -> LoadedModel:
     """Check `data` (an ONNX file's bytes) and build the model to serve from it.
 
     Refused, with a DistilleryError naming `source`: a sha256 other than
-    `expected_sha256`, a file onnxruntime cannot load, inputs or outputs that are
-    not the project's contract (one float input with a dynamic batch dimension;
-    float `logits` and `probabilities` of one column per class), metadata without
-    classes (or, for tables, without the encoder), or a trial run that fails or
-    gives probabilities that are not a distribution.
+    `expected_sha256`, a file onnxruntime cannot load, metadata_props that are
+    not the artifact contract's (tasks.contracts.onnx), tensors that do not
+    match them, or a trial run whose outputs break the contract.
     """
     import onnxruntime as ort
 
@@ -114,65 +105,24 @@ def build_model(data: bytes, *, name: str, version: str, source: str, threads: i
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own Fail / InvalidGraph / InvalidProtobuf types
         raise DistilleryError(f"{source}: onnxruntime cannot load it ({type(err).__name__}: {err})") from err
-
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise DistilleryError(f"{source}: the model has {len(inputs)} inputs ({[i.name for i in inputs]}); one is expected")
-    (inp,) = inputs
-    if inp.type != "tensor(float)":
-        raise DistilleryError(f"{source}: input '{inp.name}' is {inp.type}; tensor(float) is expected")
-    input_shape = _static_dims(list(inp.shape), f"input '{inp.name}'", source)
-
-    try:
-        metadata = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-    except json.JSONDecodeError as err:
-        raise DistilleryError(f"{source}: metadata_props are not JSON-encoded ({err})") from err
-    classes = metadata.get("classes")
-    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise DistilleryError(f"{source}: metadata_props has no 'classes' (a list of class names)")
-
-    by_name = {o.name: o for o in session.get_outputs()}
-    outputs = []
-    for out_name in OUTPUTS:
-        out = by_name.get(out_name)
-        if out is None:
-            raise DistilleryError(f"{source}: the model has no '{out_name}' output (it has {sorted(by_name)})")
-        if out.type != "tensor(float)":
-            raise DistilleryError(f"{source}: output '{out_name}' is {out.type}; tensor(float) is expected")
-        shape = list(out.shape)
-        if len(shape) == 2 and not isinstance(shape[1], int):
-            shape[1] = len(classes)  # a symbolic class dimension: the trial run below checks it
-        dims = _static_dims(shape, f"output '{out_name}'", source)
-        if dims != (len(classes),):
-            raise DistilleryError(f"{source}: output '{out_name}' has shape [-1, {dims}] but there are {len(classes)} classes")
-        outputs.append((out_name, dims))
-    signature = Signature(inp.name, input_shape, tuple(outputs))
-
-    encoder = None
-    if inp.name == TABLE_INPUT:
-        encoder = (metadata.get("preprocessing") or {}).get("encoder")
-        if not isinstance(encoder, dict) or not {"numeric", "categorical", "fill_values"} <= set(encoder):
-            raise DistilleryError(f"{source}: a table model needs preprocessing.encoder in its metadata_props")
-        width = len(encoder["numeric"]) + sum(len(v) for v in encoder["categorical"].values())
-        if (width,) != input_shape:
-            raise DistilleryError(f"{source}: the encoder gives {width} features but the input takes {list(input_shape)}")
-    elif inp.name != IMAGE_INPUT:
-        raise DistilleryError(f"{source}: input '{inp.name}' is neither '{IMAGE_INPUT}' (images) nor '{TABLE_INPUT}' (tables)")
-
-    model = LoadedModel(name, version, sha256, source, session, signature, tuple(classes), metadata, encoder)
+    metadata = ArtifactMetadata.from_props(session.get_modelmeta().custom_metadata_map, source)
+    signature = check_servable(_tensors(session.get_inputs()), _tensors(session.get_outputs()), metadata, source)
+    model = LoadedModel(name, version, sha256, source, session, signature, metadata)
     _trial_run(model)
     return model
 
 
+def _tensors(args: Any) -> list[Tensor]:
+    return [Tensor(a.name, a.type, tuple(a.shape)) for a in args]
+
+
 def _trial_run(model: LoadedModel) -> None:
-    """Two rows through the session: it runs, and gives one distribution per row."""
+    """Two rows through the session: it runs, and its outputs keep the contract."""
     try:
         out = model.run(np.zeros((2, *model.signature.input_shape), np.float32))
     except Exception as err:
         raise DistilleryError(f"{model.source}: a trial run fails ({type(err).__name__}: {err})") from err
-    probs = out["probabilities"]
-    if probs.shape != (2, len(model.classes)) or not np.isfinite(probs).all() or not np.allclose(probs.sum(axis=1), 1, atol=1e-3):
-        raise DistilleryError(f"{model.source}: a trial run gives probabilities that are not one distribution per row")
+    check_outputs(model.metadata, out, 2, model.source)
 
 
 def check_compatible(candidate: LoadedModel, expected: Signature) -> None:
@@ -261,7 +211,7 @@ class RegistrySource:
             mv = self.client.get_model_version(self.registered, version)
         except Exception as err:
             raise DistilleryError(f"{where}: not found in the registry at {self.tracking_uri} ({err})") from err
-        expected = mv.tags.get("sha256")
+        expected = mv.tags.get(SHA256_TAG)
         if not expected:
             raise DistilleryError(f"{where}: the version has no sha256 tag, so the file cannot be checked; register it with tasks.select")
         with tempfile.TemporaryDirectory(prefix="distillery-serve-") as tmp:

@@ -12,13 +12,17 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
+from tasks.contracts.onnx import IMAGE_INPUT, LOGITS, PREDICTION, PROBABILITIES, TABLE_INPUT
+
+
 class Error(BaseModel):
     error: str = Field(description="what is wrong, and what to do")
     field: Optional[str] = Field(description="the JSON path (or header) at fault, e.g. inputs[0].shape; null if none")
 
 
 class TensorInput(BaseModel):
-    name: str = Field(description="the model's input: 'pixels' (images) or 'features' (tables)", examples=["pixels"])
+    name: str = Field(description=f"the model's input: '{IMAGE_INPUT}' (images) or '{TABLE_INPUT}' (tables)",
+                      examples=[IMAGE_INPUT])
     shape: list[int] = Field(description="actual sizes, batch first; no -1", examples=[[1, 1, 8, 8]])
     datatype: Literal["FP32"]
     data: Optional[list[Any]] = Field(None, description="row-major values, flat or nested to match shape")
@@ -26,7 +30,8 @@ class TensorInput(BaseModel):
 
 
 class RequestedOutput(BaseModel):
-    name: Literal["logits", "probabilities"]
+    name: Literal[LOGITS, PROBABILITIES, PREDICTION] = Field(  # type: ignore[valid-type]
+        description="classifiers and multilabel: logits, probabilities; regression: prediction")
     parameters: Optional[dict[str, Any]] = Field(None, description="binary_data: true for raw little-endian FP32 bytes")
 
 
@@ -61,14 +66,19 @@ class PredictRequest(BaseModel):
 
 
 class Prediction(BaseModel):
-    class_: str = Field(alias="class", description="the most probable class")
-    probability: float
-    probabilities: dict[str, float] = Field(description="every class's probability")
+    """One row's answer; which fields it has depends on the model's task."""
+
+    class_: Optional[str] = Field(None, alias="class", description="binary, multiclass: the most probable class")
+    probability: Optional[float] = Field(None, description="binary, multiclass: that class's probability")
+    probabilities: Optional[dict[str, float]] = Field(None, description="every class's (or label's) probability")
+    labels: Optional[list[str]] = Field(None, description="multilabel: the labels at or over the model's threshold")
+    value: Optional[float] = Field(None, description="regression: the predicted value, in the target's units")
 
 
 class PredictResponse(BaseModel):
     model_name: str
     model_version: str
+    task: Literal["binary", "multiclass", "multilabel", "regression"]
     request_id: str
     predictions: list[Prediction]
 
@@ -85,7 +95,8 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
-    parameters: dict[str, Any] = Field(description="classes, sha256, source, kind, git_commit, data_hash, loaded_at")
+    parameters: dict[str, Any] = Field(description="task, answer (the output holding it), classes, threshold "
+                                       "(multilabel), sha256, source, kind, git_commit, data_hash, loaded_at")
 
 
 class ServerMetadata(BaseModel):

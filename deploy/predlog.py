@@ -1,4 +1,6 @@
-"""The prediction log: one row per answered prediction, appended to SQLite.
+"""The prediction log's writer: every answered row, and every refused request,
+appended to SQLite in the format of tasks.contracts.predlog (which the monitor
+reads with the same code).
 
 Requests only append to an in-memory buffer (a list append under a lock); a
 background thread writes the buffer in one transaction when it is half full or
@@ -7,23 +9,6 @@ committed, and a request whose rows would overflow `max_buffer` is not logged
 (counted as dropped) rather than waiting: so a request never blocks on the log,
 and a crash (kill -9) loses at most `max_buffer` rows. A failing disk is
 logged and counted; requests go on being answered.
-
-Storage: `<log_dir>/predictions-YYYYMMDD.db` (UTC day), SQLite in WAL mode, so
-readers (the monitor flow, `sqlite3`) never block the writer. Table
-`predictions`:
-
-| column | meaning |
-|---|---|
-| ts | unix time the request was answered (seconds) |
-| request_id | X-Request-ID (sent or generated); one request can hold many rows |
-| row | index of the row in its request |
-| endpoint | predict or infer |
-| model_name, model_version | the model that answered |
-| inputs | JSON: a table row as sent; for images a summary {mean, std, min, max} |
-| predicted | the predicted class name |
-| probability | its probability |
-| probabilities | JSON list, one per class, in the model's class order |
-| latency_ms | the request's time in the server, receive to answer |
 """
 
 from __future__ import annotations
@@ -32,98 +17,16 @@ import logging
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import orjson
-
-from tasks.core import DistilleryError
+from tasks.contracts import predlog
+from tasks.contracts.predlog import Entry
+from tasks.core.errors import DistilleryError
 
 log = logging.getLogger("deploy.predlog")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    row INTEGER NOT NULL,
-    endpoint TEXT NOT NULL,
-    model_name TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    inputs TEXT NOT NULL,
-    predicted TEXT NOT NULL,
-    probability REAL NOT NULL,
-    probabilities TEXT NOT NULL,
-    latency_ms REAL NOT NULL
-);
--- The monitor reads by time window; ts grows with id, so the index costs little to keep.
-CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
-"""
-INSERT = (
-    "INSERT INTO predictions (ts, request_id, row, endpoint, model_name, model_version, inputs, predicted,"
-    " probability, probabilities, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-@dataclass
-class Entry:
-    """One answered request, as the request path hands it over: raw arrays, no
-    formatting (that happens on the writer thread)."""
-
-    ts: float
-    request_id: str
-    endpoint: str
-    model_name: str
-    model_version: str
-    classes: tuple[str, ...]
-    x: np.ndarray  # what the model ran on
-    rows: list | None  # table rows as sent (they are logged instead of the encoded x)
-    probabilities: np.ndarray
-    latency_ms: float
-
-    def __len__(self) -> int:
-        return len(self.probabilities)
-
-
-def _records(entries: list[Entry]) -> list[tuple]:
-    """The rows to insert for `entries`. Entries of one kind and class list are
-    stacked first, so that the per-row work is numpy's and orjson's: this runs
-    on the writer thread, but it holds the GIL the event loop needs."""
-    groups: dict[tuple, list[Entry]] = {}
-    for entry in entries:
-        groups.setdefault((entry.classes, entry.rows is None), []).append(entry)
-    out: list[tuple] = []
-    for (classes, summary), group in groups.items():
-        counts = np.array([len(e) for e in group])
-        if counts.max() > 1:
-            def per_row(values: list) -> list:
-                return np.repeat(np.array(values, dtype=object), counts).tolist()
-        else:
-            per_row = list
-        probs = np.concatenate([e.probabilities for e in group])
-        best = probs.argmax(axis=1)
-        if summary:
-            flat = np.concatenate([e.x.reshape(len(e.x), -1) for e in group]).astype(np.float64)
-            stats = zip(flat.mean(1).tolist(), flat.std(1).tolist(), flat.min(1).tolist(), flat.max(1).tolist())
-            inputs = [orjson.dumps({"mean": a, "std": b, "min": c, "max": d}).decode() for a, b, c, d in stats]
-        else:
-            inputs = [orjson.dumps(row).decode() for e in group for row in e.rows]
-        out += zip(
-            per_row([e.ts for e in group]),
-            per_row([e.request_id for e in group]),
-            (np.arange(len(probs)) - np.repeat(np.cumsum(counts) - counts, counts)).tolist(),
-            per_row([e.endpoint for e in group]),
-            per_row([e.model_name for e in group]),
-            per_row([e.model_version for e in group]),
-            inputs,
-            np.asarray(classes, dtype=object)[best].tolist(),
-            probs[np.arange(len(probs)), best].astype(np.float64).tolist(),
-            [orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY).decode() for p in probs],
-            per_row([e.latency_ms for e in group]),
-        )
-    return out
+__all__ = ["Entry", "PredictionLog", "read_predictions"]
 
 
 class PredictionLog:
@@ -139,7 +42,7 @@ class PredictionLog:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
-        self._day = ""
+        self._path: Path | None = None
 
     # ------------------------------------------------------------ request side
 
@@ -186,19 +89,12 @@ class PredictionLog:
             self._db.close()
             self._db = None
 
-    def _path(self, day: str) -> Path:
-        return self.folder / f"predictions-{day}.db"
-
     def _open(self) -> sqlite3.Connection:
-        day = time.strftime("%Y%m%d", time.gmtime())
-        if self._db is None or day != self._day:
+        path = predlog.file_for(self.folder, time.time())
+        if self._db is None or path != self._path:
             if self._db is not None:
                 self._db.close()
-            db = sqlite3.connect(self._path(day), check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # a committed row survives a process crash
-            db.executescript(SCHEMA)
-            self._db, self._day = db, day
+            self._db, self._path = predlog.connect(path), path
         return self._db
 
     def _loop(self) -> None:
@@ -219,11 +115,11 @@ class PredictionLog:
             return
         rows = sum(len(e) for e in pending)
         try:
-            records = _records(pending)
+            records = predlog.records(pending)
             db = self._open()
             db.execute("BEGIN")
             try:
-                db.executemany(INSERT, records)
+                db.executemany(predlog.INSERT, records)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -240,10 +136,4 @@ class PredictionLog:
 
 def read_predictions(folder: str | Path) -> list[dict[str, Any]]:
     """Every logged row in `folder`, oldest first (for tests and quick looks)."""
-    out = []
-    for path in sorted(Path(folder).glob("predictions-*.db")):
-        db = sqlite3.connect(path)  # read-write, so a WAL left by a crashed server is recovered
-        db.row_factory = sqlite3.Row
-        out += [dict(r) for r in db.execute("SELECT * FROM predictions ORDER BY id")]
-        db.close()
-    return out
+    return predlog.read_rows(folder).to_dict("records")

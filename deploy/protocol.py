@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tasks.contracts.onnx import predicted_labels
+
 BINARY_HEADER = "inference-header-content-length"
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -356,12 +358,10 @@ def parse_predict(payload: Any, model: Any, max_rows: int, maybe_bool: bool = Tr
 
 def encode_rows(rows: list, encoder: dict) -> np.ndarray:
     """Table rows {column: value} -> the model's features, through the very
-    function training used (tasks.preprocess.encode_table)."""
+    encoder training used (tasks.contracts.encoder)."""
     import pandas as pd
 
-    from tasks.preprocess import encode_table
-
-    numeric, categorical = encoder["numeric"], list(encoder["categorical"])
+    numeric, categorical = encoder.numeric, list(encoder.categorical)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise invalid(f"rows[{i}] must be an object {{column: value}}, got {_describe(row)}", f"rows[{i}]")
@@ -384,17 +384,28 @@ def encode_rows(rows: list, encoder: dict) -> np.ndarray:
     frame = pd.DataFrame({col: [row[col] for row in rows] for col in [*numeric, *categorical]})
     for col in numeric:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    return np.ascontiguousarray(encode_table(frame, encoder), dtype=np.float32)
+    return np.ascontiguousarray(encoder.encode(frame), dtype=np.float32)
 
 
-def predict_response(model: Any, probabilities: np.ndarray, request_id: str) -> bytes:
+def predictions(model: Any, answer: np.ndarray) -> list[dict[str, Any]]:
+    """One answer per row, by task: the value (regression); the labels at or over
+    the threshold and every label's probability (multilabel); the class, its
+    probability and every class's (binary, multiclass)."""
+    if model.task == "regression":
+        return [{"value": v} for v in answer.reshape(len(answer), -1)[:, 0].tolist()]
     classes = model.classes
-    best = probabilities.argmax(axis=1)
-    predictions = [
-        {"class": classes[b], "probability": row[b], "probabilities": dict(zip(classes, row))}
-        for b, row in zip(best.tolist(), probabilities)
-    ]
+    if model.task == "multilabel":
+        return [{"labels": labels, "probabilities": dict(zip(classes, row))}
+                for labels, row in zip(predicted_labels(model.metadata, answer), answer)]
+    best = answer.argmax(axis=1)
+    return [{"class": classes[b], "probability": row[b], "probabilities": dict(zip(classes, row))}
+            for b, row in zip(best.tolist(), answer)]
+
+
+def predict_response(model: Any, answer: np.ndarray, request_id: str) -> bytes:
+    """The /predict body; `answer` is the model's answer output for the rows."""
     return orjson.dumps(
-        {"model_name": model.name, "model_version": model.version, "request_id": request_id, "predictions": predictions},
+        {"model_name": model.name, "model_version": model.version, "task": model.task, "request_id": request_id,
+         "predictions": predictions(model, answer)},
         option=NUMPY,
     )

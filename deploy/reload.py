@@ -19,7 +19,7 @@ from typing import Any, Hashable
 
 from deploy.metrics import Metrics
 from deploy.model import LoadedModel, check_compatible
-from tasks.core import DistilleryError
+from tasks.core.errors import DistilleryError
 
 log = logging.getLogger("deploy.reload")
 

@@ -28,7 +28,7 @@ from deploy.metrics import Metrics
 from deploy.model import make_source
 from deploy.reload import ModelManager
 from deploy.settings import ServeSettings, describe, load_settings
-from tasks.core import run_cli
+from tasks.core.errors import run_cli
 
 log = logging.getLogger("deploy.server")
 

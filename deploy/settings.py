@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from tasks.core import DistilleryError
+from tasks.core.errors import DistilleryError
 
 PREFIX = "DISTILLERY_SERVE_"
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tasks.config import load_params
-from tasks.core import DistilleryError, run_cli
+from tasks.core.params import load_params
+from tasks.core.errors import DistilleryError, run_cli
 
 MONITOR_DEPLOYMENT = "monitor"
 LOCAL_API = "http://127.0.0.1:4200/api"

@@ -14,7 +14,7 @@ that drifted triggers the `monitor.retrain_deployment` deployment (see
 flows/deployments.py): the normal pipeline, whose select gates decide whether
 the `champion` alias moves; the server follows the alias on its own.
 
-The statistics live in tasks/drift.py; this file only wires.
+The building blocks live in tasks/monitor/; this file only wires.
 """
 
 from __future__ import annotations
@@ -32,9 +32,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from tasks import drift, paths
-from tasks.config import MlflowParams, MonitorParams, load_params
-from tasks.core import DistilleryError, markdown_table, run_cli
+from tasks.contracts import predlog
+from tasks.contracts.onnx import CLASSIFIERS
+from tasks.monitor import feedback, state as monitor_state, windows as monitor_windows
+from tasks.monitor.reference import Reference, build_reference
+from tasks.core import paths
+from tasks.core.params import MlflowParams, MonitorParams, load_params
+from tasks.core.errors import DistilleryError, run_cli
+from tasks.core.report import markdown_table
 
 # The server writes its log buffer at least every DISTILLERY_SERVE_LOG_FLUSH_INTERVAL_S
 # (1 s by default): a row answered before a window's end is on disk this long after it.
@@ -66,7 +71,7 @@ def tracking_uri(cfg: MlflowParams, root: Path) -> str:
 def settled_boundary(window_s: float) -> float:
     """Start of the current window, once rows answered before it are surely written."""
     now = time.time()
-    boundary = drift.window_boundary(now, window_s)
+    boundary = monitor_windows.window_boundary(now, window_s)
     if now - boundary < LOG_SETTLE_S:
         time.sleep(LOG_SETTLE_S - (now - boundary))
     return boundary
@@ -91,7 +96,7 @@ def window_metrics(window: dict) -> dict[str, float]:
     if prediction is not None:
         out["prediction/psi"], out["prediction/p_value"] = prediction["psi"], prediction["p_value"]
         out["prediction/drifted"] = float(prediction["drifted"])
-        for cls, share in prediction["shares"].items():
+        for cls, share in prediction.get("shares", {}).items():  # a regression's value drift has none
             out[f"prediction/share/{_key(cls)}"] = share
     for f in window["features"]:
         base = f"feature/{_key(f['feature'])}"
@@ -167,7 +172,7 @@ def trigger_retrain(name: str, reason: str) -> dict:
     return {"triggered": True, "flow_run": str(run.id), "note": f"started {name} run '{run.name}'"}
 
 
-def summary_markdown(windows: list[dict], quality: dict, reference: Optional[drift.Reference], params: MonitorParams,
+def summary_markdown(windows: list[dict], quality: dict, reference: Optional[Reference], params: MonitorParams,
                      retrain: dict, since: Optional[float], boundary: float, logged_until: Optional[float]) -> str:
     span = f"{_utc(since) if since is not None else 'the start of the log'} to {_utc(boundary)} UTC"
     lines = [f"## Production monitoring: {sum(w['operations']['rows'] for w in windows)} rows, "
@@ -210,22 +215,22 @@ def summary_markdown(windows: list[dict], quality: dict, reference: Optional[dri
 
 @task(cache_policy=NO_CACHE)
 def read_new_rows(log_dir: Path, since: Optional[float], until: float) -> pd.DataFrame:
-    return drift.read_log(log_dir, since, until)
+    return predlog.read_rows(log_dir, since, until)
 
 
 @task(cache_policy=NO_CACHE)
-def load_reference(root: Path) -> drift.Reference:
-    return drift.build_reference(root, champion=root / paths.CHAMPION)
+def load_reference(root: Path) -> Reference:
+    return build_reference(root, champion=root / paths.CHAMPION)
 
 
 @task(cache_policy=NO_CACHE)
-def analyse_windows(rows: pd.DataFrame, reference: drift.Reference, params: MonitorParams) -> list[dict]:
-    return drift.analyse(rows, reference, params)
+def analyse_windows(rows: pd.DataFrame, reference: Reference, params: MonitorParams) -> list[dict]:
+    return monitor_windows.analyse(rows, reference, params)
 
 
 @task(cache_policy=NO_CACHE)
 def score_labels(labels: pd.DataFrame, log_dir: Path, classes: list[str], ece_bins: int) -> dict:
-    return drift.quality_of_labels(labels, log_dir, classes, ece_bins)
+    return monitor_windows.quality_of_labels(labels, log_dir, classes, ece_bins)
 
 
 @task(cache_policy=NO_CACHE)
@@ -259,9 +264,9 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
     root_path = Path(root).resolve()
     cfg = load_params(root_path / params)
     m = cfg.monitor
-    window_s = drift.window_seconds(m)
+    window_s = monitor_windows.window_seconds(m)
     state_path = root_path / m.state_file
-    state = drift.read_state(state_path)
+    state = monitor_state.read_state(state_path)
     boundary = settled_boundary(window_s)
     log_dir = root_path / m.log_dir
 
@@ -271,14 +276,14 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
     new_window = state.logged_until is None or boundary > state.logged_until
     labels, seen = pd.DataFrame(), state.feedback
     if new_window:
-        labels, seen = drift.read_feedback(root_path / m.feedback_dir, state.feedback)
+        labels, seen = feedback.read_feedback(root_path / m.feedback_dir, state.feedback)
     logger.info("%d new prediction rows up to %s UTC; %d new labels", len(rows), _utc(boundary), len(labels))
 
     reference, windows, quality, run_id = None, [], {"labeled_rows": 0, "unmatched_labels": 0}, None
     if not rows.empty or not labels.empty:
         reference = load_reference(root_path)
         windows = analyse_windows(rows, reference, m)
-        if reference.task in drift.CLASSIFIERS:  # labels are class names; other tasks have no live quality yet
+        if reference.task in CLASSIFIERS:  # labels are class names; other tasks have no live quality yet
             quality = score_labels(labels, log_dir, reference.classes, cfg.evaluate.ece_bins)
         to_log = [w for w in windows if state.logged_until is None or w["start"] >= state.logged_until]
         if to_log or quality["labeled_rows"] or quality["unmatched_labels"]:
@@ -288,9 +293,9 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
                                   f"or prediction psi>{m.prediction_psi_threshold}; min_rows {m.min_rows}",
                     "window_minutes": str(m.window_minutes), "last_window_utc": _utc(boundary - window_s)}
             run_id = log_to_mlflow(tracking_uri(cfg.mlflow, root_path), m.experiment, to_log, quality,
-                                   drift.window_step(boundary - window_s, window_s), boundary, tags)
+                                   monitor_windows.window_step(boundary - window_s, window_s), boundary, tags)
     # What is in MLflow is remembered now, so a rerun after a failed trigger does not log it twice.
-    drift.write_state(state_path, drift.MonitorState(state.watermark, max(boundary, state.logged_until or boundary), seen))
+    monitor_state.write_state(state_path, monitor_state.MonitorState(state.watermark, max(boundary, state.logged_until or boundary), seen))
 
     calls = [w for w in windows if w["retrain"]]
     retrain: dict[str, Any] = {"triggered": False, "note": "not needed: no window of enough rows drifted"}
@@ -312,7 +317,7 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
         # The watermark stays: the next run judges these rows again and retries the trigger.
         logger.error("%s", failure)
         return Failed(message=str(failure), data=failure)
-    drift.write_state(state_path, drift.MonitorState(boundary, max(boundary, state.logged_until or boundary), seen))
+    monitor_state.write_state(state_path, monitor_state.MonitorState(boundary, max(boundary, state.logged_until or boundary), seen))
     return {
         "rows": len(rows),
         "windows": [{"start": w["start"], "step": w["step"], "rows": w["operations"]["rows"],

@@ -21,8 +21,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from tasks.core import EXIT_EXPECTED_FAILURE, DistilleryError, markdown_table, run_cli
-from tasks.tracking import PIPELINE_RUN_ENV
+from tasks.core.errors import EXIT_EXPECTED_FAILURE, DistilleryError, run_cli
+from tasks.core.report import markdown_table
+from tasks.core import paths
+from tasks.core.params import load_params
+from tasks.core.tracking import PIPELINE_RUN_ENV
+
+PYTHON_ENV = "DISTILLERY_PYTHON"  # read by bin/python, the interpreter of dvc.yaml's commands
 
 SUMMARIES = Path("reports/summaries")
 OUTPUT_TAIL_LINES = 40
@@ -60,10 +65,19 @@ def is_stale(root: Path, stage: str) -> bool:
 
 def _stage_env() -> dict[str, str]:
     env = dict(os.environ)
-    # dvc.yaml says `python -m tasks.<stage>`: make that the interpreter running us.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # dvc.yaml's `bin/python` runs the stages with this interpreter: the one running the flow.
+    env[PYTHON_ENV] = sys.executable
     env[PIPELINE_RUN_ENV] = str(flow_run.get_id() or "")
     return env
+
+
+def check_params(root: Path) -> None:
+    """Every section of params.yaml, the training options included, before the
+    first stage: a bad key stops the run at once (exit 2), naming it."""
+    from tasks.ml.checks import check_training_params
+
+    params = load_params(root / paths.PARAMS)
+    check_training_params(params, params.task.type, str(root / paths.PARAMS))
 
 
 def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's hook signature
@@ -114,6 +128,7 @@ def run_dvc_stage(stage: str, root: Path) -> dict:
 def pipeline(root: str = ".") -> list[dict]:
     """Run every stage of dvc.yaml in order; stale ones run, fresh ones skip."""
     root_path = Path(root).resolve()
+    check_params(root_path)
     results = [run_dvc_stage(stage, root_path) for stage in stage_order(root_path)]
     create_markdown_artifact(
         key="pipeline-summary", markdown="## Pipeline\n\n" + markdown_table(results), description="stages run or skipped"

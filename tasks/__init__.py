@@ -1,0 +1,1 @@
+"""Distillery: the pipeline's stages (tasks/<stage>.py) and their building blocks."""

@@ -17,13 +17,13 @@ from typing import Any
 
 import pandas as pd
 
-from tasks import paths
-from tasks.config import Params, load_params
-from tasks.core import DistilleryError, run_cli, write_text
-from tasks.correct import LABEL, ROW_ID
-from tasks.dataset import Dataset
-from tasks.ingest import ingest
-from tasks.validate import assess
+from tasks.core import paths
+from tasks.core.params import Params, load_params
+from tasks.core.errors import DistilleryError, run_cli
+from tasks.core.io import write_text
+from tasks.contracts.dataset import LABEL, ROW_ID, Dataset
+from tasks.data.gate import assess
+from tasks.ingest import ingest  # a tool, not a stage: it may reuse the ingest stage's function
 
 MAX_CATEGORIES = 50  # beyond this a column is free text, not a category set
 
@@ -34,9 +34,9 @@ def _expect(kind: str, severity: str = "critical", **kwargs: Any) -> dict:
 
 def profile_suite(dataset: Dataset, params: Params, name: str) -> dict:
     """A suite describing `dataset` (after corrections), with margins."""
-    corrected, typed = assess(dataset, params)
+    corrected, typed = assess(dataset, params.task.type, params.validate)
     table, report = typed.table, corrected.report
-    label = LABEL if LABEL in table.columns else "label"
+    label = LABEL
     classes = sorted(table[label].dropna().unique().tolist(), key=str)
     counts = table[label].value_counts()
     balance = report["balance"]

@@ -1,8 +1,9 @@
-"""Stage 7, evaluate: every candidate, fp32 and int8, on the test split through
+"""Stage 8, evaluate: every candidate, fp32 and int8, on the test split through
 onnxruntime, the same runtime that serves it.
 
-Quality: accuracy, macro/weighted F1, per-class report, confusion matrix, ECE.
-Cost: size on disk and median latency at batch 1 and 256, threads pinned.
+Quality: accuracy, macro/weighted F1, per-class report, confusion matrix, ECE
+(R^2 and errors for regression). Cost: size on disk and median latency at
+batch 1 and 256, threads pinned.
 """
 
 from __future__ import annotations
@@ -11,18 +12,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from tasks import paths
-from tasks.config import EvaluateParams, load_params
-from tasks.core import markdown_table, read_json, run_cli, write_json, write_summary
-from tasks import plots
-from tasks.metrics import curve_points, label_curve_points, task_metrics
-from tasks.preprocess import load_split
-from tasks.quantize import agreement
-from tasks.onnx_utils import check_onnx, file_size, run_batches, session
+from tasks.contracts.dataset import ROW_ID
+from tasks.contracts.onnx import LOGITS, PREDICTION, PROBABILITIES, answer_output
+from tasks.contracts.processed import ROW_IDS, ProcessedMeta, load_split, load_split_arrays, read_meta
+from tasks.core import paths
+from tasks.core.errors import DistilleryError, run_cli
+from tasks.core.io import write_json
+from tasks.core.params import EvaluateParams, load_params
+from tasks.core.report import markdown_table, write_summary
+from tasks.evaluation import plots
+from tasks.evaluation.metrics import curve_points, label_curve_points, task_metrics
+from tasks.onnx.quantize import agreement
+from tasks.onnx.runtime import check_artifact, file_size, run_batches, session
 
+SECTIONS = ("evaluate",)
 LATENCY_BATCHES = (1, 256)
-CURVES = paths.REPORTS / "curves"  # ROC, PR, reliability and residual data for `dvc plots`
 CURVE_KINDS = ("roc", "pr", "reliability", "residuals")
 SUMMARY_COLUMNS = ("accuracy", "macro_f1", "ece_before_scaling", "ece", "size_bytes", "latency_ms_b1", "latency_ms_b256")
 REGRESSION_COLUMNS = ("r2", "rmse", "mae", "size_bytes", "latency_ms_b1", "latency_ms_b256")
@@ -47,28 +53,32 @@ def median_latency_ms(sess, x: np.ndarray, batch: int, repeats: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, classes: list[str], params: EvaluateParams,
-                       task: str = "multiclass") -> dict:
+def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, meta: ProcessedMeta, params: EvaluateParams) -> dict:
     """Quality and cost of one ONNX file, run by onnxruntime on the test split."""
-    metadata = check_onnx(path)
+    metadata, _, _ = check_artifact(path)
+    if metadata.task != meta.task or tuple(metadata.classes) != tuple(meta.classes):
+        raise DistilleryError(f"{path}: a {metadata.task} model of classes {list(metadata.classes)}, but "
+                              f"data/processed is {meta.task} with {list(meta.classes)}; rerun export (dvc repro)")
+    task, classes = meta.task, list(meta.classes)
     sess = session(path, threads=params.threads)
     cost = {
         "size_bytes": file_size(path),
         **{f"latency_ms_b{b}": median_latency_ms(sess, x, b, params.latency_repeats) for b in LATENCY_BATCHES},
     }
     if task == "regression":
-        predicted = run_batches(sess, x, output="prediction").ravel()
+        predicted = run_batches(sess, x, output=PREDICTION).ravel()
         scores = task_metrics(task, predicted, y, classes)
         return {**scores, "residuals": {"predicted": predicted.tolist(), "actual": y.tolist()}, **cost}
-    probabilities = run_batches(sess, x)
-    scores = task_metrics(task, probabilities, y, classes, params.ece_bins, params.f_beta, probabilities=True)
+    probabilities = run_batches(sess, x, output=PROBABILITIES)
+    scores = task_metrics(task, probabilities, y, classes, params.ece_bins, params.f_beta, probabilities=True,
+                          threshold=metadata.threshold)
     # The graph divides logits by T; multiplying back recovers the uncalibrated model.
-    temperature = float(metadata.get("temperature", 1.0))
-    logits = run_batches(sess, x, output="logits") * temperature
-    uncalibrated = task_metrics(task, logits, y, classes, params.ece_bins)
+    logits = run_batches(sess, x, output=LOGITS) * metadata.temperature
+    uncalibrated = task_metrics(task, logits, y, classes, params.ece_bins, threshold=metadata.threshold)
     curves = label_curve_points(probabilities, y, classes) if task == "multilabel" else \
         curve_points(probabilities, y, classes)
-    return {**scores, "temperature": temperature, "ece_before_scaling": uncalibrated["ece"], "curves": curves, **cost}
+    return {**scores, "temperature": metadata.temperature, "ece_before_scaling": uncalibrated["ece"],
+            "curves": curves, **cost}
 
 
 def write_plots(name: str, result: dict, classes: list[str], task: str) -> None:
@@ -77,7 +87,7 @@ def write_plots(name: str, result: dict, classes: list[str], task: str) -> None:
         residuals = result.pop("residuals")
         plots.residuals(residuals["actual"], residuals["predicted"], name, paths.PLOTS / f"residuals_{name}.png")
         rows = [{"actual": a, "predicted": p} for a, p in zip(residuals["actual"], residuals["predicted"])]
-        write_json(CURVES / "residuals" / f"{name}.json", rows)
+        write_json(paths.CURVES / "residuals" / f"{name}.json", rows)
         return
     if task != "multilabel":
         plots.confusion(result["confusion_matrix"], result["confusion_matrix_normalized"], classes, name,
@@ -85,31 +95,27 @@ def write_plots(name: str, result: dict, classes: list[str], task: str) -> None:
     plots.curves(result["curves"], name, paths.PLOTS / f"curves_{name}.png")
     plots.reliability(result["reliability"], result["ece_before_scaling"], result["ece"], name,
                       paths.PLOTS / f"reliability_{name}.png")
-    write_json(CURVES / "roc" / f"{name}.json", result["curves"]["roc"])
-    write_json(CURVES / "pr" / f"{name}.json", result["curves"]["pr"])
-    write_json(CURVES / "reliability" / f"{name}.json", [b for b in result["reliability"] if b["count"]])
+    write_json(paths.CURVES / "roc" / f"{name}.json", result["curves"]["roc"])
+    write_json(paths.CURVES / "pr" / f"{name}.json", result["curves"]["pr"])
+    write_json(paths.CURVES / "reliability" / f"{name}.json", [b for b in result["reliability"] if b["count"]])
     del result["curves"]  # in reports/curves/; the report stays readable
 
 
-def slice_report(task: str, classes: list[str], y: np.ndarray, params: EvaluateParams) -> dict:
+def slice_report(meta: ProcessedMeta, y: np.ndarray, params: EvaluateParams) -> dict:
     """Metrics of every candidate per value of `evaluate.slice_column` (a column of
     the validated table): a model can be good on average and bad for one group."""
-    import pandas as pd
-
-    from tasks.core import DistilleryError, load_npz
-
+    task, classes = meta.task, list(meta.classes)
     table = pd.read_parquet(paths.VALIDATED / paths.TABLE)
     if params.slice_column not in table.columns:
         raise DistilleryError(f"params.yaml 'evaluate.slice_column': column '{params.slice_column}' is not in "
                               f"the validated table (columns: {list(table.columns)})")
-    row_ids = load_npz(paths.PROCESSED / "test.npz")["row_id"]
-    values = table.set_index("row_id").loc[row_ids, params.slice_column].astype("string").fillna("(missing)").to_numpy()
+    row_ids = load_split_arrays("test")[ROW_IDS]
+    values = table.set_index(ROW_ID).loc[row_ids, params.slice_column].astype("string").fillna("(missing)").to_numpy()
     x, _ = load_split("test")
     report: dict[str, dict] = {}
     for name, path in candidate_files(paths.ONNX_DIR).items():
         sess = session(path, threads=params.threads)
-        output = "prediction" if task == "regression" else "probabilities"
-        predicted = run_batches(sess, x, output=output)
+        predicted = run_batches(sess, x, output=answer_output(task))
         per_value = {}
         for value in sorted(set(values)):
             mask = values == value
@@ -122,29 +128,29 @@ def slice_report(task: str, classes: list[str], y: np.ndarray, params: EvaluateP
     return {"column": params.slice_column, "candidates": report}
 
 
-def add_int8_agreement(candidates: dict, x: np.ndarray, params: EvaluateParams) -> None:
+def add_int8_agreement(candidates: dict, x: np.ndarray, task: str, params: EvaluateParams) -> None:
     """Top-1 agreement of each int8 file with its fp32 sibling on the test split
     (for regression, the largest absolute difference of predictions)."""
+    output = answer_output(task)
     for name in list(candidates):
         if not name.endswith(".int8") or name.replace(".int8", ".fp32") not in candidates:
             continue
         int8, fp32 = (session(paths.ONNX_DIR / f"{n}.onnx", threads=params.threads)
                       for n in (name, name.replace(".int8", ".fp32")))
-        output = int8.get_outputs()[-1].name
         a, b = run_batches(int8, x, output=output), run_batches(fp32, x, output=output)
-        if output == "prediction":
+        if task == "regression":
             candidates[name]["int8_max_abs_diff"] = float(np.abs(a - b).max())
         else:
             candidates[name]["int8_top1_agreement"] = agreement(b, a)
 
 
-def log_to_mlflow(all_params, candidates: dict, task: str) -> None:
+def log_to_mlflow(mlflow_cfg, candidates: dict, task: str) -> None:
     """Every candidate's scalar metrics (prefixed by its name), the report and the plots."""
     import mlflow
 
-    from tasks.tracking import mlflow_run
+    from tasks.core.tracking import mlflow_run
 
-    with mlflow_run(all_params.mlflow, "evaluate", {"task": task}):
+    with mlflow_run(mlflow_cfg, "evaluate", {"task": task}):
         for name, result in candidates.items():
             mlflow.log_metrics({f"{name}.{k}": float(v) for k, v in result.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -153,27 +159,25 @@ def log_to_mlflow(all_params, candidates: dict, task: str) -> None:
 
 
 def main() -> None:
-    all_params = load_params(paths.PARAMS)
+    all_params = load_params(paths.PARAMS, SECTIONS)
     params = all_params.evaluate
-    meta = read_json(paths.PROCESSED / paths.META, "processed meta")
+    meta = read_meta()
     x, y = load_split("test")
-    task = meta.get("task", "multiclass")
-    candidates = {
-        name: evaluate_candidate(path, x, y, meta["classes"], params, task)
-        for name, path in candidate_files(paths.ONNX_DIR).items()
-    }
-    add_int8_agreement(candidates, x, params)
+    candidates = {name: evaluate_candidate(path, x, y, meta, params)
+                  for name, path in candidate_files(paths.ONNX_DIR).items()}
+    add_int8_agreement(candidates, x, meta.task, params)
     for kind in CURVE_KINDS:  # DVC wants every declared plots folder, even one this task leaves empty
-        (CURVES / kind).mkdir(parents=True, exist_ok=True)
+        (paths.CURVES / kind).mkdir(parents=True, exist_ok=True)
     for name, result in candidates.items():
-        write_plots(name, result, meta["classes"], task)
-    slices = slice_report(task, meta["classes"], y, params) if params.slice_column else None
-    write_json(paths.EVALUATION_REPORT, {"task": task, "test_rows": len(y), "threads": params.threads,
+        write_plots(name, result, list(meta.classes), meta.task)
+    slices = slice_report(meta, y, params) if params.slice_column else None
+    write_json(paths.EVALUATION_REPORT, {"task": meta.task, "test_rows": len(y), "threads": params.threads,
                                          "candidates": candidates, "slices": slices})
-    log_to_mlflow(all_params, candidates, task)
-    columns = REGRESSION_COLUMNS if task == "regression" else SUMMARY_COLUMNS
+    log_to_mlflow(all_params.mlflow, candidates, meta.task)
+    columns = REGRESSION_COLUMNS if meta.task == "regression" else SUMMARY_COLUMNS
     rows = [{"candidate": n, **{k: r[k] for k in columns}} for n, r in candidates.items()]
-    write_summary("evaluate", f"Test split: {len(y)} rows, onnxruntime with {params.threads} thread(s).\n\n" + markdown_table(rows))
+    write_summary("evaluate", f"Test split: {len(y)} rows, onnxruntime with {params.threads} thread(s).\n\n"
+                  + markdown_table(rows))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage 1, ingest: load the configured source into the canonical form.
+"""Stage 1, ingest: load the configured source into the canonical form
+(tasks.contracts.dataset).
 
 The table holds one row per sample (id, label and a per-image summary that the
 GX suite checks); the arrays hold the pixels, row-aligned with the table.
@@ -6,16 +7,18 @@ GX suite checks); the arrays hold the pixels, row-aligned with the table.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 
-from tasks import paths
-from tasks.config import DataParams, load_params
-from tasks.core import hash_arrays, run_cli, write_summary
-from tasks.dataset import Dataset, write_dataset
-from tasks.sources import ImageData, load_digits, load_quickdraw, load_table
+from tasks.contracts.dataset import IMAGES, LABEL, LABELS, ROW_ID, Dataset, DatasetMeta, write_dataset
+from tasks.core import paths
+from tasks.core.errors import run_cli
+from tasks.core.params import DataParams, load_params
+from tasks.core.provenance import hash_arrays, hash_table
+from tasks.core.report import write_summary
+from tasks.data.sources import ImageData, load_digits, load_quickdraw, load_table
+
+SECTIONS = ("data",)
 
 
 def load_source(params: DataParams) -> ImageData:
@@ -31,8 +34,8 @@ def image_table(data: ImageData) -> pd.DataFrame:
     finite = np.where(np.isfinite(flat), flat, np.nan)
     return pd.DataFrame(
         {
-            "row_id": np.arange(n, dtype=np.int64),
-            "label": data.labels,
+            ROW_ID: np.arange(n, dtype=np.int64),
+            LABEL: data.labels,
             "class_name": np.asarray(data.classes, dtype=object)[data.labels],
             "height": np.full(n, height, dtype=np.int64),
             "width": np.full(n, width, dtype=np.int64),
@@ -44,27 +47,15 @@ def image_table(data: ImageData) -> pd.DataFrame:
     )
 
 
-def hash_table(table: pd.DataFrame) -> str:
-    """Content hash of a table: column names and every value."""
-    digest = hashlib.sha256(repr(list(table.columns)).encode())
-    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
-    return digest.hexdigest()
-
-
 def ingest_table(params: DataParams) -> Dataset:
     data = load_table(params.source, params.path, params.target, params.columns, params.encoding)
     table = data.table.copy()
-    table.insert(0, "row_id", np.arange(len(table), dtype=np.int64))
-    meta = {
-        "source": params.source,
-        "kind": "tabular",
-        "origin": data.origin,
-        "target": data.target,
-        "columns": data.columns,
-        "classes": list(params.classes) if params.classes else None,
-        "rows": int(len(table)),
-        "data_hash": hash_table(table),
-    }
+    table.insert(0, ROW_ID, np.arange(len(table), dtype=np.int64))
+    meta = DatasetMeta(
+        source=params.source, kind="tabular", rows=int(len(table)), data_hash=hash_table(table),
+        classes=tuple(params.classes) if params.classes else None, origin=data.origin, target=data.target,
+        declared_types=dict(data.columns), declared_columns=tuple(params.columns),
+    )
     return Dataset(table=table, arrays={}, meta=meta)
 
 
@@ -73,34 +64,29 @@ def ingest(params: DataParams) -> Dataset:
         return ingest_table(params)
     data = load_source(params)
     table = image_table(data)
-    meta = {
-        "source": params.source,
-        "kind": "image",
-        "classes": list(data.classes),
-        "image_shape": list(data.images.shape[1:]),
-        "pixel_max": data.pixel_max,
-        "rows": int(len(table)),
-        "data_hash": hash_arrays(data.images, data.labels),
-    }
-    return Dataset(table=table, arrays={"images": data.images, "labels": data.labels}, meta=meta)
+    meta = DatasetMeta(
+        source=params.source, kind="image", rows=int(len(table)), data_hash=hash_arrays(data.images, data.labels),
+        classes=tuple(data.classes), image_shape=tuple(data.images.shape[1:]), pixel_max=data.pixel_max,
+    )
+    return Dataset(table=table, arrays={IMAGES: data.images, LABELS: data.labels}, meta=meta)
 
 
 def main() -> None:
-    params = load_params(paths.PARAMS).data
+    params = load_params(paths.PARAMS, SECTIONS).data
     dataset = ingest(params)
     write_dataset(paths.INGESTED, dataset)
     table, meta = dataset.table, dataset.meta
-    if meta["kind"] == "tabular":
-        shape = f"{len(table.columns) - 1} columns, target `{meta['target']}`"
-        counts = table[meta["target"]].value_counts(dropna=False)
+    if meta.kind == "tabular":
+        shape = f"{len(table.columns) - 1} columns, target `{meta.target}`"
+        counts = table[meta.target].value_counts(dropna=False)
     else:
-        shape = f"{len(meta['classes'])} classes, images {meta['image_shape']}"
-        counts = table["class_name"].value_counts().reindex(meta["classes"]).fillna(0).astype(int)
+        shape = f"{len(meta.classes)} classes, images {list(meta.image_shape)}"
+        counts = table["class_name"].value_counts().reindex(meta.classes).fillna(0).astype(int)
     write_summary(
         "ingest",
-        f"Loaded **{meta['rows']}** rows from `{params.source}` ({shape}).\n\n"
+        f"Loaded **{meta.rows}** rows from `{params.source}` ({shape}).\n\n"
         f"Per class (as read): {', '.join(f'{c}={n}' for c, n in counts.items())}\n\n"
-        f"Content hash: `{meta['data_hash'][:16]}`",
+        f"Content hash: `{meta.data_hash[:16]}`",
     )
 
 

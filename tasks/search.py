@@ -17,12 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from tasks import paths
-from tasks.config import SearchParams, SearchSpace, TrainParams, load_params
-from tasks.core import DistilleryError, markdown_table, read_json, run_cli, write_json, write_summary
+from tasks.core import paths
+from tasks.contracts.processed import ProcessedMeta
+from tasks.core.errors import DistilleryError, run_cli
+from tasks.core.io import write_json
+from tasks.core.params import SearchParams, SearchSpace, TrainParams, load_params
+from tasks.core.report import markdown_table, write_summary
 
-SEARCH_DIR = paths.REPORTS / "search"
-BEST_PARAMS = SEARCH_DIR / "best_params.json"
+SECTIONS = ("search", "train")
+SEARCH_DIR, BEST_PARAMS = paths.SEARCH_DIR, paths.BEST_PARAMS
 INT_KEYS = {"batch_size", "hidden", "max_epochs", "patience"}
 
 
@@ -66,15 +69,15 @@ def trial_params(base: TrainParams, values: dict[str, Any], max_epochs: int) -> 
     return dataclasses.replace(base, **{**values, "max_epochs": max_epochs})
 
 
-def run_search(train: tuple, val: tuple, meta: dict, base: TrainParams, params: SearchParams,
+def run_search(train: tuple, val: tuple, meta: ProcessedMeta, base: TrainParams, params: SearchParams,
                on_trial: Any = None) -> Any:
     """Run the study; trials are independent, so `params.parallel` run at once.
     `on_trial(number, values, score)` lets the caller log each trial."""
     import optuna
 
-    from tasks.metrics import task_metrics
-    from tasks.train import train_teacher
-    from tasks.training import predict_logits
+    from tasks.evaluation.metrics import task_metrics
+    from tasks.ml.fitting import train_teacher
+    from tasks.ml.training import predict_logits
 
     unknown = [k for k in params.space if k not in {f.name for f in dataclasses.fields(TrainParams)}]
     if unknown:
@@ -82,10 +85,8 @@ def run_search(train: tuple, val: tuple, meta: dict, base: TrainParams, params: 
 
     def objective(trial: optuna.Trial) -> float:
         values = {name: suggest(trial, name, space) for name, space in params.space.items()}
-        model, _ = train_teacher(train, val, meta, trial_params(base, values, params.max_epochs), quiet=True,
-                                 task=meta.get("task", "multiclass"))
-        task = meta.get("task", "multiclass")
-        score = task_metrics(task, predict_logits(model, val[0]), val[1], meta["classes"])["quality"]
+        model, _ = train_teacher(train, val, meta, trial_params(base, values, params.max_epochs), quiet=True)
+        score = task_metrics(meta.task, predict_logits(model, val[0]), val[1], list(meta.classes))["quality"]
         if on_trial:
             on_trial(trial.number, values, score)
         return score
@@ -108,7 +109,7 @@ def plot_parallel(study: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
     from optuna.visualization.matplotlib import plot_parallel_coordinate
 
-    from tasks.core import atomic_path
+    from tasks.core.io import atomic_path
 
     ax = plot_parallel_coordinate(study)
     fig = ax.figure
@@ -120,20 +121,22 @@ def plot_parallel(study: Any, path: Path) -> None:
 
 
 def main() -> None:
+    params = load_params(paths.PARAMS, SECTIONS)
+    SEARCH_DIR.mkdir(parents=True, exist_ok=True)
+    if not params.search.enabled:  # before the heavy imports: a disabled stage costs well under a second
+        write_json(BEST_PARAMS, {})
+        write_summary("search", "Search disabled (`search.enabled: false`): train uses params.yaml as is.")
+        return
     import threading
 
     import mlflow
 
-    from tasks.preprocess import load_split
-    from tasks.tracking import mlflow_run
+    from tasks.contracts.processed import load_split, read_meta
+    from tasks.core.tracking import mlflow_run
+    from tasks.ml.checks import check_fit_params
 
-    params = load_params(paths.PARAMS)
-    SEARCH_DIR.mkdir(parents=True, exist_ok=True)
-    if not params.search.enabled:
-        write_json(BEST_PARAMS, {})
-        write_summary("search", "Search disabled (`search.enabled: false`): train uses params.yaml as is.")
-        return
-    meta = read_json(paths.PROCESSED / paths.META, "processed meta")
+    meta = read_meta()
+    check_fit_params(params.train, "train", meta.task)
     train, val = load_split("train"), load_split("val")
     torch_threads = max(1, (os.cpu_count() or 1) // params.search.parallel)
     import torch

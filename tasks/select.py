@@ -1,30 +1,41 @@
-"""Stage 8, select and register: the accuracy-aware choice of the champion.
+"""Stage 10, select and register: the accuracy-aware choice of the champion.
 
-The champion is the fastest eligible candidate whose macro-F1 is within
-`select.max_f1_drop` of the fp32 teacher. It is copied to models/champion.onnx
-and registered in MLflow with the alias `champion`. If none qualifies, the stage
-fails, prints the table, and nothing is promoted.
+The champion is the fastest eligible candidate whose quality (macro-F1, R^2
+for regression) is within `select.max_f1_drop` of the fp32 teacher and within
+the budgets. It must pass the gate (absolute floors, and no worse than the
+current MLflow champion on this test split). Then, in this order, so that a
+crash never leaves the alias ahead of the files: it is registered in MLflow
+(unless the current champion is this very file), copied to
+models/champion.onnx, the reports are written, and last the alias `champion`
+moves (unless `select.promote` is false). If none qualifies, or the gate
+fails, the stage fails with the table and nothing is promoted.
 """
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from tasks import paths
-from tasks.config import MlflowParams, SelectParams, load_params
-from tasks.core import DistilleryError, atomic_path, git_commit, markdown_table, read_json, run_cli, sha256_file, write_json, write_summary
-from tasks.metrics import task_metrics
-from tasks.onnx_utils import check_onnx, run_batches, session
-from tasks.preprocess import load_split
+from tasks.contracts.onnx import answer_output
+from tasks.contracts.registry import CHAMPION_ALIAS, SHA256_TAG
+from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
+from tasks.core import paths
+from tasks.core.errors import DistilleryError, run_cli
+from tasks.core.io import atomic_path, read_json, write_json
+from tasks.core.params import MlflowParams, SelectParams, load_params
+from tasks.core.provenance import sha256_file
+from tasks.core.report import markdown_table, write_summary
+from tasks.evaluation.metrics import task_metrics
+from tasks.onnx.runtime import check_artifact, file_size, read_metadata, run_batches
 
+SECTIONS = ("select",)
 REFERENCE = "teacher.fp32"
 SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece_before_scaling", "ece", "mce", "r2", "rmse", "mae",
                 "size_bytes", "latency_ms_b1", "latency_ms_b256", "int8_top1_agreement", "int8_max_abs_diff")
-COMPRESSION_REPORT = paths.REPORTS / "compression.json"
-CHAMPION_ALIAS = "champion"
 
 
 def _quality(result: dict) -> float:
@@ -66,29 +77,45 @@ def select_champion(candidates: dict[str, dict], params: SelectParams) -> tuple[
     return min(qualified, key=lambda n: table[n][params.speed_key]), table
 
 
-def current_champion_quality(params: SelectParams, x: np.ndarray, y: np.ndarray, classes: list[str],
-                             task: str = "multiclass") -> float | None:
-    """Quality of the model now holding the `champion` alias, measured on this
-    test split (as TFX's evaluator compares against its baseline). None when
-    there is no champion yet, or it takes other inputs, classes or task."""
+@dataclass(frozen=True)
+class Champion:
+    """The model holding the alias now."""
+
+    version: str
+    sha256: str
+    quality: Optional[float]  # on this test split; None when it is not comparable (other task, classes, inputs)
+
+
+def current_champion(params: SelectParams, x: np.ndarray, y: np.ndarray, meta: ProcessedMeta) -> Optional[Champion]:
+    """The version now holding the `champion` alias, and its quality measured on
+    this test split (as TFX's evaluator compares against its baseline). None
+    when there is no champion yet."""
     import mlflow
+    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        folder = Path(mlflow.artifacts.download_artifacts(f"models:/{params.registered_model}@{CHAMPION_ALIAS}"))
+        version = MlflowClient().get_model_version_by_alias(params.registered_model, CHAMPION_ALIAS)
+        folder = Path(mlflow.artifacts.download_artifacts(f"models:/{params.registered_model}/{version.version}"))
     except MlflowException:
         return None
+    champion = Champion(str(version.version), version.tags.get(SHA256_TAG, ""), None)
     onnx_files = sorted(folder.glob("*.onnx"))
     if not onnx_files:
-        return None
-    metadata = check_onnx(onnx_files[0])
-    if (metadata.get("classes") != classes or metadata.get("task", "multiclass") != task
-            or metadata.get("input_spec", {}).get("shape", [None])[1:] != list(x.shape[1:])):
-        return None
-    sess = session(onnx_files[0])
-    if task == "regression":
-        return task_metrics(task, run_batches(sess, x, output="prediction").ravel(), y, classes)["quality"]
-    return task_metrics(task, run_batches(sess, x), y, classes, probabilities=True)["quality"]
+        return champion
+    try:
+        metadata, signature, sess = check_artifact(onnx_files[0])
+    except DistilleryError:  # a champion of an older contract: not comparable, and replaced if this one passes
+        return champion
+    if (tuple(metadata.classes) != meta.classes or metadata.task != meta.task
+            or tuple(signature.input_shape) != tuple(x.shape[1:])):
+        return champion
+    outputs = run_batches(sess, x, output=answer_output(meta.task))
+    if meta.task == "regression":
+        outputs = outputs.ravel()
+    quality = task_metrics(meta.task, outputs, y, list(meta.classes), probabilities=meta.task != "regression",
+                           threshold=metadata.threshold)["quality"]
+    return Champion(champion.version, champion.sha256, quality)
 
 
 def gate_failures(candidate: dict, params: SelectParams, baseline: float | None, task: str = "multiclass") -> list[str]:
@@ -108,19 +135,20 @@ def gate_failures(candidate: dict, params: SelectParams, baseline: float | None,
     return failures
 
 
-def register(path: Path, name: str, metadata: dict, scores: dict, params: SelectParams,
-             mlflow_cfg: MlflowParams, promote: bool) -> str:
+def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: SelectParams,
+             mlflow_cfg: MlflowParams, passed: bool) -> str:
     """Log the ONNX as an MLflow model and register a version, tagged with its
-    provenance and scores. Only a version that passed the gate gets the alias."""
+    provenance and scores. The alias is not touched here (see promote)."""
     import mlflow
     import onnx
     from mlflow import MlflowClient
 
-    from tasks.tracking import mlflow_run
+    from tasks.core.tracking import mlflow_run
 
-    tags = {"git_commit": metadata.get("git_commit", git_commit()), "data_hash": metadata.get("data_hash", ""),
-            "candidate": name, "sha256": sha256_file(path), "gate": "passed" if promote else "failed",
-            "quality": f"{_quality(scores):.6f}", "task": scores.get("task", "")}
+    metadata = read_metadata(path)
+    tags = {"git_commit": metadata.git_commit, "data_hash": metadata.data_hash, "candidate": name,
+            SHA256_TAG: sha256_file(path), "gate": "passed" if passed else "failed",
+            "quality": f"{_quality(scores):.6f}", "task": meta.task}
     if scores.get("ece") is not None:
         tags["ece"] = f"{scores['ece']:.6f}"
     with mlflow_run(mlflow_cfg, "select", tags):
@@ -136,81 +164,97 @@ def register(path: Path, name: str, metadata: dict, scores: dict, params: Select
     client = MlflowClient()
     for key, value in tags.items():
         client.set_model_version_tag(params.registered_model, version, key, value)
-    if promote:
-        client.set_registered_model_alias(params.registered_model, CHAMPION_ALIAS, version)
     return version
 
 
-def write_compression_report(champion: str, table: dict[str, dict], meta: dict) -> None:
+def promote(params: SelectParams, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(params.registered_model, CHAMPION_ALIAS, version)
+
+
+def write_compression_report(champion: str, table: dict[str, dict], meta: ProcessedMeta) -> None:
     """reports/compression.json and the Pareto plot: latency against quality,
     marker area by file size."""
-    from tasks import plots
-    from tasks.onnx_utils import file_size
+    from tasks.evaluation import plots
 
-    export = read_json(paths.REPORTS / "export.json", "export report")
+    export = read_json(paths.EXPORT_REPORT, "export report")
     candidates = []
     for name, row in table.items():
         model, precision = name.rsplit(".", 1)
         candidates.append({"name": name, "path": str(paths.ONNX_DIR / f"{name}.onnx"), "precision": precision,
                            "parameters": export.get(model, {}).get("parameters"),
                            "size_bytes": file_size(paths.ONNX_DIR / f"{name}.onnx"), **row})
-    write_json(COMPRESSION_REPORT, {"champion": champion, "task": meta.get("task", "multiclass"),
-                                    "candidates": candidates})
-    plots.pareto(candidates, champion, "R^2" if meta.get("task") == "regression" else "macro-F1",
-                 paths.REPORTS / "pareto.png")
+    write_json(paths.COMPRESSION_REPORT, {"champion": champion, "task": meta.task, "candidates": candidates})
+    plots.pareto(candidates, champion, "R^2" if meta.task == "regression" else "macro-F1", paths.PARETO_PLOT)
 
 
 def main() -> None:
-    params = load_params(paths.PARAMS)
+    all_params = load_params(paths.PARAMS, SECTIONS)
+    params = all_params.select
     evaluation = read_json(paths.EVALUATION_REPORT, "evaluation report")
-    meta = read_json(paths.PROCESSED / paths.META, "processed meta")
-    champion, table = select_champion(evaluation["candidates"], params.select)
+    meta = read_meta()
+    champion, table = select_champion(evaluation["candidates"], params)
     source = paths.ONNX_DIR / f"{champion}.onnx"
-    metadata = check_onnx(source)
+    check_artifact(source)
 
-    from tasks.tracking import configure
+    from tasks.core.tracking import configure
 
-    configure(params.mlflow)
+    configure(all_params.mlflow)
     x, y = load_split("test")
-    task = meta.get("task", "multiclass")
-    baseline_f1 = current_champion_quality(params.select, x, y, meta["classes"], task)
-    failures = gate_failures(table[champion], params.select, baseline_f1, task)
-    version = register(source, champion, metadata, table[champion], params.select, params.mlflow, not failures)
+    current = current_champion(params, x, y, meta)
+    baseline = current.quality if current is not None else None
+    failures = gate_failures(table[champion], params, baseline, meta.task)
     if failures:
+        version = register(source, champion, table[champion], meta, params, all_params.mlflow, passed=False)
         raise DistilleryError(
             f"evaluation gate failed for {champion} (registered as version {version} without the "
             f"'{CHAMPION_ALIAS}' alias; nothing promoted):\n  - " + "\n  - ".join(failures)
         )
+    sha256 = sha256_file(source)
+    unchanged = current is not None and current.sha256 == sha256
+    version = current.version if unchanged else register(source, champion, table[champion], meta, params,
+                                                         all_params.mlflow, passed=True)
     with atomic_path(paths.CHAMPION) as tmp:
         shutil.copyfile(source, tmp)
+    moves = params.promote and not unchanged
     write_json(
         paths.METRICS,
         {
             "champion": champion,
             "reference": REFERENCE,
-            "max_f1_drop": params.select.max_f1_drop,
-            "speed_key": params.select.speed_key,
-            "registered_model": params.select.registered_model,
+            "max_f1_drop": params.max_f1_drop,
+            "speed_key": params.speed_key,
+            "registered_model": params.registered_model,
             "registered_version": version,
-            "task": task,
-            "previous_champion_quality": baseline_f1,
+            "promoted": bool(params.promote),
+            "task": meta.task,
+            "previous_champion_quality": baseline,
             "candidates": table,
         },
     )
     write_compression_report(champion, table, meta)
     c = table[champion]
-    baseline = f"{baseline_f1:.4f}" if baseline_f1 is not None else "none comparable"
-    quality_name = "R^2" if task == "regression" else "macro-F1"
+    quality_name = "R^2" if meta.task == "regression" else "macro-F1"
     ece = f", ECE {c['ece']:.4f}" if c.get("ece") is not None else ""
+    if unchanged:
+        registry = f"Same file as `{params.registered_model}` version {version}, already `{CHAMPION_ALIAS}`: no new version."
+    elif moves:
+        registry = f"Registered as `{params.registered_model}` version {version} with alias `{CHAMPION_ALIAS}`."
+    else:
+        registry = (f"Registered as `{params.registered_model}` version {version}; the alias `{CHAMPION_ALIAS}` "
+                    "did not move (`select.promote: false`).")
     write_summary(
         "select",
-        f"Champion **{champion}** (fastest by {params.select.speed_key} within {params.select.max_f1_drop} "
+        f"Champion **{champion}** (fastest by {params.speed_key} within {params.max_f1_drop} "
         f"{quality_name} of {REFERENCE}): {quality_name} {c['quality']:.4f}{ece}, {c['size_bytes']:,} bytes, "
         f"{c['latency_ms_b1']:.3f} ms at batch 1, {c['latency_ms_b256']:.3f} ms at batch 256.\n\n"
-        f"Gate passed (previous champion on this test split: {baseline}). Registered as "
-        f"`{params.select.registered_model}` version {version} with alias `{CHAMPION_ALIAS}`.\n\n"
+        f"Gate passed (previous champion on this test split: "
+        f"{f'{baseline:.4f}' if baseline is not None else 'none comparable'}). {registry}\n\n"
         + markdown_table([{"candidate": n, **r} for n, r in table.items()]),
     )
+    if moves:  # last: production follows the alias, so everything it points at is written first
+        promote(params, version)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.config import FitParams
-from tasks.core import DistilleryError
+from tasks.core.params import FitParams
+from tasks.core.errors import DistilleryError
 
 # loss_fn(logits, *targets) -> scalar; targets are the batch's tensors after x.
 LossFn = Callable[..., torch.Tensor]
@@ -59,6 +59,7 @@ def class_weights(labels: np.ndarray, n_classes: int, scheme: str) -> Optional[t
 
 DEFAULT_LOSS = {"multiclass": "ce", "binary": "bce", "multilabel": "bce", "regression": "mse"}
 SINGLE_LOGIT_LOSSES = ("bce", "focal")  # a binary task with these has one sigmoid output
+PROBABILITY_TARGET_LOSSES = ("ce_onehot", "kl_div")  # they take a distribution per row, not a label
 
 
 def loss_name(task: str, params: FitParams) -> str:
@@ -76,7 +77,7 @@ def n_outputs(task: str, params: FitParams, n_classes: int) -> int:
 def task_loss(task: str, params: FitParams, weights: Optional[torch.Tensor]) -> LossFn:
     """The configured loss for `task` (the course default when `auto`), with the
     class weights where the loss takes them."""
-    from tasks.losses import make_loss
+    from tasks.ml.losses import make_loss
 
     name = loss_name(task, params)
     options = dict(params.loss_options)
@@ -90,6 +91,8 @@ def task_loss(task: str, params: FitParams, weights: Optional[torch.Tensor]) -> 
         elif name == "bce" and task == "multilabel":
             options.setdefault("pos_weight", weights)  # per label: negatives / positives
     loss = make_loss(name, task, **options)
+    if name in PROBABILITY_TARGET_LOSSES:  # integer labels become one-hot rows
+        return lambda logits, y: loss(logits, torch.nn.functional.one_hot(y.long(), logits.shape[1]).to(logits.dtype))
     if task == "binary" and name in SINGLE_LOGIT_LOSSES:
         return lambda logits, y: loss(logits, y.to(logits.dtype).view(-1, 1))
     if task in ("regression", "multilabel"):
@@ -122,7 +125,7 @@ def _set_trainable(model: nn.Module, frozen: tuple[str, ...], trainable: bool) -
 
 
 def make_stopper(params: FitParams):
-    from tasks.stopping import CorrelationStopping, EarlyStopping
+    from tasks.ml.stopping import CorrelationStopping, EarlyStopping
 
     if params.stopping == "correlation":
         return CorrelationStopping(window=params.correlation_window, threshold=params.correlation_threshold,
@@ -151,8 +154,8 @@ def fit(
     penalties), learning-rate schedule, stopping rule."""
     from tqdm.auto import tqdm
 
-    from tasks.optim import clip_gradients, make_optimizer, make_scheduler, step_scheduler
-    from tasks.regularization import ActivationRegularizer, apply_constraint, weight_penalty
+    from tasks.ml.optim import clip_gradients, make_optimizer, make_scheduler, step_scheduler
+    from tasks.ml.regularization import ActivationRegularizer, apply_constraint, weight_penalty
 
     device = next(model.parameters()).device
     train = tuple(t.to(device) for t in train)

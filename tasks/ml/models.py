@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tasks.config import FitParams
-from tasks.core import DistilleryError, atomic_path, write_json
+from tasks.contracts.processed import ProcessedMeta
+from tasks.core.params import FitParams
+from tasks.core.errors import DistilleryError
+from tasks.core.io import atomic_path, write_json
 
 
 @dataclass(frozen=True)
@@ -163,30 +165,29 @@ def load_model(stem: str | Path) -> Model:
     return model.eval()
 
 
-def spec_for(meta: dict, params: FitParams, outputs: int | None = None) -> CNNSpec | MLPSpec:
-    """The architecture for the processed data described by `meta` (preprocess's
-    meta.json): a CNN for images, an MLP for tables, with `outputs` logits
-    (default: one per class)."""
-    outputs = outputs or max(1, len(meta["classes"]))
-    if meta.get("kind") == "tabular":
+def spec_for(meta: ProcessedMeta, params: FitParams, outputs: int | None = None) -> CNNSpec | MLPSpec:
+    """The architecture for the processed data described by `meta`: a CNN for
+    images, an MLP for tables, with `outputs` logits (default: one per class)."""
+    outputs = outputs or max(1, meta.n_classes)
+    if meta.kind == "tabular":
         return MLPSpec(
-            n_features=int(meta["input_shape"][0]),
+            n_features=int(meta.input_shape[0]),
             layers=tuple(params.mlp_layers),
             n_classes=outputs,
             dropout=params.dropout,
-            mean=tuple(meta["mean"]),
-            std=tuple(meta["std"]),
+            mean=tuple(meta.mean),
+            std=tuple(meta.std),
             batch_norm=params.batch_norm,
-            target_mean=float(meta.get("target_mean", 0.0)),
-            target_std=float(meta.get("target_std", 1.0)),
+            target_mean=meta.target_mean,
+            target_std=meta.target_std,
         )
     return CNNSpec(
-        input_shape=tuple(meta["input_shape"]),
+        input_shape=tuple(meta.input_shape),
         channels=tuple(params.channels),
         hidden=params.hidden,
         n_classes=outputs,
         dropout=params.dropout,
-        mean=tuple(meta["mean"]),
-        std=tuple(meta["std"]),
+        mean=tuple(meta.mean),
+        std=tuple(meta.std),
         batch_norm=params.batch_norm,
     )

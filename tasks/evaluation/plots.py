@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core import atomic_path
+from tasks.core.io import atomic_path
 
 
 def _pyplot() -> Any:

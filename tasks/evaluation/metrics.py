@@ -218,7 +218,7 @@ def _binary_decisions(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
 
 
 def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, names: list[str], n_bins: int = 15,
-                       beta: float = 1.0) -> dict:
+                       beta: float = 1.0, threshold: float = 0.5) -> dict:
     """Per-label scores and the micro, macro, weighted and samples averages;
     subset accuracy and Hamming loss; per-label ROC AUC and average precision;
     calibration pooled over all label decisions."""
@@ -234,7 +234,7 @@ def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, names: list[str], 
     )
 
     truth = labels.astype(np.int64)
-    predicted = (probs >= 0.5).astype(np.int64)
+    predicted = (probs >= threshold).astype(np.int64)  # the served rule (tasks.contracts.onnx.predicted_labels)
     averages = {}
     for average in ("micro", "macro", "weighted", "samples"):
         precision, recall, f1, _ = precision_recall_fscore_support(truth, predicted, average=average, zero_division=0)
@@ -262,7 +262,7 @@ def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, names: list[str], 
 
 
 def task_metrics(task: str, outputs: np.ndarray, targets: np.ndarray, classes: list[str], n_bins: int = 15,
-                 beta: float = 1.0, probabilities: bool = False) -> dict:
+                 beta: float = 1.0, probabilities: bool = False, threshold: float = 0.5) -> dict:
     """The metrics of `task` for raw model `outputs` (logits, or probabilities
     when `probabilities`), with `quality`: the one number selection compares
     (macro-F1, or R^2 for regression)."""
@@ -271,7 +271,7 @@ def task_metrics(task: str, outputs: np.ndarray, targets: np.ndarray, classes: l
         return {**scores, "quality": scores["r2"]}
     if task == "multilabel":
         probs = outputs if probabilities else sigmoid(outputs)
-        scores = multilabel_metrics(probs, targets, classes, n_bins, beta)
+        scores = multilabel_metrics(probs, targets, classes, n_bins, beta, threshold)
     else:
         probs = outputs if probabilities else softmax(class_logits(outputs))
         scores = classification_metrics(probs, targets, classes, n_bins, beta)

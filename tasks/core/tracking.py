@@ -6,8 +6,8 @@ import os
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-from tasks.config import MlflowParams
-from tasks.core import git_commit
+from tasks.core.params import MlflowParams
+from tasks.core.provenance import git_commit
 
 # The Prefect flow sets this so every stage's MLflow run can be traced to it.
 PIPELINE_RUN_ENV = "DISTILLERY_PIPELINE_RUN"

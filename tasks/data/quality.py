@@ -228,7 +228,7 @@ def plot_missingness(df: pd.DataFrame, path: Any, max_rows: int = 1000) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks.core import atomic_path
+    from tasks.core.io import atomic_path
 
     sample = df if len(df) <= max_rows else df.sample(max_rows, random_state=0).sort_index()
     present = sample.notna().to_numpy()
@@ -256,7 +256,7 @@ def plot_balance(counts: dict[str, int], path: Any) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tasks.core import atomic_path
+    from tasks.core.io import atomic_path
 
     ordered = sorted(counts.items(), key=lambda kv: -kv[1])
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(ordered) + 2), 3.2))

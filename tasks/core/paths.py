@@ -25,3 +25,16 @@ PLOTS = REPORTS / "plots"
 TABLE = "table.parquet"
 ARRAYS = "arrays.npz"
 META = "meta.json"
+
+SUMMARIES = REPORTS / "summaries"  # one Markdown summary per stage (also the flow's Prefect artifacts)
+DATA_DOCS = REPORTS / "data_docs"
+DATA_QUALITY_REPORT = REPORTS / "data_quality.json"
+QUALITY_PLOTS = REPORTS / "quality"  # class balance and missingness matrix
+SEARCH_DIR = REPORTS / "search"
+BEST_PARAMS = SEARCH_DIR / "best_params.json"  # the search's best train values, applied by train
+EXPORT_REPORT = REPORTS / "export.json"
+PRUNING_REPORT = REPORTS / "pruning.json"
+COMPRESSION_REPORT = REPORTS / "compression.json"
+CURVES = REPORTS / "curves"  # ROC, PR, reliability and residual data for `dvc plots`
+PARETO_PLOT = REPORTS / "pareto.png"
+TENSORBOARD = Path("runs")  # `tensorboard --logdir runs`: live per-epoch curves

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tasks.metrics import expected_calibration_error, sigmoid, softmax
+from tasks.evaluation.metrics import expected_calibration_error, sigmoid, softmax
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 100, kind: str = "softmax") -> float:

@@ -1,22 +1,21 @@
-"""params.yaml, read once into frozen typed objects.
+"""params.yaml, read once into frozen typed objects (tasks.core.config parses).
 
-Each stage owns one section. Unknown keys, missing keys and wrong types are
-rejected with a message that names the file and the dotted key.
+Each stage owns one section and declares the sections it reads (`SECTIONS` in
+its module); `load_params(path, SECTIONS)` hands it only those, so a stage
+cannot read a key that dvc.yaml does not list for it (tests/unit/test_dag.py
+holds the two together). The checks here need no ML library; the options of
+losses, optimisers, schedules and constraints are checked by
+tasks.ml.checks, which the training stages and the flow call on load.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
-import yaml
-
-from tasks.core import DistilleryError
+from tasks.core.config import load_yaml, parse
 
 PARAMS_FILE = "params.yaml"
 
@@ -153,10 +152,6 @@ class FitParams:
     correlation_threshold: float  # stop when the correlation falls below this
 
     def __post_init__(self) -> None:
-        from tasks.losses import LOSS_TASKS, loss_options
-        from tasks.optim import check_optimizer_options, check_scheduler_options
-        from tasks.regularization import check_constraint_options
-
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError("channels must be a non-empty list of positive ints")
         if not self.mlp_layers or any(c < 1 for c in self.mlp_layers):
@@ -173,21 +168,6 @@ class FitParams:
             raise ValueError("patience must be >= 1")
         if self.correlation_window < 3 or not -1 <= self.correlation_threshold <= 1:
             raise ValueError("correlation_window must be >= 3 and correlation_threshold in [-1, 1]")
-        if self.loss != "auto":
-            if self.loss not in LOSS_TASKS:
-                raise ValueError(f"loss: unknown loss '{self.loss}' (known: auto, {', '.join(LOSS_TASKS)})")
-            unknown = [k for k in self.loss_options if k not in loss_options(self.loss)]
-            if unknown:
-                raise ValueError(f"loss_options: '{unknown[0]}' is not an option of loss '{self.loss}' "
-                                 f"(options: {sorted(loss_options(self.loss))})")
-            if "gamma" in self.loss_options and self.loss_options["gamma"] < 0:
-                raise ValueError("loss_options.gamma must be >= 0")
-        check_optimizer_options(self.optimizer, self.lr, **self.optimizer_options)
-        schedule = dict(self.schedule_options)
-        if self.schedule == "cosine":
-            schedule.setdefault("t_max", self.max_epochs)
-        check_scheduler_options(self.schedule, **schedule)
-        check_constraint_options(self.constraint, **self.constraint_options)
 
 
 @dataclass(frozen=True)
@@ -238,10 +218,13 @@ class ExportParams:
     calibration_method: Literal["minmax", "entropy", "percentile"]  # static: how activation ranges are set
     reduce_range: Literal["auto", "on", "off"]  # 7-bit weights; auto = on where the CPU lacks VNNI
     calibration_bins: int  # confidence bins for the ECE check that guards the temperature
+    label_threshold: float  # multilabel: a label is predicted when its probability reaches this
 
     def __post_init__(self) -> None:
         if self.calibration_samples < 1:
             raise ValueError("calibration_samples must be >= 1")
+        if not 0 < self.label_threshold < 1:
+            raise ValueError("label_threshold must lie in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -269,6 +252,7 @@ class SelectParams:
     max_drop_vs_champion: float  # gate: macro-F1 it may lose against the current champion on this test split
     max_size_bytes: Optional[int]  # budget: largest ONNX file a champion may be (null = no limit)
     max_latency_ms: Optional[float]  # budget: slowest speed_key latency a champion may have (null = no limit)
+    promote: bool  # move the champion alias when the gate passes (false: register only, e.g. in experiments)
 
     def __post_init__(self) -> None:
         if self.max_f1_drop < 0:
@@ -366,16 +350,7 @@ class Params:
     mlflow: MlflowParams = field(metadata={"doc": "tracking only; not a stage input"})
 
     def __post_init__(self) -> None:
-        from tasks.losses import check_loss_task
-
-        # Checks across sections: the loss must fit the task.
-        for section in ("train", "distill"):
-            loss = getattr(self, section).loss
-            if loss != "auto":
-                try:
-                    check_loss_task(loss, self.task.type)
-                except ValueError as err:
-                    raise ValueError(f"{section}.loss: {err} (task.type is '{self.task.type}')") from err
+        # Checks across sections (the loss against the task is tasks.ml.checks').
         student, teacher = self.distill, self.train
         if (sum(student.channels) > sum(teacher.channels) or student.hidden > teacher.hidden
                 or sum(student.mlp_layers) > sum(teacher.mlp_layers)):
@@ -388,97 +363,35 @@ class Params:
             raise ValueError("task.type 'multilabel' is wired for data.source 'digits' (labels: even, large, loop)")
 
 
-# --------------------------------------------------------------------------- parsing
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    path = Path(path)
-    if not path.exists():
-        raise DistilleryError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise DistilleryError(f"{path}: not valid YAML ({err})") from err
-    return parse(Params, raw, str(path))
+# --------------------------------------------------------------------------- loading
+
+# Read by every stage that tracks, but not a stage input: not in dvc.yaml.
+TRACKING_SECTIONS = ("mlflow",)
 
 
-def parse(cls: type, raw: Any, source: str, key: str = "") -> Any:
-    """Build dataclass `cls` from `raw`, strictly; errors name `source` and the key."""
-    return _convert(cls, raw, source, key)
+class StageParams:
+    """The sections of `Params` one stage declared; any other raises, so what a
+    stage reads is what it declares (and what dvc.yaml lists for it)."""
+
+    def __init__(self, params: Params, sections: Sequence[str], source: str):
+        unknown = [s for s in sections if not hasattr(params, s)]
+        if unknown:
+            raise ValueError(f"no params section {unknown} (sections: {list(Params.__dataclass_fields__)})")
+        self._params, self._sections, self._source = params, tuple(sections), source
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._sections or name in TRACKING_SECTIONS:
+            return getattr(self._params, name)
+        raise AttributeError(f"{self._source}: section '{name}' is not among this stage's SECTIONS "
+                             f"{list(self._sections)}; declare it there and list its keys in dvc.yaml")
 
 
-def _fail(source: str, key: str, message: str) -> DistilleryError:
-    where = f"'{key}'" if key else "the top level"
-    return DistilleryError(f"{source}: {where}: {message}")
-
-
-def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
-    if tp is Any:  # free-form options, checked by the component that takes them
-        return value
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build_dataclass(tp, value, source, key)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        (inner,) = [t for t in options if t is not type(None)]
-        return _convert(inner, value, source, key)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise _fail(source, key, f"must be one of {list(allowed)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise _fail(source, key, f"must be a list, got {type(value).__name__} {value!r}")
-        (item_type, _ellipsis) = typing.get_args(tp)
-        return tuple(_convert(item_type, v, source, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _fail(source, key, f"must be a mapping, got {type(value).__name__} {value!r}")
-        key_type, value_type = typing.get_args(tp)
-        return {
-            _convert(key_type, k, source, f"{key}.{k}"): _convert(value_type, v, source, f"{key}.{k}")
-            for k, v in value.items()
-        }
-    return _scalar(tp, value, source, key)
-
-
-def _scalar(tp: type, value: Any, source: str, key: str) -> Any:
-    # bool is an int in Python; never let `true` pass as 1 or 1 as true.
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif tp is str:
-        ok = isinstance(value, str)
-    else:  # pragma: no cover - a typo in this file, not in params
-        raise TypeError(f"unsupported params type {tp}")
-    if not ok:
-        raise _fail(source, key, f"must be {tp.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _build_dataclass(cls: type, value: Any, source: str, key: str) -> Any:
-    if not isinstance(value, dict):
-        raise _fail(source, key, f"must be a mapping, got {type(value).__name__} {value!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    prefix = f"{key}." if key else ""
-    unknown = [k for k in value if k not in names]
-    if unknown:
-        raise _fail(source, f"{prefix}{unknown[0]}", f"unknown key (allowed here: {', '.join(names)})")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [n for n in required if n not in value]
-    if missing:
-        raise _fail(source, f"{prefix}{missing[0]}", "missing key")
-    kwargs = {n: _convert(hints[n], value[n], source, f"{prefix}{n}") for n in names if n in value}
-    try:
-        return cls(**kwargs)
-    except ValueError as err:
-        raise _fail(source, key, str(err)) from err
+def load_params(path: str | Path = PARAMS_FILE, sections: Optional[Sequence[str]] = None) -> Any:
+    """Every section of `path`, parsed and checked (a bad key anywhere stops any
+    stage), as `Params`; or, given `sections`, a view of only those."""
+    params = parse(Params, load_yaml(path, "params file"), str(path))
+    return params if sections is None else StageParams(params, sections, str(path))

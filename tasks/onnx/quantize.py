@@ -26,8 +26,8 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from tasks.core import atomic_path
-from tasks.onnx_utils import IMAGE_INPUT
+from tasks.core.io import atomic_path
+from tasks.contracts.onnx import IMAGE_INPUT
 
 Mode = Literal["static", "dynamic"]
 Method = Literal["minmax", "entropy", "percentile"]
@@ -37,7 +37,7 @@ METHODS = ("minmax", "entropy", "percentile")
 PERCENTILE = 99.99  # percentile calibration clips activation ranges to this percentile of |x|
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 # Kept out of int8: the output activations (probabilities) and a regression's
-# scale-back to target units (Mul, Add), as in tasks/export.py.
+# scale-back to target units (Mul, Add), as in tasks/onnx/export.py.
 FLOAT_OPS = ("Softmax", "Sigmoid", "Mul", "Add")
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.config import DigitsParams, QuickDrawParams
-from tasks.core import DistilleryError
+from tasks.contracts.dataset import LABEL, ROW_ID
+from tasks.core.params import DigitsParams, QuickDrawParams
+from tasks.core.errors import DistilleryError
 
 QUICKDRAW_SIDE = 28
 
@@ -193,6 +194,6 @@ def load_table(source: str, path: str | None, target: str | None, columns: dict[
         raise DistilleryError(
             f"{file}: target column '{target}' not found (params.yaml 'data.target'); columns: {list(table.columns)}"
         )
-    if "row_id" in table.columns or "label" in table.columns:
-        raise DistilleryError(f"{file}: columns 'row_id' and 'label' are reserved; rename them in the file")
+    if ROW_ID in table.columns or LABEL in table.columns:
+        raise DistilleryError(f"{file}: columns '{ROW_ID}' and '{LABEL}' are reserved; rename them in the file")
     return TableData(table=table, target=target, columns={**declared, **columns}, origin=str(file))

@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks import quality
-from tasks.config import ValidateParams
+from tasks.contracts.dataset import LABEL, ROW_ID
+from tasks.core.params import ValidateParams
+from tasks.data import quality
 
-ROW_ID = "row_id"
-LABEL = "label"
 FEATURE_TYPES = ("numeric", "categorical")
 TEXTUAL_TYPES = ("categorical", "text")
 
@@ -62,10 +61,11 @@ def infer_types(
     return types, observed
 
 
-def correct_table(raw: pd.DataFrame, meta: dict, params: ValidateParams) -> Corrected:
+def correct_table(raw: pd.DataFrame, target: str, declared: dict[str, str], task: str,
+                  params: ValidateParams) -> Corrected:
     """The tabular path: missing tokens, numbers with units, category variants,
-    outliers, duplicates and near-duplicates, class balance."""
-    target = meta["target"]
+    outliers, duplicates and near-duplicates, class balance. `declared` holds the
+    declared column types (the rest are inferred)."""
     issues: dict[int, list[str]] = {}
     table = raw.copy()
     corrections: dict[str, Any] = {}
@@ -84,7 +84,7 @@ def correct_table(raw: pd.DataFrame, meta: dict, params: ValidateParams) -> Corr
     corrections["missing_tokens"] = token_counts
 
     parsed = {col: _parsed(table, col) for col in table.columns if col not in (ROW_ID, target)}
-    types, observed = infer_types(table, meta.get("columns", {}), target, parsed)
+    types, observed = infer_types(table, declared, target, parsed)
     representation: dict[str, Any] = {}
     coerced, variants_fixed = {}, {}
     for col, declared in types.items():
@@ -100,7 +100,7 @@ def correct_table(raw: pd.DataFrame, meta: dict, params: ValidateParams) -> Corr
     # The target becomes `label`: a number for regression (units stripped, words
     # quarantined), else a class name with the same folding and synonyms.
     target_entry: dict[str, Any] = {"declared": "target", "observed": quality.observed_type(table[target])}
-    regression = meta.get("task") == "regression"
+    regression = task == "regression"
     if regression:
         target_entry.update(_numeric_column(table, target, _parsed(table, target), params, issues, coerced))
     else:

@@ -1,0 +1,176 @@
+"""The table encoder: raw typed rows in, the float matrix a table model takes
+out. Training (preprocess) and serving (deploy/) call the same `encode`, with
+the same fitted state, so a served row is encoded exactly as a training row.
+
+Numeric columns are imputed by the fitted method, then categorical columns are
+one-hot encoded (an unseen or missing category is all zeros). The imputers'
+fitted state is plain numbers, never a pickle:
+
+- mean / median / most_frequent: one fill value per numeric column;
+- knn: the k nearest training rows by the NaN-aware Euclidean distance, their
+  mean (scikit-learn's KNNImputer, uniform weights); the training rows travel
+  in the state, base64 float64;
+- iterative: scikit-learn's IterativeImputer with its default BayesianRidge,
+  which is linear: a sequence of (feature, the features it is predicted from,
+  coefficients, intercept), applied in order after a mean fill.
+
+The fit lives in tasks/data/encoding.py; this module has no scikit-learn.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import pandas as pd
+
+from tasks.core.errors import DistilleryError
+
+ImputeMethod = Literal["mean", "median", "most_frequent", "knn", "iterative"]
+
+
+@dataclass(frozen=True)
+class IterativeStep:
+    """One round-robin step: column `feature` := X[:, predictors] @ coef + intercept, clipped."""
+
+    feature: int  # index into the numeric columns
+    predictors: tuple[int, ...]
+    coef: tuple[float, ...]
+    intercept: float
+
+
+@dataclass(frozen=True)
+class Imputer:
+    method: ImputeMethod
+    fill_values: dict[str, float]  # per numeric column: the statistic (mean/median/mode; knn: the mean)
+    neighbors: int = 0  # knn: k
+    donors: Optional[str] = None  # knn: the training rows of the numeric columns, base64 float64 (NaN = missing)
+    steps: tuple[IterativeStep, ...] = ()  # iterative: the fitted sequence, in order
+    low: tuple[float, ...] = ()  # iterative: per column, the clip range of imputed values (-inf/inf: none)
+    high: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method == "knn" and (self.neighbors < 1 or self.donors is None):
+            raise ValueError("a knn imputer needs neighbors >= 1 and its donors")
+
+    def impute(self, x: np.ndarray, columns: tuple[str, ...]) -> np.ndarray:
+        """`x` (rows x numeric columns, NaN = missing) with every gap filled."""
+        x = np.array(x, dtype=np.float64)
+        if x.size == 0:
+            return x
+        fill = np.array([self.fill_values[c] for c in columns], dtype=np.float64)
+        missing = np.isnan(x)
+        if self.method == "knn":
+            x = knn_impute(x, self.donor_matrix(len(columns)), self.neighbors, fill)
+        elif self.method == "iterative":
+            x = self._iterative(x, missing, fill)
+        # The statistic for whatever is left (every gap, for the simple methods).
+        return np.where(np.isnan(x), fill, x)
+
+    def _iterative(self, x: np.ndarray, missing: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        filled = np.where(missing, fill, x)
+        for step in self.steps:
+            rows = missing[:, step.feature]
+            if rows.any():
+                value = filled[np.ix_(rows, step.predictors)] @ np.asarray(step.coef) + step.intercept
+                filled[rows, step.feature] = np.clip(value, self.low[step.feature], self.high[step.feature])
+        return filled
+
+    @functools.cached_property
+    def _donors(self) -> np.ndarray:
+        return np.frombuffer(base64.b64decode(self.donors or ""), dtype="<f8")
+
+    def donor_matrix(self, width: int) -> np.ndarray:
+        flat = self._donors
+        if width == 0 or flat.size % width:
+            raise DistilleryError(f"the knn imputer's donors ({flat.size} values) do not fit {width} numeric columns")
+        return flat.reshape(-1, width)
+
+
+def encode_matrix(x: np.ndarray) -> str:
+    """A float64 matrix as the base64 text an Imputer carries."""
+    return base64.b64encode(np.ascontiguousarray(x, dtype="<f8").tobytes()).decode("ascii")
+
+
+def nan_euclidean(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pairwise distances over the coordinates both rows have, scaled up by
+    (all coordinates / present ones): scikit-learn's nan_euclidean_distances.
+    NaN where two rows share no coordinate."""
+    px, py = ~np.isnan(x), ~np.isnan(y)
+    x0, y0 = np.where(px, x, 0.0), np.where(py, y, 0.0)
+    # sum over shared coordinates of (a - b)^2 = a^2 [b present] - 2ab + b^2 [a present]
+    squared = (x0 * x0) @ py.T - 2 * x0 @ y0.T + px @ (y0 * y0).T
+    present = px.astype(np.float64) @ py.T.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        distances = np.sqrt(np.maximum(squared, 0.0) * x.shape[1] / present)
+    distances[present == 0] = np.nan
+    return distances
+
+
+def knn_impute(x: np.ndarray, donors: np.ndarray, k: int, fallback: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Each gap of `x` := the mean of that column over the k nearest donors that
+    have it (scikit-learn's KNNImputer, uniform weights). A row that shares no
+    coordinate with any such donor gets `fallback` (the column's training mean)."""
+    out = x.copy()
+    donor_has = ~np.isnan(donors)
+    rows = np.flatnonzero(np.isnan(x).any(axis=1))
+    for start in range(0, len(rows), chunk):  # bounded memory: chunk x donors distances at a time
+        part = rows[start : start + chunk]
+        distances = nan_euclidean(x[part], donors)
+        for col in range(x.shape[1]):
+            receivers = np.flatnonzero(np.isnan(x[part, col]))
+            candidates = np.flatnonzero(donor_has[:, col])
+            if receivers.size == 0:
+                continue
+            if candidates.size == 0:
+                out[part[receivers], col] = fallback[col]
+                continue
+            d = distances[np.ix_(receivers, candidates)]
+            n = min(k, candidates.size)
+            nearest = np.argpartition(d, n - 1, axis=1)[:, :n]
+            nearest_d = np.take_along_axis(d, nearest, axis=1)
+            values = donors[candidates[nearest], col]
+            weights = (~np.isnan(nearest_d)).astype(np.float64)
+            with np.errstate(invalid="ignore"):
+                mean = (values * weights).sum(axis=1) / weights.sum(axis=1)
+            out[part[receivers], col] = np.where(np.isnan(nearest_d).all(axis=1), fallback[col], mean)
+    return out
+
+
+@dataclass(frozen=True)
+class TableEncoder:
+    numeric: tuple[str, ...]  # numeric feature columns, in model order
+    categorical: dict[str, tuple[str, ...]]  # categorical column -> its training categories, in model order
+    imputer: Imputer
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The raw columns a row must carry (null for a gap)."""
+        return (*self.numeric, *self.categorical)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The encoded features, as the model sees them."""
+        return (*self.numeric, *(f"{c}={v}" for c, values in self.categorical.items() for v in values))
+
+    @property
+    def width(self) -> int:
+        return len(self.numeric) + sum(len(v) for v in self.categorical.values())
+
+    def encode(self, rows: pd.DataFrame) -> np.ndarray:
+        """Raw typed rows -> the float32 matrix the model takes: numeric gaps
+        imputed, categories one-hot. Training and serving both call this."""
+        missing = [c for c in self.columns if c not in rows.columns]
+        if missing:
+            raise DistilleryError(f"input rows lack the feature columns {missing}")
+        blocks = []
+        if self.numeric:
+            numeric = rows[list(self.numeric)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+            blocks.append(self.imputer.impute(numeric, self.numeric).astype(np.float32))
+        for col, categories in self.categorical.items():
+            values = rows[col].astype("string").fillna("\x00").to_numpy(dtype=object)
+            blocks.append((values[:, None] == np.asarray(categories, dtype=object)[None, :]).astype(np.float32))
+        return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(rows), 0), np.float32)

@@ -1,0 +1,284 @@
+"""The data-quality gate's building blocks (the validate stage wires them):
+
+1. Measure the four dimensions (representation, completeness, uniqueness,
+   balance) and apply the corrections params.yaml allows (tasks/data/correct.py).
+2. Run the dataset's Great Expectations suite through a GX checkpoint, which
+   also builds Data Docs.
+3. Rows that a correction could not save, or that fail a critical row-level
+   expectation, go to quarantine with their reasons; every other row is
+   validated. rows_in == rows_valid + rows_quarantined, always.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from tasks.contracts.dataset import IMAGES, LABEL, REASON, ROW_ID, Dataset, DatasetMeta
+from tasks.core import paths
+from tasks.core.errors import DistilleryError
+from tasks.core.io import read_json
+from tasks.core.params import ValidateParams
+from tasks.core.report import markdown_table
+from tasks.data.correct import Corrected, correct_images, correct_table
+
+
+@dataclass
+class ValidationOutcome:
+    success: bool
+    results: list[dict[str, Any]]
+    reasons: dict[int, list[str]] = field(default_factory=dict)  # row_id -> failed critical checks
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if not r["success"] and r["severity"] == "critical"]
+
+    @property
+    def warnings(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if not r["success"] and r["severity"] != "critical"]
+
+
+def load_suite(path: str | Path) -> dict:
+    suite = read_json(path, "GX expectation suite")
+    if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
+        raise DistilleryError(f"{path}: a GX suite needs a 'name' and an 'expectations' list")
+    return suite
+
+
+def _describe(config: Any) -> str:
+    column = config.kwargs.get("column")
+    return f"{config.type}({column})" if column else config.type
+
+
+def _severity(config: Any) -> str:
+    return str(getattr(config, "severity", None) or "critical").split(".")[-1].lower()
+
+
+def run_suite(
+    table: pd.DataFrame, suite: dict, parameters: dict[str, Any], docs_dir: Optional[Path] = None
+) -> ValidationOutcome:
+    """Run `suite` on `table` through a GX checkpoint and collect per-row
+    failures of critical expectations. With `docs_dir`, GX builds Data Docs there."""
+    import great_expectations as gx
+
+    import expectations.custom  # noqa: F401  registers the project's expectations
+
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # stage logs stay readable
+    batch = (
+        context.data_sources.add_pandas("distillery")
+        .add_dataframe_asset("table")
+        .add_batch_definition_whole_dataframe("whole table")
+    )
+    body = {k: v for k, v in suite.items() if k in ("name", "expectations", "meta", "notes")}
+    try:
+        gx_suite = context.suites.add(gx.ExpectationSuite(**body))
+    except Exception as err:  # GX raises several types for a malformed suite
+        raise DistilleryError(f"GX suite '{suite.get('name')}' is not valid: {err}") from err
+    # GX logs and drops an expectation whose type it does not know instead of
+    # raising; a gate that silently skips a check must stop instead.
+    if len(gx_suite.expectations) != len(suite["expectations"]):
+        known = {e.expectation_type for e in gx_suite.expectations}
+        dropped = sorted({str(e.get("type")) for e in suite["expectations"] if isinstance(e, dict)} - known)
+        raise DistilleryError(f"GX suite '{suite.get('name')}' is not valid: unknown expectation types {dropped}")
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="gate", data=batch, suite=gx_suite)
+    )
+    actions = []
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            site_name="reports",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(Path(docs_dir).resolve()),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["reports"]))
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="gate",
+            validation_definitions=[definition],
+            actions=actions,
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
+        )
+    )
+    run = checkpoint.run(batch_parameters={"dataframe": table}, expectation_parameters=parameters)
+
+    results: list[dict[str, Any]] = []
+    reasons: dict[int, list[str]] = {}
+    for validation in run.run_results.values():
+        for result in validation.results:
+            config = result.expectation_config
+            info = result.exception_info or {}
+            detail = result.result or {}
+            severity = _severity(config)
+            results.append(
+                {
+                    "expectation": config.type,
+                    "column": config.kwargs.get("column"),
+                    "kwargs": {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")},
+                    "severity": severity,
+                    "success": bool(result.success),
+                    "observed_value": detail.get("observed_value"),
+                    "details": detail.get("details"),
+                    "unexpected_count": detail.get("unexpected_count"),
+                    "exception": info.get("exception_message") if info.get("raised_exception") else None,
+                }
+            )
+            if severity == "critical":
+                for row in detail.get("unexpected_index_list") or []:
+                    reasons.setdefault(int(row[ROW_ID]), []).append(_describe(config))
+    outcome = ValidationOutcome(success=True, results=results, reasons=reasons)
+    outcome.success = not outcome.failed
+    return outcome
+
+
+def split_quarantine(dataset: Dataset, reasons: dict[int, list[str]]) -> tuple[Dataset, Dataset]:
+    """Split rows into (valid, quarantined); every row lands in exactly one."""
+    row_ids = dataset.table[ROW_ID].to_numpy()
+    bad = np.isin(row_ids, np.fromiter(reasons, dtype=np.int64, count=len(reasons)))
+
+    def subset(mask: np.ndarray) -> Dataset:
+        return Dataset(
+            table=dataset.table[mask].reset_index(drop=True),
+            arrays={k: v[mask] for k, v in dataset.arrays.items()},
+            meta=dataset.meta.replace(rows=int(mask.sum())),
+        )
+
+    quarantined = subset(bad)
+    quarantined.table[REASON] = ["; ".join(reasons[int(r)]) for r in quarantined.table[ROW_ID]]
+    return subset(~bad), quarantined
+
+
+def merge_reasons(*sources: dict[int, list[str]]) -> dict[int, list[str]]:
+    merged: dict[int, list[str]] = {}
+    for source in sources:
+        for row_id, why in source.items():
+            merged.setdefault(row_id, []).extend(why)
+    return merged
+
+
+def classes_of(corrected: Corrected, meta: DatasetMeta, task: str) -> tuple[str, ...]:
+    """Declared classes if any, else the labels found (sorted, so stable); none
+    for a regression target."""
+    if task == "regression":
+        return ()
+    if meta.classes:
+        return tuple(meta.classes)
+    return tuple(sorted(corrected.table[LABEL].dropna().astype(str).unique().tolist()))
+
+
+def suite_parameters(meta: DatasetMeta, table: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Values the suites refer to as {"$PARAMETER": name}, taken from the data's own meta."""
+    if meta.kind == "image":
+        return {"class_labels": list(range(len(meta.classes or ())))}
+    declared = list(meta.declared_columns)
+    observed = list(table.columns) if table is not None else []
+    return {
+        "class_labels": list(meta.classes or ()),
+        "expected_columns": [ROW_ID, LABEL, *declared] if declared else observed,
+    }
+
+
+def assess(dataset: Dataset, task: str, params: ValidateParams) -> tuple[Corrected, Dataset]:
+    """Measure and correct for task type `task`; return the corrections and the
+    corrected dataset, its meta typed (task, classes, column types, features)."""
+    meta = dataset.meta.replace(task=task)
+    if meta.kind == "tabular":
+        corrected = correct_table(dataset.table, meta.target, meta.declared_types, task, params)
+        types = corrected.column_types
+        meta = meta.replace(classes=classes_of(corrected, meta, task), column_types=types,
+                            features=tuple(c for c, t in types.items() if t in ("numeric", "categorical")))
+        return corrected, Dataset(table=corrected.table, arrays=dataset.arrays, meta=meta)
+    corrected = correct_images(dataset.table, dataset.arrays[IMAGES], params)
+    return corrected, Dataset(table=dataset.table, arrays=dataset.arrays, meta=meta)
+
+
+def failure_message(outcome: ValidationOutcome, suite_path: Path) -> str:
+    lines = [f"data validation failed ({suite_path}); these critical expectations failed:"]
+    for r in outcome.failed:
+        what = f"{r['expectation']}" + (f" on column '{r['column']}'" if r["column"] else "")
+        if r["exception"]:
+            seen = r["exception"]
+        elif r["unexpected_count"]:
+            seen = f"{r['unexpected_count']} unexpected rows"
+        else:
+            seen = f"observed {r['observed_value']}"
+        mismatched = (r.get("details") or {}).get("mismatched")
+        if mismatched:
+            seen += f" (mismatched columns: {mismatched})"
+        lines.append(f"  - {what}: {seen}")
+    lines.append(f"details: {paths.VALIDATION_REPORT}; Data Docs: {paths.DATA_DOCS / 'index.html'}")
+    return "\n".join(lines)
+
+
+def quality_summary(report: dict) -> str:
+    """The four dimensions in a few lines, for the Prefect artifact."""
+    balance, unique = report["balance"], report["uniqueness"]
+    completeness = report["completeness"]
+    if report["kind"] == "tabular":
+        missing = {c: f"{v['fraction']:.1%}" for c, v in completeness["columns"].items() if v["missing"]}
+        rows_missing = completeness["rows_with_missing"]
+        variants = {c: len(e.get("variants", [])) for c, e in report["representation"]["columns"].items() if e.get("variants")}
+        representation = f"category variants {variants or 'none'}; corrections {report['corrections']}"
+    else:
+        missing = {"pixels": completeness["missing_pixels"]}
+        rows_missing = completeness["images_with_missing_pixels"]
+        representation = f"shapes {report['representation']['shapes']}, value range {report['representation']['value_range']}"
+    ratio = balance["imbalance_ratio"]
+    if "target" in balance:
+        t = balance["target"]
+        balance_text = f"target mean {t['mean']:.4g}, std {t['std']:.4g}, skew {t['skew']:.2f}, range [{t['min']:.4g}, {t['max']:.4g}]"
+    elif ratio:
+        balance_text = (f"imbalance ratio {ratio:.2f}, normalised entropy {balance['normalized_entropy']:.3f}, "
+                        f"gini {balance['gini']:.3f}")
+    else:
+        balance_text = "no labels"
+    return markdown_table(
+        [
+            {"dimension": "representation", "finding": representation},
+            {"dimension": "completeness", "finding": f"rows with a missing value: {rows_missing}; missing: {missing or 'none'}"},
+            {"dimension": "uniqueness", "finding": f"duplicate rows {unique['duplicate_rows']}, near-duplicates "
+             f"{unique.get('near_duplicate_rows', unique.get('near_duplicate_images'))}"},
+            {"dimension": "balance", "finding": balance_text},
+        ]
+    )
+
+
+@dataclass
+class GateResult:
+    report: dict[str, Any]  # the four dimensions and the corrections
+    outcome: ValidationOutcome
+    valid: Dataset
+    quarantined: Dataset
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return {
+            "success": self.outcome.success,
+            "rows_in": len(self.valid.table) + len(self.quarantined.table),
+            "rows_valid": len(self.valid.table),
+            "rows_quarantined": len(self.quarantined.table),
+        }
+
+
+def gate(dataset: Dataset, task: str, params: ValidateParams, suite: dict,
+         docs_dir: Optional[Path] = None) -> GateResult:
+    """Measure, correct, run the suite, and split the rows into valid and quarantined."""
+    corrected, typed = assess(dataset, task, params)
+    parameters = suite_parameters(typed.meta, typed.table)
+    outcome = run_suite(typed.table, suite, parameters, docs_dir)
+    valid, quarantined = split_quarantine(typed, merge_reasons(corrected.row_issues, outcome.reasons))
+    return GateResult(report=corrected.report, outcome=outcome, valid=valid, quarantined=quarantined)
+
+

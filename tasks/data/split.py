@@ -1,0 +1,73 @@
+"""The train/val/test split and train-split resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks.core.errors import DistilleryError
+from tasks.core.params import PreprocessParams
+
+
+def split_indices(labels: np.ndarray, params: PreprocessParams) -> dict[str, np.ndarray]:
+    """Stratified split: each class keeps its share in every split."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(labels)
+    too_small = [c for c, n in enumerate(counts) if 0 < n < 3]
+    if too_small:
+        raise DistilleryError(
+            f"classes {too_small} have fewer than 3 validated samples; a stratified "
+            "train/val/test split needs at least one of each per split"
+        )
+    idx = np.arange(len(labels))
+    holdout = params.val_fraction + params.test_fraction
+    try:
+        train, rest = train_test_split(idx, test_size=holdout, stratify=labels, random_state=params.seed)
+        val, test = train_test_split(
+            rest,
+            test_size=params.test_fraction / holdout,
+            stratify=labels[rest],
+            random_state=params.seed,
+        )
+    except ValueError as err:  # sklearn: a class too small to reach every split at these fractions
+        raise DistilleryError(
+            f"cannot split the per-class counts {counts.tolist()} with preprocess.val_fraction="
+            f"{params.val_fraction} and preprocess.test_fraction={params.test_fraction} ({err}); "
+            "collect more samples of the rare classes"
+        ) from err
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def resample_train(x: np.ndarray, y: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random over/under-sampling or SMOTE, on the train split only: validation
+    and test keep the real class mix so their metrics stay honest."""
+    if method == "none":
+        return x, y
+    from imblearn.over_sampling import SMOTE, RandomOverSampler
+    from imblearn.under_sampling import RandomUnderSampler
+
+    flat = x.reshape(len(x), -1)
+    if method == "smote":
+        rarest = int(np.bincount(y)[np.bincount(y) > 0].min())
+        if rarest < 2:
+            raise DistilleryError("preprocess.resample=smote needs at least 2 train samples of every class")
+        sampler = SMOTE(k_neighbors=min(5, rarest - 1), random_state=seed)
+    elif method == "over":
+        sampler = RandomOverSampler(random_state=seed)
+    else:
+        sampler = RandomUnderSampler(random_state=seed)
+    flat_out, y_out = sampler.fit_resample(flat, y)
+    return flat_out.reshape(-1, *x.shape[1:]).astype(np.float32), y_out.astype(np.int64)
+
+
+def class_counts(splits: dict[str, dict[str, np.ndarray]], n_classes: int) -> dict[str, list[int]]:
+    return {name: np.bincount(s["y"], minlength=n_classes).tolist() for name, s in splits.items()}
+
+
+def label_counts(splits: dict[str, dict[str, np.ndarray]], n_classes: int, task: str) -> dict[str, list]:
+    """Per split: samples per class, positives per label (multilabel), or rows (regression)."""
+    if task == "multilabel":
+        return {name: s["y"].sum(axis=0).astype(int).tolist() for name, s in splits.items()}
+    if task == "regression":
+        return {name: [len(s["y"])] for name, s in splits.items()}
+    return class_counts(splits, n_classes)

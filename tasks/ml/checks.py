@@ -1,0 +1,76 @@
+"""The training sections' ML options, checked when a stage reads params.yaml:
+loss names and options and their fit with the task, optimisers, schedules and
+weight constraints. tasks.core.params checks types and ranges without torch;
+these checks need the components themselves, so they live beside them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.core.errors import DistilleryError
+from tasks.core.params import FitParams
+from tasks.ml.losses import LOSS_TASKS, check_loss_task, loss_options
+from tasks.ml.optim import OPTIMIZER_OPTIONS, SCHEDULER_OPTIONS, check_optimizer_options, check_scheduler_options
+from tasks.ml.regularization import CONSTRAINTS, check_constraint_options
+
+# Losses that take no class weights: with them, a weighting scheme would be
+# silently ignored, so it is refused instead.
+UNWEIGHTED_LOSSES = ("kl_div", "mse", "mae", "huber", "log_cosh", "quantile", "poisson")
+
+
+def check_fit_params(params: FitParams, section: str, task: str, source: str = "params.yaml") -> None:
+    """Raise DistilleryError naming `source` and `<section>.<key>` unless every
+    option of `params` is one its component accepts, for task type `task`."""
+
+    def fail(key: str, message: str) -> DistilleryError:
+        return DistilleryError(f"{source}: '{section}.{key}': {message}")
+
+    if params.loss != "auto":
+        if params.loss not in LOSS_TASKS:
+            raise fail("loss", f"unknown loss '{params.loss}' (known: auto, {', '.join(LOSS_TASKS)})")
+        try:
+            check_loss_task(params.loss, task)
+        except ValueError as err:
+            raise fail("loss", f"{err} (task.type is '{task}')") from err
+        allowed = loss_options(params.loss)
+        for option in params.loss_options:
+            if option not in allowed:
+                raise fail(f"loss_options.{option}", f"not an option of loss '{params.loss}' (options: {sorted(allowed)})")
+        weighting = getattr(params, "class_weighting", "none")
+        if params.loss in UNWEIGHTED_LOSSES and weighting != "none" and task != "regression":
+            raise fail("class_weighting", f"loss '{params.loss}' takes no class weights; set "
+                                          f"{section}.class_weighting: none, or choose ce, ce_onehot, focal or bce")
+    _check(fail, "loss_options", lambda: _loss_option_values(params, task))
+    schedule = dict(params.schedule_options)
+    if params.schedule == "cosine":
+        schedule.setdefault("t_max", params.max_epochs)
+    for name, known, check in (
+        ("optimizer", OPTIMIZER_OPTIONS, lambda: check_optimizer_options(params.optimizer, params.lr,
+                                                                         **params.optimizer_options)),
+        ("schedule", SCHEDULER_OPTIONS, lambda: check_scheduler_options(params.schedule, **schedule)),
+        ("constraint", CONSTRAINTS, lambda: check_constraint_options(params.constraint, **params.constraint_options)),
+    ):
+        # An unknown name is the name's fault; anything else, its options'.
+        _check(fail, name if getattr(params, name) not in known else f"{name}_options", check)
+
+
+def _loss_option_values(params: FitParams, task: str) -> None:
+    from tasks.ml.losses import make_loss
+    from tasks.ml.training import loss_name
+
+    make_loss(loss_name(task, params), task, **params.loss_options)
+
+
+def _check(fail: Any, key: str, check: Any) -> None:
+    try:
+        check()
+    except (ValueError, TypeError) as err:
+        raise fail(key, str(err)) from err
+
+
+def check_training_params(params: Any, task: str, source: str = "params.yaml") -> None:
+    """Both training sections (the teacher's and the student's), as the flow
+    checks them before the first stage."""
+    check_fit_params(params.train, "train", task, source)
+    check_fit_params(params.distill, "distill", task, source)
+

@@ -1,0 +1,85 @@
+"""Knowledge distillation (Hinton et al. 2015): a smaller student learns from
+the teacher's softened outputs.
+
+Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * hard loss.
+The T^2 factor keeps the soft term's gradients on the same scale as the hard
+term's when T changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tasks.contracts.processed import ProcessedMeta
+from tasks.core.params import DistillParams
+from tasks.evaluation.metrics import class_logits
+from tasks.ml.fitting import as_tensors
+from tasks.ml.models import Model, build_model, spec_for
+from tasks.ml.training import EpochLogger, FitResult, fit, n_outputs, pick_device, predict_logits, seed_everything, task_loss
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    hard = F.cross_entropy(student_logits, y)
+    return alpha * temperature**2 * soft + (1 - alpha) * hard
+
+
+def distill_student(
+    teacher: torch.nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    meta: ProcessedMeta,
+    params: DistillParams,
+    on_epoch: EpochLogger | None = None,
+    tensorboard_dir: str | None = None,
+) -> tuple[Model, FitResult]:
+    seed_everything(params.seed)
+    task = meta.task
+    device = pick_device()
+    teacher = teacher.to(device)
+    # The teacher is frozen: its outputs are computed once, not every epoch. As
+    # class logits, a binary sigmoid teacher distils like any softmax one.
+    single_label = task in ("multiclass", "binary")
+    teacher_train = predict_logits(teacher, train[0])
+    teacher_val = predict_logits(teacher, val[0])
+    if single_label:
+        teacher_train, teacher_val = class_logits(teacher_train), class_logits(teacher_val)
+    student = build_model(spec_for(meta, params, n_outputs(task, params, meta.n_classes))).to(device)
+    hard_loss = task_loss(task, params, None)
+
+    def loss_fn(outputs: torch.Tensor, teacher_outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if single_label:
+            soft = distillation_loss(class_logits_tensor(outputs), teacher_outputs, y, params.temperature, alpha=1.0)
+        elif task == "multilabel":
+            # Each label is its own two-class problem: BCE against the teacher's softened sigmoid.
+            t = params.temperature
+            soft = t**2 * F.binary_cross_entropy_with_logits(outputs / t, torch.sigmoid(teacher_outputs / t))
+        else:  # regression: regress on the teacher's predictions
+            soft = F.mse_loss(outputs, teacher_outputs)
+        return params.alpha * soft + (1 - params.alpha) * hard_loss(outputs, y)
+
+    result = fit(
+        student,
+        as_tensors(train[0], teacher_train, train[1]),
+        as_tensors(val[0], teacher_val, val[1]),
+        loss_fn,
+        params,
+        on_epoch,
+        desc="student",
+        tensorboard_dir=tensorboard_dir,
+    )
+    return student, result
+
+
+def class_logits_tensor(logits: torch.Tensor) -> torch.Tensor:
+    """torch twin of training.class_logits: [0, z] for a single binary logit."""
+    return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits

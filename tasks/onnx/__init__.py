@@ -1,0 +1,2 @@
+"""ONNX: export from PyTorch, int8 quantization, and checked onnxruntime
+sessions."""
