@@ -3,7 +3,7 @@ static (QDQ), at batch 1 and 256, on three models; and structured pruning.
 
     python -m bench.bench_compression [--seconds S]
 
-Models: (a) the default champion architecture (tasks.models.CNN with
+Models: (a) the default champion architecture (tasks.ml.models.CNN with
 params.yaml `distill` widths, 1x8x8 digits, 10 classes); (b) a reference MLP
 784-1024-1024-10; (c) a reference small CNN on 1x28x28 (conv 32, pool, conv 64,
 pool, fc 128, 10). Weights are random, so the figures measure speed and size,
@@ -38,11 +38,13 @@ import torch
 from torch import nn
 
 from bench.common import machine, record, timed
-from tasks.config import load_params
-from tasks.models import CNN, CNNSpec
-from tasks.onnx_utils import export_onnx, file_size, session
-from tasks.prune import prune_structured
-from tasks.quantize import agreement, cpu_has_vnni, default_reduce_range, quantize
+from tasks.core.params import load_params
+from tasks.ml.models import CNN, CNNSpec
+from tasks.contracts.onnx import IMAGE_INPUT, PROBABILITIES
+from tasks.ml.pruning import prune_structured
+from tasks.onnx.export import export_onnx
+from tasks.onnx.runtime import file_size, session
+from tasks.onnx.quantize import agreement, cpu_has_vnni, default_reduce_range, quantize
 
 THREADS = 2
 BATCHES = (1, 256)
@@ -126,10 +128,10 @@ def export_variants(model: nn.Module, input_shape: tuple[int, ...], pixel_max: f
     rng = np.random.default_rng(1)
     calibration = rng.uniform(0, pixel_max, (CALIBRATION_SAMPLES, *input_shape)).astype(np.float32)
     files = {p: folder / f"{name}.{p}.onnx" for p in ("fp32", "int8_dynamic", "int8_static")}
-    export_onnx(model, input_shape, files["fp32"], OPSET)
+    export_onnx(model, input_shape, files["fp32"], OPSET, IMAGE_INPUT)
     quantize(files["fp32"], files["int8_dynamic"], mode="dynamic", per_channel=True, reduce_range=reduce_range)
     quantize(files["fp32"], files["int8_static"], mode="static", calibration=calibration, per_channel=True,
-             method="minmax", reduce_range=reduce_range, input_name="pixels")
+             method="minmax", reduce_range=reduce_range, input_name=IMAGE_INPUT)
     return files
 
 
@@ -140,12 +142,12 @@ def bench_model(model: nn.Module, input_shape: tuple[int, ...], pixel_max: float
     sessions = {p: session(f, threads=THREADS) for p, f in files.items()}
     rng = np.random.default_rng(2)
     x = rng.uniform(0, pixel_max, (max(BATCHES), *input_shape)).astype(np.float32)
-    fp32_probs = sessions["fp32"].run(["probabilities"], {"pixels": x})[0]
+    fp32_probs = sessions["fp32"].run([PROBABILITIES], {IMAGE_INPUT: x})[0]
     result: dict = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "size_bytes": {p: file_size(f) for p, f in files.items()},
         "agreement_vs_fp32": {
-            p: agreement(fp32_probs, sessions[p].run(["probabilities"], {"pixels": x})[0])
+            p: agreement(fp32_probs, sessions[p].run([PROBABILITIES], {IMAGE_INPUT: x})[0])
             for p in ("int8_dynamic", "int8_static")
         },
     }
@@ -159,7 +161,7 @@ def bench_model(model: nn.Module, input_shape: tuple[int, ...], pixel_max: float
 
         fns = {"torch_fp32": eager}
         for precision, sess in sessions.items():
-            fns[f"ort_{precision}"] = lambda sess=sess, rows=rows: sess.run(["probabilities"], {"pixels": rows})
+            fns[f"ort_{precision}"] = lambda sess=sess, rows=rows: sess.run([PROBABILITIES], {IMAGE_INPUT: rows})
         timings = Timings(fns, seconds)
         result[f"b{batch}"] = {
             "latency_ms": {k: round(timings.median(k), 4) for k in fns},
@@ -192,12 +194,12 @@ def bench_pruning(folder: Path, seconds: float) -> dict:
     full = with_batch_norm_statistics(small_cnn())
     pruned = prune_structured(full, PRUNE_AMOUNT, "l1")
     files = {"unpruned": folder / "small_cnn.onnx", "pruned": folder / "small_cnn.pruned.onnx"}
-    export_onnx(full, full.spec.input_shape, files["unpruned"], OPSET)
-    export_onnx(pruned, pruned.spec.input_shape, files["pruned"], OPSET)
+    export_onnx(full, full.spec.input_shape, files["unpruned"], OPSET, IMAGE_INPUT)
+    export_onnx(pruned, pruned.spec.input_shape, files["pruned"], OPSET, IMAGE_INPUT)
     rows = np.random.default_rng(4).uniform(0, 1, (256, 1, 28, 28)).astype(np.float32)
     sessions = {k: session(f, threads=THREADS) for k, f in files.items()}
     timings = Timings(
-        {k: (lambda s=s: s.run(["probabilities"], {"pixels": rows})) for k, s in sessions.items()}, seconds)
+        {k: (lambda s=s: s.run([PROBABILITIES], {IMAGE_INPUT: rows})) for k, s in sessions.items()}, seconds)
     return {
         "amount": PRUNE_AMOUNT,
         "channels": {"unpruned": list(full.spec.channels), "pruned": list(pruned.spec.channels)},
@@ -217,7 +219,7 @@ def bench_pipeline_champion(seconds: float) -> dict | None:
     with the macro-F1 both reached on the test split (reports/metrics.json)."""
     import json
 
-    from tasks.models import load_model
+    from tasks.ml.models import load_model
 
     champion, teacher_stem, metrics_file = Path("models/champion.onnx"), Path("models/teacher"), Path("reports/metrics.json")
     if not (champion.exists() and teacher_stem.with_suffix(".json").exists() and metrics_file.exists()):

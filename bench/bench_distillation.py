@@ -15,16 +15,13 @@ import dataclasses
 import numpy as np
 import torch
 
-from bench.common import record
-from tasks.config import load_params
-from tasks.distill import distill_student
-from tasks.ingest import ingest
-from tasks.metrics import task_metrics
-from tasks.models import count_parameters
-from tasks.preprocess import preprocess
-from tasks.train import train_teacher
-from tasks.training import predict_logits
-from tasks.validate import gate, load_suite
+from bench.common import processed_digits, record
+from tasks.core.params import load_params
+from tasks.ml.distillation import distill_student
+from tasks.evaluation.metrics import task_metrics
+from tasks.ml.models import count_parameters
+from tasks.ml.fitting import train_teacher
+from tasks.ml.training import predict_logits
 
 SEEDS = (0, 1, 2)
 
@@ -32,14 +29,13 @@ SEEDS = (0, 1, 2)
 def main() -> None:
     torch.set_num_threads(2)
     params = load_params()
-    result = gate(ingest(params.data), params, load_suite("expectations/digits.json"))
-    splits, meta = preprocess(result.valid, params.preprocess)
+    splits, meta = processed_digits(params)
     train = (splits["train"]["x"], splits["train"]["y"])
     val = (splits["val"]["x"], splits["val"]["y"])
     test_x, test_y = splits["test"]["x"], splits["test"]["y"]
 
     def score(model) -> float:
-        return task_metrics("multiclass", predict_logits(model, test_x), test_y, meta["classes"])["macro_f1"]
+        return task_metrics("multiclass", predict_logits(model, test_x), test_y, list(meta.classes))["macro_f1"]
 
     teacher, _ = train_teacher(train, val, meta, params.train, quiet=True)
     distilled, alone = [], []

@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import record
-from tasks.core import DistilleryError, run_cli, sha256_file
+from tasks.contracts.onnx import IMAGE_INPUT, PROBABILITIES, ArtifactMetadata
+from tasks.core.errors import DistilleryError, run_cli
+from tasks.core.provenance import sha256_file
 
 DEFAULT_MODEL = "models/champion.onnx"
 TARGET_RATIO = 3.0
@@ -73,8 +75,8 @@ def naive_app(model_path: str) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
     session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    classes = json.loads(meta["classes"])
+    metadata = ArtifactMetadata.from_props(session.get_modelmeta().custom_metadata_map, model_path)
+    classes = list(metadata.classes)
     inp = session.get_inputs()[0]
     shape = [d for d in inp.shape[1:]]
 
@@ -86,7 +88,7 @@ def naive_app(model_path: str) -> Any:
     @app.post("/predict")
     def predict(body: Rows) -> dict:
         x = np.asarray(body.rows, dtype=np.float32).reshape(-1, *shape)
-        probs = session.run(["probabilities"], {inp.name: x})[0]
+        probs = session.run([PROBABILITIES], {inp.name: x})[0]
         return {
             "predictions": [
                 {"class": classes[int(p.argmax())], "probability": float(p.max()), "probabilities": dict(zip(classes, p.tolist()))}
@@ -168,7 +170,7 @@ def sample_bodies(model_path: str, folder: Path) -> dict[str, Path]:
     import onnxruntime as ort
 
     inp = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"]).get_inputs()[0]
-    if inp.name != "pixels":
+    if inp.name != IMAGE_INPUT:
         raise Skip(f"{model_path} is a table model ('{inp.name}'); this bench sends images")
     shape = [int(d) for d in inp.shape[1:]]
     if shape == [1, 8, 8]:
@@ -179,7 +181,7 @@ def sample_bodies(model_path: str, folder: Path) -> dict[str, Path]:
         pixels = np.random.default_rng(0).integers(0, 256, size=int(np.prod(shape))).tolist()
     bodies = {
         "predict": {"rows": [pixels]},
-        "infer": {"inputs": [{"name": "pixels", "shape": [1, *shape], "datatype": "FP32", "data": pixels}]},
+        "infer": {"inputs": [{"name": IMAGE_INPUT, "shape": [1, *shape], "datatype": "FP32", "data": pixels}]},
     }
     paths = {}
     for name, body in bodies.items():

@@ -17,21 +17,17 @@ import time
 import numpy as np
 import torch
 
-from bench.common import record
-from tasks.config import load_params
-from tasks.ingest import ingest
-from tasks.metrics import class_logits, softmax, task_metrics
-from tasks.preprocess import preprocess
-from tasks.train import train_teacher
-from tasks.training import predict_logits
-from tasks.validate import gate, load_suite
+from bench.common import processed_digits, record
+from tasks.core.params import load_params
+from tasks.evaluation.metrics import class_logits, softmax, task_metrics
+from tasks.ml.fitting import train_teacher
+from tasks.ml.training import predict_logits
 
 
 def main() -> None:
     torch.set_num_threads(2)
     params = load_params()
-    result = gate(ingest(params.data), params, load_suite("expectations/digits.json"))
-    splits, meta = preprocess(result.valid, params.preprocess)
+    splits, meta = processed_digits(params)
     rng = np.random.default_rng(0)
     keep = rng.choice(len(splits["train"]["y"]), size=len(splits["train"]["y"]) * 15 // 100, replace=False)
     train = (splits["train"]["x"][keep], splits["train"]["y"][keep])
@@ -56,7 +52,7 @@ def main() -> None:
             "stopped_at_epoch": fit.epochs_run,
             "kept_epoch": fit.best_epoch,
             "best_val_loss": fit.best_val_loss,
-            "test_macro_f1": task_metrics("multiclass", logits, test_y, meta["classes"])["macro_f1"],
+            "test_macro_f1": task_metrics("multiclass", logits, test_y, list(meta.classes))["macro_f1"],
             "test_loss": test_loss,
             "train_seconds": round(seconds, 2),
         }

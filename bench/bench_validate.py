@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from bench.common import record, timed
-from tasks.config import load_params
-from tasks.correct import correct_table
-from tasks.dataset import Dataset
-from tasks.validate import gate, load_suite
+from tasks.core.params import load_params
+from tasks.data.correct import correct_table
+from tasks.contracts.dataset import ROW_ID, Dataset, DatasetMeta
+from tasks.core.provenance import hash_table
+from tasks.data.gate import gate, load_suite
 
 COLUMNS = 10
 
@@ -57,13 +58,14 @@ def main() -> None:
     params = replace(base, data=replace(base.data, source="csv", path="bench.csv", target="target"),
                      validate=replace(base.validate, synonyms={"dept": {"Human Resources": "HR"}}))
     table = messy_table(args.rows)
-    table.insert(0, "row_id", np.arange(len(table), dtype=np.int64))
-    meta = {"kind": "tabular", "target": "target", "columns": {}, "classes": None, "source": "csv"}
+    table.insert(0, ROW_ID, np.arange(len(table), dtype=np.int64))
+    meta = DatasetMeta(source="csv", kind="tabular", rows=len(table), data_hash=hash_table(table), target="target")
     phases: dict[str, float] = {}
     with timed(phases, "profile_and_corrections_s"):
-        corrected = correct_table(table, meta, params.validate)
+        corrected = correct_table(table, meta.target, {}, params.task.type, params.validate)
     start = time.perf_counter()
-    result = gate(Dataset(table=table, arrays={}, meta=dict(meta)), params, load_suite("expectations/csv.json"))
+    result = gate(Dataset(table=table, arrays={}, meta=meta), params.task.type, params.validate,
+                  load_suite("expectations/csv.json"))
     total = time.perf_counter() - start
     results = {
         "rows": args.rows,

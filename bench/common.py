@@ -11,9 +11,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from tasks.core import write_json
+from tasks.core.io import write_json
 
 BENCH_REPORT = Path("reports/bench.json")
+
+
+def processed_digits(params: Any) -> tuple[dict, Any]:
+    """The bundled digits through ingest, the gate and preprocess, in memory:
+    (splits, ProcessedMeta), as the pipeline makes them."""
+    from tasks.data.gate import gate, load_suite
+    from tasks.ingest import ingest
+    from tasks.preprocess import preprocess
+
+    result = gate(ingest(params.data), params.task.type, params.validate, load_suite("expectations/digits.json"))
+    return preprocess(result.valid, params.preprocess, params.task.type)
 
 
 def machine() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from great_expectations.expectations.metrics import ColumnAggregateMetricProvide
 from great_expectations.expectations.metrics.metric_provider import metric_value
 from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
 
-from tasks import quality
+from tasks.data import quality
 
 
 class ColumnValueCountsMin(ColumnAggregateMetricProvider):

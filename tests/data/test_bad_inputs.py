@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.config import Params, load_params
-from tasks.core import DistilleryError
+from tasks.core.params import Params, load_params
+from tasks.core.errors import DistilleryError
 from tasks.ingest import ingest
 from tasks.validate import GateResult, failure_message, gate, load_suite
 

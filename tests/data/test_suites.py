@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.config import load_params
+from tasks.core.params import load_params
 from tasks.ingest import ingest
 from tasks.validate import load_suite, run_suite, split_quarantine, suite_parameters
 

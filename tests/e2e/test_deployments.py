@@ -170,7 +170,7 @@ def test_deploy_without_a_server_says_how_to_start_one(project: Path, prefect_en
 
 def test_a_retrain_deployment_of_another_flow_is_refused(project: Path) -> None:
     from flows.deployments import build_deployments
-    from tasks.core import DistilleryError
+    from tasks.core.errors import DistilleryError
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["monitor"]["retrain_deployment"] = "some-other-flow/retrain"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.core import save_npz, write_json
+from tasks.core.io import save_npz, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("a", "b", "c")
@@ -196,7 +196,7 @@ def test_a_calm_log_does_not_retrain_scores_late_labels_and_is_read_once(tmp_pat
 
 def test_the_monitor_without_a_pipeline_run_says_what_to_do(tmp_path: Path, harness) -> None:
     from flows.monitor import monitor
-    from tasks.core import DistilleryError
+    from tasks.core.errors import DistilleryError
 
     root = make_project(tmp_path / "bare")
     shutil.rmtree(root / "data")

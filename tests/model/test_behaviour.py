@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.config import load_params
+from tasks.core.params import load_params
 from tasks.ingest import ingest
-from tasks.metrics import class_logits, softmax
+from tasks.evaluation.metrics import class_logits, softmax
 from tasks.preprocess import preprocess
 from tasks.train import train_teacher
-from tasks.training import predict_logits
+from tasks.ml.training import predict_logits
 from tasks.validate import gate, load_suite
 
 

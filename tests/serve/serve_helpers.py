@@ -42,8 +42,8 @@ def image_model(path: Path, seed: int = 0, n_classes: int = 3, input_shape: tupl
     """A tiny CNN (a few hundred weights) for raw 0..16 pixels, exported as the pipeline does."""
     import torch
 
-    from tasks.models import CNN, CNNSpec
-    from tasks.onnx_utils import export_onnx, set_metadata
+    from tasks.ml.models import CNN, CNNSpec
+    from tasks.onnx.export import export_onnx, set_metadata
 
     torch.manual_seed(seed)
     spec = CNNSpec(input_shape=input_shape, channels=(4,), hidden=8, n_classes=n_classes, dropout=0.0, mean=(8.0,), std=(4.0,))
@@ -58,8 +58,8 @@ def table_model(path: Path, seed: int = 0) -> Path:
     """A tiny MLP over ENCODER's features, with the encoder in its metadata."""
     import torch
 
-    from tasks.models import MLP, MLPSpec
-    from tasks.onnx_utils import export_onnx, set_metadata
+    from tasks.ml.models import MLP, MLPSpec
+    from tasks.onnx.export import export_onnx, set_metadata
     from tasks.preprocess import encoded_feature_names
 
     torch.manual_seed(seed)
@@ -85,7 +85,7 @@ def slow_model(path: Path, matmuls: int = 12, width: int = 512, spread: int = 76
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from tasks.onnx_utils import set_metadata
+    from tasks.onnx.export import set_metadata
 
     rng = np.random.default_rng(0)
     scale = 1 / np.sqrt(width)
@@ -148,7 +148,7 @@ def register(tracking_uri: str, path: Path, name: str = "tiny", alias: str | Non
     import onnx
     from mlflow import MlflowClient
 
-    from tasks.core import sha256_file
+    from tasks.core.provenance import sha256_file
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("serve-tests")

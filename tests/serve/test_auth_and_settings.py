@@ -9,7 +9,7 @@ import pytest
 
 from deploy.settings import ServeSettings, load_settings
 from .serve_helpers import pixels
-from tasks.core import DistilleryError
+from tasks.core.errors import DistilleryError
 
 TOKEN = "s3cret-token"
 

@@ -14,8 +14,8 @@ import yaml
 
 from tasks import bootstrap_suite
 from tasks.bootstrap_suite import profile_suite, render
-from tasks.config import load_params
-from tasks.correct import LABEL
+from tasks.core.params import load_params
+from tasks.data.correct import LABEL
 from tasks.ingest import ingest
 from tasks.validate import assess, failure_message, run_suite
 

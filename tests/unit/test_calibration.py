@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.calibration import calibrate, fit_temperature
-from tasks.metrics import expected_calibration_error, softmax
+from tasks.ml.calibration import calibrate, fit_temperature
+from tasks.evaluation.metrics import expected_calibration_error, softmax
 
 
 def overconfident(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import Params, load_params
-from tasks.core import DistilleryError
+from tasks.core.params import Params, load_params
+from tasks.core.errors import DistilleryError
 
 from conftest import REPO_ROOT
 

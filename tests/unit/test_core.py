@@ -9,17 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.core import (
-    DistilleryError,
-    atomic_path,
-    hash_arrays,
-    load_npz,
-    markdown_table,
-    read_json,
-    run_cli,
-    save_npz,
-    write_json,
-)
+from tasks.core.errors import DistilleryError, run_cli
+from tasks.core.io import atomic_path, load_npz, read_json, save_npz, write_json
+from tasks.core.provenance import hash_arrays
+from tasks.core.report import markdown_table
 
 
 def test_atomic_path_leaves_no_file_when_the_body_raises(tmp_path):

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.correct import LABEL, ROW_ID, correct_images, correct_table
+from tasks.data.correct import LABEL, ROW_ID, correct_images, correct_table
 from tasks.ingest import image_table
-from tasks.sources import ImageData
+from tasks.data.sources import ImageData
 
 from conftest import params_section
 

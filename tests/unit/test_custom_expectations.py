@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.correct import LABEL, ROW_ID
-from tasks.dataset import Dataset
-from tasks.quality import fold
+from tasks.data.correct import LABEL, ROW_ID
+from tasks.contracts.dataset import Dataset
+from tasks.data.quality import fold
 from tasks.validate import failure_message, gate, load_suite, run_suite
 
 from conftest import REPO_ROOT, repo_params

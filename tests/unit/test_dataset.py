@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.core import DistilleryError, save_npz
-from tasks.dataset import Dataset, read_dataset, write_dataset
+from tasks.core.errors import DistilleryError
+from tasks.core.io import save_npz
+from tasks.contracts.dataset import Dataset, read_dataset, write_dataset
 
 
 def small_dataset() -> Dataset:

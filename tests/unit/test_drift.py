@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import drift
-from tasks.core import DistilleryError, hash_arrays, save_npz, write_json
+from tasks.monitor import stats as drift
+from tasks.core.errors import DistilleryError
+from tasks.core.io import save_npz, write_json
+from tasks.core.provenance import hash_arrays
 
 from conftest import params_section
 
@@ -179,7 +181,7 @@ def test_operational_percentiles_count_each_request_once():
 def test_live_quality_matches_sklearn_and_tasks_metrics():
     from sklearn.metrics import accuracy_score, f1_score
 
-    from tasks.metrics import expected_calibration_error
+    from tasks.evaluation.metrics import expected_calibration_error
 
     rng = np.random.default_rng(8)
     classes = ["a", "b", "c"]

@@ -10,10 +10,10 @@ import onnx
 import pytest
 import torch
 
-from tasks.core import DistilleryError
+from tasks.core.errors import DistilleryError
 from tasks.export import artifact_metadata, export_candidate
-from tasks.models import CNN
-from tasks.onnx_utils import OUTPUT_NAMES, check_onnx, run_batches, session
+from tasks.ml.models import CNN
+from tasks.onnx.export import OUTPUT_NAMES, check_onnx, run_batches, session
 
 from conftest import params_section, tiny_spec
 

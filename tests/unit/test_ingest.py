@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.config import QuickDrawParams
-from tasks.core import hash_arrays
+from tasks.core.params import QuickDrawParams
+from tasks.core.provenance import hash_arrays
 from tasks.ingest import image_table, ingest
-from tasks.sources import ImageData
+from tasks.data.sources import ImageData
 from tasks.validate import load_suite
 
 from conftest import REPO_ROOT, params_section

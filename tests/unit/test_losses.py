@@ -13,24 +13,7 @@ import torch.nn.functional as F
 from sklearn.metrics import log_loss, mean_pinball_loss
 
 from tasks.distill import distillation_loss
-from tasks.losses import (
-    LOSS_TASKS,
-    TASK_TYPES,
-    bce_loss,
-    ce_loss,
-    ce_onehot_loss,
-    check_loss_task,
-    focal_loss,
-    huber_loss,
-    kl_div_loss,
-    log_cosh_loss,
-    loss_options,
-    mae_loss,
-    make_loss,
-    mse_loss,
-    poisson_loss,
-    quantile_loss,
-)
+from tasks.ml.losses import LOSS_TASKS, TASK_TYPES, bce_loss, ce_loss, ce_onehot_loss, check_loss_task, focal_loss, huber_loss, kl_div_loss, log_cosh_loss, loss_options, mae_loss, make_loss, mse_loss, poisson_loss, quantile_loss
 
 RNG = np.random.default_rng(0)
 # Regression: 12 predictions/targets; errors span small (< 1) and large (> 1) values.

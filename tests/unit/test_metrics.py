@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from tasks.metrics import classification_metrics, expected_calibration_error, softmax
+from tasks.evaluation.metrics import classification_metrics, expected_calibration_error, softmax
 
 
 def test_softmax_rows_sum_to_one_and_match_torch():

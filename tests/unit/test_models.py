@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from tasks.core import DistilleryError
-from tasks.models import CNN, CNNSpec, count_parameters, load_model, save_model, spec_for
+from tasks.core.errors import DistilleryError
+from tasks.ml.models import CNN, CNNSpec, count_parameters, load_model, save_model, spec_for
 
 from conftest import params_section, tiny_spec
 

@@ -9,16 +9,7 @@ import math
 import pytest
 import torch
 
-from tasks.optim import (
-    OPTIMIZER_OPTIONS,
-    PiecewiseConstant,
-    check_optimizer_options,
-    check_scheduler_options,
-    clip_gradients,
-    make_optimizer,
-    make_scheduler,
-    step_scheduler,
-)
+from tasks.ml.optim import OPTIMIZER_OPTIONS, PiecewiseConstant, check_optimizer_options, check_scheduler_options, clip_gradients, make_optimizer, make_scheduler, step_scheduler
 
 
 def quadratic_param() -> torch.nn.Parameter:
@@ -265,9 +256,9 @@ def test_bad_clipping_arguments_raise(mode, max_value, match):
 def test_the_toolbox_composes_into_a_training_loop():
     """The order the lead's loop needs: loss + penalty, backward, clip, step,
     constrain; then per epoch: validate, schedule, stop."""
-    from tasks.losses import make_loss
-    from tasks.regularization import apply_constraint, weight_penalty
-    from tasks.stopping import EarlyStopping
+    from tasks.ml.losses import make_loss
+    from tasks.ml.regularization import apply_constraint, weight_penalty
+    from tasks.ml.stopping import EarlyStopping
 
     torch.manual_seed(0)
     x = torch.randn(96, 3)

@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.core import DistilleryError, hash_arrays
-from tasks.dataset import Dataset
+from tasks.core.errors import DistilleryError
+from tasks.core.provenance import hash_arrays
+from tasks.contracts.dataset import Dataset
 from tasks.preprocess import preprocess, split_indices
 
 from conftest import params_section

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.models import CNN, MLP, MLPSpec, count_parameters, load_model, save_model
-from tasks.onnx_utils import export_onnx
+from tasks.ml.models import CNN, MLP, MLPSpec, count_parameters, load_model, save_model
+from tasks.onnx.export import export_onnx
 from tasks.prune import count_nonzero_parameters, fine_tune, prune_structured, prune_unstructured, sparsity
 
 from conftest import params_section, tiny_spec
@@ -286,7 +286,7 @@ def test_fine_tune_trains_but_keeps_the_pruned_zeros():
 def test_unstructured_sweep_reports_sparsity_quality_and_compressed_size():
     import numpy as np
 
-    from tasks.models import CNN, CNNSpec
+    from tasks.ml.models import CNN, CNNSpec
     from tasks.prune import unstructured_sweep
 
     torch.manual_seed(0)

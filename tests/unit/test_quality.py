@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tasks import quality
+from tasks.data import quality
 
 # --------------------------------------------------------------------------- representation
 

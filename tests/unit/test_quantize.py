@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from tasks.models import CNN, MLP, MLPSpec
-from tasks.onnx_utils import IMAGE_INPUT, TABLE_INPUT, export_onnx, run_batches, session
-from tasks.quantize import agreement, cpu_has_vnni, default_reduce_range, quantize
+from tasks.ml.models import CNN, MLP, MLPSpec
+from tasks.onnx.export import IMAGE_INPUT, TABLE_INPUT, export_onnx, run_batches, session
+from tasks.onnx.quantize import agreement, cpu_has_vnni, default_reduce_range, quantize
 
 from conftest import tiny_spec
 

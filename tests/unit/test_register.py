@@ -8,10 +8,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from tasks.config import MlflowParams, SelectParams
-from tasks.core import sha256_file
-from tasks.models import CNN
-from tasks.onnx_utils import export_onnx, set_metadata
+from tasks.core.params import MlflowParams, SelectParams
+from tasks.core.provenance import sha256_file
+from tasks.ml.models import CNN
+from tasks.onnx.export import export_onnx, set_metadata
 import numpy as np
 
 from tasks.select import CHAMPION_ALIAS, current_champion_quality, gate_failures, register
@@ -80,8 +80,8 @@ def test_a_version_that_fails_the_gate_is_registered_without_the_alias(registry,
 
 
 def test_current_champion_quality_is_measured_on_the_given_split(registry, tmp_path):
-    from tasks.metrics import classification_metrics
-    from tasks.onnx_utils import run_batches, session
+    from tasks.evaluation.metrics import classification_metrics
+    from tasks.onnx.export import run_batches, session
 
     classes = [str(i) for i in range(3)]
     path = onnx_file(tmp_path / "first.onnx", seed=0)

@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tasks.config import SearchParams, SearchSpace
-from tasks.core import DistilleryError, write_json
+from tasks.core.params import SearchParams, SearchSpace
+from tasks.core.errors import DistilleryError
+from tasks.core.io import write_json
 from tasks.search import grid_of, run_search
 from tasks.train import with_search_results
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.config import SelectParams
-from tasks.core import DistilleryError
+from tasks.core.params import SelectParams
+from tasks.core.errors import DistilleryError
 from tasks.select import select_champion
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 
-from tasks.config import DigitsParams, QuickDrawParams
-from tasks.core import DistilleryError
-from tasks.sources import load_digits, load_quickdraw
+from tasks.core.params import DigitsParams, QuickDrawParams
+from tasks.core.errors import DistilleryError
+from tasks.data.sources import load_digits, load_quickdraw
 
 
 def write_bitmaps(folder: Path, name: str, n: int, seed: int) -> np.ndarray:

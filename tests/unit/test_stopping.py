@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.stats import pearsonr
 
-from tasks.stopping import CorrelationStopping, EarlyStopping, pearson
+from tasks.ml.stopping import CorrelationStopping, EarlyStopping, pearson
 
 
 def model() -> torch.nn.Linear:

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.core import DistilleryError
-from tasks.dataset import Dataset
+from tasks.core.errors import DistilleryError
+from tasks.contracts.dataset import Dataset
 from tasks.export import artifact_metadata, export_candidate
-from tasks.models import MLP, MLPSpec, build_model, load_model, save_model, spec_for
-from tasks.onnx_utils import check_onnx, run_batches, session
+from tasks.ml.models import MLP, MLPSpec, build_model, load_model, save_model, spec_for
+from tasks.onnx.export import check_onnx, run_batches, session
 from tasks.preprocess import encode_table, fit_encoder, preprocess_table, resample_train, split_indices
 
 from conftest import params_section

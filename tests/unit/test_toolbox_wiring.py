@@ -10,15 +10,15 @@ import pytest
 import torch
 import yaml
 
-from tasks.config import load_params
-from tasks.core import DistilleryError
+from tasks.core.params import load_params
+from tasks.core.errors import DistilleryError
 from tasks.export import artifact_metadata, export_candidate
-from tasks.models import save_model
-from tasks.onnx_utils import run_batches, session
-from tasks.regularization import _unit_norms
+from tasks.ml.models import save_model
+from tasks.onnx.export import run_batches, session
+from tasks.ml.regularization import _unit_norms
 from tasks.train import start_from, train_teacher
-from tasks.metrics import class_logits
-from tasks.training import class_weights, n_outputs, predict_logits, task_loss
+from tasks.evaluation.metrics import class_logits
+from tasks.ml.training import class_weights, n_outputs, predict_logits, task_loss
 
 from conftest import REPO_ROOT, params_section
 

@@ -8,19 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks.config import FitParams
-from tasks.core import DistilleryError
+from tasks.core.params import FitParams
+from tasks.core.errors import DistilleryError
 from tasks.distill import distill_student
-from tasks.models import CNN
+from tasks.ml.models import CNN
 from tasks.train import train_teacher
-from tasks.training import (
-    _epoch_loss,
-    balanced_class_weights,
-    fit,
-    pick_device,
-    predict_logits,
-    seed_everything,
-)
+from tasks.ml.training import _epoch_loss, balanced_class_weights, fit, pick_device, predict_logits, seed_everything
 
 from conftest import params_section, tiny_spec
 

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from tasks.core import DistilleryError
-from tasks.dataset import Dataset
+from tasks.core.errors import DistilleryError
+from tasks.contracts.dataset import Dataset
 from tasks.ingest import image_table
-from tasks.sources import ImageData
+from tasks.data.sources import ImageData
 from tasks.validate import failure_message, load_suite, merge_reasons, run_suite, split_quarantine, suite_parameters
 
 from conftest import REPO_ROOT
