@@ -1,57 +1,144 @@
-"""Every task type through the whole DAG (`dvc repro`) on bundled data, tiny settings."""
+"""Every task type through the whole DAG on bundled data, tiny settings, the way
+the README says: a project that has run (`dvc repro`), then `dvc exp run -S
+task.type=...` in it. Each experiment must retrain for its task (task.type
+reaches every stage that depends on it), and its champion must be served."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
-import yaml
 
+from tasks.contracts.onnx import PREDICTION, PROBABILITIES
+from tasks.onnx.runtime import check_artifact
 from test_flow import make_project
 
 pytestmark = pytest.mark.e2e
 
+DVC = [sys.executable, "-m", "dvc"]
 
-@pytest.mark.parametrize(
-    ("source", "task", "output", "width"),
-    [
-        ("diabetes", "regression", "prediction", 1),
-        ("breast_cancer", "binary", "probabilities", 2),
-        ("digits", "multilabel", "probabilities", 3),
-    ],
-)
-def test_task_type_runs_to_a_champion_with_its_metrics(tmp_path: Path, source: str, task: str, output: str,
-                                                       width: int) -> None:
-    root = make_project(tmp_path, source=source)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["task"]["type"] = task
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+def _dvc(root: Path, *args: str) -> str:
     bin_dir = str(Path(sys.executable).parent)
-    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, capture_output=True, text=True,
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = subprocess.run([*DVC, *args], cwd=root, capture_output=True, text=True, timeout=900,
+                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(root.parent),
+                               "DISTILLERY_PYTHON": sys.executable})
+    assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
 
-    evaluation = json.loads((root / "reports/evaluation.json").read_text())
-    assert evaluation["task"] == task
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Served:
+    """`python -m deploy.server` on a model file, on loopback, stopped on exit."""
+
+    def __init__(self, root: Path, model: Path):
+        self.url = f"http://127.0.0.1:{_free_port()}"
+        env = {**os.environ, "DISTILLERY_SERVE_MODEL": str(model), "DISTILLERY_SERVE_PORT": self.url.rsplit(":", 1)[1],
+               "DISTILLERY_SERVE_LOG_DIR": str(root / "logs" / "predictions"), "DISTILLERY_SERVE_POLL_INTERVAL_S": "0"}
+        self.log = root / "server.log"
+        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.server"], cwd=root, env=env,
+                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def __enter__(self) -> "Served":
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        pytest.fail(f"the server did not become ready:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *exc: object) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project that has run once on its defaults (digits, multiclass)."""
+    root = make_project(tmp_path_factory.mktemp("tasks"))
+    _dvc(root, "repro")
+    assert json.loads((root / "reports/metrics.json").read_text())["task"] == "multiclass"
+    return root
+
+
+def _evaluation(root: Path) -> dict:
+    return json.loads((root / "reports/evaluation.json").read_text())
+
+
+def test_multilabel_experiment_retrains_every_stage_for_the_new_task(project: Path) -> None:
+    before = (project / "data/processed/meta.json").read_text()
+    _dvc(project, "exp", "run", "-S", "task.type=multilabel")
+    meta = json.loads((project / "data/processed/meta.json").read_text())
+    assert meta["task"] == "multilabel" and meta["classes"] == ["even", "large", "loop"]
+    assert (project / "data/processed/meta.json").read_text() != before
+    teacher = _evaluation(project)["candidates"]["teacher.fp32"]
+    assert {"samples_f1", "hamming_loss", "micro_f1"} <= set(teacher)
+    assert set(teacher["per_class"]) >= {"even", "large", "loop", "samples avg"}
+    metadata, signature, session = check_artifact(project / "models/champion.onnx")
+    assert metadata.task == "multilabel" and signature.outputs[-1] == (PROBABILITIES, (3,))
+    with np.load(project / "data/processed/test.npz") as test:
+        x = test["x"][:8]
+    (probabilities,) = session.run([PROBABILITIES], {signature.input_name: x})
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+    with Served(project, project / "models/champion.onnx") as server:
+        answer = httpx.post(f"{server.url}/predict", json={"rows": x[:2].tolist()}).json()
+    assert answer["task"] == "multilabel"
+    for row, probs in zip(answer["predictions"], probabilities[:2]):
+        assert row["labels"] == [name for name, p in zip(["even", "large", "loop"], probs) if p >= metadata.threshold]
+
+
+def test_binary_experiment_on_breast_cancer(project: Path) -> None:
+    _dvc(project, "exp", "run", "-S", "task.type=binary", "-S", "data.source=breast_cancer")
+    teacher = _evaluation(project)["candidates"]["teacher.fp32"]
+    assert teacher["roc_auc"]["auc"] is not None and "ece_before_scaling" in teacher
+    metadata, signature, _ = check_artifact(project / "models/champion.onnx")
+    assert metadata.task == "binary" and metadata.classes == ("benign", "malignant")
+    assert signature.outputs[-1] == (PROBABILITIES, (2,))
+
+
+def test_regression_experiment_gives_a_champion_a_v2_client_can_query(project: Path) -> None:
+    _dvc(project, "exp", "run", "-S", "task.type=regression", "-S", "data.source=diabetes")
+    evaluation = _evaluation(project)
+    assert evaluation["task"] == "regression"
     teacher = evaluation["candidates"]["teacher.fp32"]
-    if task == "regression":
-        assert {"mae", "mape", "mse", "rmse", "r2", "d2", "median_absolute_error", "max_error"} <= set(teacher)
-        assert (root / "reports/plots/residuals_teacher.fp32.png").exists()
-    elif task == "multilabel":
-        assert {"samples_f1", "hamming_loss", "micro_f1"} <= set(teacher)
-        assert set(teacher["per_class"]) >= {"even", "large", "loop", "samples avg"}
-    else:
-        assert teacher["roc_auc"]["auc"] is not None and "ece_before_scaling" in teacher
-
-    metrics = json.loads((root / "reports/metrics.json").read_text())
-    session = ort.InferenceSession(str(root / "models/champion.onnx"), providers=["CPUExecutionProvider"])
-    with np.load(root / "data/processed/test.npz") as test:
-        x = test["x"][:4]
-    (result,) = session.run([output], {session.get_inputs()[0].name: x})
-    assert result.shape == (4, width)
-    assert metrics["task"] == task
+    assert {"mae", "mape", "mse", "rmse", "r2", "d2", "median_absolute_error", "max_error"} <= set(teacher)
+    assert (project / "reports/plots/residuals_teacher.fp32.png").exists()
+    metadata, signature, session = check_artifact(project / "models/champion.onnx")
+    assert metadata.task == "regression" and signature.outputs == ((PREDICTION, (1,)),)
+    with np.load(project / "data/processed/test.npz") as test:
+        x = test["x"][:3].astype(np.float32)
+    (expected,) = session.run([PREDICTION], {signature.input_name: x})
+    with Served(project, project / "models/champion.onnx") as server:
+        described = httpx.get(f"{server.url}/v2/models/distillery").json()
+        assert described["parameters"]["task"] == "regression"
+        assert [o["name"] for o in described["outputs"]] == [PREDICTION]
+        body = {"inputs": [{"name": signature.input_name, "shape": list(x.shape), "datatype": "FP32",
+                            "data": x.ravel().tolist()}]}
+        reply = httpx.post(f"{server.url}/v2/models/distillery/infer", json=body)
+        rows = [dict(zip(metadata.preprocessing.encoder.columns, [None] * 99))]  # every column missing: imputed
+        predicted = httpx.post(f"{server.url}/predict", json={"rows": rows})
+    assert reply.status_code == 200, reply.text
+    (output,) = reply.json()["outputs"]
+    assert output["name"] == PREDICTION and output["shape"] == [3, 1]
+    np.testing.assert_allclose(output["data"], expected.ravel(), rtol=1e-5)
+    assert predicted.status_code == 200, predicted.text
+    (value,) = predicted.json()["predictions"]
+    assert set(value) == {"value"} and np.isfinite(value["value"])
