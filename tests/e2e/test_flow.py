@@ -136,13 +136,16 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
 
 def stale_after_editing(project: Path, module: str) -> set[str]:
     """Append a comment line to `module`; the stages `dvc status` then calls stale."""
+    import contextlib
+
     from dvc.repo import Repo
 
     path = project / module
     original = path.read_text()
     path.write_text(original + "# an edit\n")
     try:
-        with Repo(str(project)) as repo:
+        # DVC names stages relative to the working directory: look from inside the project.
+        with contextlib.chdir(project), Repo(str(project)) as repo:
             return set(repo.status())
     finally:
         path.write_text(original)
