@@ -167,6 +167,20 @@ def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: S
     return version
 
 
+def registered_version(params: SelectParams, sha256: str) -> Optional[str]:
+    """A version already registered for this very file that passed the gate, if any
+    (a rerun, or `select.promote: false` earlier): promoting it needs no new version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = MlflowClient().search_model_versions(
+            f"name='{params.registered_model}' and tag.{SHA256_TAG}='{sha256}' and tag.gate='passed'")
+    except MlflowException:
+        return None
+    return str(max(int(v.version) for v in found)) if found else None
+
+
 def promote(params: SelectParams, version: str) -> None:
     from mlflow import MlflowClient
 
@@ -213,8 +227,8 @@ def main() -> None:
         )
     sha256 = sha256_file(source)
     unchanged = current is not None and current.sha256 == sha256
-    version = current.version if unchanged else register(source, champion, table[champion], meta, params,
-                                                         all_params.mlflow, passed=True)
+    earlier = current.version if unchanged else registered_version(params, sha256)
+    version = earlier or register(source, champion, table[champion], meta, params, all_params.mlflow, passed=True)
     with atomic_path(paths.CHAMPION) as tmp:
         shutil.copyfile(source, tmp)
     moves = params.promote and not unchanged
@@ -239,6 +253,12 @@ def main() -> None:
     ece = f", ECE {c['ece']:.4f}" if c.get("ece") is not None else ""
     if unchanged:
         registry = f"Same file as `{params.registered_model}` version {version}, already `{CHAMPION_ALIAS}`: no new version."
+    elif earlier and moves:
+        registry = (f"Same file as `{params.registered_model}` version {version}, registered before: no new version; "
+                    f"alias `{CHAMPION_ALIAS}` moved to it.")
+    elif earlier:
+        registry = (f"Same file as `{params.registered_model}` version {version}, registered before: no new version; "
+                    f"the alias `{CHAMPION_ALIAS}` did not move (`select.promote: false`).")
     elif moves:
         registry = f"Registered as `{params.registered_model}` version {version} with alias `{CHAMPION_ALIAS}`."
     else:

@@ -130,6 +130,11 @@ class ArtifactMetadata:
             raw = {key: json.loads(value) for key, value in props.items()}
         except json.JSONDecodeError as err:
             raise DistilleryError(f"{source}: metadata_props are not JSON-encoded ({err})") from err
+        # Export writes every key; a file without one was not made by it (a default would be a guess).
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
+        if missing:
+            keys = "; ".join(f"'{key}': missing key" for key in missing)
+            raise DistilleryError(f"{source} (metadata_props): {keys}; re-export it (dvc repro)")
         return parse(cls, raw, f"{source} (metadata_props)")
 
     def replace(self, **changes: Any) -> "ArtifactMetadata":

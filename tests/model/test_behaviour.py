@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tasks.contracts.processed import X, Y
 from tasks.core.params import load_params
-from tasks.ingest import ingest
+from tasks.data.gate import gate, load_suite
 from tasks.evaluation.metrics import class_logits, softmax
-from tasks.preprocess import preprocess
-from tasks.train import train_teacher
+from tasks.ingest import ingest
+from tasks.ml.checks import check_fit_params
+from tasks.ml.fitting import train_teacher
 from tasks.ml.training import predict_logits
-from tasks.validate import gate, load_suite
-
-
+from tasks.preprocess import preprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,11 +28,14 @@ def trained(source: str, task: str, **train_overrides):
     params = load_params(REPO_ROOT / "params.yaml")
     params = dataclasses.replace(params, task=dataclasses.replace(params.task, type=task),
                                  data=dataclasses.replace(params.data, source=source))
-    result = gate(ingest(params.data), params, load_suite(REPO_ROOT / f"expectations/{source}.json"))
-    splits, meta = preprocess(result.valid, params.preprocess)
+    result = gate(ingest(params.data), task, params.validate, load_suite(REPO_ROOT / f"expectations/{source}.json"))
+    assert result.outcome.success
+    splits, meta = preprocess(result.valid, params.preprocess, task)
+    assert meta.task == task
     train_params = dataclasses.replace(params.train, **train_overrides)
-    model, _ = train_teacher((splits["train"]["x"], splits["train"]["y"]), (splits["val"]["x"], splits["val"]["y"]),
-                             meta, train_params, quiet=True, task=task)
+    check_fit_params(train_params, "train", task)  # as the train stage does
+    model, _ = train_teacher((splits["train"][X], splits["train"][Y]), (splits["val"][X], splits["val"][Y]),
+                             meta, train_params, quiet=True)
     return model, splits, meta
 
 
@@ -52,9 +55,9 @@ def predicted_classes(model, x: np.ndarray) -> np.ndarray:
 
 def test_small_pixel_noise_does_not_flip_predictions(digits) -> None:
     model, splits, meta = digits
-    x = splits["test"]["x"]
+    x = splits["test"][X]
     rng = np.random.default_rng(0)
-    noisy = np.clip(x + rng.normal(0, 0.3, x.shape), 0, meta["pixel_max"]).astype(np.float32)
+    noisy = np.clip(x + rng.normal(0, 0.3, x.shape), 0, meta.pixel_max).astype(np.float32)
     agreement = (predicted_classes(model, x) == predicted_classes(model, noisy)).mean()
     assert agreement >= 0.97
 
@@ -62,8 +65,8 @@ def test_small_pixel_noise_does_not_flip_predictions(digits) -> None:
 def test_every_class_meets_a_minimum_recall(digits) -> None:
     """Minimum functionality: no class, the rare one included, is left behind."""
     model, splits, meta = digits
-    y, predicted = splits["test"]["y"], predicted_classes(model, splits["test"]["x"])
-    for c, name in enumerate(meta["classes"]):
+    y, predicted = splits["test"][Y], predicted_classes(model, splits["test"][X])
+    for c, name in enumerate(meta.classes):
         recall = (predicted[y == c] == c).mean()
         assert recall >= 0.6, f"class {name}: recall {recall:.2f}"
 
@@ -78,8 +81,8 @@ def test_regression_follows_the_known_direction_of_bmi(diabetes) -> None:
     """Directional expectation: in the diabetes data a higher BMI means faster
     progression; raising BMI alone should raise the prediction on average."""
     model, splits, meta = diabetes
-    x = splits["test"]["x"].copy()
-    bmi = meta["feature_names"].index("bmi")
+    x = splits["test"][X].copy()
+    bmi = meta.feature_names.index("bmi")
     higher = x.copy()
     higher[:, bmi] += 5.0  # +5 kg/m^2
     change = predict_logits(model, higher).ravel() - predict_logits(model, x).ravel()
@@ -89,6 +92,6 @@ def test_regression_follows_the_known_direction_of_bmi(diabetes) -> None:
 
 def test_regression_beats_predicting_the_mean(diabetes) -> None:
     model, splits, _ = diabetes
-    y = splits["test"]["y"]
-    predicted = predict_logits(model, splits["test"]["x"]).ravel()
+    y = splits["test"][Y]
+    predicted = predict_logits(model, splits["test"][X]).ravel()
     assert np.mean((predicted - y) ** 2) < np.mean((y.mean() - y) ** 2)

@@ -1,4 +1,4 @@
-"""tasks/quantize.py: static (QDQ) and dynamic int8 through onnxruntime, the
+"""tasks/onnx/quantize.py: static (QDQ) and dynamic int8 through onnxruntime, the
 calibration methods, VNNI detection and top-1 agreement."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 from tasks.ml.models import CNN, MLP, MLPSpec
-from tasks.onnx.export import IMAGE_INPUT, TABLE_INPUT, export_onnx, run_batches, session
+from tasks.contracts.onnx import IMAGE_INPUT, PREDICTION, PROBABILITIES, TABLE_INPUT
+from tasks.onnx.export import export_onnx
+from tasks.onnx.runtime import run_batches, session
 from tasks.onnx.quantize import agreement, cpu_has_vnni, default_reduce_range, quantize
 
 from conftest import tiny_spec
@@ -54,7 +56,7 @@ def cnn_fp32(tmp_path_factory):
     x, y = blobs(640, 0)
     model = trained(CNN(tiny_spec(channels=(8, 16), hidden=16, n_classes=3)), x, y)
     path = tmp_path_factory.mktemp("q") / "cnn.fp32.onnx"
-    export_onnx(model, (1, 8, 8), path, 17)
+    export_onnx(model, (1, 8, 8), path, 17, IMAGE_INPUT)
     return path
 
 
@@ -64,7 +66,7 @@ def mlp_fp32(tmp_path_factory):
     spec = MLPSpec(n_features=6, layers=(32, 32), n_classes=3, dropout=0.0, mean=(0.0,) * 6, std=(1.0,) * 6)
     model = trained(MLP(spec), x, y)
     path = tmp_path_factory.mktemp("q") / "mlp.fp32.onnx"
-    export_onnx(model, (6,), path, 17)
+    export_onnx(model, (6,), path, 17, TABLE_INPUT)
     return path
 
 
@@ -85,7 +87,7 @@ def float_layers(path) -> list[str]:
 
 
 def probabilities(path, x: np.ndarray) -> np.ndarray:
-    return run_batches(session(path, threads=1), x)
+    return run_batches(session(path, threads=1), x, output=PROBABILITIES)
 
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
@@ -176,7 +178,7 @@ def test_int8_weights_make_the_file_about_4x_smaller(tmp_path, mode):
     spec = MLPSpec(n_features=128, layers=(512, 512), n_classes=10, dropout=0.0, mean=(0.0,) * 128,
                    std=(1.0,) * 128, batch_norm=False)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    export_onnx(MLP(spec).eval(), (128,), fp32, 17)
+    export_onnx(MLP(spec).eval(), (128,), fp32, 17, TABLE_INPUT)
     calibration = np.random.default_rng(0).normal(size=(32, 128)).astype(np.float32)
     quantize(fp32, int8, mode=mode, calibration=calibration, input_name=TABLE_INPUT)
     assert int8.stat().st_size < 0.3 * fp32.stat().st_size
@@ -190,7 +192,7 @@ def test_a_regression_head_and_scale_back_stay_in_float(tmp_path):
     spec = MLPSpec(n_features=6, layers=(16,), n_classes=1, dropout=0.0, mean=(0.0,) * 6, std=(1.0,) * 6,
                    batch_norm=False, target_mean=1000.0, target_std=250.0)
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
-    export_onnx(MLP(spec).eval(), (6,), fp32, 17, task="regression")
+    export_onnx(MLP(spec).eval(), (6,), fp32, 17, TABLE_INPUT, task="regression")
     quantize(fp32, int8, calibration=table(64, 1)[0], input_name=TABLE_INPUT)
     graph = onnx.load(str(int8)).graph
     producers = {out: node.op_type for node in graph.node for out in node.output}
@@ -198,8 +200,8 @@ def test_a_regression_head_and_scale_back_stay_in_float(tmp_path):
     assert scale_back
     assert all(producers.get(name) != "DequantizeLinear" for node in scale_back for name in node.input)
     x = table(64, 2)[0]
-    fp32_values = run_batches(session(fp32), x, output="prediction")
-    int8_values = run_batches(session(int8), x, output="prediction")
+    fp32_values = run_batches(session(fp32), x, output=PREDICTION)
+    int8_values = run_batches(session(int8), x, output=PREDICTION)
     assert len(np.unique(int8_values)) == len(x)  # not snapped to a grid of 256 steps
     np.testing.assert_allclose(int8_values, fp32_values, rtol=0.02)
 

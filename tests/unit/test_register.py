@@ -1,27 +1,41 @@
-"""tasks/select.py register, the baseline lookup and the evaluation gate: a real MLflow registry in a temp folder."""
+"""tasks/select.py register, promote, the baseline lookup, the evaluation gate and the
+stage's order of writes: a real MLflow registry in a temp folder."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlflow
+import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
+from tasks.contracts.processed import X, Y, save_split, write_meta
+from tasks.contracts.registry import CHAMPION_ALIAS, SHA256_TAG
+from tasks.core import paths
+from tasks.core.errors import DistilleryError
+from tasks.core.io import read_json, write_json
 from tasks.core.params import MlflowParams, SelectParams
 from tasks.core.provenance import sha256_file
+from tasks.export import artifact_metadata, export_candidate
 from tasks.ml.models import CNN
 from tasks.onnx.export import export_onnx, set_metadata
-import numpy as np
+from tasks.onnx.runtime import read_metadata
 
-from tasks.select import CHAMPION_ALIAS, current_champion_quality, gate_failures, register
+import tasks.select as select
+from tasks.select import Champion, current_champion, gate_failures, promote, register
 
-from conftest import tiny_spec
+from conftest import REPO_ROOT, image_meta, params_section, tiny_spec
 
 SELECT = SelectParams(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256", registered_model="tiny",
                       min_macro_f1=0.9, min_r2=0.3, max_ece=0.1, max_drop_vs_champion=0.02,
-                      max_size_bytes=None, max_latency_ms=None)
+                      max_size_bytes=None, max_latency_ms=None, promote=True)
 SCORES = {"macro_f1": 0.95, "ece": 0.02, "accuracy": 0.96}
+META = image_meta(classes=("0", "1", "2"))
 
 
 @pytest.fixture
@@ -30,36 +44,45 @@ def registry(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # not the previous test's registry, which mlflow would otherwise keep using
     yield MlflowParams(tracking_uri="sqlite:///never-used.db", experiment="unit")
     if mlflow.active_run():
         mlflow.end_run()
 
 
-def onnx_file(path, seed: int):
+def onnx_file(path, seed: int, meta=META):
+    """A tiny CNN's ONNX file that says what export would say about it (data_hash per seed)."""
     torch.manual_seed(seed)
-    export_onnx(CNN(tiny_spec()).eval(), (1, 8, 8), path, opset=17)
-    set_metadata(path, {"git_commit": "abc123", "data_hash": f"hash{seed}"})
+    metadata = artifact_metadata(dataclasses.replace(meta, data_hash=f"hash{seed}"), 0.5)
+    export_onnx(CNN(tiny_spec(n_classes=len(meta.classes))).eval(), meta.input_shape, path, 17,
+                metadata.input_spec.name)
+    set_metadata(path, metadata.replace(git_commit="abc123", candidate=path.stem, precision="int8"))
     return path
 
 
-def test_register_creates_versions_and_moves_the_champion_alias(registry, tmp_path):
+def test_register_creates_versions_and_promote_moves_the_champion_alias(registry, tmp_path):
     first = onnx_file(tmp_path / "first.onnx", seed=0)
     second = onnx_file(tmp_path / "second.onnx", seed=1)
 
-    v1 = register(first, "student.int8", {"git_commit": "abc123", "data_hash": "hash0"}, SCORES, SELECT, registry, True)
-    v2 = register(second, "teacher.int8", {"git_commit": "abc123", "data_hash": "hash1"}, SCORES, SELECT, registry, True)
+    v1 = register(first, "student.int8", SCORES, META, SELECT, registry, True)
+    v2 = register(second, "teacher.int8", SCORES, META, SELECT, registry, True)
     assert (v1, v2) == ("1", "2")
     assert (tmp_path / "mlruns").is_dir()  # MLflow artifacts stay under the temp cwd
 
     assert mlflow.get_tracking_uri().endswith("mlflow.db") and "never-used" not in mlflow.get_tracking_uri()
     client = MlflowClient()
+    with pytest.raises(MlflowException):  # register never touches the alias
+        client.get_model_version_by_alias("tiny", CHAMPION_ALIAS)
+    promote(SELECT, v2)
     champion = client.get_model_version_by_alias("tiny", CHAMPION_ALIAS)
     assert str(champion.version) == "2"
     assert champion.tags["candidate"] == "teacher.int8"
-    assert champion.tags["sha256"] == sha256_file(second)
+    assert champion.tags[SHA256_TAG] == sha256_file(second)
     assert champion.tags["data_hash"] == "hash1"
     assert champion.tags["git_commit"] == "abc123"
-    assert client.get_model_version("tiny", "1").tags["sha256"] == sha256_file(first)
+    assert champion.tags["task"] == META.task
+    assert champion.tags["gate"] == "passed"
+    assert client.get_model_version("tiny", "1").tags[SHA256_TAG] == sha256_file(first)
 
     # What the registry serves is the file that was promoted.
     served = mlflow.onnx.load_model(f"models:/tiny@{CHAMPION_ALIAS}")
@@ -71,8 +94,8 @@ def test_register_creates_versions_and_moves_the_champion_alias(registry, tmp_pa
 def test_a_version_that_fails_the_gate_is_registered_without_the_alias(registry, tmp_path):
     first = onnx_file(tmp_path / "first.onnx", seed=0)
     second = onnx_file(tmp_path / "second.onnx", seed=1)
-    register(first, "student.int8", {"data_hash": "h"}, SCORES, SELECT, registry, True)
-    v2 = register(second, "teacher.int8", {"data_hash": "h"}, {**SCORES, "macro_f1": 0.5}, SELECT, registry, False)
+    promote(SELECT, register(first, "student.int8", SCORES, META, SELECT, registry, True))
+    v2 = register(second, "teacher.int8", {**SCORES, "macro_f1": 0.5}, META, SELECT, registry, False)
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("tiny", CHAMPION_ALIAS).version) == "1"
     assert client.get_model_version("tiny", v2).tags["gate"] == "failed"
@@ -80,21 +103,28 @@ def test_a_version_that_fails_the_gate_is_registered_without_the_alias(registry,
 
 
 def test_current_champion_quality_is_measured_on_the_given_split(registry, tmp_path):
+    from tasks.contracts.onnx import PROBABILITIES
     from tasks.evaluation.metrics import classification_metrics
-    from tasks.onnx.export import run_batches, session
+    from tasks.onnx.runtime import run_batches, session
 
-    classes = [str(i) for i in range(3)]
+    classes = list(META.classes)
     path = onnx_file(tmp_path / "first.onnx", seed=0)
-    set_metadata(path, {"classes": classes, "input_spec": {"shape": [-1, 1, 8, 8]}})
-    assert current_champion_quality(SELECT, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), classes) is None  # none yet
-    register(path, "student.int8", {}, SCORES, SELECT, registry, True)
+    assert current_champion(SELECT, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), META) is None  # none yet
+    version = register(path, "student.int8", SCORES, META, SELECT, registry, True)
+    assert current_champion(SELECT, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), META) is None  # no alias
+    promote(SELECT, version)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 16, (40, 1, 8, 8)).astype(np.float32)
     y = rng.integers(0, 3, 40)
-    expected = classification_metrics(run_batches(session(path), x), y, classes)["macro_f1"]
-    assert current_champion_quality(SELECT, x, y, classes) == pytest.approx(expected)
-    # Another dataset's classes: not a comparable baseline.
-    assert current_champion_quality(SELECT, x, y, ["x", "y", "z"]) is None
+    expected = classification_metrics(run_batches(session(path), x, output=PROBABILITIES), y, classes)["macro_f1"]
+    champion = current_champion(SELECT, x, y, META)
+    assert champion == Champion(version, sha256_file(path), pytest.approx(expected))
+    # Another dataset's classes, or another task: the champion, but no comparable baseline.
+    other = current_champion(SELECT, x, y, image_meta(classes=("x", "y", "z")))
+    assert other == Champion(version, sha256_file(path), None)
+    multilabel = current_champion(SELECT, x, np.zeros((40, 3), np.float32), image_meta(task="multilabel",
+                                                                                      classes=META.classes))
+    assert multilabel == Champion(version, sha256_file(path), None)
 
 
 @pytest.mark.parametrize(
@@ -110,3 +140,155 @@ def test_current_champion_quality_is_measured_on_the_given_split(registry, tmp_p
 )
 def test_gate_failures_say_which_threshold_and_by_how_much(scores, baseline, expected):
     assert gate_failures(scores, SELECT, baseline) == expected
+
+
+# --- The select stage (tasks.select.main) in a temp project ----------------------------------------------------
+
+EXPORT = params_section("export", opset=17, atol=1e-4, calibration_samples=16, per_channel=True)
+EVALUATE = params_section("evaluate", threads=1, latency_repeats=1, ece_bins=5)
+
+
+def write_params(**select_changes) -> None:
+    """The repo's params.yaml with a lenient gate, registering under 'tiny'."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["select"].update({"registered_model": "tiny", "max_f1_drop": 1.0, "min_macro_f1": 0.0, "max_ece": 1.0,
+                             "max_drop_vs_champion": 1.0, **select_changes})
+    paths.PARAMS.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def pixels(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 16, (n, 1, 8, 8)).astype(np.float32)
+
+
+def labels(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 3, n)
+
+
+def prepare_candidates(seed: int) -> None:
+    """What the stages before select leave: data/processed, models/onnx (export's
+    teacher.fp32 and teacher.int8), reports/export.json and reports/evaluation.json."""
+    meta = dataclasses.replace(META, data_hash=f"data{seed}")
+    write_meta(meta, paths.PROCESSED)
+    for i, name in enumerate(("train", "val", "test")):
+        save_split(name, {X: pixels(30, 10 * i), Y: labels(30, 10 * i + 1)}, paths.PROCESSED)
+    from tasks.contracts.processed import load_split
+
+    torch.manual_seed(seed)
+    model = CNN(tiny_spec(n_classes=len(meta.classes))).eval()
+    paths.ONNX_DIR.mkdir(parents=True, exist_ok=True)
+    train_x, _ = load_split("train")
+    figures = export_candidate("teacher", model, load_split("val"), train_x[:16],
+                               artifact_metadata(meta, EXPORT.label_threshold), EXPORT, paths.ONNX_DIR)
+    write_json(paths.EXPORT_REPORT, {"teacher": figures})
+
+    from tasks.evaluate import candidate_files, evaluate_candidate
+
+    x, y = load_split("test")
+    candidates = {name: evaluate_candidate(path, x, y, meta, EVALUATE)
+                  for name, path in candidate_files(paths.ONNX_DIR).items()}
+    assert set(candidates) == {"teacher.fp32", "teacher.int8"}
+    write_json(paths.EVALUATION_REPORT, {"task": meta.task, "test_rows": len(y), "threads": 1,
+                                         "candidates": candidates, "slices": None})
+
+
+def versions(name: str = "tiny") -> list[str]:
+    return sorted(str(v.version) for v in MlflowClient().search_model_versions(f"name='{name}'"))
+
+
+def alias_version(name: str = "tiny") -> str | None:
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, CHAMPION_ALIAS).version)
+    except MlflowException:
+        return None
+
+
+@pytest.fixture
+def project(registry):
+    """A temp cwd holding a params.yaml (the registry fixture chdirs there)."""
+    write_params()
+    prepare_candidates(seed=0)
+    return registry
+
+
+def test_running_select_twice_on_the_same_champion_creates_one_version(project):
+    select.main()
+    first = read_json(paths.METRICS, "metrics")
+    assert first["champion"] == "teacher.int8"
+    assert (first["registered_version"], first["promoted"]) == ("1", True)
+    assert alias_version() == "1"
+
+    select.main()  # the same files: the champion already is this one
+    second = read_json(paths.METRICS, "metrics")
+    assert versions() == ["1"]
+    assert second["registered_version"] == "1"
+    assert alias_version() == "1"
+    tags = MlflowClient().get_model_version("tiny", "1").tags
+    assert tags[SHA256_TAG] == sha256_file(paths.CHAMPION) == sha256_file(paths.ONNX_DIR / "teacher.int8.onnx")
+    x, y = np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int)
+    assert current_champion(params_section("select", registered_model="tiny"), x, y, META).sha256 == tags[SHA256_TAG]
+
+
+def test_select_promote_false_registers_a_first_version_without_an_alias(project):
+    write_params(promote=False)
+    select.main()
+    assert versions() == ["1"]
+    assert alias_version() is None  # nothing promoted, not even a first champion
+    report = read_json(paths.METRICS, "metrics")
+    assert (report["registered_version"], report["promoted"]) == ("1", False)
+    assert MlflowClient().get_model_version("tiny", "1").tags[SHA256_TAG] == sha256_file(paths.CHAMPION)
+
+
+def test_promoting_a_file_registered_earlier_reuses_its_version(project):
+    write_params(promote=False)
+    select.main()
+    assert versions() == ["1"] and alias_version() is None
+    write_params(promote=True)  # the same files, now promoted: no second version of one file
+    select.main()
+    assert versions() == ["1"]
+    assert alias_version() == "1"
+    assert read_json(paths.METRICS, "metrics")["registered_version"] == "1"
+
+
+def test_select_promote_false_registers_a_new_file_beside_the_champion(project):
+    select.main()
+    assert versions() == ["1"] and alias_version() == "1"
+    prepare_candidates(seed=1)  # another model: another file
+    write_params(promote=False)
+    select.main()
+    assert versions() == ["1", "2"]
+    assert alias_version() == "1"  # the champion stays
+    report = read_json(paths.METRICS, "metrics")
+    assert (report["registered_version"], report["promoted"]) == ("2", False)
+    assert MlflowClient().get_model_version("tiny", "2").tags[SHA256_TAG] == sha256_file(paths.CHAMPION)
+    assert read_metadata(paths.CHAMPION).data_hash == "data1"
+
+
+def test_the_alias_moves_only_after_the_champion_file_and_the_reports_are_written(project, monkeypatch):
+    calls = []
+    real_promote = select.promote
+
+    def checked_promote(params, version):
+        # Production follows the alias: everything it points at must already be there.
+        assert alias_version() is None
+        assert sha256_file(paths.CHAMPION) == sha256_file(paths.ONNX_DIR / "teacher.int8.onnx")
+        report = read_json(paths.METRICS, "metrics")
+        assert report["registered_version"] == version and report["champion"] == "teacher.int8"
+        assert paths.COMPRESSION_REPORT.exists()
+        assert MlflowClient().get_model_version("tiny", version).tags[SHA256_TAG] == sha256_file(paths.CHAMPION)
+        calls.append(version)
+        real_promote(params, version)
+
+    monkeypatch.setattr(select, "promote", checked_promote)
+    select.main()
+    assert calls == ["1"] and alias_version() == "1"
+
+
+def test_a_crash_while_writing_the_reports_leaves_the_alias_where_it_was(project, monkeypatch):
+    def fail(*args, **kwargs):
+        raise DistilleryError("disk full")
+
+    monkeypatch.setattr(select, "write_compression_report", fail)
+    with pytest.raises(DistilleryError, match="disk full"):
+        select.main()
+    assert versions() == ["1"]  # registered first ...
+    assert alias_version() is None  # ... but never promoted

@@ -12,7 +12,7 @@ from tasks.select import select_champion
 def params(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256") -> SelectParams:
     return SelectParams(max_f1_drop=max_f1_drop, precisions=precisions, speed_key=speed_key, registered_model="m",
                         min_macro_f1=0.0, min_r2=0.0, max_ece=1.0, max_drop_vs_champion=1.0,
-                        max_size_bytes=None, max_latency_ms=None)
+                        max_size_bytes=None, max_latency_ms=None, promote=True)
 
 
 def candidate(macro_f1: float, b1: float, b256: float) -> dict:
