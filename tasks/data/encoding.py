@@ -50,7 +50,7 @@ def _fit_iterative(x: np.ndarray, fill: dict[str, float], seed: int) -> Imputer:
 
     # keep_empty_features: an all-missing column stays (as 0), so the widths never change.
     imputer = IterativeImputer(random_state=seed, max_iter=10, keep_empty_features=True)
-    imputer.fit(x)
+    imputer.fit(np.array(x, dtype=np.float64))  # a writable copy: with an all-missing column sklearn writes into X
     steps = tuple(
         IterativeStep(feature=int(t.feat_idx), predictors=tuple(int(i) for i in t.neighbor_feat_idx),
                       coef=tuple(float(c) for c in t.estimator.coef_), intercept=float(t.estimator.intercept_))

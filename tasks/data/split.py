@@ -60,14 +60,15 @@ def resample_train(x: np.ndarray, y: np.ndarray, method: str, seed: int) -> tupl
     return flat_out.reshape(-1, *x.shape[1:]).astype(np.float32), y_out.astype(np.int64)
 
 
-def class_counts(splits: dict[str, dict[str, np.ndarray]], n_classes: int) -> dict[str, list[int]]:
-    return {name: np.bincount(s["y"], minlength=n_classes).tolist() for name, s in splits.items()}
+def class_counts(splits: dict[str, dict[str, np.ndarray]], n_classes: int) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(np.bincount(s["y"], minlength=n_classes).tolist()) for name, s in splits.items()}
 
 
-def label_counts(splits: dict[str, dict[str, np.ndarray]], n_classes: int, task: str) -> dict[str, list]:
-    """Per split: samples per class, positives per label (multilabel), or rows (regression)."""
+def label_counts(splits: dict[str, dict[str, np.ndarray]], n_classes: int, task: str) -> dict[str, tuple[int, ...]]:
+    """Per split: samples per class, positives per label (multilabel), or rows (regression).
+    Tuples, as ProcessedMeta.counts declares them (and as read_meta gives them back)."""
     if task == "multilabel":
-        return {name: s["y"].sum(axis=0).astype(int).tolist() for name, s in splits.items()}
+        return {name: tuple(s["y"].sum(axis=0).astype(int).tolist()) for name, s in splits.items()}
     if task == "regression":
-        return {name: [len(s["y"])] for name, s in splits.items()}
+        return {name: (len(s["y"]),) for name, s in splits.items()}
     return class_counts(splits, n_classes)

@@ -16,6 +16,14 @@ from tasks.ml.regularization import CONSTRAINTS, check_constraint_options
 # Losses that take no class weights: with them, a weighting scheme would be
 # silently ignored, so it is refused instead.
 UNWEIGHTED_LOSSES = ("kl_div", "mse", "mae", "huber", "log_cosh", "quantile", "poisson")
+# Losses tasks/ml/losses.py implements that the pipeline's models cannot train with yet, and why.
+NOT_WIRED = {
+    "poisson": "it reads the model's output as a log-rate, but the regression MLP predicts in target units "
+               "(output * std + mean inside the graph), so exp() overflows on a target like diabetes'; "
+               "use mse, mae, huber, log_cosh or quantile",
+}
+# Sigmoid focal loss takes alpha (a share for positives), not per-class weights.
+SIGMOID_TASKS = ("binary", "multilabel")
 
 
 def check_fit_params(params: FitParams, section: str, task: str, source: str = "params.yaml") -> None:
@@ -32,6 +40,8 @@ def check_fit_params(params: FitParams, section: str, task: str, source: str = "
             check_loss_task(params.loss, task)
         except ValueError as err:
             raise fail("loss", f"{err} (task.type is '{task}')") from err
+        if params.loss in NOT_WIRED:
+            raise fail("loss", f"loss '{params.loss}' is not supported for training: {NOT_WIRED[params.loss]}")
         allowed = loss_options(params.loss)
         for option in params.loss_options:
             if option not in allowed:
@@ -40,18 +50,26 @@ def check_fit_params(params: FitParams, section: str, task: str, source: str = "
         if params.loss in UNWEIGHTED_LOSSES and weighting != "none" and task != "regression":
             raise fail("class_weighting", f"loss '{params.loss}' takes no class weights; set "
                                           f"{section}.class_weighting: none, or choose ce, ce_onehot, focal or bce")
-    _check(fail, "loss_options", lambda: _loss_option_values(params, task))
+        if params.loss == "focal" and task in SIGMOID_TASKS and weighting != "none":
+            raise fail("class_weighting", f"a {task} focal loss weighs positives with loss_options.alpha, not "
+                                          f"class weights; set {section}.class_weighting: none")
+    _check(fail, "loss_options", lambda: _loss_option_values(params, task), params.loss_options)
     schedule = dict(params.schedule_options)
     if params.schedule == "cosine":
         schedule.setdefault("t_max", params.max_epochs)
-    for name, known, check in (
-        ("optimizer", OPTIMIZER_OPTIONS, lambda: check_optimizer_options(params.optimizer, params.lr,
-                                                                         **params.optimizer_options)),
-        ("schedule", SCHEDULER_OPTIONS, lambda: check_scheduler_options(params.schedule, **schedule)),
-        ("constraint", CONSTRAINTS, lambda: check_constraint_options(params.constraint, **params.constraint_options)),
+    for name, known, options, check in (
+        ("optimizer", OPTIMIZER_OPTIONS, params.optimizer_options,
+         lambda: check_optimizer_options(params.optimizer, params.lr, **params.optimizer_options)),
+        ("schedule", SCHEDULER_OPTIONS, params.schedule_options,
+         lambda: check_scheduler_options(params.schedule, **schedule)),
+        ("constraint", CONSTRAINTS, params.constraint_options,
+         lambda: check_constraint_options(params.constraint, **params.constraint_options)),
     ):
         # An unknown name is the name's fault; anything else, its options'.
-        _check(fail, name if getattr(params, name) not in known else f"{name}_options", check)
+        if getattr(params, name) not in known:
+            _check(fail, name, check)
+        else:
+            _check(fail, f"{name}_options", check, options)
 
 
 def _loss_option_values(params: FitParams, task: str) -> None:
@@ -61,11 +79,14 @@ def _loss_option_values(params: FitParams, task: str) -> None:
     make_loss(loss_name(task, params), task, **params.loss_options)
 
 
-def _check(fail: Any, key: str, check: Any) -> None:
+def _check(fail: Any, key: str, check: Any, options: Any = None) -> None:
+    """Run `check`; its error names `key`, or `key.<option>` when the message is
+    about exactly one of the `options` given (the components all say "option 'x'")."""
     try:
         check()
     except (ValueError, TypeError) as err:
-        raise fail(key, str(err)) from err
+        named = [option for option in (options or {}) if f"option '{option}'" in str(err)]
+        raise fail(f"{key}.{named[0]}" if len(named) == 1 else key, str(err)) from err
 
 
 def check_training_params(params: Any, task: str, source: str = "params.yaml") -> None:

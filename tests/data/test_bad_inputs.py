@@ -13,7 +13,7 @@ import pytest
 from tasks.core.params import Params, load_params
 from tasks.core.errors import DistilleryError
 from tasks.ingest import ingest
-from tasks.validate import GateResult, failure_message, gate, load_suite
+from tasks.data.gate import GateResult, failure_message, gate, load_suite
 
 REPO = Path(__file__).resolve().parents[2]
 DECLARED = {"age": "numeric", "salary": "numeric", "dept": "categorical", "score": "numeric"}
@@ -46,7 +46,7 @@ def run_gate(frame: pd.DataFrame | None, tmp_path: Path, declared=DECLARED, clas
     else:
         frame.to_csv(path, index=False)
     params = csv_params(path, declared, classes)
-    result = gate(ingest(params.data), params, load_suite(REPO / "expectations/csv.json"))
+    result = gate(ingest(params.data), params.task.type, params.validate, load_suite(REPO / "expectations/csv.json"))
     summary = result.summary
     assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
     assert sorted([*result.valid.table["row_id"], *result.quarantined.table["row_id"]]) == list(range(summary["rows_in"]))

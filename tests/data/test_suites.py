@@ -8,7 +8,7 @@ import numpy as np
 
 from tasks.core.params import load_params
 from tasks.ingest import ingest
-from tasks.validate import load_suite, run_suite, split_quarantine, suite_parameters
+from tasks.data.gate import load_suite, run_suite, split_quarantine, suite_parameters
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,7 +20,7 @@ def test_bundled_digits_pass_their_suite_with_nothing_quarantined() -> None:
     assert outcome.success, [r for r in outcome.results if not r["success"]]
     valid, quarantined = split_quarantine(dataset, outcome.reasons)
     assert len(quarantined.table) == 0
-    assert len(valid.table) == len(dataset.table) == dataset.meta["rows"]
+    assert len(valid.table) == len(dataset.table) == dataset.meta.rows
     # The default imbalance really is there: one rare class at ~10%, the rest 50-100%.
     counts = np.bincount(dataset.arrays["labels"], minlength=10)
     assert counts.min() <= 0.15 * counts.max()
@@ -43,7 +43,7 @@ def test_quickdraw_files_pass_their_suite_and_bad_bitmaps_are_quarantined(tmp_pa
     suite = load_suite(REPO / "expectations/quickdraw.json")
     outcome = run_suite(dataset.table, suite, suite_parameters(dataset.meta))
     assert outcome.success
-    assert dataset.meta["image_shape"] == [28, 28]
+    assert dataset.meta.image_shape == (28, 28)
 
     # One image with a NaN pixel: the gate still passes (mostly), the row is quarantined.
     dataset.arrays["images"][3, 5, 5] = np.nan

@@ -15,9 +15,9 @@ import yaml
 from tasks import bootstrap_suite
 from tasks.bootstrap_suite import profile_suite, render
 from tasks.core.params import load_params
-from tasks.data.correct import LABEL
+from tasks.contracts.dataset import LABEL
 from tasks.ingest import ingest
-from tasks.validate import assess, failure_message, run_suite
+from tasks.data.gate import assess, failure_message, run_suite
 
 from conftest import REPO_ROOT
 
@@ -38,7 +38,7 @@ def penguins():
     params = dataclasses.replace(params, data=dataclasses.replace(params.data, source="penguins"))
     dataset = ingest(params.data)
     suite = profile_suite(dataset, params, "penguins_bootstrap")
-    _, typed = assess(dataset, params)
+    _, typed = assess(dataset, params.task.type, params.validate)
     return params, typed.table, suite
 
 

@@ -1,4 +1,4 @@
-"""tasks/calibration.py: temperature scaling against a brute-force NLL minimum."""
+"""tasks/ml/calibration.py: temperature scaling against a brute-force NLL minimum."""
 
 from __future__ import annotations
 

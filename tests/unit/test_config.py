@@ -1,4 +1,4 @@
-"""tasks/config.py: params.yaml read strictly into frozen typed objects, and the
+"""tasks/core/config.py + tasks/core/params.py: params.yaml read strictly into frozen typed objects, and the
 CLI's exit 2 on bad params."""
 
 from __future__ import annotations
@@ -251,3 +251,91 @@ def test_stage_cli_exits_2_on_bad_params_without_a_traceback(tmp_path, raw_param
     assert "params.yaml" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # nothing was ingested
+
+
+# --------------------------------------------------------------------------- hints, many problems, stage views
+
+
+def test_a_typo_of_a_key_is_refused_with_the_near_miss(tmp_path, raw_params):
+    message, path = load_error(tmp_path, set_dotted(raw_params, "train.lrr", 0.002))
+    assert f"{path}: 'train.lrr': unknown key; did you mean 'lr'?" in message
+
+
+def test_a_typo_of_a_choice_is_refused_with_the_near_miss(tmp_path, raw_params):
+    message, _ = load_error(tmp_path, set_dotted(raw_params, "train.clip", "nrom"))
+    assert "'train.clip'" in message and "did you mean 'norm'?" in message
+
+
+def test_every_bad_key_of_a_section_is_reported_in_one_error(tmp_path, raw_params):
+    raw = set_dotted(raw_params, "train.lrr", 0.002)
+    raw = set_dotted(raw, "train.patiense", 3)
+    raw = set_dotted(raw, "train.batch_size", "big")
+    raw = delete_dotted(raw, "train.seed")
+    message, path = load_error(tmp_path, raw)
+    assert str(path) in message and "4 problems" in message
+    assert "'train.lrr': unknown key; did you mean 'lr'?" in message
+    assert "'train.patiense': unknown key; did you mean 'patience'?" in message
+    assert "'train.batch_size': must be int" in message
+    assert "'train.seed': missing key" in message
+
+
+def test_bad_keys_in_several_sections_are_reported_in_one_error(tmp_path, raw_params):
+    raw = set_dotted(raw_params, "train.lrr", 0.002)
+    raw = set_dotted(raw, "export.opset", "17")
+    message, _ = load_error(tmp_path, raw)
+    assert "'train.lrr'" in message and "'export.opset'" in message
+
+
+def test_a_stage_view_exposes_only_its_sections_and_mlflow(tmp_path, raw_params):
+    full = load_params(REPO_PARAMS)
+    view = load_params(REPO_PARAMS, ("data",))
+    assert not isinstance(view, Params)
+    assert view.data == full.data
+    assert view.mlflow == full.mlflow  # tracking, read by every stage
+    with pytest.raises(AttributeError) as err:
+        view.train
+    message = str(err.value)
+    assert str(REPO_PARAMS) in message
+    assert "'train'" in message and "SECTIONS" in message and "['data']" in message
+
+
+def test_a_stage_view_still_checks_the_whole_file(tmp_path, raw_params):
+    # A bad key anywhere stops any stage, not only the stage that reads it.
+    path = write_params(tmp_path, set_dotted(raw_params, "train.lrr", 0.002))
+    with pytest.raises(DistilleryError, match=r"'train\.lrr'"):
+        load_params(path, ("data",))
+
+
+def test_a_stage_view_of_an_unknown_section_is_refused():
+    with pytest.raises(ValueError, match=r"no params section \['trian'\]"):
+        load_params(REPO_PARAMS, ("data", "trian"))
+
+
+# --------------------------------------------------------------------------- ML options: tasks/ml/checks.py
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "key", "rule"),
+    [
+        ("train.loss_options", {"gamma": 2.0}, "train.loss_options.gamma", "not an option of loss 'ce'"),
+        ("train.optimizer", "adamax", "train.optimizer", "adamax"),
+        ("train.schedule_options", {"gamma": 2.0}, "train.schedule_options.gamma", "gamma"),
+        ("distill.constraint", "max_nrom", "distill.constraint", "max_nrom"),
+    ],
+)
+def test_ml_options_pass_the_parser_and_are_refused_by_the_training_checks(tmp_path, raw_params, dotted, value, key,
+                                                                           rule):
+    from tasks.ml.checks import check_training_params
+
+    raw = set_dotted(raw_params, dotted, value)
+    if dotted == "train.loss_options":
+        raw = set_dotted(raw, "train.loss", "ce")
+    if dotted == "train.schedule_options":
+        raw = set_dotted(raw, "train.schedule", "exponential")
+    path = write_params(tmp_path, raw)
+    params = load_params(path)  # the parser checks types; the options are the components'
+    with pytest.raises(DistilleryError) as err:
+        check_training_params(params, params.task.type, str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: '{key}': ")
+    assert "params.yaml" in message and rule in message

@@ -1,4 +1,4 @@
-"""tasks/core.py: atomic writes, JSON and npz IO, hashing, the CLI wrapper."""
+"""tasks/core: atomic writes, JSON and npz IO, hashing, the CLI wrapper, report tables."""
 
 from __future__ import annotations
 
@@ -144,3 +144,23 @@ def test_markdown_table_formats_rows_and_the_empty_case():
     assert lines[1] == "|---|---|"
     assert lines[2] == "| a | 0.1235 |"
     assert lines[3] == "| b | 2 |"
+
+
+def test_markdown_table_lines_up_rows_with_different_keys():
+    # An int8 row carries a key the fp32 row lacks; a later row lacks one the first has.
+    rows = [
+        {"candidate": "teacher.fp32", "macro_f1": 0.9, "latency_ms_b1": 1.5},
+        {"candidate": "teacher.int8", "macro_f1": 0.89, "int8_agreement": 0.98, "latency_ms_b1": 0.7},
+        {"candidate": "student.fp32", "latency_ms_b1": 0.4},
+    ]
+    lines = markdown_table(rows).splitlines()
+    headers = ["candidate", "macro_f1", "latency_ms_b1", "int8_agreement"]
+    assert lines[0] == "| " + " | ".join(headers) + " |"
+    assert lines[1] == "|---|---|---|---|"
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[2:]]
+    assert all(len(row) == len(headers) for row in cells)
+    assert [dict(zip(headers, row)) for row in cells] == [
+        {"candidate": "teacher.fp32", "macro_f1": "0.9", "latency_ms_b1": "1.5", "int8_agreement": ""},
+        {"candidate": "teacher.int8", "macro_f1": "0.89", "latency_ms_b1": "0.7", "int8_agreement": "0.98"},
+        {"candidate": "student.fp32", "macro_f1": "", "latency_ms_b1": "0.4", "int8_agreement": ""},
+    ]

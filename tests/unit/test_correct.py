@@ -1,4 +1,4 @@
-"""tasks/correct.py: the corrections params.yaml allows on a small messy table
+"""tasks/data/correct.py: the corrections params.yaml allows on a small messy table
 built here, and the image path on synthetic images."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data.correct import LABEL, ROW_ID, correct_images, correct_table
+from tasks.contracts.dataset import LABEL, ROW_ID
+from tasks.data.correct import correct_images, correct_table
 from tasks.ingest import image_table
 from tasks.data.sources import ImageData
 
@@ -37,9 +38,9 @@ def messy() -> pd.DataFrame:
     )
 
 
-def correct(raw=None, declared=DECLARED, **overrides):
+def correct(raw=None, declared=DECLARED, task="binary", **overrides):
     raw = messy() if raw is None else raw
-    return correct_table(raw, {"target": "outcome", "columns": dict(declared)}, validate_params(**overrides))
+    return correct_table(raw, "outcome", dict(declared), task, validate_params(**overrides))
 
 
 def test_nothing_is_dropped_and_the_input_is_not_modified():

@@ -1,19 +1,17 @@
-"""expectations/custom.py through tasks.validate.run_suite (a real GX checkpoint),
-and validate.gate end to end on a small table with the real csv suite."""
+"""expectations/custom.py through tasks.data.gate.run_suite (a real GX checkpoint),
+and tasks.data.gate.gate end to end on a small table with the real csv suite."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data.correct import LABEL, ROW_ID
-from tasks.contracts.dataset import Dataset
+from tasks.contracts.dataset import LABEL, ROW_ID, Dataset, DatasetMeta
+from tasks.data.gate import failure_message, gate, load_suite, run_suite
 from tasks.data.quality import fold
-from tasks.validate import failure_message, gate, load_suite, run_suite
 
 from conftest import REPO_ROOT, repo_params
 
@@ -188,15 +186,16 @@ def tabular_dataset(counts: dict[str, int], seed: int = 0) -> Dataset:
             "outcome": rng.permutation(labels),
         }
     )
-    meta = {"source": "csv", "kind": "tabular", "target": "outcome", "columns": {}, "classes": None,
-            "rows": n, "data_hash": "test"}
+    # What ingest writes for a CSV with nothing declared (data.columns {}, data.classes null).
+    meta = DatasetMeta(source="csv", kind="tabular", rows=n, data_hash="test", classes=None, origin="unused.csv",
+                       target="outcome", declared_types={}, declared_columns=())
     return Dataset(table=table, arrays={}, meta=meta)
 
 
-def csv_params():
+def run_gate(dataset: Dataset):
+    """The gate as the validate stage runs it, with the repo's task type and validate params."""
     params = repo_params()
-    data = replace(params.data, source="csv", path="unused.csv", target="outcome", columns={}, classes=None)
-    return replace(params, data=data)
+    return gate(dataset, params.task.type, params.validate, load_suite(CSV_SUITE))
 
 
 def check_rows_accounted(dataset: Dataset, result) -> None:
@@ -211,8 +210,8 @@ def test_gate_quarantines_bad_rows_and_keeps_every_row_accounted_for():
     dataset = tabular_dataset({"yes": 30, "no": 20, "maybe": 10})
     dataset.table.loc[4, "age"] = "Thirty"
     dataset.table.loc[len(dataset.table)] = [60, *dataset.table.iloc[7, 1:]]  # a copy of row 7
-    dataset.meta["rows"] = len(dataset.table)
-    result = gate(dataset, csv_params(), load_suite(CSV_SUITE))
+    dataset.meta = dataset.meta.replace(rows=len(dataset.table))
+    result = run_gate(dataset)
     assert result.outcome.success, failure_message(result.outcome, CSV_SUITE)
     check_rows_accounted(dataset, result)
     reasons = dict(zip(result.quarantined.table[ROW_ID], result.quarantined.table["reason"]))
@@ -222,13 +221,18 @@ def test_gate_quarantines_bad_rows_and_keeps_every_row_accounted_for():
     # "HR" and "hr " are one category now, whichever spelling it kept.
     assert valid["dept"].nunique() == 3 and set(valid["dept"].map(fold)) == {"hr", "sales", "engineering"}
     assert set(valid[LABEL]) == {"yes", "no", "maybe"}
-    assert result.valid.meta["classes"] == ["maybe", "no", "yes"]
+    assert result.valid.meta.classes == ("maybe", "no", "yes")
+    # The gate types the meta: the task, every column's type, and the model's features.
+    assert result.valid.meta.task == repo_params().task.type
+    assert result.valid.meta.column_types == {"age": "numeric", "salary": "numeric", "dept": "categorical"}
+    assert result.valid.meta.features == ("age", "salary", "dept")
+    assert result.valid.meta.rows == len(valid) and result.quarantined.meta.rows == 2
 
 
 def test_failed_warnings_do_not_fail_the_gate():
     # 110 to 5: imbalance ratio 22 > 20 and normalised entropy ~0.26 < 0.5, both warnings.
     dataset = tabular_dataset({"common": 110, "rare": 5})
-    result = gate(dataset, csv_params(), load_suite(CSV_SUITE))
+    result = run_gate(dataset)
     check_rows_accounted(dataset, result)
     warned = {r["expectation"]: r for r in result.outcome.warnings}
     assert set(warned) == {
@@ -242,7 +246,7 @@ def test_failed_warnings_do_not_fail_the_gate():
 
 def test_a_critical_failure_fails_the_gate_but_still_accounts_for_every_row():
     dataset = tabular_dataset({"common": 50, "rare": 4})  # csv.json wants 5 per class
-    result = gate(dataset, csv_params(), load_suite(CSV_SUITE))
+    result = run_gate(dataset)
     check_rows_accounted(dataset, result)
     assert not result.outcome.success
     (failed,) = result.outcome.failed

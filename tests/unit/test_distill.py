@@ -1,4 +1,4 @@
-"""tasks/distill.py: the Hinton distillation loss against a hand computation."""
+"""tasks/ml/distillation.py: the Hinton distillation loss against a hand computation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.distill import distillation_loss
+from tasks.ml.distillation import distillation_loss
 
 
 def np_log_softmax(z: np.ndarray) -> np.ndarray:

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from tasks.core.params import QuickDrawParams
-from tasks.core.provenance import hash_arrays
+from tasks.core.provenance import hash_arrays, hash_table
+from tasks.contracts.dataset import DatasetMeta
 from tasks.ingest import image_table, ingest
 from tasks.data.sources import ImageData
-from tasks.validate import load_suite
+from tasks.data.gate import load_suite
 
 from conftest import REPO_ROOT, params_section
 
@@ -73,8 +74,27 @@ def test_ingest_quickdraw_keeps_table_and_arrays_row_aligned(tmp_path):
     assert len(dataset.table) == len(images) == len(labels) == 10
     np.testing.assert_array_equal(dataset.table["label"], labels)
     np.testing.assert_array_equal(dataset.table["pixel_max"], images.reshape(10, -1).max(axis=1))
-    assert dataset.meta["classes"] == ["apple", "cat"]
-    assert dataset.meta["image_shape"] == [28, 28]
-    assert dataset.meta["pixel_max"] == 255.0
-    assert dataset.meta["rows"] == 10
-    assert dataset.meta["data_hash"] == hash_arrays(images, labels)
+    assert dataset.meta.source == "quickdraw" and dataset.meta.kind == "image"
+    assert dataset.meta.classes == ("apple", "cat")
+    assert dataset.meta.image_shape == (28, 28)
+    assert dataset.meta.pixel_max == 255.0
+    assert dataset.meta.rows == 10
+    assert dataset.meta.data_hash == hash_arrays(images, labels)
+
+
+def test_ingest_csv_records_what_validate_needs_in_the_meta(tmp_path):
+    # validate reads the target, the declared types and columns and the classes
+    # from the ingested meta (no longer from params.yaml), so ingest must put them there.
+    path = tmp_path / "people.csv"
+    path.write_text("age,city,outcome\n31,Oslo,yes\nNA,Bergen,no\n40 y,Oslo,yes\n")
+    params = params_section("data", source="csv", path=str(path), target="outcome",
+                            columns={"age": "numeric"}, classes=("no", "yes"))
+    dataset = ingest(params)
+    assert dataset.table.columns.tolist() == ["row_id", "age", "city", "outcome"]
+    assert dataset.table["row_id"].tolist() == [0, 1, 2]
+    assert dataset.table["age"].tolist() == ["31", "NA", "40 y"]  # text as written, for the gate to judge
+    assert dataset.arrays == {}
+    assert dataset.meta == DatasetMeta(
+        source="csv", kind="tabular", rows=3, data_hash=hash_table(dataset.table), classes=("no", "yes"),
+        origin=str(path), target="outcome", declared_types={"age": "numeric"}, declared_columns=("age",),
+    )

@@ -1,4 +1,4 @@
-"""tasks/losses.py: every loss against a hand (numpy) computation or a reference
+"""tasks/ml/losses.py: every loss against a hand (numpy) computation or a reference
 implementation, the focal/CE and one-hot/sparse identities, option checks and
 the task registry."""
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import log_loss, mean_pinball_loss
 
-from tasks.distill import distillation_loss
+from tasks.ml.distillation import distillation_loss
 from tasks.ml.losses import LOSS_TASKS, TASK_TYPES, bce_loss, ce_loss, ce_onehot_loss, check_loss_task, focal_loss, huber_loss, kl_div_loss, log_cosh_loss, loss_options, mae_loss, make_loss, mse_loss, poisson_loss, quantile_loss
 
 RNG = np.random.default_rng(0)

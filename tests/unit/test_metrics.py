@@ -1,4 +1,4 @@
-"""tasks/metrics.py: softmax, expected calibration error, classification metrics."""
+"""tasks/evaluation/metrics.py: softmax, expected calibration error, classification metrics."""
 
 from __future__ import annotations
 

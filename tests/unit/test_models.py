@@ -1,4 +1,4 @@
-"""tasks/models.py: the CNN and its safetensors + JSON artifacts."""
+"""tasks/ml/models.py: the CNN and its safetensors + JSON artifacts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from tasks.core.errors import DistilleryError
 from tasks.ml.models import CNN, CNNSpec, count_parameters, load_model, save_model, spec_for
 
-from conftest import params_section, tiny_spec
+from conftest import image_meta, params_section, tiny_spec
 
 
 def trained_looking_model(spec: CNNSpec, seed: int = 0) -> CNN:
@@ -140,7 +140,7 @@ def test_tiny_inputs_keep_a_spatial_map():
 
 
 def test_spec_for_reads_the_processed_meta():
-    meta = {"input_shape": [1, 8, 8], "classes": ["a", "b"], "mean": [3.0], "std": [2.0]}
+    meta = image_meta(classes=("a", "b"), mean=(3.0,), std=(2.0,))
     spec = spec_for(meta, params_section("train", channels=(4, 8), hidden=16, dropout=0.1))
     assert spec == CNNSpec((1, 8, 8), (4, 8), 16, 2, 0.1, (3.0,), (2.0,))
     assert count_parameters(CNN(spec)) > 0

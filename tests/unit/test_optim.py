@@ -1,4 +1,4 @@
-"""tasks/optim.py: each optimizer name builds the right torch class with the
+"""tasks/ml/optim.py: each optimizer name builds the right torch class with the
 given hyperparameters and descends; each schedule gives the lr sequence worked
 out by hand; clipping by norm and by value, numerically."""
 

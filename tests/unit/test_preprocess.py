@@ -1,4 +1,4 @@
-"""tasks/preprocess.py: the stratified split and the train-only normalisation stats."""
+"""tasks/preprocess.py and tasks/data/split.py: the stratified split and the train-only normalisation stats."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 
 from tasks.core.errors import DistilleryError
 from tasks.core.provenance import hash_arrays
-from tasks.contracts.dataset import Dataset
-from tasks.preprocess import preprocess, split_indices
+from tasks.contracts.dataset import Dataset, DatasetMeta
+from tasks.contracts.processed import ProcessedMeta
+from tasks.data.split import split_indices
+from tasks.preprocess import preprocess
 
 from conftest import params_section
 
@@ -28,7 +30,8 @@ def make_dataset(labels: np.ndarray) -> Dataset:
     n = len(labels)
     images = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 8, axis=1).repeat(8, axis=2)
     images += 1000.0 * labels[:, None, None]
-    meta = {"classes": [f"c{i}" for i in range(labels.max() + 1)], "pixel_max": 16.0}
+    meta = DatasetMeta(source="digits", kind="image", rows=n, data_hash="test",
+                       classes=tuple(f"c{i}" for i in range(labels.max() + 1)), image_shape=(8, 8), pixel_max=16.0)
     table = pd.DataFrame({"row_id": np.arange(n, dtype=np.int64)})
     return Dataset(table=table, arrays={"images": images, "labels": labels}, meta=meta)
 
@@ -99,42 +102,45 @@ def test_an_absent_class_in_the_middle_is_allowed():
 def test_preprocess_keeps_rows_aligned_and_adds_a_channel():
     labels = imbalanced_labels()
     dataset = make_dataset(labels)
-    splits, meta = preprocess(dataset, PARAMS)
+    splits, meta = preprocess(dataset, PARAMS, "multiclass")
     for name, idx in split_indices(labels, PARAMS).items():
         x, y = splits[name]["x"], splits[name]["y"]
         assert x.shape == (len(idx), 1, 8, 8) and x.dtype == np.float32 and y.dtype == np.int64
         np.testing.assert_array_equal(x[:, 0], dataset.arrays["images"][idx])
         np.testing.assert_array_equal(y, labels[idx])
-    assert meta["input_shape"] == [1, 8, 8]
-    assert meta["classes"] == dataset.meta["classes"]
-    assert meta["data_hash"] == hash_arrays(dataset.arrays["images"], labels)
+    assert isinstance(meta, ProcessedMeta)
+    assert meta.kind == "image" and meta.task == "multiclass"
+    assert meta.input_shape == (1, 8, 8)
+    assert meta.classes == dataset.meta.classes
+    assert meta.pixel_max == dataset.meta.pixel_max
+    assert meta.data_hash == hash_arrays(dataset.arrays["images"], labels)
     for name in ("train", "val", "test"):
-        assert meta["counts"][name] == np.bincount(labels[split_indices(labels, PARAMS)[name]], minlength=3).tolist()
+        assert list(meta.counts[name]) == np.bincount(labels[split_indices(labels, PARAMS)[name]], minlength=3).tolist()
 
 
 def test_normalisation_stats_come_from_the_train_split_only():
     labels = imbalanced_labels()
     dataset = make_dataset(labels)
     images = dataset.arrays["images"]
-    _, meta = preprocess(dataset, PARAMS)
+    _, meta = preprocess(dataset, PARAMS, "multiclass")
     train = images[split_indices(labels, PARAMS)["train"]]
-    np.testing.assert_allclose(meta["mean"], [train.mean()], rtol=1e-6)
-    np.testing.assert_allclose(meta["std"], [train.std()], rtol=1e-5)
-    assert abs(meta["mean"][0] - images.mean()) > 1e-3  # not the whole data's
+    np.testing.assert_allclose(meta.mean, [train.mean()], rtol=1e-6)
+    np.testing.assert_allclose(meta.std, [train.std()], rtol=1e-5)
+    assert abs(meta.mean[0] - images.mean()) > 1e-3  # not the whole data's
 
 
 def test_a_constant_image_set_gets_a_positive_std():
     labels = imbalanced_labels((10, 10))
     dataset = make_dataset(labels)
     dataset.arrays["images"][:] = 5.0
-    _, meta = preprocess(dataset, PARAMS)
-    assert meta["mean"] == [5.0]
-    assert meta["std"][0] > 0
+    _, meta = preprocess(dataset, PARAMS, "multiclass")
+    assert meta.mean == (5.0,)
+    assert meta.std[0] > 0
 
 
 def test_each_split_keeps_the_row_ids_of_its_images():
     dataset = make_dataset(imbalanced_labels())
-    splits, _ = preprocess(dataset, params_section("preprocess", resample="none"))
+    splits, _ = preprocess(dataset, params_section("preprocess", resample="none"), "multiclass")
     for split in splits.values():
         # Every pixel of an image holds its row index (mod the class offset).
         assert (split["x"][:, 0, 0, 0] % 1000 == split["row_id"]).all()

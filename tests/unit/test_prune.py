@@ -1,4 +1,4 @@
-"""tasks/prune.py: unstructured magnitude pruning, structured channel pruning
+"""tasks/ml/pruning.py: unstructured magnitude pruning, structured channel pruning
 that physically shrinks CNN and MLP models, and fine-tuning that keeps zeros."""
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tasks.ml.models import CNN, MLP, MLPSpec, count_parameters, load_model, save_model
+from tasks.contracts.onnx import IMAGE_INPUT
+from tasks.ml.pruning import count_nonzero_parameters, fine_tune, prune_structured, prune_unstructured, sparsity
 from tasks.onnx.export import export_onnx
-from tasks.prune import count_nonzero_parameters, fine_tune, prune_structured, prune_unstructured, sparsity
 
-from conftest import params_section, tiny_spec
+from conftest import image_meta, params_section, tiny_spec
 
 
 def with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -249,8 +250,8 @@ def test_a_pruned_model_round_trips_through_save_and_load(tmp_path):
 def test_the_exported_onnx_of_a_pruned_model_is_smaller(tmp_path):
     model = cnn(channels=(16, 32), hidden=32)
     pruned = prune_structured(model, 0.5)
-    export_onnx(model, model.spec.input_shape, tmp_path / "full.onnx", 17)
-    export_onnx(pruned, pruned.spec.input_shape, tmp_path / "pruned.onnx", 17)
+    export_onnx(model, model.spec.input_shape, tmp_path / "full.onnx", 17, IMAGE_INPUT)
+    export_onnx(pruned, pruned.spec.input_shape, tmp_path / "pruned.onnx", 17, IMAGE_INPUT)
     full_size, pruned_size = (tmp_path / "full.onnx").stat().st_size, (tmp_path / "pruned.onnx").stat().st_size
     assert pruned_size < 0.6 * full_size
 
@@ -287,14 +288,14 @@ def test_unstructured_sweep_reports_sparsity_quality_and_compressed_size():
     import numpy as np
 
     from tasks.ml.models import CNN, CNNSpec
-    from tasks.prune import unstructured_sweep
+    from tasks.ml.pruning import unstructured_sweep
 
     torch.manual_seed(0)
     model = CNN(CNNSpec(input_shape=(1, 8, 8), channels=(4,), hidden=8, n_classes=3, dropout=0.0, mean=(8.0,),
                         std=(4.0,))).eval()
     rng = np.random.default_rng(0)
     val = (rng.uniform(0, 16, (30, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 30))
-    rows = unstructured_sweep(model, (0.25, 0.75), "global", val, {"classes": ["a", "b", "c"]})
+    rows = unstructured_sweep(model, (0.25, 0.75), "global", val, image_meta())
     assert [r["amount"] for r in rows] == [0.25, 0.75]
     assert rows[0]["sparsity"] == pytest.approx(0.25, abs=0.01) and rows[1]["sparsity"] == pytest.approx(0.75, abs=0.01)
     assert rows[1]["gzip_bytes"] < rows[0]["gzip_bytes"] < rows[0]["dense_bytes"]

@@ -1,4 +1,4 @@
-"""tasks/quality.py: the four data-quality dimensions, each checked against a
+"""tasks/data/quality.py: the four data-quality dimensions, each checked against a
 hand computation or an independent reference (numpy, scipy, pandas)."""
 
 from __future__ import annotations

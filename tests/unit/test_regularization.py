@@ -1,4 +1,4 @@
-"""tasks/regularization.py: penalties equal hand computations, normalisation
+"""tasks/ml/regularization.py: penalties equal hand computations, normalisation
 layers are left out, the activation penalty adds what the hooks saw, and the
 constraints hold after they are applied."""
 

@@ -13,14 +13,14 @@ from tasks.core.io import write_json
 from tasks.search import grid_of, run_search
 from tasks.train import with_search_results
 
-from conftest import params_section
+from conftest import image_meta, params_section
 
 
 def tiny_data(n: int = 60, seed: int = 0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
     x = (rng.normal(size=(n, 1, 8, 8)) + y[:, None, None, None] * 2.0).astype(np.float32)
-    return (x, y), {"classes": ["a", "b"], "input_shape": [1, 8, 8], "mean": [1.0], "std": [1.5]}
+    return (x, y), image_meta(classes=("a", "b"), mean=(1.0,), std=(1.5,))
 
 
 def search(sampler: str, trials: int, space: dict) -> SearchParams:

@@ -1,4 +1,4 @@
-"""tasks/sources.py: Quick Draw bitmap files and the bundled digits."""
+"""tasks/data/sources.py: Quick Draw bitmap files and the bundled digits."""
 
 from __future__ import annotations
 

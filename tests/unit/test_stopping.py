@@ -1,4 +1,4 @@
-"""tasks/stopping.py: early stopping counts patience, honours min_delta and
+"""tasks/ml/stopping.py: early stopping counts patience, honours min_delta and
 restores the best weights; the correlation-driven criterion waits for a full
 window, lets co-falling losses run, and stops soon after an overfitting
 divergence with the best-validation weights back in the model."""

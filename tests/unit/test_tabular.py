@@ -1,6 +1,7 @@
 """The tabular model path: the encoder fitted on train and shared with serving
-(tasks/preprocess.py), train-only resampling, the MLP and its artifacts
-(tasks/models.py), and its ONNX export (tasks/export.py)."""
+(tasks/data/encoding.py, tasks/contracts/encoder.py, tasks/preprocess.py),
+train-only resampling (tasks/data/split.py), the MLP and its artifacts
+(tasks/ml/models.py), and its ONNX export (tasks/export.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ import pytest
 import torch
 
 from tasks.core.errors import DistilleryError
-from tasks.contracts.dataset import Dataset
+from tasks.contracts.dataset import Dataset, DatasetMeta
+from tasks.contracts.encoder import Imputer, TableEncoder
+from tasks.contracts.processed import ProcessedMeta, load_split, read_meta, save_split, write_meta
+from tasks.data.encoding import fit_encoder
+from tasks.data.split import resample_train, split_indices
 from tasks.export import artifact_metadata, export_candidate
 from tasks.ml.models import MLP, MLPSpec, build_model, load_model, save_model, spec_for
-from tasks.onnx.export import check_onnx, run_batches, session
-from tasks.preprocess import encode_table, fit_encoder, preprocess_table, resample_train, split_indices
+from tasks.onnx.runtime import read_metadata, run_batches, session
+from tasks.preprocess import preprocess, preprocess_table
 
 from conftest import params_section
 
@@ -43,19 +48,22 @@ def train_frame() -> pd.DataFrame:
     )
 
 
-@pytest.mark.parametrize("impute, fill_x", [("median", 2.0), ("mean", 3.75), ("most_frequent", 1.0), ("knn", 2.0)])
+@pytest.mark.parametrize("impute, fill_x", [("median", 2.0), ("mean", 3.75), ("most_frequent", 1.0), ("knn", 3.75),
+                                            ("iterative", 3.75)])
 def test_fit_encoder_learns_fill_values_and_categories(impute, fill_x):
-    # x present: 1, 1, 3, 10 -> median 2, mean 15/4, mode 1; knn falls back to the median.
+    # x present: 1, 1, 3, 10 -> median 2, mean 15/4, mode 1; knn and iterative fall
+    # back to (start from) the mean, as scikit-learn's imputers do.
     encoder = fit_encoder(train_frame(), TYPES, impute)
-    assert encoder["numeric"] == ["x", "z"]
-    assert encoder["categorical"] == {"color": ["green", "red"]}
-    assert encoder["fill_values"] == {"x": fill_x, "z": 0.0}  # z has no value at all: 0
-    assert encoder["impute"] == impute
+    assert encoder.numeric == ("x", "z")
+    assert encoder.categorical == {"color": ("green", "red")}
+    assert encoder.imputer.fill_values == {"x": fill_x, "z": 0.0}  # z has no value at all: 0
+    assert encoder.imputer.method == impute
+    assert encoder.columns == ("x", "z", "color") and encoder.width == 4
 
 
 def test_encode_table_one_hot_unseen_and_missing():
-    encoder = {"numeric": ["x", "z"], "categorical": {"color": ["green", "red"]},
-               "fill_values": {"x": 1.5, "z": -2.0}, "impute": "median"}
+    encoder = TableEncoder(numeric=("x", "z"), categorical={"color": ("green", "red")},
+                           imputer=Imputer("median", {"x": 1.5, "z": -2.0}))
     rows = pd.DataFrame(
         {
             "color": ["red", "purple", None, "green"],  # purple was never seen in training
@@ -64,7 +72,7 @@ def test_encode_table_one_hot_unseen_and_missing():
             "extra": ["ignored"] * 4,
         }
     )
-    encoded = encode_table(rows, encoder)
+    encoded = encoder.encode(rows)
     assert encoded.dtype == np.float32
     np.testing.assert_array_equal(
         encoded,
@@ -83,7 +91,7 @@ def test_encode_table_one_hot_unseen_and_missing():
 def test_encode_table_names_a_missing_feature_column():
     encoder = fit_encoder(train_frame(), TYPES, "median")
     with pytest.raises(DistilleryError, match=r"\['color'\]"):
-        encode_table(train_frame().drop(columns=["color"]), encoder)
+        encoder.encode(train_frame().drop(columns=["color"]))
 
 
 # --------------------------------------------------------------------------- preprocess_table
@@ -113,18 +121,15 @@ def tabular_dataset(counts=(30, 30, 30), seed: int = 0) -> Dataset:
             "label": np.asarray(classes, dtype=object)[labels],
         }
     )
-    meta = {
-        "kind": "tabular",
-        "classes": classes,
-        "column_types": {**TYPES, "note": "text"},
-        "features": ["x", "z", "color"],
-        "data_hash": "test",
-    }
+    meta = DatasetMeta(
+        source="csv", kind="tabular", rows=n, data_hash="test", classes=tuple(classes), target="label",
+        task="multiclass", column_types={**TYPES, "note": "text"}, features=("x", "z", "color"),
+    )
     return Dataset(table=table, arrays={}, meta=meta)
 
 
 def label_indices(dataset: Dataset) -> np.ndarray:
-    return dataset.table["label"].map({c: i for i, c in enumerate(dataset.meta["classes"])}).to_numpy(np.int64)
+    return dataset.table["label"].map({c: i for i, c in enumerate(dataset.meta.classes)}).to_numpy(np.int64)
 
 
 def test_the_encoder_is_fitted_on_the_train_split_only():
@@ -135,38 +140,39 @@ def test_the_encoder_is_fitted_on_the_train_split_only():
     val_rows = parts["val"][:2]
     dataset.table.loc[val_rows[0], "color"] = "purple"
     dataset.table.loc[val_rows[1], "x"] = 1e6
-    _, meta = preprocess_table(dataset, params)
-    encoder = meta["encoder"]
+    _, meta = preprocess_table(dataset, params, "multiclass")
+    encoder = meta.encoder
     train = dataset.table.iloc[parts["train"]]
-    assert "purple" not in encoder["categorical"]["color"]
-    assert encoder["categorical"]["color"] == sorted(train["color"].dropna().unique())
-    assert encoder["fill_values"]["x"] == pytest.approx(np.nanmean(train["x"].to_numpy()))
-    assert encoder["fill_values"]["z"] == pytest.approx(np.nanmean(train["z"].to_numpy()))
+    assert "purple" not in encoder.categorical["color"]
+    assert encoder.categorical["color"] == tuple(sorted(train["color"].dropna().unique()))
+    assert encoder.imputer.fill_values["x"] == pytest.approx(np.nanmean(train["x"].to_numpy()))
+    assert encoder.imputer.fill_values["z"] == pytest.approx(np.nanmean(train["z"].to_numpy()))
 
 
 def test_median_fill_values_are_the_train_medians():
     dataset = tabular_dataset()
     params = preprocess_params(impute="median")
     train = dataset.table.iloc[split_indices(label_indices(dataset), params)["train"]]
-    _, meta = preprocess_table(dataset, params)
+    _, meta = preprocess_table(dataset, params, "multiclass")
     for col in ("x", "z"):
-        assert meta["encoder"]["fill_values"][col] == pytest.approx(np.nanmedian(train[col].to_numpy()))
+        assert meta.encoder.imputer.fill_values[col] == pytest.approx(np.nanmedian(train[col].to_numpy()))
 
 
 def test_preprocess_table_outputs_are_complete_and_consistent():
     dataset = tabular_dataset()
-    splits, meta = preprocess_table(dataset, preprocess_params())
-    encoder = meta["encoder"]
-    names = encoder["numeric"] + [f"color={v}" for v in encoder["categorical"]["color"]]
-    assert meta["feature_names"] == names == ["x", "z", "color=blue", "color=green", "color=red"]
-    assert meta["input_shape"] == [len(names)]
+    splits, meta = preprocess_table(dataset, preprocess_params(), "multiclass")
+    encoder = meta.encoder
+    names = (*encoder.numeric, *(f"color={v}" for v in encoder.categorical["color"]))
+    assert meta.feature_names == encoder.feature_names == names == ("x", "z", "color=blue", "color=green", "color=red")
+    assert meta.input_shape == (len(names),) and encoder.width == len(names)
+    assert meta.kind == "tabular" and meta.task == "multiclass" and meta.classes == dataset.meta.classes
     assert "note" not in " ".join(names)  # text is not a feature
     assert sum(len(s["y"]) for s in splits.values()) == len(dataset.table)
     for name, split in splits.items():
         assert split["x"].shape == (len(split["y"]), len(names)), name
         assert split["x"].dtype == np.float32 and not np.isnan(split["x"]).any(), name
-    assert len(meta["mean"]) == len(meta["std"]) == len(names)
-    np.testing.assert_allclose(meta["mean"], splits["train"]["x"].mean(axis=0), rtol=1e-5)
+    assert len(meta.mean) == len(meta.std) == len(names)
+    np.testing.assert_allclose(meta.mean, splits["train"]["x"].mean(axis=0), rtol=1e-5)
 
 
 @pytest.mark.parametrize("impute", ["knn", "iterative"])
@@ -174,13 +180,52 @@ def test_model_imputers_leave_no_gap_and_keep_observed_values(impute):
     dataset = tabular_dataset()
     params = preprocess_params(impute=impute)
     before = dataset.table.copy()
-    splits, _ = preprocess_table(dataset, params)
+    splits, _ = preprocess_table(dataset, params, "multiclass")
     pd.testing.assert_frame_equal(dataset.table, before)  # the input is not imputed in place
     train_rows = dataset.table.iloc[split_indices(label_indices(dataset), params)["train"]]
     x_train = splits["train"]["x"]
     assert not np.isnan(x_train).any() and not np.isnan(splits["test"]["x"]).any()
     observed = train_rows["x"].notna().to_numpy()
     np.testing.assert_allclose(x_train[observed, 0], train_rows["x"].to_numpy()[observed], rtol=1e-6)
+
+
+@pytest.mark.parametrize("impute", ["knn", "iterative"])
+def test_the_stored_encoder_encodes_raw_test_rows_as_the_saved_test_split(impute, tmp_path):
+    # Train/serve parity: what serving does to a raw row (the encoder from the
+    # saved meta.json) is exactly what preprocess saved for the test split.
+    dataset = tabular_dataset()
+    splits, meta = preprocess(dataset, preprocess_params(impute=impute), "multiclass")  # the stage's function
+    assert meta.encoder.imputer.method == impute
+    for name, arrays in splits.items():
+        save_split(name, arrays, tmp_path)
+    write_meta(meta, tmp_path)
+    stored = read_meta(tmp_path).encoder
+    assert stored == meta.encoder
+    saved_x, _ = load_split("test", tmp_path)
+    row_ids = splits["test"]["row_id"]
+    raw = dataset.table.set_index("row_id").loc[row_ids].reset_index()  # the validated rows, untouched
+    gaps = raw[["x", "z"]].isna().to_numpy()
+    assert gaps.any(axis=0).all()  # the test split has gaps in both numeric columns
+    encoded = stored.encode(raw)
+    assert encoded.dtype == saved_x.dtype == np.float32
+    np.testing.assert_array_equal(encoded, saved_x)
+    np.testing.assert_array_equal(meta.encoder.encode(raw), saved_x)
+
+    # The imputer really ran: every gap differs from the median fill, every
+    # observed value and every one-hot column is the same.
+    median_splits, _ = preprocess(dataset, preprocess_params(impute="median"), "multiclass")
+    median_x = median_splits["test"]["x"]
+    np.testing.assert_array_equal(median_splits["test"]["row_id"], row_ids)
+    assert (encoded[:, :2][gaps] != median_x[:, :2][gaps]).all()
+    np.testing.assert_array_equal(encoded[:, :2][~gaps], median_x[:, :2][~gaps])
+    np.testing.assert_array_equal(encoded[:, 2:], median_x[:, 2:])
+
+
+@pytest.mark.parametrize("impute", ["median", "knn", "iterative"])
+def test_the_processed_meta_round_trips_through_meta_json(impute, tmp_path):
+    _, meta = preprocess_table(tabular_dataset(), preprocess_params(impute=impute), "multiclass")
+    write_meta(meta, tmp_path)
+    assert read_meta(tmp_path) == meta
 
 
 # --------------------------------------------------------------------------- resampling
@@ -224,17 +269,21 @@ def test_preprocess_resamples_the_train_split_only(method):
     dataset = tabular_dataset(counts=(40, 20, 10))
     labels = label_indices(dataset)
     parts = split_indices(labels, preprocess_params())
-    splits, meta = preprocess_table(dataset, preprocess_params(resample=method))
+    splits, meta = preprocess_table(dataset, preprocess_params(resample=method), "multiclass")
     train_counts = np.bincount(labels[parts["train"]], minlength=3)
     expected_train = [int(train_counts.min())] * 3 if method == "under" else [int(train_counts.max())] * 3
-    assert meta["counts"]["train"] == expected_train == np.bincount(splits["train"]["y"]).tolist()
+    assert list(meta.counts["train"]) == expected_train == np.bincount(splits["train"]["y"]).tolist()
     for name in ("val", "test"):
-        assert meta["counts"][name] == np.bincount(labels[parts[name]], minlength=3).tolist()
+        assert list(meta.counts[name]) == np.bincount(labels[parts[name]], minlength=3).tolist()
         np.testing.assert_array_equal(splits[name]["y"], labels[parts[name]])
-    assert meta["resample"] == method
+    assert meta.resample == method
 
 
 # --------------------------------------------------------------------------- the MLP
+
+# Five encoded features: x, z, color=blue, color=green, color=red.
+ENCODER = TableEncoder(numeric=("x", "z"), categorical={"color": ("blue", "green", "red")},
+                       imputer=Imputer("median", {"x": 0.0, "z": 0.0}))
 
 SPEC = MLPSpec(
     n_features=5, layers=(8, 6), n_classes=3, dropout=0.2,
@@ -281,8 +330,9 @@ def test_the_mlp_standardises_inside_its_graph():
 
 
 def test_spec_for_a_table_is_an_mlp_spec():
-    meta = {"kind": "tabular", "input_shape": [5], "classes": ["a", "b", "c", "d"],
-            "mean": [0.0, 1.0, 2.0, 3.0, 4.0], "std": [1.0, 1.0, 2.0, 2.0, 3.0]}
+    meta = ProcessedMeta(kind="tabular", task="multiclass", classes=("a", "b", "c", "d"), input_shape=(5,),
+                         mean=(0.0, 1.0, 2.0, 3.0, 4.0), std=(1.0, 1.0, 2.0, 2.0, 3.0), data_hash="test",
+                         resample="none", counts={}, encoder=ENCODER)
     params = params_section("train", mlp_layers=(16, 8), dropout=0.1)
     spec = spec_for(meta, params)
     assert spec == MLPSpec(n_features=5, layers=(16, 8), n_classes=4, dropout=0.1,
@@ -298,17 +348,10 @@ def test_spec_for_a_table_is_an_mlp_spec():
 # No temperature: the fp32 logits must then be the PyTorch logits themselves.
 EXPORT = params_section("export", opset=17, atol=1e-4, calibration_samples=32, per_channel=True,
                         temperature_scaling=False)
-TABLE_META = {
-    "kind": "tabular",
-    "classes": ["a", "b", "c"],
-    "input_shape": [5],
-    "feature_names": ["x", "z", "color=blue", "color=green", "color=red"],
-    "encoder": {"numeric": ["x", "z"], "categorical": {"color": ["blue", "green", "red"]},
-                "fill_values": {"x": 0.0, "z": 0.0}, "impute": "median"},
-    "mean": list(SPEC.mean),
-    "std": list(SPEC.std),
-    "data_hash": "0123abcd",
-}
+TABLE_META = ProcessedMeta(
+    kind="tabular", task="multiclass", classes=("a", "b", "c"), input_shape=(5,), mean=SPEC.mean, std=SPEC.std,
+    data_hash="0123abcd", resample="none", counts={}, encoder=ENCODER,
+)
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +359,7 @@ def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("mlp_onnx")
     model = trained_looking_mlp()
     val = (features(20, 3), np.random.default_rng(3).integers(0, 3, 20))
-    figures = export_candidate("mlp", model, val, features(32, 4), artifact_metadata(TABLE_META), EXPORT, out)
+    figures = export_candidate("mlp", model, val, features(32, 4), artifact_metadata(TABLE_META, 0.5), EXPORT, out)
     return model, figures, out / "mlp.fp32.onnx", out / "mlp.int8.onnx"
 
 
@@ -349,7 +392,7 @@ def test_mlp_fp32_matches_pytorch(exported):
 
 def test_mlp_int8_probabilities_sum_to_one(exported):
     _, _, _, int8 = exported
-    probabilities = run_batches(session(int8), features(11, 6))
+    probabilities = run_batches(session(int8), features(11, 6), output="probabilities")
     assert probabilities.shape == (11, 3)
     assert (probabilities >= 0).all()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -358,8 +401,9 @@ def test_mlp_int8_probabilities_sum_to_one(exported):
 def test_mlp_files_describe_a_table_input(exported):
     _, _, fp32, int8 = exported
     for path, precision in ((fp32, "fp32"), (int8, "int8")):
-        metadata = check_onnx(path)
-        assert metadata["precision"] == precision
-        assert metadata["input_spec"]["name"] == "features"
-        assert metadata["input_spec"]["features"] == TABLE_META["feature_names"]
-        assert metadata["preprocessing"]["encoder"] == TABLE_META["encoder"]
+        metadata = read_metadata(path)
+        assert metadata.precision == precision
+        assert metadata.kind == "tabular"
+        assert metadata.input_spec.name == "features"
+        assert metadata.input_spec.features == TABLE_META.feature_names == ENCODER.feature_names
+        assert metadata.preprocessing.encoder == TABLE_META.encoder

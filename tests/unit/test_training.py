@@ -1,5 +1,6 @@
-"""tasks/training.py: seeding, the early-stopped loop, class weights, the device;
-and the train/distill stage functions built on it."""
+"""tasks/ml/training.py: seeding, the early-stopped loop, class weights, the device;
+and the train/distill building blocks built on it (tasks/ml/fitting.py,
+tasks/ml/distillation.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import torch.nn.functional as F
 
 from tasks.core.params import FitParams
 from tasks.core.errors import DistilleryError
-from tasks.distill import distill_student
+from tasks.ml.distillation import distill_student
+from tasks.ml.fitting import train_teacher
 from tasks.ml.models import CNN
-from tasks.train import train_teacher
 from tasks.ml.training import _epoch_loss, balanced_class_weights, fit, pick_device, predict_logits, seed_everything
 
-from conftest import params_section, tiny_spec
+from conftest import image_meta, params_section, tiny_spec
 
-META = {"input_shape": [1, 8, 8], "classes": ["a", "b", "c"], "mean": [8.0], "std": [4.0]}
+META = image_meta()
 
 
 def fit_params(**overrides) -> FitParams:

@@ -1,4 +1,4 @@
-"""tasks/validate.py: the real digits GX suite through a GX checkpoint, and the
+"""tasks/data/gate.py (the validate stage's building blocks): the real digits GX suite through a GX checkpoint, and the
 quarantine split."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from tasks.core.errors import DistilleryError
-from tasks.contracts.dataset import Dataset
+from tasks.contracts.dataset import Dataset, DatasetMeta
 from tasks.ingest import image_table
 from tasks.data.sources import ImageData
-from tasks.validate import failure_message, load_suite, merge_reasons, run_suite, split_quarantine, suite_parameters
+from tasks.data.gate import failure_message, load_suite, merge_reasons, run_suite, split_quarantine, suite_parameters
 
 from conftest import REPO_ROOT
 
@@ -41,7 +41,8 @@ def make_dataset(counts=(40, 40, 40), seed: int = 0) -> Dataset:
 
 
 def dataset_from(data: ImageData) -> Dataset:
-    meta = {"classes": list(data.classes), "pixel_max": data.pixel_max, "rows": len(data.labels)}
+    meta = DatasetMeta(source="digits", kind="image", rows=len(data.labels), data_hash="test",
+                       classes=tuple(data.classes), image_shape=tuple(data.images.shape[1:]), pixel_max=data.pixel_max)
     return Dataset(table=image_table(data), arrays={"images": data.images, "labels": data.labels}, meta=meta)
 
 
@@ -50,7 +51,9 @@ def failed_names(outcome) -> set[str]:
 
 
 def test_suite_parameters_list_every_class_label():
-    assert suite_parameters({"classes": ["a", "b", "c", "d"]}) == {"class_labels": [0, 1, 2, 3]}
+    meta = DatasetMeta(source="digits", kind="image", rows=0, data_hash="test", classes=("a", "b", "c", "d"),
+                       image_shape=(8, 8), pixel_max=16.0)
+    assert suite_parameters(meta) == {"class_labels": [0, 1, 2, 3]}
 
 
 def test_clean_data_passes_with_nothing_quarantined(suite):
@@ -95,7 +98,10 @@ def test_bad_rows_are_quarantined_with_reasons(dirty):
     reasons = dict(zip(quarantined.table["row_id"], quarantined.table["reason"]))
     assert "label" in reasons[bad_label_row] and "in_set" in reasons[bad_label_row]
     assert "pixel_max" in reasons[bad_pixel_row] and "between" in reasons[bad_pixel_row]
-    assert valid.meta["rows"] == len(valid.table) and quarantined.meta["rows"] == 2
+    assert valid.meta.rows == len(valid.table) and quarantined.meta.rows == 2
+    # Everything else in the meta travels unchanged to both parts.
+    assert valid.meta == dataset.meta.replace(rows=len(valid.table))
+    assert quarantined.meta == dataset.meta.replace(rows=2)
 
 
 def test_quarantine_split_keeps_arrays_row_aligned_with_tables(dirty):
