@@ -4,7 +4,6 @@ changes what training does; every loss either is refused for a task or trains.""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
