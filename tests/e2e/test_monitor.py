@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.core.io import save_npz, write_json
+from tasks.contracts.processed import ProcessedMeta, save_split, write_meta
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ("a", "b", "c")
@@ -50,16 +50,19 @@ def make_project(root: Path) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for split, n in (("train", 600), ("test", 150)):
         y = rng.choice(3, size=n, p=[0.5, 0.3, 0.2]).astype(np.int64)
-        save_npz(root / f"data/processed/{split}.npz", x=rng.uniform(0, 16, (n, 1, 8, 8)).astype(np.float32), y=y)
-    write_json(root / "data/processed/meta.json", {"kind": "image", "classes": list(CLASSES), "resample": "none",
-                                                   "input_shape": [1, 8, 8], "data_hash": "synthetic"})
+        save_split(split, {"x": rng.uniform(0, 16, (n, 1, 8, 8)).astype(np.float32), "y": y}, root / "data/processed")
+    write_meta(ProcessedMeta(kind="image", task="multiclass", classes=CLASSES, input_shape=(1, 8, 8), mean=(8.0,),
+                             std=(4.6,), data_hash="synthetic", resample="none", counts={}, pixel_max=16.0),
+               root / "data/processed")
     return root
 
 
-def write_predictions(root: Path, starts: list[float], shifted: list[bool], seed: int = 1) -> list[tuple[str, int, str]]:
+def write_predictions(root: Path, starts: list[float], shifted: list[bool], seed: int = 1,
+                      refused: list[int] | None = None) -> list[tuple[str, int, str]]:
     """ROWS_PER_WINDOW rows per window through the server's log writer; a shifted
-    window's images are darker and flatter (pixels halved). Returns
-    (request_id, row, predicted) of every row."""
+    window's images are darker and flatter (pixels halved); `refused[w]` refused
+    requests in window w, logged as the server logs them (one row each, with
+    the status and error). Returns (request_id, row, predicted) of every answered row."""
     from deploy.predlog import Entry, PredictionLog
 
     rng = np.random.default_rng(seed)
@@ -77,9 +80,13 @@ def write_predictions(root: Path, starts: list[float], shifted: list[bool], seed
             probs = rng.dirichlet([1, 1, 1], size=2).astype(np.float32) * 0.5
             probs[np.arange(2), predicted] += 0.5
             request_id = f"w{w}-r{i}"
-            log.append(Entry(float(t), request_id, "predict", "distillery", "7", CLASSES, x, None, probs,
-                             float(rng.gamma(2.0, 1.5))))
+            log.append(Entry(ts=float(t), request_id=request_id, endpoint="predict", model_name="distillery",
+                             model_version="7", latency_ms=float(rng.gamma(2.0, 1.5)), task="multiclass",
+                             classes=CLASSES, x=x, outputs=probs))
             written += [(request_id, row, CLASSES[int(p.argmax())]) for row, p in enumerate(probs)]
+        for j, t in enumerate(np.sort(start + rng.uniform(1, HOUR - 1, (refused or [0] * len(starts))[w]))):
+            log.append(Entry(ts=float(t), request_id=f"w{w}-refused{j}", endpoint="predict", model_name="distillery",
+                             model_version="7", latency_ms=5000.0, status=422, error="rows[0]: expected a number"))
     log.close()
     return written
 
@@ -109,7 +116,7 @@ def test_drift_is_logged_per_window_and_triggers_a_retrain_that_fails_clearly(tm
 
     root = make_project(tmp_path / "drifted")
     starts = past_windows(3)
-    write_predictions(root, starts, shifted=[False, True, True])
+    write_predictions(root, starts, shifted=[False, True, True], refused=[0, 6, 0])
 
     with pytest.raises(RetrainNotTriggered) as failure:
         monitor(root=str(root))
@@ -126,6 +133,10 @@ def test_drift_is_logged_per_window_and_triggers_a_retrain_that_fails_clearly(tm
     assert [m.value for m in _history(root, "drift/retrain_signal")] == [0.0, 1.0, 1.0]
     assert [m.value for m in _history(root, "ops/rows")] == [ROWS_PER_WINDOW] * 3
     assert [m.value for m in _history(root, "ops/requests")] == [ROWS_PER_WINDOW // 2] * 3
+    # The refused requests are counted in the error rate only (refused / (answered requests + refused)).
+    requests = ROWS_PER_WINDOW // 2
+    assert [m.value for m in _history(root, "ops/error_rate")] == pytest.approx([0.0, 6 / (requests + 6), 0.0])
+    assert _history(root, "ops/latency_p99_ms")[1].value < 5000.0
     assert _history(root, "prediction/psi")[2].value > 0.2
     assert _history(root, "ops/latency_p95_ms")[0].value > 0
 
@@ -204,5 +215,5 @@ def test_the_monitor_without_a_pipeline_run_says_what_to_do(tmp_path: Path, harn
     assert monitor(root=str(root))["rows"] == 0
     (root / "logs/monitor_state.json").unlink()  # start over: the next run reads the whole log
     write_predictions(root, [time.time() // HOUR * HOUR - 2 * HOUR], shifted=[False])
-    with pytest.raises(DistilleryError, match="data/processed/meta.json: processed data meta not found"):
+    with pytest.raises(DistilleryError, match=r"data/processed/meta.json: processed meta not found; run the stage that writes it first \(dvc repro\)"):
         monitor(root=str(root))

@@ -11,70 +11,108 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["a", "b", "c"]
-IMAGE_META = {
-    "classes": CLASSES,
-    "task": "multiclass",
-    "input_spec": {"name": "pixels", "shape": [-1, 1, 8, 8], "dtype": "float32", "range": [0, 16.0]},
-    "preprocessing": {"inside_graph": "(x - mean) / std per channel; send raw pixel values", "mean": [8.0], "std": [4.0]},
-    "outputs": ["logits", "probabilities"],
-    "git_commit": "abc123",
-    "data_hash": "hash0",
+PENGUINS = ["Adelie", "Chinstrap", "Gentoo"]
+# The raw rows the table encoder is fitted on: its median fill values are 44 and 4000.
+ENCODER_ROWS = {
+    "bill": [40.0, 44.0, 48.0, None],
+    "mass": [3500.0, 4000.0, 4500.0, 3900.0],
+    "island": ["Biscoe", "Dream", "Torgersen", None],
+    "sex": ["FEMALE", "MALE", None, "MALE"],
 }
-ENCODER = {
-    "numeric": ["bill", "mass"],
-    "categorical": {"island": ["Biscoe", "Dream", "Torgersen"], "sex": ["FEMALE", "MALE"]},
-    "impute": "median",
-    "fill_values": {"bill": 44.0, "mass": 4000.0},
-}
+TABLE_COLUMNS = {"bill": "numeric", "mass": "numeric", "island": "categorical", "sex": "categorical"}
+
+
+def table_encoder() -> Any:
+    """The encoder of the table models, fitted by the pipeline's own code on a small frame."""
+    import pandas as pd
+
+    from tasks.data.encoding import fit_encoder
+
+    return fit_encoder(pd.DataFrame(ENCODER_ROWS), TABLE_COLUMNS, "median")
+
+
+ENCODER = table_encoder()
+
+
+def image_metadata(classes: Sequence[str] = tuple(CLASSES), input_shape: tuple[int, ...] = (1, 8, 8),
+                   data_hash: str = "hash0", task: str = "multiclass", threshold: float = 0.5) -> Any:
+    """The ONNX metadata of an image model in raw 0..16 pixel units, through the contract."""
+    from tasks.contracts.onnx import IMAGE_INPUT, ArtifactMetadata, InputSpec, Preprocessing, output_names
+
+    return ArtifactMetadata(
+        task=task, classes=tuple(classes),
+        input_spec=InputSpec(name=IMAGE_INPUT, shape=(-1, *input_shape), dtype="float32", range=(0.0, 16.0)),
+        preprocessing=Preprocessing(inside_graph="(x - mean) / std per channel; send raw pixel values", mean=(8.0,), std=(4.0,)),
+        outputs=output_names(task), git_commit="abc123", data_hash=data_hash, threshold=threshold,
+    )
+
+
+def table_metadata(encoder: Any = ENCODER, classes: Sequence[str] = tuple(PENGUINS), task: str = "multiclass",
+                   data_hash: str = "tablehash", target_units: tuple[float, float] | None = None) -> Any:
+    """The ONNX metadata of a table model over `encoder`'s features, the encoder in it."""
+    from tasks.contracts.onnx import TABLE_INPUT, ArtifactMetadata, InputSpec, Preprocessing, TargetUnits, output_names
+
+    return ArtifactMetadata(
+        task=task, classes=tuple(classes),
+        input_spec=InputSpec(name=TABLE_INPUT, shape=(-1, encoder.width), dtype="float32", features=encoder.feature_names),
+        preprocessing=Preprocessing(inside_graph="(x - mean) / std per encoded feature; encode raw rows with preprocessing.encoder",
+                                    mean=TABLE_MEAN, std=TABLE_STD, encoder=encoder),
+        outputs=output_names(task), git_commit="abc123", data_hash=data_hash,
+        target_units=TargetUnits(*target_units) if target_units is not None else None,
+    )
+
+
+TABLE_MEAN = (44.0, 4000.0) + (0.3,) * 5
+TABLE_STD = (5.0, 800.0) + (0.5,) * 5
 
 
 # --------------------------------------------------------------------------- models
 
 
-def image_model(path: Path, seed: int = 0, n_classes: int = 3, input_shape: tuple[int, int, int] = (1, 8, 8)) -> Path:
-    """A tiny CNN (a few hundred weights) for raw 0..16 pixels, exported as the pipeline does."""
+def image_model(path: Path, seed: int = 0, n_classes: int = 3, input_shape: tuple[int, int, int] = (1, 8, 8),
+                task: str = "multiclass", classes: Sequence[str] | None = None, threshold: float = 0.5) -> Path:
+    """A tiny CNN (a few hundred weights) for raw 0..16 pixels, exported as the
+    pipeline does: export_onnx, then set_metadata. A binary model has one
+    sigmoid logit (n_classes=1) and two classes."""
     import torch
 
+    from tasks.contracts.onnx import input_name
     from tasks.ml.models import CNN, CNNSpec
     from tasks.onnx.export import export_onnx, set_metadata
 
     torch.manual_seed(seed)
     spec = CNNSpec(input_shape=input_shape, channels=(4,), hidden=8, n_classes=n_classes, dropout=0.0, mean=(8.0,), std=(4.0,))
-    export_onnx(CNN(spec).eval(), input_shape, path, opset=17)
-    classes = [f"c{i}" for i in range(n_classes)] if n_classes != 3 else CLASSES
-    set_metadata(path, {**IMAGE_META, "classes": classes, "data_hash": f"hash{seed}",
-                        "input_spec": {**IMAGE_META["input_spec"], "shape": [-1, *input_shape]}})
+    export_onnx(CNN(spec).eval(), input_shape, path, opset=17, input_name=input_name("image"), task=task)
+    if classes is None:
+        classes = CLASSES if n_classes == 3 else [f"c{i}" for i in range(n_classes)]
+    set_metadata(path, image_metadata(classes, input_shape, f"hash{seed}", task, threshold))
     return path
 
 
-def table_model(path: Path, seed: int = 0) -> Path:
-    """A tiny MLP over ENCODER's features, with the encoder in its metadata."""
+def table_model(path: Path, seed: int = 0, task: str = "multiclass", classes: Sequence[str] = tuple(PENGUINS),
+                n_outputs: int | None = None, target_units: tuple[float, float] | None = None) -> Path:
+    """A tiny MLP over ENCODER's features, with the encoder in its metadata.
+    Regression: one output, scaled back to target units (`target_units`: mean, std) in the graph."""
     import torch
 
+    from tasks.contracts.onnx import input_name
     from tasks.ml.models import MLP, MLPSpec
     from tasks.onnx.export import export_onnx, set_metadata
-    from tasks.preprocess import encoded_feature_names
 
     torch.manual_seed(seed)
-    width = 2 + 3 + 2
-    spec = MLPSpec(n_features=width, layers=(8,), n_classes=3, dropout=0.0, mean=(44.0, 4000.0) + (0.3,) * 5, std=(5.0, 800.0) + (0.5,) * 5)
-    export_onnx(MLP(spec).eval(), (width,), path, opset=17)
-    set_metadata(path, {
-        "classes": ["Adelie", "Chinstrap", "Gentoo"],
-        "task": "multiclass",
-        "input_spec": {"name": "features", "shape": [-1, width], "dtype": "float32", "features": encoded_feature_names(ENCODER)},
-        "preprocessing": {"encoder": ENCODER, "inside_graph": "(x - mean) / std per encoded feature"},
-        "outputs": ["logits", "probabilities"],
-        "git_commit": "abc123",
-        "data_hash": "tablehash",
-    })
+    width = ENCODER.width
+    target = dict(target_mean=target_units[0], target_std=target_units[1]) if target_units else {}
+    spec = MLPSpec(n_features=width, layers=(8,), n_classes=n_outputs or len(classes), dropout=0.0, mean=TABLE_MEAN,
+                   std=TABLE_STD, **target)
+    export_onnx(MLP(spec).eval(), (width,), path, opset=17, input_name=input_name("tabular"), task=task)
+    set_metadata(path, table_metadata(ENCODER, classes, task, target_units=target_units))
     return path
 
 
@@ -121,7 +159,7 @@ def slow_model(path: Path, matmuls: int = 12, width: int = 512, spread: int = 76
     model.ir_version = 8
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    set_metadata(path, IMAGE_META)
+    set_metadata(path, image_metadata())
     return path
 
 
@@ -220,8 +258,8 @@ class Server:
     def predict(self, rows: Any, **kw: Any) -> httpx.Response:
         return self.client.post("/predict", json={"rows": rows}, **kw)
 
-    def infer(self, x: np.ndarray, name: str = "distillery", **kw: Any) -> httpx.Response:
-        body = {"inputs": [{"name": "pixels", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    def infer(self, x: np.ndarray, name: str = "distillery", input_name: str = "pixels", **kw: Any) -> httpx.Response:
+        body = {"inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
         return self.client.post(f"/v2/models/{name}/infer", json=body, **kw)
 
     def metric(self, sample_name: str, /, **labels: str) -> float:

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from .serve_helpers import pixels, read_log
@@ -30,16 +31,29 @@ def test_every_answered_prediction_is_logged(serve, models):
         probs = np.asarray(next(o for o in r.json()["outputs"] if o["name"] == "probabilities")["data"]).reshape(2, 3)
         for row in range(2):
             expected[(f"infer-{i}", row)] = {"endpoint": "infer", "class": "abc"[int(probs[row].argmax())], "x": x[row]}
-    # Refused requests are not predictions.
-    assert server.predict([[1, 2, 3]]).status_code == 422
-    assert server.client.post("/predict", content=b"{").status_code == 400
+    # Refused requests are no predictions: each is one row with its status and why.
+    refused = {}
+    for path, body, status in (("/predict", json.dumps({"rows": [[1, 2, 3]]}).encode(), 422), ("/predict", b"{", 400),
+                               ("/v2/models/distillery/infer", b'{"inputs": []}', 422)):
+        r = server.client.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == status
+        refused[r.headers["x-request-id"]] = (path.rsplit("/", 1)[-1], status, r.json()["error"])
 
     assert server.stop(signal.SIGTERM) == 0
-    logged = {(row["request_id"], row["row"]): row for row in read_log(server.log_dir)}
+    rows = read_log(server.log_dir)
+    logged = {(row["request_id"], row["row"]): row for row in rows if row["status"] == 200}
     assert set(logged) == set(expected)
+    errors = {row["request_id"]: row for row in rows if row["status"] != 200}
+    assert set(errors) == set(refused) and len(rows) == len(expected) + len(refused)
+    for request_id, (endpoint, status, error) in refused.items():
+        row = errors[request_id]
+        assert (row["endpoint"], row["status"], row["error"], row["row"]) == (endpoint, status, error, 0)
+        assert all(pd.isna(row[c]) for c in ("inputs", "predicted", "probability", "probabilities", "value"))
+        assert row["model_name"] == "distillery" and row["model_version"] == version
     for key, want in expected.items():
         row = logged[key]
         assert row["endpoint"] == want["endpoint"] and row["predicted"] == want["class"]
+        assert pd.isna(row["error"]) and pd.isna(row["value"])
         assert row["model_name"] == "distillery" and row["model_version"] == version
         assert row["latency_ms"] > 0 and row["ts"] > 0
         probabilities = json.loads(row["probabilities"])

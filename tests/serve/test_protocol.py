@@ -33,6 +33,7 @@ def test_model_metadata_names_tensors_with_a_batch_dimension(server, models):
     assert meta["platform"] == "onnxruntime_onnx"
     assert meta["parameters"]["classes"] == CLASSES
     assert meta["parameters"]["data_hash"] == "hash0"
+    assert (meta["parameters"]["task"], meta["parameters"]["answer"]) == ("multiclass", "probabilities")
     version = meta["versions"][0]
     assert meta["parameters"]["sha256"].startswith(version)  # a file's version is its sha256 prefix
     assert server.client.get(f"/v2/models/distillery/versions/{version}").status_code == 200
@@ -119,6 +120,7 @@ def test_predict_accepts_each_row_layout_and_answers_classes_and_probabilities(s
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model_name"] == "distillery" and body["request_id"] == r.headers["x-request-id"]
+        assert body["task"] == "multiclass"
         for prediction, want in zip(body["predictions"], expected):
             assert prediction["class"] == CLASSES[int(want.argmax())]
             assert prediction["probability"] == pytest.approx(float(want.max()), rel=1e-6)

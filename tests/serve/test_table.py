@@ -1,5 +1,6 @@
 """A table model: rows come as objects {column: value}, are encoded by the very
-function training used (tasks.preprocess.encode_table), and bad cells are named."""
+encoder training fitted (tasks.contracts.encoder.TableEncoder.encode, carried in
+the model's metadata), and bad cells are named."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import pandas as pd
 import pytest
 
 from .serve_helpers import ENCODER, onnx_outputs, read_log
-from tasks.preprocess import encode_table
 
 ROWS = [
     {"bill": 39.1, "mass": 3750, "island": "Torgersen", "sex": "MALE", "comments": "ignored"},
@@ -26,13 +26,19 @@ def test_metadata_describes_the_table_input(server):
     meta = server.client.get("/v2/models/distillery").json()
     assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 7]}]
     assert meta["parameters"]["kind"] == "table"
-    assert meta["parameters"]["columns"] == {"numeric": ENCODER["numeric"], "categorical": ENCODER["categorical"]}
+    assert meta["parameters"]["columns"] == {
+        "numeric": ["bill", "mass"],
+        "categorical": {"island": ["Biscoe", "Dream", "Torgersen"], "sex": ["FEMALE", "MALE"]},
+    }
+    assert meta["parameters"]["input_spec"]["features"] == list(ENCODER.feature_names)
 
 
 def test_rows_are_encoded_as_in_training(server, models):
     r = server.predict(ROWS)
     assert r.status_code == 200, r.text
-    x = encode_table(pd.DataFrame(ROWS), ENCODER)
+    x = ENCODER.encode(pd.DataFrame(ROWS))
+    assert x[1, 0] == 44.0  # the missing bill is the train median
+    assert x[2, 2:5].tolist() == [0, 0, 0]  # Atlantis: no island
     expected = onnx_outputs(models["table"], x)["probabilities"]
     classes = ["Adelie", "Chinstrap", "Gentoo"]
     for prediction, want in zip(r.json()["predictions"], expected):
@@ -41,7 +47,7 @@ def test_rows_are_encoded_as_in_training(server, models):
 
 
 def test_v2_infer_takes_encoded_features(server, models):
-    x = encode_table(pd.DataFrame(ROWS), ENCODER)
+    x = ENCODER.encode(pd.DataFrame(ROWS))
     body = {"inputs": [{"name": "features", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
     r = server.client.post("/v2/models/distillery/infer", json=body)
     assert r.status_code == 200, r.text
