@@ -14,7 +14,7 @@ Endpoints (all but the two health probes need the bearer token when one is set):
   GET  /v2/models/{name}[/versions/{v}]        model metadata (tensors, classes)
   GET  /v2/models/{name}[/versions/{v}]/ready  model readiness
   POST /v2/models/{name}[/versions/{v}]/infer  Open Inference Protocol inference
-  POST /predict                                {"rows": [...]} -> classes and probabilities
+  POST /predict                                {"rows": [...]} -> per row: class, labels or value (by task)
   POST /v2/repository/models/{name}/load       reload now (also SIGHUP)
   GET  /metrics                                Prometheus text format
   GET  /docs, /openapi.json                    API documentation

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from tasks.contracts.encoder import TableEncoder
 from tasks.contracts.onnx import predicted_labels
 
 BINARY_HEADER = "inference-header-content-length"
@@ -356,7 +357,7 @@ def parse_predict(payload: Any, model: Any, max_rows: int, maybe_bool: bool = Tr
     return PredictRequest(np.ascontiguousarray(x.reshape((len(rows), *shape))), None)
 
 
-def encode_rows(rows: list, encoder: dict) -> np.ndarray:
+def encode_rows(rows: list, encoder: TableEncoder) -> np.ndarray:
     """Table rows {column: value} -> the model's features, through the very
     encoder training used (tasks.contracts.encoder)."""
     import pandas as pd
