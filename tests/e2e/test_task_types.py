@@ -25,13 +25,16 @@ from test_flow import make_project
 pytestmark = pytest.mark.e2e
 
 DVC = [sys.executable, "-m", "dvc"]
+# `dvc exp run` commits each experiment to a git ref: it needs an identity, as a user's git has.
+GIT_IDENTITY = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+                for what, value in (("NAME", "distillery tests"), ("EMAIL", "tests@localhost"))}
 
 
 def _dvc(root: Path, *args: str) -> str:
     bin_dir = str(Path(sys.executable).parent)
     done = subprocess.run([*DVC, *args], cwd=root, capture_output=True, text=True, timeout=900,
                           env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(root.parent),
-                               "DISTILLERY_PYTHON": sys.executable})
+                               "DISTILLERY_PYTHON": sys.executable, **GIT_IDENTITY})
     assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
