@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -44,6 +42,7 @@ from tasks.contracts.onnx import IMAGE_INPUT, PROBABILITIES
 from tasks.ml.pruning import prune_structured
 from tasks.onnx.export import export_onnx
 from tasks.onnx.runtime import file_size, session
+from tasks.onnx.timing import Timings
 from tasks.onnx.quantize import agreement, cpu_has_vnni, default_reduce_range, quantize
 
 THREADS = 2
@@ -51,45 +50,6 @@ BATCHES = (1, 256)
 OPSET = 17
 CALIBRATION_SAMPLES = 256
 PRUNE_AMOUNT = 0.5
-
-
-class Timings:
-    """Single-call wall times (ms) of several functions, taken in interleaved
-    rounds: in each round every function runs for the same time, one after the
-    other, so a busy spell on a shared machine hits all of them rather than
-    the one that happened to be running."""
-
-    def __init__(self, fns: dict[str, Callable[[], object]], seconds: float, rounds: int = 10):
-        for fn in fns.values():  # warm-up: first-run allocations and kernel selection
-            fn()
-            fn()
-        turn = seconds / len(fns) / rounds
-        self.rounds: list[dict[str, np.ndarray]] = []
-        for _ in range(rounds):
-            row = {}
-            for name, fn in fns.items():
-                fn()  # untimed: lets the previous function's spinning threads go quiet
-                times: list[float] = []
-                end = time.perf_counter() + turn
-                while len(times) < 3 or time.perf_counter() < end:
-                    start = time.perf_counter()
-                    fn()
-                    times.append((time.perf_counter() - start) * 1000)
-                row[name] = np.asarray(times)
-            self.rounds.append(row)
-
-    def all(self, name: str) -> np.ndarray:
-        return np.concatenate([row[name] for row in self.rounds])
-
-    def median(self, name: str) -> float:
-        return float(np.median(self.all(name)))
-
-    def p10(self, name: str) -> float:
-        return float(np.percentile(self.all(name), 10))
-
-    def speedup(self, slow: str, fast: str) -> float:
-        """How many times faster `fast` is than `slow` (ratio of median latencies)."""
-        return round(self.median(slow) / self.median(fast), 2)
 
 
 def reference_mlp() -> nn.Module:
@@ -301,7 +261,7 @@ def main() -> None:
             row = r[f"b{batch}"]
             cells = ", ".join(f"{k} {v:.3f} ms" for k, v in row["latency_ms"].items())
             print(f"  batch {batch}: {cells}")
-            print(f"    p10: " + ", ".join(f"{k} {v:.3f} ms" for k, v in row["latency_ms_p10"].items()))
+            print("    p10: " + ", ".join(f"{k} {v:.3f} ms" for k, v in row["latency_ms_p10"].items()))
             print(f"    ratios {row['ratios']}")
     p = results["structured_pruning"]
     print(f"\nstructured pruning {p['channels']} hidden {p['hidden']}: {p['latency_ms_b256']} "

@@ -2,13 +2,13 @@
 onnxruntime, the same runtime that serves it.
 
 Quality: accuracy, macro/weighted F1, per-class report, confusion matrix, ECE
-(R^2 and errors for regression). Cost: size on disk and median latency at
-batch 1 and 256, threads pinned.
+(R^2 and errors for regression). Cost: size on disk, and latency at batch 1
+and 256 for each pinned thread count, every candidate timed in interleaved
+rounds in this one process (tasks/onnx/timing.py).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +26,13 @@ from tasks.evaluation import plots
 from tasks.evaluation.metrics import curve_points, label_curve_points, task_metrics
 from tasks.onnx.quantize import agreement
 from tasks.onnx.runtime import check_artifact, file_size, run_batches, session
+from tasks.onnx.timing import latency_key, session_latencies
 
 SECTIONS = ("evaluate",)
 LATENCY_BATCHES = (1, 256)
 CURVE_KINDS = ("roc", "pr", "reliability", "residuals")
-SUMMARY_COLUMNS = ("accuracy", "macro_f1", "ece_before_scaling", "ece", "size_bytes", "latency_ms_b1", "latency_ms_b256")
-REGRESSION_COLUMNS = ("r2", "rmse", "mae", "size_bytes", "latency_ms_b1", "latency_ms_b256")
+SUMMARY_COLUMNS = ("accuracy", "macro_f1", "ece_before_scaling", "ece", "size_bytes")
+REGRESSION_COLUMNS = ("r2", "rmse", "mae", "size_bytes")
 
 
 def candidate_files(folder: Path) -> dict[str, Path]:
@@ -39,18 +40,20 @@ def candidate_files(folder: Path) -> dict[str, Path]:
     return {p.name.removesuffix(".onnx"): p for p in sorted(folder.glob("*.onnx"))}
 
 
-def median_latency_ms(sess, x: np.ndarray, batch: int, repeats: int) -> float:
-    """Median wall time of one run on `batch` rows, after one warm-up run."""
-    rows = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)  # repeats rows if the split is small
-    feed = {sess.get_inputs()[0].name: rows}
-    outputs = [sess.get_outputs()[-1].name]  # probabilities, or a regression's prediction
-    sess.run(outputs, feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        sess.run(outputs, feed)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+def measure_latency(files: dict[str, Path], x: np.ndarray, params: EvaluateParams) -> dict[str, dict[str, float]]:
+    """Every candidate's latency at batch 1 and 256 for each of
+    `evaluate.latency_threads`, in one process and one runtime: per batch size
+    and thread count, all candidates are timed in interleaved rounds and the
+    median kept, with p10 and p90 for the spread."""
+    out: dict[str, dict[str, float]] = {name: {} for name in files}
+    for threads in params.latency_threads:
+        sessions = {name: session(path, threads=threads) for name, path in files.items()}
+        for batch in LATENCY_BATCHES:
+            key = latency_key(batch, threads)
+            for name, figures in session_latencies(sessions, x, batch, params.latency_seconds,
+                                                   params.latency_rounds).items():
+                out[name].update({key: figures["median"], f"{key}_p10": figures["p10"], f"{key}_p90": figures["p90"]})
+    return out
 
 
 def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, meta: ProcessedMeta, params: EvaluateParams) -> dict:
@@ -61,10 +64,7 @@ def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, meta: Processed
                               f"data/processed is {meta.task} with {list(meta.classes)}; rerun export (dvc repro)")
     task, classes = meta.task, list(meta.classes)
     sess = session(path, threads=params.threads)
-    cost = {
-        "size_bytes": file_size(path),
-        **{f"latency_ms_b{b}": median_latency_ms(sess, x, b, params.latency_repeats) for b in LATENCY_BATCHES},
-    }
+    cost = {"size_bytes": file_size(path)}
     if task == "regression":
         predicted = run_batches(sess, x, output=PREDICTION).ravel()
         scores = task_metrics(task, predicted, y, classes)
@@ -163,21 +163,25 @@ def main() -> None:
     params = all_params.evaluate
     meta = read_meta()
     x, y = load_split("test")
-    candidates = {name: evaluate_candidate(path, x, y, meta, params)
-                  for name, path in candidate_files(paths.ONNX_DIR).items()}
+    files = candidate_files(paths.ONNX_DIR)
+    candidates = {name: evaluate_candidate(path, x, y, meta, params) for name, path in files.items()}
+    for name, latency in measure_latency(files, x, params).items():
+        candidates[name].update(latency)
     add_int8_agreement(candidates, x, meta.task, params)
     for kind in CURVE_KINDS:  # DVC wants every declared plots folder, even one this task leaves empty
         (paths.CURVES / kind).mkdir(parents=True, exist_ok=True)
     for name, result in candidates.items():
         write_plots(name, result, list(meta.classes), meta.task)
     slices = slice_report(meta, y, params) if params.slice_column else None
-    write_json(paths.EVALUATION_REPORT, {"task": meta.task, "test_rows": len(y), "threads": params.threads,
+    write_json(paths.EVALUATION_REPORT, {"task": meta.task, "test_rows": len(y), "latency_threads": list(params.latency_threads),
                                          "candidates": candidates, "slices": slices})
     log_to_mlflow(all_params.mlflow, candidates, meta.task)
-    columns = REGRESSION_COLUMNS if meta.task == "regression" else SUMMARY_COLUMNS
+    latency = [latency_key(b, t) for t in params.latency_threads for b in LATENCY_BATCHES]
+    columns = (*(REGRESSION_COLUMNS if meta.task == "regression" else SUMMARY_COLUMNS), *latency)
     rows = [{"candidate": n, **{k: r[k] for k in columns}} for n, r in candidates.items()]
-    write_summary("evaluate", f"Test split: {len(y)} rows, onnxruntime with {params.threads} thread(s).\n\n"
-                  + markdown_table(rows))
+    write_summary("evaluate", f"Test split: {len(y)} rows. Latency in ms, onnxruntime, median of interleaved rounds "
+                  f"({params.latency_rounds} rounds, {params.latency_seconds} s per batch size and thread count); "
+                  f"`_t<n>` = n intra-op threads.\n\n" + markdown_table(rows))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ from tasks.onnx.runtime import check_artifact, file_size, read_metadata, run_bat
 SECTIONS = ("select",)
 REFERENCE = "teacher.fp32"
 SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece_before_scaling", "ece", "mce", "r2", "rmse", "mae",
-                "size_bytes", "latency_ms_b1", "latency_ms_b256", "int8_top1_agreement", "int8_max_abs_diff")
+                "size_bytes", "int8_top1_agreement", "int8_max_abs_diff")
+LATENCY_PREFIX = "latency_ms_"  # evaluate's latencies: latency_ms_b<batch>_t<threads>[_p10|_p90]
 
 
 def _quality(result: dict) -> float:
@@ -53,7 +54,11 @@ def select_champion(candidates: dict[str, dict], params: SelectParams) -> tuple[
     table: dict[str, dict] = {}
     for name, result in candidates.items():
         precision = name.rsplit(".", 1)[-1]
+        if params.speed_key not in result:
+            raise DistilleryError(f"{paths.EVALUATION_REPORT}: {name} has no {params.speed_key} (select.speed_key); "
+                                  "time its thread count in evaluate.latency_threads and rerun evaluate")
         row = {key: result[key] for key in SUMMARY_KEYS if key in result}
+        row.update({key: value for key, value in result.items() if key.startswith(LATENCY_PREFIX)})
         row["quality"] = _quality(result)
         row["f1_drop"] = reference - row["quality"]
         row["eligible"] = precision in params.precisions
@@ -187,9 +192,20 @@ def promote(params: SelectParams, version: str) -> None:
     MlflowClient().set_registered_model_alias(params.registered_model, CHAMPION_ALIAS, version)
 
 
-def write_compression_report(champion: str, table: dict[str, dict], meta: ProcessedMeta) -> None:
+def pareto_front(table: dict[str, dict], speed_key: str) -> list[str]:
+    """The candidates no other beats on every count at once: at least as fast
+    (speed_key), as good (quality) and as small, and strictly better on one."""
+    def dominates(a: dict, b: dict) -> bool:
+        no_worse = a[speed_key] <= b[speed_key] and a["quality"] >= b["quality"] and a["size_bytes"] <= b["size_bytes"]
+        better = a[speed_key] < b[speed_key] or a["quality"] > b["quality"] or a["size_bytes"] < b["size_bytes"]
+        return no_worse and better
+
+    return [n for n, row in table.items() if not any(dominates(other, row) for m, other in table.items() if m != n)]
+
+
+def write_compression_report(champion: str, table: dict[str, dict], meta: ProcessedMeta, params: SelectParams) -> None:
     """reports/compression.json and the Pareto plot: latency against quality,
-    marker area by file size."""
+    marker area by file size, the non-dominated front and the quality budget."""
     from tasks.evaluation import plots
 
     export = read_json(paths.EXPORT_REPORT, "export report")
@@ -199,8 +215,13 @@ def write_compression_report(champion: str, table: dict[str, dict], meta: Proces
         candidates.append({"name": name, "path": str(paths.ONNX_DIR / f"{name}.onnx"), "precision": precision,
                            "parameters": export.get(model, {}).get("parameters"),
                            "size_bytes": file_size(paths.ONNX_DIR / f"{name}.onnx"), **row})
-    write_json(paths.COMPRESSION_REPORT, {"champion": champion, "task": meta.task, "candidates": candidates})
-    plots.pareto(candidates, champion, "R^2" if meta.task == "regression" else "macro-F1", paths.PARETO_PLOT)
+    front = pareto_front(table, params.speed_key)
+    floor = _quality(table[REFERENCE]) - params.max_f1_drop
+    write_json(paths.COMPRESSION_REPORT, {"champion": champion, "task": meta.task, "speed_key": params.speed_key,
+                                          "reference": REFERENCE, "quality_floor": floor, "pareto_front": front,
+                                          "candidates": candidates})
+    plots.pareto(candidates, champion, "R^2" if meta.task == "regression" else "macro-F1", params.speed_key, front,
+                 floor, paths.PARETO_PLOT)
 
 
 def main() -> None:
@@ -247,7 +268,7 @@ def main() -> None:
             "candidates": table,
         },
     )
-    write_compression_report(champion, table, meta)
+    write_compression_report(champion, table, meta, params)
     c = table[champion]
     quality_name = "R^2" if meta.task == "regression" else "macro-F1"
     ece = f", ECE {c['ece']:.4f}" if c.get("ece") is not None else ""
@@ -268,10 +289,13 @@ def main() -> None:
         "select",
         f"Champion **{champion}** (fastest by {params.speed_key} within {params.max_f1_drop} "
         f"{quality_name} of {REFERENCE}): {quality_name} {c['quality']:.4f}{ece}, {c['size_bytes']:,} bytes, "
-        f"{c['latency_ms_b1']:.3f} ms at batch 1, {c['latency_ms_b256']:.3f} ms at batch 256.\n\n"
+        f"{c[params.speed_key]:.3f} ms ({params.speed_key}, median of interleaved rounds), "
+        f"{table[REFERENCE][params.speed_key] / c[params.speed_key]:.2f}x the speed of {REFERENCE} in the same "
+        f"runtime.\n\n"
         f"Gate passed (previous champion on this test split: "
         f"{f'{baseline:.4f}' if baseline is not None else 'none comparable'}). {registry}\n\n"
-        + markdown_table([{"candidate": n, **r} for n, r in table.items()]),
+        + markdown_table([{"candidate": n, **{k: v for k, v in r.items() if not k.endswith(("_p10", "_p90"))}}
+                          for n, r in table.items()]),
     )
     if moves:  # last: production follows the alias, so everything it points at is written first
         promote(params, version)

@@ -11,6 +11,7 @@ tasks.ml.checks, which the training stages and the flow call on load.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
@@ -229,22 +230,28 @@ class ExportParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    threads: int  # intra-op threads pinned for the latency measurement
-    latency_repeats: int  # timed runs per batch size; the median is reported
+    threads: int  # intra-op threads of the quality runs
+    latency_threads: tuple[int, ...]  # intra-op thread counts timed, each pinned (serving: DISTILLERY_SERVE_ORT_THREADS)
+    latency_seconds: float  # timing budget per batch size and thread count, shared by every candidate
+    latency_rounds: int  # interleaved rounds (A, B, C, A, B, C, ...) that budget is cut into; the median is kept
     ece_bins: int
     f_beta: float  # beta of the reported F-beta (2 favours recall, 0.5 precision)
     slice_column: Optional[str]  # a validated-table column to report metrics per value of (e.g. Island)
 
     def __post_init__(self) -> None:
-        if self.threads < 1 or self.latency_repeats < 1 or self.ece_bins < 2:
-            raise ValueError("threads >= 1, latency_repeats >= 1 and ece_bins >= 2 are required")
+        if self.threads < 1 or self.ece_bins < 2:
+            raise ValueError("threads >= 1 and ece_bins >= 2 are required")
+        if not self.latency_threads or any(t < 1 for t in self.latency_threads):
+            raise ValueError("latency_threads must list thread counts >= 1")
+        if self.latency_seconds <= 0 or self.latency_rounds < 1:
+            raise ValueError("latency_seconds must be > 0 and latency_rounds >= 1")
 
 
 @dataclass(frozen=True)
 class SelectParams:
     max_f1_drop: float  # a candidate qualifies within this macro-F1 of the fp32 teacher
     precisions: tuple[Literal["fp32", "int8"], ...]  # which exports may become champion
-    speed_key: Literal["latency_ms_b1", "latency_ms_b256"]  # what "fastest" means
+    speed_key: str  # what "fastest" means: latency_ms_b<1|256>_t<threads>, the batch and threads serving uses
     registered_model: str  # MLflow registry name
     min_macro_f1: float  # gate: absolute floor for the champion's macro-F1 (classification)
     min_r2: float  # gate: absolute floor for its R^2 (regression)
@@ -255,6 +262,8 @@ class SelectParams:
     promote: bool  # move the champion alias when the gate passes (false: register only, e.g. in experiments)
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"latency_ms_b(1|256)_t[1-9][0-9]*", self.speed_key):
+            raise ValueError(f"speed_key must read latency_ms_b<1|256>_t<threads>, got {self.speed_key!r}")
         if self.max_f1_drop < 0:
             raise ValueError("max_f1_drop must be >= 0")
         if not self.precisions:
@@ -351,6 +360,10 @@ class Params:
 
     def __post_init__(self) -> None:
         # Checks across sections (the loss against the task is tasks.ml.checks').
+        timed = int(self.select.speed_key.rsplit("_t", 1)[1])
+        if timed not in self.evaluate.latency_threads:
+            raise ValueError(f"select.speed_key {self.select.speed_key} needs {timed} thread(s) among "
+                             f"evaluate.latency_threads {list(self.evaluate.latency_threads)}")
         student, teacher = self.distill, self.train
         if (sum(student.channels) > sum(teacher.channels) or student.hidden > teacher.hidden
                 or sum(student.mlp_layers) > sum(teacher.mlp_layers)):

@@ -90,18 +90,43 @@ def residuals(actual: list[float], predicted: list[float], title: str, path: Pat
     _save(fig, path)
 
 
-def pareto(candidates: list[dict], champion: str, quality_name: str, path: Path) -> None:
-    """Latency at batch 256 against quality, marker area by size on disk: the
-    trade-off selection walks along. The champion is ringed."""
+def _spread_labels(ys: list[float], span: float, min_gap: float = 0.04) -> list[float]:
+    """Label heights, in data units, at least `min_gap` of `span` apart (nearest to each point)."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed = list(ys)
+    for prev, cur in zip(order, order[1:]):
+        placed[cur] = max(placed[cur], placed[prev] + min_gap * span)
+    return placed
+
+
+def pareto(candidates: list[dict], champion: str, quality_name: str, speed_key: str, front: list[str],
+           floor: float, path: Path) -> None:
+    """Latency (speed_key) against quality, marker area by size on disk: the
+    trade-off selection walks along. The non-dominated front is joined by a
+    line, the quality budget is a dashed line, the champion is ringed, and the
+    labels are spread so that none overlaps another."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     largest = max(c["size_bytes"] for c in candidates)
     for c in candidates:
         colour = "#dd8452" if c["precision"] == "int8" else "#4c72b0"
-        ax.scatter(c["latency_ms_b256"], c["quality"], s=40 + 600 * c["size_bytes"] / largest, color=colour,
-                   alpha=0.6, edgecolor="black" if c["name"] == champion else "none", linewidth=2)
-        ax.annotate(c["name"], (c["latency_ms_b256"], c["quality"]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
-    ax.set(xlabel="latency at batch 256 (ms, onnxruntime)", ylabel=quality_name,
+        ax.scatter(c[speed_key], c["quality"], s=40 + 600 * c["size_bytes"] / largest, color=colour,
+                   alpha=0.6, edgecolor="black" if c["name"] == champion else "none", linewidth=2, zorder=3)
+    on_front = sorted((c for c in candidates if c["name"] in front), key=lambda c: c[speed_key])
+    ax.plot([c[speed_key] for c in on_front], [c["quality"] for c in on_front], color="grey", linewidth=1,
+            linestyle="-", zorder=2, label="Pareto front")
+    ax.axhline(floor, color="#c44e52", linestyle="--", linewidth=1, label=f"quality budget ({floor:.4f})")
+    qualities = [c["quality"] for c in candidates] + [floor]
+    span = (max(qualities) - min(qualities)) or 1.0
+    heights = _spread_labels([c["quality"] for c in candidates], span)
+    right = max(c[speed_key] for c in candidates)
+    for c, y in zip(candidates, heights):
+        name = f"{c['name']} (champion)" if c["name"] == champion else c["name"]
+        ax.annotate(name, (c[speed_key], c["quality"]), xytext=(right * 1.08, y), fontsize=7, va="center",
+                    arrowprops={"arrowstyle": "-", "color": "#999999", "linewidth": 0.5})
+    ax.set_xlim(0, right * 1.6)
+    ax.set_ylim(min(qualities) - 0.05 * span, max(heights) + 0.05 * span)
+    ax.set(xlabel=f"{speed_key} (ms, onnxruntime, median)", ylabel=quality_name,
            title="candidates: faster is left, better is up; area = size (orange = int8)")
+    ax.legend(loc="lower right", fontsize=7)
     _save(fig, path)

@@ -28,7 +28,7 @@ def _tiny(params: dict) -> dict:
     """Few epochs and few timing repeats: the flow's behaviour, not the model's quality."""
     for section in ("train", "distill"):
         params[section].update(max_epochs=3, patience=2)
-    params["evaluate"]["latency_repeats"] = 2
+    params["evaluate"].update(latency_seconds=0.2, latency_rounds=2)
     params["export"]["calibration_samples"] = 32
     params["prune"].update(fine_tune_epochs=1, unstructured_amounts=[0.5])
     # 3 epochs decide nothing about quality: open the selection budget and the gate.
@@ -123,7 +123,7 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
     # Changing an evaluate param reruns evaluate and what follows it, nothing before.
     params_file = project / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
-    params["evaluate"]["latency_repeats"] = 3
+    params["evaluate"]["latency_rounds"] = 3
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run_flow(project)
     assert [r["stage"] for r in third if r["ran"]] == ["evaluate", "select"]
@@ -160,7 +160,7 @@ def test_dvc_repro_needs_no_activated_venv(project: Path) -> None:
     params_file = project / "params.yaml"
     original = params_file.read_text()
     params = yaml.safe_load(original)
-    params["evaluate"]["latency_repeats"] = 4
+    params["evaluate"]["latency_rounds"] = 4
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
         done = subprocess.run([str(venv / "bin" / "dvc"), "repro", "evaluate"], cwd=project, capture_output=True,

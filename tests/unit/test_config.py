@@ -168,7 +168,6 @@ def test_a_missing_key_is_named(tmp_path, raw_params, dotted):
     ("dotted", "value", "allowed"),
     [
         ("data.source", "foo", "digits"),
-        ("select.speed_key", "latency_ms_b7", "latency_ms_b1"),
         ("select.precisions", ["int8", "fp16"], "fp32"),
     ],
 )

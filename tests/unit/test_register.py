@@ -31,7 +31,7 @@ from tasks.select import Champion, current_champion, gate_failures, promote, reg
 
 from conftest import REPO_ROOT, image_meta, params_section, tiny_spec
 
-SELECT = SelectParams(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256", registered_model="tiny",
+SELECT = SelectParams(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256_t1", registered_model="tiny",
                       min_macro_f1=0.9, min_r2=0.3, max_ece=0.1, max_drop_vs_champion=0.02,
                       max_size_bytes=None, max_latency_ms=None, promote=True)
 SCORES = {"macro_f1": 0.95, "ece": 0.02, "accuracy": 0.96}
@@ -145,7 +145,7 @@ def test_gate_failures_say_which_threshold_and_by_how_much(scores, baseline, exp
 # --- The select stage (tasks.select.main) in a temp project ----------------------------------------------------
 
 EXPORT = params_section("export", opset=17, atol=1e-4, calibration_samples=16, per_channel=True)
-EVALUATE = params_section("evaluate", threads=1, latency_repeats=1, ece_bins=5)
+EVALUATE = params_section("evaluate", threads=1, latency_threads=(1,), latency_seconds=0.05, latency_rounds=2, ece_bins=5)
 
 
 def write_params(**select_changes) -> None:
@@ -181,11 +181,13 @@ def prepare_candidates(seed: int) -> None:
                                artifact_metadata(meta, EXPORT.label_threshold), EXPORT, paths.ONNX_DIR)
     write_json(paths.EXPORT_REPORT, {"teacher": figures})
 
-    from tasks.evaluate import candidate_files, evaluate_candidate
+    from tasks.evaluate import candidate_files, evaluate_candidate, measure_latency
 
     x, y = load_split("test")
-    candidates = {name: evaluate_candidate(path, x, y, meta, EVALUATE)
-                  for name, path in candidate_files(paths.ONNX_DIR).items()}
+    files = candidate_files(paths.ONNX_DIR)
+    candidates = {name: evaluate_candidate(path, x, y, meta, EVALUATE) for name, path in files.items()}
+    for name, latency in measure_latency(files, x, EVALUATE).items():
+        candidates[name].update(latency)
     assert set(candidates) == {"teacher.fp32", "teacher.int8"}
     write_json(paths.EVALUATION_REPORT, {"task": meta.task, "test_rows": len(y), "threads": 1,
                                          "candidates": candidates, "slices": None})

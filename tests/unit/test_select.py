@@ -9,7 +9,7 @@ from tasks.core.errors import DistilleryError
 from tasks.select import select_champion
 
 
-def params(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256") -> SelectParams:
+def params(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256_t1") -> SelectParams:
     return SelectParams(max_f1_drop=max_f1_drop, precisions=precisions, speed_key=speed_key, registered_model="m",
                         min_macro_f1=0.0, min_r2=0.0, max_ece=1.0, max_drop_vs_champion=1.0,
                         max_size_bytes=None, max_latency_ms=None, promote=True)
@@ -24,8 +24,8 @@ def candidate(macro_f1: float, b1: float, b256: float) -> dict:
         "ece": 0.02,
         "mce": 0.05,
         "size_bytes": 1000,
-        "latency_ms_b1": b1,
-        "latency_ms_b256": b256,
+        "latency_ms_b1_t1": b1,
+        "latency_ms_b256_t1": b256,
         "confusion_matrix": [[1]],  # extra keys are not copied into the table
     }
 
@@ -61,8 +61,8 @@ def test_fp32_competes_only_when_allowed(candidates):
 
 def test_the_speed_key_decides_what_fastest_means(candidates):
     candidates["teacher.int8"] = candidate(0.899, b1=0.2, b256=30.0)  # best at batch 1, worst at 256
-    assert select_champion(candidates, params(speed_key="latency_ms_b1"))[0] == "teacher.int8"
-    assert select_champion(candidates, params(speed_key="latency_ms_b256"))[0] == "student.int8"
+    assert select_champion(candidates, params(speed_key="latency_ms_b1_t1"))[0] == "teacher.int8"
+    assert select_champion(candidates, params(speed_key="latency_ms_b256_t1"))[0] == "student.int8"
 
 
 def test_a_looser_drop_lets_the_fast_inaccurate_candidate_win(candidates):
@@ -81,7 +81,7 @@ def test_no_qualifying_candidate_fails_with_the_table(candidates):
     message = str(err.value)
     assert "Nothing was promoted" in message
     assert "select.max_f1_drop=0.001" in message
-    assert "| candidate | quality | f1_drop | eligible | within_budget | size_bytes | latency_ms_b256 |" in message
+    assert "| candidate | quality | f1_drop | eligible | within_budget | size_bytes | latency_ms_b256_t1 |" in message
     for name in candidates:
         assert f"| {name} |" in message
 
@@ -107,3 +107,16 @@ def test_size_and_latency_budgets_exclude_candidates(candidates):
     assert champion == "student.int8" and not table["teacher.int8"]["within_budget"]
     with pytest.raises(DistilleryError, match="max_size_bytes=10"):
         select_champion(candidates, dataclasses.replace(params(), max_size_bytes=10))
+
+
+def test_the_pareto_front_keeps_only_the_candidates_nothing_beats_at_once() -> None:
+    from tasks.select import pareto_front
+
+    key = "latency_ms_b256_t1"
+    table = {
+        "teacher.fp32": {key: 4.0, "quality": 0.95, "size_bytes": 900},   # best quality
+        "student.int8": {key: 1.0, "quality": 0.90, "size_bytes": 100},   # fastest and smallest
+        "student.fp32": {key: 2.0, "quality": 0.90, "size_bytes": 300},   # beaten by student.int8 on all three
+        "teacher.int8": {key: 3.0, "quality": 0.94, "size_bytes": 250},   # a trade-off: stays
+    }
+    assert pareto_front(table, key) == ["teacher.fp32", "student.int8", "teacher.int8"]
