@@ -16,7 +16,7 @@ from tasks.core.errors import run_cli
 from tasks.core.params import DataParams, load_params
 from tasks.core.provenance import hash_arrays, hash_table
 from tasks.core.report import write_summary
-from tasks.data.sources import ImageData, load_digits, load_quickdraw, load_table
+from tasks.data.sources import ImageData, load_digits, load_digits28, load_quickdraw, load_table
 
 SECTIONS = ("data",)
 
@@ -24,6 +24,8 @@ SECTIONS = ("data",)
 def load_source(params: DataParams) -> ImageData:
     if params.source == "digits":
         return load_digits(params.digits, params.seed)
+    if params.source == "digits28":
+        return load_digits28(params.digits, params.digits28, params.seed)
     return load_quickdraw(params.path, params.quickdraw, params.seed)
 
 

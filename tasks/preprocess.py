@@ -17,7 +17,7 @@ from tasks.contracts.dataset import IMAGES, LABEL, LABELS, ROW_ID, Dataset, read
 from tasks.contracts.processed import ROW_IDS, X, Y, ProcessedMeta, save_split, write_meta
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
-from tasks.core.params import PreprocessParams, load_params
+from tasks.core.params import DIGIT_SOURCES, PreprocessParams, load_params
 from tasks.core.provenance import hash_arrays
 from tasks.core.report import write_summary
 from tasks.data.encoding import fit_encoder
@@ -37,9 +37,9 @@ def preprocess(dataset: Dataset, params: PreprocessParams, task: str) -> tuple[S
     classes = tuple(dataset.meta.classes)
     targets: np.ndarray = labels
     if task == "multilabel":
-        if dataset.meta.source != "digits":
-            raise DistilleryError(f"task.type 'multilabel' is wired for data.source 'digits' (labels: even, large, "
-                                  f"loop), not '{dataset.meta.source}'")
+        if dataset.meta.source not in DIGIT_SOURCES:
+            raise DistilleryError(f"task.type 'multilabel' is wired for data.source {' or '.join(DIGIT_SOURCES)} "
+                                  f"(labels: even, large, loop), not '{dataset.meta.source}'")
         # Labels derived from the digit: even, at least 5, closed loop (tasks/data/sources.py).
         targets, classes = np.asarray(DIGIT_ATTRIBUTE_MATRIX, np.float32)[labels], DIGIT_ATTRIBUTES
     elif task == "regression":

@@ -32,6 +32,21 @@ class DigitsParams:
 
 
 @dataclass(frozen=True)
+class Digits28Params:
+    """digits28: the kept 8x8 digits upsampled to 28x28 (bilinear), each copy
+    moved by its own seeded random affine jitter."""
+
+    copies: int  # jittered 28x28 copies made of each kept digit
+    rotate_deg: float  # rotation drawn uniformly in +-this, degrees
+    scale: float  # zoom drawn uniformly in 1 +- this
+    shift_px: float  # shift drawn uniformly in +-this, pixels, per axis
+
+    def __post_init__(self) -> None:
+        if self.copies < 1 or self.rotate_deg < 0 or not 0 <= self.scale < 0.5 or self.shift_px < 0:
+            raise ValueError("digits28 needs copies >= 1, rotate_deg >= 0, 0 <= scale < 0.5 and shift_px >= 0")
+
+
+@dataclass(frozen=True)
 class QuickDrawParams:
     classes: tuple[str, ...]  # file stems (<class>.npy) to load, in label order
     samples_per_class: dict[str, int]  # how many drawings to take from each class
@@ -39,11 +54,12 @@ class QuickDrawParams:
 
 ColumnType = Literal["numeric", "categorical", "text", "id", "ignore"]
 TABULAR_SOURCES = ("penguins", "breast_cancer", "diabetes", "csv", "parquet")
+DIGIT_SOURCES = ("digits", "digits28")  # scikit-learn's digits: the multilabel attributes apply
 
 
 @dataclass(frozen=True)
 class DataParams:
-    source: Literal["digits", "quickdraw", "penguins", "breast_cancer", "diabetes", "csv", "parquet"]
+    source: Literal["digits", "digits28", "quickdraw", "penguins", "breast_cancer", "diabetes", "csv", "parquet"]
     path: Optional[str]  # folder (quickdraw) or file (csv, parquet)
     target: Optional[str]  # target column of a tabular source; null = the source's default
     columns: dict[str, ColumnType]  # declared column types; undeclared columns are inferred
@@ -51,6 +67,7 @@ class DataParams:
     encoding: str  # text encoding of a CSV file
     seed: int  # fixes which samples are kept
     digits: DigitsParams
+    digits28: Digits28Params
     quickdraw: QuickDrawParams
 
     @property
@@ -372,8 +389,9 @@ class Params:
         if self.task.type == "regression" and not self.data.tabular:
             raise ValueError(f"task.type 'regression' needs a table with a numeric target (data.source "
                              f"diabetes, penguins, csv or parquet), not '{self.data.source}'")
-        if self.task.type == "multilabel" and self.data.source != "digits":
-            raise ValueError("task.type 'multilabel' is wired for data.source 'digits' (labels: even, large, loop)")
+        if self.task.type == "multilabel" and self.data.source not in DIGIT_SOURCES:
+            raise ValueError(f"task.type 'multilabel' is wired for data.source {' or '.join(DIGIT_SOURCES)} "
+                             "(labels: even, large, loop)")
 
 
 

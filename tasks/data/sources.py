@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts.dataset import LABEL, ROW_ID
-from tasks.core.params import DigitsParams, QuickDrawParams
+from tasks.core.params import Digits28Params, DigitsParams, QuickDrawParams
 from tasks.core.errors import DistilleryError
 
 QUICKDRAW_SIDE = 28
@@ -49,6 +49,36 @@ def load_digits(params: DigitsParams, seed: int) -> ImageData:
         classes=tuple(str(d) for d in range(10)),
         pixel_max=16.0,
     )
+
+
+DIGITS28_SIDE = 28
+
+
+def load_digits28(digits: DigitsParams, params: Digits28Params, seed: int) -> ImageData:
+    """A 28x28 grayscale workload from real data (the size of MNIST and Quick Draw):
+    scikit-learn's 8x8 digits, kept by `digits.keep_fractions` (digit 3 rare),
+    upsampled x3 bilinearly to 24x24, padded to 28x28, and turned into
+    `params.copies` copies each under its own random affine jitter (rotation,
+    zoom, shift about the centre), pixels scaled 0..16 -> 0..255. Seeded: the
+    same params give the same images."""
+    from scipy import ndimage
+
+    base = load_digits(digits, seed)
+    pad = (DIGITS28_SIDE - 3 * base.images.shape[1]) // 2
+    up = np.pad(ndimage.zoom(base.images, (1, 3, 3), order=1), ((0, 0), (pad, pad), (pad, pad)))
+    rng = np.random.default_rng(seed + 1)
+    centre = np.full(2, (DIGITS28_SIDE - 1) / 2)
+    images = np.empty((params.copies * len(up), DIGITS28_SIDE, DIGITS28_SIDE), np.float32)
+    for i, image in enumerate(np.tile(up, (params.copies, 1, 1))):
+        angle = np.deg2rad(rng.uniform(-params.rotate_deg, params.rotate_deg))
+        zoom = rng.uniform(1 - params.scale, 1 + params.scale)
+        shift = rng.uniform(-params.shift_px, params.shift_px, 2)
+        # affine_transform maps output coordinates to input ones: the inverse of the jitter.
+        matrix = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / zoom
+        images[i] = ndimage.affine_transform(image, matrix, offset=centre - matrix @ centre - shift, order=1)
+    images = np.round(np.clip(images * (255.0 / 16.0), 0, 255))
+    return ImageData(images=images.astype(np.float32), labels=np.tile(base.labels, params.copies),
+                     classes=base.classes, pixel_max=255.0)
 
 
 def load_quickdraw(folder: str | Path | None, params: QuickDrawParams, seed: int) -> ImageData:

@@ -128,5 +128,5 @@ def pareto(candidates: list[dict], champion: str, quality_name: str, speed_key: 
     ax.set_ylim(min(qualities) - 0.05 * span, max(heights) + 0.05 * span)
     ax.set(xlabel=f"{speed_key} (ms, onnxruntime, median)", ylabel=quality_name,
            title="candidates: faster is left, better is up; area = size (orange = int8)")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.legend(loc="upper left", fontsize=7)
     _save(fig, path)
