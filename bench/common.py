@@ -17,13 +17,13 @@ BENCH_REPORT = Path("reports/bench.json")
 
 
 def processed_digits(params: Any) -> tuple[dict, Any]:
-    """The bundled digits through ingest, the gate and preprocess, in memory:
+    """The configured image source through ingest, the gate and preprocess, in memory:
     (splits, ProcessedMeta), as the pipeline makes them."""
     from tasks.data.gate import gate, load_suite
     from tasks.ingest import ingest
     from tasks.preprocess import preprocess
 
-    result = gate(ingest(params.data), params.task.type, params.validate, load_suite("expectations/digits.json"))
+    result = gate(ingest(params.data), params.task.type, params.validate, load_suite(f"expectations/{params.data.source}.json"))
     return preprocess(result.valid, params.preprocess, params.task.type)
 
 

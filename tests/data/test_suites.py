@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tasks.core.params import load_params
 from tasks.ingest import ingest
@@ -13,10 +14,14 @@ from tasks.data.gate import load_suite, run_suite, split_quarantine, suite_param
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_bundled_digits_pass_their_suite_with_nothing_quarantined() -> None:
-    params = load_params(REPO / "params.yaml").data
+@pytest.mark.parametrize(("source", "side", "at_least"), [("digits", 8, 1000), ("digits28", 28, 5000)])
+def test_bundled_digits_pass_their_suite_with_nothing_quarantined(source: str, side: int, at_least: int) -> None:
+    from dataclasses import replace
+
+    params = replace(load_params(REPO / "params.yaml").data, source=source)
     dataset = ingest(params)
-    outcome = run_suite(dataset.table, load_suite(REPO / "expectations/digits.json"), suite_parameters(dataset.meta))
+    assert dataset.arrays["images"].shape[1:] == (side, side) and len(dataset.table) >= at_least
+    outcome = run_suite(dataset.table, load_suite(REPO / f"expectations/{source}.json"), suite_parameters(dataset.meta))
     assert outcome.success, [r for r in outcome.results if not r["success"]]
     valid, quarantined = split_quarantine(dataset, outcome.reasons)
     assert len(quarantined.table) == 0
