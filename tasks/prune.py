@@ -33,7 +33,7 @@ def main() -> None:
         check_fit_params(fit_params, section, meta.task)
         model = load_model(paths.MODELS / name)
         seed_everything(fit_params.seed)
-        pruned = prune_structured(model, prune_params.structured_amount, prune_params.norm)
+        pruned = prune_structured(model, prune_params.structured_amount, prune_params.norm, prune_params.rank)
         if prune_params.fine_tune_epochs:
             tuning = dataclasses.replace(fit_params, patience=max(1, prune_params.fine_tune_epochs))
             # The same class weighting the model was trained with, so the rare class is not given up.
@@ -42,7 +42,7 @@ def main() -> None:
                       prune_params.fine_tune_epochs)
         save_model(pruned.cpu(), paths.MODELS / f"{name}_pruned")
         report[name] = {
-            "structured": {"amount": prune_params.structured_amount, "norm": prune_params.norm,
+            "structured": {"amount": prune_params.structured_amount, "rank": prune_params.rank, "norm": prune_params.norm,
                            "parameters_before": count_nonzero_parameters(model),
                            "parameters_after": count_nonzero_parameters(pruned),
                            "fine_tune_epochs": prune_params.fine_tune_epochs},
@@ -50,11 +50,13 @@ def main() -> None:
                                                      prune_params.scope, val, meta),
         }
     write_json(paths.PRUNING_REPORT, report)
-    rows = [{"model": n, **{k: v for k, v in r["structured"].items() if k != "norm"}} for n, r in report.items()]
+    rows = [{"model": n, **{k: v for k, v in r["structured"].items() if k not in ("norm", "rank")}}
+            for n, r in report.items()]
     sweep = [{"model": n, **row} for n, r in report.items() for row in r["unstructured_sweep"]]
     write_summary(
         "prune",
-        f"Structured pruning ({prune_params.norm} norm), then fine-tuning; saved as `<model>_pruned` candidates:\n\n"
+        f"Structured pruning (ranked by {prune_params.rank}, {prune_params.norm} norm where no batch norm follows), "
+        f"then fine-tuning; saved as `<model>_pruned` candidates:\n\n"
         + markdown_table(rows)
         + "\n\nUnstructured magnitude pruning (reported only: the ONNX stays dense, so onnxruntime gains no speed; "
           "the gain is in a compressed file):\n\n" + markdown_table(sweep),

@@ -212,7 +212,8 @@ class DistillParams(FitParams):
 @dataclass(frozen=True)
 class PruneParams:
     structured_amount: float  # share of channels/units removed per layer, ranked by norm
-    norm: Literal["l1", "l2"]  # how channels are ranked
+    rank: Literal["bn_scale", "weight_norm"]  # bn_scale: by the batch norm's gamma where one follows, else by norm
+    norm: Literal["l1", "l2"]  # the weight norm that ranks units without a batch norm (or with rank: weight_norm)
     fine_tune_epochs: int  # epochs of fine-tuning after structured pruning (0 = none)
     unstructured_amounts: tuple[float, ...]  # magnitude-pruning sweep, reported (the ONNX stays dense)
     scope: Literal["layer", "global"]  # per-layer or global magnitude threshold for the sweep

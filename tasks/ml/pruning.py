@@ -32,6 +32,10 @@ from tasks.ml.models import CNN, MLP, CNNSpec, MLPSpec, Model, build_model
 from tasks.ml.training import FitResult, LossFn, fit, predict_logits
 
 Scope = Literal["layer", "global"]
+# How structured pruning ranks a layer's units: by the batch norm scale after it
+# (Liu et al. 2017, "Network Slimming": with batch norm, a filter's own norm is
+# normalised away, its gamma is what sets its output), or by its weights' norm.
+Rank = Literal["bn_scale", "weight_norm"]
 Norm = Literal["l1", "l2"]
 
 
@@ -88,17 +92,29 @@ def count_nonzero_parameters(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- structured
 
 
-def _keep(weight: torch.Tensor, amount: float, norm: Norm) -> torch.Tensor:
+def _keep(weight: torch.Tensor, amount: float, norm: Norm,
+          scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Indices (ascending) of the ceil((1 - amount) * n) output units of `weight`
-    (dim 0) with the largest L1 or L2 norm. Ascending order, not rank order,
-    keeps the surviving units in their original places, so amount=0 is the
-    identity."""
+    (dim 0) that matter most: by |scale| (the batch norm's gamma after the
+    layer) when given, else by the L1 or L2 norm of their weights. Ascending
+    order, not rank order, keeps the surviving units in their original places,
+    so amount=0 is the identity."""
     n = weight.shape[0]
     k = max(1, math.ceil((1 - amount) * n))
-    norms = weight.detach().reshape(n, -1).norm(p=1 if norm == "l1" else 2, dim=1)
+    if scale is not None:
+        scores = scale.detach().abs()
+    else:
+        scores = weight.detach().reshape(n, -1).norm(p=1 if norm == "l1" else 2, dim=1)
     # Stable sort: ties go to the earlier unit, so the result never depends on the platform.
-    order = torch.sort(-norms, stable=True).indices
+    order = torch.sort(-scores, stable=True).indices
     return order[:k].sort().values
+
+
+def _following_norms(model: nn.Module) -> dict[int, nn.Module]:
+    """id(weight layer) -> the batch norm right after it, where there is one."""
+    modules = [m for m in model.modules() if not list(m.children())]
+    return {id(layer): after for layer, after in zip(modules, modules[1:])
+            if isinstance(layer, (nn.Conv2d, nn.Linear)) and isinstance(after, nn.modules.batchnorm._BatchNorm)}
 
 
 def _slice_layer(old: nn.Module, new: nn.Module, out_keep: Optional[torch.Tensor],
@@ -126,13 +142,16 @@ def _slice_norm(old: nn.modules.batchnorm._BatchNorm, new: nn.modules.batchnorm.
 
 
 def _sizes_and_keeps(
-    model: Model, amount: float, norm: Norm
+    model: Model, amount: float, norm: Norm, rank: Rank = "weight_norm"
 ) -> tuple[CNNSpec | MLPSpec, list[Optional[torch.Tensor]]]:
     """The pruned spec, and per weight layer (forward order) the output units it keeps
     (None = all: the final classifier is never pruned)."""
     layers = _weight_layers(model)
     hidden = layers[:-1]  # every layer but the output layer has prunable outputs
-    keeps: list[Optional[torch.Tensor]] = [_keep(layer.weight, amount, norm) for layer in hidden] + [None]
+    norms = _following_norms(model) if rank == "bn_scale" else {}
+    keeps: list[Optional[torch.Tensor]] = [
+        _keep(layer.weight, amount, norm, norms[id(layer)].weight if id(layer) in norms else None)
+        for layer in hidden] + [None]
     widths = tuple(len(k) for k in keeps[:-1])
     if isinstance(model, CNN):
         n_conv = len(model.spec.channels)
@@ -142,7 +161,7 @@ def _sizes_and_keeps(
     return spec, keeps
 
 
-def prune_structured(model: Model, amount: float, norm: Norm = "l1") -> Model:
+def prune_structured(model: Model, amount: float, norm: Norm = "l1", rank: Rank = "weight_norm") -> Model:
     """A new, physically smaller model of the same class: each conv block keeps the
     ceil((1 - amount) * n) output channels whose filters have the largest L1/L2
     norm (likewise the CNN's dense hidden layer and each MLP hidden layer), and
@@ -151,16 +170,21 @@ def prune_structured(model: Model, amount: float, norm: Norm = "l1") -> Model:
     Flatten (a kept channel keeps all its H*W positions). The input and the
     output layer are never pruned. amount=0 gives identical outputs.
 
-    Filters are ranked by their own weights (Li et al., 2017, "Pruning Filters
-    for Efficient ConvNets"); with batch norm the scale of a filter is partly
-    undone by the norm, so fine-tune afterwards (`fine_tune`)."""
+    `rank="weight_norm"` ranks filters by their own weights (Li et al., 2017,
+    "Pruning Filters for Efficient ConvNets"). With batch norm after a layer
+    that scale is normalised away, so `rank="bn_scale"` ranks by the norm's
+    |gamma| instead, which sets the channel's output (Liu et al., 2017,
+    "Network Slimming"); layers without one fall back to the weight norm.
+    Fine-tune afterwards (`fine_tune`)."""
     amount = _check_amount(amount)
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
     if not isinstance(model, (CNN, MLP)):
         raise TypeError(f"prune_structured knows tasks.ml.models.CNN and MLP, not {type(model).__name__}")
     device = next(model.parameters()).device
-    spec, keeps = _sizes_and_keeps(model, amount, norm)
+    if rank not in ("bn_scale", "weight_norm"):
+        raise ValueError(f"rank must be 'bn_scale' or 'weight_norm', got {rank!r}")
+    spec, keeps = _sizes_and_keeps(model, amount, norm, rank)
     pruned = build_model(spec)
     old_layers, new_layers = _weight_layers(model), _weight_layers(pruned)
     # A layer's inputs are the previous layer's kept outputs. After the CNN's Flatten,

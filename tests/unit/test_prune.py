@@ -300,3 +300,27 @@ def test_unstructured_sweep_reports_sparsity_quality_and_compressed_size():
     assert rows[0]["sparsity"] == pytest.approx(0.25, abs=0.01) and rows[1]["sparsity"] == pytest.approx(0.75, abs=0.01)
     assert rows[1]["gzip_bytes"] < rows[0]["gzip_bytes"] < rows[0]["dense_bytes"]
     assert rows[0]["dense_bytes"] == rows[1]["dense_bytes"]  # dense either way: no speed from sparsity
+
+
+def test_bn_scale_ranking_drops_the_channel_batch_norm_silences_and_weight_norm_keeps():
+    """A channel with the largest filter but gamma = 0 contributes only its beta:
+    batch-norm-scale ranking drops it, weight-norm ranking keeps it."""
+    model = cnn(channels=(4, 6), hidden=8)
+    conv, bn = model.features[1], model.features[2]
+    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+    with torch.no_grad():
+        conv.weight[2] *= 100.0  # by far the largest filter...
+        bn.weight.copy_(torch.tensor([1.0, 0.8, 0.0, 0.9]))  # ...silenced by its batch norm
+    by_norm = prune_structured(model, 0.25, "l1", rank="weight_norm")
+    by_scale = prune_structured(model, 0.25, "l1", rank="bn_scale")
+    assert by_norm.spec.channels[0] == by_scale.spec.channels[0] == 3
+    kept_norm = {tuple(w.flatten()[:3].tolist()) for w in by_norm.features[1].weight}
+    kept_scale = {tuple(w.flatten()[:3].tolist()) for w in by_scale.features[1].weight}
+    big = tuple(conv.weight[2].flatten()[:3].tolist())
+    assert big in kept_norm and big not in kept_scale
+    assert sorted(by_scale.features[2].weight.tolist()) == pytest.approx([0.8, 0.9, 1.0])
+
+
+def test_an_unknown_rank_is_refused():
+    with pytest.raises(ValueError, match="rank"):
+        prune_structured(cnn(), 0.5, rank="gamma")
