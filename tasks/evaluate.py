@@ -16,7 +16,7 @@ import pandas as pd
 
 from tasks.contracts.dataset import ROW_ID
 from tasks.contracts.onnx import LOGITS, PREDICTION, PROBABILITIES, answer_output
-from tasks.contracts.processed import ROW_IDS, ProcessedMeta, load_split, load_split_arrays, read_meta
+from tasks.contracts.processed import ROW_IDS, X, ProcessedMeta, load_split, load_split_arrays, read_meta
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
@@ -58,12 +58,11 @@ def measure_latency(files: dict[str, Path], x: np.ndarray, params: EvaluateParam
 
 def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, meta: ProcessedMeta, params: EvaluateParams) -> dict:
     """Quality and cost of one ONNX file, run by onnxruntime on the test split."""
-    metadata, _, _ = check_artifact(path)
+    metadata, _, sess = check_artifact(path, threads=params.threads)
     if metadata.task != meta.task or tuple(metadata.classes) != tuple(meta.classes):
         raise DistilleryError(f"{path}: a {metadata.task} model of classes {list(metadata.classes)}, but "
                               f"data/processed is {meta.task} with {list(meta.classes)}; rerun export (dvc repro)")
     task, classes = meta.task, list(meta.classes)
-    sess = session(path, threads=params.threads)
     cost = {"size_bytes": file_size(path)}
     if task == "regression":
         predicted = run_batches(sess, x, output=PREDICTION).ravel()
@@ -109,9 +108,9 @@ def slice_report(meta: ProcessedMeta, y: np.ndarray, params: EvaluateParams) -> 
     if params.slice_column not in table.columns:
         raise DistilleryError(f"params.yaml 'evaluate.slice_column': column '{params.slice_column}' is not in "
                               f"the validated table (columns: {list(table.columns)})")
-    row_ids = load_split_arrays("test")[ROW_IDS]
+    test = load_split_arrays("test")
+    x, row_ids = test[X], test[ROW_IDS]
     values = table.set_index(ROW_ID).loc[row_ids, params.slice_column].astype("string").fillna("(missing)").to_numpy()
-    x, _ = load_split("test")
     report: dict[str, dict] = {}
     for name, path in candidate_files(paths.ONNX_DIR).items():
         sess = session(path, threads=params.threads)

@@ -62,15 +62,15 @@ class Imputer:
         if x.size == 0:
             return x
         fill = np.array([self.fill_values[c] for c in columns], dtype=np.float64)
-        missing = np.isnan(x)
         if self.method == "knn":
             x = knn_impute(x, self.donor_matrix(len(columns)), self.neighbors, fill)
         elif self.method == "iterative":
-            x = self._iterative(x, missing, fill)
+            x = self._iterative(x, fill)
         # The statistic for whatever is left (every gap, for the simple methods).
         return np.where(np.isnan(x), fill, x)
 
-    def _iterative(self, x: np.ndarray, missing: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    def _iterative(self, x: np.ndarray, fill: np.ndarray) -> np.ndarray:
+        missing = np.isnan(x)
         filled = np.where(missing, fill, x)
         for step in self.steps:
             rows = missing[:, step.feature]

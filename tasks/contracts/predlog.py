@@ -249,7 +249,7 @@ def lookup(folder: str | Path, keys: pd.DataFrame) -> pd.DataFrame:
     frames = []
     if not keys.empty:
         wanted = keys[[REQUEST_ID, ROW]].astype({REQUEST_ID: str, ROW: int})
-        records_ = list(wanted.itertuples(index=False, name=None))
+        pairs = list(wanted.itertuples(index=False, name=None))
         for path in log_files(folder):
             db = _reader(path)
             try:
@@ -257,7 +257,7 @@ def lookup(folder: str | Path, keys: pd.DataFrame) -> pd.DataFrame:
                 select = ", ".join(f"p.{c}" if c in have else f"NULL AS {c}" for c in columns)
                 ok = f" AND p.{STATUS} = {OK}" if STATUS in have else ""
                 db.execute(f"CREATE TEMP TABLE wanted ({REQUEST_ID} TEXT, {ROW} INTEGER, PRIMARY KEY ({REQUEST_ID}, {ROW}))")
-                db.executemany("INSERT OR IGNORE INTO wanted VALUES (?, ?)", records_)
+                db.executemany("INSERT OR IGNORE INTO wanted VALUES (?, ?)", pairs)
                 frames.append(pd.read_sql_query(
                     f"SELECT {select} FROM {TABLE} p JOIN wanted w ON p.{REQUEST_ID} = w.{REQUEST_ID} "
                     f"AND p.{ROW} = w.{ROW}{ok}", db))

@@ -1,25 +1,24 @@
 """Every task type through the whole DAG on bundled data, tiny settings, the way
 the README says: a project that has run (`dvc repro`), then `dvc exp run -S
 task.type=...` in it. Each experiment must retrain for its task (task.type
-reaches every stage that depends on it), and its champion must be served."""
+reaches every stage that depends on it), and its champion must be served
+(the serve tests' Server helper: the real server on loopback)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Iterator
 
-import httpx
 import numpy as np
 import pytest
 
 from tasks.contracts.onnx import PREDICTION, PROBABILITIES
 from tasks.onnx.runtime import check_artifact
+from serve.serve_helpers import Server
 from test_flow import make_project
 
 pytestmark = pytest.mark.e2e
@@ -39,38 +38,16 @@ def _dvc(root: Path, *args: str) -> str:
     return done.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Served:
-    """`python -m deploy.server` on a model file, on loopback, stopped on exit."""
-
-    def __init__(self, root: Path, model: Path):
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        env = {**os.environ, "DISTILLERY_SERVE_MODEL": str(model), "DISTILLERY_SERVE_PORT": self.url.rsplit(":", 1)[1],
-               "DISTILLERY_SERVE_LOG_DIR": str(root / "logs" / "predictions"), "DISTILLERY_SERVE_POLL_INTERVAL_S": "0"}
-        self.log = root / "server.log"
-        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.server"], cwd=root, env=env,
-                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-    def __enter__(self) -> "Served":
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"the server did not become ready:\n{self.log.read_text()[-3000:]}")
-
-    def __exit__(self, *exc: object) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(timeout=30)
+@contextlib.contextmanager
+def served(model: Path) -> Iterator[Server]:
+    """The real server (`python -m deploy.server`) on `model`, on loopback, stopped on exit."""
+    workdir = model.parents[1] / "serving"  # its log and prediction log, beside the project's outputs
+    workdir.mkdir(exist_ok=True)
+    server = Server(workdir, model)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +78,8 @@ def test_multilabel_experiment_retrains_every_stage_for_the_new_task(project: Pa
         x = test["x"][:8]
     (probabilities,) = session.run([PROBABILITIES], {signature.input_name: x})
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
-    with Served(project, project / "models/champion.onnx") as server:
-        answer = httpx.post(f"{server.url}/predict", json={"rows": x[:2].tolist()}).json()
+    with served(project / "models/champion.onnx") as server:
+        answer = server.predict(x[:2].tolist()).json()
     assert answer["task"] == "multilabel"
     for row, probs in zip(answer["predictions"], probabilities[:2]):
         assert row["labels"] == [name for name, p in zip(["even", "large", "loop"], probs) if p >= metadata.threshold]
@@ -129,15 +106,13 @@ def test_regression_experiment_gives_a_champion_a_v2_client_can_query(project: P
     with np.load(project / "data/processed/test.npz") as test:
         x = test["x"][:3].astype(np.float32)
     (expected,) = session.run([PREDICTION], {signature.input_name: x})
-    with Served(project, project / "models/champion.onnx") as server:
-        described = httpx.get(f"{server.url}/v2/models/distillery").json()
+    with served(project / "models/champion.onnx") as server:
+        described = server.client.get("/v2/models/distillery").json()
         assert described["parameters"]["task"] == "regression"
         assert [o["name"] for o in described["outputs"]] == [PREDICTION]
-        body = {"inputs": [{"name": signature.input_name, "shape": list(x.shape), "datatype": "FP32",
-                            "data": x.ravel().tolist()}]}
-        reply = httpx.post(f"{server.url}/v2/models/distillery/infer", json=body)
-        rows = [dict(zip(metadata.preprocessing.encoder.columns, [None] * 99))]  # every column missing: imputed
-        predicted = httpx.post(f"{server.url}/predict", json={"rows": rows})
+        reply = server.infer(x, input_name=signature.input_name)
+        rows = [dict.fromkeys(metadata.preprocessing.encoder.columns)]  # every column missing: imputed
+        predicted = server.predict(rows)
     assert reply.status_code == 200, reply.text
     (output,) = reply.json()["outputs"]
     assert output["name"] == PREDICTION and output["shape"] == [3, 1]
