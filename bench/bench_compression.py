@@ -1,32 +1,34 @@
-"""Compression: torch eager fp32 vs onnxruntime fp32, int8 dynamic and int8
-static (QDQ), at batch 1 and 256, on three models; and structured pruning.
+"""Compression, measured in one runtime: every comparison is onnxruntime
+against onnxruntime, intra-op threads pinned (1 and 2), candidates timed in
+interleaved rounds after warm-up, medians kept with p10/p90.
 
     python -m bench.bench_compression [--seconds S]
 
-Models: (a) the default champion architecture (tasks.ml.models.CNN with
-params.yaml `distill` widths, 1x8x8 digits, 10 classes); (b) a reference MLP
-784-1024-1024-10; (c) a reference small CNN on 1x28x28 (conv 32, pool, conv 64,
-pool, fc 128, 10). Weights are random, so the figures measure speed and size,
-not accuracy; int8 static is calibrated on random inputs in the model's raw
-range, and `agreement` (top-1 fp32 vs int8 on other random inputs) only checks
-nothing broke.
+1. int8 variants of the pipeline's teacher and student architectures
+   (params.yaml `train` / `distill` widths) on the 28x28 workload: fp32, QDQ
+   and QOperator, per-channel and per-tensor weight scales, and QDQ with the
+   first conv block quantized too (the pipeline keeps it fp32:
+   tasks/onnx/quantize.py, float_input_block). For each: size, top-1 agreement
+   with fp32, the integer kernels onnxruntime really runs, latency at batch 1
+   and 256 and the speed-up over fp32. Weights are random with batch-norm
+   statistics set, so the figures measure speed and size, not accuracy;
+   static int8 is calibrated on random inputs in the 0..16 pixel range.
+2. Structured pruning of the teacher architecture at 50% of channels and
+   hidden units (tasks/ml/pruning.py): fp32 speed-up over the unpruned model.
+3. The pipeline's own result, when `make run` (or `dvc repro`) has made it: a
+   one-process check that times models/onnx/<champion>.onnx against
+   models/onnx/teacher.fp32.onnx interleaved, at every latency key the
+   evaluate stage recorded, and compares each ratio with the one in
+   reports/compression.json (agreement: within 25%).
 
-Threads are pinned to 2 everywhere (torch.set_num_threads, ORT intra-op). The
-variants being compared are timed in interleaved rounds, so a busy spell on a
-shared machine hits all of them rather than one. Each latency is the median of
-single-call wall times after warm-up, each ratio a ratio of those medians. The
-10th percentile and the load average before and after are recorded too: under
-load, long calls are interrupted more often than short ones, which inflates
-the speed-ups of the faster variants, so rerun on a quiet machine before
-trusting absolute figures (load average well under the core count). Targets (AVX-512 VNNI CPU): reference MLP
-int8 >= 2.5x ORT fp32 and >= 3x torch eager throughput at batch 256; int8 size
-<= 0.3x fp32; small CNN with 50% of channels structurally pruned >= 1.3x faster
-(ORT fp32, batch 256). Results go to reports/bench.json under "compression".
+Results go to reports/bench.json under "compression". Run on a quiet machine:
+the load average before and after is recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -35,43 +37,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.common import machine, record, timed
+from bench.common import record, timed
+from tasks.contracts.onnx import IMAGE_INPUT, PROBABILITIES
 from tasks.core.params import load_params
 from tasks.ml.models import CNN, CNNSpec
-from tasks.contracts.onnx import IMAGE_INPUT, PROBABILITIES
 from tasks.ml.pruning import prune_structured
 from tasks.onnx.export import export_onnx
+from tasks.onnx.quantize import agreement, cpu_has_vnni, default_reduce_range, int8_kernels, quantize
 from tasks.onnx.runtime import file_size, session
-from tasks.onnx.timing import Timings
-from tasks.onnx.quantize import agreement, cpu_has_vnni, default_reduce_range, quantize
+from tasks.onnx.timing import latency_key, session_latencies
 
-THREADS = 2
+THREADS = (1, 2)
 BATCHES = (1, 256)
+SHAPE = (1, 28, 28)
+PIXEL_MAX = 16.0
 OPSET = 17
-CALIBRATION_SAMPLES = 256
 PRUNE_AMOUNT = 0.5
+AGREEMENT_TOLERANCE = 0.25
+# name -> quantize() options; "fp32" is the reference every ratio is taken against
+INT8_VARIANTS = {
+    "qdq_per_channel": {"quant_format": "qdq", "per_channel": True},  # the pipeline's default
+    "qdq_per_tensor": {"quant_format": "qdq", "per_channel": False},
+    "qoperator_per_channel": {"quant_format": "qoperator", "per_channel": True},
+    "qoperator_per_tensor": {"quant_format": "qoperator", "per_channel": False},
+    "qdq_per_channel_int8_first_block": {"quant_format": "qdq", "per_channel": True, "float_input_layer": False},
+}
 
 
-def reference_mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
-
-
-def small_cnn() -> CNN:
-    """conv 32 -> pool -> conv 64 -> pool -> fc 128 -> 10, on 0..1 pixels."""
-    return CNN(CNNSpec(input_shape=(1, 28, 28), channels=(32, 64), hidden=128, n_classes=10, dropout=0.0,
-                       mean=(0.5,), std=(0.25,), batch_norm=True))
-
-
-def champion_cnn() -> CNN:
-    """The default student: params.yaml `distill` widths on 8x8 digits (0..16 pixels)."""
-    distill = load_params().distill
-    return CNN(CNNSpec(input_shape=(1, 8, 8), channels=tuple(distill.channels), hidden=distill.hidden,
-                       n_classes=10, dropout=distill.dropout, mean=(4.9,), std=(6.0,),
-                       batch_norm=distill.batch_norm))
-
-
-def with_batch_norm_statistics(model: nn.Module) -> nn.Module:
-    """Non-identity batch norm, as after training, so folding it is exercised."""
+def architecture(section) -> CNN:
+    """A CNN of the pipeline's widths for `section` (train or distill), on 28x28, with trained-like BN stats."""
+    model = CNN(CNNSpec(input_shape=SHAPE, channels=tuple(section.channels), hidden=section.hidden, n_classes=10,
+                        dropout=0.0, mean=(4.9,), std=(6.0,), batch_norm=section.batch_norm))
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -82,191 +78,144 @@ def with_batch_norm_statistics(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def export_variants(model: nn.Module, input_shape: tuple[int, ...], pixel_max: float, folder: Path,
-                    name: str, reduce_range: bool) -> dict[str, Path]:
-    """fp32, int8 dynamic and int8 static (QDQ, per-channel, MinMax, output layer fp32) files."""
-    rng = np.random.default_rng(1)
-    calibration = rng.uniform(0, pixel_max, (CALIBRATION_SAMPLES, *input_shape)).astype(np.float32)
-    files = {p: folder / f"{name}.{p}.onnx" for p in ("fp32", "int8_dynamic", "int8_static")}
-    export_onnx(model, input_shape, files["fp32"], OPSET, IMAGE_INPUT)
-    quantize(files["fp32"], files["int8_dynamic"], mode="dynamic", per_channel=True, reduce_range=reduce_range)
-    quantize(files["fp32"], files["int8_static"], mode="static", calibration=calibration, per_channel=True,
-             method="minmax", reduce_range=reduce_range, input_name=IMAGE_INPUT)
-    return files
-
-
-def bench_model(model: nn.Module, input_shape: tuple[int, ...], pixel_max: float, folder: Path, name: str,
-                seconds: float, reduce_range: bool) -> dict:
-    model = model.eval()
-    files = export_variants(model, input_shape, pixel_max, folder, name, reduce_range)
-    sessions = {p: session(f, threads=THREADS) for p, f in files.items()}
-    rng = np.random.default_rng(2)
-    x = rng.uniform(0, pixel_max, (max(BATCHES), *input_shape)).astype(np.float32)
-    fp32_probs = sessions["fp32"].run([PROBABILITIES], {IMAGE_INPUT: x})[0]
-    result: dict = {
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "size_bytes": {p: file_size(f) for p, f in files.items()},
-        "agreement_vs_fp32": {
-            p: agreement(fp32_probs, sessions[p].run([PROBABILITIES], {IMAGE_INPUT: x})[0])
-            for p in ("int8_dynamic", "int8_static")
-        },
-    }
-    for batch in BATCHES:
-        rows = x[:batch]
-        tensor = torch.from_numpy(rows)
-
-        def eager(tensor=tensor):
-            with torch.inference_mode():
-                return torch.softmax(model(tensor), dim=1)
-
-        fns = {"torch_fp32": eager}
-        for precision, sess in sessions.items():
-            fns[f"ort_{precision}"] = lambda sess=sess, rows=rows: sess.run([PROBABILITIES], {IMAGE_INPUT: rows})
-        timings = Timings(fns, seconds)
-        result[f"b{batch}"] = {
-            "latency_ms": {k: round(timings.median(k), 4) for k in fns},
-            "latency_ms_p10": {k: round(timings.p10(k), 4) for k in fns},
-            "throughput_per_s": {k: round(batch / (timings.median(k) / 1000), 1) for k in fns},
-            "ratios": speed_ratios(timings),
-            "calls_timed": {k: len(timings.all(k)) for k in fns},
-        }
-    result["size_ratio"] = {
-        p: round(result["size_bytes"][p] / result["size_bytes"]["fp32"], 3) for p in ("int8_dynamic", "int8_static")
-    }
+def timed_files(files: dict[str, Path], x: np.ndarray, seconds: float) -> dict[str, dict[str, dict[str, float]]]:
+    """name -> latency key -> {median, p10, p90} (ms), every file timed interleaved with the others."""
+    result: dict[str, dict] = {name: {} for name in files}
+    for threads in THREADS:
+        sessions = {name: session(path, threads=threads, spinning=False) for name, path in files.items()}
+        for batch in BATCHES:
+            for name, figures in session_latencies(sessions, x, batch, seconds, rounds=10).items():
+                result[name][latency_key(batch, threads)] = {k: round(v, 4) for k, v in figures.items()}
     return result
 
 
-def speed_ratios(timings: Timings) -> dict[str, float]:
-    """Throughput ratios at one batch size (= inverse ratios of median latencies)."""
+def speedups(latencies: dict[str, dict], reference: str) -> dict[str, dict[str, float]]:
+    return {name: {key: round(latencies[reference][key]["median"] / row[key]["median"], 2) for key in row}
+            for name, row in latencies.items() if name != reference}
+
+
+def bench_int8(model: CNN, folder: Path, name: str, seconds: float, reduce_range: bool) -> dict:
+    rng = np.random.default_rng(1)
+    calibration = rng.uniform(0, PIXEL_MAX, (256, *SHAPE)).astype(np.float32)
+    files = {"fp32": folder / f"{name}.fp32.onnx"}
+    export_onnx(model, SHAPE, files["fp32"], OPSET, IMAGE_INPUT)
+    for variant, options in INT8_VARIANTS.items():
+        files[variant] = folder / f"{name}.{variant}.onnx"
+        quantize(files["fp32"], files[variant], calibration=calibration, reduce_range=reduce_range,
+                 input_name=IMAGE_INPUT, **options)
+    x = rng.uniform(0, PIXEL_MAX, (512, *SHAPE)).astype(np.float32)
+    probs = {v: session(f, threads=1).run([PROBABILITIES], {IMAGE_INPUT: x})[0] for v, f in files.items()}
+    latencies = timed_files(files, x, seconds)
     return {
-        "int8_static_vs_ort_fp32": timings.speedup("ort_fp32", "ort_int8_static"),
-        "int8_static_vs_torch_eager": timings.speedup("torch_fp32", "ort_int8_static"),
-        "int8_dynamic_vs_ort_fp32": timings.speedup("ort_fp32", "ort_int8_dynamic"),
-        "int8_dynamic_vs_torch_eager": timings.speedup("torch_fp32", "ort_int8_dynamic"),
-        "ort_fp32_vs_torch_eager": timings.speedup("torch_fp32", "ort_fp32"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "size_bytes": {v: file_size(f) for v, f in files.items()},
+        "agreement_vs_fp32": {v: agreement(probs["fp32"], probs[v]) for v in INT8_VARIANTS},
+        "int8_kernels": {v: int8_kernels(files[v]) for v in INT8_VARIANTS},
+        "latency_ms": latencies,
+        "speedup_vs_fp32": speedups(latencies, "fp32"),
     }
 
 
-def bench_pruning(folder: Path, seconds: float) -> dict:
-    """The small CNN vs itself with half its channels and hidden units removed
-    (structured, L1): ORT fp32 latency at batch 256."""
-    torch.manual_seed(3)
-    full = with_batch_norm_statistics(small_cnn())
-    pruned = prune_structured(full, PRUNE_AMOUNT, "l1")
-    files = {"unpruned": folder / "small_cnn.onnx", "pruned": folder / "small_cnn.pruned.onnx"}
-    export_onnx(full, full.spec.input_shape, files["unpruned"], OPSET, IMAGE_INPUT)
-    export_onnx(pruned, pruned.spec.input_shape, files["pruned"], OPSET, IMAGE_INPUT)
-    rows = np.random.default_rng(4).uniform(0, 1, (256, 1, 28, 28)).astype(np.float32)
-    sessions = {k: session(f, threads=THREADS) for k, f in files.items()}
-    timings = Timings(
-        {k: (lambda s=s: s.run([PROBABILITIES], {IMAGE_INPUT: rows})) for k, s in sessions.items()}, seconds)
+def bench_pruning(teacher: CNN, folder: Path, seconds: float) -> dict:
+    pruned = prune_structured(teacher, PRUNE_AMOUNT, "l1", rank="bn_scale")
+    files = {"unpruned": folder / "teacher.onnx", "pruned": folder / "teacher.pruned.onnx"}
+    export_onnx(teacher, SHAPE, files["unpruned"], OPSET, IMAGE_INPUT)
+    export_onnx(pruned, SHAPE, files["pruned"], OPSET, IMAGE_INPUT)
+    x = np.random.default_rng(4).uniform(0, PIXEL_MAX, (256, *SHAPE)).astype(np.float32)
+    latencies = timed_files(files, x, seconds)
     return {
         "amount": PRUNE_AMOUNT,
-        "channels": {"unpruned": list(full.spec.channels), "pruned": list(pruned.spec.channels)},
-        "hidden": {"unpruned": full.spec.hidden, "pruned": pruned.spec.hidden},
-        "parameters": {"unpruned": sum(p.numel() for p in full.parameters()),
+        "channels": {"unpruned": list(teacher.spec.channels), "pruned": list(pruned.spec.channels)},
+        "hidden": {"unpruned": teacher.spec.hidden, "pruned": pruned.spec.hidden},
+        "parameters": {"unpruned": sum(p.numel() for p in teacher.parameters()),
                        "pruned": sum(p.numel() for p in pruned.parameters())},
-        "size_bytes": {k: file_size(f) for k, f in files.items()},
-        "latency_ms_b256": {k: round(timings.median(k), 4) for k in files},
-        "latency_ms_b256_p10": {k: round(timings.p10(k), 4) for k in files},
-        "speedup_b256": timings.speedup("unpruned", "pruned"),
+        "latency_ms": latencies,
+        "speedup": speedups(latencies, "unpruned")["pruned"],
     }
 
 
-def bench_pipeline_champion(seconds: float) -> dict | None:
-    """The pipeline's own artifacts, when `make run` has made them: the champion
-    ONNX in onnxruntime against the fp32 teacher in torch eager, at batch 256,
-    with the macro-F1 both reached on the test split (reports/metrics.json)."""
-    import json
-
-    from tasks.ml.models import load_model
-
-    champion, teacher_stem, metrics_file = Path("models/champion.onnx"), Path("models/teacher"), Path("reports/metrics.json")
-    if not (champion.exists() and teacher_stem.with_suffix(".json").exists() and metrics_file.exists()):
+def check_pipeline(seconds: float, report: Path = Path("reports/compression.json")) -> dict | None:
+    """The champion against teacher.fp32 as reports/compression.json recorded
+    them, timed again here in one process; None before the first run."""
+    if not report.exists():
         return None
-    metrics = json.loads(metrics_file.read_text())
-    teacher = load_model(teacher_stem)
-    x = np.random.default_rng(0).uniform(0, 16, (256, *teacher.spec.input_shape)).astype(np.float32)
-    sess = session(champion, threads=THREADS)
-    feed = {sess.get_inputs()[0].name: x}
-    outputs = [sess.get_outputs()[-1].name]
-    tensor = torch.as_tensor(x)
+    recorded = json.loads(report.read_text())
+    rows = {row["name"]: row for row in recorded["candidates"]}
+    champion, reference = recorded["champion"], recorded["reference"]
+    files = {name: Path(rows[name]["path"]) for name in (reference, champion)}
+    if champion == reference or not all(f.exists() for f in files.values()):
+        return {"champion": champion, "skipped": "the champion is the reference, or its files are gone"}
+    from tasks.contracts.processed import load_split
 
-    def torch_teacher() -> object:
-        with torch.no_grad():
-            return teacher(tensor)
-
-    timings = Timings({"teacher_torch_eager": torch_teacher, "champion_ort": lambda: sess.run(outputs, feed)}, seconds)
-    candidates = metrics["candidates"]
+    x, _ = load_split("test")
+    latencies = timed_files(files, x, seconds)
+    measured = speedups(latencies, reference)[champion]
+    keys = [k for k in measured if k in rows[champion]]
+    recorded_ratio = {k: round(rows[reference][k] / rows[champion][k], 2) for k in keys}
+    agreement_ratio = {k: round(measured[k] / recorded_ratio[k], 3) for k in keys}
     return {
-        "champion": metrics["champion"],
-        "teacher_torch_eager_ms_b256": timings.median("teacher_torch_eager"),
-        "champion_ort_ms_b256": timings.median("champion_ort"),
-        "throughput_ratio_b256": timings.speedup("teacher_torch_eager", "champion_ort"),
-        "macro_f1_drop_points": 100 * (candidates["teacher.fp32"]["quality"] - candidates[metrics["champion"]]["quality"]),
+        "source": load_params().data.source,
+        "champion": champion,
+        "reference": reference,
+        "speed_key": recorded["speed_key"],
+        "recorded_speedup": recorded_ratio,
+        "measured_speedup": measured,
+        "measured_over_recorded": agreement_ratio,
+        "agrees_within_25pct": all(abs(r - 1) <= AGREEMENT_TOLERANCE for r in agreement_ratio.values()),
+        "size_ratio": round(rows[champion]["size_bytes"] / rows[reference]["size_bytes"], 4),
+        "quality_drop_points": round(100 * (rows[reference]["quality"] - rows[champion]["quality"]), 2),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0,
-                        help="timing budget per model and batch size, shared by the variants")
+    parser.add_argument("--seconds", type=float, default=4.0,
+                        help="timing budget per batch size and thread count, shared by the files compared")
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
     torch.manual_seed(0)
+    params = load_params()
     reduce_range = default_reduce_range()
     stages: dict[str, float] = {}
-    results: dict = {
-        "threads": THREADS,
-        "vnni": cpu_has_vnni(),
-        "reduce_range": reduce_range,
-        "int8_static": "QDQ, uint8 activations, int8 per-channel weights, MinMax calibration, output layer fp32",
-        "int8_dynamic": "int8 MatMul/Gemm weights (convs stay fp32)",
-        "load_average_before": os.getloadavg()[0],
-    }
-    models = {
-        "champion_cnn": (with_batch_norm_statistics(champion_cnn()), (1, 8, 8), 16.0),
-        "reference_mlp": (reference_mlp().eval(), (784,), 1.0),
-        "reference_small_cnn": (with_batch_norm_statistics(small_cnn()), (1, 28, 28), 1.0),
-    }
+    results: dict = {"threads": list(THREADS), "vnni": cpu_has_vnni(), "reduce_range": reduce_range,
+                     "load_average_before": os.getloadavg()[0]}
+    teacher, student = architecture(params.train), architecture(params.distill)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (model, shape, pixel_max) in models.items():
-            with timed(stages, name):
-                results[name] = bench_model(model, shape, pixel_max, Path(tmp), name, args.seconds, reduce_range)
+        for name, model in (("teacher", teacher), ("student", student)):
+            with timed(stages, f"int8_{name}"):
+                results[f"int8_{name}"] = bench_int8(model, Path(tmp), name, args.seconds, reduce_range)
         with timed(stages, "structured_pruning"):
-            results["structured_pruning"] = bench_pruning(Path(tmp), args.seconds / 2)
-    with timed(stages, "pipeline_champion"):
-        results["pipeline_champion"] = bench_pipeline_champion(args.seconds / 2)
-    mlp = results["reference_mlp"]
+            results["structured_pruning"] = bench_pruning(teacher, Path(tmp), args.seconds)
+    with timed(stages, "pipeline"):
+        results["pipeline"] = check_pipeline(args.seconds)
+    teacher_int8 = results["int8_teacher"]["speedup_vs_fp32"]["qdq_per_channel"]
     results["targets"] = {
-        "mlp_int8_vs_ort_fp32_b256 >= 2.5": mlp["b256"]["ratios"]["int8_static_vs_ort_fp32"] >= 2.5,
-        "mlp_int8_vs_torch_eager_b256 >= 3": mlp["b256"]["ratios"]["int8_static_vs_torch_eager"] >= 3,
-        "mlp_int8_size_ratio <= 0.3": mlp["size_ratio"]["int8_static"] <= 0.3,
-        "pruned_50pct_speedup_b256 >= 1.3": results["structured_pruning"]["speedup_b256"] >= 1.3,
+        "teacher int8 vs fp32, b256 t1 >= 1.5": teacher_int8["latency_ms_b256_t1"] >= 1.5,
+        "teacher int8 vs fp32, b256 t2 >= 1.5": teacher_int8["latency_ms_b256_t2"] >= 1.5,
+        "pruned 50% vs unpruned, b256 t1 >= 1.5": results["structured_pruning"]["speedup"]["latency_ms_b256_t1"] >= 1.5,
     }
-    if results["pipeline_champion"]:
-        champ = results["pipeline_champion"]
-        results["targets"]["champion_vs_teacher_torch_b256 >= 10 at <= 1 point"] = (
-            champ["throughput_ratio_b256"] >= 10 and champ["macro_f1_drop_points"] <= 1)
+    pipeline = results["pipeline"]
+    if pipeline and "measured_speedup" in pipeline:
+        measured = pipeline["recorded_speedup"]
+        results["targets"].update({
+            "champion vs teacher.fp32, b256 t2 >= 3": measured.get("latency_ms_b256_t2", 0) >= 3,
+            "champion vs teacher.fp32, b1 t1 >= 2": measured.get("latency_ms_b1_t1", 0) >= 2,
+            "champion size <= 0.1x": pipeline["size_ratio"] <= 0.1,
+            "champion drop <= 1 point": pipeline["quality_drop_points"] <= 1,
+            "one-process check within 25%": pipeline["agrees_within_25pct"],
+        })
     results["load_average_after"] = os.getloadavg()[0]
     results["seconds"] = stages
     record("compression", results)
-    print(f"{machine()['cpu']}, VNNI {results['vnni']}, {THREADS} threads, reduce_range {reduce_range}, "
-          f"load average {results['load_average_before']:.1f} -> {results['load_average_after']:.1f}")
-    for name in models:
+    for name in ("int8_teacher", "int8_student"):
         r = results[name]
-        print(f"\n{name}: {r['parameters']:,} parameters, int8 size x{r['size_ratio']['int8_static']} (static) "
-              f"x{r['size_ratio']['int8_dynamic']} (dynamic); top-1 agreement {r['agreement_vs_fp32']}")
-        for batch in BATCHES:
-            row = r[f"b{batch}"]
-            cells = ", ".join(f"{k} {v:.3f} ms" for k, v in row["latency_ms"].items())
-            print(f"  batch {batch}: {cells}")
-            print("    p10: " + ", ".join(f"{k} {v:.3f} ms" for k, v in row["latency_ms_p10"].items()))
-            print(f"    ratios {row['ratios']}")
-    p = results["structured_pruning"]
-    print(f"\nstructured pruning {p['channels']} hidden {p['hidden']}: {p['latency_ms_b256']} "
-          f"-> {p['speedup_b256']}x at batch 256")
-    print(f"\ntargets: {results['targets']}\nstage seconds: {stages}")
+        print(f"\n{name}: {r['parameters']:,} parameters")
+        for variant, ratios in r["speedup_vs_fp32"].items():
+            print(f"  {variant:34s} x{ratios}  agreement {r['agreement_vs_fp32'][variant]:.3f}  "
+                  f"kernels {r['int8_kernels'][variant]}")
+    print(f"\nstructured pruning {results['structured_pruning']['channels']}: "
+          f"x{results['structured_pruning']['speedup']}")
+    print(f"\npipeline: {json.dumps(pipeline)}\n\ntargets: {json.dumps(results['targets'], indent=1)}")
+    print(f"load average {results['load_average_before']:.1f} -> {results['load_average_after']:.1f}; seconds {stages}")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def measure_latency(files: dict[str, Path], x: np.ndarray, params: EvaluateParam
     median kept, with p10 and p90 for the spread."""
     out: dict[str, dict[str, float]] = {name: {} for name in files}
     for threads in params.latency_threads:
-        sessions = {name: session(path, threads=threads) for name, path in files.items()}
+        sessions = {name: session(path, threads=threads, spinning=False) for name, path in files.items()}
         for batch in LATENCY_BATCHES:
             key = latency_key(batch, threads)
             for name, figures in session_latencies(sessions, x, batch, params.latency_seconds,

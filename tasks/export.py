@@ -27,7 +27,7 @@ from tasks.ml.calibration import calibrate
 from tasks.ml.models import Model, count_parameters, load_model
 from tasks.ml.training import predict_logits
 from tasks.onnx.export import export_onnx, set_metadata
-from tasks.onnx.quantize import cpu_has_vnni, default_reduce_range, quantize
+from tasks.onnx.quantize import cpu_has_vnni, default_reduce_range, int8_kernels, quantize
 from tasks.onnx.runtime import check_artifact, file_size, run_batches
 
 SECTIONS = ("export",)
@@ -104,7 +104,12 @@ def export_candidate(
         "answer_output": answer_output(task),
         "fp32_size_bytes": file_size(fp32),
         "int8_size_bytes": file_size(int8),
+        "int8_kernels": int8_kernels(int8),  # what onnxruntime really runs in integer arithmetic
     }
+
+
+def kernel_list(kernels: dict[str, int]) -> str:
+    return ", ".join(f"{op} x{n}" for op, n in kernels.items()) or "none (float)"
 
 
 def main() -> None:
@@ -125,7 +130,8 @@ def main() -> None:
         "export",
         "Temperature fitted on the validation split and folded into each graph; exported fp32 "
         "(checked against PyTorch) and int8 (onnxruntime quantization), each checked against the artifact contract:\n\n"
-        + markdown_table([{"model": name, **figures} for name, figures in report.items()]),
+        + markdown_table([{"model": name, **figures, "int8_kernels": kernel_list(figures["int8_kernels"])}
+                          for name, figures in report.items()]),
     )
 
 

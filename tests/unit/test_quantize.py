@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from tasks.ml.models import CNN, MLP, MLPSpec
+from tasks.ml.models import CNN, CNNSpec, MLP, MLPSpec
 from tasks.contracts.onnx import IMAGE_INPUT, PREDICTION, PROBABILITIES, TABLE_INPUT
 from tasks.onnx.export import export_onnx
-from tasks.onnx.runtime import run_batches, session
-from tasks.onnx.quantize import agreement, cpu_has_vnni, default_reduce_range, quantize
+from tasks.onnx.runtime import optimized_ops, run_batches, session
+from tasks.onnx.quantize import agreement, cpu_has_vnni, default_reduce_range, float_input_block, int8_kernels, quantize
 
 from conftest import tiny_spec
 
@@ -97,14 +97,58 @@ def test_static_int8_agrees_with_fp32_for_every_calibration_method(cnn_fp32, tmp
              reduce_range=False, input_name=IMAGE_INPUT)
     onnx.checker.check_model(onnx.load(str(int8)))
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops(int8)
-    # Both convs and the hidden dense layer hold int8 weights; the classifier stays fp32.
-    assert sorted(w.shape for w in int8_weights(int8)) == [(8, 1, 3, 3), (16, 8, 3, 3), (16, 64)]
-    assert float_layers(int8) == float_layers(cnn_fp32)[-1:]
+    # The second conv and the hidden dense layer hold int8 weights; the first conv
+    # (one input channel) and the classifier stay fp32.
+    assert sorted(w.shape for w in int8_weights(int8)) == [(16, 8, 3, 3), (16, 64)]
+    assert float_layers(int8) == [float_layers(cnn_fp32)[0], float_layers(cnn_fp32)[-1]]
     x = blobs(300, 2)[0]
     fp32_probs, int8_probs = probabilities(cnn_fp32, x), probabilities(int8, x)
     assert agreement(fp32_probs, int8_probs) >= 0.9
     assert not np.array_equal(fp32_probs, int8_probs)  # it really runs different arithmetic
     np.testing.assert_allclose(int8_probs.sum(axis=1), 1.0, atol=1e-5)  # Softmax stayed float
+
+
+def test_the_quantized_conv_runs_as_an_int8_kernel_and_the_first_block_in_float(cnn_fp32, tmp_path):
+    int8 = tmp_path / "int8.onnx"
+    quantize(cnn_fp32, int8, calibration=blobs(128, 1)[0], input_name=IMAGE_INPUT)
+    kernels, ran = int8_kernels(int8), optimized_ops(int8)
+    # onnxruntime fused DequantizeLinear -> Conv -> QuantizeLinear into its integer conv,
+    # and the pool after it reads uint8 too; the hidden dense layer is an integer Gemm.
+    assert kernels["QLinearConv"] == 1 and kernels["NhwcMaxPool"] == 1 and kernels["QGemm"] == 1
+    # The first block stays float, pooled in float: the only uint8 pool is the NHWC one.
+    assert ran["Conv"] == 1 and ran["MaxPool"] == 1
+    assert int8_kernels(cnn_fp32) == {}
+
+
+def test_the_first_block_can_be_quantized_too(cnn_fp32, tmp_path):
+    int8 = tmp_path / "int8.onnx"
+    quantize(cnn_fp32, int8, calibration=blobs(128, 1)[0], input_name=IMAGE_INPUT, float_input_layer=False)
+    assert sorted(w.shape for w in int8_weights(int8)) == [(8, 1, 3, 3), (16, 8, 3, 3), (16, 64)]
+    assert int8_kernels(int8)["QLinearConv"] == 2
+
+
+def test_the_float_input_block_rewrite_computes_the_same(cnn_fp32, tmp_path):
+    """ReLU -> MaxPool becomes MaxPool -> ReLU in the first block: the same values, exactly."""
+    model = onnx.load(str(cnn_fp32))
+    before = [n.op_type for n in model.graph.node]
+    block = float_input_block(model)
+    after = [n.op_type for n in model.graph.node]
+    assert before.index("Relu") < before.index("MaxPool") and after.index("MaxPool") < after.index("Relu")
+    assert [n.op_type for n in model.graph.node if n.name in block] == ["Conv", "MaxPool", "Relu"]
+    onnx.checker.check_model(model, full_check=True)
+    rewritten = tmp_path / "rewritten.onnx"
+    onnx.save(model, str(rewritten))
+    x = blobs(64, 3)[0]
+    np.testing.assert_array_equal(probabilities(rewritten, x), probabilities(cnn_fp32, x))
+
+
+def test_a_first_conv_on_many_channels_is_quantized(tmp_path):
+    spec = CNNSpec(input_shape=(6, 8, 8), channels=(8,), hidden=8, n_classes=3, dropout=0.0,
+                   mean=(8.0,) * 6, std=(4.0,) * 6)
+    model = CNN(spec).eval()
+    fp32 = tmp_path / "wide.onnx"
+    export_onnx(model, (6, 8, 8), fp32, 17, IMAGE_INPUT)
+    assert float_input_block(onnx.load(str(fp32))) == []
 
 
 def test_calibration_methods_set_different_ranges(cnn_fp32, tmp_path):
@@ -167,7 +211,7 @@ def test_per_channel_gives_one_weight_scale_per_output_channel(cnn_fp32, tmp_pat
         weights = {t for t, v in initializers.items() if v.dtype == np.int8 and v.ndim == 4}
         sizes[per_channel] = sorted(initializers[n.input[1]].size for n in graph.node
                                     if n.op_type == "DequantizeLinear" and n.input[0] in weights)
-    assert sizes[True] == [8, 16] and sizes[False] == [1, 1]
+    assert sizes[True] == [16] and sizes[False] == [1]  # the second conv (the first stays fp32)
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
