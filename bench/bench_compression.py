@@ -15,11 +15,13 @@ interleaved rounds after warm-up, medians kept with p10/p90.
    static int8 is calibrated on random inputs in the 0..16 pixel range.
 2. Structured pruning of the teacher architecture at 50% of channels and
    hidden units (tasks/ml/pruning.py): fp32 speed-up over the unpruned model.
-3. The pipeline's own result, when `make run` (or `dvc repro`) has made it: a
-   one-process check that times models/onnx/<champion>.onnx against
-   models/onnx/teacher.fp32.onnx interleaved, at every latency key the
-   evaluate stage recorded, and compares each ratio with the one in
-   reports/compression.json (agreement: within 25%).
+3. The pipeline's own result, when `make run` (or `dvc repro`) has made it in
+   this project or in each `--project` folder: a one-process check that
+   times models/onnx/<champion>.onnx against models/onnx/teacher.fp32.onnx
+   interleaved, at every latency key the evaluate stage recorded, and
+   compares each ratio with reports/compression.json's
+   `champion_vs_reference` (agreement: within 25%). Recorded under
+   "pipeline_<data.source>".
 
 Results go to reports/bench.json under "compression". Run on a quiet machine:
 the load average before and after is recorded.
@@ -39,6 +41,7 @@ from torch import nn
 
 from bench.common import record, timed
 from tasks.contracts.onnx import IMAGE_INPUT, PROBABILITIES
+from tasks.contracts.processed import load_split
 from tasks.core.params import load_params
 from tasks.ml.models import CNN, CNNSpec
 from tasks.ml.pruning import prune_structured
@@ -134,36 +137,33 @@ def bench_pruning(teacher: CNN, folder: Path, seconds: float) -> dict:
     }
 
 
-def check_pipeline(seconds: float, report: Path = Path("reports/compression.json")) -> dict | None:
-    """The champion against teacher.fp32 as reports/compression.json recorded
-    them, timed again here in one process; None before the first run."""
+def check_pipeline(root: Path, seconds: float) -> dict | None:
+    """The champion against teacher.fp32 as `root`'s reports/compression.json
+    recorded them, timed again here in one process; None before a first run."""
+    report = root / "reports/compression.json"
     if not report.exists():
         return None
     recorded = json.loads(report.read_text())
     rows = {row["name"]: row for row in recorded["candidates"]}
     champion, reference = recorded["champion"], recorded["reference"]
-    files = {name: Path(rows[name]["path"]) for name in (reference, champion)}
+    files = {name: root / rows[name]["path"] for name in (reference, champion)}
     if champion == reference or not all(f.exists() for f in files.values()):
         return {"champion": champion, "skipped": "the champion is the reference, or its files are gone"}
-    from tasks.contracts.processed import load_split
-
-    x, _ = load_split("test")
+    x, _ = load_split("test", root / "data/processed")
     latencies = timed_files(files, x, seconds)
     measured = speedups(latencies, reference)[champion]
-    keys = [k for k in measured if k in rows[champion]]
-    recorded_ratio = {k: round(rows[reference][k] / rows[champion][k], 2) for k in keys}
-    agreement_ratio = {k: round(measured[k] / recorded_ratio[k], 3) for k in keys}
+    recorded_ratio = recorded["champion_vs_reference"]["speedup"]
+    ratio = {k: round(measured[k] / recorded_ratio[k], 3) for k in recorded_ratio if k in measured}
     return {
-        "source": load_params().data.source,
+        "project": str(root),
+        "source": load_params(root / "params.yaml").data.source,
         "champion": champion,
         "reference": reference,
         "speed_key": recorded["speed_key"],
-        "recorded_speedup": recorded_ratio,
+        "recorded": recorded["champion_vs_reference"],
         "measured_speedup": measured,
-        "measured_over_recorded": agreement_ratio,
-        "agrees_within_25pct": all(abs(r - 1) <= AGREEMENT_TOLERANCE for r in agreement_ratio.values()),
-        "size_ratio": round(rows[champion]["size_bytes"] / rows[reference]["size_bytes"], 4),
-        "quality_drop_points": round(100 * (rows[reference]["quality"] - rows[champion]["quality"]), 2),
+        "measured_over_recorded": ratio,
+        "agrees_within_25pct": all(abs(r - 1) <= AGREEMENT_TOLERANCE for r in ratio.values()),
     }
 
 
@@ -171,6 +171,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0,
                         help="timing budget per batch size and thread count, shared by the files compared")
+    parser.add_argument("--project", type=Path, action="append", default=None,
+                        help="a project folder whose run to check (repeatable; default: this one)")
     args = parser.parse_args()
     torch.manual_seed(0)
     params = load_params()
@@ -185,23 +187,25 @@ def main() -> None:
                 results[f"int8_{name}"] = bench_int8(model, Path(tmp), name, args.seconds, reduce_range)
         with timed(stages, "structured_pruning"):
             results["structured_pruning"] = bench_pruning(teacher, Path(tmp), args.seconds)
-    with timed(stages, "pipeline"):
-        results["pipeline"] = check_pipeline(args.seconds)
+    for root in args.project or [Path(".")]:
+        with timed(stages, f"pipeline {root}"):
+            checked = check_pipeline(root, args.seconds)
+        if checked:
+            results[f"pipeline_{checked.get('source', root.name)}"] = checked
     teacher_int8 = results["int8_teacher"]["speedup_vs_fp32"]["qdq_per_channel"]
     results["targets"] = {
         "teacher int8 vs fp32, b256 t1 >= 1.5": teacher_int8["latency_ms_b256_t1"] >= 1.5,
         "teacher int8 vs fp32, b256 t2 >= 1.5": teacher_int8["latency_ms_b256_t2"] >= 1.5,
         "pruned 50% vs unpruned, b256 t1 >= 1.5": results["structured_pruning"]["speedup"]["latency_ms_b256_t1"] >= 1.5,
     }
-    pipeline = results["pipeline"]
-    if pipeline and "measured_speedup" in pipeline:
-        measured = pipeline["recorded_speedup"]
+    for key in [k for k in results if k.startswith("pipeline_") and "recorded" in results[k]]:
+        recorded = results[key]["recorded"]
         results["targets"].update({
-            "champion vs teacher.fp32, b256 t2 >= 3": measured.get("latency_ms_b256_t2", 0) >= 3,
-            "champion vs teacher.fp32, b1 t1 >= 2": measured.get("latency_ms_b1_t1", 0) >= 2,
-            "champion size <= 0.1x": pipeline["size_ratio"] <= 0.1,
-            "champion drop <= 1 point": pipeline["quality_drop_points"] <= 1,
-            "one-process check within 25%": pipeline["agrees_within_25pct"],
+            f"{key}: champion vs teacher.fp32, b256 t2 >= 3": recorded["speedup"].get("latency_ms_b256_t2", 0) >= 3,
+            f"{key}: champion vs teacher.fp32, b1 t1 >= 2": recorded["speedup"].get("latency_ms_b1_t1", 0) >= 2,
+            f"{key}: champion size <= 0.1x": recorded["size_ratio"] <= 0.1,
+            f"{key}: champion drop <= 1 point": recorded["quality_drop_points"] <= 1,
+            f"{key}: one-process check within 25%": results[key]["agrees_within_25pct"],
         })
     results["load_average_after"] = os.getloadavg()[0]
     results["seconds"] = stages
@@ -214,7 +218,9 @@ def main() -> None:
                   f"kernels {r['int8_kernels'][variant]}")
     print(f"\nstructured pruning {results['structured_pruning']['channels']}: "
           f"x{results['structured_pruning']['speedup']}")
-    print(f"\npipeline: {json.dumps(pipeline)}\n\ntargets: {json.dumps(results['targets'], indent=1)}")
+    for key in [k for k in results if k.startswith("pipeline_")]:
+        print(f"\n{key}: {json.dumps(results[key])}")
+    print(f"\ntargets: {json.dumps(results['targets'], indent=1)}")
     print(f"load average {results['load_average_before']:.1f} -> {results['load_average_after']:.1f}; seconds {stages}")
 
 

@@ -13,6 +13,7 @@ fails, the stage fails with the table and nothing is promoted.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,20 @@ def pareto_front(table: dict[str, dict], speed_key: str) -> list[str]:
     return [n for n, row in table.items() if not any(dominates(other, row) for m, other in table.items() if m != n)]
 
 
+def versus(candidates: list[dict], champion: str) -> dict:
+    """The headline: how many times faster the champion is than the reference
+    at every latency key timed (same process, same runtime), its size share and
+    its quality drop in points."""
+    rows = {row["name"]: row for row in candidates}
+    ours, ref = rows[champion], rows[REFERENCE]
+    return {
+        "speedup": {key: round(ref[key] / ours[key], 2) for key in sorted(ours)
+                    if re.fullmatch(r"latency_ms_b\d+_t\d+", key) and ours[key]},
+        "size_ratio": round(ours["size_bytes"] / ref["size_bytes"], 4),
+        "quality_drop_points": round(100 * (_quality(ref) - _quality(ours)), 2),
+    }
+
+
 def write_compression_report(champion: str, table: dict[str, dict], meta: ProcessedMeta, params: SelectParams) -> None:
     """reports/compression.json and the Pareto plot: latency against quality,
     marker area by file size, the non-dominated front and the quality budget."""
@@ -219,6 +234,7 @@ def write_compression_report(champion: str, table: dict[str, dict], meta: Proces
     floor = _quality(table[REFERENCE]) - params.max_f1_drop
     write_json(paths.COMPRESSION_REPORT, {"champion": champion, "task": meta.task, "speed_key": params.speed_key,
                                           "reference": REFERENCE, "quality_floor": floor, "pareto_front": front,
+                                          "champion_vs_reference": versus(candidates, champion),
                                           "candidates": candidates})
     plots.pareto(candidates, champion, "R^2" if meta.task == "regression" else "macro-F1", params.speed_key, front,
                  floor, paths.PARETO_PLOT)

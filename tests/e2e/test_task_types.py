@@ -120,3 +120,35 @@ def test_regression_experiment_gives_a_champion_a_v2_client_can_query(project: P
     assert predicted.status_code == 200, predicted.text
     (value,) = predicted.json()["predictions"]
     assert set(value) == {"value"} and np.isfinite(value["value"])
+
+
+def test_a_quick_draw_folder_of_ten_imbalanced_classes(project: Path) -> None:
+    """10 classes of 28x28 doodles in Quick Draw's own file format, one rare
+    class, through the same DAG: ingest reads every class, export's int8 convs
+    run as onnxruntime integer kernels, and the champion is the fastest
+    qualifying candidate of every precision on the Pareto front, served."""
+    from tasks.data.doodles import CLASSES, make_doodles
+
+    counts = {name: 60 if name == "star" else 150 + 20 * i for i, name in enumerate(CLASSES)}
+    make_doodles(project / "data/raw", {name: n + 10 for name, n in counts.items()}, seed=1)
+    _dvc(project, "exp", "run", "-S", "data.source=quickdraw", "-S", f"data.quickdraw.classes=[{','.join(CLASSES)}]",
+         "-S", "data.quickdraw.samples_per_class={" + ",".join(f"{k}:{v}" for k, v in counts.items()) + "}")
+    meta = json.loads((project / "data/processed/meta.json").read_text())
+    assert meta["classes"] == list(CLASSES) and meta["input_shape"] == [1, 28, 28]
+    quality = json.loads((project / "reports/data_quality.json").read_text())
+    assert sum(quality["balance"]["counts"].values()) == sum(counts.values())
+    export = json.loads((project / "reports/export.json").read_text())
+    assert export["teacher"]["int8_kernels"].get("QLinearConv", 0) >= 1
+    compression = json.loads((project / "reports/compression.json").read_text())
+    rows = {row["name"]: row for row in compression["candidates"]}
+    assert {row["precision"] for row in rows.values()} == {"fp32", "int8"}
+    key, champion = compression["speed_key"], compression["champion"]
+    qualifying = [name for name, row in rows.items() if row["quality"] >= compression["quality_floor"]]
+    assert champion == min(qualifying, key=lambda name: rows[name][key])
+    assert champion in compression["pareto_front"]
+    assert set(_evaluation(project)["candidates"][champion]["per_class"]) >= set(CLASSES)
+    with np.load(project / "data/processed/test.npz") as test:
+        x = test["x"][:4]
+    with served(project / "models/champion.onnx") as server:
+        answer = server.predict(x.tolist()).json()
+    assert {row["class"] for row in answer["predictions"]} <= set(CLASSES)

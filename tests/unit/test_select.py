@@ -6,7 +6,7 @@ import pytest
 
 from tasks.core.params import SelectParams
 from tasks.core.errors import DistilleryError
-from tasks.select import select_champion
+from tasks.select import select_champion, versus
 
 
 def params(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256_t1") -> SelectParams:
@@ -120,3 +120,12 @@ def test_the_pareto_front_keeps_only_the_candidates_nothing_beats_at_once() -> N
         "teacher.int8": {key: 3.0, "quality": 0.94, "size_bytes": 250},   # a trade-off: stays
     }
     assert pareto_front(table, key) == ["teacher.fp32", "student.int8", "teacher.int8"]
+
+
+def test_the_headline_compares_the_champion_with_the_reference_at_every_latency_key():
+    rows = [{"name": "teacher.fp32", "quality": 0.95, "size_bytes": 1000, "latency_ms_b256_t1": 30.0,
+             "latency_ms_b256_t1_p10": 28.0, "latency_ms_b1_t2": 0.2},
+            {"name": "student.int8", "quality": 0.9425, "size_bytes": 50, "latency_ms_b256_t1": 5.0,
+             "latency_ms_b256_t1_p10": 4.0, "latency_ms_b1_t2": 0.08}]
+    assert versus(rows, "student.int8") == {"speedup": {"latency_ms_b1_t2": 2.5, "latency_ms_b256_t1": 6.0},
+                                            "size_ratio": 0.05, "quality_drop_points": 0.75}
