@@ -127,7 +127,7 @@ def test_a_quick_draw_folder_of_ten_imbalanced_classes(project: Path) -> None:
     class, through the same DAG: ingest reads every class, export's int8 convs
     run as onnxruntime integer kernels, and the champion is the fastest
     qualifying candidate of every precision on the Pareto front, served."""
-    from tasks.data.doodles import CLASSES, make_doodles
+    from tasks.doodles import CLASSES, make_doodles
 
     counts = {name: 60 if name == "star" else 150 + 20 * i for i, name in enumerate(CLASSES)}
     make_doodles(project / "data/raw", {name: n + 10 for name, n in counts.items()}, seed=1)

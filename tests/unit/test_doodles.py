@@ -1,4 +1,4 @@
-"""tasks/data/doodles.py: Quick Draw-format files that the quickdraw source reads."""
+"""tasks/doodles.py: Quick Draw-format files that the quickdraw source reads."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tasks.core.params import QuickDrawParams
-from tasks.data.doodles import CLASSES, make_doodles
+from tasks.doodles import CLASSES, make_doodles
 from tasks.data.sources import load_quickdraw
 
 

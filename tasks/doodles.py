@@ -1,8 +1,8 @@
 """Quick Draw-format doodles made here, for trying the `quickdraw` source with
-no download: one `<class>.npy` per class, N x 784 uint8, white strokes on
+no download (a tool, like bootstrap_suite: no stage imports it): one `<class>.npy` per class, N x 784 uint8, white strokes on
 black, exactly the layout of Quick Draw's `numpy_bitmap` files.
 
-    python -m tasks.data.doodles data/raw [--count 1000] [--seed 0]
+    python -m tasks.doodles data/raw [--count 1000] [--seed 0]
 
 Each class is a shape drawn as pen strokes (circle, square, triangle, ...)
 through a random affine map (rotation, zoom, shift, shear) with jitter on
