@@ -1,6 +1,7 @@
 """Quick Draw-format doodles made here, for trying the `quickdraw` source with
-no download (a tool, like bootstrap_suite: no stage imports it): one `<class>.npy` per class, N x 784 uint8, white strokes on
-black, exactly the layout of Quick Draw's `numpy_bitmap` files.
+no download: one `<class>.npy` per class, N x 784 uint8, white strokes on
+black, exactly the layout of Quick Draw's `numpy_bitmap` files. A tool, like
+bootstrap_suite: no stage imports it, so it is no stage's dependency.
 
     python -m tasks.doodles data/raw [--count 1000] [--seed 0]
 
