@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install run test repro bench suite serve monitor deploy clean
+.PHONY: install run test repro bench suite serve monitor deploy stack stack-down stack-status clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,17 @@ monitor: install
 ## (start `$(BIN)/prefect server start` first; PREFECT_API_URL defaults to that local server)
 deploy: install
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m flows.deployments
+
+## stack: PostgreSQL, S3 (moto), MLflow and Prefect servers on 127.0.0.1, state in .stack/;
+## writes .stack.env (`. ./.stack.env && make run` uses them) and the DVC remote `stack` (README, "Scaling out")
+stack: install
+	$(BIN)/python -m stack up
+
+stack-down: install
+	$(BIN)/python -m stack down
+
+stack-status: install
+	$(BIN)/python -m stack status
 
 clean:
 	rm -rf data/ingested data/validated data/quarantine data/processed models reports

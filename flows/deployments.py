@@ -24,6 +24,7 @@ from pathlib import Path
 
 from tasks.core.params import load_params
 from tasks.core.errors import DistilleryError, run_cli
+from tasks.core.tracking import check_answers
 
 MONITOR_DEPLOYMENT = "monitor"
 LOCAL_API = "http://127.0.0.1:4200/api"
@@ -77,7 +78,6 @@ def build_deployments(root: str | Path = ".", params: str = "params.yaml") -> li
 
 def check_api() -> str:
     """The Prefect server to register with; a clear error if there is none."""
-    import httpx
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
@@ -86,14 +86,14 @@ def check_api() -> str:
             "PREFECT_API_URL is not set: schedules need a Prefect server that outlives this process. Start one "
             f"with `.venv/bin/prefect server start`, then `make deploy` (it uses PREFECT_API_URL={LOCAL_API})"
         )
-    try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
-    except httpx.HTTPError as err:
-        raise DistilleryError(
-            f"no Prefect server answers at PREFECT_API_URL={url} ({type(err).__name__}: {err}); start one with "
-            "`.venv/bin/prefect server start`, or point PREFECT_API_URL at yours"
-        ) from err
+    check_prefect_server(url)
     return url
+
+
+def check_prefect_server(url: str) -> None:
+    check_answers("Prefect server", "PREFECT_API_URL", url, f"{url.rstrip('/')}/health",
+                  "start one (`make stack` starts the project's, `.venv/bin/prefect server start` a bare one), "
+                  "or point PREFECT_API_URL at yours, or unset it to run on a temporary local server")
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from tasks.core.errors import EXIT_EXPECTED_FAILURE, DistilleryError, run_cli
 from tasks.core.report import markdown_table
 from tasks.core import paths
 from tasks.core.params import load_params
-from tasks.core.tracking import PIPELINE_RUN_ENV
+from tasks.core.tracking import PIPELINE_RUN_ENV, check_server
 
 PYTHON_ENV = "DISTILLERY_PYTHON"  # read by bin/python, the interpreter of dvc.yaml's commands
 
@@ -137,6 +137,14 @@ def pipeline(root: str = ".") -> list[dict]:
 
 
 def main() -> None:
+    # A shared server that is down fails here, naming it, before any stage runs.
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.deployments import check_prefect_server
+
+    if PREFECT_API_URL.value():
+        check_prefect_server(PREFECT_API_URL.value())
+    check_server(load_params().mlflow.resolved_uri())
     results = pipeline()
     ran = [r["stage"] for r in results if r["ran"]]
     print(f"pipeline done: ran {ran or 'nothing'}; skipped {len(results) - len(ran)} up-to-date stage(s)")

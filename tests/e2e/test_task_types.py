@@ -132,7 +132,9 @@ def test_a_quick_draw_folder_of_ten_imbalanced_classes(project: Path) -> None:
     counts = {name: 60 if name == "star" else 150 + 20 * i for i, name in enumerate(CLASSES)}
     make_doodles(project / "data/raw", {name: n + 10 for name, n in counts.items()}, seed=1)
     _dvc(project, "exp", "run", "-S", "data.source=quickdraw", "-S", f"data.quickdraw.classes=[{','.join(CLASSES)}]",
-         "-S", "data.quickdraw.samples_per_class={" + ",".join(f"{k}:{v}" for k, v in counts.items()) + "}")
+         # Hydra syntax, as in the README: replace the mapping (`~` then `+`), not merge into it.
+         "-S", "~data.quickdraw.samples_per_class",
+         "-S", "+data.quickdraw.samples_per_class={" + ",".join(f"{k}:{v}" for k, v in counts.items()) + "}")
     meta = json.loads((project / "data/processed/meta.json").read_text())
     assert meta["classes"] == list(CLASSES) and meta["input_shape"] == [1, 28, 28]
     quality = json.loads((project / "reports/data_quality.json").read_text())

@@ -1,0 +1,3 @@
+from stack.services import main
+
+main()

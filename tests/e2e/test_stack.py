@@ -1,0 +1,195 @@
+"""The shared stack for real, on loopback: `python -m stack up` (make stack)
+starts PostgreSQL, moto's S3 server, an MLflow server on PostgreSQL with its
+artifacts on S3, and a Prefect server on PostgreSQL. A project runs its flow
+against them unchanged, its champion is served from the registry and S3, its
+DVC outputs go to the S3 remote, and a fresh clone pulls them and reruns
+nothing. Stopping and starting the stack keeps it all."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve.serve_helpers import Server, free_port
+from test_flow import make_project
+from test_task_types import GIT_IDENTITY
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("POSTGRES", "S3", "MLFLOW", "PREFECT")
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("MLFLOW_", "PREFECT_API", "AWS_", "DISTILLERY_STACK_"))}
+    return {**base, "PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/bin", "DISTILLERY_PYTHON": sys.executable,
+            **GIT_IDENTITY, **extra}
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str], ok: bool = True, timeout: int = 900):
+    done = subprocess.run(argv, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def _stack(cwd: Path, env: dict[str, str], command: str, ok: bool = True):
+    return _run([sys.executable, "-m", "stack", command], cwd, env, ok)
+
+
+def _dvc(cwd: Path, env: dict[str, str], *args: str) -> str:
+    return _run([sys.executable, "-m", "dvc", *args], cwd, env).stdout
+
+
+def _state_dir() -> Path:
+    # Under /tmp itself: PostgreSQL runs as the `postgres` user when we are root,
+    # and must be able to reach its data folder.
+    state = Path(tempfile.mkdtemp(prefix="distillery-stack-", dir="/tmp"))
+    state.chmod(0o755)
+    return state
+
+
+@pytest.fixture(scope="module")
+def stack_env():
+    state = _state_dir()
+    env = {"DISTILLERY_STACK_DIR": str(state), **{f"DISTILLERY_STACK_{s}_PORT": str(free_port()) for s in SERVICES}}
+    yield env
+    _stack(REPO, env, "down", ok=False)
+    shutil.rmtree(state, ignore_errors=True)
+
+
+def _client_env(root: Path) -> dict[str, str]:
+    lines = (root / ".stack.env").read_text().splitlines()
+    return dict(line.removeprefix("export ").split("=", 1) for line in lines if line.startswith("export "))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, stack_env) -> tuple[Path, dict[str, str]]:
+    root = make_project(tmp_path_factory.mktemp("stack") / "project")
+    _stack(root, stack_env, "up")
+    return root, {**stack_env, **_client_env(root)}
+
+
+def _champion(client_env: dict[str, str]):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"])
+    return client.get_model_version_by_alias("distillery", "champion")
+
+
+def _s3_keys(client_env: dict[str, str], bucket: str) -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=client_env["MLFLOW_S3_ENDPOINT_URL"],
+                      aws_access_key_id=client_env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=client_env["AWS_SECRET_ACCESS_KEY"],
+                      region_name=client_env["AWS_DEFAULT_REGION"])
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_the_pipeline_runs_on_the_stack_and_its_champion_is_served_from_the_registry(project, monkeypatch):
+    root, env = project
+    done = _run([sys.executable, "-m", "flows.pipeline"], root, env)
+    assert "pipeline done: ran ['ingest'" in done.stdout
+    # The registry is MLflow's PostgreSQL database, the model files are in the S3 bucket.
+    version = _champion(env)
+    import psycopg2
+
+    stack_port = env["DISTILLERY_STACK_POSTGRES_PORT"]
+    with psycopg2.connect(f"postgresql://distillery:distillery@127.0.0.1:{stack_port}/mlflow") as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT version FROM model_versions WHERE name = 'distillery'")
+            assert version.version in {str(v) for (v,) in cur.fetchall()}
+    conn.close()
+    assert any(key.endswith("model.onnx") for key in _s3_keys(env, "mlflow-artifacts"))
+    # The flow run is in the Prefect server (on PostgreSQL), completed.
+    runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}, timeout=30).json()
+    assert any(run["state_type"] == "COMPLETED" for run in runs)
+    # The server follows models:/distillery@champion and downloads it from S3.
+    for key in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, env[key])
+    workdir = root / "serving"
+    workdir.mkdir()
+    server = Server(workdir, "models:/distillery@champion", tracking_uri=env["MLFLOW_TRACKING_URI"])
+    try:
+        server.wait_ready(timeout=120)
+        described = server.client.get("/v2/models/distillery").json()
+    finally:
+        server.stop()
+    assert described["versions"] == [version.version]
+    assert described["parameters"]["sha256"] == version.tags["sha256"]
+
+
+def test_dvc_push_then_a_fresh_clone_pulls_and_reruns_nothing(project, tmp_path):
+    root, env = project
+    _run(["git", "add", "dvc.lock"], root, env)
+    _run(["git", "commit", "-qm", "a run"], root, env)
+    pushed = _dvc(root, env, "push")
+    assert "pushed" in pushed
+    assert any(key.startswith("cache/") for key in _s3_keys(env, "dvc-cache"))
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    assert not (clone / ".dvc/config.local").exists()  # credentials are never committed
+    _stack(clone, env, "up")  # the stack is up already: this writes the clone's .stack.env and remote only
+    _dvc(clone, env, "pull")
+    assert "up to date" in _dvc(clone, env, "status")
+    rerun = _run([sys.executable, "-m", "flows.pipeline"], clone, {**env, **_client_env(clone)})
+    assert "pipeline done: ran nothing" in rerun.stdout
+
+
+def test_stopping_and_starting_the_stack_keeps_registry_artifacts_and_cache(project, tmp_path):
+    root, env = project
+    before = _champion(env)
+    _stack(root, env, "down")
+    assert _stack(root, env, "status", ok=False).returncode != 0
+    _stack(root, env, "up")
+    after = _champion(env)
+    assert after.version == before.version
+    import mlflow
+
+    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/distillery/{after.version}",
+                                               dst_path=str(tmp_path), tracking_uri=env["MLFLOW_TRACKING_URI"])
+    onnx_file = next(Path(path).rglob("*.onnx"))
+    assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == after.tags["sha256"]
+    assert "up to date" in _dvc(root, env, "status", "--cloud")
+
+
+def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
+    state = _state_dir()
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            env = {"DISTILLERY_STACK_DIR": str(state), **{f"DISTILLERY_STACK_{s}_PORT": str(free_port()) for s in SERVICES},
+                   "DISTILLERY_STACK_MLFLOW_PORT": str(port)}
+            done = _stack(REPO, env, "up", ok=False)
+        assert done.returncode == 2
+        assert f"port {port} on 127.0.0.1 (mlflow) is already taken" in done.stderr
+        assert "DISTILLERY_STACK_MLFLOW_PORT" in done.stderr
+        assert not (state / "postgres").exists()  # checked before anything started
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.parametrize("service", ["prefect", "mlflow"])
+def test_a_stack_that_is_down_is_named_before_any_stage_runs(tmp_path, service):
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {"PREFECT_API_URL": f"{dead}/api"} if service == "prefect" else {"MLFLOW_TRACKING_URI": dead}
+    done = _run([sys.executable, "-m", "flows.pipeline"], make_project(tmp_path), env, ok=False)
+    assert done.returncode == 2
+    variable = "PREFECT_API_URL" if service == "prefect" else "MLFLOW_TRACKING_URI"
+    assert f"answers at {variable}={env[variable]}" in done.stderr and "make stack" in done.stderr
+    assert "Running stage" not in done.stdout
