@@ -41,7 +41,7 @@ MLFLOW_BUCKET, DVC_BUCKET = "mlflow-artifacts", "dvc-cache"
 DATABASES = ("mlflow", "prefect")
 DEFAULT_PORTS = {"postgres": 5433, "s3": 9000, "mlflow": 5000, "prefect": 4200}
 DVC_REMOTE = "stack"
-READY_TIMEOUT_S = 120
+READY_TIMEOUT_S = 180
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from tasks.core import paths
 from tasks.core.errors import run_cli
 from tasks.core.params import load_params
 from tasks.ml.checks import check_fit_params
+from tasks.ml.distributed import stage_main
 from tasks.ml.distillation import distill_student
 from tasks.ml.fitting import record_training
 from tasks.ml.models import load_model
@@ -17,6 +18,11 @@ SECTIONS = ("distill",)
 
 def main() -> None:
     params = load_params(paths.PARAMS, SECTIONS)
+    # nproc_per_node > 1: this stage again, under torchrun (DDP)
+    stage_main("distill", "distill", params.distill.nproc_per_node, lambda: run(params))
+
+
+def run(params) -> None:
     meta = read_meta()
     check_fit_params(params.distill, "distill", meta.task)
     teacher = load_model(paths.MODELS / "teacher")

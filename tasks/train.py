@@ -17,6 +17,7 @@ from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import read_json
 from tasks.core.params import TrainParams, load_params
 from tasks.ml.checks import check_fit_params
+from tasks.ml.distributed import stage_main
 from tasks.ml.fitting import record_training, train_teacher
 
 SECTIONS = ("train",)
@@ -34,6 +35,11 @@ def with_search_results(params: TrainParams, best_params_file: Path) -> TrainPar
 
 def main() -> None:
     params = load_params(paths.PARAMS, SECTIONS)
+    # nproc_per_node > 1: this stage again, under torchrun (DDP)
+    stage_main("train", "train", params.train.nproc_per_node, lambda: run(params))
+
+
+def run(params) -> None:
     meta = read_meta()
     train_params = with_search_results(params.train, paths.BEST_PARAMS)
     check_fit_params(train_params, "train", meta.task)

@@ -168,8 +168,11 @@ class FitParams:
     min_delta: float
     correlation_window: int  # epochs in the rolling train/val loss correlation
     correlation_threshold: float  # stop when the correlation falls below this
+    nproc_per_node: int  # > 1: the stage relaunches itself under torchrun, one process per CPU share or GPU (DDP)
 
     def __post_init__(self) -> None:
+        if self.nproc_per_node < 1:
+            raise ValueError("nproc_per_node must be >= 1")
         if not self.channels or any(c < 1 for c in self.channels):
             raise ValueError("channels must be a non-empty list of positive ints")
         if not self.mlp_layers or any(c < 1 for c in self.mlp_layers):

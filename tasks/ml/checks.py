@@ -33,6 +33,10 @@ def check_fit_params(params: FitParams, section: str, task: str, source: str = "
     def fail(key: str, message: str) -> DistilleryError:
         return DistilleryError(f"{source}: '{section}.{key}': {message}")
 
+    if params.nproc_per_node > 1 and getattr(params, "freeze", ()) and getattr(params, "unfreeze_after", 0):
+        raise fail("unfreeze_after", "cannot unfreeze during a run with nproc_per_node > 1: DDP fixes which "
+                                     "parameters it averages when training starts (set unfreeze_after: 0)")
+
     if params.loss != "auto":
         if params.loss not in LOSS_TASKS:
             raise fail("loss", f"unknown loss '{params.loss}' (known: auto, {', '.join(LOSS_TASKS)})")

@@ -81,7 +81,11 @@ def record_training(
     import mlflow
 
     from tasks.core.tracking import mlflow_run
+    from tasks.ml.distributed import is_main
 
+    if not is_main():  # under torchrun: the other ranks train alongside rank 0, which alone records
+        train_fn(None)
+        return
     val_x, val_y = load_split("val")
     with mlflow_run(mlflow_cfg, stage, {"data_hash": meta.data_hash, "model": model_name, "task": meta.task}):
         mlflow.log_params({k: str(v) for k, v in asdict(params).items()} | {"device": str(pick_device())})

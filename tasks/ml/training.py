@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 from tasks.core.params import FitParams
 from tasks.core.errors import DistilleryError
@@ -22,8 +23,10 @@ EpochLogger = Callable[[dict[str, float], int], None]
 
 
 def pick_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present (this process's GPU under torchrun), else the CPU."""
+    from tasks.ml.distributed import device
+
+    return device()
 
 
 def seed_everything(seed: int) -> None:
@@ -154,6 +157,7 @@ def fit(
     penalties), learning-rate schedule, stopping rule."""
     from tqdm.auto import tqdm
 
+    from tasks.ml import distributed
     from tasks.ml.optim import clip_gradients, make_optimizer, make_scheduler, step_scheduler
     from tasks.ml.regularization import ActivationRegularizer, apply_constraint, weight_penalty
 
@@ -175,6 +179,17 @@ def fit(
     # Mixed precision where it pays: CUDA. The CPU path stays fp32 and bit-for-bit repeatable.
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    # Under torchrun: a DDP replica per process, each on its share of every epoch
+    # (tasks/ml/distributed.py). Only rank 0 reports.
+    world, rank = distributed.world_size(), distributed.rank()
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        quiet, on_epoch, tensorboard_dir = quiet or rank != 0, on_epoch if rank == 0 else None, \
+            tensorboard_dir if rank == 0 else None
+    batch_size = -(-params.batch_size // world)  # the global batch stays params.batch_size
     writer = None
     if tensorboard_dir:
         from torch.utils.tensorboard import SummaryWriter
@@ -188,12 +203,17 @@ def fit(
             if frozen and unfreeze_after and epoch == unfreeze_after + 1:
                 _set_trainable(model, frozen, True)
             model.train()
-            order = torch.randperm(len(train[0]), generator=generator).to(device)
+            if world > 1:
+                sampler = DistributedSampler(range(len(train[0])), num_replicas=world, rank=rank, seed=params.seed)
+                sampler.set_epoch(epoch)
+                order = torch.tensor(list(sampler), device=device)
+            else:
+                order = torch.randperm(len(train[0]), generator=generator).to(device)
             running = 0.0
-            for start in range(0, len(order), params.batch_size):
-                batch = [t[order[start : start + params.batch_size]] for t in train]
+            for start in range(0, len(order), batch_size):
+                batch = [t[order[start : start + batch_size]] for t in train]
                 with torch.autocast(device_type=device.type, enabled=amp):
-                    loss = loss_fn(model(batch[0]), *batch[1:])
+                    loss = loss_fn(net(batch[0]), *batch[1:])
                 if not torch.isfinite(loss):
                     raise DistilleryError(
                         f"{desc}: the loss became {loss.item()} at epoch {epoch}; lower the learning rate "
@@ -212,10 +232,12 @@ def fit(
                 scaler.update()
                 apply_constraint(model, params.constraint, **params.constraint_options)
                 running += loss.item() * len(batch[0])  # .item() syncs with the GPU; fine at this size
-            row = {"train_loss": running / len(order), "val_loss": _epoch_loss(model, val, loss_fn, params.batch_size),
+            seen_loss, seen = distributed.all_sum(running, len(order))
+            distributed.sync_buffers(model)  # one set of batch-norm statistics: the same val loss on every rank
+            row = {"train_loss": seen_loss / seen, "val_loss": _epoch_loss(model, val, loss_fn, params.batch_size),
                    "lr": optimizer.param_groups[0]["lr"]}
             step_scheduler(scheduler, row["val_loss"])
-            stop = stopper.update(row, model)
+            stop = distributed.from_main(stopper.update(row, model))
             if getattr(stopper, "correlation", None) is not None:
                 row["train_val_correlation"] = float(stopper.correlation)
             history.append(row)
