@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install run test repro bench suite serve monitor deploy stack stack-down stack-status clean
+.PHONY: install run test repro bench suite serve monitor deploy worker stack stack-down stack-status clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,10 +46,15 @@ repro: install
 monitor: install
 	$(BIN)/python -m flows.monitor
 
-## deploy: register and serve the weekly retrain and hourly monitor deployments
-## (start `$(BIN)/prefect server start` first; PREFECT_API_URL defaults to that local server)
+## deploy: register the weekly retrain and hourly monitor deployments on the process work pool
+## $(POOL) (a Prefect server first: `make stack`, or `$(BIN)/prefect server start`); `make worker` runs them
+POOL ?= distillery
 deploy: install
-	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m flows.deployments
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m flows.deployments --pool $(POOL)
+
+## worker: a Prefect process worker on $(POOL): runs the deployments' flow runs (scheduled, or triggered by the monitor)
+worker: install
+	PATH=$(CURDIR)/$(BIN):$$PATH PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/prefect worker start --pool $(POOL) --type process
 
 ## stack: PostgreSQL, S3 (moto), MLflow and Prefect servers on 127.0.0.1, state in .stack/;
 ## writes .stack.env (`. ./.stack.env && make run` uses them) and the DVC remote `stack` (README, "Scaling out")

@@ -46,9 +46,9 @@ from tasks.core.report import markdown_table
 LOG_SETTLE_S = 5.0
 RUN_TAG, RUN_TAG_VALUE = "distillery.role", "production-monitor"
 START_DEPLOYMENTS = (
-    "Start them: `.venv/bin/prefect server start` in one terminal, `make deploy` in a second, and run the "
-    "monitor against that server (`PREFECT_API_URL=http://127.0.0.1:4200/api make monitor`); see README, "
-    "'Production monitoring and schedules'."
+    "Start them: a Prefect server (`make stack`, or `.venv/bin/prefect server start` in one terminal), then "
+    "`make deploy` and `make worker` in a second, and run the monitor against that server "
+    "(`PREFECT_API_URL=http://127.0.0.1:4200/api make monitor`); see README, 'Production monitoring and schedules'."
 )
 
 

@@ -181,3 +181,56 @@ def test_a_retrain_deployment_of_another_flow_is_refused(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(DistilleryError, match="'monitor.monitor_cron': 'every hour' is not a cron expression"):
         build_deployments(project)
+
+
+def test_a_retrain_triggered_by_the_monitor_runs_on_a_process_worker(tmp_path: Path, prefect_env) -> None:
+    """`make deploy` (a process work pool, code by a set_working_directory pull
+    step) and `make worker`: the monitor's retrain trigger becomes a flow run
+    the worker executes to Completed, registering a model version."""
+    import httpx
+    from mlflow import MlflowClient
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from test_flow import make_project
+
+    project = make_project(tmp_path / "project")
+    url = prefect_env["PREFECT_API_URL"]
+    port = url.split(":")[2].split("/")[0]
+    env = {**prefect_env, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+    try:
+        server_log = tmp_path / "server.log"
+        procs["prefect server"] = (subprocess.Popen(
+            [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", port], env=env,
+            stdout=open(server_log, "w"), stderr=subprocess.STDOUT, start_new_session=True), server_log)
+        _wait("the Prefect server's /api/health", lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 120, procs)
+        done = subprocess.run([sys.executable, "-m", "flows.deployments", "--root", str(project), "--pool", "team"],
+                              cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "registered distillery-pipeline/retrain, distillery-monitor/monitor on work pool 'team'" in done.stdout
+        worker_log = tmp_path / "worker.log"
+        procs["prefect worker"] = (subprocess.Popen(
+            [str(PREFECT), "worker", "start", "--pool", "team", "--type", "process"], cwd=tmp_path, env=env,
+            stdout=open(worker_log, "w"), stderr=subprocess.STDOUT, start_new_session=True), worker_log)
+        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+            retrain = client.read_deployment_by_name("distillery-pipeline/retrain")
+            assert retrain.work_pool_name == "team" and retrain.parameters["root"] == "."
+            assert retrain.pull_steps == [{"prefect.deployments.steps.set_working_directory":
+                                           {"directory": str(project.resolve())}}]
+            from flows.monitor import trigger_retrain
+
+            triggered = trigger_retrain("distillery-pipeline/retrain", "a test")
+            assert triggered["triggered"]
+
+            def finished():
+                state = client.read_flow_run(triggered["flow_run"]).state
+                return state if state is not None and state.is_final() else None
+
+            state = _wait("the retrain run on the worker", finished, 600, procs)
+            assert state.is_completed(), f"{state}\n{worker_log.read_text()[-3000:]}"
+        versions = MlflowClient(tracking_uri=f"sqlite:///{project}/mlflow.db").search_model_versions("name='distillery'")
+        assert len(versions) == 1 and (project / "models/champion.onnx").exists()
+    finally:
+        for proc, _log in reversed(list(procs.values())):
+            _stop(proc)
