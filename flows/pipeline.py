@@ -137,6 +137,16 @@ def pipeline(root: str = ".") -> list[dict]:
 
 
 def main() -> None:
+    import argparse
+
+    from tasks.search import DASK_ENV
+
+    parser = argparse.ArgumentParser(description="Run every stale stage of dvc.yaml, in order.")
+    parser.add_argument("--dask-address", help=f"send the search's trials to this Dask scheduler, e.g. "
+                                               f"tcp://host:8786 (sets {DASK_ENV} for the stages)")
+    args = parser.parse_args()
+    if args.dask_address:
+        os.environ[DASK_ENV] = args.dask_address
     # A shared server that is down fails here, naming it, before any stage runs.
     from prefect.settings import PREFECT_API_URL
 

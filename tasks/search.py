@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from tasks.core.report import markdown_table, write_summary
 SECTIONS = ("search", "train")
 SEARCH_DIR, BEST_PARAMS = paths.SEARCH_DIR, paths.BEST_PARAMS
 INT_KEYS = {"batch_size", "hidden", "max_epochs", "patience"}
+# Where trials run: a Dask scheduler's address (tcp://host:8786); unset = threads in this process.
+# An environment setting, not a param: where the trials run does not change their results.
+DASK_ENV = "DISTILLERY_DASK_ADDRESS"
 
 
 def suggest(trial: Any, name: str, space: SearchSpace) -> Any:
@@ -69,32 +73,75 @@ def trial_params(base: TrainParams, values: dict[str, Any], max_epochs: int) -> 
     return dataclasses.replace(base, **{**values, "max_epochs": max_epochs})
 
 
-def run_search(train: tuple, val: tuple, meta: ProcessedMeta, base: TrainParams, params: SearchParams,
-               on_trial: Any = None) -> Any:
-    """Run the study; trials are independent, so `params.parallel` run at once.
-    `on_trial(number, values, score)` lets the caller log each trial."""
-    import optuna
+def score_trial(train: tuple, val: tuple, meta: ProcessedMeta, params: TrainParams, threads: int) -> float:
+    """Train one trial's teacher and score it on the validation split: the
+    unit of work, module-level so a Dask worker can run it."""
+    import torch
 
     from tasks.evaluation.metrics import task_metrics
     from tasks.ml.fitting import train_teacher
     from tasks.ml.training import predict_logits
 
+    torch.set_num_threads(threads)
+    model, _ = train_teacher(train, val, meta, params, quiet=True)
+    return task_metrics(meta.task, predict_logits(model, val[0]), val[1], list(meta.classes))["quality"]
+
+
+@contextmanager
+def executor(dask_address: str | None, parallel: int, train: tuple, val: tuple) -> Iterator[tuple]:
+    """(submit, gather, data): processes here, or the Dask cluster at
+    `dask_address` (the data sent to every worker once). Processes, not
+    threads: torch's random generator is per process, and trials sharing one
+    would draw each other's numbers, so a seeded search would not repeat."""
+    if not dask_address:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fresh interpreter per worker (forking a process that has run torch can hang)
+        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield pool.submit, lambda futures: [f.result() for f in futures], (train, val)
+        return
+    from distributed import Client
+
+    try:
+        client = Client(dask_address, timeout="15s")
+    except (OSError, TimeoutError) as err:
+        raise DistilleryError(f"{DASK_ENV}={dask_address}: no Dask scheduler answers there ({err}); start one "
+                              "(`dask scheduler`, then `dask worker <address>`) or unset it") from err
+    try:
+        data = tuple(client.scatter([train, val], broadcast=True))
+        yield client.submit, client.gather, data
+    finally:
+        client.close()
+
+
+def run_search(train: tuple, val: tuple, meta: ProcessedMeta, base: TrainParams, params: SearchParams,
+               on_trial: Any = None, dask_address: str | None = None) -> Any:
+    """Run the study in waves of `params.parallel` independent trials, in
+    processes here or on a Dask cluster (`dask_address`). Trials are asked and
+    told in trial order whatever runs them, so a seeded search gives the same
+    trials and best values on either. `on_trial(number, values, score)` lets
+    the caller log each trial."""
+    import optuna
+
     unknown = [k for k in params.space if k not in {f.name for f in dataclasses.fields(TrainParams)}]
     if unknown:
         raise DistilleryError(f"params.yaml: 'search.space' names {unknown}, which are not train params")
-
-    def objective(trial: optuna.Trial) -> float:
-        values = {name: suggest(trial, name, space) for name, space in params.space.items()}
-        model, _ = train_teacher(train, val, meta, trial_params(base, values, params.max_epochs), quiet=True)
-        score = task_metrics(meta.task, predict_logits(model, val[0]), val[1], list(meta.classes))["quality"]
-        if on_trial:
-            on_trial(trial.number, values, score)
-        return score
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=make_sampler(params))
-    trials = params.trials if params.sampler != "grid" else min(params.trials, _grid_size(params))
-    study.optimize(objective, n_trials=trials, n_jobs=params.parallel)
+    remaining = params.trials if params.sampler != "grid" else min(params.trials, _grid_size(params))
+    threads = max(1, (os.cpu_count() or 1) // params.parallel)  # parallel trials share the cores
+    with executor(dask_address, params.parallel, train, val) as (submit, gather, (train_data, val_data)):
+        while remaining:
+            wave = [study.ask() for _ in range(min(params.parallel, remaining))]
+            values = [{name: suggest(trial, name, space) for name, space in params.space.items()} for trial in wave]
+            futures = [submit(score_trial, train_data, val_data, meta, trial_params(base, v, params.max_epochs), threads)
+                       for v in values]
+            for trial, trial_values, score in zip(wave, values, gather(futures)):
+                study.tell(trial, score)
+                if on_trial:
+                    on_trial(trial.number, trial_values, score)
+            remaining -= len(wave)
     return study
 
 
@@ -127,8 +174,6 @@ def main() -> None:
         write_json(BEST_PARAMS, {})
         write_summary("search", "Search disabled (`search.enabled: false`): train uses params.yaml as is.")
         return
-    import threading
-
     import mlflow
 
     from tasks.contracts.processed import load_split, read_meta
@@ -138,23 +183,19 @@ def main() -> None:
     meta = read_meta()
     check_fit_params(params.train, "train", meta.task)
     train, val = load_split("train"), load_split("val")
-    torch_threads = max(1, (os.cpu_count() or 1) // params.search.parallel)
-    import torch
-
-    torch.set_num_threads(torch_threads)  # parallel trials share the cores instead of fighting for them
-    lock = threading.Lock()
-    with mlflow_run(params.mlflow, "search", {"sampler": params.search.sampler}) as parent:
+    dask_address = os.environ.get(DASK_ENV) or None
+    with mlflow_run(params.mlflow, "search", {"sampler": params.search.sampler,
+                                              "executor": dask_address or "processes"}) as parent:
         def log_trial(number: int, values: dict, score: float) -> None:
-            with lock:  # MLflow's fluent API is not thread-safe
-                client = mlflow.MlflowClient()
-                child = client.create_run(parent.info.experiment_id, run_name=f"trial-{number}",
-                                          tags={"mlflow.parentRunId": parent.info.run_id, "stage": "search"})
-                for key, value in values.items():
-                    client.log_param(child.info.run_id, key, value)
-                client.log_metric(child.info.run_id, "val_quality", score)
-                client.set_terminated(child.info.run_id)
+            client = mlflow.MlflowClient()
+            child = client.create_run(parent.info.experiment_id, run_name=f"trial-{number}",
+                                      tags={"mlflow.parentRunId": parent.info.run_id, "stage": "search"})
+            for key, value in values.items():
+                client.log_param(child.info.run_id, key, value)
+            client.log_metric(child.info.run_id, "val_quality", score)
+            client.set_terminated(child.info.run_id)
 
-        study = run_search(train, val, meta, params.train, params.search, log_trial)
+        study = run_search(train, val, meta, params.train, params.search, log_trial, dask_address)
         mlflow.log_params({f"best_{k}": v for k, v in study.best_params.items()})
         mlflow.log_metric("best_val_quality", study.best_value)
         plot_parallel(study, SEARCH_DIR / "parallel_coordinates.png")
@@ -165,7 +206,8 @@ def main() -> None:
     write_json(SEARCH_DIR / "trials.json", rows)
     write_summary(
         "search",
-        f"{len(rows)} {params.search.sampler} trials, {params.search.parallel} in parallel. Best validation quality (macro-F1; R^2 for regression) "
+        f"{len(rows)} {params.search.sampler} trials, {params.search.parallel} in parallel "
+        f"({'on the Dask cluster at ' + dask_address if dask_address else 'local processes'}). Best validation quality (macro-F1; R^2 for regression) "
         f"{study.best_value:.4f} with {best}, written to `{BEST_PARAMS}` for the train stage.\n\n"
         + markdown_table(sorted(rows, key=lambda r: -r["val_quality"])[:10]),
     )
