@@ -84,7 +84,7 @@ def _trials(root: Path, executor: str) -> dict[str, tuple[dict, float]]:
 def test_a_search_on_dask_matches_the_same_search_in_local_processes(tmp_path, cluster):
     root = make_project(tmp_path / "project")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["search"].update(enabled=True, sampler="random", trials=4, parallel=2, max_epochs=2)
+    params["search"].update(enabled=True, sampler="random", trials=4, parallel=2, max_epochs=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(root, "-m", "dvc", "repro", "preprocess")
     _run(root, "-m", "tasks.search", DISTILLERY_DASK_ADDRESS=cluster)

@@ -37,7 +37,7 @@ def _set(root: Path, **sections: dict) -> None:
 def test_two_processes_train_a_model_as_good_as_one(tmp_path_factory):
     root = make_project(tmp_path_factory.mktemp("ddp"))
     # Enough epochs that quality means something (the tiny defaults stop at 3).
-    _set(root, train={"max_epochs": 15, "patience": 5}, distill={"max_epochs": 15, "patience": 5})
+    _set(root, train={"max_epochs": 12, "patience": 5}, distill={"max_epochs": 6, "patience": 5})
     _run(root, "-m", "dvc", "repro", "train")
     single = json.loads((root / "reports/train.json").read_text())
     _set(root, train={"nproc_per_node": 2}, distill={"nproc_per_node": 2})

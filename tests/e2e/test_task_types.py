@@ -131,7 +131,9 @@ def test_a_quick_draw_folder_of_ten_imbalanced_classes(project: Path) -> None:
 
     counts = {name: 60 if name == "star" else 150 + 20 * i for i, name in enumerate(CLASSES)}
     make_doodles(project / "data/raw", {name: n + 10 for name, n in counts.items()}, seed=1)
-    _dvc(project, "exp", "run", "-S", "data.source=quickdraw", "-S", f"data.quickdraw.classes=[{','.join(CLASSES)}]",
+    # task.type too: an earlier experiment in this project leaves its own in params.yaml.
+    _dvc(project, "exp", "run", "-S", "task.type=multiclass", "-S", "data.source=quickdraw",
+         "-S", f"data.quickdraw.classes=[{','.join(CLASSES)}]",
          # Hydra syntax, as in the README: replace the mapping (`~` then `+`), not merge into it.
          "-S", "~data.quickdraw.samples_per_class",
          "-S", "+data.quickdraw.samples_per_class={" + ",".join(f"{k}:{v}" for k, v in counts.items()) + "}")
