@@ -20,7 +20,7 @@ install: $(INSTALLED)
 
 ## run: the training flow on the configured data (bundled digits by default)
 run: install
-	$(BIN)/python -m flows.pipeline
+	$(BIN)/python -m flows.run
 
 ## test: the test suite
 test: install

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -171,6 +172,26 @@ def test_dvc_repro_needs_no_activated_venv(project: Path) -> None:
         params_file.write_text(original)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Running stage 'evaluate'" in done.stdout
+
+
+def test_make_run_on_an_up_to_date_project_starts_no_flow(project: Path) -> None:
+    """`make run` (python -m flows.run) when dvc status is clean: done in a
+    couple of seconds, no Prefect server; one stale output, and the flow runs."""
+    def make_run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "flows.run"], cwd=project, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "DISTILLERY_PYTHON": sys.executable})
+
+    subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, check=True, capture_output=True,
+                   env={**os.environ, "DISTILLERY_PYTHON": sys.executable})  # whatever the tests before left stale
+    done = make_run()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ran nothing; skipped 10 up-to-date stage(s)" in done.stdout and "no Prefect flow run" in done.stdout
+    assert "Starting temporary server" not in done.stdout + done.stderr
+    (project / "reports/summaries/select.md").unlink()
+    done = make_run()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pipeline done: ran ['select']" in done.stdout
+    assert (project / "reports/summaries/select.md").exists()
 
 
 def test_failed_gate_stops_the_flow_naming_the_expectation(project: Path, harness) -> None:
