@@ -255,8 +255,8 @@ def _postgres_up(stack: Stack) -> bool:
     return (stack.path("postgres", "postmaster.pid")).exists() and port_open(stack.ports["postgres"])
 
 
-def _run(argv: list[str], what: str, log: Optional[Path] = None) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True)
+def _run(argv: list[str], what: str, log: Optional[Path] = None, cwd: Optional[Path] = None) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
     if done.returncode != 0:
         extra = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
         raise DistilleryError(f"{what} failed ({' '.join(argv)}):\n{done.stdout[-1500:]}{done.stderr[-1500:]}{extra}")
@@ -331,10 +331,10 @@ def configure_dvc_remote(stack: Stack, repo: Path = ROOT) -> None:
     """The DVC remote `stack` (default) on the S3 store, every setting in .dvc/config.local."""
     dvc = [sys.executable, "-m", "dvc"]
     url = f"s3://{DVC_BUCKET}/cache"  # one path for every clone, so a colleague pulls what was pushed
-    _run([*dvc, "remote", "add", "--local", "--default", "--force", DVC_REMOTE, url], "dvc remote add")
+    _run([*dvc, "remote", "add", "--local", "--default", "--force", DVC_REMOTE, url], "dvc remote add", cwd=repo)
     for key, value in (("endpointurl", stack.s3_url), ("access_key_id", AWS_KEY),
                        ("secret_access_key", AWS_SECRET), ("region", AWS_REGION)):
-        _run([*dvc, "remote", "modify", "--local", DVC_REMOTE, key, value], f"dvc remote modify {key}")
+        _run([*dvc, "remote", "modify", "--local", DVC_REMOTE, key, value], f"dvc remote modify {key}", cwd=repo)
 
 
 def write_env_file(stack: Stack, path: Path = ENV_FILE) -> None:
@@ -365,12 +365,10 @@ def up(stack: Stack, repo: Path = ROOT) -> None:
     for name in SERVICES:
         if state[name]:
             print(f"{name}: already up at {stack.urls()[name]}")
-            if name == "postgres":
-                _create_databases(stack)
-            continue
-        STARTERS[name](stack)
-        print(f"{name}: up at {stack.urls()[name]}")
-        if name == "postgres":
+        else:
+            STARTERS[name](stack)
+            print(f"{name}: up at {stack.urls()[name]}")
+        if name == "postgres":  # before MLflow and Prefect connect; a no-op when they exist
             _create_databases(stack)
     write_env_file(stack, repo / ENV_FILE.name)
     configure_dvc_remote(stack, repo)
