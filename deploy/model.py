@@ -220,6 +220,9 @@ class RegistrySource:
                     mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=tmp, tracking_uri=self.tracking_uri)
                 )
             except Exception as err:
+                from tasks.core.tracking import check_artifact_store
+
+                check_artifact_store()  # a store that is down or refuses the credentials, named as such
                 raise DistilleryError(f"{where}: cannot download the model's artifacts ({err})") from err
             onnx_file = _onnx_file(folder, where, yaml)
             data = onnx_file.read_bytes()

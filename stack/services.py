@@ -272,8 +272,9 @@ def _s3_client(stack: Stack):
 
 
 def _start_s3(stack: Stack) -> None:
-    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    _spawn(stack, "s3", [moto, "-H", HOST, "-p", str(stack.ports["s3"])], {})
+    # moto's server with signatures checked (stack/s3server.py), so wrong credentials fail here as on S3
+    _spawn(stack, "s3", [sys.executable, "-m", "stack.s3server", "-H", HOST, "-p", str(stack.ports["s3"])],
+           {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     _wait("s3", stack.s3_url, _http_ok(f"{stack.s3_url}/moto-api/"), stack, _pid(stack, "s3"))
     client = _s3_client(stack)
     saved = stack.path("s3", "objects")

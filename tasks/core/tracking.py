@@ -25,11 +25,48 @@ def check_answers(service: str, variable: str, url: str, health: str, hint: str,
         raise DistilleryError(f"no {service} answers at {variable}={url} ({type(err).__name__}: {err}); {hint}") from err
 
 
+S3_ENDPOINT_ENV = "MLFLOW_S3_ENDPOINT_URL"
+# What S3 answers for a key it does not know, a wrong secret, or a key without the right.
+CREDENTIAL_ERRORS = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidClientTokenId")
+
+
+def check_artifact_store() -> None:
+    """The S3 artifact store named by MLFLOW_S3_ENDPOINT_URL, when set: it must
+    answer and accept the credentials, or one error says which. Without this a
+    wrong key surfaces only when the first artifact is uploaded, after a stage
+    has trained, as a boto traceback."""
+    endpoint = os.environ.get(S3_ENDPOINT_ENV)
+    if not endpoint:
+        return
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    key = os.environ.get("AWS_ACCESS_KEY_ID", "")
+    try:
+        # A fresh session: boto3's default one keeps the credentials it first read.
+        boto3.session.Session().client("s3", endpoint_url=endpoint,
+                                       config=Config(retries={"max_attempts": 1}, connect_timeout=5)).list_buckets()
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code in CREDENTIAL_ERRORS:
+            raise DistilleryError(
+                f"the S3 artifact store at {S3_ENDPOINT_ENV}={endpoint} refused the credentials "
+                f"(AWS_ACCESS_KEY_ID={key or '(unset)'}): {code}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "to a key it knows (`. ./.stack.env` after `make stack` sets the stack's)") from err
+        raise DistilleryError(f"the S3 artifact store at {S3_ENDPOINT_ENV}={endpoint} answered {code}: {err}") from err
+    except BotoCoreError as err:  # no endpoint there, or no credentials at all
+        raise DistilleryError(f"the S3 artifact store at {S3_ENDPOINT_ENV}={endpoint} cannot be used "
+                              f"({type(err).__name__}: {err}); start it (`make stack`) or unset {S3_ENDPOINT_ENV}") from err
+
+
 def check_server(uri: str) -> None:
-    """The MLflow tracking server, when the URI names one; file and database URIs pass."""
+    """The MLflow tracking server, when the URI names one, and its S3 artifact
+    store; file and database URIs pass."""
     if uri.startswith(("http://", "https://")):
         check_answers("MLflow tracking server", "MLFLOW_TRACKING_URI", uri, f"{uri.rstrip('/')}/health",
                       "start it (`make stack` starts the project's), or unset MLFLOW_TRACKING_URI to track in mlflow.db")
+        check_artifact_store()
 
 
 def configure(cfg: MlflowParams) -> None:

@@ -132,6 +132,26 @@ def test_the_pipeline_runs_on_the_stack_and_its_champion_is_served_from_the_regi
     assert described["parameters"]["sha256"] == version.tags["sha256"]
 
 
+@pytest.mark.parametrize("wrong", [{"AWS_ACCESS_KEY_ID": "nobody"}, {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}],
+                         ids=["key", "secret"])
+def test_wrong_s3_credentials_are_named_before_any_stage_and_by_the_server(project, monkeypatch, wrong):
+    root, env = project
+    code = "InvalidAccessKeyId" if "AWS_ACCESS_KEY_ID" in wrong else "SignatureDoesNotMatch"
+    done = _run([sys.executable, "-m", "flows.pipeline"], root, {**env, **wrong}, ok=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"MLFLOW_S3_ENDPOINT_URL={env['MLFLOW_S3_ENDPOINT_URL']} refused the credentials" in done.stderr
+    assert code in done.stderr and "stack.env" in done.stderr
+    assert "Running stage" not in done.stdout
+    # The model server downloading the champion from S3 says the same, not a boto traceback.
+    from deploy.model import RegistrySource
+    from tasks.core.errors import DistilleryError
+
+    for key in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, {**env, **wrong}[key])
+    with pytest.raises(DistilleryError, match=f"refused the credentials .*{code}"):
+        RegistrySource("models:/distillery@champion", env["MLFLOW_TRACKING_URI"]).load(threads=1)
+
+
 def test_dvc_push_then_a_fresh_clone_pulls_and_reruns_nothing(project, tmp_path):
     root, env = project
     _run(["git", "add", "dvc.lock"], root, env)
