@@ -4,6 +4,14 @@ The stages, their order and their skip decisions all come from DVC: the flow
 asks `dvc status` whether a stage is stale and runs it with `dvc repro
 --single-item`, so it shares one cache and one dvc.lock with a plain
 `dvc repro`. Adding a stage to dvc.yaml puts it here. No ML logic lives here.
+
+Task runner: in-process by default. `--dask-address` (or DISTILLERY_DASK_ADDRESS)
+runs the stage tasks on that Dask cluster through prefect-dask's
+DaskTaskRunner, and the search stage sends its trials to the same cluster.
+Stages still run one at a time, each after the one before: they share one
+dvc.lock and one repo lock, and two `dvc repro` at once would fight over them
+(dvc#755). The parallel work is inside a stage (the trials), so DVC records
+one result per stage and its skip decisions stay exact.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
+from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -38,9 +47,12 @@ class StageFailed(DistilleryError):
     failures (exit 2: bad params, bad data, a failed gate): retrying won't help."""
 
     def __init__(self, stage: str, exit_code: int | None, output: str):
-        self.stage, self.exit_code = stage, exit_code
+        self.stage, self.exit_code, self.output = stage, exit_code, output
         self.transient = exit_code != EXIT_EXPECTED_FAILURE
         super().__init__(f"stage '{stage}' failed (exit {exit_code}):\n{output}")
+
+    def __reduce__(self):  # it crosses processes on a Dask cluster
+        return StageFailed, (self.stage, self.exit_code, self.output)
 
 
 def stage_order(root: Path) -> list[str]:
@@ -63,8 +75,12 @@ def is_stale(root: Path, stage: str) -> bool:
         return bool(repo.status(targets=[stage]))
 
 
-def _stage_env() -> dict[str, str]:
+def _stage_env(dask_address: str | None) -> dict[str, str]:
+    from tasks.search import DASK_ENV
+
     env = dict(os.environ)
+    if dask_address:  # set here: on a Dask worker, the flow's environment is not this process's
+        env[DASK_ENV] = dask_address
     # dvc.yaml's `bin/python` runs the stages with this interpreter: the one running the flow.
     env[PYTHON_ENV] = sys.executable
     env[PIPELINE_RUN_ENV] = str(flow_run.get_id() or "")
@@ -90,20 +106,44 @@ def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefec
     return False
 
 
+@contextlib.contextmanager
+def _dask_worker_freed() -> Iterator[str]:
+    """Where the stage runs. On a Dask worker, the task leaves the worker's
+    thread pool while it waits on its `dvc repro` process, so the trials the
+    stage sends to the same cluster can use that thread."""
+    try:
+        from distributed import get_worker, rejoin, secede
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not on a Dask worker
+        yield "the flow's process"
+        return
+    secede()
+    try:
+        yield f"Dask worker {worker.name}"
+    finally:
+        rejoin()
+
+
 @task(retries=2, retry_delay_seconds=3, retry_condition_fn=_retry_if_transient, task_run_name="{stage}")
-def run_dvc_stage(stage: str, root: Path) -> dict:
+def run_dvc_stage(stage: str, root: Path, dask_address: str | None = None) -> dict:
     """Run one stage through DVC unless it is up to date; publish its summary."""
+    with _dask_worker_freed() as where:
+        return _run_dvc_stage(stage, root, where, dask_address)
+
+
+def _run_dvc_stage(stage: str, root: Path, where: str, dask_address: str | None) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
     if not is_stale(root, stage):
         logger.info("%s: up to date, skipped", stage)
         ran = False
     else:
-        logger.info("%s: running", stage)
+        logger.info("%s: running on %s", stage, where)
         tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
         process = subprocess.Popen(
             [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-            cwd=root, env=_stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=root, env=_stage_env(dask_address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         assert process.stdout is not None
         for line in process.stdout:
@@ -121,15 +161,19 @@ def run_dvc_stage(stage: str, root: Path) -> dict:
     create_markdown_artifact(
         key=f"stage-{stage}", markdown=f"## {stage}: {status}\n\n{summary}", description=f"{stage} stage summary"
     )
-    return {"stage": stage, "ran": ran, "seconds": round(seconds, 2)}
+    return {"stage": stage, "ran": ran, "seconds": round(seconds, 2), "where": where}
 
 
 @flow(name="distillery-pipeline", log_prints=True)
-def pipeline(root: str = ".") -> list[dict]:
-    """Run every stage of dvc.yaml in order; stale ones run, fresh ones skip."""
+def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
+    """Run every stage of dvc.yaml in order; stale ones run, fresh ones skip.
+    `dask_address`: the search stage sends its trials to that Dask cluster."""
     root_path = Path(root).resolve()
     check_params(root_path)
-    results = [run_dvc_stage(stage, root_path) for stage in stage_order(root_path)]
+    futures: list = []
+    for stage in stage_order(root_path):  # one at a time, in order: they share dvc.lock (see above)
+        futures.append(run_dvc_stage.submit(stage, root_path, dask_address, wait_for=futures[-1:]))
+    results = [future.result() for future in futures]
     create_markdown_artifact(
         key="pipeline-summary", markdown="## Pipeline\n\n" + markdown_table(results), description="stages run or skipped"
     )
@@ -142,11 +186,19 @@ def main() -> None:
     from tasks.search import DASK_ENV
 
     parser = argparse.ArgumentParser(description="Run every stale stage of dvc.yaml, in order.")
-    parser.add_argument("--dask-address", help=f"send the search's trials to this Dask scheduler, e.g. "
-                                               f"tcp://host:8786 (sets {DASK_ENV} for the stages)")
+    parser.add_argument("--dask-address", default=os.environ.get(DASK_ENV) or None,
+                        help=f"run the stages and the search's trials on this Dask scheduler, e.g. tcp://host:8786 "
+                             f"(default: ${DASK_ENV}; unset: in this process). The workers must see this folder at "
+                             "the same path: one machine, or a shared filesystem")
     args = parser.parse_args()
+    flow_to_run = pipeline
     if args.dask_address:
-        os.environ[DASK_ENV] = args.dask_address
+        from prefect_dask import DaskTaskRunner
+
+        from tasks.search import check_scheduler  # named before any stage, not by a stage
+
+        check_scheduler(args.dask_address)
+        flow_to_run = pipeline.with_options(task_runner=DaskTaskRunner(address=args.dask_address))
     # A shared server that is down fails here, naming it, before any stage runs.
     from prefect.settings import PREFECT_API_URL
 
@@ -155,9 +207,11 @@ def main() -> None:
     if PREFECT_API_URL.value():
         check_prefect_server(PREFECT_API_URL.value())
     check_server(load_params().mlflow.resolved_uri())
-    results = pipeline()
+    results = flow_to_run(dask_address=args.dask_address)  # the search's trials go to the same cluster
     ran = [r["stage"] for r in results if r["ran"]]
     print(f"pipeline done: ran {ran or 'nothing'}; skipped {len(results) - len(ran)} up-to-date stage(s)")
+    if args.dask_address:
+        print(f"stages ran on {', '.join(sorted({r['where'] for r in results}))} of {args.dask_address}")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,21 @@ def score_trial(train: tuple, val: tuple, meta: ProcessedMeta, params: TrainPara
     return task_metrics(meta.task, predict_logits(model, val[0]), val[1], list(meta.classes))["quality"]
 
 
+def connect_dask(address: str) -> Any:
+    """A client of the Dask scheduler at `address`, or one error naming it."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout="15s")
+    except (OSError, TimeoutError) as err:
+        raise DistilleryError(f"{DASK_ENV}={address} (or --dask-address): no Dask scheduler answers there ({err}); "
+                              "start one (`dask scheduler`, then `dask worker <address>`) or unset it") from err
+
+
+def check_scheduler(address: str) -> None:
+    connect_dask(address).close()
+
+
 @contextmanager
 def executor(dask_address: str | None, parallel: int, train: tuple, val: tuple) -> Iterator[tuple]:
     """(submit, gather, data): processes here, or the Dask cluster at
@@ -101,13 +116,7 @@ def executor(dask_address: str | None, parallel: int, train: tuple, val: tuple) 
         with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
             yield pool.submit, lambda futures: [f.result() for f in futures], (train, val)
         return
-    from distributed import Client
-
-    try:
-        client = Client(dask_address, timeout="15s")
-    except (OSError, TimeoutError) as err:
-        raise DistilleryError(f"{DASK_ENV}={dask_address}: no Dask scheduler answers there ({err}); start one "
-                              "(`dask scheduler`, then `dask worker <address>`) or unset it") from err
+    client = connect_dask(dask_address)
     try:
         data = tuple(client.scatter([train, val], broadcast=True))
         yield client.submit, client.gather, data

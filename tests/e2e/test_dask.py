@@ -97,6 +97,25 @@ def test_a_search_on_dask_matches_the_same_search_in_local_processes(tmp_path, c
     assert on_dask == on_threads and set(on_dask) == {"lr", "dropout", "batch_size"}
 
 
+def test_the_flow_runs_its_stages_and_trials_on_the_cluster_through_the_dask_task_runner(tmp_path, cluster):
+    root = make_project(tmp_path / "project")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["search"].update(enabled=True, sampler="random", trials=2, parallel=2, max_epochs=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = _run(root, "-m", "flows.pipeline", "--dask-address", cluster)
+    assert f"Connecting to an existing Dask cluster at {cluster}" in done.stdout + done.stderr
+    assert "pipeline done: ran ['ingest'" in done.stdout
+    # Each stage ran on a worker (two workers of one thread: the search stage frees its
+    # thread while it waits, so its trials run beside it), and the trials on the cluster.
+    assert f"stages ran on Dask worker w" in done.stdout and f"of {cluster}" in done.stdout
+    assert "on the Dask cluster at" in (root / "reports/summaries/search.md").read_text()
+    assert len(_trials(root, cluster)) == 2
+    # DVC recorded every stage: nothing is stale afterwards.
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, env=_env(), capture_output=True,
+                            text=True, timeout=120)
+    assert "up to date" in status.stdout, status.stdout
+
+
 def test_an_unreachable_scheduler_is_named(tmp_path):
     root = make_project(tmp_path / "project")
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -107,4 +126,8 @@ def test_an_unreachable_scheduler_is_named(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tasks.search"], cwd=root, capture_output=True, text=True,
                           env=_env(DISTILLERY_DASK_ADDRESS=dead), timeout=120)
     assert done.returncode == 2
-    assert f"DISTILLERY_DASK_ADDRESS={dead}: no Dask scheduler answers there" in done.stderr
+    assert f"DISTILLERY_DASK_ADDRESS={dead} (or --dask-address): no Dask scheduler answers there" in done.stderr
+    flow = subprocess.run([sys.executable, "-m", "flows.pipeline", "--dask-address", dead], cwd=root,
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert flow.returncode == 2 and f"{dead} (or --dask-address): no Dask scheduler answers" in flow.stderr
+    assert "Running stage" not in flow.stdout
