@@ -74,7 +74,7 @@ def _new_request_id() -> str:
 
 
 class Request:
-    __slots__ = ("scope", "receive", "headers", "start", "request_id", "params")
+    __slots__ = ("scope", "receive", "headers", "start", "request_id", "params", "body_pending")
 
     def __init__(self, scope: dict, receive: Callable, start: float):
         self.scope, self.receive, self.start = scope, receive, start
@@ -83,6 +83,7 @@ class Request:
         sent = sent.decode("latin-1") if sent else ""
         self.request_id = sent if REQUEST_ID.match(sent) else _new_request_id()
         self.params: dict[str, str] = {}
+        self.body_pending = False  # True while the body is being read: a timeout then is the client's (408)
 
 
 Response = tuple  # (status, body bytes, content type bytes, extra headers)
@@ -100,7 +101,7 @@ class ServingApp:
     def __init__(self, settings: ServeSettings, manager: ModelManager, metrics: Metrics):
         self.settings, self.manager, self.metrics = settings, manager, metrics
         token = settings.bearer_token()
-        self._expected_auth = f"Bearer {token}".encode() if token else None
+        self._expected_auth = token.encode() if token else None
         self.admission = Admission(settings.max_concurrency, settings.max_queue)
         self.batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, metrics.observe_batch)
         self.predlog = PredictionLog(settings.log_dir, settings.log_max_buffer, settings.log_flush_interval_s, metrics.count_log)
@@ -161,31 +162,38 @@ class ServingApp:
         route = self._route(scope["path"], request)
         label = route.label if route is not None else "unmatched"
         try:
+            # The token first: without it, no path or method can be probed (only the health probes are open).
+            if self._expected_auth is not None and (route is None or route.auth):
+                self._check_auth(request)
             if route is None:
                 raise RequestError(404, f"no endpoint {scope['path']}; see /docs", "path", reason="not_found")
             if scope["method"] not in route.methods:
                 allow = ", ".join(route.methods)
                 raise RequestError(405, f"{scope['method']} is not allowed here; use {allow}", "method", headers=[(b"allow", allow.encode())])
-            if route.auth and self._expected_auth is not None:
-                self._check_auth(request)
             async with asyncio.timeout(self.settings.request_timeout_s):
                 status, body, content_type, headers = await route.handler(request)
         except RequestError as err:
             status, body, content_type, headers = err.status, err.body(), JSON, err.headers
             self.metrics.errors.labels(label, err.reason).inc()
-            self._log_refused(request, label, status, err.message)
+            await self._log_refused(request, label, status, err.message)
         except TimeoutError:
-            status, content_type, headers = 504, JSON, []
-            message = f"the request took longer than {self.settings.request_timeout_s} s (DISTILLERY_SERVE_REQUEST_TIMEOUT_S)"
-            body = orjson.dumps({"error": message, "field": None})
-            self.metrics.errors.labels(label, "timeout").inc()
-            self._log_refused(request, label, status, message)
+            if request.body_pending:  # the client was still sending; close, the rest of the body is unread
+                status, headers, reason = 408, [(b"connection", b"close")], "slow_body"
+                message = (f"the body did not arrive within {self.settings.request_timeout_s} s "
+                           "(DISTILLERY_SERVE_REQUEST_TIMEOUT_S)")
+            else:
+                status, headers, reason = 504, [], "timeout"
+                message = f"the request took longer than {self.settings.request_timeout_s} s (DISTILLERY_SERVE_REQUEST_TIMEOUT_S)"
+            content_type = JSON
+            body = orjson.dumps({"error": message, "field": "body" if status == 408 else None})
+            self.metrics.errors.labels(label, reason).inc()
+            await self._log_refused(request, label, status, message)
         except Exception:  # a bug: answer 500, keep serving, leave a traceback in the log
             log.exception("internal error on %s %s (request id %s)", scope["method"], scope["path"], request.request_id)
             status, content_type, headers = 500, JSON, []
             body = orjson.dumps({"error": f"internal error; the server log has the details under request id {request.request_id}", "field": None})
             self.metrics.errors.labels(label, "internal").inc()
-            self._log_refused(request, label, status, "internal error")
+            await self._log_refused(request, label, status, "internal error")
         await send(
             {
                 "type": "http.response.start",
@@ -205,7 +213,9 @@ class ServingApp:
         sent = request.headers.get(b"authorization")
         if sent is None:
             raise RequestError(401, "missing 'Authorization: Bearer <token>'", "Authorization", "unauthorized", [(b"www-authenticate", b'Bearer realm="distillery"')])
-        if not hmac.compare_digest(sent, self._expected_auth):
+        scheme, _, credentials = sent.strip().partition(b" ")
+        # RFC 9110: the auth scheme is case-insensitive ("bearer", "BEARER").
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self._expected_auth):
             raise RequestError(401, "wrong bearer token", "Authorization", "unauthorized", [(b"www-authenticate", b'Bearer realm="distillery", error="invalid_token"')])
 
     async def _read_body(self, request: Request, binary_ok: bool = False) -> bytes:
@@ -220,6 +230,7 @@ class ServingApp:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise self._too_large()  # refused before reading a byte of it
         chunks, size = [], 0
+        request.body_pending = True
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
@@ -230,6 +241,7 @@ class ServingApp:
                 raise self._too_large()
             chunks.append(chunk)
             if not message.get("more_body", False):
+                request.body_pending = False
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _too_large(self) -> RequestError:
@@ -274,7 +286,7 @@ class ServingApp:
         finally:
             self.admission.release()
         answer = outputs[model.answer]
-        self._log(request, "predict", model, parsed.x, parsed.rows, answer)
+        await self._log(request, "predict", model, parsed.x, parsed.rows, answer)
         return 200, protocol.predict_response(model, answer, request.request_id), JSON, []
 
     async def infer(self, request: Request) -> Response:
@@ -296,24 +308,25 @@ class ServingApp:
             self.admission.release()
         if parsed.request_id and REQUEST_ID.match(parsed.request_id) and b"x-request-id" not in request.headers:
             request.request_id = parsed.request_id
-        self._log(request, "infer", model, parsed.x, None, outputs[model.answer])
+        await self._log(request, "infer", model, parsed.x, None, outputs[model.answer])
         content, headers = protocol.infer_response(model, parsed, outputs)
         return 200, content, (b"application/octet-stream" if headers else JSON), headers
 
-    def _log(self, request: Request, endpoint: str, model: Any, x: Any, rows: list | None, answer: Any) -> None:
-        self.predlog.append(Entry(
+    async def _log(self, request: Request, endpoint: str, model: Any, x: Any, rows: list | None, answer: Any) -> None:
+        # Before the answer is sent: an answered row is in the log's buffer (or the answer waits for room).
+        await self.predlog.put(Entry(
             ts=time.time(), request_id=request.request_id, endpoint=endpoint, model_name=model.name,
             model_version=model.version, latency_ms=(perf_counter() - request.start) * 1000, task=model.task,
             classes=model.classes, threshold=model.metadata.threshold, x=x, rows=rows, outputs=answer,
         ))
 
-    def _log_refused(self, request: Request, label: str, status: int, error: str) -> None:
+    async def _log_refused(self, request: Request, label: str, status: int, error: str) -> None:
         """A refused prediction request is logged too, so the monitor sees the error rate."""
         endpoint = LOGGED_ENDPOINTS.get(label)
         model = self.manager.current
         if endpoint is None or model is None:
             return
-        self.predlog.append(Entry(
+        await self.predlog.put(Entry(
             ts=time.time(), request_id=request.request_id, endpoint=endpoint, model_name=model.name,
             model_version=model.version, latency_ms=(perf_counter() - request.start) * 1000, status=status,
             error=error,

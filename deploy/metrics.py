@@ -54,7 +54,7 @@ class Metrics:
         self.ready = Gauge("distillery_ready", "1 while the server accepts traffic (readiness probe passes)", registry=r)
         self.prediction_log = Counter(
             "distillery_prediction_log_rows",
-            "Prediction-log rows by outcome (written, dropped: buffer full, failed: write error)",
+            "Prediction-log rows by outcome (written; failed: a write error, logged)",
             ["outcome"],
             registry=r,
         )

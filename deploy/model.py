@@ -5,6 +5,15 @@ The file's bytes are read once: their sha256 is checked and onnxruntime builds
 its session from those same bytes, so what was checked is what runs. Nothing is
 unpickled: the registry is used only to resolve an alias and to download the
 ONNX artifact, and onnxruntime reads the ONNX protobuf.
+
+External data: onnxruntime would resolve a tensor's external `location`
+against the server's working directory, so a crafted model could return any
+file there (params.yaml, .git/config) as its outputs. Every location is
+checked in the protobuf before onnxruntime sees it: it must be a relative
+path to a file inside the model's own folder. Those files are read once,
+inlined into the bytes onnxruntime gets, and covered by the sha256, which is
+the sha256 of the .onnx bytes followed by each external file's bytes (for a
+self-contained model, simply the file's sha256).
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable
+from typing import Any, Hashable, Iterator
 
 import numpy as np
 
@@ -81,17 +90,74 @@ class LoadedModel:
 # --------------------------------------------------------------------------- checks
 
 
-def build_model(data: bytes, *, name: str, version: str, source: str, threads: int, expected_sha256: str | None = None) -> LoadedModel:
+def _all_tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph, its nodes' attributes and subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def inline_external_data(data: bytes, folder: Path, source: str) -> tuple[bytes, str]:
+    """(self-contained ONNX bytes, sha256 over the model and its external
+    files). Refuses, naming `source`, the tensor and the location, any external
+    data that is not a relative path to a file inside `folder`."""
+    if b"location" not in data:  # no external-data entry can be in a protobuf without this key
+        return data, hashlib.sha256(data).hexdigest()
+    import onnx
+
+    try:
+        proto = onnx.ModelProto.FromString(data)
+    except Exception as err:  # google.protobuf.message.DecodeError
+        raise DistilleryError(f"{source}: not an ONNX protobuf ({type(err).__name__}: {err})") from err
+    root, digest, read = folder.resolve(), hashlib.sha256(data), {}
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        target = (root / location).resolve()
+        if not location or Path(location).is_absolute() or root not in target.parents or not target.is_file():
+            raise DistilleryError(
+                f"{source}: tensor {tensor.name!r} keeps its data in {location!r}, which is not a file inside the "
+                f"model's folder {root}; refusing it (external data must sit next to the .onnx file)")
+        if target not in read:
+            read[target] = target.read_bytes()
+            digest.update(read[target])
+        blob, offset = read[target], int(entries.get("offset", 0) or 0)
+        length = int(entries["length"]) if entries.get("length") else len(blob) - offset
+        if offset < 0 or length < 0 or offset + length > len(blob):
+            raise DistilleryError(f"{source}: tensor {tensor.name!r}: offset {offset} + length {length} is past the "
+                                  f"end of {location!r} ({len(blob)} bytes)")
+        tensor.raw_data = blob[offset: offset + length]
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return (proto.SerializeToString() if read else data), digest.hexdigest()
+
+
+def build_model(data: bytes, *, name: str, version: str | None, source: str, threads: int, folder: Path,
+                expected_sha256: str | None = None) -> LoadedModel:
     """Check `data` (an ONNX file's bytes) and build the model to serve from it.
 
-    Refused, with a DistilleryError naming `source`: a sha256 other than
-    `expected_sha256`, a file onnxruntime cannot load, metadata_props that are
+    Refused, with a DistilleryError naming `source`: external data outside
+    `folder` (the model's own folder), a sha256 other than `expected_sha256`,
+    a file onnxruntime cannot load, metadata_props that are
     not the artifact contract's (tasks.contracts.onnx), tensors that do not
     match them, or a trial run whose outputs break the contract.
     """
     import onnxruntime as ort
 
-    sha256 = hashlib.sha256(data).hexdigest()
+    data, sha256 = inline_external_data(data, folder, source)
+    version = version or sha256[:12]
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise DistilleryError(
             f"{source}: sha256 of the downloaded file is {sha256}, but the registry's sha256 tag says "
@@ -159,8 +225,8 @@ class PathSource:
             data = self.path.read_bytes()
         except OSError as err:
             raise DistilleryError(f"{self.path}: cannot read the model file ({err.strerror})") from err
-        version = hashlib.sha256(data).hexdigest()[:12]
-        return build_model(data, name=self.name, version=version, source=str(self.path), threads=threads)
+        return build_model(data, name=self.name, version=None, source=str(self.path), threads=threads,
+                           folder=self.path.parent)
 
 
 class RegistrySource:
@@ -225,8 +291,8 @@ class RegistrySource:
                 check_artifact_store()  # a store that is down or refuses the credentials, named as such
                 raise DistilleryError(f"{where}: cannot download the model's artifacts ({err})") from err
             onnx_file = _onnx_file(folder, where, yaml)
-            data = onnx_file.read_bytes()
-        return build_model(data, name=self.name, version=version, source=where, threads=threads, expected_sha256=expected)
+            return build_model(onnx_file.read_bytes(), name=self.name, version=version, source=where, threads=threads,
+                               folder=onnx_file.parent, expected_sha256=expected)
 
 
 def _onnx_file(folder: Path, where: str, yaml: Any) -> Path:

@@ -2,17 +2,21 @@
 appended to SQLite in the format of tasks.contracts.predlog (which the monitor
 reads with the same code).
 
-Requests only append to an in-memory buffer (a list append under a lock); a
+Requests append to an in-memory buffer (a list append under a lock); a
 background thread writes the buffer in one transaction when it is half full or
 every `flush_interval`. Rows leave the buffer only once their transaction has
-committed, and a request whose rows would overflow `max_buffer` is not logged
-(counted as dropped) rather than waiting: so a request never blocks on the log,
-and a crash (kill -9) loses at most `max_buffer` rows. A failing disk is
-logged and counted; requests go on being answered.
+committed. Nothing is dropped: a request whose rows would overflow
+`max_buffer` waits (`put`) until the writer has made room, so a writer that
+falls behind slows the answers down (backpressure) instead of losing rows.
+One request larger than the whole buffer is admitted into an empty buffer.
+So the buffer never holds more than max(max_buffer, the largest request)
+rows, and a crash (kill -9) loses at most that. A failing disk is logged and
+counted ('failed'); requests go on being answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
@@ -25,13 +29,14 @@ from tasks.contracts.predlog import Entry
 from tasks.core.errors import DistilleryError
 
 log = logging.getLogger("deploy.predlog")
+BACKPRESSURE_POLL_S = 0.002  # a full buffer is rechecked this often; a commit of 1,000 rows takes a few ms
 
 __all__ = ["Entry", "PredictionLog", "read_predictions"]
 
 
 class PredictionLog:
     def __init__(self, folder: str | Path, max_buffer: int, flush_interval_s: float, count: Callable[[str, int], None]):
-        """`count(outcome, rows)` reports rows 'written', 'dropped' or 'failed' (metrics)."""
+        """`count(outcome, rows)` reports rows 'written' or 'failed' (metrics)."""
         self.folder = Path(folder)
         self.max_buffer, self.flush_interval_s = max_buffer, flush_interval_s
         self._count = count
@@ -47,22 +52,24 @@ class PredictionLog:
     # ------------------------------------------------------------ request side
 
     def append(self, entry: Entry) -> bool:
-        """Hand `entry` to the writer; never blocks on I/O. False if it was dropped."""
+        """Hand `entry` to the writer if the buffer has room (never blocks on
+        I/O); False, and the writer woken, if it has not."""
         n = len(entry)
         with self._lock:
-            if self._rows + n > self.max_buffer:
-                dropped = True
-            else:
-                dropped = False
+            admitted = self._rows == 0 or self._rows + n <= self.max_buffer
+            if admitted:
                 self._buffer.append(entry)
                 self._rows += n
-                wake = self._rows * 2 >= self.max_buffer
-        if dropped:
-            self._count("dropped", n)
-            return False
+            wake = not admitted or self._rows * 2 >= self.max_buffer
         if wake:
             self._wake.set()
-        return True
+        return admitted
+
+    async def put(self, entry: Entry) -> None:
+        """Append `entry`, waiting without blocking the event loop while the
+        buffer is full: the writer frees it at the next commit."""
+        while not self.append(entry):
+            await asyncio.sleep(BACKPRESSURE_POLL_S)
 
     # ------------------------------------------------------------ writer side
 

@@ -74,10 +74,16 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 24 else text[:20] + "..."
 
 
-def _first_problem(value: Any, path: str, shape: tuple[int, ...] | None) -> tuple[str, str] | None:
+MAX_DEPTH = 32  # lists nested deeper are refused: numpy stops at 64 dimensions, Python's stack near 1,000
+
+
+def _first_problem(value: Any, path: str, shape: tuple[int, ...] | None, depth: int = 0) -> tuple[str, str] | None:
     """Where `value` stops being a numeric array of `shape` (any shape if None):
-    the first non-number, or the first list of the wrong length."""
+    the first non-number, the first list of the wrong length, or lists nested
+    deeper than MAX_DEPTH."""
     if isinstance(value, list):
+        if depth >= MAX_DEPTH:
+            return path, f"lists nested more than {MAX_DEPTH} levels deep"
         if shape is not None and (not shape or len(value) != shape[0]):
             want = "a number" if not shape else f"{shape[0]} values"
             return path, f"expected {want}, got a list of {len(value)}"
@@ -89,7 +95,7 @@ def _first_problem(value: Any, path: str, shape: tuple[int, ...] | None) -> tupl
                 first_type = kind
             elif kind != first_type:
                 return f"{path}[{i}]", "mixes lists and numbers at one level (a ragged array)"
-            found = _first_problem(item, f"{path}[{i}]", inner)
+            found = _first_problem(item, f"{path}[{i}]", inner, depth + 1)
             if found:
                 return found
         if shape is None and first_type:
@@ -346,7 +352,8 @@ def parse_predict(payload: Any, model: Any, max_rows: int, maybe_bool: bool = Tr
         good = False
     if not good:  # find the row at fault, and say why
         for i, row in enumerate(rows):
-            row_shape = np.shape(row) if _first_problem(row, "", None) is None else None
+            # np.shape only on numbers-only rectangular rows, at most MAX_DEPTH deep (numpy refuses > 64)
+            row_shape = np.shape(row) if _first_problem(row, "", None, 1) is None else None
             if row_shape is None or tuple(row_shape) not in accepted:
                 if row_shape is not None:
                     raise invalid(f"rows[{i}] has shape {list(row_shape)}; a row is {expected}", f"rows[{i}]")

@@ -47,6 +47,8 @@ def build_app(settings: ServeSettings) -> ServingApp:
 def _uvicorn_server(app: ServingApp, settings: ServeSettings):
     import uvicorn
 
+    from deploy.connections import guarded_protocol
+
     class DrainingServer(uvicorn.Server):
         """uvicorn, with SIGTERM turned into: drain, then stop."""
 
@@ -69,7 +71,9 @@ def _uvicorn_server(app: ServingApp, settings: ServeSettings):
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with a connection cap and a header deadline (deploy/connections.py)
+        http=guarded_protocol(settings.max_connections, settings.header_timeout_s, settings.retry_after_s),
+        timeout_keep_alive=settings.keep_alive_s,
         lifespan="on",
         access_log=settings.access_log,
         log_level=settings.log_level,

@@ -47,7 +47,10 @@ class ServeSettings:
     max_rows: int = _setting(1024, "most rows (samples) in one request; more gets 422 naming this limit", minimum=1)
     max_concurrency: int = _setting(64, "requests being decoded, batched and answered at once", minimum=1)
     max_queue: int = _setting(256, "requests waiting for one of those slots; beyond it, 503 with Retry-After", minimum=0)
-    request_timeout_s: float = _setting(10.0, "longest a request may take end to end; then 504", minimum=0.001)
+    request_timeout_s: float = _setting(10.0, "longest a request may take end to end; then 504 (408 if its body was still arriving)", minimum=0.001)
+    header_timeout_s: float = _setting(10.0, "a request's headers must arrive within this of its first byte, or 408; a connection silent this long is closed", minimum=0.001)
+    keep_alive_s: float = _setting(5.0, "an idle kept-alive connection is closed after this", minimum=0.001)
+    max_connections: int = _setting(1024, "open connections; one more is answered 503 with Retry-After and closed before it is read", minimum=1)
     retry_after_s: int = _setting(1, "Retry-After seconds sent with 503", minimum=0)
 
     # Micro-batching: concurrent requests share one onnxruntime run
@@ -64,7 +67,7 @@ class ServeSettings:
 
     # Prediction log: every answered row, to SQLite (WAL) files in log_dir
     log_dir: str = _setting("logs/predictions", "folder of the prediction log (one SQLite file per UTC day)")
-    log_max_buffer: int = _setting(1000, "rows held in memory before a write; a crash loses at most these", minimum=1)
+    log_max_buffer: int = _setting(1000, "rows held in memory before a write (a request waits while it is full; one larger request is written alone); a crash loses at most max(these, MAX_ROWS)", minimum=1)
     log_flush_interval_s: float = _setting(1.0, "longest a row waits in memory before it is written", minimum=0.01)
 
     # The server's own log

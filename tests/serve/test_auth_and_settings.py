@@ -32,6 +32,25 @@ def test_every_endpoint_but_health_needs_the_token(server, method, path):
     assert r.status_code == 401
 
 
+@pytest.mark.parametrize("method, path", [("GET", "/no/such/path"), ("DELETE", "/predict"), ("GET", "/v2/models/x/y/z"),
+                                          ("POST", "/v2/health/live/../../predict")])
+def test_unknown_paths_and_methods_answer_401_before_404_or_405(server, method, path):
+    r = server.client.request(method, path)
+    assert r.status_code == 401 and r.json()["field"] == "Authorization"
+    r = server.client.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code in (404, 405)
+
+
+@pytest.mark.parametrize("header", [f"bearer {TOKEN}", f"BEARER {TOKEN}", f"Bearer  {TOKEN}"])
+def test_the_bearer_scheme_is_case_insensitive(server, header):
+    assert server.predict(pixels(1).tolist(), headers={"Authorization": header}).status_code == 200
+
+
+@pytest.mark.parametrize("header", [f"Basic {TOKEN}", TOKEN, f"Bearer{TOKEN}", "Bearer", f"Bearer {TOKEN}x"])
+def test_other_schemes_and_mangled_tokens_are_refused(server, header):
+    assert server.predict(pixels(1).tolist(), headers={"Authorization": header}).status_code == 401
+
+
 def test_health_needs_no_token(server):
     assert server.client.get("/v2/health/live").status_code == 200
     assert server.client.get("/v2/health/ready").status_code == 200
