@@ -126,9 +126,32 @@ def monitoring_run(client: Any, experiment: str) -> str:
                              tags={RUN_TAG: RUN_TAG_VALUE, "mlflow.note.content": note}).info.run_id
 
 
-def trigger_retrain(name: str, reason: str) -> dict:
+def crash_stale_runs(client: Any, runs: list, stale_after_s: float) -> list:
+    """Mark crashed the runs that have been pending or running longer than
+    `stale_after_s`; the others, still active. A flow run whose process was
+    killed (kill -9, a lost machine) stays RUNNING in Prefect forever, and
+    with the deployment's concurrency limit of 1 it would block every later
+    retrain: its age is the sign that nothing is behind it any more."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    now, alive = datetime.now(timezone.utc), []
+    for run in runs:
+        since = run.state.timestamp if run.state is not None else run.created
+        age = (now - since).total_seconds() if since is not None else 0.0
+        if run.state_type in (StateType.RUNNING, StateType.PENDING) and age > stale_after_s:
+            client.set_flow_run_state(run.id, Crashed(message=f"{run.state_type.value.lower()} for {age / 60:.0f} min "
+                                                      f"with no end (monitor.stale_run_minutes): presumed dead"),
+                                      force=True)
+        else:
+            alive.append(run)
+    return alive
+
+
+def trigger_retrain(name: str, reason: str, stale_after_s: float = float("inf")) -> dict:
     """Start the retrain deployment (without waiting for it), unless a run of it
-    is already pending or running; RetrainNotTriggered if it cannot be started."""
+    is already pending or running (runs older than `stale_after_s` are marked
+    crashed first); RetrainNotTriggered if it cannot be started."""
     import httpx
     from prefect import get_client
     from prefect.client.schemas.filters import (
@@ -153,8 +176,11 @@ def trigger_retrain(name: str, reason: str) -> dict:
                     # The cron schedule's future runs are Scheduled too; only a due one is "already queued".
                     expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(timezone.utc)),
                 ),
-                limit=1,
+                limit=20,
             )
+            crashed = len(active)
+            active = crash_stale_runs(client, active, stale_after_s)
+            crashed -= len(active)
         if active:
             return {"triggered": False, "flow_run": str(active[0].id),
                     "note": f"a run of {name} is already {active[0].state_type.value.lower()}"}
@@ -169,7 +195,8 @@ def trigger_retrain(name: str, reason: str) -> dict:
             f"drift calls for retraining ({reason}), but {where} cannot be reached ({type(err).__name__}: {err}). "
             f"{START_DEPLOYMENTS}"
         ) from None
-    return {"triggered": True, "flow_run": str(run.id), "note": f"started {name} run '{run.name}'"}
+    stale = f" (after marking {crashed} stale run(s) crashed)" if crashed else ""
+    return {"triggered": True, "flow_run": str(run.id), "note": f"started {name} run '{run.name}'{stale}"}
 
 
 def summary_markdown(windows: list[dict], quality: dict, reference: Optional[Reference], params: MonitorParams,
@@ -251,6 +278,9 @@ def log_to_mlflow(uri: str, experiment: str, windows: list[dict], quality: dict,
         client.log_batch(run_id, metrics=metrics[start:start + 1000])
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
+    # Ended after each pass (the next pass logs to it again and ends it again), so MLflow
+    # shows when monitoring last reported instead of a run RUNNING for days.
+    client.set_terminated(run_id, "FINISHED")
     return run_id
 
 
@@ -303,7 +333,7 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
     if calls:
         reason = "; ".join(f"window {_utc(w['start'])} UTC: {w['reason']}" for w in calls[-3:])
         try:
-            retrain = trigger_retrain(m.retrain_deployment, reason)
+            retrain = trigger_retrain(m.retrain_deployment, reason, m.stale_run_minutes * 60)
             logger.info("retraining: %s", retrain["note"])
         except RetrainNotTriggered as err:
             failure = err

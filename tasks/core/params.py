@@ -340,6 +340,7 @@ class MonitorParams:
     prediction_psi_threshold: float  # ...or the predicted-class distribution moved by more than this PSI
     experiment: str  # MLflow experiment that receives the production metrics
     retrain_deployment: str  # Prefect deployment to trigger, "<flow name>/<deployment name>"
+    stale_run_minutes: float  # a run of it pending or running longer than this is presumed dead (kill -9) and crashed
     retrain_cron: str  # schedule of the retraining deployment (weekly by default)
     monitor_cron: str  # schedule of the monitoring deployment (hourly by default)
 
@@ -350,6 +351,8 @@ class MonitorParams:
             raise ValueError("PSI thresholds must be > 0 and p_value in (0, 1)")
         if not 0 <= self.max_drifted_fraction <= 1:
             raise ValueError("max_drifted_fraction must lie in [0, 1]")
+        if not self.stale_run_minutes > 0:
+            raise ValueError("stale_run_minutes must be > 0")
         if "/" not in self.retrain_deployment:
             raise ValueError("retrain_deployment must read '<flow name>/<deployment name>'")
 

@@ -218,10 +218,22 @@ def test_a_retrain_triggered_by_the_monitor_runs_on_a_process_worker(tmp_path: P
             assert retrain.work_pool_name == "team" and retrain.parameters["root"] == "."
             assert retrain.pull_steps == [{"prefect.deployments.steps.set_working_directory":
                                            {"directory": str(project.resolve())}}]
+            from prefect.states import Pending, Running
+
             from flows.monitor import trigger_retrain
 
-            triggered = trigger_retrain("distillery-pipeline/retrain", "a test")
-            assert triggered["triggered"]
+            # A zombie: a run of the deployment that went Pending then Running (taking its
+            # concurrency slot), whose process then died. Fresh, it blocks a retrain...
+            zombie = client.create_flow_run_from_deployment(retrain.id, state=Pending())
+            client.set_flow_run_state(zombie.id, Running())
+            blocked = trigger_retrain("distillery-pipeline/retrain", "a test", stale_after_s=3600)
+            assert not blocked["triggered"] and blocked["flow_run"] == str(zombie.id)
+            assert "already running" in blocked["note"]
+            # ...once stale it is marked crashed, and the retrain goes ahead on the worker.
+            time.sleep(2)
+            triggered = trigger_retrain("distillery-pipeline/retrain", "a test", stale_after_s=1)
+            assert triggered["triggered"] and "marking 1 stale run(s) crashed" in triggered["note"]
+            assert client.read_flow_run(zombie.id).state.is_crashed()
 
             def finished():
                 state = client.read_flow_run(triggered["flow_run"]).state

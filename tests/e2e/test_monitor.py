@@ -104,6 +104,7 @@ def _history(root: Path, key: str) -> list:
     experiment = client.get_experiment_by_name("distillery-production")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.tags["distillery.role"] == "production-monitor"
+    assert run.info.status == "FINISHED" and run.info.end_time  # ended after each pass, never left RUNNING
     return sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
 
 
