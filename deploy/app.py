@@ -15,7 +15,9 @@ Endpoints (all but the two health probes need the bearer token when one is set):
   GET  /v2/models/{name}[/versions/{v}]/ready  model readiness
   POST /v2/models/{name}[/versions/{v}]/infer  Open Inference Protocol inference
   POST /predict                                {"rows": [...]} -> per row: class, labels or value (by task)
+  POST /v2/repository/index                    the model repository: the served model and its state
   POST /v2/repository/models/{name}/load       reload now (also SIGHUP)
+  GET  /v2/models[/{name}[/versions/{v}]]/stats  Triton's inference statistics
   GET  /metrics                                Prometheus text format
   GET  /docs, /openapi.json                    API documentation
 """
@@ -51,7 +53,7 @@ log = logging.getLogger("deploy.app")
 
 JSON = b"application/json"
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 # Route labels whose refusals go to the prediction log, and the endpoint name logged.
 LOGGED_ENDPOINTS = {"/predict": "predict", "/v2/models/{name}/infer": "infer"}
 HEADERS_WANTED = frozenset((b"content-type", b"content-length", b"authorization", b"x-request-id", b"inference-header-content-length"))
@@ -97,13 +99,45 @@ class Route:
         self.methods, self.handler, self.label, self.auth = methods, handler, label, auth
 
 
+_ESCAPED_SEPARATOR = re.compile(rb"%2f|%5c|\\", re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class InferenceStats:
+    """Triton's model statistics, kept since start: requests answered and
+    refused (count and total ns), rows inferred, onnxruntime runs."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    compute_ns: int = 0
+    last_inference_ms: int = 0
+
+    def as_triton(self, name: str, version: str) -> dict:
+        def duration(count: int, ns: int) -> dict:
+            return {"count": count, "ns": ns}
+
+        return {"name": name, "version": version, "last_inference": self.last_inference_ms,
+                "inference_count": self.inference_count, "execution_count": self.execution_count,
+                "inference_stats": {"success": duration(self.success_count, self.success_ns),
+                                    "fail": duration(self.fail_count, self.fail_ns),
+                                    "queue": duration(0, 0), "compute_input": duration(0, 0),
+                                    "compute_infer": duration(self.execution_count, self.compute_ns),
+                                    "compute_output": duration(0, 0)},
+                "batch_stats": []}
+
+
 class ServingApp:
     def __init__(self, settings: ServeSettings, manager: ModelManager, metrics: Metrics):
         self.settings, self.manager, self.metrics = settings, manager, metrics
         token = settings.bearer_token()
         self._expected_auth = token.encode() if token else None
         self.admission = Admission(settings.max_concurrency, settings.max_queue)
-        self.batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, metrics.observe_batch)
+        self.stats = InferenceStats()
+        self.batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, self._observe_batch)
         self.predlog = PredictionLog(settings.log_dir, settings.log_max_buffer, settings.log_flush_interval_s, metrics.count_log)
         self.draining = False
         self.version = _version()
@@ -126,7 +160,11 @@ class ServingApp:
             "ready": Route(("GET",), self.model_ready, "/v2/models/{name}/ready"),
             "infer": Route(("POST",), self.infer, "/v2/models/{name}/infer"),
         }
+        self._model_routes["stats"] = Route(("GET",), self.model_stats, "/v2/models/{name}/stats")
         self._load_route = Route(("POST",), self.load, "/v2/repository/models/{name}/load")
+        self._bad_name_route = Route(("GET", "POST"), self.bad_name, "bad_name")
+        self._static["/v2/repository/index"] = Route(("POST",), self.repository_index, "/v2/repository/index")
+        self._static["/v2/models/stats"] = Route(("GET",), self.model_stats, "/v2/models/stats")
 
     # ------------------------------------------------------------------ ASGI
 
@@ -159,7 +197,12 @@ class ServingApp:
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         start = perf_counter()
         request = Request(scope, receive, start)
-        route = self._route(scope["path"], request)
+        raw = scope.get("raw_path") or b""
+        # uvicorn decodes %2F into "/" in `path`; only the raw path shows a model name that carried one.
+        if raw.startswith(b"/v2/") and _ESCAPED_SEPARATOR.search(raw):
+            route: Route | None = self._bad_name_route
+        else:
+            route = self._route(scope["path"], request)
         label = route.label if route is not None else "unmatched"
         try:
             # The token first: without it, no path or method can be probed (only the health probes are open).
@@ -207,7 +250,16 @@ class ServingApp:
             }
         )
         await send({"type": "http.response.body", "body": body})
-        self.metrics.observe_request(label, status, perf_counter() - start)
+        elapsed = perf_counter() - start
+        self.metrics.observe_request(label, status, elapsed)
+        if label in LOGGED_ENDPOINTS:
+            if status == 200:
+                self.stats.success_count += 1
+                self.stats.success_ns += int(elapsed * 1e9)
+                self.stats.last_inference_ms = int(time.time() * 1000)
+            else:
+                self.stats.fail_count += 1
+                self.stats.fail_ns += int(elapsed * 1e9)
 
     def _check_auth(self, request: Request) -> None:
         sent = request.headers.get(b"authorization")
@@ -389,6 +441,28 @@ class ServingApp:
             body["parameters"]["columns"] = {"numeric": list(model.encoder.numeric),
                                              "categorical": {c: list(v) for c, v in model.encoder.categorical.items()}}
         return 200, orjson.dumps(body), JSON, []
+
+    def _observe_batch(self, rows: int, seconds: float) -> None:
+        self.metrics.observe_batch(rows, seconds)
+        self.stats.inference_count += rows
+        self.stats.execution_count += 1
+        self.stats.compute_ns += int(seconds * 1e9)
+
+    async def bad_name(self, request: Request) -> Response:
+        raise RequestError(400, "a model name or version has no path separators ('/' or '\\', escaped or not)",
+                           "model_name")
+
+    async def repository_index(self, request: Request) -> Response:
+        """Triton's model repository extension: the one model this server serves."""
+        model = self.manager.current
+        ready = self.ready_reason() is None
+        return 200, orjson.dumps([{"name": model.name, "version": model.version, "state": "READY" if ready else "UNAVAILABLE",
+                                   "reason": "" if ready else self.ready_reason()}]), JSON, []
+
+    async def model_stats(self, request: Request) -> Response:
+        """Triton's statistics extension (GET /v2/models[/{name}[/versions/{v}]]/stats)."""
+        model = self._model_for(request) if "name" in request.params else self.manager.current
+        return 200, orjson.dumps({"model_stats": [self.stats.as_triton(model.name, model.version)]}), JSON, []
 
     async def load(self, request: Request) -> Response:
         self._model_for(request)

@@ -181,6 +181,8 @@ def openapi_document(version: str, title: str = "Distillery model server") -> di
                 "parameters": [name],
             }
         },
+        "/v2/repository/index": {"post": _operation("Model repository index (Triton): the served model, its version and state", None, errors=("401",), tag="admin")},
+        "/v2/models/{name}/stats": {"get": {**_operation("Inference statistics (Triton's statistics extension)", None, errors=("401", "404"), tag="metadata"), "parameters": [name]}},
         "/metrics": {"get": _operation("Prometheus metrics", None, errors=("401",), tag="admin", media="text/plain")},
     }
     return {

@@ -163,3 +163,36 @@ def test_metrics_count_requests_errors_latency_batches_and_the_model(server):
     assert server.metric("distillery_ready") == 1
     r = server.client.get("/metrics")
     assert r.headers["content-type"].startswith("text/plain")
+
+
+def test_tritons_own_client_lists_the_repository_infers_and_reads_statistics(server, models):
+    """tritonclient, not a hand-written request: the advertised extensions work."""
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    try:
+        assert {"model_repository", "statistics"} <= set(client.get_server_metadata()["extensions"])
+        (entry,) = client.get_model_repository_index()
+        version = server.client.get("/v2/models/distillery").json()["versions"][0]
+        assert entry == {"name": "distillery", "version": version, "state": "READY", "reason": ""}
+        before = client.get_inference_statistics("distillery")["model_stats"][0]
+        x = pixels(3, seed=5)
+        tensor = triton.InferInput("pixels", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        answer = client.infer("distillery", [tensor], outputs=[triton.InferRequestedOutput("probabilities")])
+        np.testing.assert_allclose(answer.as_numpy("probabilities"), onnx_outputs(models["image"], x)["probabilities"],
+                                   rtol=1e-5, atol=1e-6)
+        after = client.get_inference_statistics("distillery")["model_stats"][0]
+        assert after["inference_count"] == before["inference_count"] + 3
+        assert after["inference_stats"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
+        assert after["execution_count"] > before["execution_count"] and after["last_inference"] > 0
+        assert client.get_inference_statistics()["model_stats"][0]["name"] == "distillery"  # /v2/models/stats
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("path", ["/v2/models/a%2Fb/infer", "/v2/models/..%2F..%2Fetc/ready", "/v2/models/a%5Cb",
+                                  "/v2/models/distillery/versions/1%2f2/infer", "/v2/repository/models/x%2Fy/load"])
+def test_a_model_name_with_a_path_separator_is_400(server, path):
+    r = server.client.request("POST" if path.endswith(("infer", "load")) else "GET", path)
+    assert r.status_code == 400 and r.json()["field"] == "model_name"
