@@ -94,6 +94,11 @@ def check_params(root: Path) -> None:
 
     params = load_params(root / paths.PARAMS)
     check_training_params(params, params.task.type, str(root / paths.PARAMS))
+    data_path = root / params.data.path
+    if not data_path.exists():  # a DVC dep of ingest: DVC would fail on it with exit 255, retried as transient
+        raise DistilleryError(
+            f"{root / paths.PARAMS}: 'data.path' is {params.data.path!r}, but {data_path} does not exist; point it "
+            f"at your data (a folder of .npy files for quickdraw, a file for csv/parquet; data/raw for the bundled sources)")
 
 
 def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's hook signature

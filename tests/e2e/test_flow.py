@@ -215,6 +215,61 @@ def test_failed_gate_stops_the_flow_naming_the_expectation(project: Path, harnes
     assert report["success"] is False
 
 
+def _failing_once(tmp_path: Path, stage: str, code: int) -> tuple[Path, Path]:
+    """An interpreter for the stage commands (bin/python runs $DISTILLERY_PYTHON)
+    that exits `code` the first time `stage` runs, then runs it for real; and
+    the file counting the stage's attempts."""
+    attempts = tmp_path / f"{stage}-attempts"
+    wrapper = tmp_path / f"python-failing-{stage}-once"
+    wrapper.write_text(f"""#!/bin/sh
+if [ "$2" = "tasks.{stage}" ]; then
+    echo attempt >> "{attempts}"
+    if [ "$(wc -l < "{attempts}")" -eq 1 ]; then echo "injected failure" >&2; exit {code}; fi
+fi
+exec "{sys.executable}" "$@"
+""")
+    wrapper.chmod(0o755)
+    return wrapper, attempts
+
+
+@pytest.mark.parametrize("code", [1, 2], ids=["transient-retried", "expected-not-retried"])
+def test_a_transient_stage_failure_is_retried_and_an_exit_2_is_not(project: Path, harness, monkeypatch, tmp_path,
+                                                                  code) -> None:
+    import flows.pipeline as pipeline_module
+    from flows.pipeline import StageFailed
+
+    wrapper, attempts = _failing_once(tmp_path, "select", code)
+    real_env = pipeline_module._stage_env
+    monkeypatch.setattr(pipeline_module, "_stage_env", lambda *a: {**real_env(*a), "DISTILLERY_PYTHON": str(wrapper)})
+    params_file = project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["select"]["max_f1_drop"] = 1e9 + code  # select is stale, nothing else (and not in DVC's run cache)
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        if code == 1:
+            results = _run_flow(project)
+            assert [r["stage"] for r in results if r["ran"]] == ["select"]
+            assert attempts.read_text().count("attempt") == 2  # failed once, retried, done
+        else:
+            with pytest.raises(StageFailed) as failure:
+                _run_flow(project)
+            assert failure.value.exit_code == 2 and not failure.value.transient
+            assert attempts.read_text().count("attempt") == 1  # a bad-input failure is not retried
+            assert "injected failure" in failure.value.output
+    finally:
+        params_file.write_text(original)
+
+
+def test_a_missing_data_path_is_exit_2_naming_the_key_before_any_stage(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p", path="data/raw/missing.csv")
+    done = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=root, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "DISTILLERY_PYTHON": sys.executable})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "'data.path' is 'data/raw/missing.csv'" in done.stderr and "does not exist" in done.stderr
+    assert "Retry" not in done.stdout + done.stderr and "Running stage" not in done.stdout
+
+
 def json_suite_with_min_count(project: Path, min_count: int) -> Path:
     import json
 
