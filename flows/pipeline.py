@@ -67,6 +67,45 @@ def stage_order(root: Path) -> list[str]:
         return [s.name for s in ordered if isinstance(s, PipelineStage)]
 
 
+def release_dead_locks(root: Path) -> list[int]:
+    """Drop from DVC's rwlock the entries of processes that are gone, zombies
+    included; the PIDs dropped.
+
+    DVC frees the entries of a PID that no longer exists by itself. But after
+    a `kill -9` of a flow, its `dvc repro` child is reparented to init, and
+    until init reaps it that PID is a zombie: it still "exists", and DVC would
+    refuse every stage it held ("is busy ... remove .dvc/tmp/rwlock"). The
+    edit takes DVC's own guard (rwlock.lock), as DVC does."""
+    import psutil
+    from dvc.fs import localfs
+    from dvc.rwlock import RWLOCK_FILE, _edit_rwlock
+
+    tmp = root / ".dvc" / "tmp"
+    if not (tmp / RWLOCK_FILE).exists():
+        return []
+
+    def dead(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    gone: set[int] = set()
+    with _edit_rwlock(str(tmp), localfs, False) as lock:
+        for path, info in list(lock["write"].items()):
+            if dead(info["pid"]):
+                gone.add(info["pid"])
+                del lock["write"][path]
+        for path, infos in list(lock["read"].items()):
+            alive = [info for info in infos if not dead(info["pid"])]
+            gone |= {info["pid"] for info in infos} - {info["pid"] for info in alive}
+            if alive:
+                lock["read"][path] = alive
+            else:
+                del lock["read"][path]
+    return sorted(gone)
+
+
 def is_stale(root: Path, stage: str) -> bool:
     from dvc.repo import Repo
 
@@ -175,6 +214,8 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
     `dask_address`: the search stage sends its trials to that Dask cluster."""
     root_path = Path(root).resolve()
     check_params(root_path)
+    if dead := release_dead_locks(root_path):
+        get_run_logger().warning("released DVC locks held by killed processes %s", dead)
     futures: list = []
     for stage in stage_order(root_path):  # one at a time, in order: they share dvc.lock (see above)
         futures.append(run_dvc_stage.submit(stage, root_path, dask_address, wait_for=futures[-1:]))

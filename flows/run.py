@@ -17,13 +17,23 @@ from tasks.core.errors import run_cli
 
 def main() -> None:
     if len(sys.argv) == 1:
+        from pathlib import Path
+
+        from dvc.lock import LockError
         from dvc.repo import Repo
 
+        from flows.pipeline import release_dead_locks
+        from tasks.core.errors import DistilleryError
         from tasks.core.params import load_params
 
         load_params()  # a bad key anywhere stops here, as it would stop the flow
-        with Repo(".") as repo:
-            stale, stages = repo.status(), list(repo.index.stages)
+        if dead := release_dead_locks(Path(".").resolve()):
+            print(f"released DVC locks held by killed processes {dead}")
+        try:
+            with Repo(".") as repo:
+                stale, stages = repo.status(), list(repo.index.stages)
+        except LockError as err:  # a live DVC process is working on this project
+            raise DistilleryError(f"another DVC command is running here: {err}") from err
         if not stale:
             print(f"pipeline done: ran nothing; skipped {len(stages)} up-to-date stage(s) "
                   "(dvc status is clean, so no Prefect flow run was started)")

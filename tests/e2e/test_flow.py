@@ -270,6 +270,39 @@ def test_a_missing_data_path_is_exit_2_naming_the_key_before_any_stage(tmp_path:
     assert "Retry" not in done.stdout + done.stderr and "Running stage" not in done.stdout
 
 
+@pytest.mark.parametrize("driver", [["-m", "dvc", "repro"], ["-m", "flows.run"]], ids=["dvc-repro", "make-run"])
+def test_kill_9_during_a_stage_then_the_same_driver_recovers_with_no_lock_cleanup(project: Path, driver) -> None:
+    """SIGKILL to the whole driver (dvc, the flow, its stage, Prefect's server) in
+    the middle of the teacher's training; the next run needs no manual lock
+    removal, reruns what the kill left unfinished, and ends with dvc status clean."""
+    import signal
+    import time
+
+    env = {**os.environ, "DISTILLERY_PYTHON": sys.executable}
+    params_file = project / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["train"]["max_epochs"] = 30 + len(driver)  # train and what follows are stale; the kill lands in train
+    params["train"]["patience"] = 30
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    log = project / f"killed-{driver[1]}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, *driver], cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + 300
+    while "Running stage 'train'" not in log.read_text() or not (project / "models").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    time.sleep(4)  # well inside the training loop
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run([sys.executable, *driver], cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Running stage 'train'" in done.stdout and "busy" not in done.stdout + done.stderr
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
+
+
 def json_suite_with_min_count(project: Path, min_count: int) -> Path:
     import json
 
