@@ -336,6 +336,7 @@ class MonitorParams:
     min_rows: int  # windows with fewer rows are reported but never trigger a retrain
     psi_threshold: float  # population stability index above which a feature drifted (0.2 = major shift)
     p_value: float  # KS (numeric) / chi-squared (categorical) p-value below which a feature drifted
+    correction: str  # bonferroni: p_value is the window's family-wise rate over its features | none: per feature
     max_drifted_fraction: float  # retrain when more than this share of features drifted...
     prediction_psi_threshold: float  # ...or the predicted-class distribution moved by more than this PSI
     experiment: str  # MLflow experiment that receives the production metrics
@@ -351,6 +352,8 @@ class MonitorParams:
             raise ValueError("PSI thresholds must be > 0 and p_value in (0, 1)")
         if not 0 <= self.max_drifted_fraction <= 1:
             raise ValueError("max_drifted_fraction must lie in [0, 1]")
+        if self.correction not in ("bonferroni", "none"):
+            raise ValueError(f"correction must be bonferroni or none, not {self.correction!r}")
         if not self.stale_run_minutes > 0:
             raise ValueError("stale_run_minutes must be > 0")
         if "/" not in self.retrain_deployment:

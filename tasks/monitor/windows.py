@@ -56,19 +56,35 @@ def answered(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[pd.to_numeric(frame[predlog.STATUS], errors="coerce") == predlog.OK]
 
 
+def feature_p_value(params: MonitorParams, tests: int) -> float:
+    """The p-value one feature's test must beat. With `bonferroni`, the
+    family-wise rate across the window's `tests` is held at monitor.p_value:
+    30 features tested at 0.01 each would flag one by chance in about a quarter
+    of calm windows (1 - 0.99^30)."""
+    return params.p_value / max(1, tests) if params.correction == "bonferroni" else params.p_value
+
+
+def feature_drift(reference: Reference, inputs: pd.DataFrame, params: MonitorParams) -> list[dict]:
+    """Each reference feature's drift report on the window's `inputs` (one
+    column per feature; a missing column counts as all missing)."""
+    p_value = feature_p_value(params, len(reference.features))
+    features = []
+    for name, ref in reference.numeric.items():
+        current = pd.to_numeric(inputs[name], errors="coerce") if name in inputs else pd.Series(np.nan, index=inputs.index)
+        features.append(numeric_drift(name, ref, current.to_numpy(dtype=np.float64), params.psi_threshold, p_value))
+    for name, ref in reference.categorical.items():
+        current = inputs[name] if name in inputs else pd.Series(pd.NA, index=inputs.index, dtype="string")
+        features.append(categorical_drift(name, ref, as_categories(current), params.psi_threshold, p_value))
+    return features
+
+
 def analyse_window(frame: pd.DataFrame, reference: Reference, params: MonitorParams, start: float) -> dict:
     """Everything measured on one window of logged rows, and whether it calls for retraining."""
     window_s = window_seconds(params)
     ok = answered(frame)
     errors = int(len(frame) - len(ok))  # one row per refused request
     inputs = input_frame(ok[predlog.INPUTS]) if len(ok) else pd.DataFrame(index=ok.index)
-    features = []
-    for name, ref in reference.numeric.items():
-        current = pd.to_numeric(inputs[name], errors="coerce") if name in inputs else pd.Series(np.nan, index=ok.index)
-        features.append(numeric_drift(name, ref, current.to_numpy(dtype=np.float64), params.psi_threshold, params.p_value))
-    for name, ref in reference.categorical.items():
-        current = inputs[name] if name in inputs else pd.Series(pd.NA, index=ok.index, dtype="string")
-        features.append(categorical_drift(name, ref, as_categories(current), params.psi_threshold, params.p_value))
+    features = feature_drift(reference, inputs, params)
     prediction = None
     if reference.predicted_counts and len(ok):
         prediction = prediction_drift(reference.predicted_counts, ok[predlog.PREDICTED].astype(str),

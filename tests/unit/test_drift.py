@@ -668,3 +668,25 @@ def test_state_round_trip_and_a_corrupt_file(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(DistilleryError, match="not a monitor state file"):
         state.read_state(path)
+
+
+def test_bonferroni_holds_the_false_alarm_rate_across_many_features():
+    """30 independent calm features at p < 0.01 each: without a correction some
+    feature of a window is flagged often; with it, the window rarely is."""
+    import dataclasses
+
+    rng = np.random.default_rng(21)
+    names = [f"f{i}" for i in range(30)]
+    reference = Reference("tabular", "multiclass", {n: rng.normal(size=2000) for n in names}, {}, ["a"], {}, "labels", 2000)
+    loose = dataclasses.replace(MONITOR, correction="none", psi_threshold=1e-9)  # the test alone decides
+    strict = dataclasses.replace(loose, correction="bonferroni")
+    assert windows.feature_p_value(strict, 30) == pytest.approx(MONITOR.p_value / 30)
+    alarms = {"none": 0, "bonferroni": 0}
+    for _ in range(60):
+        calm = pd.DataFrame({n: rng.normal(size=300) for n in names})
+        for params in (loose, strict):
+            alarms[params.correction] += any(f["drifted"] for f in windows.feature_drift(reference, calm, params))
+    assert alarms["bonferroni"] <= 3 < alarms["none"]
+    shifted = pd.DataFrame({n: rng.normal(0.5 if i < 3 else 0.0, size=300) for i, n in enumerate(names)})
+    flagged = [f["feature"] for f in windows.feature_drift(reference, shifted, strict) if f["drifted"]]
+    assert flagged == ["f0", "f1", "f2"]  # a real shift still stands out
