@@ -93,6 +93,10 @@ def serve(settings: ServeSettings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if settings.registry:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per reload is log noise
+        # The watcher polls again every POLL_INTERVAL_S: one poll must not spend minutes in
+        # MLflow's retries (7 by default, with backoff) while the tracking server is down.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         import mlflow
 
         mlflow.set_tracking_uri(settings.tracking_uri)
