@@ -218,7 +218,8 @@ class ServingApp:
         except RequestError as err:
             status, body, content_type, headers = err.status, err.body(), JSON, err.headers
             self.metrics.errors.labels(label, err.reason).inc()
-            await self._log_refused(request, label, status, err.message)
+            if err.reason != "overloaded":  # counted in /metrics; a log write per refusal would feed the overload
+                await self._log_refused(request, label, status, err.message)
         except TimeoutError:
             if request.body_pending:  # the client was still sending; close, the rest of the body is unread
                 status, headers, reason = 408, [(b"connection", b"close")], "slow_body"
@@ -313,21 +314,32 @@ class ServingApp:
 
     # ------------------------------------------------------------------ predictions
 
+    def _overloaded(self, unread_body: bool = False) -> RequestError:
+        retry = str(self.settings.retry_after_s)
+        headers = [(b"retry-after", retry.encode())] + ([(b"connection", b"close")] if unread_body else [])
+        return RequestError(
+            503,
+            f"at capacity: {self.admission.active} requests in progress and {self.admission.waiting} waiting "
+            f"(DISTILLERY_SERVE_MAX_CONCURRENCY, DISTILLERY_SERVE_MAX_QUEUE); retry after {retry} s",
+            None,
+            "overloaded",
+            headers,
+        )
+
+    def _shed_early(self) -> None:
+        """Refuse before reading or parsing the body when there is no room at
+        all: under overload, refusing must cost less than answering."""
+        if self.admission.full:
+            raise self._overloaded(unread_body=True)
+
     async def _admit(self) -> None:
         try:
             await self.admission.acquire()
         except Overloaded:
-            retry = str(self.settings.retry_after_s)
-            raise RequestError(
-                503,
-                f"at capacity: {self.admission.active} requests in progress and {self.admission.waiting} waiting "
-                f"(DISTILLERY_SERVE_MAX_CONCURRENCY, DISTILLERY_SERVE_MAX_QUEUE); retry after {retry} s",
-                None,
-                "overloaded",
-                [(b"retry-after", retry.encode())],
-            ) from None
+            raise self._overloaded() from None
 
     async def predict(self, request: Request) -> Response:
+        self._shed_early()
         body = await self._read_body(request)
         await self._admit()
         try:
@@ -342,6 +354,7 @@ class ServingApp:
         return 200, protocol.predict_response(model, answer, request.request_id), JSON, []
 
     async def infer(self, request: Request) -> Response:
+        self._shed_early()
         body = await self._read_body(request, binary_ok=True)
         header_length = request.headers.get(protocol.BINARY_HEADER.encode())
         binary = None

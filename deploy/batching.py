@@ -41,6 +41,11 @@ class Admission:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    @property
+    def full(self) -> bool:
+        """Every slot taken and the queue full: `acquire` would refuse."""
+        return self.active >= self.max_active and len(self._waiters) >= self.max_waiting
+
     async def acquire(self) -> None:
         if self.active < self.max_active and not self._waiters:
             self.active += 1

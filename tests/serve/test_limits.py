@@ -4,11 +4,12 @@ for requests to pile up behind one another."""
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import httpx
 import numpy as np
 
-from .serve_helpers import onnx_outputs, pixels
+from .serve_helpers import onnx_outputs, pixels, read_log
 
 
 async def _burst(url: str, bodies: list[dict], path: str = "/predict") -> list[httpx.Response]:
@@ -34,6 +35,10 @@ def test_queue_full_gets_503_with_retry_after_and_no_request_hangs(serve, models
     # Overload passes: the server is ready and answers again.
     assert server.client.get("/v2/health/ready").status_code == 200
     assert server.predict(pixels(1).tolist()).status_code == 200
+    # Refusals are counted, not logged (a write each would feed the overload); every answer is logged.
+    server.stop(signal.SIGTERM)
+    logged = read_log(server.log_dir)
+    assert {row["status"] for row in logged} == {200} and len(logged) == statuses.count(200) + 1
 
 
 def test_a_request_over_the_timeout_gets_504_and_the_server_goes_on(serve, models):
