@@ -115,7 +115,7 @@ def is_stale(root: Path, stage: str) -> bool:
 
 
 def _stage_env(dask_address: str | None) -> dict[str, str]:
-    from tasks.search import DASK_ENV
+    from tasks.core.cluster import DASK_ENV
 
     env = dict(os.environ)
     if dask_address:  # set here: on a Dask worker, the flow's environment is not this process's
@@ -229,7 +229,7 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
 def main() -> None:
     import argparse
 
-    from tasks.search import DASK_ENV
+    from tasks.core.cluster import DASK_ENV
 
     parser = argparse.ArgumentParser(description="Run every stale stage of dvc.yaml, in order.")
     parser.add_argument("--dask-address", default=os.environ.get(DASK_ENV) or None,
@@ -241,7 +241,7 @@ def main() -> None:
     if args.dask_address:
         from prefect_dask import DaskTaskRunner
 
-        from tasks.search import check_scheduler  # named before any stage, not by a stage
+        from tasks.core.cluster import check_scheduler  # named before any stage, not by a stage
 
         check_scheduler(args.dask_address)
         flow_to_run = pipeline.with_options(task_runner=DaskTaskRunner(address=args.dask_address))

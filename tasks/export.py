@@ -17,6 +17,7 @@ from tasks.contracts.onnx import (ArtifactMetadata, InputSpec, Preprocessing, Qu
                                   answer_output, input_name, output_names)
 from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
 from tasks.core import paths
+from tasks.core.cluster import dask_address, map_on_cluster
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
 from tasks.core.params import ExportParams, load_params
@@ -108,6 +109,14 @@ def export_candidate(
     }
 
 
+def export_saved(name: str, models_dir: Path, val: tuple[np.ndarray, np.ndarray], calibration: np.ndarray,
+                 metadata: ArtifactMetadata, params: ExportParams, out_dir: Path) -> dict:
+    """export_candidate for the model saved as `models_dir/<name>`: what a Dask
+    worker runs, loading the weights itself (absolute paths: its working
+    directory is not the project's)."""
+    return export_candidate(name, load_model(models_dir / name), val, calibration, metadata, params, out_dir)
+
+
 def kernel_list(kernels: dict[str, int]) -> str:
     return ", ".join(f"{op} x{n}" for op, n in kernels.items()) or "none (float)"
 
@@ -121,15 +130,19 @@ def main() -> None:
     calibration = train_x[rng.choice(len(train_x), size=min(params.calibration_samples, len(train_x)), replace=False)]
     paths.ONNX_DIR.mkdir(parents=True, exist_ok=True)
     metadata = artifact_metadata(meta, params.label_threshold)
-    report = {
-        name: export_candidate(name, load_model(paths.MODELS / name), val, calibration, metadata, params, paths.ONNX_DIR)
-        for name in candidate_models(paths.MODELS)
-    }
+    names = candidate_models(paths.MODELS)
+    calls = [(name, paths.MODELS.resolve(), val, calibration, metadata, params, paths.ONNX_DIR.resolve()) for name in names]
+    address = dask_address()
+    # Candidates are independent: on a cluster each is a Dask task; here, one after another
+    # (a process each would not pay on a laptop: torch's import costs more than an export).
+    results = map_on_cluster(export_saved, calls, address) if address else [export_saved(*call) for call in calls]
+    report = dict(zip(names, results))
     write_json(paths.EXPORT_REPORT, report)
+    where = f" The {len(names)} candidates were exported in parallel on the Dask cluster at {address}." if address else ""
     write_summary(
         "export",
-        "Temperature fitted on the validation split and folded into each graph; exported fp32 "
-        "(checked against PyTorch) and int8 (onnxruntime quantization), each checked against the artifact contract:\n\n"
+        f"Temperature fitted on the validation split and folded into each graph; exported fp32 "
+        f"(checked against PyTorch) and int8 (onnxruntime quantization), each checked against the artifact contract.{where}\n\n"
         + markdown_table([{"model": name, **figures, "int8_kernels": kernel_list(figures["int8_kernels"])}
                           for name, figures in report.items()]),
     )

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from tasks.core import paths
+from tasks.core.cluster import connect_dask, dask_address as configured_dask_address
 from tasks.contracts.processed import ProcessedMeta
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
@@ -30,7 +31,6 @@ SEARCH_DIR, BEST_PARAMS = paths.SEARCH_DIR, paths.BEST_PARAMS
 INT_KEYS = {"batch_size", "hidden", "max_epochs", "patience"}
 # Where trials run: a Dask scheduler's address (tcp://host:8786); unset = threads in this process.
 # An environment setting, not a param: where the trials run does not change their results.
-DASK_ENV = "DISTILLERY_DASK_ADDRESS"
 
 
 def suggest(trial: Any, name: str, space: SearchSpace) -> Any:
@@ -85,21 +85,6 @@ def score_trial(train: tuple, val: tuple, meta: ProcessedMeta, params: TrainPara
     torch.set_num_threads(threads)
     model, _ = train_teacher(train, val, meta, params, quiet=True)
     return task_metrics(meta.task, predict_logits(model, val[0]), val[1], list(meta.classes))["quality"]
-
-
-def connect_dask(address: str) -> Any:
-    """A client of the Dask scheduler at `address`, or one error naming it."""
-    from distributed import Client
-
-    try:
-        return Client(address, timeout="15s")
-    except (OSError, TimeoutError) as err:
-        raise DistilleryError(f"{DASK_ENV}={address} (or --dask-address): no Dask scheduler answers there ({err}); "
-                              "start one (`dask scheduler`, then `dask worker <address>`) or unset it") from err
-
-
-def check_scheduler(address: str) -> None:
-    connect_dask(address).close()
 
 
 @contextmanager
@@ -192,7 +177,7 @@ def main() -> None:
     meta = read_meta()
     check_fit_params(params.train, "train", meta.task)
     train, val = load_split("train"), load_split("val")
-    dask_address = os.environ.get(DASK_ENV) or None
+    dask_address = configured_dask_address()
     with mlflow_run(params.mlflow, "search", {"sampler": params.search.sampler,
                                               "executor": dask_address or "processes"}) as parent:
         def log_trial(number: int, values: dict, score: float) -> None:

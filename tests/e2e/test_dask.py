@@ -110,6 +110,10 @@ def test_the_flow_runs_its_stages_and_trials_on_the_cluster_through_the_dask_tas
     assert f"stages ran on Dask worker w" in done.stdout and f"of {cluster}" in done.stdout
     assert "on the Dask cluster at" in (root / "reports/summaries/search.md").read_text()
     assert len(_trials(root, cluster)) == 2
+    # The export stage's candidates, independent of one another, ran as Dask tasks too.
+    assert f"exported in parallel on the Dask cluster at {cluster}" in (root / "reports/summaries/export.md").read_text()
+    export = json.loads((root / "reports/export.json").read_text())
+    assert {"teacher", "student"} <= set(export) and all(e["int8_kernels"] for e in export.values())
     # DVC recorded every stage: nothing is stale afterwards.
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, env=_env(), capture_output=True,
                             text=True, timeout=120)
