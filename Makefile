@@ -22,9 +22,10 @@ install: $(INSTALLED)
 run: install
 	$(BIN)/python -m flows.run
 
-## test: the test suite
+## test: the test suite, its files spread over the cores (TEST_WORKERS=1 for one process)
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## bench: every benchmark in bench/, results in reports/bench.json
 bench: install
