@@ -182,7 +182,7 @@ def test_stopping_and_starting_the_stack_keeps_registry_artifacts_and_cache(proj
     import mlflow
 
     path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/distillery/{after.version}",
-                                               dst_path=str(tmp_path))
+                                               dst_path=str(tmp_path), tracking_uri=env["MLFLOW_TRACKING_URI"])
     onnx_file = next(Path(path).rglob("*.onnx"))
     assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == after.tags["sha256"]
     assert "in sync" in _dvc(root, env, "status", "--cloud")  # the restored S3 holds every pushed output
