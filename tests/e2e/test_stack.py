@@ -181,6 +181,9 @@ def test_stopping_and_starting_the_stack_keeps_registry_artifacts_and_cache(proj
     assert after.version == before.version
     import mlflow
 
+    # An earlier test in this process may have set MLflow's global URIs: models:/ resolves through the registry URI.
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
     path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/distillery/{after.version}",
                                                dst_path=str(tmp_path), tracking_uri=env["MLFLOW_TRACKING_URI"])
     onnx_file = next(Path(path).rglob("*.onnx"))
