@@ -84,7 +84,7 @@ def project(tmp_path_factory, stack_env) -> tuple[Path, dict[str, str]]:
 def _champion(client_env: dict[str, str]):
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"], registry_uri=client_env["MLFLOW_TRACKING_URI"])
     return client.get_model_version_by_alias("distillery", "champion")
 
 
