@@ -154,17 +154,17 @@ class ServingApp:
             "/metrics": Route(("GET",), self.render_metrics, "/metrics"),
             "/openapi.json": Route(("GET",), self.openapi, "/openapi.json"),
             "/docs": Route(("GET",), self.docs, "/docs"),
+            "/v2/repository/index": Route(("POST",), self.repository_index, "/v2/repository/index"),
+            "/v2/models/stats": Route(("GET",), self.model_stats, "/v2/models/stats"),
         }
         self._model_routes = {
             "": Route(("GET",), self.model_metadata, "/v2/models/{name}"),
             "ready": Route(("GET",), self.model_ready, "/v2/models/{name}/ready"),
             "infer": Route(("POST",), self.infer, "/v2/models/{name}/infer"),
+            "stats": Route(("GET",), self.model_stats, "/v2/models/{name}/stats"),
         }
-        self._model_routes["stats"] = Route(("GET",), self.model_stats, "/v2/models/{name}/stats")
         self._load_route = Route(("POST",), self.load, "/v2/repository/models/{name}/load")
         self._bad_name_route = Route(("GET", "POST"), self.bad_name, "bad_name")
-        self._static["/v2/repository/index"] = Route(("POST",), self.repository_index, "/v2/repository/index")
-        self._static["/v2/models/stats"] = Route(("GET",), self.model_stats, "/v2/models/stats")
 
     # ------------------------------------------------------------------ ASGI
 
@@ -467,10 +467,9 @@ class ServingApp:
 
     async def repository_index(self, request: Request) -> Response:
         """Triton's model repository extension: the one model this server serves."""
-        model = self.manager.current
-        ready = self.ready_reason() is None
-        return 200, orjson.dumps([{"name": model.name, "version": model.version, "state": "READY" if ready else "UNAVAILABLE",
-                                   "reason": "" if ready else self.ready_reason()}]), JSON, []
+        model, reason = self.manager.current, self.ready_reason()
+        return 200, orjson.dumps([{"name": model.name, "version": model.version,
+                                   "state": "UNAVAILABLE" if reason else "READY", "reason": reason or ""}]), JSON, []
 
     async def model_stats(self, request: Request) -> Response:
         """Triton's statistics extension (GET /v2/models[/{name}[/versions/{v}]]/stats)."""

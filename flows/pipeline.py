@@ -229,10 +229,10 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
 def main() -> None:
     import argparse
 
-    from tasks.core.cluster import DASK_ENV
+    from tasks.core.cluster import DASK_ENV, dask_address
 
     parser = argparse.ArgumentParser(description="Run every stale stage of dvc.yaml, in order.")
-    parser.add_argument("--dask-address", default=os.environ.get(DASK_ENV) or None,
+    parser.add_argument("--dask-address", default=dask_address(),
                         help=f"run the stages and the search's trials on this Dask scheduler, e.g. tcp://host:8786 "
                              f"(default: ${DASK_ENV}; unset: in this process). The workers must see this folder at "
                              "the same path: one machine, or a shared filesystem")
