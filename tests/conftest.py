@@ -3,6 +3,8 @@
 import os
 import sys
 
+import pytest
+
 # dvc.yaml's `bin/python` runs stages with this interpreter: the one running the
 # tests, also in the temporary project copies that have no .venv of their own.
 os.environ.setdefault("DISTILLERY_PYTHON", sys.executable)
@@ -14,3 +16,36 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import tempfile
 
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"prefect-home-{os.environ['PYTEST_XDIST_WORKER']}-")
+
+
+
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _mlflow_globals():
+    # importing mlflow here would cost every test ~2 s: only a test that imported it can have set them
+    if "mlflow" not in sys.modules:
+        return None
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    return tracking, registry
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_restored():
+    """mlflow.set_tracking_uri/set_registry_uri change process globals and export
+    MLFLOW_*_URI to every later subprocess: a test that points them at a server it
+    then stops would send the next test in the same xdist worker to a dead port."""
+    env = {name: os.environ.get(name) for name in _MLFLOW_ENV}
+    before = _mlflow_globals()
+    uris = (before[0]._tracking_uri, before[1]._registry_uri) if before else (None, None)
+    yield
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    after = _mlflow_globals()
+    if after:
+        after[0]._tracking_uri, after[1]._registry_uri = uris
