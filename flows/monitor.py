@@ -34,7 +34,7 @@ from prefect.states import Failed
 
 from tasks.contracts import predlog
 from tasks.contracts.onnx import CLASSIFIERS
-from tasks.monitor import feedback, state as monitor_state, windows as monitor_windows
+from tasks.monitor import feedback, snapshot, state as monitor_state, windows as monitor_windows
 from tasks.monitor.reference import Reference, build_reference
 from tasks.core import paths
 from tasks.core.params import MlflowParams, MonitorParams, load_params
@@ -200,7 +200,8 @@ def trigger_retrain(name: str, reason: str, stale_after_s: float = float("inf"))
 
 
 def summary_markdown(windows: list[dict], quality: dict, reference: Optional[Reference], params: MonitorParams,
-                     retrain: dict, since: Optional[float], boundary: float, logged_until: Optional[float]) -> str:
+                     retrain: dict, since: Optional[float], boundary: float, logged_until: Optional[float],
+                     production: Optional[dict] = None) -> str:
     span = f"{_utc(since) if since is not None else 'the start of the log'} to {_utc(boundary)} UTC"
     lines = [f"## Production monitoring: {sum(w['operations']['rows'] for w in windows)} rows, "
              f"{len(windows)} window(s), {span}", ""]
@@ -233,6 +234,8 @@ def summary_markdown(windows: list[dict], quality: dict, reference: Optional[Ref
                                                                 "unmatched_labels")}]), ""]
     elif quality.get("unmatched_labels"):
         lines += [f"{quality['unmatched_labels']} new label(s) match no logged prediction.", ""]
+    if production is not None:
+        lines += [f"**Training data**: {production['note']}", ""]
     lines += [f"**Retraining**: {retrain.get('note', 'not needed')}"]
     return "\n".join(lines)
 
@@ -258,6 +261,14 @@ def analyse_windows(rows: pd.DataFrame, reference: Reference, params: MonitorPar
 @task(cache_policy=NO_CACHE)
 def score_labels(labels: pd.DataFrame, log_dir: Path, classes: list[str], ece_bins: int) -> dict:
     return monitor_windows.quality_of_labels(labels, log_dir, classes, ece_bins)
+
+
+@task(cache_policy=NO_CACHE)
+def snapshot_labels(root: Path, cfg: Any) -> dict:
+    """New labels: rebuild the production snapshot, so the next retrain learns from them."""
+    built = snapshot.build(root, cfg)
+    return {"rows": len(built.rows), "quarantined": built.reasons, "sha256": built.sha256,
+            "note": f"{cfg.data.production.path}: {snapshot.describe(built)}"}
 
 
 @task(cache_policy=NO_CACHE)
@@ -310,11 +321,15 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
     logger.info("%d new prediction rows up to %s UTC; %d new labels", len(rows), _utc(boundary), len(labels))
 
     reference, windows, quality, run_id = None, [], {"labeled_rows": 0, "unmatched_labels": 0}, None
+    production: Optional[dict] = None
     if not rows.empty or not labels.empty:
         reference = load_reference(root_path)
         windows = analyse_windows(rows, reference, m)
         if reference.task in CLASSIFIERS:  # labels are class names; other tasks have no live quality yet
             quality = score_labels(labels, log_dir, reference.classes, cfg.evaluate.ece_bins)
+        if not labels.empty:
+            production = snapshot_labels(root_path, cfg)
+            logger.info("%s", production["note"])
         to_log = [w for w in windows if state.logged_until is None or w["start"] >= state.logged_until]
         if to_log or quality["labeled_rows"] or quality["unmatched_labels"]:
             tags = {"reference": f"{reference.rows} {reference.kind} training rows; "
@@ -340,7 +355,8 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
             retrain = {"triggered": False, "note": f"**could not be triggered**: {err}"}
     create_markdown_artifact(
         key="production-monitoring",
-        markdown=summary_markdown(windows, quality, reference, m, retrain, state.watermark, boundary, state.logged_until),
+        markdown=summary_markdown(windows, quality, reference, m, retrain, state.watermark, boundary, state.logged_until,
+                                  production),
         description="drift, operations and live quality of the prediction log",
     )
     if failure is not None:
@@ -355,6 +371,7 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
                      "prediction_psi": w["prediction"]["psi"] if w["prediction"] else None,
                      "retrain": w["retrain"], "reason": w["reason"]} for w in windows],
         "quality": quality,
+        "production": production,
         "retrain": retrain,
         "mlflow_run_id": run_id,
         "watermark": boundary,

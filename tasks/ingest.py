@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts.dataset import IMAGES, LABEL, LABELS, ROW_ID, Dataset, DatasetMeta, write_dataset
+from tasks.contracts.production import Snapshot, read_snapshot
 from tasks.core import paths
 from tasks.core.errors import run_cli
 from tasks.core.params import DataParams, load_params
@@ -49,14 +50,36 @@ def image_table(data: ImageData) -> pd.DataFrame:
     )
 
 
+def production_rows(params: DataParams, source: pd.DataFrame) -> tuple[pd.DataFrame, Snapshot, int]:
+    """The snapshot's rows in the source's columns (newest first up to
+    data.production.max_share per source row), the snapshot, and how many
+    older rows the cap left out. Lineage columns and columns the source lacks
+    are not the source's data, so they stay in the snapshot only."""
+    snapshot = read_snapshot(params.production.path)
+    rows = snapshot.rows
+    cap = int(params.production.max_share * len(source))
+    left_out = max(0, len(rows) - cap)
+    rows = rows.iloc[len(rows) - min(cap, len(rows)):] if len(rows) else rows
+    aligned = pd.DataFrame({c: rows[c] if c in rows else "" for c in source.columns}, index=rows.index)
+    for column in source.columns:
+        if not (pd.api.types.is_object_dtype(source[column]) or pd.api.types.is_string_dtype(source[column])):
+            # sklearn's bundled tables are numeric: the snapshot's text becomes numbers; the server
+            # only answered rows whose numeric features parse, so nothing turns missing here.
+            aligned[column] = pd.to_numeric(aligned[column].replace("", np.nan), errors="coerce")
+    return aligned.reset_index(drop=True), snapshot, left_out
+
+
 def ingest_table(params: DataParams) -> Dataset:
     data = load_table(params.source, params.path, params.target, params.columns, params.encoding)
-    table = data.table.copy()
+    production, snapshot, left_out = production_rows(params, data.table)
+    table = pd.concat([data.table, production], ignore_index=True) if len(production) else data.table.copy()
     table.insert(0, ROW_ID, np.arange(len(table), dtype=np.int64))
     meta = DatasetMeta(
         source=params.source, kind="tabular", rows=int(len(table)), data_hash=hash_table(table),
         classes=tuple(params.classes) if params.classes else None, origin=data.origin, target=data.target,
         declared_types=dict(data.columns), declared_columns=tuple(params.columns),
+        production_rows=int(len(production)), production_snapshot=snapshot.sha256 if len(production) else None,
+        production_left_out=left_out,
     )
     return Dataset(table=table, arrays={}, meta=meta)
 
@@ -88,8 +111,17 @@ def main() -> None:
         "ingest",
         f"Loaded **{meta.rows}** rows from `{params.source}` ({shape}).\n\n"
         f"Per class (as read): {', '.join(f'{c}={n}' for c, n in counts.items())}\n\n"
-        f"Content hash: `{meta.data_hash[:16]}`",
+        f"Content hash: `{meta.data_hash[:16]}`{production_note(meta, params)}",
     )
+
+
+def production_note(meta: DatasetMeta, params: DataParams) -> str:
+    if not meta.production_rows and not meta.production_left_out:
+        return ""
+    left = (f"; {meta.production_left_out} older one(s) left out by data.production.max_share "
+            f"{params.production.max_share}" if meta.production_left_out else "")
+    return (f"\n\nOf these, **{meta.production_rows}** are labelled production rows from "
+            f"`{params.production.path}` (snapshot `{(meta.production_snapshot or '')[:16]}`){left}.")
 
 
 if __name__ == "__main__":

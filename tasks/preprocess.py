@@ -104,8 +104,15 @@ def preprocess_table(dataset: Dataset, params: PreprocessParams, task: str) -> t
         # Regression: the model predicts in standardised units; the graph scales back to the target's.
         target_mean=float(train_y.mean()) if regression else 0.0,
         target_std=float(max(train_y.std(), 1e-6)) if regression else 1.0,
+        production_rows=production_rows(dataset), production_snapshot=dataset.meta.production_snapshot,
     )
     return splits, meta
+
+
+def production_rows(dataset: Dataset) -> int:
+    """The labelled production rows that passed the gate: ingest numbers them after the source's rows."""
+    first = dataset.meta.rows - dataset.meta.production_rows
+    return int((dataset.table[ROW_ID] >= first).sum()) if dataset.meta.production_rows else 0
 
 
 def main() -> None:

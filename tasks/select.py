@@ -154,7 +154,11 @@ def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: S
     metadata = read_metadata(path)
     tags = {"git_commit": metadata.git_commit, "data_hash": metadata.data_hash, "candidate": name,
             SHA256_TAG: sha256_file(path), "gate": "passed" if passed else "failed",
-            "quality": f"{_quality(scores):.6f}", "task": meta.task}
+            "quality": f"{_quality(scores):.6f}", "task": meta.task,
+            # Lineage: how many labelled production rows trained it, from which snapshot.
+            "production_rows": str(meta.production_rows)}
+    if meta.production_snapshot:
+        tags["production_snapshot"] = meta.production_snapshot
     if scores.get("ece") is not None:
         tags["ece"] = f"{scores['ece']:.6f}"
     with mlflow_run(mlflow_cfg, "select", tags):

@@ -37,6 +37,10 @@ class DatasetMeta:
     declared_columns: tuple[str, ...] = ()  # tables: the columns the user declared in data.columns
     image_shape: Optional[tuple[int, ...]] = None  # images: H, W
     pixel_max: Optional[float] = None  # images: the top of the pixel range (16 digits, 255 bitmaps)
+    # Tables: labelled production rows appended after the source's (tasks.contracts.production).
+    production_rows: int = 0
+    production_snapshot: Optional[str] = None  # sha256 of the snapshot's rows.csv they came from
+    production_left_out: int = 0  # older snapshot rows over data.production.max_share
     # Set by validate:
     task: Optional[TaskType] = None
     column_types: dict[str, str] = field(default_factory=dict)  # every column's type after correction

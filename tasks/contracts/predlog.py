@@ -245,7 +245,7 @@ def read_rows(folder: str | Path, since: Optional[float] = None, until: float = 
 
 def lookup(folder: str | Path, keys: pd.DataFrame) -> pd.DataFrame:
     """The answered rows for `keys` (request_id, row), from whichever file holds them."""
-    columns = [TS, REQUEST_ID, ROW, PREDICTED, PROBABILITIES, VALUE]
+    columns = [TS, REQUEST_ID, ROW, MODEL_VERSION, INPUTS, PREDICTED, PROBABILITIES, VALUE]
     frames = []
     if not keys.empty:
         wanted = keys[[REQUEST_ID, ROW]].astype({REQUEST_ID: str, ROW: int})

@@ -37,6 +37,8 @@ class ProcessedMeta:
     encoder: Optional[TableEncoder] = None  # tables: how raw rows become the model's input
     target_mean: float = 0.0  # regression: the model predicts standardised units; the graph scales back
     target_std: float = 1.0
+    production_rows: int = 0  # labelled production rows among the validated rows (lineage)
+    production_snapshot: Optional[str] = None  # the production snapshot they came from (sha256 of rows.csv)
 
     def __post_init__(self) -> None:
         if self.kind == "tabular" and self.encoder is None:

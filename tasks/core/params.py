@@ -52,6 +52,18 @@ class QuickDrawParams:
     samples_per_class: dict[str, int]  # how many drawings to take from each class
 
 
+@dataclass(frozen=True)
+class ProductionParams:
+    """Labelled production rows (tasks.contracts.production) appended to a table source's rows."""
+
+    path: str  # the snapshot folder the monitor writes; a DVC dep of ingest
+    max_share: float  # at most this many production rows per source row (newest kept); 0 = none
+
+    def __post_init__(self) -> None:
+        if not self.max_share >= 0:
+            raise ValueError("production.max_share must be >= 0")
+
+
 ColumnType = Literal["numeric", "categorical", "text", "id", "ignore"]
 TABULAR_SOURCES = ("penguins", "breast_cancer", "diabetes", "csv", "parquet")
 DIGIT_SOURCES = ("digits", "digits28")  # scikit-learn's digits: the multilabel attributes apply
@@ -69,6 +81,7 @@ class DataParams:
     digits: DigitsParams
     digits28: Digits28Params
     quickdraw: QuickDrawParams
+    production: ProductionParams
 
     @property
     def tabular(self) -> bool:
@@ -332,7 +345,7 @@ class MonitorParams:
     log_dir: str  # the server's prediction log folder (SQLite files)
     feedback_dir: str  # late labels: CSV/Parquet files with request_id, row, label
     state_file: str  # where the monitor remembers the last row it read
-    window_minutes: int  # one MLflow step per window of this length
+    window_minutes: float  # one MLflow step per window of this length
     min_rows: int  # windows with fewer rows are reported but never trigger a retrain
     psi_threshold: float  # population stability index above which a feature drifted (0.2 = major shift)
     p_value: float  # KS (numeric) / chi-squared (categorical) p-value below which a feature drifted
@@ -346,8 +359,8 @@ class MonitorParams:
     monitor_cron: str  # schedule of the monitoring deployment (hourly by default)
 
     def __post_init__(self) -> None:
-        if self.window_minutes < 1 or self.min_rows < 1:
-            raise ValueError("window_minutes and min_rows must be >= 1")
+        if not self.window_minutes > 0 or self.min_rows < 1:
+            raise ValueError("window_minutes must be > 0 and min_rows >= 1")
         if self.psi_threshold <= 0 or self.prediction_psi_threshold <= 0 or not 0 < self.p_value < 1:
             raise ValueError("PSI thresholds must be > 0 and p_value in (0, 1)")
         if not 0 <= self.max_drifted_fraction <= 1:

@@ -32,7 +32,19 @@ def _read_feedback_file(path: Path) -> pd.DataFrame:
         bad = int(rows[rows.isna() | (rows % 1 != 0)].index[0])
         raise DistilleryError(f"{path}: row {bad}: 'row' must be a whole number (the row's index in its request)")
     return pd.DataFrame({REQUEST_ID: frame[REQUEST_ID].astype(str), ROW: rows.astype(np.int64),
-                         LABEL: frame[LABEL].astype(str)})
+                         LABEL: frame[LABEL].where(frame[LABEL].notna(), "").astype(str)})  # missing: ""
+
+
+def feedback_files(feedback_dir: str | Path) -> list[Path]:
+    folder = Path(feedback_dir)
+    return sorted(p for p in folder.glob("*") if p.suffix.lower() in FEEDBACK_SUFFIXES) if folder.is_dir() else []
+
+
+def read_all_feedback(feedback_dir: str | Path) -> pd.DataFrame:
+    """Every label in every feedback file, in file order, with the file's name in
+    `file`: duplicates and conflicts kept, for the snapshot to judge."""
+    frames = [_read_feedback_file(path).assign(file=path.name) for path in feedback_files(feedback_dir)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*FEEDBACK_COLUMNS, "file"])
 
 
 def read_feedback(feedback_dir: str | Path, seen: dict[str, int]) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -42,10 +54,8 @@ def read_feedback(feedback_dir: str | Path, seen: dict[str, int]) -> tuple[pd.Da
     a new file, or the rows appended to a known one, are new labels. A file
     that shrank was replaced, and all of it counts as new. A label given twice
     for one (request_id, row) counts once, the last one."""
-    folder = Path(feedback_dir)
     new, now_seen = [], {}
-    files = sorted(p for p in folder.glob("*") if p.suffix.lower() in FEEDBACK_SUFFIXES) if folder.is_dir() else []
-    for path in files:
+    for path in feedback_files(feedback_dir):
         frame = _read_feedback_file(path)
         before = seen.get(path.name, 0)
         new.append(frame.iloc[before:] if before <= len(frame) else frame)

@@ -300,10 +300,12 @@ class Load:
     """Clients sending /predict and v2 infer requests back to back (each from
     its own thread and connection) until stopped; every answer is kept."""
 
-    def __init__(self, server: Server, threads: int = 3, model_name: str = "distillery", pause_s: float = 0.002):
+    def __init__(self, server: Server, threads: int = 3, model_name: str = "distillery", pause_s: float = 0.002,
+                 rows: list | None = None):
+        """`rows`: /predict only, with these rows (a table model's); default: image pixels, /predict and infer."""
         import threading
 
-        self.server, self.model_name, self.pause_s = server, model_name, pause_s
+        self.server, self.model_name, self.pause_s, self.rows = server, model_name, pause_s, rows
         self.results: list[tuple[int, int, str | None]] = []  # (thread, status, model version)
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
@@ -316,7 +318,9 @@ class Load:
             while not self._stop.is_set() and n < 20_000:  # bounded, whatever happens
                 n += 1
                 try:
-                    if n % 2:
+                    if self.rows is not None:
+                        r = client.post("/predict", json={"rows": self.rows})
+                    elif n % 2:
                         r = client.post("/predict", json={"rows": x.tolist()})
                     else:
                         r = client.post(f"/v2/models/{self.model_name}/infer", json=infer)
