@@ -35,7 +35,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from bench.common import record
 from tasks.contracts.onnx import IMAGE_INPUT, PROBABILITIES, ArtifactMetadata
@@ -201,6 +201,25 @@ def batch_totals(metrics_url: str) -> tuple[float, float]:
     return values.get("distillery_batch_size_sum", 0.0), values.get("distillery_batch_size_count", 0.0)
 
 
+def measure(bench: str, model_arg: str | None, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any] | None:
+    """`run(model)`, or None after saying why there is nothing to measure: no
+    wrk, no champion yet, or a model this bench cannot load."""
+    if shutil.which("wrk") is None:
+        print(f"{bench}: skipped, wrk is not installed (Debian: apt-get install -y wrk)")
+        return None
+    model = Path(model_arg or DEFAULT_MODEL)
+    if not model.exists():
+        if model_arg:
+            raise DistilleryError(f"{model}: not found")
+        print(f"{bench}: skipped, {model} not found (run `make run` first, or pass --model)")
+        return None
+    try:
+        return run(model)
+    except Skip as why:
+        print(f"{bench}: skipped, {why}")
+        return None
+
+
 # --------------------------------------------------------------------------- the bench
 
 
@@ -307,24 +326,12 @@ def main() -> None:
 
         uvicorn.run(naive_app(args.model), host="127.0.0.1", port=args.naive_server, loop="uvloop", http="httptools", log_level="warning", access_log=False)
         return
-    if shutil.which("wrk") is None:
-        print("bench_serve: skipped, wrk is not installed (Debian: apt-get install -y wrk)")
-        return
     if args.seconds < 1 or args.rounds < 1:
         raise DistilleryError("--seconds must be >= 1 and --rounds >= 1")
-    model = Path(args.model or DEFAULT_MODEL)
-    if not model.exists():
-        if args.model:
-            raise DistilleryError(f"{model}: not found")
-        print(f"bench_serve: skipped, {model} not found (run `make run` first, or pass --model)")
-        return
-    try:
-        results = run_bench(model, args.seconds, args.rounds)
-    except Skip as why:
-        print(f"bench_serve: skipped, {why}")
-        return
-    record("serve", results)
-    print(report(results))
+    results = measure("bench_serve", args.model, lambda model: run_bench(model, args.seconds, args.rounds))
+    if results is not None:
+        record("serve", results)
+        print(report(results))
 
 
 if __name__ == "__main__":

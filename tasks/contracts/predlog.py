@@ -243,6 +243,22 @@ def read_rows(folder: str | Path, since: Optional[float] = None, until: float = 
     return pd.concat(frames, ignore_index=True).sort_values(TS, kind="stable").reset_index(drop=True)
 
 
+def rows_per_request(folder: str | Path, status: int = OK) -> dict[str, int]:
+    """{request_id: rows logged} over every file under `folder`, for requests
+    logged with `status` (answered ones by default). Counted in SQLite, so a
+    log of millions of rows is checked without loading it."""
+    counts: dict[str, int] = {}
+    for path in log_files(folder):
+        db = _reader(path)
+        try:
+            for request_id, n in db.execute(
+                    f"SELECT {REQUEST_ID}, COUNT(*) FROM {TABLE} WHERE {STATUS} = ? GROUP BY {REQUEST_ID}", (status,)):
+                counts[request_id] = counts.get(request_id, 0) + n
+        finally:
+            db.close()
+    return counts
+
+
 def lookup(folder: str | Path, keys: pd.DataFrame) -> pd.DataFrame:
     """The answered rows for `keys` (request_id, row), from whichever file holds them."""
     columns = [TS, REQUEST_ID, ROW, MODEL_VERSION, INPUTS, PREDICTED, PROBABILITIES, VALUE]
