@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install run test repro bench suite serve monitor deploy worker stack stack-down stack-status clean
+.PHONY: install run test repro bench soak suite serve monitor deploy worker stack stack-down stack-status clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: install
 ## bench: every benchmark in bench/, results in reports/bench.json
 bench: install
 	for script in bench/bench_*.py; do $(BIN)/python -m bench.$$(basename $$script .py) || exit 1; done
+
+## soak: ten minutes of mixed load at 80% of the server's peak, then overload (bench/soak.py; needs wrk)
+soak: install
+	$(BIN)/python -m bench.soak
 
 ## serve: the model server on 127.0.0.1:8000 (settings: DISTILLERY_SERVE_* variables; README, "Serving")
 serve: install

@@ -36,7 +36,7 @@ from tasks.contracts import predlog
 from tasks.contracts.onnx import CLASSIFIERS
 from tasks.monitor import feedback, snapshot, state as monitor_state, windows as monitor_windows
 from tasks.monitor.reference import Reference, build_reference
-from tasks.core import paths
+from tasks.core import paths, tracking
 from tasks.core.params import MlflowParams, MonitorParams, load_params
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.report import markdown_table
@@ -278,6 +278,10 @@ def log_to_mlflow(uri: str, experiment: str, windows: list[dict], quality: dict,
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
+    # A tracking server that is down fails the pass at once, naming it, instead of
+    # after MLflow's minutes of retries; the state is not moved, so the next pass
+    # logs these windows once the server is back.
+    tracking.check_server(uri)
     client = MlflowClient(tracking_uri=uri)
     run_id = monitoring_run(client, experiment)
     metrics = [Metric(key, float(value), int(w["end"] * 1000), w["step"])

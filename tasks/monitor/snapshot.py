@@ -67,7 +67,9 @@ def build(root: str | Path = ".", params: Params | None = None) -> snap.Snapshot
     params = params or load_params(root / paths.PARAMS)
     m = params.monitor
     processed = read_meta(root / paths.PROCESSED)
-    target = dataset_contract.read_meta(root / paths.INGESTED).target
+    # Image labels are quarantined (the log keeps pixel summaries, not pixels):
+    # only tables need the user's target column, from ingest's meta.
+    target = LABEL if processed.kind == "image" else dataset_contract.read_meta(root / paths.INGESTED).target
     previous = snap.read_snapshot(root / params.data.production.path)
 
     labels, quarantined = judge_labels(read_all_feedback(root / m.feedback_dir))

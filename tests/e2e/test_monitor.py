@@ -218,3 +218,41 @@ def test_the_monitor_without_a_pipeline_run_says_what_to_do(tmp_path: Path, harn
     write_predictions(root, [time.time() // HOUR * HOUR - 2 * HOUR], shifted=[False])
     with pytest.raises(DistilleryError, match=r"data/processed/meta.json: processed meta not found; run the stage that writes it first \(dvc repro\)"):
         monitor(root=str(root))
+
+
+def test_a_pass_while_the_tracking_server_is_down_fails_naming_it_and_the_next_one_catches_up(tmp_path: Path, harness) -> None:
+    """The same tracking URI, first with nothing listening, then with a real
+    MLflow server started on it: the failed pass moves no state, so the next
+    one logs every window it missed, once."""
+    from mlflow import MlflowClient
+    from serve.serve_helpers import free_port, mlflow_server
+
+    from flows.monitor import monitor
+    from tasks.core.errors import DistilleryError
+
+    root = make_project(tmp_path / "down")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["mlflow"]["tracking_uri"] = uri
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    starts = past_windows(2)
+    write_predictions(root, starts, shifted=[False, False], seed=3)
+
+    with pytest.raises(DistilleryError, match=rf"no MLflow tracking server answers at MLFLOW_TRACKING_URI={uri}"):
+        monitor(root=str(root))
+    assert not (root / "logs/monitor_state.json").exists()
+
+    proc = mlflow_server(port, tmp_path / "mlflow-server.db", tmp_path / "artifacts", tmp_path / "mlflow.log")
+    try:
+        result = monitor(root=str(root))
+        assert result["rows"] == 2 * ROWS_PER_WINDOW and len(result["windows"]) == 2
+        client = MlflowClient(tracking_uri=uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("distillery-production").experiment_id])
+        history = client.get_metric_history(run.info.run_id, "ops/rows")
+        assert sorted(m.step for m in history) == [int(s // HOUR) for s in starts]
+        assert run.info.status == "FINISHED"
+        assert _state(root)["watermark"] >= starts[-1] + HOUR
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)

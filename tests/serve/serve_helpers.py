@@ -369,3 +369,20 @@ def wait_until(condition, timeout: float = 30, message: str = "") -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out: {message}")
+
+
+def mlflow_server(port: int, backend: Path, artifacts: Path, log: Path) -> subprocess.Popen:
+    """A real MLflow tracking server on loopback (its own session, so a test can
+    kill it and all its workers), ready when this returns."""
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{backend}", "--artifacts-destination", str(artifacts),
+                             "--workers", "1"], stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    wait_until(lambda: answers(f"http://127.0.0.1:{port}/health"), timeout=120, message=log.read_text()[-2000:])
+    return proc
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

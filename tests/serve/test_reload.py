@@ -5,12 +5,9 @@ candidate is refused while the old model keeps serving."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-from .serve_helpers import Load, free_port, read_log, register, replace_file, wait_until
+from .serve_helpers import Load, free_port, mlflow_server, read_log, register, replace_file, wait_until
 
 
 def _reloads(server, outcome: str) -> float:
@@ -118,23 +115,6 @@ def test_explicit_reload_by_request_and_by_sighup(serve, models, tmp_path):
     assert server.client.post("/v2/repository/models/other/load").status_code == 404
 
 
-def _mlflow_server(port: int, backend: Path, artifacts: Path, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{backend}", "--artifacts-destination", str(artifacts),
-                             "--workers", "1"], stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), timeout=120, message=log.read_text()[-2000:])
-    return proc
-
-
-def _answers(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def test_the_tracking_server_going_down_stops_no_answer_and_loses_no_logged_row(serve, models, empty_registry, tmp_path):
     """MLflow (a real tracking server) dies under load: every request is still
     answered by the loaded model and logged; once MLflow is back, the alias is
@@ -147,7 +127,7 @@ def test_the_tracking_server_going_down_stops_no_answer_and_loses_no_logged_row(
     shutil.copyfile(empty_registry, backend)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    mlflow_proc = _mlflow_server(port, backend, artifacts, log)
+    mlflow_proc = mlflow_server(port, backend, artifacts, log)
     try:
         assert register(uri, models["image"]) == "1"
         server = serve("models:/tiny@champion", tracking_uri=uri, poll_interval_s=0.2, log_flush_interval_s=0.1)
@@ -158,7 +138,7 @@ def test_the_tracking_server_going_down_stops_no_answer_and_loses_no_logged_row(
             answered_before = len(load.results)
             wait_until(lambda: len(load.results) > answered_before + 100, message="requests stopped being answered")
             assert server.client.get("/v2/health/ready").status_code == 200
-            mlflow_proc = _mlflow_server(port, backend, artifacts, log)
+            mlflow_proc = mlflow_server(port, backend, artifacts, log)
             assert register(uri, models["image_v2"]) == "2"
             load.wait_for_version("2", timeout=120)
         assert load.failures() == [] and load.versions() == {"1", "2"}
