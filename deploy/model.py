@@ -252,6 +252,14 @@ class RegistrySource:
     @property
     def client(self) -> Any:
         if self._client is None:
+            # MLflow would create an empty store and then report a missing model:
+            # a registry file that is not there means no pipeline has run here.
+            prefix = "sqlite:///"
+            if self.tracking_uri.startswith(prefix) and not Path(self.tracking_uri[len(prefix):]).exists():
+                raise DistilleryError(
+                    f"{self.describe}: there is no registry at MLFLOW_TRACKING_URI={self.tracking_uri} (no such file in "
+                    f"{Path.cwd()}): nothing is registered yet. Run `make run` first, or point MLFLOW_TRACKING_URI "
+                    f"at the tracking server, or DISTILLERY_SERVE_MODEL at an ONNX file")
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -262,9 +270,13 @@ class RegistrySource:
             return self.fixed_version
         try:
             return str(self.client.get_model_version_by_alias(self.registered, self.alias).version)
+        except DistilleryError:
+            raise
         except Exception as err:  # MlflowException for a missing alias; connection errors for a remote server
+            hint = ("; run `make run` first: it registers the champion and sets the alias"
+                    if "RESOURCE_DOES_NOT_EXIST" in str(getattr(err, "error_code", "")) else "")
             raise DistilleryError(
-                f"{self.describe}: cannot resolve the alias in the registry at {self.tracking_uri} ({err})"
+                f"{self.describe}: cannot resolve the alias in the registry at {self.tracking_uri} ({err}){hint}"
             ) from err
 
     def load(self, threads: int, fingerprint: Hashable = None) -> LoadedModel:
@@ -275,6 +287,8 @@ class RegistrySource:
         where = f"models:/{self.registered}/{version}"
         try:
             mv = self.client.get_model_version(self.registered, version)
+        except DistilleryError:
+            raise
         except Exception as err:
             raise DistilleryError(f"{where}: not found in the registry at {self.tracking_uri} ({err})") from err
         expected = mv.tags.get(SHA256_TAG)

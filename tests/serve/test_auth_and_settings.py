@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -91,11 +92,11 @@ def test_bad_settings_are_named(env, named):
 def _run(env: dict, cwd) -> subprocess.CompletedProcess:
     import os
 
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_SERVE_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_SERVE_", "MLFLOW_"))}
     return subprocess.run([sys.executable, "-m", "deploy.server"], env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
-def test_the_server_exits_2_on_a_bad_setting_or_model_without_a_traceback(tmp_path, models):
+def test_the_server_exits_2_on_a_bad_setting_or_model_without_a_traceback(tmp_path, models, empty_registry):
     out = _run({"DISTILLERY_SERVE_PORT": "x"}, tmp_path)
     assert out.returncode == 2 and "DISTILLERY_SERVE_PORT='x'" in out.stderr and "Traceback" not in out.stderr
     out = _run({"DISTILLERY_SERVE_MODEL": str(tmp_path / "missing.onnx")}, tmp_path)
@@ -103,6 +104,17 @@ def test_the_server_exits_2_on_a_bad_setting_or_model_without_a_traceback(tmp_pa
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     out = _run({"DISTILLERY_SERVE_MODEL": str(tmp_path / "junk.onnx")}, tmp_path)
     assert out.returncode == 2 and "onnxruntime cannot load it" in out.stderr and "Traceback" not in out.stderr
+    # The default source, in a folder where no pipeline has run: say so, and create no empty mlflow.db.
+    out = _run({}, tmp_path)
+    assert out.returncode == 2 and "nothing is registered yet. Run `make run` first" in out.stderr
+    assert "MLFLOW_TRACKING_URI=sqlite:///mlflow.db" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    # A registry with nothing registered in it: the same advice.
+    shutil.copyfile(empty_registry, tmp_path / "mlflow.db")
+    out = _run({}, tmp_path)
+    assert out.returncode == 2 and "models:/distillery@champion: cannot resolve the alias" in out.stderr
+    assert "run `make run` first" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "mlflow.db").unlink()
     out = _run({"DISTILLERY_SERVE_MODEL": "models:/x@"}, tmp_path)
     assert out.returncode == 2 and "models:/<name>@<alias>" in out.stderr
     (tmp_path / "file").write_text("")
