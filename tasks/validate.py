@@ -67,7 +67,7 @@ def main() -> None:
     log_to_mlflow(params.mlflow, dataset.meta.source, result.report, result.summary)
     outcome, summary = result.outcome, result.summary
     if not outcome.success:
-        raise DistilleryError(failure_message(outcome, suite_path))
+        raise DistilleryError(failure_message(outcome, suite_path, dataset.meta.target))
     write_dataset(paths.VALIDATED, result.valid)
     write_dataset(paths.QUARANTINE, result.quarantined)
     warned = ", ".join(f"{r['expectation']}({r['column'] or ''})" for r in outcome.warnings) or "none"

@@ -204,10 +204,14 @@ def assess(dataset: Dataset, task: str, params: ValidateParams) -> tuple[Correct
     return corrected, Dataset(table=dataset.table, arrays=dataset.arrays, meta=meta)
 
 
-def failure_message(outcome: ValidationOutcome, suite_path: Path) -> str:
+def failure_message(outcome: ValidationOutcome, suite_path: Path, target: str | None = None) -> str:
+    """What failed, naming each column; the suites check the target under its
+    internal name, so `target` (the user's name for it) is said next to it."""
     lines = [f"data validation failed ({suite_path}); these critical expectations failed:"]
     for r in outcome.failed:
-        what = f"{r['expectation']}" + (f" on column '{r['column']}'" if r["column"] else "")
+        what = r["expectation"] + (f" on column '{r['column']}'" if r["column"] else "")
+        if r["column"] == LABEL and target and target != LABEL:
+            what += f" (the target column '{target}')"
         if r["exception"]:
             seen = r["exception"]
         elif r["unexpected_count"]:

@@ -140,8 +140,9 @@ def test_a_class_collapsed_to_one_row_fails_the_class_count(tmp_path: Path) -> N
     frame = frame.drop(index=maybe[1:])
     result = run_gate(frame, tmp_path)
     assert "expect_column_value_counts_to_be_at_least" in failed_names(result)
-    message = failure_message(result.outcome, Path("expectations/csv.json"))
-    assert "column 'label'" in message and "observed 1" in message
+    message = failure_message(result.outcome, Path("expectations/csv.json"), "outcome")
+    assert "on column 'label' (the target column 'outcome')" in message and "observed 1" in message
+    assert "on column 'label':" in failure_message(result.outcome, Path("expectations/csv.json"))  # images: no target name
 
 
 def test_npy_of_the_wrong_shape_is_refused_naming_the_file(tmp_path: Path) -> None:
