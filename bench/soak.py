@@ -289,7 +289,8 @@ def run_soak(model: Path, seconds: float, step_s: float, rounds: int) -> dict[st
                 chunks.append(paced(min(CHUNK_S, left)))
                 rss.append(h.rss_kib())
                 left -= CHUNK_S
-            admitted = ServeSettings().max_concurrency + ServeSettings().max_queue  # the server runs on the defaults
+            defaults = ServeSettings()  # the server runs on them
+            admitted = defaults.max_concurrency + defaults.max_queue
             # Goodput: the saturated rate and the overloads, interleaved round by round
             # so that the machine's drift hits them alike; the median ratio is kept.
             overload_connections = (3 * saturating, 3 * admitted)

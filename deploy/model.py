@@ -254,8 +254,10 @@ class RegistrySource:
         if self._client is None:
             # MLflow would create an empty store and then report a missing model:
             # a registry file that is not there means no pipeline has run here.
-            prefix = "sqlite:///"
-            if self.tracking_uri.startswith(prefix) and not Path(self.tracking_uri[len(prefix):]).exists():
+            from tasks.core.tracking import sqlite_path
+
+            database = sqlite_path(self.tracking_uri)
+            if database is not None and not database.exists():
                 raise DistilleryError(
                     f"{self.describe}: there is no registry at MLFLOW_TRACKING_URI={self.tracking_uri} (no such file in "
                     f"{Path.cwd()}): nothing is registered yet. Run `make run` first, or point MLFLOW_TRACKING_URI "

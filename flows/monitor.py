@@ -62,9 +62,9 @@ class RetrainNotTriggered(DistilleryError):
 def tracking_uri(cfg: MlflowParams, root: Path) -> str:
     """The MLflow URI; a relative SQLite path is the project's, as for the pipeline's stages."""
     uri = cfg.resolved_uri()
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not Path(uri[len(prefix):]).is_absolute():
-        return f"{prefix}{(root / uri[len(prefix):]).resolve()}"
+    database = tracking.sqlite_path(uri)
+    if database is not None and not database.is_absolute():
+        return f"{tracking.SQLITE}{(root / database).resolve()}"
     return uri
 
 

@@ -51,7 +51,7 @@ def image_table(data: ImageData) -> pd.DataFrame:
 
 
 def production_rows(params: DataParams, source: pd.DataFrame) -> tuple[pd.DataFrame, Snapshot, int]:
-    """The snapshot's rows in the source's columns (newest first up to
+    """The snapshot's rows in the source's columns (the newest, up to
     data.production.max_share per source row), the snapshot, and how many
     older rows the cap left out. Lineage columns and columns the source lacks
     are not the source's data, so they stay in the snapshot only."""
@@ -59,7 +59,7 @@ def production_rows(params: DataParams, source: pd.DataFrame) -> tuple[pd.DataFr
     rows = snapshot.rows
     cap = int(params.production.max_share * len(source))
     left_out = max(0, len(rows) - cap)
-    rows = rows.iloc[len(rows) - min(cap, len(rows)):] if len(rows) else rows
+    rows = rows.iloc[len(rows) - min(cap, len(rows)):]  # the snapshot is in answer order: the newest are last
     aligned = pd.DataFrame({c: rows[c] if c in rows else "" for c in source.columns}, index=rows.index)
     for column in source.columns:
         if not (pd.api.types.is_object_dtype(source[column]) or pd.api.types.is_string_dtype(source[column])):

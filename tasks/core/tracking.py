@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, Optional
 
 from tasks.core.errors import DistilleryError
@@ -58,6 +59,15 @@ def check_artifact_store() -> None:
     except BotoCoreError as err:  # no endpoint there, or no credentials at all
         raise DistilleryError(f"the S3 artifact store at {S3_ENDPOINT_ENV}={endpoint} cannot be used "
                               f"({type(err).__name__}: {err}); start it (`make stack`) or unset {S3_ENDPOINT_ENV}") from err
+
+
+SQLITE = "sqlite:///"
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a `sqlite:///` tracking URI (relative to the working
+    directory unless absolute); None for any other URI."""
+    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
 
 
 def check_server(uri: str) -> None:
