@@ -33,7 +33,7 @@ import numpy as np
 from tasks.contracts.encoder import TableEncoder
 from tasks.contracts.onnx import (TABLE_INPUT, ArtifactMetadata, Signature, Tensor, answer_output, check_outputs,
                                   check_servable)
-from tasks.contracts.registry import SHA256_TAG
+from tasks.contracts.registry import SHA256_TAG, onnx_files
 from tasks.core.errors import DistilleryError
 
 log = logging.getLogger("deploy.model")
@@ -312,13 +312,14 @@ class RegistrySource:
 
 
 def _onnx_file(folder: Path, where: str, yaml: Any) -> Path:
-    """The ONNX file of a logged MLflow model: MLmodel's onnx flavor names it."""
+    """The ONNX file of a logged MLflow model: MLmodel's onnx flavor names it, or
+    it is the pyfunc wrapper's one artifact (its pickle is never loaded here)."""
     mlmodel = folder / "MLmodel"
     if mlmodel.exists():
         flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("onnx", {})
         if isinstance(flavor, dict) and isinstance(flavor.get("data"), str) and (folder / flavor["data"]).is_file():
             return folder / flavor["data"]
-    found = sorted(folder.glob("*.onnx"))
+    found = onnx_files(folder)
     if len(found) != 1:
         raise DistilleryError(f"{where}: expected one ONNX file in the model's artifacts, found {[p.name for p in found]}")
     return found[0]

@@ -24,7 +24,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -140,6 +140,28 @@ def check_params(root: Path) -> None:
             f"at your data (a folder of .npy files for quickdraw, a file for csv/parquet; data/raw for the bundled sources)")
 
 
+GIT_HINT = ("dvc.lock records this run: `git add dvc.lock && git commit` keeps it as a version "
+            "(and `dvc push` sends its data to a remote, if you set one up)")
+
+
+def without_git_hints(lines: Iterable[str]) -> Iterator[str]:
+    """A stage's output without the block `dvc repro` prints after every stage
+    ("To track the changes with git, run: git add dvc.lock ... Use `dvc push`
+    ..."): ten lines per stage. The flow says it once, at the end (GIT_HINT).
+    Hiding starts at the block's first line and ends at the first line that is
+    not part of it, so no stage output is ever lost."""
+    hiding = False
+    for line in lines:
+        text = line.strip()
+        if text.startswith("To track the changes with git"):
+            hiding = True
+        elif hiding and not (text == "" or line.startswith("\t") or text.startswith(("To enable auto staging",
+                                                                                      "Use `dvc push`"))):
+            hiding = False
+        if not hiding:
+            yield line
+
+
 def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's hook signature
     try:
         state.result()
@@ -190,7 +212,7 @@ def _run_dvc_stage(stage: str, root: Path, where: str, dask_address: str | None)
             cwd=root, env=_stage_env(dask_address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         assert process.stdout is not None
-        for line in process.stdout:
+        for line in without_git_hints(process.stdout):
             sys.stdout.write(line)
             tail.append(line.rstrip())
         if process.wait() != 0:
@@ -220,6 +242,9 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
     for stage in stage_order(root_path):  # one at a time, in order: they share dvc.lock (see above)
         futures.append(run_dvc_stage.submit(stage, root_path, dask_address, wait_for=futures[-1:]))
     results = [future.result() for future in futures]
+    from flows.report import write_report
+
+    write_report(root_path, results)
     create_markdown_artifact(
         key="pipeline-summary", markdown="## Pipeline\n\n" + markdown_table(results), description="stages run or skipped"
     )
@@ -255,9 +280,15 @@ def main() -> None:
     check_server(load_params().mlflow.resolved_uri())
     results = flow_to_run(dask_address=args.dask_address)  # the search's trials go to the same cluster
     ran = [r["stage"] for r in results if r["ran"]]
+    from flows.report import console_summary
+
+    print()
+    if ran:
+        print(GIT_HINT)
     print(f"pipeline done: ran {ran or 'nothing'}; skipped {len(results) - len(ran)} up-to-date stage(s)")
     if args.dask_address:
         print(f"stages ran on {', '.join(sorted({r['where'] for r in results}))} of {args.dask_address}")
+    print("\n".join(console_summary(Path(".").resolve())))
 
 
 if __name__ == "__main__":

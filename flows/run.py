@@ -35,8 +35,11 @@ def main() -> None:
         except LockError as err:  # a live DVC process is working on this project
             raise DistilleryError(f"another DVC command is running here: {err}") from err
         if not stale:
+            from flows.report import console_summary
+
             print(f"pipeline done: ran nothing; skipped {len(stages)} up-to-date stage(s) "
                   "(dvc status is clean, so no Prefect flow run was started)")
+            print("\n".join(console_summary(Path(".").resolve())))
             return
     from flows.pipeline import main as run_flow
 

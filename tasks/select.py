@@ -22,14 +22,15 @@ from typing import Optional
 import numpy as np
 
 from tasks.contracts.onnx import answer_output
-from tasks.contracts.registry import CHAMPION_ALIAS, SHA256_TAG
+from tasks.contracts.registry import CHAMPION_ALIAS, ONNX_ARTIFACT, SHA256_TAG, onnx_files
 from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
-from tasks.core.io import atomic_path, read_json, write_json
+from tasks.core.io import atomic_path, read_json, write_json, write_text
 from tasks.core.params import MlflowParams, SelectParams, load_params
 from tasks.core.provenance import sha256_file
 from tasks.core.report import markdown_table, write_summary
+from tasks.evaluation.card import model_card
 from tasks.evaluation.metrics import task_metrics
 from tasks.onnx.runtime import check_artifact, file_size, read_metadata, run_batches
 
@@ -37,6 +38,8 @@ SECTIONS = ("select",)
 REFERENCE = "teacher.fp32"
 SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece_before_scaling", "ece", "mce", "r2", "rmse", "mae",
                 "size_bytes", "int8_top1_agreement", "int8_max_abs_diff")
+# What the registered pyfunc model needs to load and run (deploy/pyfunc.py), listed: inference is slow.
+PYFUNC_REQUIREMENTS = ["mlflow", "onnxruntime", "onnx", "numpy", "pandas", "orjson", "scikit-learn", "PyYAML"]
 LATENCY_PREFIX = "latency_ms_"  # evaluate's latencies: latency_ms_b<batch>_t<threads>[_p10|_p90]
 
 
@@ -106,11 +109,11 @@ def current_champion(params: SelectParams, x: np.ndarray, y: np.ndarray, meta: P
     except MlflowException:
         return None
     champion = Champion(str(version.version), version.tags.get(SHA256_TAG, ""), None)
-    onnx_files = sorted(folder.glob("*.onnx"))
-    if not onnx_files:
+    found = onnx_files(folder)
+    if not found:
         return champion
     try:
-        metadata, signature, sess = check_artifact(onnx_files[0])
+        metadata, signature, sess = check_artifact(found[0])
     except DistilleryError:  # a champion of an older contract: not comparable, and replaced if this one passes
         return champion
     if (tuple(metadata.classes) != meta.classes or metadata.task != meta.task
@@ -142,13 +145,15 @@ def gate_failures(candidate: dict, params: SelectParams, baseline: float | None,
 
 
 def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: SelectParams,
-             mlflow_cfg: MlflowParams, passed: bool) -> str:
+             mlflow_cfg: MlflowParams, passed: bool, test_x: np.ndarray) -> str:
     """Log the ONNX as an MLflow model and register a version, tagged with its
     provenance and scores. The alias is not touched here (see promote)."""
     import mlflow
-    import onnx
     from mlflow import MlflowClient
 
+    import deploy
+    import tasks
+    from deploy.pyfunc import ChampionModel, signature_and_example
     from tasks.core.tracking import mlflow_run
 
     metadata = read_metadata(path)
@@ -163,12 +168,16 @@ def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: S
         tags["ece"] = f"{scores['ece']:.6f}"
     with mlflow_run(mlflow_cfg, "select", tags):
         mlflow.log_metrics({k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        info = mlflow.onnx.log_model(
-            onnx.load(str(path)),
+        signature, example = signature_and_example(path, test_x)
+        info = mlflow.pyfunc.log_model(
             name="model",
+            python_model=ChampionModel(),
+            artifacts={ONNX_ARTIFACT: str(path)},
+            code_paths=[str(Path(deploy.__file__).parent), str(Path(tasks.__file__).parent)],
+            signature=signature,
+            input_example=example,
             registered_model_name=params.registered_model,
-            pip_requirements=["onnxruntime", "onnx"],  # skip slow dependency inference
-            save_as_external_data=False,
+            pip_requirements=PYFUNC_REQUIREMENTS,  # skip slow dependency inference
         )
     version = str(info.registered_model_version)
     client = MlflowClient()
@@ -189,6 +198,13 @@ def registered_version(params: SelectParams, sha256: str) -> Optional[str]:
     except MlflowException:
         return None
     return str(max(int(v.version) for v in found)) if found else None
+
+
+def describe(registered_model: str, version: str, card: str) -> None:
+    """The model card as the version's description: what MLflow's UI shows on its page."""
+    from mlflow import MlflowClient
+
+    MlflowClient().update_model_version(registered_model, version, description=card)
 
 
 def promote(params: SelectParams, version: str) -> None:
@@ -220,6 +236,21 @@ def versus(candidates: list[dict], champion: str) -> dict:
         "size_ratio": round(ours["size_bytes"] / ref["size_bytes"], 4),
         "quality_drop_points": round(100 * (_quality(ref) - _quality(ours)), 2),
     }
+
+
+def headline(table: dict[str, dict], champion: str, speed_key: str, version: str, task: str) -> dict:
+    """The champion in a few numbers (reports/metrics.json, what `dvc metrics show`
+    prints): its quality, its speed against the reference in the same runtime,
+    its size and its registry version. Strings and per-candidate rows stay in
+    reports/selection.json, so the table fits a terminal."""
+    ours, ref = table[champion], table[REFERENCE]
+    keys = ("r2", "rmse") if task == "regression" else ("macro_f1", "accuracy", "ece")
+    return {**{key: round(ours[key], 4) for key in keys if ours.get(key) is not None},
+            "quality_drop": round(ref["quality"] - ours["quality"], 4),
+            "latency_ms": round(ours[speed_key], 4),
+            "speedup": round(ref[speed_key] / ours[speed_key], 2),
+            "size_kb": round(ours["size_bytes"] / 1024, 1),
+            "version": int(version)}
 
 
 def write_compression_report(champion: str, table: dict[str, dict], meta: ProcessedMeta, params: SelectParams) -> None:
@@ -261,7 +292,7 @@ def main() -> None:
     baseline = current.quality if current is not None else None
     failures = gate_failures(table[champion], params, baseline, meta.task)
     if failures:
-        version = register(source, champion, table[champion], meta, params, all_params.mlflow, passed=False)
+        version = register(source, champion, table[champion], meta, params, all_params.mlflow, passed=False, test_x=x)
         raise DistilleryError(
             f"evaluation gate failed for {champion} (registered as version {version} without the "
             f"'{CHAMPION_ALIAS}' alias; nothing promoted):\n  - " + "\n  - ".join(failures)
@@ -269,26 +300,29 @@ def main() -> None:
     sha256 = sha256_file(source)
     unchanged = current is not None and current.sha256 == sha256
     earlier = current.version if unchanged else registered_version(params, sha256)
-    version = earlier or register(source, champion, table[champion], meta, params, all_params.mlflow, passed=True)
+    version = earlier or register(source, champion, table[champion], meta, params, all_params.mlflow, passed=True, test_x=x)
     with atomic_path(paths.CHAMPION) as tmp:
         shutil.copyfile(source, tmp)
     moves = params.promote and not unchanged
-    write_json(
-        paths.METRICS,
-        {
-            "champion": champion,
-            "reference": REFERENCE,
-            "max_f1_drop": params.max_f1_drop,
-            "speed_key": params.speed_key,
-            "registered_model": params.registered_model,
-            "registered_version": version,
-            "promoted": bool(params.promote),
-            "task": meta.task,
-            "previous_champion_quality": baseline,
-            "candidates": table,
-        },
-    )
+    selection = {
+        "champion": champion,
+        "reference": REFERENCE,
+        "max_f1_drop": params.max_f1_drop,
+        "speed_key": params.speed_key,
+        "registered_model": params.registered_model,
+        "registered_version": version,
+        "promoted": bool(params.promote),
+        "task": meta.task,
+        "previous_champion_quality": baseline,
+        "candidates": table,
+    }
+    write_json(paths.SELECTION, selection)
+    write_json(paths.METRICS, headline(table, champion, params.speed_key, version, meta.task))
     write_compression_report(champion, table, meta, params)
+    card = model_card(selection, read_json(paths.COMPRESSION_REPORT, "compression report"), version,
+                      params.registered_model)
+    write_text(paths.MODEL_CARD, card)
+    describe(params.registered_model, version, card)
     c = table[champion]
     quality_name = "R^2" if meta.task == "regression" else "macro-F1"
     ece = f", ECE {c['ece']:.4f}" if c.get("ece") is not None else ""

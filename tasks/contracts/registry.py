@@ -4,3 +4,13 @@ registered."""
 
 CHAMPION_ALIAS = "champion"  # select moves it last, only after every gate passed; the server follows it
 SHA256_TAG = "sha256"  # on every registered version: the sha256 of its ONNX file
+ONNX_ARTIFACT = "onnx"  # the registered pyfunc model's artifact key for the ONNX file (deploy/pyfunc.py)
+
+
+def onnx_files(folder) -> list:
+    """The ONNX file(s) of a downloaded registered model: beside MLmodel (the
+    older onnx flavor) or among its pyfunc artifacts (artifacts/)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    return sorted(folder.glob("*.onnx")) + sorted((folder / "artifacts").glob("*.onnx"))

@@ -18,7 +18,9 @@ CHAMPION = MODELS / "champion.onnx"
 REPORTS = Path("reports")
 VALIDATION_REPORT = REPORTS / "validation.json"
 EVALUATION_REPORT = REPORTS / "evaluation.json"
-METRICS = REPORTS / "metrics.json"
+METRICS = REPORTS / "metrics.json"  # the headline numbers `dvc metrics show` prints (a few, all numbers)
+MODEL_CARD = REPORTS / "model_card.md"  # the champion's model card (also its registry description)
+SELECTION = REPORTS / "selection.json"  # select's full record: every candidate's row and verdict, the champion
 PLOTS = REPORTS / "plots"
 
 # A table plus arrays: the canonical form every source is turned into.

@@ -248,6 +248,12 @@ def fit(
                     writer.add_scalar(f"{desc}/{key}", value, epoch)
             bar.set_postfix(train=f"{row['train_loss']:.4f}", val=f"{row['val_loss']:.4f}")
             if stop:
+                # Said on the bar and on its own line: a bar left at 38% reads like a hang.
+                bar.set_description(f"{desc}: early stop")
+                bar.refresh()
+                if not quiet:
+                    bar.write(f"{desc}: early stopping ended training at epoch {epoch} of {params.max_epochs} "
+                              f"(best epoch {stopper.best_epoch})")
                 break
     finally:
         bar.close()

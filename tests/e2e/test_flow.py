@@ -90,7 +90,7 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
 
     # The champion is the fastest candidate (every precision competes; the budget is open here),
     # an ONNX that onnxruntime loads and that predicts.
-    metrics = yaml.safe_load((project / "reports/metrics.json").read_text())
+    metrics = yaml.safe_load((project / "reports/selection.json").read_text())
     key = metrics["speed_key"]
     assert metrics["champion"] == min(metrics["candidates"], key=lambda n: metrics["candidates"][n][key])
     champion = project / "models/champion.onnx"
@@ -131,7 +131,7 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
     third = _run_flow(project)
     assert [r["stage"] for r in third if r["ran"]] == ["evaluate", "select"]
     # The same file wins again or another does: a new version only for another file.
-    again = yaml.safe_load((project / "reports/metrics.json").read_text())
+    again = yaml.safe_load((project / "reports/selection.json").read_text())
     now = client.get_model_version_by_alias("distillery", "champion")
     assert (now.version == version.version) == (again["champion"] == metrics["champion"])
     assert now.tags["sha256"] == sha256_file(project / "models/champion.onnx")

@@ -55,7 +55,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project that has run once on its defaults (digits, multiclass)."""
     root = make_project(tmp_path_factory.mktemp("tasks"))
     _dvc(root, "repro")
-    assert json.loads((root / "reports/metrics.json").read_text())["task"] == "multiclass"
+    assert json.loads((root / "reports/selection.json").read_text())["task"] == "multiclass"
     return root
 
 

@@ -4,6 +4,7 @@ stage's order of writes: a real MLflow registry in a temp folder."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -15,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tasks.contracts.processed import X, Y, save_split, write_meta
-from tasks.contracts.registry import CHAMPION_ALIAS, SHA256_TAG
+from tasks.contracts.registry import CHAMPION_ALIAS, SHA256_TAG, onnx_files
 from tasks.core import paths
 from tasks.core.errors import DistilleryError
 from tasks.core.io import read_json, write_json
@@ -64,8 +65,8 @@ def test_register_creates_versions_and_promote_moves_the_champion_alias(registry
     first = onnx_file(tmp_path / "first.onnx", seed=0)
     second = onnx_file(tmp_path / "second.onnx", seed=1)
 
-    v1 = register(first, "student.int8", SCORES, META, SELECT, registry, True)
-    v2 = register(second, "teacher.int8", SCORES, META, SELECT, registry, True)
+    v1 = register(first, "student.int8", SCORES, META, SELECT, registry, True, pixels(2, 0))
+    v2 = register(second, "teacher.int8", SCORES, META, SELECT, registry, True, pixels(2, 0))
     assert (v1, v2) == ("1", "2")
     assert (tmp_path / "mlruns").is_dir()  # MLflow artifacts stay under the temp cwd
 
@@ -85,17 +86,51 @@ def test_register_creates_versions_and_promote_moves_the_champion_alias(registry
     assert client.get_model_version("tiny", "1").tags[SHA256_TAG] == sha256_file(first)
 
     # What the registry serves is the file that was promoted.
-    served = mlflow.onnx.load_model(f"models:/tiny@{CHAMPION_ALIAS}")
-    assert served.graph.SerializeToString() == onnx.load(str(second)).graph.SerializeToString()
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/tiny@{CHAMPION_ALIAS}"))
+    [served] = onnx_files(folder)
+    assert served.read_bytes() == second.read_bytes()
     run = client.get_run(champion.run_id)
     assert run.data.tags["stage"] == "select"
+
+
+def test_the_registered_pyfunc_answers_what_predict_answers(registry, tmp_path):
+    """mlflow.pyfunc and `mlflow models serve` (its scoring app, here in-process)
+    take the rows /predict takes and give its answers; a bad row is a 400 naming it."""
+    import json
+
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    from deploy.model import build_model
+    from deploy.protocol import parse_predict, predictions
+
+    path = onnx_file(tmp_path / "first.onnx", seed=0)
+    version = register(path, "student.int8", SCORES, META, SELECT, registry, True, pixels(2, 0))
+    info = mlflow.models.get_model_info(f"models:/tiny/{version}")
+    assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 64)}}]
+    assert info.saved_input_example_info["type"] == "ndarray"
+
+    rows = np.random.default_rng(3).integers(0, 17, (3, 64)).tolist()  # integers, flat: the README's kind of row
+    served = build_model(path.read_bytes(), name="x", version="1", source="test", threads=1, folder=tmp_path)
+    expected = predictions(served, served.run(parse_predict({"rows": rows}, served, 10).x)[served.answer])
+    pyfunc = mlflow.pyfunc.load_model(f"models:/tiny/{version}")
+    got = pyfunc.predict(np.asarray(rows, np.float32))
+    assert [g["class"] for g in got] == [e["class"] for e in expected]
+    assert [g["probability"] for g in got] == pytest.approx([float(e["probability"]) for e in expected], abs=1e-6)
+
+    client = TestClient(scoring_server.init(pyfunc))
+    answer = client.post("/invocations", json={"inputs": rows})
+    assert answer.status_code == 200, answer.text
+    assert [p["class"] for p in answer.json()["predictions"]] == [e["class"] for e in expected]
+    bad = client.post("/invocations", json={"inputs": [[0] * 63]})
+    assert bad.status_code == 400 and "64" in bad.text, bad.text
 
 
 def test_a_version_that_fails_the_gate_is_registered_without_the_alias(registry, tmp_path):
     first = onnx_file(tmp_path / "first.onnx", seed=0)
     second = onnx_file(tmp_path / "second.onnx", seed=1)
-    promote(SELECT, register(first, "student.int8", SCORES, META, SELECT, registry, True))
-    v2 = register(second, "teacher.int8", {**SCORES, "macro_f1": 0.5}, META, SELECT, registry, False)
+    promote(SELECT, register(first, "student.int8", SCORES, META, SELECT, registry, True, pixels(2, 0)))
+    v2 = register(second, "teacher.int8", {**SCORES, "macro_f1": 0.5}, META, SELECT, registry, False, pixels(2, 0))
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("tiny", CHAMPION_ALIAS).version) == "1"
     assert client.get_model_version("tiny", v2).tags["gate"] == "failed"
@@ -110,7 +145,7 @@ def test_current_champion_quality_is_measured_on_the_given_split(registry, tmp_p
     classes = list(META.classes)
     path = onnx_file(tmp_path / "first.onnx", seed=0)
     assert current_champion(SELECT, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), META) is None  # none yet
-    version = register(path, "student.int8", SCORES, META, SELECT, registry, True)
+    version = register(path, "student.int8", SCORES, META, SELECT, registry, True, pixels(2, 0))
     assert current_champion(SELECT, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), META) is None  # no alias
     promote(SELECT, version)
     rng = np.random.default_rng(0)
@@ -215,13 +250,20 @@ def project(registry):
 
 def test_running_select_twice_on_the_same_champion_creates_one_version(project):
     select.main()
-    first = read_json(paths.METRICS, "metrics")
+    first = read_json(paths.SELECTION, "selection")
     assert first["champion"] == "teacher.int8"
     assert (first["registered_version"], first["promoted"]) == ("1", True)
     assert alias_version() == "1"
+    # The headline `dvc metrics show` prints: numbers only, the champion's, against the reference.
+    headline = read_json(paths.METRICS, "metrics")
+    assert headline["version"] == 1
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in headline.values()), headline
+    champion, reference = first["candidates"]["teacher.int8"], first["candidates"]["teacher.fp32"]
+    assert headline["macro_f1"] == round(champion["macro_f1"], 4)
+    assert headline["speedup"] == round(reference[first["speed_key"]] / champion[first["speed_key"]], 2)
 
     select.main()  # the same files: the champion already is this one
-    second = read_json(paths.METRICS, "metrics")
+    second = read_json(paths.SELECTION, "selection")
     assert versions() == ["1"]
     assert second["registered_version"] == "1"
     assert alias_version() == "1"
@@ -236,7 +278,7 @@ def test_select_promote_false_registers_a_first_version_without_an_alias(project
     select.main()
     assert versions() == ["1"]
     assert alias_version() is None  # nothing promoted, not even a first champion
-    report = read_json(paths.METRICS, "metrics")
+    report = read_json(paths.SELECTION, "selection")
     assert (report["registered_version"], report["promoted"]) == ("1", False)
     assert MlflowClient().get_model_version("tiny", "1").tags[SHA256_TAG] == sha256_file(paths.CHAMPION)
 
@@ -249,7 +291,7 @@ def test_promoting_a_file_registered_earlier_reuses_its_version(project):
     select.main()
     assert versions() == ["1"]
     assert alias_version() == "1"
-    assert read_json(paths.METRICS, "metrics")["registered_version"] == "1"
+    assert read_json(paths.SELECTION, "selection")["registered_version"] == "1"
 
 
 def test_select_promote_false_registers_a_new_file_beside_the_champion(project):
@@ -260,7 +302,7 @@ def test_select_promote_false_registers_a_new_file_beside_the_champion(project):
     select.main()
     assert versions() == ["1", "2"]
     assert alias_version() == "1"  # the champion stays
-    report = read_json(paths.METRICS, "metrics")
+    report = read_json(paths.SELECTION, "selection")
     assert (report["registered_version"], report["promoted"]) == ("2", False)
     assert MlflowClient().get_model_version("tiny", "2").tags[SHA256_TAG] == sha256_file(paths.CHAMPION)
     assert read_metadata(paths.CHAMPION).data_hash == "data1"
@@ -274,7 +316,7 @@ def test_the_alias_moves_only_after_the_champion_file_and_the_reports_are_writte
         # Production follows the alias: everything it points at must already be there.
         assert alias_version() is None
         assert sha256_file(paths.CHAMPION) == sha256_file(paths.ONNX_DIR / "teacher.int8.onnx")
-        report = read_json(paths.METRICS, "metrics")
+        report = read_json(paths.SELECTION, "selection")
         assert report["registered_version"] == version and report["champion"] == "teacher.int8"
         assert paths.COMPRESSION_REPORT.exists()
         assert MlflowClient().get_model_version("tiny", version).tags[SHA256_TAG] == sha256_file(paths.CHAMPION)

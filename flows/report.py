@@ -1,0 +1,317 @@
+"""What a run leaves for people: one self-contained HTML page (reports/index.html)
+and the few lines the console ends with.
+
+The page needs no network: images are inlined as data: URIs, the style is
+inline, and there is no script. It reads only what the stages wrote (the
+reports/ files and the model card), so it shows what was measured, and it is
+rendered after every flow run, or by `python -m flows.report` after a plain
+`dvc repro` (then the stage table says what `dvc status` says, without times).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from tasks.core import paths
+
+INDEX = paths.REPORTS / "index.html"
+QUALITY_DIMENSIONS = ("representation", "completeness", "uniqueness", "balance")
+
+STYLE = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{margin:0 0 4px;font-size:26px} h2{margin:32px 0 10px;font-size:20px;border-bottom:1px solid #d8dce3;padding-bottom:4px}
+h3{font-size:16px;margin:18px 0 6px}
+.muted{color:#5b6475} .card{background:#fff;border:1px solid #d8dce3;border-radius:8px;padding:14px 18px;margin:10px 0}
+.headline{display:flex;flex-wrap:wrap;gap:12px} .headline div{background:#fff;border:1px solid #d8dce3;border-radius:8px;
+padding:10px 16px;min-width:150px} .headline b{display:block;font-size:22px}
+table{border-collapse:collapse;background:#fff;margin:6px 0;font-size:13px} th,td{border:1px solid #d8dce3;padding:4px 8px;
+text-align:left;vertical-align:top} th{background:#eef1f5} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#17803d;font-weight:600} .bad{color:#b42318;font-weight:600} .warn{color:#a15c07;font-weight:600}
+img{max-width:100%;border:1px solid #d8dce3;border-radius:6px;background:#fff} .plots{display:flex;flex-wrap:wrap;gap:12px}
+.plots figure{margin:0;flex:1 1 440px} figcaption{font-size:13px;color:#5b6475}
+.dims{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}
+code{background:#eef1f5;padding:1px 4px;border-radius:4px} nav a{margin-right:14px}
+"""
+
+
+def _read(path: Path) -> Optional[Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return _e("" if value is None else value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return _e(value)
+
+
+def table(rows: list[dict], columns: Optional[list[str]] = None) -> str:
+    """Rows as an HTML table; the columns are every key, in first-seen order."""
+    if not rows:
+        return "<p class=muted>(none)</p>"
+    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class Markup(str):
+    """HTML the report made itself: put in a cell as it is."""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, Markup):
+        return f"<td>{value}</td>"
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"<td class=num>{_num(value)}</td>" if numeric else f"<td>{_num(value)}</td>"
+
+
+def image(path: Path, caption: str) -> str:
+    """A PNG inlined as a data: URI (no file or network request), or why there is none."""
+    shown = Path(*path.parts[path.parts.index("reports"):]) if "reports" in path.parts else path
+    if not path.exists():
+        return f"<figure><p class=muted>{_e(caption)}: not written ({_e(shown)} is absent)</p></figure>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(caption)} (<code>{_e(shown)}</code>)</figcaption></figure>")
+
+
+def verdict(ok: Optional[bool], yes: str = "passed", no: str = "failed") -> str:
+    if ok is None:
+        return "<span class=muted>not run</span>"
+    return f"<span class=ok>{yes}</span>" if ok else f"<span class=bad>{no}</span>"
+
+
+def expectation_name(name: str) -> str:
+    """`expect_column_values_to_be_between` -> `column values to be between`:
+    GX's Data Docs print a custom expectation as raw `expect_...(**{...})`."""
+    return name.removeprefix("expect_").replace("_", " ")
+
+
+def _kwargs(kwargs: dict) -> str:
+    shown = {k: v for k, v in kwargs.items() if k not in ("column", "batch_id")}
+    text = ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in shown.items())
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+def _observed(result: dict) -> str:
+    value = result.get("observed_value")
+    if value is None and result.get("unexpected_count") is not None:
+        return f"{result['unexpected_count']:,} unexpected"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) < 100 else text[:97] + "..."
+
+
+def stage_rows(root: Path, stages: Optional[list[dict]]) -> list[dict]:
+    """The flow's own stage table, or (after a plain `dvc repro`) what `dvc status` says now."""
+    if stages is not None:
+        return [{"stage": s["stage"], "ran": "ran" if s["ran"] else "skipped (up to date)",
+                 "seconds": s["seconds"], "where": s.get("where", "")} for s in stages]
+    from flows.pipeline import is_stale, stage_order
+
+    return [{"stage": name, "ran": "stale" if is_stale(root, name) else "up to date"} for name in stage_order(root)]
+
+
+def _data_quality(quality: dict) -> str:
+    parts = []
+    for dimension in QUALITY_DIMENSIONS:
+        value = quality.get(dimension)
+        if value is None:
+            continue
+        flat = _flatten(value)
+        parts.append(f"<div><h3>{dimension}</h3>" + table([{"measure": k, "value": v} for k, v in flat.items()])
+                     + "</div>")
+    return "<div class=dims>" + "".join(parts) + "</div>"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict:
+    if isinstance(value, dict):
+        out: dict = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}." if not isinstance(v, (int, float, str, bool, type(None)))
+                                else f"{prefix}{k}"))
+        return out
+    if isinstance(value, list):
+        return {prefix.rstrip("."): ", ".join(map(str, value))[:200]}
+    return {prefix.rstrip("."): value}
+
+
+def _markdown(text: str) -> str:
+    import markdown
+
+    # The card is ours (tasks/evaluation/card.py), but escape anyway: column names come from user data.
+    return markdown.markdown(html.escape(text, quote=False), extensions=["tables"])
+
+
+def render(root: Path, stages: Optional[list[dict]] = None) -> str:
+    reports = root / paths.REPORTS
+    selection = _read(root / paths.SELECTION) or {}
+    compression = _read(root / paths.COMPRESSION_REPORT) or {}
+    evaluation = _read(root / paths.EVALUATION_REPORT) or {}
+    validation = _read(root / paths.VALIDATION_REPORT) or {}
+    quality = _read(root / paths.DATA_QUALITY_REPORT) or {}
+    card_path = root / paths.MODEL_CARD
+    champion = selection.get("champion")
+    regression = selection.get("task") == "regression"
+    quality_name = "R²" if regression else "macro-F1"
+    speed_key = selection.get("speed_key", "")
+    rows = selection.get("candidates", {})
+    ours, ref = rows.get(champion, {}), rows.get(selection.get("reference", "teacher.fp32"), {})
+
+    out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Distillery run: {_e(champion)}</title>"
+           f"<style>{STYLE}</style></head><body><main>",
+           "<h1>Distillery run report</h1>",
+           f"<p class=muted>{_e(os.path.basename(str(root)))} · every figure below is read from <code>reports/</code>"
+           " as the stages wrote it</p>",
+           '<nav><a href="#stages">stages</a><a href="#gate">gates</a><a href="#data">data quality</a>'
+           '<a href="#candidates">candidates</a><a href="#evaluation">evaluation</a><a href="#card">model card</a>'
+           '<a href="data_docs/index.html">GX Data Docs</a><a href="model_card.md">model_card.md</a></nav>']
+    if champion:
+        speedup = ref.get(speed_key, 0) / ours[speed_key] if ours.get(speed_key) else None
+        out.append("<h2 id=champion>Champion</h2><div class=headline>"
+                   f"<div>champion<b id=champion-name>{_e(champion)}</b></div>"
+                   f"<div>{quality_name}<b id=champion-quality>{ours.get('quality', 0):.4f}</b></div>"
+                   + (f"<div>ECE<b>{ours['ece']:.4f}</b></div>" if ours.get("ece") is not None else "")
+                   + (f"<div>speed vs teacher.fp32<b>{speedup:.2f}×</b><span class=muted>{_e(speed_key)}</span></div>"
+                      if speedup else "")
+                   + f"<div>size<b>{ours.get('size_bytes', 0) / 1024:.1f} KiB</b></div>"
+                   f"<div>registry<b>v{_e(selection.get('registered_version'))}</b>"
+                   f"<span class=muted>{_e(selection.get('registered_model'))}"
+                   f"{'@champion' if selection.get('promoted') else ' (not promoted)'}</span></div></div>"
+                   "<p>File: <code>models/champion.onnx</code>. Serve it with <code>make serve</code>.</p>")
+    else:
+        out.append("<h2 id=champion>Champion</h2><p class=bad>No champion: select has not completed "
+                   "(see the stage table and its summary).</p>")
+
+    out.append("<h2 id=stages>Stages</h2>" + table(stage_rows(root, stages)))
+
+    out.append("<h2 id=gate>Gates</h2><div class=card>")
+    if validation:
+        out.append(f"<p><b>Data gate</b> (Great Expectations, <code>{_e(validation.get('suite'))}</code>): "
+                   f"{verdict(validation.get('success'))}. Rows in {validation.get('rows_in', 0):,}, valid "
+                   f"{validation.get('rows_valid', 0):,}, quarantined {validation.get('rows_quarantined', 0):,} "
+                   "(<code>data/quarantine/</code>).</p>")
+        out.append(table([{"expectation": expectation_name(r["expectation"]), "column": r.get("column") or "",
+                           "settings": _kwargs(r.get("kwargs", {})), "severity": r.get("severity", ""),
+                           "result": Markup(verdict(r.get("success"))), "observed": _observed(r)}
+                          for r in validation.get("results", [])]))
+    else:
+        out.append("<p><b>Data gate</b>: <span class=muted>not run</span></p>")
+    if champion:
+        out.append(f"<p><b>Evaluation gate</b> (select): {verdict(True)}: the champion reached the "
+                   f"<code>select.*</code> floors and did not fall behind the previous champion "
+                   f"({_num(selection.get('previous_champion_quality')) or 'none comparable'}).</p>")
+    out.append("</div>")
+
+    out.append("<h2 id=data>Data quality</h2>")
+    if quality:
+        out.append(f"<p>{quality.get('rows', 0):,} rows ({_e(quality.get('kind', ''))}). "
+                   'Full expectations and their results: <a href="data_docs/index.html">GX Data Docs</a>.</p>')
+        out.append(_data_quality(quality))
+        plots = [image(reports / "quality" / "balance.png", "class balance")]
+        missing = reports / "quality" / "missingness.png"
+        plots.append(image(missing, "missingness") if missing.exists() else
+                     "<figure><p class=muted>missingness: no plot, because no value is missing</p></figure>")
+        out.append("<div class=plots>" + "".join(plots) + "</div>")
+    else:
+        out.append("<p class=muted>not measured yet (validate has not run)</p>")
+
+    out.append("<h2 id=candidates>Candidates</h2>")
+    if rows:
+        keys = ["quality", "f1_drop", "ece", "size_bytes", speed_key, "eligible", "within_budget", "qualifies"]
+        out.append(table([{"candidate": Markup(f"<b>{_e(n)}</b>" if n == champion else _e(n)),
+                           **{k: r.get(k) for k in keys}} for n, r in rows.items()], ["candidate", *keys]))
+        front = compression.get("pareto_front", [])
+        out.append(f"<p>Pareto front: {', '.join(map(_e, front)) or 'n/a'}.</p>")
+        out.append("<div class=plots>" + image(reports / "pareto.png", "Pareto: latency against quality") + "</div>")
+
+    out.append("<h2 id=evaluation>Evaluation of the champion</h2>")
+    scores = evaluation.get("candidates", {}).get(champion, {}) if champion else {}
+    per_class = [{"class": c, "precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"],
+                  "support": int(v["support"])}
+                 for c, v in scores.get("per_class", {}).items() if isinstance(v, dict) and "recall" in v
+                 and not c.endswith(" avg")]
+    if per_class:
+        out.append(table(per_class))
+    if champion:
+        plots = [image(reports / "plots" / f"{kind}_{champion}.png", caption) for kind, caption in
+                 (("confusion", "confusion matrix"), ("curves", "ROC and PR curves"),
+                  ("reliability", "reliability diagram"), ("residuals", "residuals"))
+                 if (reports / "plots" / f"{kind}_{champion}.png").exists()]
+        out.append("<div class=plots>" + "".join(plots) + "</div>")
+
+    out.append('<h2 id=card>Model card</h2><div class=card>')
+    out.append(_markdown(card_path.read_text()) if card_path.exists() else "<p class=muted>not written yet</p>")
+    out.append("</div></main></body></html>")
+    return "\n".join(out)
+
+
+def write_report(root: Path, stages: Optional[list[dict]] = None) -> Path:
+    from tasks.core.io import write_text
+
+    target = root / INDEX
+    write_text(target, render(root, stages))
+    return target
+
+
+def console_summary(root: Path) -> list[str]:
+    """The lines a run ends with: the champion, where it is, and what to do next."""
+    selection = _read(root / paths.SELECTION)
+    if not selection or selection.get("champion") not in selection.get("candidates", {}):
+        return ["no champion yet: select has not completed (reports/summaries/ says how far the run got)"]
+    rows = selection["candidates"]
+    champion, key = selection["champion"], selection["speed_key"]
+    ours, ref = rows[champion], rows[selection["reference"]]
+    name = "R^2" if selection.get("task") == "regression" else "macro-F1"
+    ece = f", ECE {ours['ece']:.4f}" if ours.get("ece") is not None else ""
+    alias = "alias @champion" if selection.get("promoted") else "not promoted (select.promote: false)"
+    from tasks.core.params import load_params
+
+    uri = load_params(root / paths.PARAMS).mlflow.resolved_uri()
+    return [
+        f"champion: {champion}: {name} {ours['quality']:.4f}{ece} (teacher.fp32: {ref['quality']:.4f}); "
+        f"{ref[key] / ours[key]:.2f}x the teacher's speed ({key}, onnxruntime against onnxruntime), "
+        f"{ours['size_bytes'] / 1024:.1f} KiB",
+        "  file:     models/champion.onnx",
+        f"  registry: {selection['registered_model']} version {selection['registered_version']}, {alias} ({uri})",
+        f"  report:   {INDEX} (open it in a browser; no network needed), model card {paths.MODEL_CARD}",
+        "next:",
+        "  make serve        # serve the champion on http://127.0.0.1:8000 (try /docs)",
+        f"  .venv/bin/mlflow ui --backend-store-uri {uri}   # runs, registry and model card"
+        if uri.startswith("sqlite") else f"  open {uri}   # the MLflow UI: runs, registry and model card",
+    ]
+
+
+def main(argv: Iterable[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write reports/index.html from the reports on disk.")
+    parser.add_argument("--root", default=".", help="the project folder (default: here)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    root = Path(args.root).resolve()
+    print(f"wrote {write_report(root).relative_to(root)}")
+    print("\n".join(console_summary(root)))
+
+
+if __name__ == "__main__":
+    from tasks.core.errors import run_cli
+
+    run_cli(main)
