@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install run test repro bench soak suite serve monitor deploy worker stack stack-down stack-status clean
+.PHONY: install run test repro plots bench soak suite serve monitor deploy worker stack stack-down stack-status clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ run: install
 TEST_WORKERS ?= auto
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+## plots: `dvc plots show` as reports/dvc_plots/index.html, Vega inlined (no CDN); ARGS="diff HEAD" compares
+plots: install
+	$(BIN)/python -m flows.report --plots $(or $(ARGS),show)
 
 ## bench: every benchmark in bench/, results in reports/bench.json
 bench: install
@@ -46,6 +50,7 @@ suite: install
 ## repro: the same DAG through plain DVC (its stages run bin/python: the venv, whatever PATH says)
 repro: install
 	$(BIN)/dvc repro
+	$(BIN)/python -m flows.report
 
 ## monitor: one monitoring pass over the prediction log (drift, operations, live quality -> MLflow)
 monitor: install

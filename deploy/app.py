@@ -34,6 +34,7 @@ import signal
 import time
 import uuid
 from importlib import metadata as importlib_metadata
+from pathlib import Path
 from time import perf_counter
 from typing import Any, Awaitable, Callable
 
@@ -52,6 +53,7 @@ from deploy.settings import ServeSettings
 log = logging.getLogger("deploy.app")
 
 JSON = b"application/json"
+DOCS_ASSETS = {"swagger-ui-bundle.js": b"text/javascript", "swagger-ui.css": b"text/css", "favicon.png": b"image/png"}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
 # Route labels whose refusals go to the prediction log, and the endpoint name logged.
@@ -154,6 +156,8 @@ class ServingApp:
             "/metrics": Route(("GET",), self.render_metrics, "/metrics"),
             "/openapi.json": Route(("GET",), self.openapi, "/openapi.json"),
             "/docs": Route(("GET",), self.docs, "/docs"),
+            # Swagger UI's own files, served from the fastapi-offline wheel: /docs works offline.
+            **{f"/docs/{name}": Route(("GET",), self.docs_asset, "/docs/{asset}", auth=False) for name in DOCS_ASSETS},
             "/v2/repository/index": Route(("POST",), self.repository_index, "/v2/repository/index"),
             "/v2/models/stats": Route(("GET",), self.model_stats, "/v2/models/stats"),
         }
@@ -496,8 +500,17 @@ class ServingApp:
     async def docs(self, request: Request) -> Response:
         from fastapi.openapi.docs import get_swagger_ui_html
 
-        html = get_swagger_ui_html(openapi_url="/openapi.json", title="Distillery model server")
+        html = get_swagger_ui_html(openapi_url="/openapi.json", title="Distillery model server",
+                                   swagger_js_url="/docs/swagger-ui-bundle.js", swagger_css_url="/docs/swagger-ui.css",
+                                   swagger_favicon_url="/docs/favicon.png")
         return 200, bytes(html.body), b"text/html; charset=utf-8", []
+
+    async def docs_asset(self, request: Request) -> Response:
+        import fastapi_offline
+
+        name = request.scope["path"].rsplit("/", 1)[-1]  # one of DOCS_ASSETS: the route table admits no other
+        static = Path(fastapi_offline.__file__).parent / "static"
+        return 200, (static / name).read_bytes(), DOCS_ASSETS[name], [(b"cache-control", b"max-age=86400")]
 
     # ------------------------------------------------------------------ lifecycle
 

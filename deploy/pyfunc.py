@@ -6,7 +6,7 @@ The ONNX file is the model's one artifact; this wrapper runs it through the
 server's own checks (deploy.model.build_model) and its own request parsing
 and answers (deploy.protocol), so a row means the same thing everywhere and a
 bad one is refused with the same message, naming the row and the column. The
-signature says what goes in:
+signature (tasks/select.py, signature_and_example) says what goes in:
 - images: float32 rows of the flat pixel count (MLflow's scoring server casts
   a JSON body's integers to it; the README's pixel row works as it is);
 - tables: the model's columns by name, any type, none required (null is a
@@ -63,26 +63,3 @@ class ChampionModel(mlflow.pyfunc.PythonModel):
         answer = self.model.run(request.x)[self.model.answer]
         # Plain floats and strings, as /predict's JSON: MLflow's encoder knows no numpy scalars.
         return orjson.loads(orjson.dumps(predictions(self.model, answer), option=NUMPY))
-
-
-def signature_and_example(path: Path, test_x: np.ndarray) -> tuple[Any, Any]:
-    """The signature and one input example for the champion at `path`, from its
-    own metadata (the artifact contract): the first test image, flat, or for a
-    table a row of gaps (`test_x` holds encoded features there, not raw rows)."""
-    import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-    from mlflow.types.schema import AnyType
-
-    from tasks.onnx.runtime import check_artifact
-
-    metadata, signature, _ = check_artifact(path)
-    encoder = metadata.preprocessing.encoder
-    if encoder is not None:
-        columns = [*encoder.numeric, *encoder.categorical]
-        schema = Schema([ColSpec(AnyType(), name, required=False) for name in columns])
-        example = pd.DataFrame([{name: None for name in columns}])
-        return ModelSignature(inputs=schema), example
-    size = int(np.prod(signature.input_shape))
-    example = np.asarray(test_x[:1], np.float32).reshape(1, size)
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size))])), example

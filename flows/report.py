@@ -300,13 +300,47 @@ def console_summary(root: Path) -> list[str]:
     ]
 
 
+PLOTS_TEMPLATE = Path(".dvc/tmp/plots_offline.html")
+PLOTS_PAGE = paths.REPORTS / "dvc_plots"
+
+
+def plots_page(root: Path, dvc_args: list[str]) -> Path:
+    """`dvc plots show` (or `diff`, with `dvc_args`) as a page that needs no
+    network: DVC's default page loads Vega from a CDN, so this one gets an HTML
+    template with Vega, Vega-Lite and vega-embed inlined (vl-convert's bundle)."""
+    import subprocess
+    import sys
+
+    import vl_convert
+
+    from tasks.core.errors import DistilleryError
+    from tasks.core.io import write_text
+
+    template = root / PLOTS_TEMPLATE
+    write_text(template, "<!DOCTYPE html><html><head><meta charset=utf-8><title>DVC plots</title>"
+                         f"<script>{vl_convert.javascript_bundle()}</script></head><body>{{plot_divs}}</body></html>")
+    command = [sys.executable, "-m", "dvc", "plots", *(dvc_args or ["show"]), "--html-template", str(template),
+               "-o", str(root / PLOTS_PAGE)]
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise DistilleryError(f"dvc plots failed ({' '.join(command[2:])}):\n{done.stdout}{done.stderr}")
+    return root / PLOTS_PAGE / "index.html"
+
+
 def main(argv: Iterable[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Write reports/index.html from the reports on disk.")
+    parser = argparse.ArgumentParser(
+        description="Write reports/index.html from the reports on disk; with --plots, DVC's plots as an offline page.")
     parser.add_argument("--root", default=".", help="the project folder (default: here)")
+    parser.add_argument("--plots", nargs=argparse.REMAINDER, metavar="DVC_PLOTS_ARGS",
+                        help="write reports/dvc_plots/index.html with `dvc plots show`, or `dvc plots` and these "
+                             "arguments (e.g. --plots diff HEAD)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     root = Path(args.root).resolve()
+    if args.plots is not None:
+        print(f"wrote {plots_page(root, args.plots).relative_to(root)} (open it in a browser; no network needed)")
+        return
     print(f"wrote {write_report(root).relative_to(root)}")
     print("\n".join(console_summary(root)))
 

@@ -91,9 +91,10 @@ def write_plots(name: str, result: dict, classes: list[str], task: str) -> None:
     if task != "multilabel":
         plots.confusion(result["confusion_matrix"], result["confusion_matrix_normalized"], classes, name,
                         paths.PLOTS / f"confusion_{name}.png")
-    plots.curves(result["curves"], name, paths.PLOTS / f"curves_{name}.png")
+    plots.curves(result["curves"], name, paths.PLOTS / f"curves_{name}.png",
+                 (result.get("average_precision") or {}).get("per_class"))
     plots.reliability(result["reliability"], result["ece_before_scaling"], result["ece"], name,
-                      paths.PLOTS / f"reliability_{name}.png")
+                      paths.PLOTS / f"reliability_{name}.png", result.get("temperature"))
     write_json(paths.CURVES / "roc" / f"{name}.json", result["curves"]["roc"])
     write_json(paths.CURVES / "pr" / f"{name}.json", result["curves"]["pr"])
     write_json(paths.CURVES / "reliability" / f"{name}.json", [b for b in result["reliability"] if b["count"]])

@@ -17,7 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -144,6 +144,27 @@ def gate_failures(candidate: dict, params: SelectParams, baseline: float | None,
     return failures
 
 
+def signature_and_example(path: Path, test_x: np.ndarray) -> tuple[Any, Any]:
+    """The signature and one input example for the champion at `path`, from its
+    own metadata (the artifact contract): the first test image, flat, or for a
+    table a row of gaps (`test_x` holds encoded features there, not raw rows)."""
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import AnyType
+
+    metadata, signature, _ = check_artifact(path)
+    encoder = metadata.preprocessing.encoder
+    if encoder is not None:
+        columns = [*encoder.numeric, *encoder.categorical]
+        schema = Schema([ColSpec(AnyType(), name, required=False) for name in columns])
+        example = pd.DataFrame([{name: None for name in columns}])
+        return ModelSignature(inputs=schema), example
+    size = int(np.prod(signature.input_shape))
+    example = np.asarray(test_x[:1], np.float32).reshape(1, size)
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size))])), example
+
+
 def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: SelectParams,
              mlflow_cfg: MlflowParams, passed: bool, test_x: np.ndarray) -> str:
     """Log the ONNX as an MLflow model and register a version, tagged with its
@@ -153,7 +174,7 @@ def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: S
 
     import deploy
     import tasks
-    from deploy.pyfunc import ChampionModel, signature_and_example
+    from deploy.pyfunc import ChampionModel
     from tasks.core.tracking import mlflow_run
 
     metadata = read_metadata(path)

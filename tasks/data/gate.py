@@ -25,6 +25,7 @@ from tasks.core.io import read_json
 from tasks.core.params import ValidateParams
 from tasks.core.report import markdown_table
 from tasks.data.correct import Corrected, correct_images, correct_table
+from tasks.data.quality import class_balance
 
 
 @dataclass
@@ -246,6 +247,10 @@ def quality_summary(report: dict) -> str:
     elif ratio:
         balance_text = (f"imbalance ratio {ratio:.2f}, normalised entropy {balance['normalized_entropy']:.3f}, "
                         f"gini {balance['gini']:.3f}")
+        kept = balance.get("kept")
+        if kept and kept.get("imbalance_ratio") is not None and kept["counts"] != balance["counts"]:
+            balance_text += (f" over every row read; over the rows kept, imbalance ratio {kept['imbalance_ratio']:.2f}, "
+                             f"normalised entropy {kept['normalized_entropy']:.3f}")
     else:
         balance_text = "no labels"
     return markdown_table(
@@ -283,6 +288,11 @@ def gate(dataset: Dataset, task: str, params: ValidateParams, suite: dict,
     parameters = suite_parameters(typed.meta, typed.table)
     outcome = run_suite(typed.table, suite, parameters, docs_dir)
     valid, quarantined = split_quarantine(typed, merge_reasons(corrected.row_issues, outcome.reasons))
-    return GateResult(report=corrected.report, outcome=outcome, valid=valid, quarantined=quarantined)
+    report = corrected.report
+    if report.get("balance", {}).get("counts") and LABEL in valid.table:
+        # The balance of every row read says what the source holds; this, of the rows kept, is what trains.
+        # A few foreign labels in quarantine can make the first look far worse than the data that is used.
+        report["balance"]["kept"] = class_balance(valid.table[LABEL])
+    return GateResult(report=report, outcome=outcome, valid=valid, quarantined=quarantined)
 
 

@@ -261,8 +261,10 @@ def plot_balance(counts: dict[str, int], path: Any) -> None:
     ordered = sorted(counts.items(), key=lambda kv: -kv[1])
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(ordered) + 2), 3.2))
     ax.bar([str(k) for k, _ in ordered], [v for _, v in ordered], color="#4c72b0")
+    ax.set_xlabel("class")
     ax.set_ylabel("samples")
-    ax.set_title("class balance")
+    ratio = f"{ordered[0][1] / ordered[-1][1]:.1f}" if ordered and ordered[-1][1] else "n/a"
+    ax.set_title(f"class balance: imbalance ratio {ratio} (largest / smallest class)", fontsize=9)
     ax.tick_params(axis="x", rotation=45, labelsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:

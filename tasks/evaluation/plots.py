@@ -43,33 +43,50 @@ def confusion(counts: list[list[int]], normalized: list[list[float]], classes: l
     _save(fig, path)
 
 
-def curves(points: dict, title: str, path: Path) -> None:
-    """ROC and precision-recall curves, one line per class (one-vs-rest)."""
+def curves(points: dict, title: str, path: Path, average_precision: dict | None = None) -> None:
+    """ROC and precision-recall curves, one line per class (one-vs-rest); the
+    legends give each class's ROC AUC (the area under the drawn curve) and its
+    average precision (evaluate's)."""
     plt = _pyplot()
-    fig, (roc, pr) = plt.subplots(1, 2, figsize=(9, 4))
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.4))
+    average_precision = average_precision or {}
     for name in dict.fromkeys(row["class"] for row in points["roc"]):
         rows = [r for r in points["roc"] if r["class"] == name]
-        roc.plot([r["fpr"] for r in rows], [r["tpr"] for r in rows], lw=1, label=name)
+        fpr, tpr = [r["fpr"] for r in rows], [r["tpr"] for r in rows]
+        roc.plot(fpr, tpr, lw=1, label=f"{name} (AUC {np.trapezoid(tpr, fpr):.3f})")
         rows = [r for r in points["pr"] if r["class"] == name]
-        pr.plot([r["recall"] for r in rows], [r["precision"] for r in rows], lw=1, label=name)
+        ap = average_precision.get(str(name))
+        pr.plot([r["recall"] for r in rows], [r["precision"] for r in rows], lw=1,
+                label=f"{name} (AP {ap:.3f})" if ap is not None else str(name))
     roc.plot([0, 1], [0, 1], ls=":", color="grey")
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC")
     pr.set(xlabel="recall", ylabel="precision", title=f"{title}: precision-recall")
-    roc.legend(fontsize=6)
+    for ax in (roc, pr):
+        ax.legend(fontsize=6, loc="lower right" if ax is roc else "lower left")
     _save(fig, path)
 
 
-def reliability(bins: list[dict], ece_before: float, ece_after: float, title: str, path: Path) -> None:
-    """Reliability diagram: accuracy per confidence bin against the diagonal."""
+def reliability(bins: list[dict], ece_before: float, ece_after: float, title: str, path: Path,
+                temperature: float | None = None) -> None:
+    """Reliability diagram: accuracy per confidence bin against the diagonal,
+    each bar labelled with its sample count (a bar of 3 says little), and the
+    temperature, with why it stayed at 1 when it did."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig, ax = plt.subplots(figsize=(5, 4.8))
     filled = [b for b in bins if b["count"]]
     width = bins[0]["upper"] - bins[0]["lower"]
-    ax.bar([b["lower"] for b in filled], [b["accuracy"] for b in filled], width=width, align="edge",
-           edgecolor="black", alpha=0.7, label="accuracy")
+    bars = ax.bar([b["lower"] for b in filled], [b["accuracy"] for b in filled], width=width, align="edge",
+                  edgecolor="black", alpha=0.7, label="accuracy (n = samples in the bin)")
+    for bar, b in zip(bars, filled):
+        ax.text(bar.get_x() + width / 2, min(bar.get_height() + 0.02, 0.97), f"n={b['count']}", ha="center",
+                fontsize=6, rotation=90 if len(filled) > 8 else 0, va="bottom")
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-           title=f"{title}\nECE {ece_before:.4f} before scaling, {ece_after:.4f} after")
+    scaled = ("" if temperature is None else
+              f"; temperature {temperature:.2f}" if temperature != 1.0 else
+              "; temperature 1: scaling did not lower the validation ECE")
+    ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence", ylabel="accuracy",
+           title=f"{title}\nECE {ece_before:.4f} before scaling, {ece_after:.4f} after{scaled}")
+    ax.title.set_fontsize(8)
     ax.legend(fontsize=7, loc="upper left")
     _save(fig, path)
 

@@ -112,6 +112,22 @@ def test_label_outside_declared_classes_is_quarantined(tmp_path: Path) -> None:
     assert "expect_column_values_to_be_in_set(label)" in quarantined["reason"][0]
 
 
+def test_balance_is_reported_over_every_row_and_over_the_rows_kept(tmp_path: Path) -> None:
+    """One foreign label in quarantine makes the balance of every row read look
+    far worse (a class of one) than that of the rows kept; both are said."""
+    from tasks.data.gate import quality_summary
+
+    frame = clean_frame()
+    frame.loc[7, "outcome"] = "perhaps"
+    result = run_gate(frame, tmp_path, classes=("yes", "no", "maybe"))
+    balance = result.report["balance"]
+    assert balance["counts"]["perhaps"] == 1 and "perhaps" not in balance["kept"]["counts"]
+    kept = result.valid.table["label"].value_counts()
+    assert balance["kept"]["imbalance_ratio"] == pytest.approx(kept.max() / kept.min())
+    assert balance["imbalance_ratio"] > 10 * balance["kept"]["imbalance_ratio"]
+    assert f"over the rows kept, imbalance ratio {balance['kept']['imbalance_ratio']:.2f}" in quality_summary(result.report)
+
+
 def test_text_in_a_numeric_column_is_quarantined_with_the_value(tmp_path: Path) -> None:
     frame = clean_frame()
     frame.loc[3, "age"] = "Thirty"

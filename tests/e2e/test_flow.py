@@ -137,6 +137,96 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
     assert now.tags["sha256"] == sha256_file(project / "models/champion.onnx")
 
 
+def test_run_report_and_model_card_open_offline_in_chromium(project: Path, tmp_path: Path) -> None:
+    """reports/index.html and the model card, as a user opens them after `make run`:
+    they render with the champion's name, its macro-F1 and the Pareto plot, and
+    the page requests nothing beyond its own file. A page that does load a
+    remote image is caught, so the check is known to see requests."""
+    import base64
+    import json
+    import re
+
+    from browser import open_page
+
+    control = tmp_path / "control.html"
+    control.write_text('<html><body><img src="http://cdn.example.com/x.png"></body></html>')
+    assert open_page(control.as_uri(), tmp_path / "control").remote() == ["http://cdn.example.com/x.png"]
+
+    selection = json.loads((project / "reports/selection.json").read_text())
+    champion = selection["champion"]
+    quality = f"{selection['candidates'][champion]['quality']:.4f}"
+    report = open_page((project / "reports/index.html").as_uri(), tmp_path / "report")
+    assert report.remote() == [], report.requests
+    assert re.search(rf'id="champion-name">{re.escape(champion)}<', report.dom)
+    assert re.search(rf'id="champion-quality">{quality}<', report.dom)
+    pareto = re.search(r'<img alt="Pareto: latency against quality" src="data:image/png;base64,([^"]+)"', report.dom)
+    assert pareto and base64.b64decode(pareto.group(1)) == (project / "reports/pareto.png").read_bytes()
+    assert "Model card: distillery version" in report.dom
+    assert len(report.screenshot) > 20_000  # drawn, not a blank page
+
+    card = open_page((project / "reports/model_card.md").as_uri(), tmp_path / "card")
+    assert card.remote() == [], card.requests
+    assert f"({champion})" in card.dom and f"macro-F1 {quality}" in card.dom
+    for section in ("Intended use", "Training data", "Evaluation data", "Metrics", "Compression history",
+                    "Limitations", "Lineage"):
+        assert f"## {section}" in card.dom
+
+    # `make plots`: DVC's plots page, Vega inlined; ROC and PR draw one line per class.
+    from flows.report import plots_page
+
+    plots = open_page(plots_page(project, ["show"]).as_uri(), tmp_path / "plots", settle_s=3)
+    assert plots.remote() == [], plots.requests
+    assert plots.dom.count('class="marks"') >= 3, plots.dom[-2000:]  # Vega drew (SVG or canvas marks)
+    assert '"color": {"field": "class"' in plots.dom  # .dvc/plots/per_class.json
+
+
+def test_mlflow_models_serve_answers_the_readme_pixel_row(project: Path) -> None:
+    """The README's pixel row, as written there, against `mlflow models serve` on
+    the registry's champion, and the same class as the ONNX file gives."""
+    import json
+    import re
+    import time
+
+    import httpx
+
+    from deploy.model import build_model
+    from deploy.protocol import parse_predict, predictions
+    from serve.serve_helpers import free_port
+
+    body = json.loads(re.search(r"-d '(\{\"rows\".*?\})'", (REPO / "README.md").read_text()).group(1))
+    port = free_port()
+    # As the README says to run it: mlflow starts `uvicorn` by name, so the venv's bin goes first on PATH.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/distillery@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=project, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 180 s"
+            time.sleep(1)
+        answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": body["rows"]}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        served = answer.json()["predictions"]
+        champion = project / "models/champion.onnx"
+        model = build_model(champion.read_bytes(), name="x", version="1", source="test", threads=1,
+                            folder=champion.parent)
+        expected = predictions(model, model.run(parse_predict(body, model, 10).x)[model.answer])
+        assert [p["class"] for p in served] == [e["class"] for e in expected]
+        bad = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [[0, 1, 2]]}, timeout=30)
+        assert bad.status_code == 400, bad.text  # a short row is the client's mistake, said as such
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def stale_after_editing(project: Path, module: str) -> set[str]:
     """Append a comment line to `module`; the stages `dvc status` then calls stale."""
     import contextlib
@@ -192,6 +282,12 @@ def test_make_run_on_an_up_to_date_project_starts_no_flow(project: Path) -> None
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pipeline done: ran ['select']" in done.stdout
     assert (project / "reports/summaries/select.md").exists()
+    # The console ends with what a user needs next, and DVC's git hints are said once, not per stage.
+    last = "\n".join(done.stdout.splitlines()[-15:])
+    champion = yaml.safe_load((project / "reports/selection.json").read_text())["champion"]
+    assert f"champion: {champion}: macro-F1 " in last and "models/champion.onnx" in last and "make serve" in last
+    assert "To track the changes with git" not in done.stdout
+    assert done.stdout.count("git add dvc.lock") == 1
 
 
 def test_failed_gate_stops_the_flow_naming_the_expectation(project: Path, harness) -> None:

@@ -140,6 +140,21 @@ def test_openapi_document_and_docs(server):
     assert "security" not in doc  # no token configured
     r = server.client.get("/docs")
     assert r.status_code == 200 and "swagger" in r.text.lower()
+    assert "cdn" not in r.text and "https://" not in r.text  # its script and style come from the server itself
+    js = server.client.get("/docs/swagger-ui-bundle.js")
+    assert js.status_code == 200 and js.headers["content-type"] == "text/javascript" and len(js.content) > 100_000
+    assert server.client.get("/docs/swagger-ui.css").headers["content-type"] == "text/css"
+    assert server.client.get("/docs/other.js").status_code == 404
+
+
+def test_docs_render_in_chromium_with_no_request_leaving_loopback(server, tmp_path):
+    """Swagger UI as a user opens it, offline: its scripts run and draw every endpoint."""
+    from browser import open_page
+
+    page = open_page(f"{server.url}/docs", tmp_path)
+    assert page.remote() == [], page.requests
+    assert f"{server.url}/docs/swagger-ui-bundle.js" in page.requests and f"{server.url}/openapi.json" in page.requests
+    assert 'class="opblock-summary-path"' in page.dom and "/v2/models/{name}/infer" in page.dom, page.dom[-3000:]
 
 
 def test_wrong_method_and_unknown_path(server):
