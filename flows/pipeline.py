@@ -34,7 +34,7 @@ from tasks.core.errors import EXIT_EXPECTED_FAILURE, DistilleryError, run_cli
 from tasks.core.report import markdown_table
 from tasks.core import paths
 from tasks.core.params import load_params
-from tasks.core.tracking import PIPELINE_RUN_ENV, check_server
+from tasks.core.tracking import PARENT_RUN_ENV, PIPELINE_RUN_ENV, check_server, parent_run, resolved_at
 
 PYTHON_ENV = "DISTILLERY_PYTHON"  # read by bin/python, the interpreter of dvc.yaml's commands
 
@@ -114,16 +114,41 @@ def is_stale(root: Path, stage: str) -> bool:
         return bool(repo.status(targets=[stage]))
 
 
-def _stage_env(dask_address: str | None) -> dict[str, str]:
+def _stage_env(dask_address: str | None, parent: str | None = None) -> dict[str, str]:
     from tasks.core.cluster import DASK_ENV
 
     env = dict(os.environ)
+    if parent:
+        env[PARENT_RUN_ENV] = parent
     if dask_address:  # set here: on a Dask worker, the flow's environment is not this process's
         env[DASK_ENV] = dask_address
     # dvc.yaml's `bin/python` runs the stages with this interpreter: the one running the flow.
     env[PYTHON_ENV] = sys.executable
     env[PIPELINE_RUN_ENV] = str(flow_run.get_id() or "")
     return env
+
+
+def git_commit_of(root: Path) -> str:
+    from tasks.core.provenance import git_commit
+
+    with contextlib.chdir(root):
+        return git_commit()
+
+
+def log_run_report(root: Path, run_id: str, results: list[dict]) -> None:
+    """The pipeline's MLflow run holds what the flow saw: each stage's seconds
+    (0 when skipped), the run report and the model card."""
+    from mlflow import MlflowClient
+
+    from flows.report import INDEX
+
+    client = MlflowClient(tracking_uri=resolved_at(load_params(root / paths.PARAMS).mlflow.resolved_uri(), root))
+    for r in results:
+        client.log_metric(run_id, f"seconds.{r['stage']}", r["seconds"] if r["ran"] else 0.0)
+    client.set_tag(run_id, "stages_ran", ",".join(r["stage"] for r in results if r["ran"]) or "none")
+    for path in (root / INDEX, root / paths.MODEL_CARD):
+        if path.exists():
+            client.log_artifact(run_id, str(path))
 
 
 def check_params(root: Path) -> None:
@@ -192,13 +217,14 @@ def _dask_worker_freed() -> Iterator[str]:
 
 
 @task(retries=2, retry_delay_seconds=3, retry_condition_fn=_retry_if_transient, task_run_name="{stage}")
-def run_dvc_stage(stage: str, root: Path, dask_address: str | None = None) -> dict:
-    """Run one stage through DVC unless it is up to date; publish its summary."""
+def run_dvc_stage(stage: str, root: Path, dask_address: str | None = None, parent: str | None = None) -> dict:
+    """Run one stage through DVC unless it is up to date; publish its summary.
+    `parent`: the pipeline's MLflow run, which the stage's run nests under."""
     with _dask_worker_freed() as where:
-        return _run_dvc_stage(stage, root, where, dask_address)
+        return _run_dvc_stage(stage, root, where, dask_address, parent)
 
 
-def _run_dvc_stage(stage: str, root: Path, where: str, dask_address: str | None) -> dict:
+def _run_dvc_stage(stage: str, root: Path, where: str, dask_address: str | None, parent: str | None) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
     if not is_stale(root, stage):
@@ -209,7 +235,7 @@ def _run_dvc_stage(stage: str, root: Path, where: str, dask_address: str | None)
         tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
         process = subprocess.Popen(
             [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-            cwd=root, env=_stage_env(dask_address), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=root, env=_stage_env(dask_address, parent), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         assert process.stdout is not None
         for line in without_git_hints(process.stdout):
@@ -238,13 +264,17 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
     check_params(root_path)
     if dead := release_dead_locks(root_path):
         get_run_logger().warning("released DVC locks held by killed processes %s", dead)
-    futures: list = []
-    for stage in stage_order(root_path):  # one at a time, in order: they share dvc.lock (see above)
-        futures.append(run_dvc_stage.submit(stage, root_path, dask_address, wait_for=futures[-1:]))
-    results = [future.result() for future in futures]
     from flows.report import write_report
 
-    write_report(root_path, results)
+    flow_run_id = str(flow_run.get_id() or "")
+    with parent_run(load_params(root_path / paths.PARAMS).mlflow, root_path, f"pipeline {flow_run.get_name() or ''}".strip(),
+                    {"pipeline_run": flow_run_id, "git_commit": git_commit_of(root_path)}) as parent:
+        futures: list = []
+        for stage in stage_order(root_path):  # one at a time, in order: they share dvc.lock (see above)
+            futures.append(run_dvc_stage.submit(stage, root_path, dask_address, parent, wait_for=futures[-1:]))
+        results = [future.result() for future in futures]
+        write_report(root_path, results)
+        log_run_report(root_path, parent, results)
     create_markdown_artifact(
         key="pipeline-summary", markdown="## Pipeline\n\n" + markdown_table(results), description="stages run or skipped"
     )

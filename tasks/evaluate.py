@@ -49,6 +49,8 @@ def measure_latency(files: dict[str, Path], x: np.ndarray, params: EvaluateParam
     for threads in params.latency_threads:
         sessions = {name: session(path, threads=threads, spinning=False) for name, path in files.items()}
         for batch in LATENCY_BATCHES:
+            print(f"evaluate: timing {len(files)} candidates at batch {batch}, {threads} thread(s), "
+                  f"{params.latency_rounds} interleaved rounds", flush=True)
             key = latency_key(batch, threads)
             for name, figures in session_latencies(sessions, x, batch, params.latency_seconds,
                                                    params.latency_rounds).items():
@@ -164,6 +166,7 @@ def main() -> None:
     meta = read_meta()
     x, y = load_split("test")
     files = candidate_files(paths.ONNX_DIR)
+    print(f"evaluate: scoring {len(files)} candidates on {len(y):,} test rows", flush=True)
     candidates = {name: evaluate_candidate(path, x, y, meta, params) for name, path in files.items()}
     for name, latency in measure_latency(files, x, params).items():
         candidates[name].update(latency)

@@ -117,12 +117,20 @@ def export_saved(name: str, models_dir: Path, val: tuple[np.ndarray, np.ndarray]
     return export_candidate(name, load_model(models_dir / name), val, calibration, metadata, params, out_dir)
 
 
+def _exported(i: int, n: int, call: tuple) -> dict:
+    figures = export_saved(*call)
+    print(f"export: {i}/{n} {call[0]}: fp32 {figures['fp32_size_bytes']:,} B and int8 {figures['int8_size_bytes']:,} B "
+          "written and checked", flush=True)
+    return figures
+
+
 def kernel_list(kernels: dict[str, int]) -> str:
     return ", ".join(f"{op} x{n}" for op, n in kernels.items()) or "none (float)"
 
 
 def main() -> None:
-    params = load_params(paths.PARAMS, SECTIONS).export
+    all_params = load_params(paths.PARAMS, SECTIONS)
+    params = all_params.export
     meta = read_meta()
     train_x, _ = load_split("train")
     val = load_split("val")
@@ -135,9 +143,15 @@ def main() -> None:
     address = dask_address()
     # Candidates are independent: on a cluster each is a Dask task; here, one after another
     # (a process each would not pay on a laptop: torch's import costs more than an export).
-    results = map_on_cluster(export_saved, calls, address) if address else [export_saved(*call) for call in calls]
+    results = map_on_cluster(export_saved, calls, address) if address else [_exported(i, len(calls), call)
+                                                                            for i, call in enumerate(calls, 1)]
     report = dict(zip(names, results))
     write_json(paths.EXPORT_REPORT, report)
+    from tasks.core.tracking import log_stage
+
+    log_stage(all_params.mlflow, "export", {f"{name}.{key}": value for name, figures in report.items()
+                                            for key, value in figures.items()},
+              {"task": meta.task}, (paths.EXPORT_REPORT,))
     where = f" The {len(names)} candidates were exported in parallel on the Dask cluster at {address}." if address else ""
     write_summary(
         "export",

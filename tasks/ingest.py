@@ -97,7 +97,8 @@ def ingest(params: DataParams) -> Dataset:
 
 
 def main() -> None:
-    params = load_params(paths.PARAMS, SECTIONS).data
+    all_params = load_params(paths.PARAMS, SECTIONS)
+    params = all_params.data
     dataset = ingest(params)
     write_dataset(paths.INGESTED, dataset)
     table, meta = dataset.table, dataset.meta
@@ -113,6 +114,12 @@ def main() -> None:
         f"Per class (as read): {', '.join(f'{c}={n}' for c, n in counts.items())}\n\n"
         f"Content hash: `{meta.data_hash[:16]}`{production_note(meta, params)}",
     )
+    from tasks.core.tracking import log_stage
+
+    log_stage(all_params.mlflow, "ingest", {"rows": meta.rows, "production_rows": meta.production_rows,
+                                            "production_left_out": meta.production_left_out},
+              {"data_source": params.source, "data_hash": meta.data_hash, "kind": meta.kind},
+              (paths.SUMMARIES / "ingest.md",))
 
 
 def production_note(meta: DatasetMeta, params: DataParams) -> str:

@@ -128,6 +128,10 @@ def main() -> None:
         f"Stratified split: {sizes}; {inputs}; train resampling: {meta.resample} "
         f"(train class counts {list(meta.counts['train'])}).\n\nStandardisation fitted on train only.",
     )
+    from tasks.core.tracking import log_stage
+
+    log_stage(params.mlflow, "preprocess", {f"rows_{name}": len(s[Y]) for name, s in splits.items()},
+              {"data_hash": meta.data_hash, "task": meta.task, "resample": meta.resample})
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ def main() -> None:
             fine_tune(pruned, as_tensors(*train), as_tensors(*val), task_loss(meta.task, tuning, weights), tuning,
                       prune_params.fine_tune_epochs)
         save_model(pruned.cpu(), paths.MODELS / f"{name}_pruned")
+        print(f"prune: {name} -> {name}_pruned, {count_nonzero_parameters(model):,} -> "
+              f"{count_nonzero_parameters(pruned):,} parameters; unstructured sweep next", flush=True)
         report[name] = {
             "structured": {"amount": prune_params.structured_amount, "rank": prune_params.rank, "norm": prune_params.norm,
                            "parameters_before": count_nonzero_parameters(model),
@@ -50,6 +52,11 @@ def main() -> None:
                                                      prune_params.scope, val, meta),
         }
     write_json(paths.PRUNING_REPORT, report)
+    from tasks.core.tracking import log_stage
+
+    log_stage(params.mlflow, "prune", {f"{name}.{key}": value for name, r in report.items()
+                                       for key, value in r["structured"].items()},
+              {"task": meta.task, "rank": prune_params.rank}, (paths.PRUNING_REPORT,))
     rows = [{"model": n, **{k: v for k, v in r["structured"].items() if k not in ("norm", "rank")}}
             for n, r in report.items()]
     sweep = [{"model": n, **row} for n, r in report.items() for row in r["unstructured_sweep"]]

@@ -178,7 +178,7 @@ def main() -> None:
     check_fit_params(params.train, "train", meta.task)
     train, val = load_split("train"), load_split("val")
     dask_address = configured_dask_address()
-    with mlflow_run(params.mlflow, "search", {"sampler": params.search.sampler,
+    with mlflow_run(params.mlflow, "search", {"sampler": params.search.sampler, "task": meta.task,
                                               "executor": dask_address or "processes"}) as parent:
         def log_trial(number: int, values: dict, score: float) -> None:
             client = mlflow.MlflowClient()

@@ -26,12 +26,12 @@ from tasks.data.quality import plot_balance, plot_missingness
 SECTIONS = ("task", "validate")
 
 
-def log_to_mlflow(mlflow_cfg, source: str, report: dict, summary: dict) -> None:
+def log_to_mlflow(mlflow_cfg, source: str, report: dict, summary: dict, task: str) -> None:
     import mlflow
 
     from tasks.core.tracking import mlflow_run
 
-    with mlflow_run(mlflow_cfg, "validate", {"data_source": source}):
+    with mlflow_run(mlflow_cfg, "validate", {"data_source": source, "task": task}):
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
         ratio = report["balance"].get("imbalance_ratio")
         if ratio:
@@ -64,7 +64,7 @@ def main() -> None:
     suite_path = Path(params.validate.suite or paths.EXPECTATIONS / f"{dataset.meta.source}.json")
     result = gate(dataset, params.task.type, params.validate, load_suite(suite_path), paths.DATA_DOCS)
     write_reports(result, suite_path)
-    log_to_mlflow(params.mlflow, dataset.meta.source, result.report, result.summary)
+    log_to_mlflow(params.mlflow, dataset.meta.source, result.report, result.summary, result.valid.meta.task or "")
     outcome, summary = result.outcome, result.summary
     if not outcome.success:
         raise DistilleryError(failure_message(outcome, suite_path, dataset.meta.target))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from tasks.core.config import load_yaml, parse
+from tasks.core.errors import DistilleryError
 
 PARAMS_FILE = "params.yaml"
 
@@ -444,8 +445,19 @@ class StageParams:
                              f"{list(self._sections)}; declare it there and list its keys in dvc.yaml")
 
 
+EXPERIMENT_ENV = "DVC_EXP_BASELINE_REV"
+
+
 def load_params(path: str | Path = PARAMS_FILE, sections: Optional[Sequence[str]] = None) -> Any:
     """Every section of `path`, parsed and checked (a bad key anywhere stops any
     stage), as `Params`; or, given `sections`, a view of only those."""
-    params = parse(Params, load_yaml(path, "params file"), str(path))
+    try:
+        params = parse(Params, load_yaml(path, "params file"), str(path))
+    except DistilleryError as err:
+        if os.environ.get(EXPERIMENT_ENV):  # set by DVC on the stages of `dvc exp run`
+            raise DistilleryError(
+                f"{err}\n(under `dvc exp run`: a value given with -S is written into {path} before the stages run, "
+                f"and DVC leaves it there when the run fails; fix it there, or `git checkout {path}` to go back)"
+            ) from err
+        raise
     return params if sections is None else StageParams(params, sections, str(path))

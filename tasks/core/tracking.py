@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from tasks.core.errors import DistilleryError
 from tasks.core.params import MlflowParams
 from tasks.core.provenance import git_commit
 
-# The Prefect flow sets this so every stage's MLflow run can be traced to it.
+# The Prefect flow sets these so every stage's MLflow run can be traced to it:
+# the flow run's id, and the MLflow run the stages' runs nest under.
 PIPELINE_RUN_ENV = "DISTILLERY_PIPELINE_RUN"
+PARENT_RUN_ENV = "DISTILLERY_MLFLOW_PARENT_RUN"
 
 
 def check_answers(service: str, variable: str, url: str, health: str, hint: str, timeout: float = 10) -> None:
@@ -93,5 +95,51 @@ def mlflow_run(cfg: MlflowParams, stage: str, tags: Optional[dict[str, str]] = N
 
     configure(cfg)
     base = {"stage": stage, "git_commit": git_commit(), "pipeline_run": os.environ.get(PIPELINE_RUN_ENV, "")}
+    if os.environ.get(PARENT_RUN_ENV):  # nested under the pipeline's run in MLflow's UI
+        base["mlflow.parentRunId"] = os.environ[PARENT_RUN_ENV]
     with mlflow.start_run(run_name=stage, tags={**base, **(tags or {})}) as run:
         yield run
+
+
+def log_stage(cfg: MlflowParams, stage: str, metrics: dict[str, Any], tags: Optional[dict[str, str]] = None,
+              artifacts: tuple[Path, ...] = ()) -> None:
+    """A stage's run with its numbers, for the stages that train nothing: every
+    stage is a run under the pipeline's, so MLflow shows the whole run."""
+    import mlflow
+
+    with mlflow_run(cfg, stage, tags):
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for path in artifacts:
+            if Path(path).exists():
+                mlflow.log_artifact(str(path))
+
+
+def resolved_at(uri: str, root: Path) -> str:
+    """The tracking URI as the stages see it from `root`: a relative sqlite
+    path is relative to the project, not to whoever calls."""
+    path = sqlite_path(uri)
+    return f"{SQLITE}{(root / path).resolve()}" if path is not None and not path.is_absolute() else uri
+
+
+@contextmanager
+def parent_run(cfg: MlflowParams, root: Path, name: str, tags: dict[str, str]) -> Iterator[Optional[str]]:
+    """One MLflow run for one pipeline run, its id for the stages to nest under
+    (PARENT_RUN_ENV); ended FINISHED, or FAILED when the body raises. Made with
+    a client, not mlflow.start_run: the flow's process keeps no active run."""
+    from mlflow import MlflowClient
+
+    uri = resolved_at(cfg.resolved_uri(), root)
+    check_server(uri)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    # Created where a stage (cwd = root) would create it, artifacts in the project's mlruns/.
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        cfg.experiment, artifact_location=None if not uri.startswith(SQLITE) else (root / "mlruns").resolve().as_uri())
+    run = client.create_run(experiment_id, run_name=name, tags={"stage": "pipeline", **tags})
+    try:
+        yield run.info.run_id
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")

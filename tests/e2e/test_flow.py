@@ -77,6 +77,7 @@ def _run_flow(root: Path) -> list[dict]:
 
 
 def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, harness, monkeypatch) -> None:
+    import mlflow
     import onnxruntime as ort
     from dvc.repo import Repo
     from mlflow import MlflowClient
@@ -109,6 +110,19 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
     assert len(version.tags["git_commit"]) == 40
     data_meta = yaml.safe_load((project / "data/processed/meta.json").read_text())
     assert version.tags["data_hash"] == data_meta["data_hash"]
+    assert version.description.startswith(f"# Model card: distillery version {version.version}")
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # restored after the test (conftest)
+    info = mlflow.models.get_model_info(f"models:/distillery/{version.version}")
+    assert info.signature is not None and info.saved_input_example_info is not None
+
+    # One MLflow run for the pipeline run, FINISHED, with every stage's run nested under it.
+    experiment = client.get_experiment_by_name("distillery")
+    (parent,) = client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'")
+    assert parent.info.status == "FINISHED" and parent.data.tags["stages_ran"] == ",".join(stages)
+    nested = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {r.data.tags["stage"] for r in nested} == set(stages) - {"search"}  # search is disabled here
+    assert all(r.data.tags.get("task") or r.data.tags["stage"] == "ingest" for r in nested)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"index.html", "model_card.md"}
 
     # DVC agrees nothing is stale, and a second flow run skips every stage.
     with Repo(str(project)) as repo:
@@ -174,10 +188,11 @@ def test_run_report_and_model_card_open_offline_in_chromium(project: Path, tmp_p
     # `make plots`: DVC's plots page, Vega inlined; ROC and PR draw one line per class.
     from flows.report import plots_page
 
-    plots = open_page(plots_page(project, ["show"]).as_uri(), tmp_path / "plots", settle_s=3)
+    page = plots_page(project, ["show"])
+    assert '"color": {"field": "class"' in page.read_text()  # .dvc/plots/per_class.json (vegaEmbed replaces it)
+    plots = open_page(page.as_uri(), tmp_path / "plots", settle_s=3)
     assert plots.remote() == [], plots.requests
     assert plots.dom.count('class="marks"') >= 3, plots.dom[-2000:]  # Vega drew (SVG or canvas marks)
-    assert '"color": {"field": "class"' in plots.dom  # .dvc/plots/per_class.json
 
 
 def test_mlflow_models_serve_answers_the_readme_pixel_row(project: Path) -> None:
