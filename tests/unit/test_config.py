@@ -260,6 +260,16 @@ def test_a_typo_of_a_key_is_refused_with_the_near_miss(tmp_path, raw_params):
     assert f"{path}: 'train.lrr': unknown key; did you mean 'lr'?" in message
 
 
+def test_a_bad_value_under_dvc_exp_run_says_it_stays_in_params_yaml(tmp_path, raw_params, monkeypatch):
+    """`dvc exp run -S train.lr=abc` writes abc into params.yaml before the stages
+    run, and DVC leaves it there when they fail: the error says so, and how back."""
+    message, path = load_error(tmp_path, set_dotted(raw_params, "train.lr", "abc"))
+    assert "dvc exp run" not in message  # a plain run: nothing to say about -S
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)  # what DVC sets for the stages of an experiment
+    message, path = load_error(tmp_path, set_dotted(raw_params, "train.lr", "abc"))
+    assert "'train.lr'" in message and "-S" in message and f"git checkout {path}" in message
+
+
 def test_a_typo_of_a_choice_is_refused_with_the_near_miss(tmp_path, raw_params):
     message, _ = load_error(tmp_path, set_dotted(raw_params, "train.clip", "nrom"))
     assert "'train.clip'" in message and "did you mean 'norm'?" in message
