@@ -181,7 +181,7 @@ def render(root: Path, stages: Optional[list[dict]] = None) -> str:
            "<h1>Distillery run report</h1>",
            f"<p class=muted>{_e(os.path.basename(str(root)))} · every figure below is read from <code>reports/</code>"
            " as the stages wrote it</p>",
-           '<nav><a href="#stages">stages</a><a href="#gate">gates</a><a href="#data">data quality</a>'
+           '<nav><a href="#stages">stages</a><a href="#gate">gates</a><a href="#data">data quality</a><a href="#label-issues">label issues</a>'
            '<a href="#candidates">candidates</a><a href="#evaluation">evaluation</a><a href="#card">model card</a>'
            '<a href="data_docs/index.html">GX Data Docs</a><a href="model_card.md">model_card.md</a></nav>']
     if champion:
@@ -231,6 +231,24 @@ def render(root: Path, stages: Optional[list[dict]] = None) -> str:
         plots.append(image(missing, "missingness") if missing.exists() else
                      "<figure><p class=muted>missingness: no plot, because no value is missing</p></figure>")
         out.append("<div class=plots>" + "".join(plots) + "</div>")
+    else:
+        out.append("<p class=muted>not measured yet (validate has not run)</p>")
+
+    labels = _read(root / paths.LABEL_ISSUES_REPORT) or {}
+    out.append("<h2 id=label-issues>Label issues</h2>")
+    if labels.get("skipped_reason"):
+        out.append(f"<p class=muted>not looked for: {_e(labels['skipped_reason'])}</p>")
+    elif labels:
+        skipped = "".join(f"; class <code>{_e(c)}</code> skipped ({n} rows, fewer than the folds)"
+                          for c, n in labels.get("skipped_classes", {}).items())
+        out.append(f"<p>Confident learning (out-of-fold logistic regression): <b>{labels['suspects']:,}</b> likely "
+                   f"label errors among {labels['checked_rows']:,} rows ({labels['flagged_rate']:.1%}; estimated "
+                   f"rate {labels['estimated_rate']:.1%}); action <code>{_e(labels['action'])}</code>: "
+                   f"{labels['quarantined']:,} quarantined, {labels['relabelled']:,} relabelled{skipped}. "
+                   "Full list: <code>reports/label_issues.json</code>.</p>")
+        out.append(table(labels.get("issues", [])[:10]))
+        out.append("<div class=plots>" + image(reports / "label_issues.png", "top suspects: given -> suggested")
+                   + "</div>")
     else:
         out.append("<p class=muted>not measured yet (validate has not run)</p>")
 

@@ -21,6 +21,7 @@ from tasks.core.io import write_json
 from tasks.core.params import load_params
 from tasks.core.report import write_summary
 from tasks.data.gate import GateResult, failure_message, gate, load_suite, quality_summary
+from tasks.data.label_issues import plot_label_issues
 from tasks.data.quality import plot_balance, plot_missingness
 
 SECTIONS = ("task", "validate")
@@ -45,6 +46,8 @@ def log_to_mlflow(mlflow_cfg, source: str, report: dict, summary: dict, task: st
 def write_reports(result: GateResult, suite_path: Path) -> None:
     report, outcome, summary = result.report, result.outcome, result.summary
     write_json(paths.DATA_QUALITY_REPORT, report)
+    write_json(paths.LABEL_ISSUES_REPORT, result.label_report)
+    plot_label_issues(result.label_issues, [result.valid, result.quarantined], paths.LABEL_ISSUES_PLOT)
     plot_balance(report["balance"]["counts"], paths.QUALITY_PLOTS / "balance.png")
     if report["kind"] == "tabular" and summary["rows_in"]:
         typed = pd.concat([result.valid.table, result.quarantined.table.drop(columns=REASON)])
@@ -54,6 +57,18 @@ def write_reports(result: GateResult, suite_path: Path) -> None:
         {**summary, "suite": str(suite_path), "data_docs": str(paths.DATA_DOCS / "index.html"),
          "results": outcome.results},
     )
+
+
+def label_issue_summary(report: dict) -> str:
+    if report.get("skipped_reason"):
+        return f"Label errors: not looked for ({report['skipped_reason']})."
+    skipped = (" Skipped, too few rows for the folds: " + ", ".join(f"class `{c}` ({n} rows)"
+               for c, n in report["skipped_classes"].items()) + ".") if report["skipped_classes"] else ""
+    done = {"report": "reported only", "quarantine": f"{report['quarantined']} quarantined (reason label_issue)",
+            "relabel": f"{report['relabelled']} relabelled"}[report["action"]]
+    return (f"Label errors (confident learning): {report['suspects']} likely among {report['checked_rows']} rows "
+            f"({report['flagged_rate']:.1%}; estimated rate {report['estimated_rate']:.1%}); {done}. "
+            f"See `{paths.LABEL_ISSUES_REPORT}`.{skipped}")
 
 
 def main() -> None:
@@ -76,7 +91,7 @@ def main() -> None:
         f"Suite `{suite_path}`: **passed** ({sum(r['success'] for r in outcome.results)}/{len(outcome.results)} "
         f"expectations met; warnings: {warned}).\n\n"
         f"Rows in {summary['rows_in']}, valid {summary['rows_valid']}, quarantined {summary['rows_quarantined']}.\n\n"
-        + quality_summary(result.report),
+        + quality_summary(result.report) + "\n\n" + label_issue_summary(result.label_report),
     )
 
 

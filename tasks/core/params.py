@@ -103,6 +103,26 @@ class DataParams:
 
 
 @dataclass(frozen=True)
+class LabelIssuesParams:
+    """Likely label errors by confident learning (tasks/data/label_issues.py)."""
+
+    action: Literal["report", "quarantine", "relabel"]  # relabel: suspects scored >= relabel_above take the suggestion
+    relabel_above: float  # margin p(suggested) - p(given), in [0, 1]
+    folds: int  # out-of-fold probabilities; a class with fewer rows is reported and skipped
+    seed: int
+    max_rate: float  # the gate: a GX expectation on the fraction of rows flagged
+    severity: Literal["warning", "critical"]  # critical: a rate over max_rate stops the flow
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.relabel_above <= 1:
+            raise ValueError("relabel_above must lie in [0, 1]")
+        if self.folds < 2:
+            raise ValueError("folds must be at least 2")
+        if not 0 <= self.max_rate <= 1:
+            raise ValueError("max_rate must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
 class ValidateParams:
     suite: Optional[str]  # GX suite JSON; null means expectations/<data.source>.json
     missing_tokens: tuple[str, ...]  # text values that mean "missing" ("", ".", "NA", ...)
@@ -115,6 +135,7 @@ class ValidateParams:
     near_duplicate_decimals: int  # numbers rounded to this many decimals when looking for near-duplicate rows
     outlier_method: Literal["iqr", "robust_z"]
     outlier_threshold: float  # IQR multiplier (1.5 usual) or robust z cut-off (3.5 usual)
+    label_issues: LabelIssuesParams
 
     def __post_init__(self) -> None:
         if not 0 < self.near_duplicate_ratio <= 1:

@@ -18,13 +18,14 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from tasks.contracts.dataset import IMAGES, LABEL, REASON, ROW_ID, Dataset, DatasetMeta
+from tasks.contracts.dataset import IMAGES, LABEL, LABELS, REASON, ROW_ID, Dataset, DatasetMeta
 from tasks.core import paths
 from tasks.core.errors import DistilleryError
 from tasks.core.io import read_json
 from tasks.core.params import ValidateParams
 from tasks.core.report import markdown_table
 from tasks.data.correct import Corrected, correct_images, correct_table
+from tasks.data.label_issues import LabelIssues, find_label_issues
 from tasks.data.quality import class_balance
 
 
@@ -270,6 +271,8 @@ class GateResult:
     outcome: ValidationOutcome
     valid: Dataset
     quarantined: Dataset
+    label_issues: Optional[LabelIssues] = None
+    label_report: dict[str, Any] = field(default_factory=dict)  # reports/label_issues.json
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -287,12 +290,64 @@ def gate(dataset: Dataset, task: str, params: ValidateParams, suite: dict,
     corrected, typed = assess(dataset, task, params)
     parameters = suite_parameters(typed.meta, typed.table)
     outcome = run_suite(typed.table, suite, parameters, docs_dir)
-    valid, quarantined = split_quarantine(typed, merge_reasons(corrected.row_issues, outcome.reasons))
+    reasons = merge_reasons(corrected.row_issues, outcome.reasons)
+    valid, quarantined = split_quarantine(typed, reasons)
+    # Label errors are looked for among the rows kept: a row already refused says nothing about the others.
+    options = params.label_issues
+    issues = find_label_issues(valid, list(typed.meta.classes or ()), task, options.folds, options.seed)
+    relabelled = 0
+    if issues.skipped_reason is None:
+        flags = set(issues.row_ids)
+        rate = pd.DataFrame({ROW_ID: valid.table[ROW_ID],
+                             LABEL_ISSUE_COLUMN: [float(r in flags) for r in valid.table[ROW_ID]]})
+        gate_on_rate = run_suite(rate, label_issue_suite(options.max_rate, options.severity), {})
+        outcome.results.extend(gate_on_rate.results)
+        outcome.success = not outcome.failed
+    if options.action == "quarantine" and issues.row_ids:
+        reasons = merge_reasons(reasons, {r: [f"{LABEL_ISSUE_REASON}: given {g}, suggested {s} (score {c:.3f})"]
+                                          for r, g, s, c in zip(issues.row_ids, issues.given, issues.suggested,
+                                                                issues.scores)})
+        valid, quarantined = split_quarantine(typed, reasons)
+    elif options.action == "relabel":
+        relabelled = relabel(valid, issues, options.relabel_above)
+    label_report = issues.report(options.action, relabelled,
+                                 len(issues.row_ids) if options.action == "quarantine" else 0)
     report = corrected.report
     if report.get("balance", {}).get("counts") and LABEL in valid.table:
         # The balance of every row read says what the source holds; this, of the rows kept, is what trains.
         # A few foreign labels in quarantine can make the first look far worse than the data that is used.
         report["balance"]["kept"] = class_balance(valid.table[LABEL])
-    return GateResult(report=report, outcome=outcome, valid=valid, quarantined=quarantined)
+    return GateResult(report=report, outcome=outcome, valid=valid, quarantined=quarantined, label_issues=issues,
+                      label_report=label_report)
+
+
+LABEL_ISSUE_COLUMN = "label_issue"  # 1.0 for a row confident learning flags, in the gate's rate check
+LABEL_ISSUE_REASON = "label_issue"  # the quarantine reason under `label_issues.action: quarantine`
+
+
+def label_issue_suite(max_rate: float, severity: str) -> dict:
+    """The gate on the label-error rate: the mean of the flags is the fraction flagged."""
+    return {"name": "label_issues", "expectations": [
+        {"type": "expect_column_mean_to_be_between", "severity": severity,
+         "kwargs": {"column": LABEL_ISSUE_COLUMN, "min_value": 0.0, "max_value": max_rate}}]}
+
+
+def relabel(valid: Dataset, issues: LabelIssues, above: float) -> int:
+    """Give the suspects scored at `above` or more the suggested label, in the
+    table and (images) in the label array; how many changed. In place."""
+    chosen = {r: s for r, s, c in zip(issues.row_ids, issues.suggested, issues.scores) if c >= above}
+    if not chosen:
+        return 0
+    table = valid.table
+    mask = table[ROW_ID].isin(list(chosen)).to_numpy()
+    suggested = [chosen[int(r)] for r in table.loc[mask, ROW_ID]]
+    if LABELS in valid.arrays:  # images: labels are class indices
+        index = {c: i for i, c in enumerate(issues.classes)}
+        values = np.array([index[s] for s in suggested], dtype=valid.arrays[LABELS].dtype)
+        valid.arrays[LABELS][mask] = values
+        table.loc[mask, LABEL] = values
+    else:
+        table.loc[mask, LABEL] = suggested
+    return int(mask.sum())
 
 

@@ -125,6 +125,12 @@ def model_card(selection: dict, compression: dict, version: str, registered_mode
     if kept.get("imbalance_ratio") is not None:
         lines.append(f"- **Class balance** (rows kept): imbalance ratio {kept['imbalance_ratio']:.2f}, "
                      f"normalised entropy {_f(kept.get('normalized_entropy'), 3)}.")
+    labels = _optional(paths.LABEL_ISSUES_REPORT)
+    if labels and not labels.get("skipped_reason"):
+        lines.append(f"- **Label errors** (confident learning): {labels['suspects']:,} likely among "
+                     f"{labels['checked_rows']:,} rows ({labels['flagged_rate']:.1%}, estimated rate "
+                     f"{labels['estimated_rate']:.1%}); action `{labels['action']}`: {labels['quarantined']:,} "
+                     f"quarantined, {labels['relabelled']:,} relabelled (`reports/label_issues.json`).")
     if validation:
         lines.append(f"- **Gate**: Great Expectations suite `{validation['suite']}`: "
                      f"{'passed' if validation['success'] else 'failed'} (Data Docs: `reports/data_docs/index.html`).")
