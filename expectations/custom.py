@@ -25,6 +25,24 @@ from great_expectations.expectations.metrics.table_metric_provider import TableM
 from tasks.data import quality
 
 
+def readable(sentence: str) -> classmethod:
+    """The line Data Docs print for an expectation, `$name` standing for its
+    settings (GX prints a custom expectation without one as raw
+    `expect_...(**{...})`). Made per class: GX registers the renderers a class
+    itself defines."""
+    from great_expectations.render import LegacyRendererType, RenderedStringTemplateContent
+    from great_expectations.render.renderer.renderer import renderer
+
+    def _prescriptive_renderer(cls, configuration=None, result=None, runtime_configuration=None, **kwargs):
+        params = dict(configuration.kwargs) if configuration else {}
+        styling = (runtime_configuration or {}).get("styling")
+        return [RenderedStringTemplateContent(content_block_type="string_template",
+                                              string_template={"template": sentence, "params": params,
+                                                               "styling": styling})]
+
+    return classmethod(renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)(_prescriptive_renderer))
+
+
 class ColumnValueCountsMin(ColumnAggregateMetricProvider):
     """The count of the rarest class. With `value_set`, only those classes count
     (a stray label is not a class, so it cannot fail this), and a declared class
@@ -94,6 +112,7 @@ class ExpectColumnValueCountsToBeAtLeast(ColumnAggregateExpectation):
     min_count: int
     value_set: Union[list, SuiteParameterDict, None] = None  # a list, or {"$PARAMETER": name}
 
+    _prescriptive_renderer = readable("every class of $column must have at least $min_count rows")
     metric_dependencies = ("column.value_counts_min",)
     success_keys = ("min_count", "value_set")
 
@@ -108,6 +127,7 @@ class ExpectColumnImbalanceRatioToBeAtMost(ColumnAggregateExpectation):
 
     max_ratio: float
 
+    _prescriptive_renderer = readable("$column: largest class / smallest class must be at most $max_ratio")
     metric_dependencies = ("column.class_balance",)
     success_keys = ("max_ratio",)
 
@@ -123,6 +143,7 @@ class ExpectColumnNormalizedEntropyToBeAtLeast(ColumnAggregateExpectation):
 
     min_value: float
 
+    _prescriptive_renderer = readable("$column: class entropy / log(classes) must be at least $min_value")
     metric_dependencies = ("column.class_balance",)
     success_keys = ("min_value",)
 
@@ -140,6 +161,8 @@ class ExpectTableNearDuplicateFractionToBeAtMost(BatchExpectation):
     decimals: int = 2
     ignore_columns: list[str] = []
 
+    _prescriptive_renderer = readable("at most $max_fraction of the rows may repeat an earlier row "
+                                      "(numbers rounded to $decimals decimals, text folded)")
     metric_dependencies = ("table.near_duplicate_fraction",)
     domain_keys: ClassVar[tuple[str, ...]] = ("row_condition", "condition_parser")
     success_keys = ("max_fraction", "decimals", "ignore_columns")
@@ -158,6 +181,7 @@ class ExpectTableColumnsMissingFractionToBeAtMost(BatchExpectation):
     max_fraction: float
     ignore_columns: list[str] = []
 
+    _prescriptive_renderer = readable("no column may miss more than $max_fraction of its values")
     metric_dependencies = ("table.columns_missing_fraction",)
     domain_keys: ClassVar[tuple[str, ...]] = ("row_condition", "condition_parser")
     success_keys = ("max_fraction", "ignore_columns")

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from tasks.contracts.onnx import answer_output
-from tasks.contracts.registry import CHAMPION_ALIAS, ONNX_ARTIFACT, SHA256_TAG, onnx_files
+from tasks.contracts.registry import CHAMPION_ALIAS, DVC_TAG_PREFIX, ONNX_ARTIFACT, SHA256_TAG, onnx_files
 from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
@@ -30,7 +30,7 @@ from tasks.core.io import atomic_path, read_json, write_json, write_text
 from tasks.core.params import MlflowParams, SelectParams, load_params
 from tasks.core.provenance import sha256_file
 from tasks.core.report import markdown_table, write_summary
-from tasks.evaluation.card import model_card
+from tasks.evaluation.card import dvc_hashes, model_card, params_hash
 from tasks.evaluation.metrics import task_metrics
 from tasks.onnx.runtime import check_artifact, file_size, read_metadata, run_batches
 
@@ -185,10 +185,15 @@ def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: S
             "production_rows": str(meta.production_rows)}
     if meta.production_snapshot:
         tags["production_snapshot"] = meta.production_snapshot
+    # Lineage (python -m tasks.trace): the settings, and dvc.lock's hash of every input the stages used.
+    tags["params_hash"] = params_hash()
+    tags.update({f"{DVC_TAG_PREFIX}{dep}": md5 for dep, md5 in dvc_hashes(everything=True).items()})
     if scores.get("ece") is not None:
         tags["ece"] = f"{scores['ece']:.6f}"
     with mlflow_run(mlflow_cfg, "select", tags):
         mlflow.log_metrics({k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if Path("dvc.lock").exists():  # the lock as it stood: restores this data even if it is never committed
+            mlflow.log_artifact("dvc.lock", "lineage")
         signature, example = signature_and_example(path, test_x)
         info = mlflow.pyfunc.log_model(
             name="model",

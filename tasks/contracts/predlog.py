@@ -281,3 +281,17 @@ def lookup(folder: str | Path, keys: pd.DataFrame) -> pd.DataFrame:
                 db.close()
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def request_rows(folder: str | Path, request_id: str) -> pd.DataFrame:
+    """Every logged row of one request (answered or refused), from whichever file holds them."""
+    frames = []
+    for path in log_files(folder):
+        db = _reader(path)
+        try:
+            frames.append(_with_all_columns(pd.read_sql_query(
+                f"SELECT * FROM {TABLE} WHERE {REQUEST_ID} = ? ORDER BY {ROW}", db, params=(request_id,))))
+        finally:
+            db.close()
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", *NAMES])

@@ -26,17 +26,18 @@ def params_hash(path: Path = paths.PARAMS) -> str:
     return hashlib.sha256(yaml.safe_dump(parsed, sort_keys=True).encode()).hexdigest()
 
 
-def dvc_hashes(lock: Path = Path("dvc.lock")) -> dict[str, str]:
-    """The md5 dvc.lock records for the data outputs in LINEAGE_OUTS (stages
-    write dvc.lock one by one, so select sees those of every earlier stage)."""
+def dvc_hashes(lock: Path = Path("dvc.lock"), everything: bool = False) -> dict[str, str]:
+    """The md5 dvc.lock records for the data outputs in LINEAGE_OUTS, or with
+    `everything` for every dep and out of every stage (data and code). Stages
+    write dvc.lock one by one, so select sees those of every earlier stage."""
     if not lock.exists():
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
     found = {}
     for stage in stages.values():
-        for out in stage.get("outs", []):
-            if out.get("path") in LINEAGE_OUTS:
-                found[out["path"]] = out.get("md5", "")
+        for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
+            if (everything or entry.get("path") in LINEAGE_OUTS) and entry.get("md5"):
+                found[entry["path"]] = entry["md5"]
     return found
 
 

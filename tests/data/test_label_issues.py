@@ -13,6 +13,7 @@ import pytest
 from tasks.contracts.dataset import LABEL, LABELS, REASON, ROW_ID, Dataset
 from tasks.core.params import load_params
 from tasks.data.gate import gate, load_suite
+from bench.bench_label_issues import flip_labels
 from tasks.data.label_issues import confident_learning
 from tasks.ingest import ingest
 
@@ -25,19 +26,6 @@ def digits() -> Dataset:
     return ingest(PARAMS.data)
 
 
-def flipped(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, set[int]]:
-    """`fraction` of the labels moved to another class, seeded; the row ids flipped."""
-    rng = np.random.default_rng(seed)
-    labels = dataset.arrays[LABELS].copy()
-    rows = rng.choice(len(labels), int(round(fraction * len(labels))), replace=False)
-    k = len(dataset.meta.classes)
-    labels[rows] = (labels[rows] + rng.integers(1, k, len(rows))) % k
-    table = dataset.table.copy()
-    table[LABEL] = labels
-    return Dataset(table=table, arrays={**dataset.arrays, LABELS: labels}, meta=dataset.meta), \
-        set(table[ROW_ID].to_numpy()[rows].tolist())
-
-
 def run(dataset: Dataset, **options):
     validate = replace(PARAMS.validate, label_issues=replace(PARAMS.validate.label_issues, **options))
     result = gate(dataset, "multiclass", validate, load_suite(REPO / "expectations/digits.json"))
@@ -47,7 +35,7 @@ def run(dataset: Dataset, **options):
 
 
 def test_three_percent_flips_are_found_with_precision_and_recall_over_0_6(digits):
-    noisy, flips = flipped(digits, 0.03)
+    noisy, flips = flip_labels(digits, 0.03)
     result = run(noisy)
     report = result.label_report
     found = {issue["row_id"] for issue in report["issues"]}
@@ -63,7 +51,7 @@ def test_three_percent_flips_are_found_with_precision_and_recall_over_0_6(digits
 
 
 def test_quarantine_moves_the_suspects_with_their_reason(digits):
-    noisy, _ = flipped(digits, 0.03)
+    noisy, _ = flip_labels(digits, 0.03)
     result = run(noisy, action="quarantine")
     suspects = {issue["row_id"] for issue in result.label_report["issues"]}
     quarantined = result.quarantined.table
@@ -74,7 +62,7 @@ def test_quarantine_moves_the_suspects_with_their_reason(digits):
 
 
 def test_relabel_gives_the_suggestion_to_suspects_scored_above_the_bar(digits):
-    noisy, _ = flipped(digits, 0.03)
+    noisy, _ = flip_labels(digits, 0.03)
     result = run(noisy, action="relabel", relabel_above=0.5)
     issues = result.label_report["issues"]
     above = {i["row_id"]: i["suggested"] for i in issues if i["score"] >= 0.5}
@@ -85,7 +73,7 @@ def test_relabel_gives_the_suggestion_to_suspects_scored_above_the_bar(digits):
 
 
 def test_the_rate_gate_warns_by_default_and_stops_the_flow_when_critical(digits):
-    noisy, _ = flipped(digits, 0.10)
+    noisy, _ = flip_labels(digits, 0.10)
     warned = run(noisy, max_rate=0.01)
     assert warned.outcome.success
     assert any(r["column"] == "label_issue" and not r["success"] for r in warned.outcome.warnings)

@@ -242,6 +242,57 @@ def test_mlflow_models_serve_answers_the_readme_pixel_row(project: Path) -> None
         server.wait(timeout=30)
 
 
+def test_a_served_prediction_traces_back_to_the_data_that_trained_it(project: Path, tmp_path: Path) -> None:
+    """Serve one prediction from the registry, trace its request id, run the
+    printed checkout in a fresh clone (data from a DVC remote), and find the
+    training split whose hash the version records."""
+    import hashlib
+    import json
+    import re
+
+    from mlflow import MlflowClient
+
+    from serve.serve_helpers import Server
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # What the README says to do after a run, with a DVC remote a colleague's clone can pull from.
+    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")],
+                   cwd=project, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "dvc", "push"], cwd=project, check=True, capture_output=True, env=env)
+    _git(project, "add", "dvc.lock", ".dvc/config")
+    _git(project, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "the run's data")
+
+    server = Server(tmp_path, "models:/distillery@champion", tracking_uri=uri).wait_ready()
+    try:
+        body = json.loads(re.search(r"-d '(\{\"rows\".*?\})'", (REPO / "README.md").read_text()).group(1))
+        answer = server.predict(body["rows"], headers={"X-Request-ID": "trace-me-1"})
+        assert answer.status_code == 200, answer.text
+    finally:
+        server.stop()
+    served = answer.json()
+    done = subprocess.run([sys.executable, "-m", "tasks.trace", "trace-me-1", "--log-dir", str(server.log_dir)],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    version = MlflowClient(tracking_uri=uri).get_model_version("distillery", served["model_version"])
+    assert f"answered by distillery version {served['model_version']}" in out
+    assert f"row 0: {served['predictions'][0]['class']}" in out and version.run_id in out
+    assert f"git commit {version.tags['git_commit']}" in out
+    assert f"data/processed: {version.tags['dvc/data/processed']}" in out
+    (command,) = re.findall(r"^  (git checkout .*)$", out, re.M)
+    assert command.endswith("&& dvc pull"), out  # a remote is set up: the clone pulls the data
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    done = subprocess.run(["bash", "-c", command.replace("dvc ", f"{sys.executable} -m dvc ")], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    md5 = lambda path: hashlib.md5(path.read_bytes()).hexdigest()  # noqa: E731
+    assert md5(clone / "data/processed/train.npz") == md5(project / "data/processed/train.npz")
+    assert json.loads((clone / "data/processed/meta.json").read_text())["data_hash"] == version.tags["data_hash"]
+
+
 def stale_after_editing(project: Path, module: str) -> set[str]:
     """Append a comment line to `module`; the stages `dvc status` then calls stale."""
     import contextlib
