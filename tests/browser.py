@@ -68,6 +68,7 @@ def open_page(url: str, out: Path, settle_s: float = 1.5, timeout_s: float = 60)
     out.mkdir(parents=True, exist_ok=True)
     proxy = RefusingProxy()
     profile = out / "profile"
+    (profile / "DevToolsActivePort").unlink(missing_ok=True)  # a reused profile's is stale: wait for the new one
     process = subprocess.Popen(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
          "--disable-background-networking", "--disable-component-update", "--remote-debugging-port=0",
