@@ -186,7 +186,8 @@ def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: S
     if meta.production_snapshot:
         tags["production_snapshot"] = meta.production_snapshot
     # Lineage (python -m tasks.trace): the settings, and dvc.lock's hash of every input the stages used.
-    tags["params_hash"] = params_hash()
+    if paths.PARAMS.exists():  # select's own CLI runs in a project; register() alone may not
+        tags["params_hash"] = params_hash()
     tags.update({f"{DVC_TAG_PREFIX}{dep}": md5 for dep, md5 in dvc_hashes(everything=True).items()})
     if scores.get("ece") is not None:
         tags["ece"] = f"{scores['ece']:.6f}"
@@ -326,6 +327,9 @@ def main() -> None:
     sha256 = sha256_file(source)
     unchanged = current is not None and current.sha256 == sha256
     earlier = current.version if unchanged else registered_version(params, sha256)
+    if not earlier:
+        print(f"select: registering {champion} in MLflow as '{params.registered_model}' (pyfunc, signature, input "
+              "example, model card)", flush=True)
     version = earlier or register(source, champion, table[champion], meta, params, all_params.mlflow, passed=True, test_x=x)
     with atomic_path(paths.CHAMPION) as tmp:
         shutil.copyfile(source, tmp)

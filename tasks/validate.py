@@ -77,7 +77,10 @@ def main() -> None:
     dataset = read_dataset(paths.INGESTED)
     # The suite follows the data: the ingested meta says which source it came from.
     suite_path = Path(params.validate.suite or paths.EXPECTATIONS / f"{dataset.meta.source}.json")
-    result = gate(dataset, params.task.type, params.validate, load_suite(suite_path), paths.DATA_DOCS)
+    suite = load_suite(suite_path)
+    print(f"validate: {len(suite['expectations'])} expectations of {suite_path} on {len(dataset.table):,} rows, "
+          "then Data Docs and the label-error check", flush=True)
+    result = gate(dataset, params.task.type, params.validate, suite, paths.DATA_DOCS)
     write_reports(result, suite_path)
     log_to_mlflow(params.mlflow, dataset.meta.source, result.report, result.summary, result.valid.meta.task or "")
     outcome, summary = result.outcome, result.summary
