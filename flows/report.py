@@ -211,7 +211,8 @@ def render(root: Path, stages: Optional[list[dict]] = None) -> str:
                    "(<code>data/quarantine/</code>).</p>")
         out.append(table([{"expectation": expectation_name(r["expectation"]), "column": r.get("column") or "",
                            "settings": _kwargs(r.get("kwargs", {})), "severity": r.get("severity", ""),
-                           "result": Markup(verdict(r.get("success"))), "observed": _observed(r)}
+                           "result": Markup(verdict(r.get("success"))), "observed": _observed(r),
+                           "measured on": r.get("measured_on", "every row read")}
                           for r in validation.get("results", [])]))
     else:
         out.append("<p><b>Data gate</b>: <span class=muted>not run</span></p>")

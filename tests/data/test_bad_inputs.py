@@ -126,6 +126,10 @@ def test_balance_is_reported_over_every_row_and_over_the_rows_kept(tmp_path: Pat
     assert balance["kept"]["imbalance_ratio"] == pytest.approx(kept.max() / kept.min())
     assert balance["imbalance_ratio"] > 10 * balance["kept"]["imbalance_ratio"]
     assert f"over the rows kept, imbalance ratio {balance['kept']['imbalance_ratio']:.2f}" in quality_summary(result.report)
+    # The gate measures balance on the rows kept: no warning for a class of one that is in quarantine.
+    (ratio,) = [r for r in result.outcome.results if r["expectation"] == "expect_column_imbalance_ratio_to_be_at_most"]
+    assert ratio["measured_on"] == "rows kept" and ratio["success"]
+    assert ratio["observed_value"] == pytest.approx(balance["kept"]["imbalance_ratio"])
 
 
 def test_text_in_a_numeric_column_is_quarantined_with_the_value(tmp_path: Path) -> None:
