@@ -21,6 +21,7 @@ from tasks.core.io import write_json
 from tasks.core.params import load_params
 from tasks.core.report import write_summary
 from tasks.data.gate import GateResult, failure_message, gate, load_suite, quality_summary
+from tasks.data.docs import make_offline
 from tasks.data.label_issues import plot_label_issues
 from tasks.data.quality import plot_balance, plot_missingness
 
@@ -46,6 +47,8 @@ def log_to_mlflow(mlflow_cfg, source: str, report: dict, summary: dict, task: st
 def write_reports(result: GateResult, suite_path: Path) -> None:
     report, outcome, summary = result.report, result.outcome, result.summary
     write_json(paths.DATA_QUALITY_REPORT, report)
+    if paths.DATA_DOCS.exists():
+        make_offline(paths.DATA_DOCS)
     write_json(paths.LABEL_ISSUES_REPORT, result.label_report)
     plot_label_issues(result.label_issues, [result.valid, result.quarantined], paths.LABEL_ISSUES_PLOT)
     plot_balance(report["balance"]["counts"], paths.QUALITY_PLOTS / "balance.png")

@@ -185,6 +185,16 @@ def test_run_report_and_model_card_open_offline_in_chromium(project: Path, tmp_p
                     "Limitations", "Lineage"):
         assert f"## {section}" in card.dom
 
+    # GX's Data Docs, rewritten to need no CDN: the index lists the validation page, which names the
+    # project's own expectations in words.
+    docs = open_page((project / "reports/data_docs/index.html").as_uri(), tmp_path / "docs")
+    assert docs.remote() == [], docs.requests
+    validations = re.findall(r'href="(validations/[^"]+\.html)"', docs.dom)
+    assert validations, docs.dom[-2000:]
+    page = open_page((project / "reports/data_docs" / validations[0]).as_uri(), tmp_path / "validation")
+    assert page.remote() == [], page.requests
+    assert "every class of" in page.dom and "must have at least" in page.dom and "(**" not in page.dom
+
     # `make plots`: DVC's plots page, Vega inlined; ROC and PR draw one line per class.
     from flows.report import plots_page
 
