@@ -302,7 +302,7 @@ def gate(dataset: Dataset, task: str, params: ValidateParams, suite: dict,
         rate = pd.DataFrame({ROW_ID: valid.table[ROW_ID],
                              LABEL_ISSUE_COLUMN: [float(r in flags) for r in valid.table[ROW_ID]]})
         gate_on_rate = run_suite(rate, label_issue_suite(options.max_rate, options.severity), {})
-        outcome.results.extend(gate_on_rate.results)
+        outcome.results.extend({**r, "measured_on": KEPT} for r in gate_on_rate.results)
         outcome.success = not outcome.failed
     if options.action == "quarantine" and issues.row_ids:
         reasons = merge_reasons(reasons, {r: [f"{LABEL_ISSUE_REASON}: given {g}, suggested {s} (score {c:.3f})"]

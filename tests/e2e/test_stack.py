@@ -113,7 +113,8 @@ def test_the_pipeline_runs_on_the_stack_and_its_champion_is_served_from_the_regi
             cur.execute("SELECT version FROM model_versions WHERE name = 'distillery'")
             assert version.version in {str(v) for (v,) in cur.fetchall()}
     conn.close()
-    assert any(key.endswith("model.onnx") for key in _s3_keys(env, "mlflow-artifacts"))
+    # The pyfunc model's one artifact: the champion's ONNX file, under its candidate's name.
+    assert any(key.endswith(f"artifacts/{version.tags['candidate']}.onnx") for key in _s3_keys(env, "mlflow-artifacts"))
     # The flow run is in the Prefect server (on PostgreSQL), completed.
     runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}, timeout=30).json()
     assert any(run["state_type"] == "COMPLETED" for run in runs)
