@@ -61,11 +61,7 @@ class RetrainNotTriggered(DistilleryError):
 
 def tracking_uri(cfg: MlflowParams, root: Path) -> str:
     """The MLflow URI; a relative SQLite path is the project's, as for the pipeline's stages."""
-    uri = cfg.resolved_uri()
-    database = tracking.sqlite_path(uri)
-    if database is not None and not database.is_absolute():
-        return f"{tracking.SQLITE}{(root / database).resolve()}"
-    return uri
+    return tracking.resolved_at(cfg.resolved_uri(), root)
 
 
 def settled_boundary(window_s: float) -> float:

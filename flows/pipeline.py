@@ -33,7 +33,7 @@ from prefect.runtime import flow_run
 from tasks.core.errors import EXIT_EXPECTED_FAILURE, DistilleryError, run_cli
 from tasks.core.report import markdown_table
 from tasks.core import paths
-from tasks.core.params import load_params
+from tasks.core.params import MlflowParams, load_params
 from tasks.core.tracking import PARENT_RUN_ENV, PIPELINE_RUN_ENV, check_server, parent_run, resolved_at
 
 PYTHON_ENV = "DISTILLERY_PYTHON"  # read by bin/python, the interpreter of dvc.yaml's commands
@@ -128,21 +128,14 @@ def _stage_env(dask_address: str | None, parent: str | None = None) -> dict[str,
     return env
 
 
-def git_commit_of(root: Path) -> str:
-    from tasks.core.provenance import git_commit
-
-    with contextlib.chdir(root):
-        return git_commit()
-
-
-def log_run_report(root: Path, run_id: str, results: list[dict]) -> None:
+def log_run_report(root: Path, cfg: MlflowParams, run_id: str, results: list[dict]) -> None:
     """The pipeline's MLflow run holds what the flow saw: each stage's seconds
     (0 when skipped), the run report and the model card."""
     from mlflow import MlflowClient
 
     from flows.report import INDEX
 
-    client = MlflowClient(tracking_uri=resolved_at(load_params(root / paths.PARAMS).mlflow.resolved_uri(), root))
+    client = MlflowClient(tracking_uri=resolved_at(cfg.resolved_uri(), root))
     for r in results:
         client.log_metric(run_id, f"seconds.{r['stage']}", r["seconds"] if r["ran"] else 0.0)
     client.set_tag(run_id, "stages_ran", ",".join(r["stage"] for r in results if r["ran"]) or "none")
@@ -266,15 +259,17 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
         get_run_logger().warning("released DVC locks held by killed processes %s", dead)
     from flows.report import write_report
 
-    flow_run_id = str(flow_run.get_id() or "")
-    with parent_run(load_params(root_path / paths.PARAMS).mlflow, root_path, f"pipeline {flow_run.get_name() or ''}".strip(),
-                    {"pipeline_run": flow_run_id, "git_commit": git_commit_of(root_path)}) as parent:
+    from tasks.core.provenance import git_commit
+
+    mlflow_cfg = load_params(root_path / paths.PARAMS).mlflow
+    with parent_run(mlflow_cfg, root_path, f"pipeline {flow_run.get_name() or ''}".strip(),
+                    {"pipeline_run": str(flow_run.get_id() or ""), "git_commit": git_commit(root_path)}) as parent:
         futures: list = []
         for stage in stage_order(root_path):  # one at a time, in order: they share dvc.lock (see above)
             futures.append(run_dvc_stage.submit(stage, root_path, dask_address, parent, wait_for=futures[-1:]))
         results = [future.result() for future in futures]
         write_report(root_path, results)
-        log_run_report(root_path, parent, results)
+        log_run_report(root_path, mlflow_cfg, parent, results)
     create_markdown_artifact(
         key="pipeline-summary", markdown="## Pipeline\n\n" + markdown_table(results), description="stages run or skipped"
     )

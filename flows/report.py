@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from tasks.core import paths
+from tasks.evaluation.card import class_scores
 
 INDEX = paths.REPORTS / "index.html"
 QUALITY_DIMENSIONS = ("representation", "completeness", "uniqueness", "balance")
@@ -99,8 +100,7 @@ def verdict(ok: Optional[bool], yes: str = "passed", no: str = "failed") -> str:
 
 
 def expectation_name(name: str) -> str:
-    """`expect_column_values_to_be_between` -> `column values to be between`:
-    GX's Data Docs print a custom expectation as raw `expect_...(**{...})`."""
+    """`expect_column_values_to_be_between` -> `column values to be between`."""
     return name.removeprefix("expect_").replace("_", " ")
 
 
@@ -265,9 +265,7 @@ def render(root: Path, stages: Optional[list[dict]] = None) -> str:
     out.append("<h2 id=evaluation>Evaluation of the champion</h2>")
     scores = evaluation.get("candidates", {}).get(champion, {}) if champion else {}
     per_class = [{"class": c, "precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"],
-                  "support": int(v["support"])}
-                 for c, v in scores.get("per_class", {}).items() if isinstance(v, dict) and "recall" in v
-                 and not c.endswith(" avg")]
+                  "support": int(v["support"])} for c, v in class_scores(scores).items()]
     if per_class:
         out.append(table(per_class))
     if champion:

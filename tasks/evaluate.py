@@ -150,12 +150,11 @@ def log_to_mlflow(mlflow_cfg, candidates: dict, task: str) -> None:
     """Every candidate's scalar metrics (prefixed by its name), the report and the plots."""
     import mlflow
 
-    from tasks.core.tracking import mlflow_run
+    from tasks.core.tracking import mlflow_run, numbers
 
     with mlflow_run(mlflow_cfg, "evaluate", {"task": task}):
         for name, result in candidates.items():
-            mlflow.log_metrics({f"{name}.{k}": float(v) for k, v in result.items()
-                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            mlflow.log_metrics({f"{name}.{k}": v for k, v in numbers(result).items()})
         mlflow.log_artifact(str(paths.EVALUATION_REPORT))
         mlflow.log_artifacts(str(paths.PLOTS), "plots")
 

@@ -175,7 +175,7 @@ def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: S
     import deploy
     import tasks
     from deploy.pyfunc import ChampionModel
-    from tasks.core.tracking import mlflow_run
+    from tasks.core.tracking import mlflow_run, numbers
 
     metadata = read_metadata(path)
     tags = {"git_commit": metadata.git_commit, "data_hash": metadata.data_hash, "candidate": name,
@@ -192,7 +192,7 @@ def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, params: S
     if scores.get("ece") is not None:
         tags["ece"] = f"{scores['ece']:.6f}"
     with mlflow_run(mlflow_cfg, "select", tags):
-        mlflow.log_metrics({k: float(v) for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_metrics(numbers(scores))
         if Path("dvc.lock").exists():  # the lock as it stood: restores this data even if it is never committed
             mlflow.log_artifact("dvc.lock", "lineage")
         signature, example = signature_and_example(path, test_x)

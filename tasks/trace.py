@@ -22,6 +22,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
+import pandas as pd
 import yaml
 
 from tasks.contracts import predlog
@@ -111,8 +112,7 @@ def describe(found: dict[str, Any]) -> list[str]:
              f"status {int(rows[predlog.STATUS].iloc[0])})"]
     for _, row in rows.iterrows():
         answer = row[predlog.PREDICTED] if row[predlog.PREDICTED] is not None else row[predlog.VALUE]
-        probability = f", probability {row[predlog.PROBABILITY]:.4f}" if row[predlog.PROBABILITY] == row[
-            predlog.PROBABILITY] and row[predlog.PROBABILITY] is not None else ""
+        probability = f", probability {row[predlog.PROBABILITY]:.4f}" if pd.notna(row[predlog.PROBABILITY]) else ""
         lines.append(f"  row {int(row[predlog.ROW])}: {answer}{probability}")
     tags = version.tags
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run.data.metrics.items())

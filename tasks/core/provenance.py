@@ -36,11 +36,12 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def git_commit() -> str:
-    """The commit of the code that produced an artifact ('unknown' outside git)."""
+def git_commit(cwd: str | Path | None = None) -> str:
+    """The commit of the code that produced an artifact, in `cwd` (default: here;
+    'unknown' outside git)."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
         )
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):

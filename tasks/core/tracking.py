@@ -101,6 +101,11 @@ def mlflow_run(cfg: MlflowParams, stage: str, tags: Optional[dict[str, str]] = N
         yield run
 
 
+def numbers(values: dict[str, Any]) -> dict[str, float]:
+    """The entries MLflow can log as metrics: ints and floats, not booleans."""
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def log_stage(cfg: MlflowParams, stage: str, metrics: dict[str, Any], tags: Optional[dict[str, str]] = None,
               artifacts: tuple[Path, ...] = ()) -> None:
     """A stage's run with its numbers, for the stages that train nothing: every
@@ -108,8 +113,7 @@ def log_stage(cfg: MlflowParams, stage: str, metrics: dict[str, Any], tags: Opti
     import mlflow
 
     with mlflow_run(cfg, stage, tags):
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_metrics(numbers(metrics))
         for path in artifacts:
             if Path(path).exists():
                 mlflow.log_artifact(str(path))

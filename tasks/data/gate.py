@@ -22,7 +22,7 @@ from tasks.contracts.dataset import IMAGES, LABEL, LABELS, REASON, ROW_ID, Datas
 from tasks.core import paths
 from tasks.core.errors import DistilleryError
 from tasks.core.io import read_json
-from tasks.core.params import ValidateParams
+from tasks.core.params import LabelIssuesParams, ValidateParams
 from tasks.core.report import markdown_table
 from tasks.data.correct import Corrected, correct_images, correct_table
 from tasks.data.label_issues import LabelIssues, find_label_issues
@@ -292,18 +292,11 @@ def gate(dataset: Dataset, task: str, params: ValidateParams, suite: dict,
     outcome = run_suite(typed.table, suite, parameters, docs_dir)
     reasons = merge_reasons(corrected.row_issues, outcome.reasons)
     valid, quarantined = split_quarantine(typed, reasons)
-    gate_balance_on_kept(outcome, suite, parameters, valid.table)
     # Label errors are looked for among the rows kept: a row already refused says nothing about the others.
     options = params.label_issues
     issues = find_label_issues(valid, list(typed.meta.classes or ()), task, options.folds, options.seed)
+    gate_on_kept(outcome, suite, parameters, valid.table, issues, options)
     relabelled = 0
-    if issues.skipped_reason is None:
-        flags = set(issues.row_ids)
-        rate = pd.DataFrame({ROW_ID: valid.table[ROW_ID],
-                             LABEL_ISSUE_COLUMN: [float(r in flags) for r in valid.table[ROW_ID]]})
-        gate_on_rate = run_suite(rate, label_issue_suite(options.max_rate, options.severity), {})
-        outcome.results.extend({**r, "measured_on": KEPT} for r in gate_on_rate.results)
-        outcome.success = not outcome.failed
     if options.action == "quarantine" and issues.row_ids:
         reasons = merge_reasons(reasons, {r: [f"{LABEL_ISSUE_REASON}: given {g}, suggested {s} (score {c:.3f})"]
                                           for r, g, s, c in zip(issues.row_ids, issues.given, issues.suggested,
@@ -330,15 +323,22 @@ BALANCE_EXPECTATIONS = ("expect_column_value_counts_to_be_at_least", "expect_col
 KEPT = "rows kept"  # `measured_on` of a result measured again on the rows kept
 
 
-def gate_balance_on_kept(outcome: ValidationOutcome, suite: dict, parameters: dict[str, Any],
-                         kept: pd.DataFrame) -> None:
-    """Replace the balance expectations' results with their results on `kept`. In place."""
-    balance = [e for e in suite["expectations"] if e.get("type") in BALANCE_EXPECTATIONS]
-    if not balance or kept.empty:
+def gate_on_kept(outcome: ValidationOutcome, suite: dict, parameters: dict[str, Any], kept: pd.DataFrame,
+                 issues: LabelIssues, options: LabelIssuesParams) -> None:
+    """The checks measured on the rows kept, in one GX run: the suite's balance
+    expectations (their results replace those over every row read) and the
+    label-error rate (added). In place."""
+    checks = [e for e in suite["expectations"] if e.get("type") in BALANCE_EXPECTATIONS]
+    if issues.skipped_reason is None:
+        flags = set(issues.row_ids)
+        kept = kept.assign(**{LABEL_ISSUE_COLUMN: [float(r in flags) for r in kept[ROW_ID]]})
+        checks += label_issue_suite(options.max_rate, options.severity)["expectations"]
+    if not checks or kept.empty:
         return
-    again = run_suite(kept, {"name": f"{suite.get('name', 'suite')} (rows kept)", "expectations": balance}, parameters)
+    again = run_suite(kept, {"name": f"{suite.get('name', 'suite')} (rows kept)", "expectations": checks}, parameters)
     by_key = {(r["expectation"], r["column"]): {**r, "measured_on": KEPT} for r in again.results}
-    outcome.results = [by_key.get((r["expectation"], r["column"]), r) for r in outcome.results]
+    replaced = [by_key.pop((r["expectation"], r["column"]), r) for r in outcome.results]
+    outcome.results = replaced + list(by_key.values())
     outcome.success = not outcome.failed
 
 

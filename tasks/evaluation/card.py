@@ -81,7 +81,8 @@ def model_card(selection: dict, compression: dict, version: str, registered_mode
 
     champion, task, speed_key = selection["champion"], selection["task"], selection["speed_key"]
     ours = selection["candidates"][champion]
-    evaluation = read_json(paths.EVALUATION_REPORT, "evaluation report")["candidates"][champion]
+    report = read_json(paths.EVALUATION_REPORT, "evaluation report")
+    evaluation = report["candidates"][champion]
     validation = _optional(paths.VALIDATION_REPORT)
     quality = _optional(paths.DATA_QUALITY_REPORT)
     export = read_json(paths.EXPORT_REPORT, "export report").get(champion.rsplit(".", 1)[0], {})
@@ -161,7 +162,7 @@ def model_card(selection: dict, compression: dict, version: str, registered_mode
                f"({_f(export.get('val_ece_before'))} before), and it is kept only when it does.")
         lines += ["", f"Calibration: temperature {temperature:.3f}; test ECE {_f(ours.get('ece_before_scaling'))} "
                       f"before scaling, {_f(ours.get('ece'))} after; MCE {_f(ours.get('mce'))}.{why}"]
-    slices = read_json(paths.EVALUATION_REPORT, "evaluation report").get("slices") or {}
+    slices = report.get("slices") or {}
     champion_slices = (slices.get("candidates") or {}).get(champion)
     if champion_slices:
         lines += ["", "Per slice:", "", markdown_table(_slice_rows(champion_slices))]
