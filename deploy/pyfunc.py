@@ -6,13 +6,14 @@ The ONNX file is the model's one artifact; this wrapper runs it through the
 server's own checks (deploy.model.build_model) and its own request parsing
 and answers (deploy.protocol), so a row means the same thing everywhere and a
 bad one is refused with the same message, naming the row and the column. The
-signature (tasks/select.py, signature_and_example) says what goes in:
+signature (tasks/register.py, signature_and_example) says what goes in:
 - images: float32 rows of the flat pixel count (MLflow's scoring server casts
   a JSON body's integers to it; the README's pixel row works as it is);
 - tables: the model's columns by name, any type, none required (null is a
   gap), so a DataFrame of ints, floats and strings goes through to the same
   encoder training used, which checks each value.
-The deploy/ server itself never loads this pickle: it reads the ONNX artifact.
+It is logged as code (deploy/pyfunc_model.py), not pickled; the deploy/ server
+does not load it at all: it reads the ONNX artifact.
 """
 
 from __future__ import annotations

@@ -15,7 +15,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from tasks.contracts.registry import CHAMPION_ALIAS
 from tasks.core.errors import DistilleryError
+from tasks.core.params import PARAMS_FILE
 
 PREFIX = "DISTILLERY_SERVE_"
 
@@ -29,7 +31,8 @@ class ServeSettings:
     # What to serve
     model: str = _setting(
         "models:/distillery@champion",
-        "an ONNX file, or a registry URI models:/<name>@<alias> (followed as the alias moves) or models:/<name>/<version>",
+        "an ONNX file, or a registry URI models:/<name>@<alias> (followed as the alias moves) or models:/<name>/<version>; "
+        "in a project, the default is its own champion, models:/distillery-<data name>@champion (params.yaml)",
     )
     model_name: str = _setting("", "the name clients use in /v2/models/<name>; empty = the registered name, or 'distillery' for a file")
     tracking_uri: str = _setting("sqlite:///mlflow.db", "MLflow tracking/registry URI for models:/ sources", env="MLFLOW_TRACKING_URI")
@@ -139,7 +142,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> ServeSettings:
             f"unknown setting {unknown[0]} (known: {', '.join(sorted(k for k in known if k.startswith(PREFIX)))})"
         )
     values = {f.name: _parse(f, environ[env_name(f)]) for f in fields if env_name(f) in environ}
+    if "model" not in values and os.path.exists(PARAMS_FILE):
+        values["model"] = project_model(PARAMS_FILE)
     return ServeSettings(**values)
+
+
+def project_model(params_file: str) -> str:
+    """The champion alias of the project's own registered model: one per
+    dataset, named from params.yaml as the register stage names it."""
+    from tasks.core.params import load_params
+
+    return f"models:/{load_params(params_file).registered_model}@{CHAMPION_ALIAS}"
 
 
 def describe() -> str:

@@ -161,8 +161,41 @@ def _markdown(text: str) -> str:
     return markdown.markdown(html.escape(text, quote=False), extensions=["tables"])
 
 
+def registry_state(root: Path) -> dict:
+    """What the registry holds for models/champion.onnx, asked now (never read
+    from a report, which DVC may have restored): the registered model, the
+    complete version of this very file, whether the alias points at it."""
+    from mlflow import MlflowClient
+
+    from tasks.contracts.registry import alias_version, complete_versions
+    from tasks.core.params import load_params
+    from tasks.core.provenance import sha256_file
+    from tasks.core.tracking import resolved_at, sqlite_path
+
+    params = load_params(root / paths.PARAMS)
+    uri = resolved_at(params.mlflow.resolved_uri(), root)
+    state = {"registered_model": params.registered_model, "uri": params.mlflow.resolved_uri(), "version": None,
+             "promoted": False}
+    champion = root / paths.CHAMPION
+    database = sqlite_path(uri)
+    if not champion.exists() or (database is not None and not database.exists()):
+        return state
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        found = complete_versions(client, state["registered_model"], sha256_file(champion))
+        alias = alias_version(client, state["registered_model"])
+    except Exception as err:  # noqa: BLE001 - a server that is down: say so, the report is still worth writing
+        return {**state, "error": f"{type(err).__name__}: {err}"}
+    if found:
+        versions = [str(v.version) for v in found]
+        version = alias if alias in versions else versions[0]
+        state.update(version=version, promoted=alias == version)
+    return state
+
+
 def render(root: Path, stages: Optional[list[dict]] = None) -> str:
     reports = root / paths.REPORTS
+    registry = registry_state(root)
     selection = _read(root / paths.SELECTION) or {}
     compression = _read(root / paths.COMPRESSION_REPORT) or {}
     evaluation = _read(root / paths.EVALUATION_REPORT) or {}
@@ -193,9 +226,9 @@ def render(root: Path, stages: Optional[list[dict]] = None) -> str:
                    + (f"<div>speed vs teacher.fp32<b>{speedup:.2f}×</b><span class=muted>{_e(speed_key)}</span></div>"
                       if speedup else "")
                    + f"<div>size<b>{ours.get('size_bytes', 0) / 1024:.1f} KiB</b></div>"
-                   f"<div>registry<b>v{_e(selection.get('registered_version'))}</b>"
-                   f"<span class=muted>{_e(selection.get('registered_model'))}"
-                   f"{'@champion' if selection.get('promoted') else ' (not promoted)'}</span></div></div>"
+                   f"<div>registry<b>{_e(_version_text(registry))}</b>"
+                   f"<span class=muted>{_e(registry['registered_model'])}"
+                   f"{'@champion' if registry['promoted'] else ' (not promoted)'}</span></div></div>"
                    "<p>File: <code>models/champion.onnx</code>. Serve it with <code>make serve</code>.</p>")
     else:
         out.append("<h2 id=champion>Champion</h2><p class=bad>No champion: select has not completed "
@@ -289,6 +322,12 @@ def write_report(root: Path, stages: Optional[list[dict]] = None) -> Path:
     return target
 
 
+def _version_text(registry: dict) -> str:
+    if registry.get("error"):
+        return "registry unreachable"
+    return f"v{registry['version']}" if registry["version"] else "not registered"
+
+
 def console_summary(root: Path) -> list[str]:
     """The lines a run ends with: the champion, where it is, and what to do next."""
     selection = _read(root / paths.SELECTION)
@@ -299,16 +338,19 @@ def console_summary(root: Path) -> list[str]:
     ours, ref = rows[champion], rows[selection["reference"]]
     name = "R^2" if selection.get("task") == "regression" else "macro-F1"
     ece = f", ECE {ours['ece']:.4f}" if ours.get("ece") is not None else ""
-    alias = "alias @champion" if selection.get("promoted") else "not promoted (select.promote: false)"
-    from tasks.core.params import load_params
-
-    uri = load_params(root / paths.PARAMS).mlflow.resolved_uri()
+    registry = registry_state(root)
+    uri = registry["uri"]
+    if registry["version"]:
+        alias = "alias @champion" if registry["promoted"] else "not promoted (select.promote, or `dvc exp run`)"
+        held = f"{registry['registered_model']} version {registry['version']}, {alias}"
+    else:
+        held = f"{registry['registered_model']}: {_version_text(registry)} ({registry.get('error') or 'no version of this file'})"
     return [
         f"champion: {champion}: {name} {ours['quality']:.4f}{ece} (teacher.fp32: {ref['quality']:.4f}); "
         f"{ref[key] / ours[key]:.2f}x the teacher's speed ({key}, onnxruntime against onnxruntime), "
         f"{ours['size_bytes'] / 1024:.1f} KiB",
         "  file:     models/champion.onnx",
-        f"  registry: {selection['registered_model']} version {selection['registered_version']}, {alias} ({uri})",
+        f"  registry: {held} ({uri})",
         f"  report:   {INDEX} (open it in a browser; no network needed), model card {paths.MODEL_CARD}",
         "next:",
         "  make serve        # serve the champion on http://127.0.0.1:8000 (try /docs)",

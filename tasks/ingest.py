@@ -75,7 +75,7 @@ def ingest_table(params: DataParams) -> Dataset:
     table = pd.concat([data.table, production], ignore_index=True) if len(production) else data.table.copy()
     table.insert(0, ROW_ID, np.arange(len(table), dtype=np.int64))
     meta = DatasetMeta(
-        source=params.source, kind="tabular", rows=int(len(table)), data_hash=hash_table(table),
+        source=params.source, name=params.name, kind="tabular", rows=int(len(table)), data_hash=hash_table(table),
         classes=tuple(params.classes) if params.classes else None, origin=data.origin, target=data.target,
         declared_types=dict(data.columns), declared_columns=tuple(params.columns),
         production_rows=int(len(production)), production_snapshot=snapshot.sha256 if len(production) else None,
@@ -90,7 +90,8 @@ def ingest(params: DataParams) -> Dataset:
     data = load_source(params)
     table = image_table(data)
     meta = DatasetMeta(
-        source=params.source, kind="image", rows=int(len(table)), data_hash=hash_arrays(data.images, data.labels),
+        source=params.source, name=params.name, kind="image", rows=int(len(table)),
+        data_hash=hash_arrays(data.images, data.labels),
         classes=tuple(data.classes), image_shape=tuple(data.images.shape[1:]), pixel_max=data.pixel_max,
     )
     return Dataset(table=table, arrays={IMAGES: data.images, LABELS: data.labels}, meta=meta)

@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from tasks.contracts import predlog
-from tasks.contracts.registry import DVC_TAG_PREFIX, LINEAGE_LOCK
+from tasks.contracts.registry import LINEAGE_LOCK, lineage_hashes
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.params import load_params
@@ -81,9 +81,9 @@ def trace(request_id: str, log_dir: Path) -> dict[str, Any]:
                               "(DISTILLERY_SERVE_LOG_DIR; --log-dir to read another)")
     params = load_params(paths.PARAMS)
     client = MlflowClient(tracking_uri=params.mlflow.resolved_uri())
-    version = find_version(client, params.select.registered_model, str(rows[predlog.MODEL_VERSION].iloc[0]))
+    version = find_version(client, params.registered_model, str(rows[predlog.MODEL_VERSION].iloc[0]))
     run = client.get_run(version.run_id)
-    hashes = {k.removeprefix(DVC_TAG_PREFIX): v for k, v in version.tags.items() if k.startswith(DVC_TAG_PREFIX)}
+    hashes = lineage_hashes(version.tags)
     training = hashes.get(TRAINING_DATA)
     commit = lock_commit(training) if training else None
     fetch = "dvc pull" if has_remote() else "dvc checkout"
@@ -92,7 +92,7 @@ def trace(request_id: str, log_dir: Path) -> dict[str, Any]:
     else:
         checkout = (f"git checkout {version.tags.get('git_commit', '<unknown>')} && "
                     f"python -m tasks.trace {request_id} --write-lock && {fetch}")
-    return {"request_id": request_id, "rows": rows, "registered_model": params.select.registered_model,
+    return {"request_id": request_id, "rows": rows, "registered_model": params.registered_model,
             "version": version, "run": run, "hashes": hashes, "lock_commit": commit, "checkout": checkout}
 
 

@@ -30,6 +30,7 @@ class DatasetMeta:
     kind: Literal["image", "tabular"]
     rows: int
     data_hash: str  # content hash of what was ingested (tasks.core.provenance)
+    name: Optional[str] = None  # data.name: what the data is called; names the default registered model
     classes: Optional[tuple[str, ...]] = None  # images: the class names; tables: declared (ingest), found (validate)
     origin: Optional[str] = None  # tables: the file (or bundled set) they were read from
     target: Optional[str] = None  # tables: the target column as the user named it

@@ -22,6 +22,16 @@ from tasks.core.errors import DistilleryError
 PARAMS_FILE = "params.yaml"
 
 
+MODEL_PREFIX = "distillery-"  # + the dataset's name: the default registered model, one champion per dataset
+
+
+def model_name(dataset: str) -> str:
+    """The default registered model for a dataset: `distillery-<name>`, the
+    name folded to lowercase letters, digits and dashes."""
+    slug = re.sub(r"[^a-z0-9]+", "-", dataset.lower()).strip("-")
+    return MODEL_PREFIX + (slug or "data")
+
+
 # --------------------------------------------------------------------------- sections
 
 
@@ -67,7 +77,8 @@ class ProductionParams:
 
 ColumnType = Literal["numeric", "categorical", "text", "id", "ignore"]
 TABULAR_SOURCES = ("penguins", "breast_cancer", "diabetes", "csv", "parquet")
-DIGIT_SOURCES = ("digits", "digits28")  # scikit-learn's digits: the multilabel attributes apply
+DIGIT_SOURCES = ("digits", "digits28")
+FILE_SOURCES = ("quickdraw", "csv", "parquet")  # the user's own data, at data.path  # scikit-learn's digits: the multilabel attributes apply
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,15 @@ class DataParams:
     @property
     def tabular(self) -> bool:
         return self.source in TABULAR_SOURCES
+
+    @property
+    def name(self) -> str:
+        """What the data is called: a bundled source's name, or the user's file
+        (without its suffix) or folder name. Names the default registered model."""
+        if self.source in FILE_SOURCES and self.path:
+            path = Path(self.path)
+            return (path.stem if path.suffix else path.name) or self.source
+        return self.source
 
     def __post_init__(self) -> None:
         if len(self.digits.keep_fractions) != 10:
@@ -308,14 +328,20 @@ class SelectParams:
     max_f1_drop: float  # a candidate qualifies within this macro-F1 of the fp32 teacher
     precisions: tuple[Literal["fp32", "int8"], ...]  # which exports may become champion
     speed_key: str  # what "fastest" means: latency_ms_b<1|256>_t<threads>, the batch and threads serving uses
-    registered_model: str  # MLflow registry name
+    registered_model: Optional[str]  # MLflow registry name; null = distillery-<dataset> (one champion per dataset)
     min_macro_f1: float  # gate: absolute floor for the champion's macro-F1 (classification)
     min_r2: float  # gate: absolute floor for its R^2 (regression)
     max_ece: float  # gate: absolute ceiling for its calibration error
     max_drop_vs_champion: float  # gate: macro-F1 it may lose against the current champion on this test split
     max_size_bytes: Optional[int]  # budget: largest ONNX file a champion may be (null = no limit)
     max_latency_ms: Optional[float]  # budget: slowest speed_key latency a champion may have (null = no limit)
-    promote: bool  # move the champion alias when the gate passes (false: register only, e.g. in experiments)
+    promote: Optional[bool]  # move the alias when the gate passes; null: yes, except under `dvc exp run`
+
+    def promotes(self) -> bool:
+        """Whether a passing champion takes the alias: `make run`, `dvc repro` and
+        the scheduled or triggered flows promote; `dvc exp run` (which sets
+        EXPERIMENT_ENV on its stages) registers only, unless promote is true."""
+        return self.promote if self.promote is not None else not os.environ.get(EXPERIMENT_ENV)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"latency_ms_b(1|256)_t[1-9][0-9]*", self.speed_key):
@@ -438,6 +464,10 @@ class Params:
             raise ValueError(f"task.type 'multilabel' is wired for data.source {' or '.join(DIGIT_SOURCES)} "
                              "(labels: even, large, loop)")
 
+    @property
+    def registered_model(self) -> str:
+        """The registered model the champion goes to, and the server follows."""
+        return self.select.registered_model or model_name(self.data.name)
 
 
 

@@ -1,6 +1,6 @@
 """The champion's model card (Mitchell et al. 2019, "Model Cards for Model
 Reporting"): reports/model_card.md, and the registered version's MLflow
-description. Written by select from the reports the earlier stages left, so
+description. Written by register from the reports the earlier stages left, so
 every figure in it is one a stage measured; nothing here measures anything.
 """
 
@@ -74,7 +74,7 @@ def compression_steps(candidates: list[dict], speed_key: str, champion: str) -> 
     return steps
 
 
-def model_card(selection: dict, compression: dict, version: str, registered_model: str) -> str:
+def model_card(selection: dict, compression: dict, version: str, registered_model: str, promoted: bool) -> str:
     """The card as Markdown, from select's own record and the reports on disk."""
     from tasks.contracts.dataset import read_meta as read_dataset_meta
     from tasks.contracts.processed import read_meta
@@ -102,7 +102,7 @@ def model_card(selection: dict, compression: dict, version: str, registered_mode
               f"- **Speed**: {ours[speed_key]:.3f} ms ({speed_key}), {speedup:.2f}x the speed of teacher.fp32 in the "
               "same runtime (onnxruntime against onnxruntime, threads pinned, median of interleaved rounds).",
               f"- **Registry**: MLflow model `{registered_model}` version {version}"
-              + (", alias `champion`." if selection.get("promoted") else " (`select.promote: false`: no alias)."),
+              + (", alias `champion`." if promoted else " (not promoted: no alias)."),
               ""]
     classes = ", ".join(f"`{c}`" for c in meta.classes) if meta.classes else "none (regression)"
     lines += ["## Intended use", "",

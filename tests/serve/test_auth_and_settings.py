@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import shutil
 import subprocess
 import sys
@@ -64,12 +66,28 @@ def test_the_token_opens_the_door(server):
     assert server.client.get("/openapi.json", headers=auth).json()["security"] == [{"bearer": []}]
 
 
-def test_defaults_bind_loopback_and_follow_the_champion_alias():
+def test_defaults_bind_loopback_and_follow_the_champion_alias(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside a project: the generic name
     settings = load_settings({})
     assert settings == ServeSettings()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert settings.model == "models:/distillery@champion" and settings.registry
     assert settings.log_dir == "logs/predictions" and not settings.token
+
+
+def test_in_a_project_the_default_follows_that_datasets_champion(tmp_path, monkeypatch):
+    """One registered model per dataset: the server follows the one the project's params name."""
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    params["data"].update(source="csv", path="/home/me/My Credit.csv", target="default")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert load_settings({}).model == "models:/distillery-my-credit@champion"
+    params["select"]["registered_model"] = "fraud"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert load_settings({}).model == "models:/fraud@champion"
+    assert load_settings({"DISTILLERY_SERVE_MODEL": "models:/x/3"}).model == "models:/x/3"
 
 
 @pytest.mark.parametrize(

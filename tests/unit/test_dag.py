@@ -156,7 +156,7 @@ def test_the_closure_sees_function_level_imports() -> None:
     """The analysis itself: export imports the quantizer and runtime, select reaches the contracts."""
     files = {p.relative_to(REPO).as_posix() for p in closure("tasks.export")}
     assert {"tasks/onnx/quantize.py", "tasks/onnx/runtime.py", "tasks/core/provenance.py", "tasks/__init__.py"} <= files
-    assert "tasks/contracts/registry.py" in {p.relative_to(REPO).as_posix() for p in closure("tasks.select")}
+    assert "tasks/contracts/registry.py" in {p.relative_to(REPO).as_posix() for p in closure("tasks.register")}
 
 
 def test_stage_commands_do_not_depend_on_path() -> None:

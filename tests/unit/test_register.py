@@ -1,5 +1,5 @@
-"""tasks/select.py register, promote, the baseline lookup, the evaluation gate and the
-stage's order of writes: a real MLflow registry in a temp folder."""
+"""tasks/register.py: register, promote, the baseline lookup, the evaluation gate, the
+stage's order of writes and its atomic versions: a real MLflow registry in a temp folder."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from tasks.ml.models import CNN
 from tasks.onnx.export import export_onnx, set_metadata
 from tasks.onnx.runtime import read_metadata
 
+import tasks.register as register_stage
 import tasks.select as select
-from tasks.select import Champion, current_champion, gate_failures, promote, register
+from tasks.register import Champion, current_champion, gate_failures, promote, register
 
 from conftest import REPO_ROOT, image_meta, params_section, tiny_spec
 
@@ -65,8 +66,8 @@ def test_register_creates_versions_and_promote_moves_the_champion_alias(registry
     first = onnx_file(tmp_path / "first.onnx", seed=0)
     second = onnx_file(tmp_path / "second.onnx", seed=1)
 
-    v1 = register(first, "student.int8", SCORES, META, SELECT, registry, True, pixels(2, 0))
-    v2 = register(second, "teacher.int8", SCORES, META, SELECT, registry, True, pixels(2, 0))
+    v1 = register(first, "student.int8", SCORES, META, "tiny", registry, True, pixels(2, 0))
+    v2 = register(second, "teacher.int8", SCORES, META, "tiny", registry, True, pixels(2, 0))
     assert (v1, v2) == ("1", "2")
     assert (tmp_path / "mlruns").is_dir()  # MLflow artifacts stay under the temp cwd
 
@@ -74,7 +75,7 @@ def test_register_creates_versions_and_promote_moves_the_champion_alias(registry
     client = MlflowClient()
     with pytest.raises(MlflowException):  # register never touches the alias
         client.get_model_version_by_alias("tiny", CHAMPION_ALIAS)
-    promote(SELECT, v2)
+    promote("tiny", v2)
     champion = client.get_model_version_by_alias("tiny", CHAMPION_ALIAS)
     assert str(champion.version) == "2"
     assert champion.tags["candidate"] == "teacher.int8"
@@ -90,7 +91,7 @@ def test_register_creates_versions_and_promote_moves_the_champion_alias(registry
     [served] = onnx_files(folder)
     assert served.read_bytes() == second.read_bytes()
     run = client.get_run(champion.run_id)
-    assert run.data.tags["stage"] == "select"
+    assert run.data.tags["stage"] == "register"
 
 
 def test_the_registered_pyfunc_answers_what_predict_answers(registry, tmp_path):
@@ -105,7 +106,7 @@ def test_the_registered_pyfunc_answers_what_predict_answers(registry, tmp_path):
     from deploy.protocol import parse_predict, predictions
 
     path = onnx_file(tmp_path / "first.onnx", seed=0)
-    version = register(path, "student.int8", SCORES, META, SELECT, registry, True, pixels(2, 0))
+    version = register(path, "student.int8", SCORES, META, "tiny", registry, True, pixels(2, 0))
     info = mlflow.models.get_model_info(f"models:/tiny/{version}")
     assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 64)}}]
     assert info.saved_input_example_info["type"] == "ndarray"
@@ -129,8 +130,8 @@ def test_the_registered_pyfunc_answers_what_predict_answers(registry, tmp_path):
 def test_a_version_that_fails_the_gate_is_registered_without_the_alias(registry, tmp_path):
     first = onnx_file(tmp_path / "first.onnx", seed=0)
     second = onnx_file(tmp_path / "second.onnx", seed=1)
-    promote(SELECT, register(first, "student.int8", SCORES, META, SELECT, registry, True, pixels(2, 0)))
-    v2 = register(second, "teacher.int8", {**SCORES, "macro_f1": 0.5}, META, SELECT, registry, False, pixels(2, 0))
+    promote("tiny", register(first, "student.int8", SCORES, META, "tiny", registry, True, pixels(2, 0)))
+    v2 = register(second, "teacher.int8", {**SCORES, "macro_f1": 0.5}, META, "tiny", registry, False, pixels(2, 0))
     client = MlflowClient()
     assert str(client.get_model_version_by_alias("tiny", CHAMPION_ALIAS).version) == "1"
     assert client.get_model_version("tiny", v2).tags["gate"] == "failed"
@@ -144,20 +145,20 @@ def test_current_champion_quality_is_measured_on_the_given_split(registry, tmp_p
 
     classes = list(META.classes)
     path = onnx_file(tmp_path / "first.onnx", seed=0)
-    assert current_champion(SELECT, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), META) is None  # none yet
-    version = register(path, "student.int8", SCORES, META, SELECT, registry, True, pixels(2, 0))
-    assert current_champion(SELECT, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), META) is None  # no alias
-    promote(SELECT, version)
+    assert current_champion("tiny", np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), META) is None  # none yet
+    version = register(path, "student.int8", SCORES, META, "tiny", registry, True, pixels(2, 0))
+    assert current_champion("tiny", np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int), META) is None  # no alias
+    promote("tiny", version)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 16, (40, 1, 8, 8)).astype(np.float32)
     y = rng.integers(0, 3, 40)
     expected = classification_metrics(run_batches(session(path), x, output=PROBABILITIES), y, classes)["macro_f1"]
-    champion = current_champion(SELECT, x, y, META)
+    champion = current_champion("tiny", x, y, META)
     assert champion == Champion(version, sha256_file(path), pytest.approx(expected))
     # Another dataset's classes, or another task: the champion, but no comparable baseline.
-    other = current_champion(SELECT, x, y, image_meta(classes=("x", "y", "z")))
+    other = current_champion("tiny", x, y, image_meta(classes=("x", "y", "z")))
     assert other == Champion(version, sha256_file(path), None)
-    multilabel = current_champion(SELECT, x, np.zeros((40, 3), np.float32), image_meta(task="multilabel",
+    multilabel = current_champion("tiny", x, np.zeros((40, 3), np.float32), image_meta(task="multilabel",
                                                                                       classes=META.classes))
     assert multilabel == Champion(version, sha256_file(path), None)
 
@@ -177,7 +178,7 @@ def test_gate_failures_say_which_threshold_and_by_how_much(scores, baseline, exp
     assert gate_failures(scores, SELECT, baseline) == expected
 
 
-# --- The select stage (tasks.select.main) in a temp project ----------------------------------------------------
+# --- The select and register stages (their main()) in a temp project ----------------------------------------
 
 EXPORT = params_section("export", opset=17, atol=1e-4, calibration_samples=16, per_channel=True)
 EVALUATE = params_section("evaluate", threads=1, latency_threads=(1,), latency_seconds=0.05, latency_rounds=2, ece_bins=5)
@@ -240,6 +241,13 @@ def alias_version(name: str = "tiny") -> str | None:
         return None
 
 
+def run_stages() -> str:
+    """select, then register, as dvc.yaml runs them; the version the registry holds for the champion."""
+    select.main()
+    register_stage.main()
+    return str(read_json(paths.METRICS, "metrics")["version"])
+
+
 @pytest.fixture
 def project(registry):
     """A temp cwd holding a params.yaml (the registry fixture chdirs there)."""
@@ -248,11 +256,10 @@ def project(registry):
     return registry
 
 
-def test_running_select_twice_on_the_same_champion_creates_one_version(project):
-    select.main()
+def test_running_the_stages_twice_on_the_same_champion_creates_one_version(project):
+    assert run_stages() == "1"
     first = read_json(paths.SELECTION, "selection")
     assert first["champion"] == "teacher.int8"
-    assert (first["registered_version"], first["promoted"]) == ("1", True)
     assert alias_version() == "1"
     # The headline `dvc metrics show` prints: numbers only, the champion's, against the reference.
     headline = read_json(paths.METRICS, "metrics")
@@ -261,79 +268,155 @@ def test_running_select_twice_on_the_same_champion_creates_one_version(project):
     champion, reference = first["candidates"]["teacher.int8"], first["candidates"]["teacher.fp32"]
     assert headline["macro_f1"] == round(champion["macro_f1"], 4)
     assert headline["speedup"] == round(reference[first["speed_key"]] / champion[first["speed_key"]], 2)
+    assert "version 1" in paths.MODEL_CARD.read_text() and "alias `champion`" in paths.MODEL_CARD.read_text()
 
-    select.main()  # the same files: the champion already is this one
-    second = read_json(paths.SELECTION, "selection")
+    assert run_stages() == "1"  # the same files: the champion already is this one
     assert versions() == ["1"]
-    assert second["registered_version"] == "1"
     assert alias_version() == "1"
     tags = MlflowClient().get_model_version("tiny", "1").tags
     assert tags[SHA256_TAG] == sha256_file(paths.CHAMPION) == sha256_file(paths.ONNX_DIR / "teacher.int8.onnx")
     x, y = np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, int)
-    assert current_champion(params_section("select", registered_model="tiny"), x, y, META).sha256 == tags[SHA256_TAG]
+    assert current_champion("tiny", x, y, META).sha256 == tags[SHA256_TAG]
+
+
+def test_register_alone_registers_what_select_left_on_a_new_registry(project, tmp_path, monkeypatch):
+    """DVC restored select from its run cache (or `dvc pull`, or a new MLFLOW_TRACKING_URI): register,
+    which always runs, finds the registry empty and registers the champion there."""
+    assert run_stages() == "1"
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    mlflow.set_tracking_uri(other)
+    register_stage.main()  # select is not run again
+    assert versions() == ["1"] and alias_version() == "1"
+    assert MlflowClient(other).get_model_version("tiny", "1").tags[SHA256_TAG] == sha256_file(paths.CHAMPION)
 
 
 def test_select_promote_false_registers_a_first_version_without_an_alias(project):
     write_params(promote=False)
-    select.main()
+    assert run_stages() == "1"
     assert versions() == ["1"]
     assert alias_version() is None  # nothing promoted, not even a first champion
-    report = read_json(paths.SELECTION, "selection")
-    assert (report["registered_version"], report["promoted"]) == ("1", False)
+    assert "not promoted" in paths.MODEL_CARD.read_text()
     assert MlflowClient().get_model_version("tiny", "1").tags[SHA256_TAG] == sha256_file(paths.CHAMPION)
+
+
+def test_dvc_exp_run_registers_without_promoting_unless_asked(project, monkeypatch):
+    from tasks.core.params import EXPERIMENT_ENV
+
+    monkeypatch.setenv(EXPERIMENT_ENV, "abc123")  # what DVC sets on the stages of `dvc exp run`
+    write_params(promote=None)
+    assert run_stages() == "1"
+    assert alias_version() is None
+    write_params(promote=True)  # `dvc exp run -S select.promote=true`
+    assert run_stages() == "1"
+    assert alias_version() == "1"
 
 
 def test_promoting_a_file_registered_earlier_reuses_its_version(project):
     write_params(promote=False)
-    select.main()
+    run_stages()
     assert versions() == ["1"] and alias_version() is None
     write_params(promote=True)  # the same files, now promoted: no second version of one file
-    select.main()
+    assert run_stages() == "1"
     assert versions() == ["1"]
     assert alias_version() == "1"
-    assert read_json(paths.SELECTION, "selection")["registered_version"] == "1"
 
 
 def test_select_promote_false_registers_a_new_file_beside_the_champion(project):
-    select.main()
+    run_stages()
     assert versions() == ["1"] and alias_version() == "1"
     prepare_candidates(seed=1)  # another model: another file
     write_params(promote=False)
-    select.main()
+    assert run_stages() == "2"
     assert versions() == ["1", "2"]
     assert alias_version() == "1"  # the champion stays
-    report = read_json(paths.SELECTION, "selection")
-    assert (report["registered_version"], report["promoted"]) == ("2", False)
     assert MlflowClient().get_model_version("tiny", "2").tags[SHA256_TAG] == sha256_file(paths.CHAMPION)
     assert read_metadata(paths.CHAMPION).data_hash == "data1"
 
 
 def test_the_alias_moves_only_after_the_champion_file_and_the_reports_are_written(project, monkeypatch):
     calls = []
-    real_promote = select.promote
+    real_promote = register_stage.promote
 
-    def checked_promote(params, version):
+    def checked_promote(name, version):
         # Production follows the alias: everything it points at must already be there.
         assert alias_version() is None
         assert sha256_file(paths.CHAMPION) == sha256_file(paths.ONNX_DIR / "teacher.int8.onnx")
-        report = read_json(paths.SELECTION, "selection")
-        assert report["registered_version"] == version and report["champion"] == "teacher.int8"
-        assert paths.COMPRESSION_REPORT.exists()
+        assert read_json(paths.METRICS, "metrics")["version"] == int(version)
+        assert f"version {version}" in paths.MODEL_CARD.read_text()
         assert MlflowClient().get_model_version("tiny", version).tags[SHA256_TAG] == sha256_file(paths.CHAMPION)
         calls.append(version)
-        real_promote(params, version)
+        real_promote(name, version)
 
-    monkeypatch.setattr(select, "promote", checked_promote)
-    select.main()
+    monkeypatch.setattr(register_stage, "promote", checked_promote)
+    run_stages()
     assert calls == ["1"] and alias_version() == "1"
 
 
-def test_a_crash_while_writing_the_reports_leaves_the_alias_where_it_was(project, monkeypatch):
+def test_a_crash_after_creating_the_version_leaves_no_version_and_no_alias(project, monkeypatch):
+    """Atomic registration: the model card fails to write after the version was created; the version is
+    deleted again, and nothing half-made is left for a server or a person to find."""
     def fail(*args, **kwargs):
         raise DistilleryError("disk full")
 
-    monkeypatch.setattr(select, "write_compression_report", fail)
+    monkeypatch.setattr(register_stage, "write_text", fail)
+    select.main()
     with pytest.raises(DistilleryError, match="disk full"):
-        select.main()
-    assert versions() == ["1"]  # registered first ...
-    assert alias_version() is None  # ... but never promoted
+        register_stage.main()
+    assert versions() == []
+    assert alias_version() is None
+
+
+def test_an_invalid_tag_creates_no_version(project, monkeypatch):
+    """The tags travel with the creation: one MLflow refuses fails the creation itself, so no version
+    without its provenance ever exists (not even for a moment)."""
+    real = register_stage.provenance_tags
+    monkeypatch.setattr(register_stage, "provenance_tags", lambda *a: {**real(*a), "bad//key": "x"})
+    select.main()
+    with pytest.raises(MlflowException):
+        register_stage.main()
+    assert versions() == []
+    assert alias_version() is None
+
+
+def test_an_incomplete_version_is_never_reused_nor_promoted(project):
+    """A version made by hand (or by an older, crashed registration) with none of the provenance tags,
+    for the very same file: register ignores it and makes a complete one."""
+    from tasks.contracts.registry import REQUIRED_TAGS, complete_versions
+
+    select.main()
+    client = MlflowClient()
+    client.create_registered_model("tiny")
+    client.create_model_version("tiny", "file:///nowhere", tags={SHA256_TAG: sha256_file(paths.CHAMPION)})
+    assert versions() == ["1"] and complete_versions(client, "tiny") == []
+    register_stage.main()
+    assert versions() == ["1", "2"] and alias_version() == "2"
+    assert set(REQUIRED_TAGS) <= set(client.get_model_version("tiny", "2").tags)
+    assert [str(v.version) for v in complete_versions(client, "tiny", sha256_file(paths.CHAMPION))] == ["2"]
+
+
+def test_lineage_tags_accept_any_data_path():
+    """dvc.lock records the user's data wherever it is; every path gives a key MLflow accepts, and the
+    tags give the paths back."""
+    from mlflow.utils.validation import _validate_tag_name
+
+    from tasks.contracts.registry import lineage_hashes, lineage_tags
+
+    hashes = {"data/processed": "a" * 32, "/srv/data/quickdraw": "b" * 32, "../elsewhere/credit.csv": "c" * 32,
+              "/mnt/other disk/my images": "d" * 32, "data/with space.csv": "e" * 32, "/x" * 150: "f" * 32}
+    tags = lineage_tags(hashes)
+    for key in tags:
+        _validate_tag_name(key)
+        assert len(key) <= 250
+    assert tags["dvc/data/processed"] == "a" * 32
+    assert lineage_hashes(tags) == hashes
+    assert lineage_tags(hashes) == tags  # stable: the same path, the same key
+
+
+def test_the_registered_model_holds_no_pickle(registry, tmp_path):
+    path = onnx_file(tmp_path / "first.onnx", seed=0)
+    version = register(path, "student.int8", SCORES, META, "tiny", registry, True, pixels(2, 0))
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/tiny/{version}"))
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".pkl", ".pickle") or p.name == "python_model.pkl"], files
+    assert "pyfunc_model.py" in [p.name for p in files]  # logged as code
