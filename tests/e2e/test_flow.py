@@ -86,7 +86,7 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
     first = _run_flow(project)
     stages = [r["stage"] for r in first]
     assert stages == ["ingest", "validate", "preprocess", "search", "train", "distill", "prune", "export", "evaluate",
-                      "select"]
+                      "select", "register"]
     assert all(r["ran"] for r in first)
 
     # The champion is the fastest candidate (every precision competes; the budget is open here),
@@ -105,14 +105,14 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
 
     # MLflow holds the registered version under the alias, tagged with its provenance.
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    version = client.get_model_version_by_alias("distillery", "champion")
+    version = client.get_model_version_by_alias("distillery-digits", "champion")
     assert version.tags["candidate"] == metrics["champion"]
     assert len(version.tags["git_commit"]) == 40
     data_meta = yaml.safe_load((project / "data/processed/meta.json").read_text())
     assert version.tags["data_hash"] == data_meta["data_hash"]
-    assert version.description.startswith(f"# Model card: distillery version {version.version}")
+    assert version.description.startswith(f"# Model card: distillery-digits version {version.version}")
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")  # restored after the test (conftest)
-    info = mlflow.models.get_model_info(f"models:/distillery/{version.version}")
+    info = mlflow.models.get_model_info(f"models:/distillery-digits/{version.version}")
     assert info.signature is not None and info.saved_input_example_info is not None
 
     # One MLflow run for the pipeline run, FINISHED, with every stage's run nested under it.
@@ -124,18 +124,21 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
     assert all(r.data.tags.get("task") or r.data.tags["stage"] == "ingest" for r in nested)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"index.html", "model_card.md"}
 
-    # DVC agrees nothing is stale, and a second flow run skips every stage.
+    # DVC agrees nothing is stale but register, which always asks the registry; a second flow run skips
+    # every other stage, and register finds the same file already registered: no new version.
     with Repo(str(project)) as repo:
-        assert repo.status() == {}
+        assert repo.status() == {"register": ["always changed"]}
     second = _run_flow(project)
-    assert [r["ran"] for r in second] == [False] * len(stages)
+    assert [r["stage"] for r in second if r["ran"]] == ["register"]
+    assert [str(v.version) for v in client.search_model_versions("name='distillery-digits'")] == [version.version]
 
     # Editing any module a stage imports makes exactly the stages that import it stale.
     assert stale_after_editing(project, "tasks/core/provenance.py") == set(stages)  # hash_arrays: every stage
     assert stale_after_editing(project, "tasks/core/paths.py") == set(stages)
-    assert stale_after_editing(project, "tasks/ml/losses.py") == {"search", "train", "distill", "prune", "export"}
+    assert stale_after_editing(project, "tasks/ml/losses.py") == {"search", "train", "distill", "prune", "export",
+                                                                 "register"}
     assert stale_after_editing(project, "tasks/evaluation/plots.py") == set(stages[3:])
-    assert stale_after_editing(project, "tasks/onnx/quantize.py") == {"export", "evaluate", "select"}
+    assert stale_after_editing(project, "tasks/onnx/quantize.py") == {"export", "evaluate", "select", "register"}
 
     # Changing an evaluate param reruns evaluate and what follows it, nothing before.
     params_file = project / "params.yaml"
@@ -143,10 +146,10 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
     params["evaluate"]["latency_rounds"] = 3
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run_flow(project)
-    assert [r["stage"] for r in third if r["ran"]] == ["evaluate", "select"]
+    assert [r["stage"] for r in third if r["ran"]] == ["evaluate", "select", "register"]
     # The same file wins again or another does: a new version only for another file.
     again = yaml.safe_load((project / "reports/selection.json").read_text())
-    now = client.get_model_version_by_alias("distillery", "champion")
+    now = client.get_model_version_by_alias("distillery-digits", "champion")
     assert (now.version == version.version) == (again["champion"] == metrics["champion"])
     assert now.tags["sha256"] == sha256_file(project / "models/champion.onnx")
 
@@ -175,7 +178,7 @@ def test_run_report_and_model_card_open_offline_in_chromium(project: Path, tmp_p
     assert re.search(rf'id="champion-quality">{quality}<', report.dom)
     pareto = re.search(r'<img alt="Pareto: latency against quality" src="data:image/png;base64,([^"]+)"', report.dom)
     assert pareto and base64.b64decode(pareto.group(1)) == (project / "reports/pareto.png").read_bytes()
-    assert "Model card: distillery version" in report.dom
+    assert "Model card: distillery-digits version" in report.dom
     assert len(report.screenshot) > 20_000  # drawn, not a blank page
 
     card = open_page((project / "reports/model_card.md").as_uri(), tmp_path / "card")
@@ -223,7 +226,7 @@ def test_mlflow_models_serve_answers_the_readme_pixel_row(project: Path) -> None
     # As the README says to run it: mlflow starts `uvicorn` by name, so the venv's bin goes first on PATH.
     env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db",
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/distillery@champion",
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/distillery-digits@champion",
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=project, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -273,7 +276,7 @@ def test_a_served_prediction_traces_back_to_the_data_that_trained_it(project: Pa
     _git(project, "add", "dvc.lock", ".dvc/config")
     _git(project, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "the run's data")
 
-    server = Server(tmp_path, "models:/distillery@champion", tracking_uri=uri).wait_ready()
+    server = Server(tmp_path, "models:/distillery-digits@champion", tracking_uri=uri).wait_ready()
     try:
         body = json.loads(re.search(r"-d '(\{\"rows\".*?\})'", (REPO / "README.md").read_text()).group(1))
         answer = server.predict(body["rows"], headers={"X-Request-ID": "trace-me-1"})
@@ -285,8 +288,8 @@ def test_a_served_prediction_traces_back_to_the_data_that_trained_it(project: Pa
                           cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    version = MlflowClient(tracking_uri=uri).get_model_version("distillery", served["model_version"])
-    assert f"answered by distillery version {served['model_version']}" in out
+    version = MlflowClient(tracking_uri=uri).get_model_version("distillery-digits", served["model_version"])
+    assert f"answered by distillery-digits version {served['model_version']}" in out
     assert f"row 0: {served['predictions'][0]['class']}" in out and version.run_id in out
     assert f"git commit {version.tags['git_commit']}" in out
     assert f"data/processed: {version.tags['dvc/data/processed']}" in out
@@ -351,17 +354,23 @@ def test_make_run_on_an_up_to_date_project_starts_no_flow(project: Path) -> None
                    env={**os.environ, "DISTILLERY_PYTHON": sys.executable})  # whatever the tests before left stale
     done = make_run()
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "ran nothing; skipped 10 up-to-date stage(s)" in done.stdout and "no Prefect flow run" in done.stdout
+    assert "pipeline done: ran ['register'] (always run" in done.stdout
+    assert "skipped 10 up-to-date stage(s)" in done.stdout and "no Prefect flow run" in done.stdout
     assert "Starting temporary server" not in done.stdout + done.stderr
+    assert "To track the changes with git" not in done.stdout
     (project / "reports/summaries/select.md").unlink()
     done = make_run()
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "pipeline done: ran ['select']" in done.stdout
+    assert "pipeline done: ran ['select', 'register']" in done.stdout
     assert (project / "reports/summaries/select.md").exists()
     # The console ends with what a user needs next, and DVC's git hints are said once, not per stage.
     last = "\n".join(done.stdout.splitlines()[-15:])
     champion = yaml.safe_load((project / "reports/selection.json").read_text())["champion"]
     assert f"champion: {champion}: macro-F1 " in last and "models/champion.onnx" in last and "make serve" in last
+    from mlflow import MlflowClient
+
+    held = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_model_version_by_alias("distillery-digits", "champion")
+    assert f"registry: distillery-digits version {held.version}, alias @champion" in last  # asked of the registry
     assert "To track the changes with git" not in done.stdout
     assert done.stdout.count("git add dvc.lock") == 1
 
@@ -423,7 +432,7 @@ def test_a_transient_stage_failure_is_retried_and_an_exit_2_is_not(project: Path
     try:
         if code == 1:
             results = _run_flow(project)
-            assert [r["stage"] for r in results if r["ran"]] == ["select"]
+            assert [r["stage"] for r in results if r["ran"]] == ["select", "register"]
             assert attempts.read_text().count("attempt") == 2  # failed once, retried, done
         else:
             with pytest.raises(StageFailed) as failure:
@@ -540,5 +549,5 @@ def test_penguins_run_through_the_gate_to_a_registered_champion(tmp_path: Path, 
     probabilities = session.run([PROBABILITIES], {TABLE_INPUT: meta.encoder.encode(rows)})[0]
     assert probabilities.shape == (4, 3)
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    tags = client.get_model_version_by_alias("distillery", "champion").tags
+    tags = client.get_model_version_by_alias("distillery-penguins", "champion").tags
     assert tags["data_hash"] == meta.data_hash and tags["task"] == "multiclass"

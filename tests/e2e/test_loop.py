@@ -1,6 +1,6 @@
 """The closed loop, whole, on loopback with the real parts: a Prefect server, a
 process work pool and its worker (`make deploy` / `make worker`), the model
-server following `models:/distillery@champion`, and the monitor.
+server following `models:/distillery-penguins@champion`, and the monitor.
 
 Shifted traffic and late labels for it go in; the monitor logs the drift to
 MLflow, turns the labels into the production snapshot and triggers the retrain
@@ -112,9 +112,9 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
             assert client.read_flow_run(zombie.id).state.is_crashed()
             state = _wait("the first training on the worker", lambda: finished(first["flow_run"]), 600, procs)
             assert state.is_completed(), f"{state}\n{log.read_text()[-3000:]}"
-            assert str(registry.get_model_version_by_alias("distillery", "champion").version) == "1"
+            assert str(registry.get_model_version_by_alias("distillery-penguins", "champion").version) == "1"
 
-            server = Server(tmp_path, "models:/distillery@champion", tracking_uri=tracking,
+            server = Server(tmp_path, "models:/distillery-penguins@champion", tracking_uri=tracking,
                             log_dir=project / "logs/predictions", poll_interval_s=1).wait_ready(120)
 
             # 2. Shifted traffic (only Gentoo, heavier and longer-winged than any seen), and late labels for it.
@@ -152,7 +152,7 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
             with Load(server, threads=2, pause_s=0.01, rows=calm) as load:
                 state = _wait("the retrain on the worker", lambda: finished(triggered.id), 600, procs)
                 assert state.is_completed(), f"{state}\n{log.read_text()[-3000:]}"
-                champion = registry.get_model_version_by_alias("distillery", "champion")
+                champion = registry.get_model_version_by_alias("distillery-penguins", "champion")
                 assert str(champion.version) == "2"
                 load.wait_for_version("2")
                 time.sleep(1)
@@ -176,7 +176,7 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
                 state = _wait("the failing retrain", lambda: finished(failing["flow_run"]), 600, procs)
                 time.sleep(3)  # three of the server's alias polls
             assert state.is_failed() and "gate" in (state.message or "") + log.read_text()[-5000:]
-            assert str(registry.get_model_version_by_alias("distillery", "champion").version) == "2"
+            assert str(registry.get_model_version_by_alias("distillery-penguins", "champion").version) == "2"
             (rejected,) = registry.search_model_versions("name='distillery' and tag.gate='failed'")
             assert str(rejected.version) == "3"
             assert not load.failures(), load.failures()[:5]

@@ -85,7 +85,7 @@ def _champion(client_env: dict[str, str]):
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"], registry_uri=client_env["MLFLOW_TRACKING_URI"])
-    return client.get_model_version_by_alias("distillery", "champion")
+    return client.get_model_version_by_alias("distillery-digits", "champion")
 
 
 def _s3_keys(client_env: dict[str, str], bucket: str) -> list[str]:
@@ -99,18 +99,27 @@ def _s3_keys(client_env: dict[str, str], bucket: str) -> list[str]:
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
-def test_the_pipeline_runs_on_the_stack_and_its_champion_is_served_from_the_registry(project, monkeypatch):
+def test_a_run_restored_from_the_run_cache_registers_on_the_stack_and_is_served_from_it(project, monkeypatch):
+    """Run locally first (a local sqlite registry), then `make clean && make run` against the stack: DVC
+    restores every training stage from its run cache, and register, which always runs, puts the champion
+    on the stack's registry. The console names the version the stack's server holds."""
     root, env = project
-    done = _run([sys.executable, "-m", "flows.pipeline"], root, env)
-    assert "pipeline done: ran ['ingest'" in done.stdout
+    _dvc(root, {k: v for k, v in env.items() if k.startswith("DISTILLERY_STACK_")}, "repro")  # local registry
+    assert (root / "mlflow.db").exists()
+    _run(["make", "clean"], root, env)
+    done = _run([sys.executable, "-m", "flows.run"], root, env)
+    assert "is cached - skipping run" in done.stdout  # nothing trained again ...
+    assert "Running stage 'register'" in done.stdout  # ... but the registry was asked
     # The registry is MLflow's PostgreSQL database, the model files are in the S3 bucket.
     version = _champion(env)
+    assert f"registry: distillery-digits version {version.version}, alias @champion ({env['MLFLOW_TRACKING_URI']})" \
+        in done.stdout
     import psycopg2
 
     stack_port = env["DISTILLERY_STACK_POSTGRES_PORT"]
     with psycopg2.connect(f"postgresql://distillery:distillery@127.0.0.1:{stack_port}/mlflow") as conn:
         with conn.cursor() as cur:
-            cur.execute("SELECT version FROM model_versions WHERE name = 'distillery'")
+            cur.execute("SELECT version FROM model_versions WHERE name = 'distillery-digits'")
             assert version.version in {str(v) for (v,) in cur.fetchall()}
     conn.close()
     # The pyfunc model's one artifact: the champion's ONNX file, under its candidate's name.
@@ -118,15 +127,15 @@ def test_the_pipeline_runs_on_the_stack_and_its_champion_is_served_from_the_regi
     # The flow run is in the Prefect server (on PostgreSQL), completed.
     runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}, timeout=30).json()
     assert any(run["state_type"] == "COMPLETED" for run in runs)
-    # The server follows models:/distillery@champion and downloads it from S3.
+    # The server follows models:/distillery-digits@champion and downloads it from S3.
     for key in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, env[key])
     workdir = root / "serving"
     workdir.mkdir()
-    server = Server(workdir, "models:/distillery@champion", tracking_uri=env["MLFLOW_TRACKING_URI"])
+    server = Server(workdir, "models:/distillery-digits@champion", tracking_uri=env["MLFLOW_TRACKING_URI"])
     try:
         server.wait_ready(timeout=120)
-        described = server.client.get("/v2/models/distillery").json()
+        described = server.client.get("/v2/models/distillery-digits").json()
     finally:
         server.stop()
     assert described["versions"] == [version.version]
@@ -150,7 +159,7 @@ def test_wrong_s3_credentials_are_named_before_any_stage_and_by_the_server(proje
     for key in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, {**env, **wrong}[key])
     with pytest.raises(DistilleryError, match=f"refused the credentials .*{code}"):
-        RegistrySource("models:/distillery@champion", env["MLFLOW_TRACKING_URI"]).load(threads=1)
+        RegistrySource("models:/distillery-digits@champion", env["MLFLOW_TRACKING_URI"]).load(threads=1)
 
 
 def test_dvc_push_then_a_fresh_clone_pulls_and_reruns_nothing(project, tmp_path):
@@ -166,8 +175,10 @@ def test_dvc_push_then_a_fresh_clone_pulls_and_reruns_nothing(project, tmp_path)
     _stack(clone, env, "up")  # the stack is up already: this writes the clone's .stack.env and remote only
     _dvc(clone, env, "pull")
     assert "up to date" in _dvc(clone, env, "status")
+    before = _champion(env)
     rerun = _run([sys.executable, "-m", "flows.pipeline"], clone, {**env, **_client_env(clone)})
-    assert "pipeline done: ran nothing" in rerun.stdout
+    assert "pipeline done: ran ['register']" in rerun.stdout  # it asks the registry, which has this very file
+    assert _champion(env).version == before.version
 
 
 def test_stopping_and_starting_the_stack_keeps_registry_artifacts_and_cache(project, tmp_path, monkeypatch):
@@ -185,7 +196,7 @@ def test_stopping_and_starting_the_stack_keeps_registry_artifacts_and_cache(proj
     # An earlier test in this process may have set MLflow's global URIs: models:/ resolves through the registry URI.
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
-    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/distillery/{after.version}",
+    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/distillery-digits/{after.version}",
                                                dst_path=str(tmp_path), tracking_uri=env["MLFLOW_TRACKING_URI"])
     onnx_file = next(Path(path).rglob("*.onnx"))
     assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == after.tags["sha256"]
