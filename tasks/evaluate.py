@@ -14,9 +14,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks.contracts import reports
 from tasks.contracts.dataset import ROW_ID
 from tasks.contracts.onnx import LOGITS, PREDICTION, PROBABILITIES, answer_output
-from tasks.contracts.processed import ROW_IDS, X, ProcessedMeta, load_split, load_split_arrays, read_meta
+from tasks.contracts.processed import (
+    ROW_IDS,
+    ProcessedMeta,
+    X,
+    load_split,
+    load_split_arrays,
+    read_meta,
+)
+from tasks.contracts.reports import EvaluationReport
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
@@ -175,8 +184,8 @@ def main() -> None:
     for name, result in candidates.items():
         write_plots(name, result, list(meta.classes), meta.task)
     slices = slice_report(meta, y, params) if params.slice_column else None
-    write_json(paths.EVALUATION_REPORT, {"task": meta.task, "test_rows": len(y), "latency_threads": list(params.latency_threads),
-                                         "candidates": candidates, "slices": slices})
+    reports.write(EvaluationReport(task=meta.task, test_rows=len(y), latency_threads=tuple(params.latency_threads),
+                                   candidates=candidates, slices=slices))
     log_to_mlflow(all_params.mlflow, candidates, meta.task)
     latency = [latency_key(b, t) for t in params.latency_threads for b in LATENCY_BATCHES]
     columns = (*(REGRESSION_COLUMNS if meta.task == "regression" else SUMMARY_COLUMNS), *latency)

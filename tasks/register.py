@@ -29,14 +29,25 @@ from typing import Any, Optional
 
 import numpy as np
 
+from tasks.contracts import reports
 from tasks.contracts.dataset import read_meta as read_dataset_meta
 from tasks.contracts.onnx import answer_output
 from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
-from tasks.contracts.registry import (CHAMPION_ALIAS, GATE_TAG, ONNX_ARTIFACT, SHA256_TAG, alias_version,
-                                      complete_versions, lineage_tags, missing_provenance, onnx_files)
+from tasks.contracts.registry import (
+    CHAMPION_ALIAS,
+    GATE_TAG,
+    ONNX_ARTIFACT,
+    SHA256_TAG,
+    alias_version,
+    complete_versions,
+    lineage_tags,
+    missing_provenance,
+    onnx_files,
+)
+from tasks.contracts.reports import CompressionReport, Selection
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
-from tasks.core.io import read_json, write_json, write_text
+from tasks.core.io import write_json, write_text
 from tasks.core.params import MlflowParams, SelectParams, load_params, model_name
 from tasks.core.provenance import sha256_file
 from tasks.core.report import write_summary
@@ -47,7 +58,6 @@ from tasks.onnx.runtime import check_artifact, read_metadata, run_batches
 SECTIONS = ("select",)
 # The registered model's code (deploy/pyfunc.py and what it runs), found as files: a stage does not import deploy/.
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-REFERENCE = "teacher.fp32"
 # What the registered pyfunc model needs to load and run (deploy/pyfunc.py), listed: inference is slow.
 PYFUNC_REQUIREMENTS = ["mlflow", "onnxruntime", "onnx", "numpy", "pandas", "orjson", "scikit-learn", "PyYAML"]
 
@@ -210,17 +220,17 @@ def promote(registered_model: str, version: str) -> None:
     MlflowClient().set_registered_model_alias(registered_model, CHAMPION_ALIAS, version)
 
 
-def headline(table: dict[str, dict], champion: str, speed_key: str, version: str, task: str) -> dict:
+def headline(selection: Selection, version: str) -> dict:
     """The champion in a few numbers (reports/metrics.json, what `dvc metrics show`
     prints): its quality, its speed against the reference in the same runtime,
     its size and its registry version. Strings and per-candidate rows stay in
     reports/selection.json, so the table fits a terminal."""
-    ours, ref = table[champion], table[REFERENCE]
-    keys = ("r2", "rmse") if task == "regression" else ("macro_f1", "accuracy", "ece")
+    ours, ref = selection.ours, selection.ref
+    keys = ("r2", "rmse") if selection.task == "regression" else ("macro_f1", "accuracy", "ece")
     return {**{key: round(ours[key], 4) for key in keys if ours.get(key) is not None},
             "quality_drop": round(ref["quality"] - ours["quality"], 4),
-            "latency_ms": round(ours[speed_key], 4),
-            "speedup": round(ref[speed_key] / ours[speed_key], 2),
+            "latency_ms": round(ours[selection.speed_key], 4),
+            "speedup": round(selection.speedup, 2),
             "size_kb": round(ours["size_bytes"] / 1024, 1),
             "version": int(version)}
 
@@ -240,9 +250,8 @@ def main() -> None:
 
     all_params = load_params(paths.PARAMS, SECTIONS)
     params = all_params.select
-    selection = read_json(paths.SELECTION, "selection report")
-    champion, table = selection["champion"], selection["candidates"]
-    scores = table[champion]
+    selection = reports.read(Selection)
+    champion, scores = selection.champion, selection.ours
     meta = read_meta()
     check_artifact(paths.CHAMPION)
     name = registered_model_of(params)
@@ -268,11 +277,10 @@ def main() -> None:
     moves = params.promotes() and alias_version(client, name) != version
     holds = moves or alias_version(client, name) == version
     try:
-        card = model_card(selection, read_json(paths.COMPRESSION_REPORT, "compression report"), version, name,
-                          promoted=holds)
+        card = model_card(selection, reports.read(CompressionReport), version, name, promoted=holds)
         write_text(paths.MODEL_CARD, card)
         describe(name, version, card)
-        write_json(paths.METRICS, headline(table, champion, selection["speed_key"], version, meta.task))
+        write_json(paths.METRICS, headline(selection, version))
     except BaseException:
         if created:
             delete(name, version)

@@ -13,17 +13,23 @@ from __future__ import annotations
 import re
 import shutil
 
-
+from tasks.contracts import reports
 from tasks.contracts.processed import ProcessedMeta, read_meta
+from tasks.contracts.reports import (
+    REFERENCE,
+    CandidateId,
+    CompressionReport,
+    EvaluationReport,
+    Selection,
+)
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
-from tasks.core.io import atomic_path, read_json, write_json
+from tasks.core.io import atomic_path, read_json
 from tasks.core.params import SelectParams, load_params
 from tasks.core.report import markdown_table, write_summary
 from tasks.onnx.runtime import check_artifact, file_size
 
 SECTIONS = ("select",)
-REFERENCE = "teacher.fp32"
 SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece_before_scaling", "ece", "mce", "r2", "rmse", "mae",
                 "size_bytes", "int8_top1_agreement", "int8_max_abs_diff")
 LATENCY_PREFIX = "latency_ms_"  # evaluate's latencies: latency_ms_b<batch>_t<threads>[_p10|_p90]
@@ -37,13 +43,13 @@ def _quality(result: dict) -> float:
 def select_champion(candidates: dict[str, dict], params: SelectParams) -> tuple[str, dict[str, dict]]:
     """Return the champion's name and every candidate's summary with its verdict.
     Quality is macro-F1 (R^2 for regression); `max_f1_drop` bounds its loss."""
-    if REFERENCE not in candidates:
+    if REFERENCE.name not in candidates:
         raise DistilleryError(f"{paths.EVALUATION_REPORT}: the reference candidate '{REFERENCE}' was not evaluated")
-    reference = _quality(candidates[REFERENCE])
+    reference = _quality(candidates[REFERENCE.name])
     floor = reference - params.max_f1_drop
     table: dict[str, dict] = {}
     for name, result in candidates.items():
-        precision = name.rsplit(".", 1)[-1]
+        precision = CandidateId.parse(name).precision
         if params.speed_key not in result:
             raise DistilleryError(f"{paths.EVALUATION_REPORT}: {name} has no {params.speed_key} (select.speed_key); "
                                   "time its thread count in evaluate.latency_threads and rerun evaluate")
@@ -88,7 +94,7 @@ def versus(candidates: list[dict], champion: str) -> dict:
     at every latency key timed (same process, same runtime), its size share and
     its quality drop in points."""
     rows = {row["name"]: row for row in candidates}
-    ours, ref = rows[champion], rows[REFERENCE]
+    ours, ref = rows[champion], rows[REFERENCE.name]
     return {
         "speedup": {key: round(ref[key] / ours[key], 2) for key in sorted(ours)
                     if re.fullmatch(r"latency_ms_b\d+_t\d+", key) and ours[key]},
@@ -105,33 +111,33 @@ def write_compression_report(champion: str, table: dict[str, dict], meta: Proces
     export = read_json(paths.EXPORT_REPORT, "export report")
     candidates = []
     for name, row in table.items():
-        model, precision = name.rsplit(".", 1)
-        candidates.append({"name": name, "path": str(paths.ONNX_DIR / f"{name}.onnx"), "precision": precision,
-                           "parameters": export.get(model, {}).get("parameters"),
+        candidate = CandidateId.parse(name)
+        candidates.append({"name": name, "path": str(paths.ONNX_DIR / f"{name}.onnx"), "precision": candidate.precision,
+                           "parameters": export.get(candidate.model, {}).get("parameters"),
                            "size_bytes": file_size(paths.ONNX_DIR / f"{name}.onnx"), **row})
     front = pareto_front(table, params.speed_key)
-    floor = _quality(table[REFERENCE]) - params.max_f1_drop
-    write_json(paths.COMPRESSION_REPORT, {"champion": champion, "task": meta.task, "speed_key": params.speed_key,
-                                          "reference": REFERENCE, "quality_floor": floor, "pareto_front": front,
-                                          "champion_vs_reference": versus(candidates, champion),
-                                          "candidates": candidates})
+    floor = _quality(table[REFERENCE.name]) - params.max_f1_drop
+    reports.write(CompressionReport(
+        champion=champion, task=meta.task, speed_key=params.speed_key, reference=REFERENCE.name, quality_floor=floor,
+        pareto_front=tuple(front), champion_vs_reference=versus(candidates, champion), candidates=tuple(candidates)))
     plots.pareto(candidates, champion, "R^2" if meta.task == "regression" else "macro-F1", params.speed_key, front,
                  floor, paths.PARETO_PLOT)
 
 
 def main() -> None:
     params = load_params(paths.PARAMS, SECTIONS).select
-    evaluation = read_json(paths.EVALUATION_REPORT, "evaluation report")
+    evaluation = reports.read(EvaluationReport)
     meta = read_meta()
-    champion, table = select_champion(evaluation["candidates"], params)
+    champion, table = select_champion(evaluation.candidates, params)
     source = paths.ONNX_DIR / f"{champion}.onnx"
     check_artifact(source)
     with atomic_path(paths.CHAMPION) as tmp:
         shutil.copyfile(source, tmp)
-    write_json(paths.SELECTION, {"champion": champion, "reference": REFERENCE, "max_f1_drop": params.max_f1_drop,
-                                 "speed_key": params.speed_key, "task": meta.task, "candidates": table})
+    selection = Selection(champion=champion, reference=REFERENCE.name, max_f1_drop=params.max_f1_drop,
+                          speed_key=params.speed_key, task=meta.task, candidates=table)
+    reports.write(selection)
     write_compression_report(champion, table, meta, params)
-    c = table[champion]
+    c = selection.ours
     quality_name = "R^2" if meta.task == "regression" else "macro-F1"
     ece = f", ECE {c['ece']:.4f}" if c.get("ece") is not None else ""
     write_summary(
@@ -139,8 +145,8 @@ def main() -> None:
         f"Champion **{champion}** (fastest by {params.speed_key} within {params.max_f1_drop} "
         f"{quality_name} of {REFERENCE}): {quality_name} {c['quality']:.4f}{ece}, {c['size_bytes']:,} bytes, "
         f"{c[params.speed_key]:.3f} ms ({params.speed_key}, median of interleaved rounds), "
-        f"{table[REFERENCE][params.speed_key] / c[params.speed_key]:.2f}x the speed of {REFERENCE} in the same "
-        f"runtime. The register stage checks it against the MLflow registry.\n\n"
+        f"{selection.speedup:.2f}x the speed of {REFERENCE} in the same runtime. The register stage checks it "
+        f"against the MLflow registry.\n\n"
         + markdown_table([{"candidate": n, **{k: v for k, v in r.items() if not k.endswith(("_p10", "_p90"))}}
                           for n, r in table.items()]),
     )

@@ -14,14 +14,22 @@ from pathlib import Path
 
 import pandas as pd
 
+from tasks.contracts import reports
 from tasks.contracts.dataset import REASON, ROW_ID, read_dataset, write_dataset
+from tasks.contracts.reports import ValidationReport
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
 from tasks.core.params import load_params
 from tasks.core.report import write_summary
-from tasks.data.gate import GateResult, failure_message, gate, load_suite, quality_summary
 from tasks.data.docs import make_offline
+from tasks.data.gate import (
+    GateResult,
+    failure_message,
+    gate,
+    load_suite,
+    quality_summary,
+)
 from tasks.data.label_issues import plot_label_issues
 from tasks.data.quality import plot_balance, plot_missingness
 
@@ -55,11 +63,8 @@ def write_reports(result: GateResult, suite_path: Path) -> None:
     if report["kind"] == "tabular" and summary["rows_in"]:
         typed = pd.concat([result.valid.table, result.quarantined.table.drop(columns=REASON)])
         plot_missingness(typed.sort_values(ROW_ID).drop(columns=[ROW_ID]), paths.QUALITY_PLOTS / "missingness.png")
-    write_json(
-        paths.VALIDATION_REPORT,
-        {**summary, "suite": str(suite_path), "data_docs": str(paths.DATA_DOCS / "index.html"),
-         "results": outcome.results},
-    )
+    reports.write(ValidationReport(**summary, suite=str(suite_path), data_docs=str(paths.DATA_DOCS / "index.html"),
+                                   results=tuple(outcome.results)))
 
 
 def label_issue_summary(report: dict) -> str:

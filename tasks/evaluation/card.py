@@ -7,11 +7,17 @@ every figure in it is one a stage measured; nothing here measures anything.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 
+from tasks.contracts import reports
+from tasks.contracts.dataset import DatasetMeta
+from tasks.contracts.dataset import read_meta as read_dataset_meta
+from tasks.contracts.processed import ProcessedMeta, read_meta
+from tasks.contracts.reports import CandidateId, CompressionReport, EvaluationReport, Selection, ValidationReport
 from tasks.core import paths
 from tasks.core.io import read_json
 from tasks.core.report import markdown_table
@@ -53,97 +59,139 @@ def _f(value: Optional[float], digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def compression_steps(candidates: list[dict], speed_key: str, champion: str) -> list[dict]:
+def compression_steps(candidates: Sequence[dict], speed_key: str, champion: str) -> list[dict]:
     """teacher -> student -> pruned -> int8: each step's size, speed and quality,
     the path that ends at the champion first."""
     rows = {row["name"]: row for row in candidates}
-    model = champion.rsplit(".", 1)[0]
-    chain = ["teacher.fp32"]
-    if model.startswith("student"):
-        chain.append("student.fp32")
-    if model.endswith("_pruned"):
-        chain.append(f"{model}.fp32")
-    chain.append(champion)
     steps = []
-    for name in dict.fromkeys(chain):
-        if name not in rows:
+    for step in CandidateId.parse(champion).lineage():
+        if step.name not in rows:
             continue
-        row = rows[name]
-        steps.append({"step": name, "parameters": row.get("parameters"), "size_bytes": row["size_bytes"],
+        row = rows[step.name]
+        steps.append({"step": step.name, "parameters": row.get("parameters"), "size_bytes": row["size_bytes"],
                       f"{speed_key}": round(row[speed_key], 4), "quality": round(row["quality"], 4)})
     return steps
 
 
-def model_card(selection: dict, compression: dict, version: str, registered_model: str, promoted: bool) -> str:
+@dataclass(frozen=True)
+class CardInputs:
+    """Everything the card says, as the stages left it: read once, here."""
+
+    selection: Selection
+    compression: CompressionReport
+    evaluation: EvaluationReport
+    validation: Optional[ValidationReport]
+    quality: dict  # reports/data_quality.json ({} when validate has not run here)
+    labels: dict  # reports/label_issues.json
+    export: dict  # the champion's model's entry in reports/export.json
+    meta: ProcessedMeta
+    dataset: Optional[DatasetMeta]
+
+    @property
+    def source(self) -> str:
+        d = self.dataset
+        return f"`{d.source}`" + (f" (`{d.origin}`)" if d.origin else "") if d else UNKNOWN
+
+
+def card_inputs(selection: Selection, compression: CompressionReport) -> CardInputs:
+    export = read_json(paths.EXPORT_REPORT, "export report")
+    return CardInputs(
+        selection=selection, compression=compression, evaluation=reports.read(EvaluationReport),
+        validation=reports.read_optional(ValidationReport), quality=_optional(paths.DATA_QUALITY_REPORT),
+        labels=_optional(paths.LABEL_ISSUES_REPORT), export=export.get(selection.champion_id.model, {}),
+        meta=read_meta(),
+        dataset=read_dataset_meta(paths.INGESTED) if (paths.INGESTED / paths.META).exists() else None)
+
+
+def model_card(selection: Selection, compression: CompressionReport, version: str, registered_model: str,
+               promoted: bool) -> str:
     """The card as Markdown, from select's own record and the reports on disk."""
-    from tasks.contracts.dataset import read_meta as read_dataset_meta
-    from tasks.contracts.processed import read_meta
+    given = card_inputs(selection, compression)
+    lines = [f"# Model card: {registered_model} version {version} ({selection.champion})", ""]
+    for section in (_details(given, version, registered_model, promoted), _intended_use(given),
+                    _training_data(given), _evaluation_data(given), _metrics(given), _compression(given),
+                    ["## Limitations", ""] + [f"- {item}" for item in limitations(
+                        given.evaluation.candidates[selection.champion], given.quality,
+                        selection.task == "regression")] + [""],
+                    _lineage(given)):
+        lines += section
+    return "\n".join(lines) + "\n"
 
-    champion, task, speed_key = selection["champion"], selection["task"], selection["speed_key"]
-    ours = selection["candidates"][champion]
-    report = read_json(paths.EVALUATION_REPORT, "evaluation report")
-    evaluation = report["candidates"][champion]
-    validation = _optional(paths.VALIDATION_REPORT)
-    quality = _optional(paths.DATA_QUALITY_REPORT)
-    export = read_json(paths.EXPORT_REPORT, "export report").get(champion.rsplit(".", 1)[0], {})
-    meta = read_meta()
-    dataset = read_dataset_meta(paths.INGESTED) if (paths.INGESTED / paths.META).exists() else None
-    source = f"`{dataset.source}`" + (f" (`{dataset.origin}`)" if dataset.origin else "") if dataset else UNKNOWN
-    regression = task == "regression"
-    quality_name = "R^2" if regression else "macro-F1"
-    speedup = selection["candidates"]["teacher.fp32"][speed_key] / ours[speed_key]
 
-    lines = [f"# Model card: {registered_model} version {version} ({champion})", ""]
-    lines += ["## Model details", "",
-              f"- **Champion**: `{champion}`, {task}, {ours['size_bytes']:,} bytes, ONNX (`models/champion.onnx`), "
-              f"served through onnxruntime (`make serve`).",
-              f"- **Quality**: {quality_name} {_f(ours['quality'])}"
-              + ("" if regression else f", accuracy {_f(ours.get('accuracy'))}, ECE {_f(ours.get('ece'))}") + ".",
-              f"- **Speed**: {ours[speed_key]:.3f} ms ({speed_key}), {speedup:.2f}x the speed of teacher.fp32 in the "
-              "same runtime (onnxruntime against onnxruntime, threads pinned, median of interleaved rounds).",
-              f"- **Registry**: MLflow model `{registered_model}` version {version}"
-              + (", alias `champion`." if promoted else " (not promoted: no alias)."),
-              ""]
+def _quality_name(selection: Selection) -> str:
+    return "R^2" if selection.task == "regression" else "macro-F1"
+
+
+def _details(given: CardInputs, version: str, registered_model: str, promoted: bool) -> list[str]:
+    s, ours = given.selection, given.selection.ours
+    regression = s.task == "regression"
+    return ["## Model details", "",
+            f"- **Champion**: `{s.champion}`, {s.task}, {ours['size_bytes']:,} bytes, ONNX (`models/champion.onnx`), "
+            "served through onnxruntime (`make serve`).",
+            f"- **Quality**: {_quality_name(s)} {_f(ours['quality'])}"
+            + ("" if regression else f", accuracy {_f(ours.get('accuracy'))}, ECE {_f(ours.get('ece'))}") + ".",
+            f"- **Speed**: {ours[s.speed_key]:.3f} ms ({s.speed_key}), {s.speedup:.2f}x the speed of "
+            f"{s.reference} in the same runtime (onnxruntime against onnxruntime, threads pinned, median of "
+            "interleaved rounds).",
+            f"- **Registry**: MLflow model `{registered_model}` version {version}"
+            + (", alias `champion`." if promoted else " (not promoted: no alias)."),
+            ""]
+
+
+def _intended_use(given: CardInputs) -> list[str]:
+    meta, dataset = given.meta, given.dataset
+    regression = given.selection.task == "regression"
     classes = ", ".join(f"`{c}`" for c in meta.classes) if meta.classes else "none (regression)"
-    lines += ["## Intended use", "",
-              f"- Predicts {'a number' if regression else 'one of the classes ' + classes} for one "
-              f"{meta.kind} input of the same shape and columns as the training data ({source}"
-              + (f", target `{dataset.target}`" if dataset and dataset.target else "") + ").",
-              "- Meant for inputs drawn from the training distribution: the monitor (`make monitor`) tests "
-              "production windows for drift and retrains when they move away.",
-              "- Not meant for decisions the limitations below make unsafe, nor for inputs of another kind.", ""]
-    balance = quality.get("balance", {})
+    return ["## Intended use", "",
+            f"- Predicts {'a number' if regression else 'one of the classes ' + classes} for one "
+            f"{meta.kind} input of the same shape and columns as the training data ({given.source}"
+            + (f", target `{dataset.target}`" if dataset and dataset.target else "") + ").",
+            "- Meant for inputs drawn from the training distribution: the monitor (`make monitor`) tests "
+            "production windows for drift and retrains when they move away.",
+            "- Not meant for decisions the limitations below make unsafe, nor for inputs of another kind.", ""]
+
+
+def _training_data(given: CardInputs) -> list[str]:
+    meta, validation, labels = given.meta, given.validation, given.labels
+    balance = given.quality.get("balance", {})
     kept = balance.get("kept", balance)
-    lines += ["## Training data", "",
-              f"- **Source**: {source}, data hash `{meta.data_hash[:16]}`.",
-              (f"- **Rows**: {validation['rows_in']:,} in, {validation['rows_valid']:,} valid, "
-               f"{validation['rows_quarantined']:,} quarantined (`data/quarantine/`); " if validation else
-               f"- **Rows**: {UNKNOWN}; ")
-              + f"{meta.production_rows:,} labelled production rows"
-              + (f" from snapshot `{meta.production_snapshot}`" if meta.production_snapshot else "") + ".",
-              f"- **Split** (rows): " + ", ".join(f"{name} {sum(counts):,}" for name, counts in meta.counts.items())
-              + f"; resampling `{meta.resample}`.",
-              ]
+    lines = ["## Training data", "",
+             f"- **Source**: {given.source}, data hash `{meta.data_hash[:16]}`.",
+             (f"- **Rows**: {validation.rows_in:,} in, {validation.rows_valid:,} valid, "
+              f"{validation.rows_quarantined:,} quarantined (`data/quarantine/`); " if validation else
+              f"- **Rows**: {UNKNOWN}; ")
+             + f"{meta.production_rows:,} labelled production rows"
+             + (f" from snapshot `{meta.production_snapshot}`" if meta.production_snapshot else "") + ".",
+             "- **Split** (rows): " + ", ".join(f"{name} {sum(counts):,}" for name, counts in meta.counts.items())
+             + f"; resampling `{meta.resample}`."]
     if kept.get("imbalance_ratio") is not None:
         lines.append(f"- **Class balance** (rows kept): imbalance ratio {kept['imbalance_ratio']:.2f}, "
                      f"normalised entropy {_f(kept.get('normalized_entropy'), 3)}.")
-    labels = _optional(paths.LABEL_ISSUES_REPORT)
     if labels and not labels.get("skipped_reason"):
         lines.append(f"- **Label errors** (confident learning): {labels['suspects']:,} likely among "
                      f"{labels['checked_rows']:,} rows ({labels['flagged_rate']:.1%}, estimated rate "
                      f"{labels['estimated_rate']:.1%}); action `{labels['action']}`: {labels['quarantined']:,} "
                      f"quarantined, {labels['relabelled']:,} relabelled (`reports/label_issues.json`).")
     if validation:
-        lines.append(f"- **Gate**: Great Expectations suite `{validation['suite']}`: "
-                     f"{'passed' if validation['success'] else 'failed'} (Data Docs: `reports/data_docs/index.html`).")
-    lines.append("")
+        lines.append(f"- **Gate**: Great Expectations suite `{validation.suite}`: "
+                     f"{'passed' if validation.success else 'failed'} (Data Docs: `reports/data_docs/index.html`).")
+    return lines + [""]
+
+
+def _evaluation_data(given: CardInputs) -> list[str]:
+    meta = given.meta
     test_rows = sum(meta.counts.get("test", []))
-    lines += ["## Evaluation data", "",
-              f"- The held-out test split: {test_rows:,} rows, stratified, never seen in training, calibration or "
-              "selection." + ("" if regression else " Per class (rows): " + ", ".join(
-                  f"`{c}` {n}" for c, n in zip(meta.classes, meta.counts.get("test", [])))), ""]
-    lines += ["## Metrics", ""]
-    if regression:
+    return ["## Evaluation data", "",
+            f"- The held-out test split: {test_rows:,} rows, stratified, never seen in training, calibration or "
+            "selection." + ("" if given.selection.task == "regression" else " Per class (rows): " + ", ".join(
+                f"`{c}` {n}" for c, n in zip(meta.classes, meta.counts.get("test", [])))), ""]
+
+
+def _metrics(given: CardInputs) -> list[str]:
+    s, ours = given.selection, given.selection.ours
+    evaluation = given.evaluation.candidates[s.champion]
+    lines = ["## Metrics", ""]
+    if s.task == "regression":
         lines.append(markdown_table([{k: round(ours[k], 4) for k in ("r2", "rmse", "mae") if ours.get(k) is not None}]))
     else:
         averages = evaluation.get("averages", {})
@@ -156,29 +204,33 @@ def model_card(selection: dict, compression: dict, version: str, registered_mode
                   markdown_table([{"class": c, "precision": round(v["precision"], 4), "recall": round(v["recall"], 4),
                                    "f1": round(v["f1-score"], 4), "support": int(v["support"])}
                                   for c, v in class_scores(evaluation).items()])]
-        temperature = export.get("temperature", 1.0)
+        temperature = given.export.get("temperature", 1.0)
         why = ("" if temperature != 1.0 else
                f" The temperature stayed at 1: scaling did not lower the validation ECE "
-               f"({_f(export.get('val_ece_before'))} before), and it is kept only when it does.")
+               f"({_f(given.export.get('val_ece_before'))} before), and it is kept only when it does.")
         lines += ["", f"Calibration: temperature {temperature:.3f}; test ECE {_f(ours.get('ece_before_scaling'))} "
                       f"before scaling, {_f(ours.get('ece'))} after; MCE {_f(ours.get('mce'))}.{why}"]
-    slices = report.get("slices") or {}
-    champion_slices = (slices.get("candidates") or {}).get(champion)
+    champion_slices = ((given.evaluation.slices or {}).get("candidates") or {}).get(s.champion)
     if champion_slices:
         lines += ["", "Per slice:", "", markdown_table(_slice_rows(champion_slices))]
-    lines.append("")
-    lines += ["## Compression history", "",
-              "Each step as evaluate measured it on the test split, in the same onnxruntime process:", "",
-              markdown_table(compression_steps(compression["candidates"], speed_key, champion)), ""]
-    lines += ["## Limitations", ""] + [f"- {item}" for item in limitations(evaluation, quality, regression)] + [""]
-    hashes = dvc_hashes()
-    lines += ["## Lineage", "",
-              f"- git commit `{_git_commit_of(champion)}`",
-              f"- params hash (sha256 of params.yaml as parsed) `{params_hash()[:16]}`",
-              f"- data hash (the ONNX's metadata) `{meta.data_hash[:16]}`"]
-    lines += [f"- dvc.lock `{path}` md5 `{md5}`" for path, md5 in hashes.items()]
+    return lines + [""]
+
+
+def _compression(given: CardInputs) -> list[str]:
+    s = given.selection
+    return ["## Compression history", "",
+            "Each step as evaluate measured it on the test split, in the same onnxruntime process:", "",
+            markdown_table(compression_steps(given.compression.candidates, s.speed_key, s.champion)), ""]
+
+
+def _lineage(given: CardInputs) -> list[str]:
+    lines = ["## Lineage", "",
+             f"- git commit `{_git_commit_of(given.selection.champion)}`",
+             f"- params hash (sha256 of params.yaml as parsed) `{params_hash()[:16]}`",
+             f"- data hash (the ONNX's metadata) `{given.meta.data_hash[:16]}`"]
+    lines += [f"- dvc.lock `{path}` md5 `{md5}`" for path, md5 in dvc_hashes().items()]
     lines.append("- `git checkout <commit> && dvc checkout` restores this data (`dvc pull` first with a remote).")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _git_commit_of(champion: str) -> str:

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import onnx
 import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from tasks.contracts import reports
 from tasks.contracts.processed import X, Y, save_split, write_meta
+from tasks.contracts.reports import EvaluationReport
 from tasks.contracts.registry import CHAMPION_ALIAS, SHA256_TAG, onnx_files
 from tasks.core import paths
 from tasks.core.errors import DistilleryError
@@ -97,7 +98,6 @@ def test_register_creates_versions_and_promote_moves_the_champion_alias(registry
 def test_the_registered_pyfunc_answers_what_predict_answers(registry, tmp_path):
     """mlflow.pyfunc and `mlflow models serve` (its scoring app, here in-process)
     take the rows /predict takes and give its answers; a bad row is a 400 naming it."""
-    import json
 
     from fastapi.testclient import TestClient
     from mlflow.pyfunc import scoring_server
@@ -226,8 +226,7 @@ def prepare_candidates(seed: int) -> None:
     for name, latency in measure_latency(files, x, EVALUATE).items():
         candidates[name].update(latency)
     assert set(candidates) == {"teacher.fp32", "teacher.int8"}
-    write_json(paths.EVALUATION_REPORT, {"task": meta.task, "test_rows": len(y), "threads": 1,
-                                         "candidates": candidates, "slices": None})
+    reports.write(EvaluationReport(task=meta.task, test_rows=len(y), latency_threads=(1,), candidates=candidates))
 
 
 def versions(name: str = "tiny") -> list[str]:
