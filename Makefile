@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install run test repro plots bench soak suite serve monitor deploy worker stack stack-down stack-status clean
+.PHONY: install run test docs repro plots bench soak suite serve monitor deploy worker stack stack-down stack-status clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ TEST_WORKERS ?= auto
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
+## docs: the manual (docs/, mkdocs.yml) built offline into site/; --strict: a broken link, a page missing from nav or a bad snippet fails
+docs: install
+	$(BIN)/mkdocs build --strict
+
 ## plots: `dvc plots show` as reports/dvc_plots/index.html, Vega inlined (no CDN); ARGS="diff HEAD" compares
 plots: install
 	$(BIN)/python -m flows.report --plots $(or $(ARGS),show)
@@ -39,7 +43,7 @@ bench: install
 soak: install
 	$(BIN)/python -m bench.soak
 
-## serve: the model server on 127.0.0.1:8000 (settings: DISTILLERY_SERVE_* variables; README, "Serving")
+## serve: the model server on 127.0.0.1:8000 (settings: DISTILLERY_SERVE_* variables; docs/serving.md)
 serve: install
 	$(BIN)/python -m deploy.server
 
@@ -67,7 +71,7 @@ worker: install
 	PATH=$(CURDIR)/$(BIN):$$PATH PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/prefect worker start --pool $(POOL) --type process
 
 ## stack: PostgreSQL, S3 (moto), MLflow and Prefect servers on 127.0.0.1, state in .stack/;
-## writes .stack.env (`. ./.stack.env && make run` uses them) and the DVC remote `stack` (README, "Scaling out")
+## writes .stack.env (`. ./.stack.env && make run` uses them) and the DVC remote `stack` (docs/scaling-out.md)
 stack: install
 	$(BIN)/python -m stack up
 

@@ -187,7 +187,7 @@ def openapi_document(version: str, title: str = "Distillery model server") -> di
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version, "description": "Serves the Distillery champion with onnxruntime. See README, 'Serving'."},
+        "info": {"title": title, "version": version, "description": "Serves the Distillery champion with onnxruntime. See docs/serving.md."},
         "paths": paths,
         "components": {
             "schemas": defs.get("$defs", {}),

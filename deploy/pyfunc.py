@@ -8,7 +8,7 @@ and answers (deploy.protocol), so a row means the same thing everywhere and a
 bad one is refused with the same message, naming the row and the column. The
 signature (tasks/register.py, signature_and_example) says what goes in:
 - images: float32 rows of the flat pixel count (MLflow's scoring server casts
-  a JSON body's integers to it; the README's pixel row works as it is);
+  a JSON body's integers to it; the serving docs' pixel row works as it is);
 - tables: the model's columns by name, any type, none required (null is a
   gap), so a DataFrame of ints, floats and strings goes through to the same
   encoder training used, which checks each value.
