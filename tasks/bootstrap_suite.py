@@ -17,13 +17,15 @@ from typing import Any
 
 import pandas as pd
 
+from tasks.contracts.dataset import LABEL, ROW_ID, Dataset
 from tasks.core import paths
-from tasks.core.params import Params, load_params
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_text
-from tasks.contracts.dataset import LABEL, ROW_ID, Dataset
+from tasks.core.params import Params, load_params
 from tasks.data.gate import assess
-from tasks.ingest import ingest  # a tool, not a stage: it may reuse the ingest stage's function
+from tasks.ingest import (
+    ingest,  # a tool, not a stage: it may reuse the ingest stage's function
+)
 
 MAX_CATEGORIES = 50  # beyond this a column is free text, not a category set
 

@@ -8,8 +8,8 @@ from tasks.core import paths
 from tasks.core.errors import run_cli
 from tasks.core.params import load_params
 from tasks.ml.checks import check_fit_params
-from tasks.ml.distributed import stage_main
 from tasks.ml.distillation import distill_student
+from tasks.ml.distributed import stage_main
 from tasks.ml.fitting import record_training
 from tasks.ml.models import load_model
 

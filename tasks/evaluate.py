@@ -31,6 +31,7 @@ from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
 from tasks.core.params import EvaluateParams, load_params
 from tasks.core.report import markdown_table, write_summary
+from tasks.core.task import task_of
 from tasks.evaluation import plots
 from tasks.evaluation.metrics import curve_points, label_curve_points, task_metrics
 from tasks.onnx.quantize import agreement
@@ -75,7 +76,7 @@ def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, meta: Processed
                               f"data/processed is {meta.task} with {list(meta.classes)}; rerun export (dvc repro)")
     task, classes = meta.task, list(meta.classes)
     cost = {"size_bytes": file_size(path)}
-    if task == "regression":
+    if task_of(task).regression:
         predicted = run_batches(sess, x, output=PREDICTION).ravel()
         scores = task_metrics(task, predicted, y, classes)
         return {**scores, "residuals": {"predicted": predicted.tolist(), "actual": y.tolist()}, **cost}
@@ -85,7 +86,7 @@ def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, meta: Processed
     # The graph divides logits by T; multiplying back recovers the uncalibrated model.
     logits = run_batches(sess, x, output=LOGITS) * metadata.temperature
     uncalibrated = task_metrics(task, logits, y, classes, params.ece_bins, threshold=metadata.threshold)
-    curves = label_curve_points(probabilities, y, classes) if task == "multilabel" else \
+    curves = label_curve_points(probabilities, y, classes) if task_of(task).multilabel else \
         curve_points(probabilities, y, classes)
     return {**scores, "temperature": metadata.temperature, "ece_before_scaling": uncalibrated["ece"],
             "curves": curves, **cost}
@@ -93,13 +94,13 @@ def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, meta: Processed
 
 def write_plots(name: str, result: dict, classes: list[str], task: str) -> None:
     """PNGs for people, and the curve data as JSON for `dvc plots`."""
-    if task == "regression":
+    if task_of(task).regression:
         residuals = result.pop("residuals")
         plots.residuals(residuals["actual"], residuals["predicted"], name, paths.PLOTS / f"residuals_{name}.png")
         rows = [{"actual": a, "predicted": p} for a, p in zip(residuals["actual"], residuals["predicted"])]
         write_json(paths.CURVES / "residuals" / f"{name}.json", rows)
         return
-    if task != "multilabel":
+    if not task_of(task).multilabel:
         plots.confusion(result["confusion_matrix"], result["confusion_matrix_normalized"], classes, name,
                         paths.PLOTS / f"confusion_{name}.png")
     plots.curves(result["curves"], name, paths.PLOTS / f"curves_{name}.png",
@@ -130,9 +131,9 @@ def slice_report(meta: ProcessedMeta, y: np.ndarray, params: EvaluateParams) -> 
         per_value = {}
         for value in sorted(set(values)):
             mask = values == value
-            part = predicted[mask].ravel() if task == "regression" else predicted[mask]
+            part = predicted[mask].ravel() if task_of(task).regression else predicted[mask]
             scores = task_metrics(task, part, y[mask], classes, params.ece_bins, params.f_beta,
-                                  probabilities=task != "regression")
+                                  probabilities=not task_of(task).regression)
             per_value[value] = {"rows": int(mask.sum()), "quality": scores["quality"],
                                 **{k: scores[k] for k in ("accuracy", "macro_f1", "r2", "rmse") if k in scores}}
         report[name] = per_value
@@ -149,7 +150,7 @@ def add_int8_agreement(candidates: dict, x: np.ndarray, task: str, params: Evalu
         int8, fp32 = (session(paths.ONNX_DIR / f"{n}.onnx", threads=params.threads)
                       for n in (name, name.replace(".int8", ".fp32")))
         a, b = run_batches(int8, x, output=output), run_batches(fp32, x, output=output)
-        if task == "regression":
+        if task_of(task).regression:
             candidates[name]["int8_max_abs_diff"] = float(np.abs(a - b).max())
         else:
             candidates[name]["int8_top1_agreement"] = agreement(b, a)
@@ -188,7 +189,7 @@ def main() -> None:
                                    candidates=candidates, slices=slices))
     log_to_mlflow(all_params.mlflow, candidates, meta.task)
     latency = [latency_key(b, t) for t in params.latency_threads for b in LATENCY_BATCHES]
-    columns = (*(REGRESSION_COLUMNS if meta.task == "regression" else SUMMARY_COLUMNS), *latency)
+    columns = (*(REGRESSION_COLUMNS if task_of(meta.task).regression else SUMMARY_COLUMNS), *latency)
     rows = [{"candidate": n, **{k: r[k] for k in columns}} for n, r in candidates.items()]
     write_summary("evaluate", f"Test split: {len(y)} rows. Latency in ms, onnxruntime, median of interleaved rounds "
                   f"({params.latency_rounds} rounds, {params.latency_seconds} s per batch size and thread count); "

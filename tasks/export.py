@@ -13,8 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.contracts.onnx import (ArtifactMetadata, InputSpec, Preprocessing, Quantization, TargetUnits,
-                                  answer_output, input_name, output_names)
+from tasks.contracts.onnx import (
+    ArtifactMetadata,
+    InputSpec,
+    Preprocessing,
+    Quantization,
+    TargetUnits,
+    answer_output,
+    input_name,
+    output_names,
+)
 from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
 from tasks.core import paths
 from tasks.core.cluster import dask_address, map_on_cluster
@@ -23,12 +31,18 @@ from tasks.core.io import write_json
 from tasks.core.params import ExportParams, load_params
 from tasks.core.provenance import git_commit
 from tasks.core.report import markdown_table, write_summary
+from tasks.core.task import kind_of, task_of
 from tasks.evaluation.metrics import class_logits
 from tasks.ml.calibration import calibrate
 from tasks.ml.models import Model, count_parameters, load_model
 from tasks.ml.training import predict_logits
 from tasks.onnx.export import export_onnx, set_metadata
-from tasks.onnx.quantize import cpu_has_vnni, default_reduce_range, int8_kernels, quantize
+from tasks.onnx.quantize import (
+    cpu_has_vnni,
+    default_reduce_range,
+    int8_kernels,
+    quantize,
+)
 from tasks.onnx.runtime import check_artifact, file_size, run_batches
 
 SECTIONS = ("export",)
@@ -42,7 +56,7 @@ def candidate_models(folder: Path) -> list[str]:
 def artifact_metadata(meta: ProcessedMeta, threshold: float) -> ArtifactMetadata:
     """What every exported file says about itself (before temperature and precision)."""
     name = input_name(meta.kind)
-    if meta.kind == "tabular":
+    if kind_of(meta.kind).table:
         spec = InputSpec(name=name, shape=(-1, *meta.input_shape), dtype="float32", features=meta.feature_names)
         inside = "(x - mean) / std per encoded feature; encode raw rows with preprocessing.encoder"
     else:
@@ -52,7 +66,7 @@ def artifact_metadata(meta: ProcessedMeta, threshold: float) -> ArtifactMetadata
         task=meta.task, classes=meta.classes, input_spec=spec,
         preprocessing=Preprocessing(inside_graph=inside, mean=meta.mean, std=meta.std, encoder=meta.encoder),
         outputs=output_names(meta.task), git_commit=git_commit(), data_hash=meta.data_hash, threshold=threshold,
-        target_units=TargetUnits(meta.target_mean, meta.target_std) if meta.task == "regression" else None,
+        target_units=TargetUnits(meta.target_mean, meta.target_std) if task_of(meta.task).regression else None,
     )
 
 
@@ -71,10 +85,10 @@ def export_candidate(
     task = metadata.task
     fp32, int8 = out_dir / f"{name}.fp32.onnx", out_dir / f"{name}.int8.onnx"
     raw = predict_logits(model, val_x)
-    if task in ("multiclass", "binary"):
+    if task_of(task).single_label:
         raw = class_logits(raw)
-    if params.temperature_scaling and task != "regression":
-        kind = "sigmoid" if task == "multilabel" else "softmax"
+    if params.temperature_scaling and not task_of(task).regression:
+        kind = "sigmoid" if task_of(task).multilabel else "softmax"
         scaling = calibrate(raw, val_y, params.calibration_bins, kind)
     else:
         scaling = {"temperature": 1.0}
@@ -85,7 +99,7 @@ def export_candidate(
     output = output_names(task)[0]  # logits, or a regression's prediction
     got = run_batches(sess, val_x, output=output)
     max_diff = float(np.abs(raw / metadata.temperature - got).max())
-    if max_diff > params.atol * max(1.0, float(np.abs(raw).max()) if task == "regression" else 1.0):
+    if max_diff > params.atol * max(1.0, float(np.abs(raw).max()) if task_of(task).regression else 1.0):
         raise DistilleryError(
             f"{fp32}: ONNX {output} differ from PyTorch by {max_diff:.2e} on the validation set, "
             f"above export.atol={params.atol:.0e}"

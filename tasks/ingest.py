@@ -10,14 +10,29 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.contracts.dataset import IMAGES, LABEL, LABELS, ROW_ID, Dataset, DatasetMeta, write_dataset
+from tasks.contracts.dataset import (
+    IMAGES,
+    LABEL,
+    LABELS,
+    ROW_ID,
+    Dataset,
+    DatasetMeta,
+    write_dataset,
+)
 from tasks.contracts.production import Snapshot, read_snapshot
 from tasks.core import paths
 from tasks.core.errors import run_cli
 from tasks.core.params import DataParams, load_params
 from tasks.core.provenance import hash_arrays, hash_table
 from tasks.core.report import write_summary
-from tasks.data.sources import ImageData, load_digits, load_digits28, load_quickdraw, load_table
+from tasks.core.task import IMAGE, TABLE, kind_of
+from tasks.data.sources import (
+    ImageData,
+    load_digits,
+    load_digits28,
+    load_quickdraw,
+    load_table,
+)
 
 SECTIONS = ("data",)
 
@@ -75,7 +90,7 @@ def ingest_table(params: DataParams) -> Dataset:
     table = pd.concat([data.table, production], ignore_index=True) if len(production) else data.table.copy()
     table.insert(0, ROW_ID, np.arange(len(table), dtype=np.int64))
     meta = DatasetMeta(
-        source=params.source, name=params.name, kind="tabular", rows=int(len(table)), data_hash=hash_table(table),
+        source=params.source, name=params.name, kind=TABLE.name, rows=int(len(table)), data_hash=hash_table(table),
         classes=tuple(params.classes) if params.classes else None, origin=data.origin, target=data.target,
         declared_types=dict(data.columns), declared_columns=tuple(params.columns),
         production_rows=int(len(production)), production_snapshot=snapshot.sha256 if len(production) else None,
@@ -90,7 +105,7 @@ def ingest(params: DataParams) -> Dataset:
     data = load_source(params)
     table = image_table(data)
     meta = DatasetMeta(
-        source=params.source, name=params.name, kind="image", rows=int(len(table)),
+        source=params.source, name=params.name, kind=IMAGE.name, rows=int(len(table)),
         data_hash=hash_arrays(data.images, data.labels),
         classes=tuple(data.classes), image_shape=tuple(data.images.shape[1:]), pixel_max=data.pixel_max,
     )
@@ -103,7 +118,7 @@ def main() -> None:
     dataset = ingest(params)
     write_dataset(paths.INGESTED, dataset)
     table, meta = dataset.table, dataset.meta
-    if meta.kind == "tabular":
+    if kind_of(meta.kind).table:
         shape = f"{len(table.columns) - 1} columns, target `{meta.target}`"
         counts = table[meta.target].value_counts(dropna=False)
     else:

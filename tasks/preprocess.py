@@ -14,12 +14,20 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts.dataset import IMAGES, LABEL, LABELS, ROW_ID, Dataset, read_dataset
-from tasks.contracts.processed import ROW_IDS, X, Y, ProcessedMeta, save_split, write_meta
+from tasks.contracts.processed import (
+    ROW_IDS,
+    ProcessedMeta,
+    X,
+    Y,
+    save_split,
+    write_meta,
+)
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.params import DIGIT_SOURCES, PreprocessParams, load_params
 from tasks.core.provenance import hash_arrays
 from tasks.core.report import write_summary
+from tasks.core.task import IMAGE, TABLE, kind_of, task_of
 from tasks.data.encoding import fit_encoder
 from tasks.data.sources import DIGIT_ATTRIBUTE_MATRIX, DIGIT_ATTRIBUTES
 from tasks.data.split import label_counts, resample_train, split_indices
@@ -29,31 +37,31 @@ Splits = dict[str, dict[str, np.ndarray]]
 
 
 def preprocess(dataset: Dataset, params: PreprocessParams, task: str) -> tuple[Splits, ProcessedMeta]:
-    if dataset.meta.kind == "tabular":
+    if kind_of(dataset.meta.kind).table:
         return preprocess_table(dataset, params, task)
     images = dataset.arrays[IMAGES].astype(np.float32)
     labels = dataset.arrays[LABELS].astype(np.int64)
     x = images[:, None, :, :]  # N x C x H x W with one channel
     classes = tuple(dataset.meta.classes)
     targets: np.ndarray = labels
-    if task == "multilabel":
+    if task_of(task).multilabel:
         if dataset.meta.source not in DIGIT_SOURCES:
             raise DistilleryError(f"task.type 'multilabel' is wired for data.source {' or '.join(DIGIT_SOURCES)} "
                                   f"(labels: even, large, loop), not '{dataset.meta.source}'")
         # Labels derived from the digit: even, at least 5, closed loop (tasks/data/sources.py).
         targets, classes = np.asarray(DIGIT_ATTRIBUTE_MATRIX, np.float32)[labels], DIGIT_ATTRIBUTES
-    elif task == "regression":
+    elif task_of(task).regression:
         raise DistilleryError("task.type 'regression' needs a table with a numeric target, not images")
     row_ids = dataset.table[ROW_ID].to_numpy()
     splits = {name: {X: x[ix], Y: targets[ix], ROW_IDS: row_ids[ix]}
               for name, ix in split_indices(labels, params).items()}
     train_x = splits["train"][X]
-    if task != "multilabel" and params.resample != "none":
+    if not task_of(task).multilabel and params.resample != "none":
         splits["train"][X], splits["train"][Y] = resample_train(train_x, splits["train"][Y], params.resample,
                                                                 params.seed)
         del splits["train"][ROW_IDS]  # resampled rows are no longer the dataset's rows
     meta = ProcessedMeta(
-        kind="image", task=task, classes=tuple(classes), input_shape=tuple(x.shape[1:]),
+        kind=IMAGE.name, task=task, classes=tuple(classes), input_shape=tuple(x.shape[1:]),
         # Per-channel stats in raw units, from the train split alone (before resampling).
         mean=tuple(train_x.mean(axis=(0, 2, 3)).tolist()),
         std=tuple(np.maximum(train_x.std(axis=(0, 2, 3)), 1e-6).tolist()),
@@ -67,11 +75,11 @@ def table_targets(table: pd.DataFrame, classes: tuple[str, ...], task: str, para
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The target per row, and the split: stratified on the class, or for
     regression on the target's quintiles, so every split sees its whole range."""
-    if task == "regression":
+    if task_of(task).regression:
         targets = pd.to_numeric(table[LABEL], errors="coerce").to_numpy(dtype=np.float32)
         strata = pd.qcut(targets, q=min(5, max(1, len(targets) // 10)), labels=False, duplicates="drop")
         return targets, split_indices(np.asarray(strata, dtype=np.int64), params)
-    if task == "multilabel":
+    if task_of(task).multilabel:
         raise DistilleryError("task.type 'multilabel' is wired for data.source 'digits' (labels: even, large, loop)")
     index = {name: i for i, name in enumerate(classes)}
     mapped = table[LABEL].astype(str).map(index)
@@ -79,7 +87,7 @@ def table_targets(table: pd.DataFrame, classes: tuple[str, ...], task: str, para
         unknown = sorted(table.loc[mapped.isna(), LABEL].astype(str).unique())
         raise DistilleryError(f"validated labels {unknown} are not among the classes {list(classes)} (data.classes)")
     labels = mapped.to_numpy(dtype=np.int64)
-    if task == "binary" and len(classes) != 2:
+    if task_of(task).binary and len(classes) != 2:
         raise DistilleryError(f"task.type binary needs exactly 2 classes, the data has {len(classes)}: {list(classes)}")
     return labels, split_indices(labels, params)
 
@@ -92,12 +100,12 @@ def preprocess_table(dataset: Dataset, params: PreprocessParams, task: str) -> t
     splits = {name: {X: encoder.encode(table.iloc[ix]), Y: targets[ix], ROW_IDS: table[ROW_ID].to_numpy()[ix]}
               for name, ix in parts.items()}
     train_x, train_y = splits["train"][X], splits["train"][Y]
-    regression = task == "regression"
+    regression = task_of(task).regression
     if not regression and params.resample != "none":
         splits["train"][X], splits["train"][Y] = resample_train(train_x, train_y, params.resample, params.seed)
         del splits["train"][ROW_IDS]  # resampled rows are no longer the dataset's rows
     meta = ProcessedMeta(
-        kind="tabular", task=task, classes=classes, input_shape=(train_x.shape[1],),
+        kind=TABLE.name, task=task, classes=classes, input_shape=(train_x.shape[1],),
         mean=tuple(train_x.mean(axis=0).tolist()), std=tuple(np.maximum(train_x.std(axis=0), 1e-6).tolist()),
         data_hash=dataset.meta.data_hash, resample=params.resample,
         counts=label_counts(splits, len(classes), task), encoder=encoder,
@@ -122,7 +130,7 @@ def main() -> None:
         save_split(name, arrays)
     write_meta(meta)
     sizes = ", ".join(f"{name} {len(s[Y])}" for name, s in splits.items())
-    inputs = f"{meta.input_shape[0]} encoded features" if meta.kind == "tabular" else f"images {list(meta.input_shape)}"
+    inputs = f"{meta.input_shape[0]} encoded features" if kind_of(meta.kind).table else f"images {list(meta.input_shape)}"
     write_summary(
         "preprocess",
         f"Stratified split: {sizes}; {inputs}; train resampling: {meta.resample} "

@@ -15,7 +15,12 @@ from tasks.core.report import markdown_table, write_summary
 from tasks.ml.checks import check_fit_params
 from tasks.ml.fitting import as_tensors
 from tasks.ml.models import load_model, save_model
-from tasks.ml.pruning import count_nonzero_parameters, fine_tune, prune_structured, unstructured_sweep
+from tasks.ml.pruning import (
+    count_nonzero_parameters,
+    fine_tune,
+    prune_structured,
+    unstructured_sweep,
+)
 from tasks.ml.training import class_weights, seed_everything, task_loss
 
 # Fine-tuning uses each model's own training settings.

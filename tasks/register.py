@@ -51,6 +51,7 @@ from tasks.core.io import write_json, write_text
 from tasks.core.params import MlflowParams, SelectParams, load_params, model_name
 from tasks.core.provenance import sha256_file
 from tasks.core.report import write_summary
+from tasks.core.task import task_of
 from tasks.evaluation.card import dvc_hashes, model_card, params_hash
 from tasks.evaluation.metrics import task_metrics
 from tasks.onnx.runtime import check_artifact, read_metadata, run_batches
@@ -101,9 +102,9 @@ def current_champion(registered_model: str, x: np.ndarray, y: np.ndarray, meta: 
             or tuple(signature.input_shape) != tuple(x.shape[1:])):
         return champion
     outputs = run_batches(sess, x, output=answer_output(meta.task))
-    if meta.task == "regression":
+    if task_of(meta.task).regression:
         outputs = outputs.ravel()
-    quality = task_metrics(meta.task, outputs, y, list(meta.classes), probabilities=meta.task != "regression",
+    quality = task_metrics(meta.task, outputs, y, list(meta.classes), probabilities=not task_of(meta.task).regression,
                            threshold=metadata.threshold)["quality"]
     return Champion(champion.version, champion.sha256, quality)
 
@@ -112,7 +113,7 @@ def gate_failures(candidate: dict, params: SelectParams, baseline: float | None,
     """Every threshold the candidate misses, with the amount it misses by."""
     failures = []
     quality = _quality(candidate)
-    name, floor = ("r2", params.min_r2) if task == "regression" else ("macro_f1", params.min_macro_f1)
+    name, floor = task_of(task).quality_metric, getattr(params, task_of(task).gate_floor)
     if quality < floor:
         failures.append(f"{name} {quality:.4f} < select.min_{name} {floor} (short by {floor - quality:.4f})")
     if candidate.get("ece") is not None and candidate["ece"] > params.max_ece:
@@ -226,7 +227,7 @@ def headline(selection: Selection, version: str) -> dict:
     its size and its registry version. Strings and per-candidate rows stay in
     reports/selection.json, so the table fits a terminal."""
     ours, ref = selection.ours, selection.ref
-    keys = ("r2", "rmse") if selection.task == "regression" else ("macro_f1", "accuracy", "ece")
+    keys = task_of(selection.task).headline
     return {**{key: round(ours[key], 4) for key in keys if ours.get(key) is not None},
             "quality_drop": round(ref["quality"] - ours["quality"], 4),
             "latency_ms": round(ours[selection.speed_key], 4),

@@ -18,13 +18,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from tasks.core import paths
-from tasks.core.cluster import connect_dask, dask_address as configured_dask_address
 from tasks.contracts.processed import ProcessedMeta
+from tasks.core import paths
+from tasks.core.cluster import connect_dask
+from tasks.core.cluster import dask_address as configured_dask_address
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
 from tasks.core.params import SearchParams, SearchSpace, TrainParams, load_params
 from tasks.core.report import markdown_table, write_summary
+from tasks.core.task import task_of
 
 SECTIONS = ("search", "train")
 SEARCH_DIR, BEST_PARAMS = paths.SEARCH_DIR, paths.BEST_PARAMS
@@ -201,8 +203,8 @@ def main() -> None:
     write_summary(
         "search",
         f"{len(rows)} {params.search.sampler} trials, {params.search.parallel} in parallel "
-        f"({'on the Dask cluster at ' + dask_address if dask_address else 'local processes'}). Best validation quality (macro-F1; R^2 for regression) "
-        f"{study.best_value:.4f} with {best}, written to `{BEST_PARAMS}` for the train stage.\n\n"
+        f"({'on the Dask cluster at ' + dask_address if dask_address else 'local processes'}). Best validation quality "
+        f"({task_of(meta.task).quality_label}) {study.best_value:.4f} with {best}, written to `{BEST_PARAMS}` for the train stage.\n\n"
         + markdown_table(sorted(rows, key=lambda r: -r["val_quality"])[:10]),
     )
 

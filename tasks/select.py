@@ -27,6 +27,7 @@ from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import atomic_path, read_json
 from tasks.core.params import SelectParams, load_params
 from tasks.core.report import markdown_table, write_summary
+from tasks.core.task import task_of
 from tasks.onnx.runtime import check_artifact, file_size
 
 SECTIONS = ("select",)
@@ -40,9 +41,10 @@ def _quality(result: dict) -> float:
     return result.get("quality", result.get("macro_f1"))
 
 
-def select_champion(candidates: dict[str, dict], params: SelectParams) -> tuple[str, dict[str, dict]]:
+def select_champion(candidates: dict[str, dict], params: SelectParams, task: str = "multiclass"
+                    ) -> tuple[str, dict[str, dict]]:
     """Return the champion's name and every candidate's summary with its verdict.
-    Quality is macro-F1 (R^2 for regression); `max_f1_drop` bounds its loss."""
+    Quality is the task's (macro-F1, R^2 for regression); `max_f1_drop` bounds its loss."""
     if REFERENCE.name not in candidates:
         raise DistilleryError(f"{paths.EVALUATION_REPORT}: the reference candidate '{REFERENCE}' was not evaluated")
     reference = _quality(candidates[REFERENCE.name])
@@ -69,8 +71,8 @@ def select_champion(candidates: dict[str, dict], params: SelectParams) -> tuple[
                                                       params.speed_key)}}
                 for n, r in table.items()]
         raise DistilleryError(
-            f"no candidate qualifies: none of precision {list(params.precisions)} keeps its quality (macro-F1; "
-            f"R^2 for regression) within select.max_f1_drop={params.max_f1_drop} of {REFERENCE} "
+            f"no candidate qualifies: none of precision {list(params.precisions)} keeps its quality "
+            f"({task_of(task).quality_label}) within select.max_f1_drop={params.max_f1_drop} of {REFERENCE} "
             f"and within the size/latency budgets (select.max_size_bytes={params.max_size_bytes}, "
             f"select.max_latency_ms={params.max_latency_ms}) "
             f"({reference:.4f}). Nothing was promoted.\n" + markdown_table(rows)
@@ -120,7 +122,7 @@ def write_compression_report(champion: str, table: dict[str, dict], meta: Proces
     reports.write(CompressionReport(
         champion=champion, task=meta.task, speed_key=params.speed_key, reference=REFERENCE.name, quality_floor=floor,
         pareto_front=tuple(front), champion_vs_reference=versus(candidates, champion), candidates=tuple(candidates)))
-    plots.pareto(candidates, champion, "R^2" if meta.task == "regression" else "macro-F1", params.speed_key, front,
+    plots.pareto(candidates, champion, task_of(meta.task).quality_label, params.speed_key, front,
                  floor, paths.PARETO_PLOT)
 
 
@@ -128,7 +130,7 @@ def main() -> None:
     params = load_params(paths.PARAMS, SECTIONS).select
     evaluation = reports.read(EvaluationReport)
     meta = read_meta()
-    champion, table = select_champion(evaluation.candidates, params)
+    champion, table = select_champion(evaluation.candidates, params, meta.task)
     source = paths.ONNX_DIR / f"{champion}.onnx"
     check_artifact(source)
     with atomic_path(paths.CHAMPION) as tmp:
@@ -138,7 +140,7 @@ def main() -> None:
     reports.write(selection)
     write_compression_report(champion, table, meta, params)
     c = selection.ours
-    quality_name = "R^2" if meta.task == "regression" else "macro-F1"
+    quality_name = task_of(meta.task).quality_label
     ece = f", ECE {c['ece']:.4f}" if c.get("ece") is not None else ""
     write_summary(
         "select",

@@ -22,6 +22,7 @@ from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
 from tasks.core.params import load_params
 from tasks.core.report import write_summary
+from tasks.core.task import kind_of
 from tasks.data.docs import make_offline
 from tasks.data.gate import (
     GateResult,
@@ -60,7 +61,7 @@ def write_reports(result: GateResult, suite_path: Path) -> None:
     write_json(paths.LABEL_ISSUES_REPORT, result.label_report)
     plot_label_issues(result.label_issues, [result.valid, result.quarantined], paths.LABEL_ISSUES_PLOT)
     plot_balance(report["balance"]["counts"], paths.QUALITY_PLOTS / "balance.png")
-    if report["kind"] == "tabular" and summary["rows_in"]:
+    if kind_of(report["kind"]).table and summary["rows_in"]:
         typed = pd.concat([result.valid.table, result.quarantined.table.drop(columns=REASON)])
         plot_missingness(typed.sort_values(ROW_ID).drop(columns=[ROW_ID]), paths.QUALITY_PLOTS / "missingness.png")
     reports.write(ValidationReport(**summary, suite=str(suite_path), data_docs=str(paths.DATA_DOCS / "index.html"),

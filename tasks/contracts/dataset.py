@@ -16,7 +16,7 @@ from tasks.core import paths
 from tasks.core.config import parse
 from tasks.core.errors import DistilleryError
 from tasks.core.io import atomic_path, load_npz, read_json, save_npz, write_json
-from tasks.core.params import TaskType
+from tasks.core.task import TaskType
 
 ROW_ID = "row_id"  # every table's first column: the sample's identity, kept through every stage
 LABEL = "label"  # the target, under one name whatever the user called it (meta.target)

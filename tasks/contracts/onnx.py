@@ -26,7 +26,7 @@ import numpy as np
 from tasks.contracts.encoder import TableEncoder
 from tasks.core.config import parse
 from tasks.core.errors import DistilleryError
-from tasks.core.params import TaskType
+from tasks.core.task import IMAGE, TABLE, TaskType, kind_of, task_of
 
 IMAGE_INPUT = "pixels"
 TABLE_INPUT = "features"
@@ -34,22 +34,19 @@ LOGITS = "logits"
 PROBABILITIES = "probabilities"
 PREDICTION = "prediction"
 FLOAT = "tensor(float)"  # onnxruntime's name for the one element type the contract uses
-CLASSIFIERS = ("binary", "multiclass")  # one class per row: probabilities are a distribution
-
-
 def input_name(kind: str) -> str:
     """Raw pixels for image models, encoded features for table models."""
-    return TABLE_INPUT if kind == "tabular" else IMAGE_INPUT
+    return TABLE_INPUT if kind_of(kind).table else IMAGE_INPUT
 
 
 def output_names(task: str) -> tuple[str, ...]:
     """Regression models answer a value; the others logits and probabilities."""
-    return (PREDICTION,) if task == "regression" else (LOGITS, PROBABILITIES)
+    return (PREDICTION,) if task_of(task).regression else (LOGITS, PROBABILITIES)
 
 
 def answer_output(task: str) -> str:
     """The output a client reads the answer from."""
-    return PREDICTION if task == "regression" else PROBABILITIES
+    return PREDICTION if task_of(task).regression else PROBABILITIES
 
 
 @dataclass(frozen=True)
@@ -107,9 +104,9 @@ class ArtifactMetadata:
         if tuple(self.outputs) != output_names(self.task):
             raise ValueError(f"outputs {list(self.outputs)} are not those of a {self.task} model "
                              f"{list(output_names(self.task))}")
-        if self.task != "regression" and not self.classes:
+        if task_of(self.task).classes and not self.classes:
             raise ValueError(f"a {self.task} model needs its class names")
-        if self.task == "binary" and len(self.classes) != 2:
+        if task_of(self.task).binary and len(self.classes) != 2:
             raise ValueError(f"a binary model has 2 classes, not {len(self.classes)}")
         if self.input_spec.name == TABLE_INPUT and self.preprocessing.encoder is None:
             raise ValueError("a table model needs preprocessing.encoder")
@@ -118,7 +115,7 @@ class ArtifactMetadata:
 
     @property
     def kind(self) -> str:
-        return "tabular" if self.input_spec.name == TABLE_INPUT else "image"
+        return (TABLE if self.input_spec.name == TABLE_INPUT else IMAGE).name
 
     def to_props(self) -> dict[str, str]:
         return {key: json.dumps(value) for key, value in dataclasses.asdict(self).items()}
@@ -176,7 +173,7 @@ def _dims(shape: Sequence, what: str, source: str) -> tuple[int, ...]:
 
 
 def output_width(metadata: ArtifactMetadata) -> int:
-    return 1 if metadata.task == "regression" else len(metadata.classes)
+    return 1 if task_of(metadata.task).regression else len(metadata.classes)
 
 
 def check_servable(inputs: Sequence[Tensor], outputs: Sequence[Tensor], metadata: ArtifactMetadata,
@@ -228,10 +225,11 @@ def check_outputs(metadata: ArtifactMetadata, values: Mapping[str, np.ndarray], 
         if value.shape != (rows, width) or not np.isfinite(value).all():
             raise DistilleryError(f"{source}: a trial run gives {name} of shape {list(value.shape)} (expected "
                                   f"[{rows}, {width}], finite)")
-    if metadata.task == "regression":
+    task = task_of(metadata.task)
+    if task.regression:
         return
     probs = np.asarray(values[PROBABILITIES])
-    if metadata.task in CLASSIFIERS and not np.allclose(probs.sum(axis=1), 1, atol=1e-3):
+    if task.single_label and not np.allclose(probs.sum(axis=1), 1, atol=1e-3):
         raise DistilleryError(f"{source}: a trial run gives probabilities that are not one distribution per row")
     if ((probs < -1e-6) | (probs > 1 + 1e-6)).any():
         raise DistilleryError(f"{source}: a trial run gives probabilities outside [0, 1]")

@@ -37,6 +37,7 @@ import orjson
 import pandas as pd
 
 from tasks.core.errors import DistilleryError
+from tasks.core.task import task_of
 
 TABLE = "predictions"
 PREFIX, SUFFIX = "predictions-", ".db"
@@ -135,9 +136,10 @@ def _answered(entry: Entry) -> list[tuple]:
         stats = image_summary(entry.x)
         inputs = [_json(dict(zip(IMAGE_SUMMARY, values))) for values in zip(*(s.tolist() for s in stats.values()))]
     out = np.asarray(entry.outputs)
-    if entry.task == "regression":
+    task = task_of(entry.task)
+    if task.regression:
         answers = [(None, None, None, v) for v in out.reshape(n, -1)[:, 0].astype(np.float64).tolist()]
-    elif entry.task == "multilabel":
+    elif task.multilabel:
         names = np.asarray(entry.classes, dtype=object)
         answers = [(_json(names[p >= entry.threshold].tolist()), None, _json(p), None) for p in out]
     else:

@@ -16,7 +16,7 @@ from tasks.core import paths
 from tasks.core.config import parse
 from tasks.core.errors import DistilleryError
 from tasks.core.io import load_npz, read_json, save_npz, write_json
-from tasks.core.params import TaskType
+from tasks.core.task import TaskType, kind_of
 
 SPLITS = ("train", "val", "test")
 X, Y, ROW_IDS = "x", "y", "row_id"  # the arrays of a split file
@@ -41,9 +41,9 @@ class ProcessedMeta:
     production_snapshot: Optional[str] = None  # the production snapshot they came from (sha256 of rows.csv)
 
     def __post_init__(self) -> None:
-        if self.kind == "tabular" and self.encoder is None:
+        if kind_of(self.kind).table and self.encoder is None:
             raise ValueError("a tabular dataset needs its encoder")
-        if self.kind == "image" and self.pixel_max is None:
+        if kind_of(self.kind).image and self.pixel_max is None:
             raise ValueError("an image dataset needs pixel_max")
         if len(self.mean) != len(self.std):
             raise ValueError("mean and std must have one value per channel or feature")

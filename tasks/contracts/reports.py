@@ -18,7 +18,7 @@ from tasks.core import paths
 from tasks.core.config import parse
 from tasks.core.errors import DistilleryError
 from tasks.core.io import read_json, write_json
-from tasks.core.params import TaskType
+from tasks.core.task import TaskType
 
 Precision = Literal["fp32", "int8"]
 PRUNED = "_pruned"

@@ -18,6 +18,7 @@ from typing import Any, Literal, Optional, Sequence
 
 from tasks.core.config import load_yaml, parse
 from tasks.core.errors import DistilleryError
+from tasks.core.task import TaskType, task_of
 
 PARAMS_FILE = "params.yaml"
 
@@ -182,7 +183,7 @@ class PreprocessParams:
             raise ValueError("knn_neighbors must be >= 1")
 
 
-TaskType = Literal["regression", "binary", "multiclass", "multilabel"]
+# The task types' names; what each means is tasks.core.task's.
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ class FitParams:
     batch_size: int
     max_epochs: int
     seed: int
-    loss: str  # auto = the task's default (ce / bce / mse), or a name from tasks/losses.py
+    loss: str  # auto = the task's default (ce / bce / mse), or a name from tasks/ml/losses.py
     loss_options: dict[str, Any]  # e.g. focal {gamma: 2, alpha: 0.25}; huber {delta: 1}; quantile {q: 0.9}
     optimizer: str  # sgd | momentum | adagrad | rmsprop | adam | adamw
     optimizer_options: dict[str, Any]  # e.g. momentum {momentum: 0.9, nesterov: true}; adamw {weight_decay: 0.01}
@@ -457,10 +458,10 @@ class Params:
                 or sum(student.mlp_layers) > sum(teacher.mlp_layers)):
             raise ValueError("distill: the student (channels, hidden, mlp_layers) must not be larger than the "
                              "teacher (train.channels, train.hidden, train.mlp_layers)")
-        if self.task.type == "regression" and not self.data.tabular:
+        if task_of(self.task.type).regression and not self.data.tabular:
             raise ValueError(f"task.type 'regression' needs a table with a numeric target (data.source "
                              f"diabetes, penguins, csv or parquet), not '{self.data.source}'")
-        if self.task.type == "multilabel" and self.data.source not in DIGIT_SOURCES:
+        if task_of(self.task.type).multilabel and self.data.source not in DIGIT_SOURCES:
             raise ValueError(f"task.type 'multilabel' is wired for data.source {' or '.join(DIGIT_SOURCES)} "
                              "(labels: even, large, loop)")
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from tasks.contracts.dataset import LABEL, ROW_ID
 from tasks.core.params import ValidateParams
+from tasks.core.task import IMAGE, TABLE, task_of
 from tasks.data import quality
 
 FEATURE_TYPES = ("numeric", "categorical")
@@ -100,7 +101,7 @@ def correct_table(raw: pd.DataFrame, target: str, declared: dict[str, str], task
     # The target becomes `label`: a number for regression (units stripped, words
     # quarantined), else a class name with the same folding and synonyms.
     target_entry: dict[str, Any] = {"declared": "target", "observed": quality.observed_type(table[target])}
-    regression = task == "regression"
+    regression = task_of(task).regression
     if regression:
         target_entry.update(_numeric_column(table, target, _parsed(table, target), params, issues, coerced))
     else:
@@ -113,7 +114,7 @@ def correct_table(raw: pd.DataFrame, target: str, declared: dict[str, str], task
     uniqueness = _uniqueness(table, types, params, issues)
     corrections["duplicates_quarantined"] = uniqueness["duplicate_rows"] if params.drop_duplicates else 0
     report = {
-        "kind": "tabular",
+        "kind": TABLE.name,
         "rows": int(len(table)),
         "representation": {"columns": representation},
         "completeness": quality.completeness(table.drop(columns=[ROW_ID])),
@@ -210,7 +211,7 @@ def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidatePara
         _flag(issues, table.loc[dupes["exact_mask"], ROW_ID], "duplicate image")
     shapes = table.groupby(["height", "width", "channels"]).size()
     report = {
-        "kind": "image",
+        "kind": IMAGE.name,
         "rows": int(len(table)),
         "representation": {
             "shapes": {f"{h}x{w}x{c}": int(n) for (h, w, c), n in shapes.items()},

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.contracts.encoder import Imputer, ImputeMethod, IterativeStep, TableEncoder, encode_matrix
+from tasks.contracts.encoder import (
+    ImputeMethod,
+    Imputer,
+    IterativeStep,
+    TableEncoder,
+    encode_matrix,
+)
 
 
 def fit_encoder(train: pd.DataFrame, column_types: dict[str, str], impute: ImputeMethod, knn_neighbors: int = 5,

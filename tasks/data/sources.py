@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts.dataset import LABEL, ROW_ID
-from tasks.core.params import Digits28Params, DigitsParams, QuickDrawParams
 from tasks.core.errors import DistilleryError
+from tasks.core.params import Digits28Params, DigitsParams, QuickDrawParams
 
 QUICKDRAW_SIDE = 28
 

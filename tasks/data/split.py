@@ -6,6 +6,7 @@ import numpy as np
 
 from tasks.core.errors import DistilleryError
 from tasks.core.params import PreprocessParams
+from tasks.core.task import task_of
 
 
 def split_indices(labels: np.ndarray, params: PreprocessParams) -> dict[str, np.ndarray]:
@@ -67,8 +68,8 @@ def class_counts(splits: dict[str, dict[str, np.ndarray]], n_classes: int) -> di
 def label_counts(splits: dict[str, dict[str, np.ndarray]], n_classes: int, task: str) -> dict[str, tuple[int, ...]]:
     """Per split: samples per class, positives per label (multilabel), or rows (regression).
     Tuples, as ProcessedMeta.counts declares them (and as read_meta gives them back)."""
-    if task == "multilabel":
+    if task_of(task).multilabel:
         return {name: tuple(s["y"].sum(axis=0).astype(int).tolist()) for name, s in splits.items()}
-    if task == "regression":
+    if task_of(task).regression:
         return {name: (len(s["y"]),) for name, s in splits.items()}
     return class_counts(splits, n_classes)

@@ -17,10 +17,17 @@ from tasks.contracts import reports
 from tasks.contracts.dataset import DatasetMeta
 from tasks.contracts.dataset import read_meta as read_dataset_meta
 from tasks.contracts.processed import ProcessedMeta, read_meta
-from tasks.contracts.reports import CandidateId, CompressionReport, EvaluationReport, Selection, ValidationReport
+from tasks.contracts.reports import (
+    CandidateId,
+    CompressionReport,
+    EvaluationReport,
+    Selection,
+    ValidationReport,
+)
 from tasks.core import paths
 from tasks.core.io import read_json
 from tasks.core.report import markdown_table
+from tasks.core.task import task_of
 
 FEW_SAMPLES = 10  # a calibration bin with fewer test samples says little about calibration
 LINEAGE_OUTS = ("data/ingested", "data/validated", "data/processed")  # the data hashes dvc.lock records
@@ -112,19 +119,19 @@ def model_card(selection: Selection, compression: CompressionReport, version: st
                     _training_data(given), _evaluation_data(given), _metrics(given), _compression(given),
                     ["## Limitations", ""] + [f"- {item}" for item in limitations(
                         given.evaluation.candidates[selection.champion], given.quality,
-                        selection.task == "regression")] + [""],
+                        task_of(selection.task).regression)] + [""],
                     _lineage(given)):
         lines += section
     return "\n".join(lines) + "\n"
 
 
 def _quality_name(selection: Selection) -> str:
-    return "R^2" if selection.task == "regression" else "macro-F1"
+    return task_of(selection.task).quality_label
 
 
 def _details(given: CardInputs, version: str, registered_model: str, promoted: bool) -> list[str]:
     s, ours = given.selection, given.selection.ours
-    regression = s.task == "regression"
+    regression = task_of(s.task).regression
     return ["## Model details", "",
             f"- **Champion**: `{s.champion}`, {s.task}, {ours['size_bytes']:,} bytes, ONNX (`models/champion.onnx`), "
             "served through onnxruntime (`make serve`).",
@@ -140,7 +147,7 @@ def _details(given: CardInputs, version: str, registered_model: str, promoted: b
 
 def _intended_use(given: CardInputs) -> list[str]:
     meta, dataset = given.meta, given.dataset
-    regression = given.selection.task == "regression"
+    regression = task_of(given.selection.task).regression
     classes = ", ".join(f"`{c}`" for c in meta.classes) if meta.classes else "none (regression)"
     return ["## Intended use", "",
             f"- Predicts {'a number' if regression else 'one of the classes ' + classes} for one "
@@ -183,7 +190,7 @@ def _evaluation_data(given: CardInputs) -> list[str]:
     test_rows = sum(meta.counts.get("test", []))
     return ["## Evaluation data", "",
             f"- The held-out test split: {test_rows:,} rows, stratified, never seen in training, calibration or "
-            "selection." + ("" if given.selection.task == "regression" else " Per class (rows): " + ", ".join(
+            "selection." + ("" if task_of(given.selection.task).regression else " Per class (rows): " + ", ".join(
                 f"`{c}` {n}" for c, n in zip(meta.classes, meta.counts.get("test", [])))), ""]
 
 
@@ -191,7 +198,7 @@ def _metrics(given: CardInputs) -> list[str]:
     s, ours = given.selection, given.selection.ours
     evaluation = given.evaluation.candidates[s.champion]
     lines = ["## Metrics", ""]
-    if s.task == "regression":
+    if task_of(s.task).regression:
         lines.append(markdown_table([{k: round(ours[k], 4) for k in ("r2", "rmse", "mae") if ours.get(k) is not None}]))
     else:
         averages = evaluation.get("averages", {})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tasks.core.task import task_of
+
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
@@ -266,10 +268,10 @@ def task_metrics(task: str, outputs: np.ndarray, targets: np.ndarray, classes: l
     """The metrics of `task` for raw model `outputs` (logits, or probabilities
     when `probabilities`), with `quality`: the one number selection compares
     (macro-F1, or R^2 for regression)."""
-    if task == "regression":
+    if task_of(task).regression:
         scores = regression_metrics(outputs, targets)
         return {**scores, "quality": scores["r2"]}
-    if task == "multilabel":
+    if task_of(task).multilabel:
         probs = outputs if probabilities else sigmoid(outputs)
         scores = multilabel_metrics(probs, targets, classes, n_bins, beta, threshold)
     else:

@@ -9,8 +9,14 @@ from typing import Any
 
 from tasks.core.errors import DistilleryError
 from tasks.core.params import FitParams
+from tasks.core.task import TASKS, task_of
 from tasks.ml.losses import LOSS_TASKS, check_loss_task, loss_options
-from tasks.ml.optim import OPTIMIZER_OPTIONS, SCHEDULER_OPTIONS, check_optimizer_options, check_scheduler_options
+from tasks.ml.optim import (
+    OPTIMIZER_OPTIONS,
+    SCHEDULER_OPTIONS,
+    check_optimizer_options,
+    check_scheduler_options,
+)
 from tasks.ml.regularization import CONSTRAINTS, check_constraint_options
 
 # Losses that take no class weights: with them, a weighting scheme would be
@@ -23,7 +29,7 @@ NOT_WIRED = {
                "use mse, mae, huber, log_cosh or quantile",
 }
 # Sigmoid focal loss takes alpha (a share for positives), not per-class weights.
-SIGMOID_TASKS = ("binary", "multilabel")
+SIGMOID_TASKS = tuple(t.name for t in TASKS.values() if t.sigmoid)
 
 
 def check_fit_params(params: FitParams, section: str, task: str, source: str = "params.yaml") -> None:
@@ -51,7 +57,7 @@ def check_fit_params(params: FitParams, section: str, task: str, source: str = "
             if option not in allowed:
                 raise fail(f"loss_options.{option}", f"not an option of loss '{params.loss}' (options: {sorted(allowed)})")
         weighting = getattr(params, "class_weighting", "none")
-        if params.loss in UNWEIGHTED_LOSSES and weighting != "none" and task != "regression":
+        if params.loss in UNWEIGHTED_LOSSES and weighting != "none" and not task_of(task).regression:
             raise fail("class_weighting", f"loss '{params.loss}' takes no class weights; set "
                                           f"{section}.class_weighting: none, or choose ce, ce_onehot, focal or bce")
         if params.loss == "focal" and task in SIGMOID_TASKS and weighting != "none":

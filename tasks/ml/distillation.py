@@ -14,10 +14,20 @@ import torch.nn.functional as F
 
 from tasks.contracts.processed import ProcessedMeta
 from tasks.core.params import DistillParams
+from tasks.core.task import task_of
 from tasks.evaluation.metrics import class_logits
 from tasks.ml.fitting import as_tensors
 from tasks.ml.models import Model, build_model, spec_for
-from tasks.ml.training import EpochLogger, FitResult, fit, n_outputs, pick_device, predict_logits, seed_everything, task_loss
+from tasks.ml.training import (
+    EpochLogger,
+    FitResult,
+    fit,
+    n_outputs,
+    pick_device,
+    predict_logits,
+    seed_everything,
+    task_loss,
+)
 
 
 def distillation_loss(
@@ -48,7 +58,7 @@ def distill_student(
     teacher = teacher.to(device)
     # The teacher is frozen: its outputs are computed once, not every epoch. As
     # class logits, a binary sigmoid teacher distils like any softmax one.
-    single_label = task in ("multiclass", "binary")
+    single_label = task_of(task).single_label
     teacher_train = predict_logits(teacher, train[0])
     teacher_val = predict_logits(teacher, val[0])
     if single_label:
@@ -59,7 +69,7 @@ def distill_student(
     def loss_fn(outputs: torch.Tensor, teacher_outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if single_label:
             soft = distillation_loss(class_logits_tensor(outputs), teacher_outputs, y, params.temperature, alpha=1.0)
-        elif task == "multilabel":
+        elif task_of(task).multilabel:
             # Each label is its own two-class problem: BCE against the teacher's softened sigmoid.
             t = params.temperature
             soft = t**2 * F.binary_cross_entropy_with_logits(outputs / t, torch.sigmoid(teacher_outputs / t))

@@ -14,8 +14,16 @@ from tasks.core.errors import DistilleryError
 from tasks.core.io import write_json
 from tasks.core.params import FitParams, MlflowParams, TrainParams
 from tasks.core.report import write_summary
+from tasks.core.task import task_of
 from tasks.evaluation.metrics import task_metrics
-from tasks.ml.models import Model, build_model, count_parameters, load_model, save_model, spec_for
+from tasks.ml.models import (
+    Model,
+    build_model,
+    count_parameters,
+    load_model,
+    save_model,
+    spec_for,
+)
 from tasks.ml.training import (
     EpochLogger,
     FitResult,
@@ -109,5 +117,5 @@ def record_training(
         stage,
         f"`{model_name}`: {count_parameters(model):,} parameters; {stopped} "
         f"(best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}).\n\n"
-        f"Validation quality ({'R^2' if meta.task == 'regression' else 'macro-F1'}) {scores['quality']:.4f}.",
+        f"Validation quality ({task_of(meta.task).quality_label}) {scores['quality']:.4f}.",
     )

@@ -27,14 +27,14 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-TaskType = Literal["regression", "binary", "multiclass", "multilabel"]
-TASK_TYPES: tuple[str, ...] = ("regression", "binary", "multiclass", "multilabel")
+from tasks.core.task import TASK_TYPES, TASKS, task_of
+
 LossFn = Callable[[Tensor, Tensor], Tensor]
 # A per-class (or per-label) option: a scalar, a list from YAML, or a tensor.
 Weights = Union[float, Sequence[float], Tensor]
@@ -307,8 +307,9 @@ def kl_div_loss(
 
 # --------------------------------------------------------------------------- registry
 
-_REGRESSION = frozenset({"regression"})
-_SINGLE_LABEL = frozenset({"binary", "multiclass"})
+_REGRESSION = frozenset(t.name for t in TASKS.values() if t.regression)
+_SINGLE_LABEL = frozenset(t.name for t in TASKS.values() if t.single_label)
+_SIGMOID = frozenset(t.name for t in TASKS.values() if t.sigmoid)
 
 # Which task types each loss makes sense for, so config validation can reject
 # e.g. `loss: mse` on a classifier. `ce` covers binary with a 2-logit head;
@@ -320,10 +321,10 @@ LOSS_TASKS: dict[str, frozenset[str]] = {
     "log_cosh": _REGRESSION,
     "quantile": _REGRESSION,
     "poisson": _REGRESSION,
-    "bce": frozenset({"binary", "multilabel"}),
+    "bce": _SIGMOID,
     "ce": _SINGLE_LABEL,
     "ce_onehot": _SINGLE_LABEL,
-    "focal": frozenset({"binary", "multiclass", "multilabel"}),
+    "focal": _SINGLE_LABEL | _SIGMOID,
     "kl_div": _SINGLE_LABEL,
 }
 
@@ -372,7 +373,7 @@ def make_loss(name: str, task: Optional[str] = None, **options: Any) -> LossFn:
     if task is not None:
         check_loss_task(name, task)
     _check_options(name, options)
-    if name == "focal" and task in ("binary", "multilabel") and options.get("alpha") is not None:
+    if name == "focal" and task is not None and task_of(task).sigmoid and options.get("alpha") is not None:
         if (_values(name, "alpha", options["alpha"]) > 1).any():
             raise _fail(name, "alpha", _SIGMOID_ALPHA_RULE, options["alpha"])
     # Lists from YAML become tensors once, here, rather than at every batch.

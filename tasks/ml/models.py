@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from tasks.contracts.processed import ProcessedMeta
-from tasks.core.params import FitParams
 from tasks.core.errors import DistilleryError
 from tasks.core.io import atomic_path, write_json
+from tasks.core.params import FitParams
+from tasks.core.task import kind_of
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def spec_for(meta: ProcessedMeta, params: FitParams, outputs: int | None = None)
     """The architecture for the processed data described by `meta`: a CNN for
     images, an MLP for tables, with `outputs` logits (default: one per class)."""
     outputs = outputs or max(1, meta.n_classes)
-    if meta.kind == "tabular":
+    if kind_of(meta.kind).table:
         return MLPSpec(
             n_features=int(meta.input_shape[0]),
             layers=tuple(params.mlp_layers),

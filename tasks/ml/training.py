@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from tasks.core.params import FitParams
 from tasks.core.errors import DistilleryError
+from tasks.core.params import FitParams
+from tasks.core.task import task_of
 
 # loss_fn(logits, *targets) -> scalar; targets are the batch's tensors after x.
 LossFn = Callable[..., torch.Tensor]
@@ -60,21 +61,20 @@ def class_weights(labels: np.ndarray, n_classes: int, scheme: str) -> Optional[t
     return weights.sqrt() if scheme == "sqrt_inverse" else weights
 
 
-DEFAULT_LOSS = {"multiclass": "ce", "binary": "bce", "multilabel": "bce", "regression": "mse"}
 SINGLE_LOGIT_LOSSES = ("bce", "focal")  # a binary task with these has one sigmoid output
 PROBABILITY_TARGET_LOSSES = ("ce_onehot", "kl_div")  # they take a distribution per row, not a label
 
 
 def loss_name(task: str, params: FitParams) -> str:
-    return DEFAULT_LOSS[task] if params.loss == "auto" else params.loss
+    return task_of(task).default_loss if params.loss == "auto" else params.loss
 
 
 def n_outputs(task: str, params: FitParams, n_classes: int) -> int:
     """The model's output width: one value for regression and for a sigmoid
     binary head, else one per class (or label)."""
-    if task == "regression":
+    if task_of(task).regression:
         return 1
-    return 1 if task == "binary" and loss_name(task, params) in SINGLE_LOGIT_LOSSES else n_classes
+    return 1 if task_of(task).binary and loss_name(task, params) in SINGLE_LOGIT_LOSSES else n_classes
 
 
 def task_loss(task: str, params: FitParams, weights: Optional[torch.Tensor]) -> LossFn:
@@ -87,18 +87,18 @@ def task_loss(task: str, params: FitParams, weights: Optional[torch.Tensor]) -> 
     if weights is not None:
         if name in ("ce", "ce_onehot"):
             options.setdefault("weight", weights)
-        elif name == "focal" and task == "multiclass":
+        elif name == "focal" and task_of(task).multiclass:
             options.setdefault("alpha", weights)
-        elif name == "bce" and task == "binary":
+        elif name == "bce" and task_of(task).binary:
             options.setdefault("pos_weight", weights[1:] / weights[:1])  # positives vs negatives
-        elif name == "bce" and task == "multilabel":
+        elif name == "bce" and task_of(task).multilabel:
             options.setdefault("pos_weight", weights)  # per label: negatives / positives
     loss = make_loss(name, task, **options)
     if name in PROBABILITY_TARGET_LOSSES:  # integer labels become one-hot rows
         return lambda logits, y: loss(logits, torch.nn.functional.one_hot(y.long(), logits.shape[1]).to(logits.dtype))
-    if task == "binary" and name in SINGLE_LOGIT_LOSSES:
+    if task_of(task).binary and name in SINGLE_LOGIT_LOSSES:
         return lambda logits, y: loss(logits, y.to(logits.dtype).view(-1, 1))
-    if task in ("regression", "multilabel"):
+    if not task_of(task).single_label:
         return lambda outputs, y: loss(outputs, y.to(outputs.dtype))
     return loss
 
@@ -158,8 +158,17 @@ def fit(
     from tqdm.auto import tqdm
 
     from tasks.ml import distributed
-    from tasks.ml.optim import clip_gradients, make_optimizer, make_scheduler, step_scheduler
-    from tasks.ml.regularization import ActivationRegularizer, apply_constraint, weight_penalty
+    from tasks.ml.optim import (
+        clip_gradients,
+        make_optimizer,
+        make_scheduler,
+        step_scheduler,
+    )
+    from tasks.ml.regularization import (
+        ActivationRegularizer,
+        apply_constraint,
+        weight_penalty,
+    )
 
     device = next(model.parameters()).device
     train = tuple(t.to(device) for t in train)

@@ -18,6 +18,7 @@ from tasks.core import paths
 from tasks.core.errors import DistilleryError
 from tasks.core.io import load_npz
 from tasks.core.provenance import hash_arrays
+from tasks.core.task import kind_of, task_of
 from tasks.monitor.stats import MISSING
 
 
@@ -68,7 +69,7 @@ def reference_predictions(root: Path, meta: ProcessedMeta, champion: Optional[Pa
     have = champion is not None and champion.exists()
     where = f"{champion.name} on the test split ({len(x)} rows)" if have else \
         f"test-split labels ({len(y)} rows; no champion file)"
-    if meta.task == "regression":
+    if task_of(meta.task).regression:
         values = _champion_outputs(champion, x, PREDICTION).ravel() if have else np.asarray(y, dtype=np.float64)
         return {}, values, where
     if meta.task not in CLASSIFIERS:
@@ -94,7 +95,7 @@ def build_reference(root: str | Path, champion: Optional[Path] = None) -> Refere
     SMOTE blends: not what production looks like), every validated image."""
     root = Path(root)
     meta = read_meta(root / paths.PROCESSED)
-    if meta.kind == "tabular":
+    if kind_of(meta.kind).table:
         table_path = root / paths.VALIDATED / paths.TABLE
         if not table_path.exists():
             raise DistilleryError(f"{table_path}: not found; run the pipeline first (dvc repro)")

@@ -21,12 +21,15 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from tasks.contracts import dataset as dataset_contract, predlog, production as snap
+from tasks.contracts import dataset as dataset_contract
+from tasks.contracts import predlog
+from tasks.contracts import production as snap
 from tasks.contracts.onnx import CLASSIFIERS
 from tasks.contracts.processed import read_meta
 from tasks.core import paths
 from tasks.core.errors import run_cli
 from tasks.core.params import Params, load_params
+from tasks.core.task import kind_of, task_of
 from tasks.monitor.feedback import LABEL, read_all_feedback
 
 KEYS = [predlog.REQUEST_ID, predlog.ROW]
@@ -56,7 +59,7 @@ def _label_problem(task: str, classes: tuple[str, ...]):
     if task in CLASSIFIERS:
         known = set(classes)
         return snap.UNKNOWN_CLASS, lambda label: label not in known
-    if task == "regression":
+    if task_of(task).regression:
         return snap.BAD_LABEL, lambda label: not np.isfinite(pd.to_numeric(label, errors="coerce"))
     return snap.UNSUPPORTED_TASK, lambda label: True  # multilabel feedback has no agreed format yet
 
@@ -69,7 +72,7 @@ def build(root: str | Path = ".", params: Params | None = None) -> snap.Snapshot
     processed = read_meta(root / paths.PROCESSED)
     # Image labels are quarantined (the log keeps pixel summaries, not pixels):
     # only tables need the user's target column, from ingest's meta.
-    target = LABEL if processed.kind == "image" else dataset_contract.read_meta(root / paths.INGESTED).target
+    target = LABEL if kind_of(processed.kind).image else dataset_contract.read_meta(root / paths.INGESTED).target
     previous = snap.read_snapshot(root / params.data.production.path)
 
     labels, quarantined = judge_labels(read_all_feedback(root / m.feedback_dir))
@@ -82,7 +85,7 @@ def build(root: str | Path = ".", params: Params | None = None) -> snap.Snapshot
     unmatched = joined["_merge"] == "left_only"
     quarantined.append(_quarantined(joined[unmatched], snap.NO_PREDICTION))
     joined = joined[~unmatched]
-    if processed.kind == "image":
+    if kind_of(processed.kind).image:
         quarantined.append(_quarantined(joined, snap.IMAGE_INPUTS))
         joined = joined.iloc[:0]
     reason, bad = _label_problem(processed.task, processed.classes)

@@ -15,8 +15,13 @@ from tasks.contracts import predlog
 from tasks.core.params import MonitorParams
 from tasks.monitor.feedback import LABEL
 from tasks.monitor.reference import Reference, as_categories
-from tasks.monitor.stats import (categorical_drift, live_quality, numeric_drift, operational,
-                                 prediction_drift)
+from tasks.monitor.stats import (
+    categorical_drift,
+    live_quality,
+    numeric_drift,
+    operational,
+    prediction_drift,
+)
 
 
 def window_seconds(params: MonitorParams) -> float:

@@ -10,6 +10,7 @@ from torch import nn
 
 from tasks.contracts.onnx import ArtifactMetadata, output_names
 from tasks.core.io import atomic_path
+from tasks.core.task import task_of
 
 
 class WithProbabilities(nn.Module):
@@ -27,10 +28,10 @@ class WithProbabilities(nn.Module):
         self.single_logit = getattr(getattr(model, "spec", None), "n_classes", 2) == 1
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.task == "regression":
+        if task_of(self.task).regression:
             return (self.model(x),)
         logits = self.model(x) / self.temperature
-        if self.task == "multilabel":
+        if task_of(self.task).multilabel:
             return logits, torch.sigmoid(logits)
         if self.single_logit:  # a sigmoid binary head: [0, z] so softmax gives [1 - p, p]
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)

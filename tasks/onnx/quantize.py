@@ -26,8 +26,8 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from tasks.core.io import atomic_path
 from tasks.contracts.onnx import IMAGE_INPUT
+from tasks.core.io import atomic_path
 from tasks.onnx.runtime import optimized_ops
 
 Mode = Literal["static", "dynamic"]
@@ -166,7 +166,13 @@ def quantize(
     fp32 too (see float_input_block): in int8 it is the slowest layer of a
     small CNN."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if mode not in MODES:

@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from tasks.contracts.onnx import ArtifactMetadata, Signature, Tensor, check_outputs, check_servable
+from tasks.contracts.onnx import (
+    ArtifactMetadata,
+    Signature,
+    Tensor,
+    check_outputs,
+    check_servable,
+)
 from tasks.core.errors import DistilleryError
 
 
