@@ -49,6 +49,7 @@ from deploy.predlog import Entry, PredictionLog
 from deploy.protocol import RequestError
 from deploy.reload import ModelManager
 from deploy.settings import ServeSettings
+from tasks.core.task import task_of
 
 log = logging.getLogger("deploy.app")
 
@@ -452,7 +453,7 @@ class ServingApp:
                 "candidate": meta.candidate,
             },
         }
-        if model.task == "multilabel":
+        if task_of(model.task).multilabel:
             body["parameters"]["threshold"] = model.metadata.threshold
         if model.encoder is not None:
             body["parameters"]["columns"] = {"numeric": list(model.encoder.numeric),

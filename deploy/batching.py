@@ -9,7 +9,8 @@ a dedicated thread. While a run is under way, new requests queue up and form
 the next batch, so batches grow with load. A batch that has fewer requests than
 the recent batches had waits at most `max_wait` for the others to arrive; a
 lone client (recent batches of one request) never waits. Requests for
-different models (a reload happened in between) never share a batch.
+different models (a reload happened in between) never share a batch: a table
+model's rows are encoded by its own encoder, and another version's may be wider.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ class Batcher:
             item = items.popleft()
             if item.future.done():
                 continue
-            if item.model is not model:
+            if item.model is not model:  # queued before or after a reload: its rows are for its own model's input
                 skipped.append(item)
                 continue
             batch.append(item)

@@ -33,7 +33,7 @@ import numpy as np
 from tasks.contracts.encoder import TableEncoder
 from tasks.contracts.onnx import (TABLE_INPUT, ArtifactMetadata, Signature, Tensor, answer_output, check_outputs,
                                   check_servable)
-from tasks.contracts.registry import SHA256_TAG, onnx_files
+from tasks.contracts.registry import SHA256_TAG, missing_provenance, onnx_files
 from tasks.core.errors import DistilleryError
 
 log = logging.getLogger("deploy.model")
@@ -191,13 +191,60 @@ def _trial_run(model: LoadedModel) -> None:
     check_outputs(model.metadata, out, 2, model.source)
 
 
-def check_compatible(candidate: LoadedModel, expected: Signature) -> None:
-    """A new model may replace the served one only if clients cannot tell the
-    difference in shape: same input, same outputs."""
-    if candidate.signature != expected:
+def _column_kinds(model: LoadedModel) -> dict[str, str]:
+    encoder = model.encoder
+    return {**{c: "numeric" for c in encoder.numeric}, **{c: "categorical" for c in encoder.categorical}}
+
+
+def client_contract_differences(served: LoadedModel, candidate: LoadedModel) -> list[str]:
+    """What a client of `served` would have to change to call `candidate`, one
+    phrase each; empty if nothing.
+
+    The contract is what clients send and read, not the graph. For a table it
+    is the raw columns and their kinds: the server encodes rows with each
+    model's own encoder, so a category more or fewer (a wider or narrower
+    encoded input) is invisible to clients. For an image it is the pixel
+    array's shape and range. For both, the task and the classes in order,
+    which fix the outputs and the answer (tasks.contracts.onnx.check_servable
+    has checked each model's outputs against them).
+    """
+    if served.kind != candidate.kind:  # nothing else compares across kinds
+        return [f"the served model takes {served.kind} input and the candidate {candidate.kind} input"]
+    differences = []
+    if served.kind == "table":
+        old, new = _column_kinds(served), _column_kinds(candidate)
+        added, removed = [c for c in new if c not in old], [c for c in old if c not in new]
+        if added:
+            differences.append(f"columns added: {added}")
+        if removed:
+            differences.append(f"columns removed: {removed}")
+        differences += [f"column {c!r} is {old[c]} in the served model and {new[c]} in the candidate"
+                         for c in old if c in new and old[c] != new[c]]
+    else:
+        old_spec, new_spec = served.metadata.input_spec, candidate.metadata.input_spec
+        if served.signature.input_shape != candidate.signature.input_shape:
+            differences.append(f"image shape is {list(served.signature.input_shape)} in the served model and "
+                               f"{list(candidate.signature.input_shape)} in the candidate")
+        if old_spec.range != new_spec.range:  # clients scale their pixels to it
+            differences.append(f"pixel range is {list(old_spec.range or ())} in the served model and "
+                               f"{list(new_spec.range or ())} in the candidate")
+    if served.task != candidate.task:
+        differences.append(f"task is {served.task} in the served model and {candidate.task} in the candidate")
+    if served.classes != candidate.classes:
+        order = " (the same names in another order)" if set(served.classes) == set(candidate.classes) else ""
+        differences.append(f"classes differ{order}: {list(served.classes)} in the served model, "
+                           f"{list(candidate.classes)} in the candidate")
+    return differences
+
+
+def check_compatible(candidate: LoadedModel, served: LoadedModel) -> None:
+    """A new model may replace the served one only if its clients can go on
+    sending the same requests and reading the same answers."""
+    differences = client_contract_differences(served, candidate)
+    if differences:
         raise DistilleryError(
-            f"{candidate.source}: signature {candidate.signature.describe()} differs from the served "
-            f"{expected.describe()}; restart the server to change what clients send"
+            f"{candidate.source}: clients of the served version {served.version} could not call it unchanged: "
+            f"{'; '.join(differences)}; restart the server to change what clients send"
         )
 
 
@@ -233,7 +280,7 @@ class RegistrySource:
     """A registered model: `models:/<name>@<alias>` (the fingerprint is the
     version the alias points at) or `models:/<name>/<version>` (fixed).
 
-    The version's `sha256` tag, which tasks.select sets, must match the
+    The version's `sha256` tag, which tasks.register sets, must match the
     downloaded file; a version without the tag is refused.
     """
 
@@ -293,9 +340,14 @@ class RegistrySource:
             raise
         except Exception as err:
             raise DistilleryError(f"{where}: not found in the registry at {self.tracking_uri} ({err})") from err
-        expected = mv.tags.get(SHA256_TAG)
-        if not expected:
-            raise DistilleryError(f"{where}: the version has no sha256 tag, so the file cannot be checked; register it with tasks.select")
+        missing = missing_provenance(mv.tags)
+        if SHA256_TAG in missing:
+            raise DistilleryError(f"{where}: the version has no sha256 tag, so the file cannot be checked; "
+                                  "register it with tasks.register")
+        if missing:  # a registration that never finished: no provenance, never served
+            raise DistilleryError(f"{where}: the version is incomplete (no {', '.join(missing)} tag): it was not "
+                                  "registered by tasks.register, or its registration failed; it is not served")
+        expected = mv.tags[SHA256_TAG]
         with tempfile.TemporaryDirectory(prefix="distillery-serve-") as tmp:
             try:
                 folder = Path(

@@ -19,6 +19,7 @@ import orjson
 
 from tasks.contracts.encoder import TableEncoder
 from tasks.contracts.onnx import predicted_labels
+from tasks.core.task import task_of
 
 BINARY_HEADER = "inference-header-content-length"
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -399,10 +400,11 @@ def predictions(model: Any, answer: np.ndarray) -> list[dict[str, Any]]:
     """One answer per row, by task: the value (regression); the labels at or over
     the threshold and every label's probability (multilabel); the class, its
     probability and every class's (binary, multiclass)."""
-    if model.task == "regression":
+    task = task_of(model.task)
+    if task.regression:
         return [{"value": v} for v in answer.reshape(len(answer), -1)[:, 0].tolist()]
     classes = model.classes
-    if model.task == "multilabel":
+    if task.multilabel:
         return [{"labels": labels, "probabilities": dict(zip(classes, row))}
                 for labels, row in zip(predicted_labels(model.metadata, answer), answer)]
     best = answer.argmax(axis=1)

@@ -3,11 +3,15 @@
 A watcher polls the source (the registry alias, or the file's stat) every
 `poll_interval`. When it moves, the candidate is downloaded, checked
 (deploy.model.build_model: sha256, onnxruntime load, contract, trial run) and
-compared with the served signature, all off the event loop; only then is it
-swapped in, by one assignment. Requests already holding the old model finish
-on it. A candidate that fails leaves the old model serving and readiness up; it
-is logged, counted, and not tried again until the source moves once more (or
-an explicit reload asks).
+compared with the served model's client contract (deploy.model.check_compatible:
+the raw input and the answers, not the graph's tensors), all off the event
+loop; only then is it swapped in, by one assignment. A request takes the model
+once and keeps it: it is parsed, encoded, batched (deploy.batching keeps each
+batch to one model) and answered by that model, so rows a table model's
+encoder made never reach a model of another encoded width. A candidate that
+fails leaves the old model serving and readiness up; it is logged, counted,
+and not tried again until the source moves once more (or an explicit reload
+asks).
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class ModelManager:
             return ReloadResult("unchanged", served)
         try:
             candidate = await asyncio.to_thread(self.source.load, self.threads, fingerprint)
-            check_compatible(candidate, served.signature)
+            check_compatible(candidate, served)
         except Exception as err:  # DistilleryError: the checks; anything else: the registry client or onnxruntime
             message = str(err) if isinstance(err, DistilleryError) else f"{type(err).__name__}: {err}"
             self._refused = fingerprint
@@ -99,6 +103,11 @@ class ModelManager:
             "now serving %s version %s (sha256 %s, from %s); was version %s",
             candidate.name, candidate.version, candidate.sha256[:12], candidate.source, served.version,
         )
+        if candidate.signature != served.signature:
+            # Within the contract for /predict, but v2 infer on a table model takes the encoded features.
+            log.warning("the graph's tensors changed from %s to %s: v2 infer clients that send encoded features "
+                        "must follow /v2/models/%s", served.signature.describe(), candidate.signature.describe(),
+                        candidate.name)
         return ReloadResult("loaded", candidate)
 
     async def watch(self) -> None:

@@ -29,13 +29,14 @@ ENCODER_ROWS = {
 TABLE_COLUMNS = {"bill": "numeric", "mass": "numeric", "island": "categorical", "sex": "categorical"}
 
 
-def table_encoder() -> Any:
-    """The encoder of the table models, fitted by the pipeline's own code on a small frame."""
+def table_encoder(rows: dict[str, list] = ENCODER_ROWS, columns: dict[str, str] = TABLE_COLUMNS) -> Any:
+    """The encoder of the table models, fitted by the pipeline's own code on a
+    small frame (`rows`, by column; `columns`: each one's kind)."""
     import pandas as pd
 
     from tasks.data.encoding import fit_encoder
 
-    return fit_encoder(pd.DataFrame(ENCODER_ROWS), TABLE_COLUMNS, "median")
+    return fit_encoder(pd.DataFrame(rows), columns, "median")
 
 
 ENCODER = table_encoder()
@@ -59,18 +60,26 @@ def table_metadata(encoder: Any = ENCODER, classes: Sequence[str] = tuple(PENGUI
     """The ONNX metadata of a table model over `encoder`'s features, the encoder in it."""
     from tasks.contracts.onnx import TABLE_INPUT, ArtifactMetadata, InputSpec, Preprocessing, TargetUnits, output_names
 
+    mean, std = table_scaling(encoder)
     return ArtifactMetadata(
         task=task, classes=tuple(classes),
         input_spec=InputSpec(name=TABLE_INPUT, shape=(-1, encoder.width), dtype="float32", features=encoder.feature_names),
         preprocessing=Preprocessing(inside_graph="(x - mean) / std per encoded feature; encode raw rows with preprocessing.encoder",
-                                    mean=TABLE_MEAN, std=TABLE_STD, encoder=encoder),
+                                    mean=mean, std=std, encoder=encoder),
         outputs=output_names(task), git_commit="abc123", data_hash=data_hash,
         target_units=TargetUnits(*target_units) if target_units is not None else None,
     )
 
 
-TABLE_MEAN = (44.0, 4000.0) + (0.3,) * 5
-TABLE_STD = (5.0, 800.0) + (0.5,) * 5
+NUMERIC_SCALE = {"bill": (44.0, 5.0), "mass": (4000.0, 800.0)}  # (mean, std); another numeric column: (0, 1)
+
+
+def table_scaling(encoder: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-feature mean and std an MLP over `encoder`'s features normalises
+    by: NUMERIC_SCALE for a numeric column, 0.3 and 0.5 for a one-hot feature."""
+    one_hot = encoder.width - len(encoder.numeric)
+    scale = [NUMERIC_SCALE.get(c, (0.0, 1.0)) for c in encoder.numeric] + [(0.3, 0.5)] * one_hot
+    return tuple(m for m, _ in scale), tuple(s for _, s in scale)
 
 
 # --------------------------------------------------------------------------- models
@@ -97,8 +106,9 @@ def image_model(path: Path, seed: int = 0, n_classes: int = 3, input_shape: tupl
 
 
 def table_model(path: Path, seed: int = 0, task: str = "multiclass", classes: Sequence[str] = tuple(PENGUINS),
-                n_outputs: int | None = None, target_units: tuple[float, float] | None = None) -> Path:
-    """A tiny MLP over ENCODER's features, with the encoder in its metadata.
+                n_outputs: int | None = None, target_units: tuple[float, float] | None = None,
+                encoder: Any = ENCODER) -> Path:
+    """A tiny MLP over `encoder`'s features, with the encoder in its metadata.
     Regression: one output, scaled back to target units (`target_units`: mean, std) in the graph."""
     import torch
 
@@ -107,12 +117,13 @@ def table_model(path: Path, seed: int = 0, task: str = "multiclass", classes: Se
     from tasks.onnx.export import export_onnx, set_metadata
 
     torch.manual_seed(seed)
-    width = ENCODER.width
+    width = encoder.width
+    mean, std = table_scaling(encoder)
     target = dict(target_mean=target_units[0], target_std=target_units[1]) if target_units else {}
-    spec = MLPSpec(n_features=width, layers=(8,), n_classes=n_outputs or len(classes), dropout=0.0, mean=TABLE_MEAN,
-                   std=TABLE_STD, **target)
+    spec = MLPSpec(n_features=width, layers=(8,), n_classes=n_outputs or len(classes), dropout=0.0, mean=mean,
+                   std=std, **target)
     export_onnx(MLP(spec).eval(), (width,), path, opset=17, input_name=input_name("tabular"), task=task)
-    set_metadata(path, table_metadata(ENCODER, classes, task, target_units=target_units))
+    set_metadata(path, table_metadata(encoder, classes, task, target_units=target_units))
     return path
 
 
@@ -180,24 +191,29 @@ def pixels(n: int, seed: int = 0) -> np.ndarray:
 
 
 def register(tracking_uri: str, path: Path, name: str = "tiny", alias: str | None = "champion", sha256: str | None = None) -> str:
-    """Register `path` the way the pipeline's select stage does: an MLflow ONNX
-    model, a version tagged with its file's sha256, and the alias moved to it."""
+    """Register `path` as the pipeline's register stage does: an MLflow model
+    (the older onnx flavor here, which the server reads too), a version created
+    with its provenance tags at once (the file's metadata and sha256, the gate's
+    verdict), and the alias moved to it."""
     import mlflow
     import onnx
     from mlflow import MlflowClient
 
+    from tasks.contracts.registry import GATE_TAG, SHA256_TAG
     from tasks.core.provenance import sha256_file
+    from tasks.onnx.runtime import read_metadata
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("serve-tests")
     with mlflow.start_run():
         info = mlflow.onnx.log_model(
-            onnx.load(str(path)), name="model", registered_model_name=name, pip_requirements=["onnxruntime"], save_as_external_data=False
+            onnx.load(str(path)), name="model", pip_requirements=["onnxruntime"], save_as_external_data=False
         )
-    version = str(info.registered_model_version)
+    metadata = read_metadata(path)
+    tags = {SHA256_TAG: sha256 or sha256_file(path), GATE_TAG: "passed", "candidate": path.stem, "task": metadata.task,
+            "data_hash": metadata.data_hash or "test", "git_commit": metadata.git_commit or "test"}
+    version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
     client = MlflowClient(tracking_uri)
-    client.set_model_version_tag(name, version, "sha256", sha256 or sha256_file(path))
-    client.set_model_version_tag(name, version, "candidate", path.stem)
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return version
