@@ -22,7 +22,7 @@ from great_expectations.expectations.metrics import ColumnAggregateMetricProvide
 from great_expectations.expectations.metrics.metric_provider import metric_value
 from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
 
-from tasks.data import quality
+from expectations import measures
 
 
 def readable(sentence: str) -> classmethod:
@@ -66,7 +66,7 @@ class ColumnClassBalance(ColumnAggregateMetricProvider):
 
     @column_aggregate_value(engine=PandasExecutionEngine)
     def _pandas(cls, column: pd.Series, **kwargs: Any) -> dict:
-        balance = quality.class_balance(column)
+        balance = measures.class_balance(column)
         return {k: balance[k] for k in ("imbalance_ratio", "gini", "normalized_entropy", "classes")}
 
 
@@ -83,8 +83,8 @@ class TableNearDuplicateFraction(TableMetricProvider):
         content = df.drop(columns=ignore)
         if content.empty:
             return 0.0
-        near = quality.near_duplicate_rows(content, int(metric_value_kwargs.get("decimals") or 2))
-        exact = quality.duplicate_rows(content)
+        near = measures.near_duplicate_rows(content, int(metric_value_kwargs.get("decimals") or 2))
+        exact = measures.duplicate_rows(content)
         return float((near | exact).mean())
 
 

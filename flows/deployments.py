@@ -22,9 +22,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from flows.common import check_prefect_server
 from tasks.core.params import load_params
 from tasks.core.errors import DistilleryError, run_cli
-from tasks.core.tracking import check_answers
 
 MONITOR_DEPLOYMENT = "monitor"
 LOCAL_API = "http://127.0.0.1:4200/api"
@@ -119,12 +119,6 @@ def check_api() -> str:
         )
     check_prefect_server(url)
     return url
-
-
-def check_prefect_server(url: str) -> None:
-    check_answers("Prefect server", "PREFECT_API_URL", url, f"{url.rstrip('/')}/health",
-                  "start one (`make stack` starts the project's, `.venv/bin/prefect server start` a bare one), "
-                  "or point PREFECT_API_URL at yours, or unset it to run on a temporary local server")
 
 
 def main() -> None:

@@ -33,13 +33,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from tasks.contracts import predlog
-from tasks.contracts.onnx import CLASSIFIERS
 from tasks.monitor import feedback, snapshot, state as monitor_state, windows as monitor_windows
 from tasks.monitor.reference import Reference, build_reference
 from tasks.core import paths, tracking
 from tasks.core.params import MlflowParams, MonitorParams, load_params
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.report import markdown_table
+from tasks.core.task import task_of
 
 # The server writes its log buffer at least every DISTILLERY_SERVE_LOG_FLUSH_INTERVAL_S
 # (1 s by default): a row answered before a window's end is on disk this long after it.
@@ -325,7 +325,7 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
     if not rows.empty or not labels.empty:
         reference = load_reference(root_path)
         windows = analyse_windows(rows, reference, m)
-        if reference.task in CLASSIFIERS:  # labels are class names; other tasks have no live quality yet
+        if task_of(reference.task).single_label:  # labels are class names; other tasks have no live quality yet
             quality = score_labels(labels, log_dir, reference.classes, cfg.evaluate.ece_bins)
         if not labels.empty:
             production = snapshot_labels(root_path, cfg)

@@ -24,12 +24,15 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL
 
+from flows.common import check_prefect_server, is_stale, release_dead_locks, stage_order, without_git_hints
+from flows.report import INDEX, console_summary, write_report
 from tasks.core.errors import EXIT_EXPECTED_FAILURE, DistilleryError, run_cli
 from tasks.core.report import markdown_table
 from tasks.core import paths
@@ -55,65 +58,6 @@ class StageFailed(DistilleryError):
         return StageFailed, (self.stage, self.exit_code, self.output)
 
 
-def stage_order(root: Path) -> list[str]:
-    """Stage names from dvc.yaml, in dependency order."""
-    import networkx as nx
-    from dvc.repo import Repo
-    from dvc.stage import PipelineStage
-
-    with contextlib.chdir(root), Repo(str(root)) as repo:
-        graph = repo.index.graph  # edges point from a stage to what it depends on
-        ordered = reversed(list(nx.topological_sort(graph)))
-        return [s.name for s in ordered if isinstance(s, PipelineStage)]
-
-
-def release_dead_locks(root: Path) -> list[int]:
-    """Drop from DVC's rwlock the entries of processes that are gone, zombies
-    included; the PIDs dropped.
-
-    DVC frees the entries of a PID that no longer exists by itself. But after
-    a `kill -9` of a flow, its `dvc repro` child is reparented to init, and
-    until init reaps it that PID is a zombie: it still "exists", and DVC would
-    refuse every stage it held ("is busy ... remove .dvc/tmp/rwlock"). The
-    edit takes DVC's own guard (rwlock.lock), as DVC does."""
-    import psutil
-    from dvc.fs import localfs
-    from dvc.rwlock import RWLOCK_FILE, _edit_rwlock
-
-    tmp = root / ".dvc" / "tmp"
-    if not (tmp / RWLOCK_FILE).exists():
-        return []
-
-    def dead(pid: int) -> bool:
-        try:
-            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-
-    gone: set[int] = set()
-    with _edit_rwlock(str(tmp), localfs, False) as lock:
-        for path, info in list(lock["write"].items()):
-            if dead(info["pid"]):
-                gone.add(info["pid"])
-                del lock["write"][path]
-        for path, infos in list(lock["read"].items()):
-            alive = [info for info in infos if not dead(info["pid"])]
-            gone |= {info["pid"] for info in infos} - {info["pid"] for info in alive}
-            if alive:
-                lock["read"][path] = alive
-            else:
-                del lock["read"][path]
-    return sorted(gone)
-
-
-def is_stale(root: Path, stage: str) -> bool:
-    from dvc.repo import Repo
-
-    # DVC resolves outputs against the working directory, so look from inside the repo.
-    with contextlib.chdir(root), Repo(str(root)) as repo:
-        return bool(repo.status(targets=[stage]))
-
-
 def _stage_env(dask_address: str | None, parent: str | None = None) -> dict[str, str]:
     from tasks.core.cluster import DASK_ENV
 
@@ -132,8 +76,6 @@ def log_run_report(root: Path, cfg: MlflowParams, run_id: str, results: list[dic
     """The pipeline's MLflow run holds what the flow saw: each stage's seconds
     (0 when skipped), the run report and the model card."""
     from mlflow import MlflowClient
-
-    from flows.report import INDEX
 
     client = MlflowClient(tracking_uri=resolved_at(cfg.resolved_uri(), root))
     for r in results:
@@ -160,24 +102,6 @@ def check_params(root: Path) -> None:
 
 GIT_HINT = ("dvc.lock records this run: `git add dvc.lock && git commit` keeps it as a version "
             "(and `dvc push` sends its data to a remote, if you set one up)")
-
-
-def without_git_hints(lines: Iterable[str]) -> Iterator[str]:
-    """A stage's output without the block `dvc repro` prints after every stage
-    ("To track the changes with git, run: git add dvc.lock ... Use `dvc push`
-    ..."): ten lines per stage. The flow says it once, at the end (GIT_HINT).
-    Hiding starts at the block's first line and ends at the first line that is
-    not part of it, so no stage output is ever lost."""
-    hiding = False
-    for line in lines:
-        text = line.strip()
-        if text.startswith("To track the changes with git"):
-            hiding = True
-        elif hiding and not (text == "" or line.startswith("\t") or text.startswith(("To enable auto staging",
-                                                                                      "Use `dvc push`"))):
-            hiding = False
-        if not hiding:
-            yield line
 
 
 def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's hook signature
@@ -257,8 +181,6 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
     check_params(root_path)
     if dead := release_dead_locks(root_path):
         get_run_logger().warning("released DVC locks held by killed processes %s", dead)
-    from flows.report import write_report
-
     from tasks.core.provenance import git_commit
 
     mlflow_cfg = load_params(root_path / paths.PARAMS).mlflow
@@ -296,17 +218,11 @@ def main() -> None:
         check_scheduler(args.dask_address)
         flow_to_run = pipeline.with_options(task_runner=DaskTaskRunner(address=args.dask_address))
     # A shared server that is down fails here, naming it, before any stage runs.
-    from prefect.settings import PREFECT_API_URL
-
-    from flows.deployments import check_prefect_server
-
     if PREFECT_API_URL.value():
         check_prefect_server(PREFECT_API_URL.value())
     check_server(load_params().mlflow.resolved_uri())
     results = flow_to_run(dask_address=args.dask_address)  # the search's trials go to the same cluster
     ran = [r["stage"] for r in results if r["ran"]]
-    from flows.report import console_summary
-
     print()
     if ran:
         print(GIT_HINT)

@@ -17,7 +17,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from flows.common import is_stale, stage_order
 from tasks.core import paths
+from tasks.core.task import task_of
 from tasks.evaluation.card import class_scores
 
 INDEX = paths.REPORTS / "index.html"
@@ -125,8 +127,6 @@ def stage_rows(root: Path, stages: Optional[list[dict]]) -> list[dict]:
     if stages is not None:
         return [{"stage": s["stage"], "ran": "ran" if s["ran"] else "skipped (up to date)",
                  "seconds": s["seconds"], "where": s.get("where", "")} for s in stages]
-    from flows.pipeline import is_stale, stage_order
-
     return [{"stage": name, "ran": "stale" if is_stale(root, name) else "up to date"} for name in stage_order(root)]
 
 
@@ -203,8 +203,8 @@ def render(root: Path, stages: Optional[list[dict]] = None) -> str:
     quality = _read(root / paths.DATA_QUALITY_REPORT) or {}
     card_path = root / paths.MODEL_CARD
     champion = selection.get("champion")
-    regression = selection.get("task") == "regression"
-    quality_name = "R²" if regression else "macro-F1"
+    task = task_of(selection["task"]) if selection.get("task") else None
+    quality_name = "R²" if task and task.regression else "macro-F1"
     speed_key = selection.get("speed_key", "")
     rows = selection.get("candidates", {})
     ours, ref = rows.get(champion, {}), rows.get(selection.get("reference", "teacher.fp32"), {})
@@ -336,7 +336,7 @@ def console_summary(root: Path) -> list[str]:
     rows = selection["candidates"]
     champion, key = selection["champion"], selection["speed_key"]
     ours, ref = rows[champion], rows[selection["reference"]]
-    name = "R^2" if selection.get("task") == "regression" else "macro-F1"
+    name = task_of(selection["task"]).quality_label if selection.get("task") else "macro-F1"
     ece = f", ECE {ours['ece']:.4f}" if ours.get("ece") is not None else ""
     registry = registry_state(root)
     uri = registry["uri"]

@@ -25,7 +25,7 @@ def main() -> None:
         from dvc.lock import LockError
         from dvc.repo import Repo
 
-        from flows.pipeline import release_dead_locks
+        from flows.common import release_dead_locks
         from tasks.core.errors import DistilleryError
         from tasks.core.params import load_params
 
@@ -40,7 +40,7 @@ def main() -> None:
         if all(changes == [ALWAYS_CHANGED] for changes in stale.values()):
             import subprocess
 
-            from flows.pipeline import without_git_hints
+            from flows.common import without_git_hints
             from flows.report import console_summary
 
             for stage in stale:  # dvc.yaml's order; the registry may hold nothing yet (a new server, `dvc pull`)

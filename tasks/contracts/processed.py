@@ -18,7 +18,6 @@ from tasks.core.errors import DistilleryError
 from tasks.core.io import load_npz, read_json, save_npz, write_json
 from tasks.core.task import TaskType, kind_of
 
-SPLITS = ("train", "val", "test")
 X, Y, ROW_IDS = "x", "y", "row_id"  # the arrays of a split file
 
 

@@ -16,7 +16,6 @@ from tasks.core.params import ValidateParams
 from tasks.core.task import IMAGE, TABLE, task_of
 from tasks.data import quality
 
-FEATURE_TYPES = ("numeric", "categorical")
 TEXTUAL_TYPES = ("categorical", "text")
 
 

@@ -18,12 +18,21 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from tasks.contracts.dataset import IMAGES, LABEL, LABELS, REASON, ROW_ID, Dataset, DatasetMeta
+from tasks.contracts.dataset import (
+    IMAGES,
+    LABEL,
+    LABELS,
+    REASON,
+    ROW_ID,
+    Dataset,
+    DatasetMeta,
+)
 from tasks.core import paths
 from tasks.core.errors import DistilleryError
 from tasks.core.io import read_json
 from tasks.core.params import LabelIssuesParams, ValidateParams
 from tasks.core.report import markdown_table
+from tasks.core.task import kind_of, task_of
 from tasks.data.correct import Corrected, correct_images, correct_table
 from tasks.data.label_issues import LabelIssues, find_label_issues
 from tasks.data.quality import class_balance
@@ -66,10 +75,9 @@ def run_suite(
     """Run `suite` on `table` through a GX checkpoint and collect per-row
     failures of critical expectations. With `docs_dir`, GX builds Data Docs there."""
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     import expectations.custom  # noqa: F401  registers the project's expectations
-
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # stage logs stay readable
@@ -173,7 +181,7 @@ def merge_reasons(*sources: dict[int, list[str]]) -> dict[int, list[str]]:
 def classes_of(corrected: Corrected, meta: DatasetMeta, task: str) -> tuple[str, ...]:
     """Declared classes if any, else the labels found (sorted, so stable); none
     for a regression target."""
-    if task == "regression":
+    if task_of(task).regression:
         return ()
     if meta.classes:
         return tuple(meta.classes)
@@ -182,7 +190,7 @@ def classes_of(corrected: Corrected, meta: DatasetMeta, task: str) -> tuple[str,
 
 def suite_parameters(meta: DatasetMeta, table: pd.DataFrame | None = None) -> dict[str, Any]:
     """Values the suites refer to as {"$PARAMETER": name}, taken from the data's own meta."""
-    if meta.kind == "image":
+    if kind_of(meta.kind).image:
         return {"class_labels": list(range(len(meta.classes or ())))}
     declared = list(meta.declared_columns)
     observed = list(table.columns) if table is not None else []
@@ -196,7 +204,7 @@ def assess(dataset: Dataset, task: str, params: ValidateParams) -> tuple[Correct
     """Measure and correct for task type `task`; return the corrections and the
     corrected dataset, its meta typed (task, classes, column types, features)."""
     meta = dataset.meta.replace(task=task)
-    if meta.kind == "tabular":
+    if kind_of(meta.kind).table:
         corrected = correct_table(dataset.table, meta.target, meta.declared_types, task, params)
         types = corrected.column_types
         meta = meta.replace(classes=classes_of(corrected, meta, task), column_types=types,
@@ -232,7 +240,7 @@ def quality_summary(report: dict) -> str:
     """The four dimensions in a few lines, for the Prefect artifact."""
     balance, unique = report["balance"], report["uniqueness"]
     completeness = report["completeness"]
-    if report["kind"] == "tabular":
+    if kind_of(report["kind"]).table:
         missing = {c: f"{v['fraction']:.1%}" for c, v in completeness["columns"].items() if v["missing"]}
         rows_missing = completeness["rows_with_missing"]
         variants = {c: len(e.get("variants", [])) for c, e in report["representation"]["columns"].items() if e.get("variants")}
@@ -298,9 +306,7 @@ def gate(dataset: Dataset, task: str, params: ValidateParams, suite: dict,
     gate_on_kept(outcome, suite, parameters, valid.table, issues, options)
     relabelled = 0
     if options.action == "quarantine" and issues.row_ids:
-        reasons = merge_reasons(reasons, {r: [f"{LABEL_ISSUE_REASON}: given {g}, suggested {s} (score {c:.3f})"]
-                                          for r, g, s, c in zip(issues.row_ids, issues.given, issues.suggested,
-                                                                issues.scores)})
+        reasons = merge_reasons(reasons, issues.quarantine_reasons())
         valid, quarantined = split_quarantine(typed, reasons)
     elif options.action == "relabel":
         relabelled = relabel(valid, issues, options.relabel_above)
@@ -343,7 +349,6 @@ def gate_on_kept(outcome: ValidationOutcome, suite: dict, parameters: dict[str, 
 
 
 LABEL_ISSUE_COLUMN = "label_issue"  # 1.0 for a row confident learning flags, in the gate's rate check
-LABEL_ISSUE_REASON = "label_issue"  # the quarantine reason under `label_issues.action: quarantine`
 
 
 def label_issue_suite(max_rate: float, severity: str) -> dict:

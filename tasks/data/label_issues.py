@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts.dataset import IMAGES, LABEL, LABELS, ROW_ID, Dataset
+from tasks.core.task import task_of
 
-REASON_PREFIX = "label_issue"
+QUARANTINE_REASON = "label_issue"  # what the reason of a suspect quarantined (action: quarantine) starts with
 TOP_SHOWN = 16  # suspects drawn in reports/label_issues.png
 
 
@@ -48,6 +49,11 @@ class LabelIssues:
     @property
     def flagged_rate(self) -> float:
         return len(self.row_ids) / self.checked_rows if self.checked_rows else 0.0
+
+    def quarantine_reasons(self) -> dict[int, list[str]]:
+        """row_id -> the reason its row is quarantined for, naming the given and the suggested label."""
+        return {r: [f"{QUARANTINE_REASON}: given {g}, suggested {s} (score {c:.3f})"]
+                for r, g, s, c in zip(self.row_ids, self.given, self.suggested, self.scores)}
 
     def report(self, action: str, relabelled: int, quarantined: int) -> dict[str, Any]:
         return {"method": "confident learning (Northcutt et al. 2021), out-of-fold logistic regression",
@@ -123,7 +129,7 @@ def confident_learning(probabilities: np.ndarray, y: np.ndarray) -> tuple[np.nda
 def find_label_issues(dataset: Dataset, classes: list[str], task: str, folds: int, seed: int) -> LabelIssues:
     """The suspects among `dataset`'s rows, most suspect first."""
     found = LabelIssues(classes=list(classes))
-    if task not in ("binary", "multiclass"):
+    if not task_of(task).single_label:
         found.skipped_reason = f"task {task}: confident learning needs one class per row"
         return found
     if LABELS in dataset.arrays:  # images: labels are indices into the class names

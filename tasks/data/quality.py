@@ -14,12 +14,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# The measures the custom GX expectations compute too, defined once beside them so the gate checks the
+# numbers this module reports. The `x as x` ones are re-exported: this module is where stages find every measure.
+from expectations.measures import (
+    class_balance as class_balance,
+    duplicate_rows as duplicate_rows,
+    fold as fold,
+    map_distinct,
+    near_duplicate_rows as near_duplicate_rows,
+)
+
 # A number, optionally with thousands separators, wrapped in currency or units:
 # "65000 $", "€70,000", "12.5 kg", "-3e2".
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?"
 # Only currency symbols may lead: "PAL0708" or "SKU123" are codes, not numbers.
 UNIT_NUMBER = re.compile(rf"^\s*(?P<pre>[$€£¥₹]?)\s*(?P<num>{_NUMBER})\s*(?P<post>[^\d\s]{{0,6}})\s*$")
-PLAIN_NUMBER = re.compile(rf"^\s*{_NUMBER}\s*$")
 
 
 # --------------------------------------------------------------------------- representation
@@ -82,20 +91,6 @@ def observed_type(values: pd.Series, parsed: pd.DataFrame | None = None) -> str:
     return "categorical" if distinct <= max(20, 0.05 * len(present)) else "text"
 
 
-def _map_distinct(values: pd.Series, func) -> pd.Series:
-    """Apply `func` to each distinct value once; missing stays missing."""
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    mapped = np.asarray([func(u) for u in uniques], dtype=object)
-    out = mapped[np.where(codes < 0, 0, codes)] if len(mapped) else np.full(len(codes), None, dtype=object)
-    out[codes < 0] = None
-    return pd.Series(out, index=values.index, dtype=object)
-
-
-def fold(value: str) -> str:
-    """Case and whitespace folding: ' Human  resources' -> 'human resources'."""
-    return " ".join(str(value).split()).casefold()
-
-
 def category_variants(values: pd.Series, synonyms: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Groups of distinct raw values that mean the same category once case,
     whitespace and the synonym map are applied. Only groups with >1 variant."""
@@ -132,7 +127,7 @@ def normalise_categories(values: pd.Series, synonyms: dict[str, str] | None = No
     """Apply case/whitespace folding and synonyms; return the new column and how
     many values changed."""
     mapping = _canonical_map(values, synonyms or {})
-    new = _map_distinct(values, lambda v: mapping.get(str(v), v)).astype(values.dtype)
+    new = map_distinct(values, lambda v: mapping.get(str(v), v)).astype(values.dtype)
     changed = int((new.astype("string") != values.astype("string")).fillna(False).sum())
     return new, changed
 
@@ -273,28 +268,7 @@ def plot_balance(counts: dict[str, int], path: Any) -> None:
 
 
 # --------------------------------------------------------------------------- uniqueness
-
-
-def duplicate_rows(df: pd.DataFrame, subset: list[str] | None = None) -> pd.Series:
-    """Mask of rows that repeat an earlier row (on `subset` if given)."""
-    if df.empty:
-        return pd.Series(False, index=df.index)
-    return df.duplicated(subset=subset or None, keep="first")
-
-
-def near_duplicate_rows(df: pd.DataFrame, decimals: int = 2) -> pd.Series:
-    """Rows equal to an earlier row once numbers are rounded and text folded,
-    excluding exact duplicates. One hash pass: no pairwise comparison."""
-    normalised = pd.DataFrame(index=df.index)
-    for col in df.columns:
-        values = df[col]
-        if pd.api.types.is_numeric_dtype(values):
-            normalised[col] = values.round(decimals)
-        else:
-            normalised[col] = _map_distinct(values, lambda v: fold(v) if isinstance(v, str) else v)
-    hashes = pd.util.hash_pandas_object(normalised, index=False)
-    near = hashes.duplicated(keep="first")
-    return near & ~duplicate_rows(df)
+# duplicate_rows and near_duplicate_rows: expectations/measures.py
 
 
 def near_duplicate_values(
@@ -355,26 +329,7 @@ def image_duplicates(images: np.ndarray) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- balance
-
-
-def class_balance(labels: pd.Series) -> dict[str, Any]:
-    """Imbalance ratio (max/min count) and the Gini impurity and Shannon entropy
-    of the class distribution, each normalised to [0, 1] by its maximum for k
-    classes, so datasets with different class counts compare. 1 = balanced."""
-    counts = labels.dropna().value_counts()
-    k = len(counts)
-    if k == 0:
-        return {"counts": {}, "classes": 0, "imbalance_ratio": None, "gini": None, "normalized_entropy": None}
-    p = counts.to_numpy() / counts.sum()
-    gini = 1 - float((p**2).sum())
-    entropy = -float((p * np.log(p)).sum())
-    return {
-        "counts": {str(k_): int(v) for k_, v in counts.items()},
-        "classes": k,
-        "imbalance_ratio": float(counts.max() / counts.min()),
-        "gini": gini / (1 - 1 / k) if k > 1 else 0.0,
-        "normalized_entropy": float(entropy / np.log(k)) if k > 1 else 0.0,
-    }
+# class_balance: expectations/measures.py
 
 
 def target_distribution(values: pd.Series) -> dict[str, Any]:

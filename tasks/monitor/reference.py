@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts import dataset as dataset_contract
-from tasks.contracts.onnx import CLASSIFIERS, PREDICTION, PROBABILITIES
+from tasks.contracts.onnx import PREDICTION, PROBABILITIES
 from tasks.contracts.predlog import image_summary
 from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
 from tasks.core import paths
@@ -72,7 +72,7 @@ def reference_predictions(root: Path, meta: ProcessedMeta, champion: Optional[Pa
     if task_of(meta.task).regression:
         values = _champion_outputs(champion, x, PREDICTION).ravel() if have else np.asarray(y, dtype=np.float64)
         return {}, values, where
-    if meta.task not in CLASSIFIERS:
+    if not task_of(meta.task).single_label:
         return {}, None, f"none ({meta.task} model: no predicted-class mix)"
     if have:
         probs = _champion_outputs(champion, x, PROBABILITIES)

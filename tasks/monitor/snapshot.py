@@ -24,7 +24,6 @@ import pandas as pd
 from tasks.contracts import dataset as dataset_contract
 from tasks.contracts import predlog
 from tasks.contracts import production as snap
-from tasks.contracts.onnx import CLASSIFIERS
 from tasks.contracts.processed import read_meta
 from tasks.core import paths
 from tasks.core.errors import run_cli
@@ -56,7 +55,7 @@ def judge_labels(labels: pd.DataFrame) -> tuple[pd.DataFrame, list[pd.DataFrame]
 
 
 def _label_problem(task: str, classes: tuple[str, ...]):
-    if task in CLASSIFIERS:
+    if task_of(task).single_label:
         known = set(classes)
         return snap.UNKNOWN_CLASS, lambda label: label not in known
     if task_of(task).regression:

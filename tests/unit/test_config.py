@@ -348,3 +348,23 @@ def test_ml_options_pass_the_parser_and_are_refused_by_the_training_checks(tmp_p
     message = str(err.value)
     assert message.startswith(f"{path}: '{key}': ")
     assert "params.yaml" in message and rule in message
+
+
+@pytest.mark.parametrize(("source", "path", "expected"), [
+    ("digits", "data/raw", "distillery-digits"),
+    ("csv", "/home/me/credit.csv", "distillery-credit"),
+    ("csv", "../My Data/Ames Housing.csv", "distillery-ames-housing"),
+    ("quickdraw", "/srv/data/quickdraw", "distillery-quickdraw"),
+    ("parquet", "data/raw/loans.parquet", "distillery-loans"),
+])
+def test_the_default_registered_model_is_named_after_the_data(source, path, expected):
+    """One champion per dataset: experiments on other data never move this data's alias."""
+    import dataclasses
+
+    from tasks.core.params import load_params
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    data = dataclasses.replace(params.data, source=source, path=path, target="y" if source in ("csv", "parquet") else None)
+    assert dataclasses.replace(params, data=data).registered_model == expected
+    named = dataclasses.replace(params, select=dataclasses.replace(params.select, registered_model="mine"))
+    assert named.registered_model == "mine"

@@ -1,8 +1,10 @@
 """dvc.yaml against the code: every module a stage imports is among its deps, and
 every params key it can read is among its params, so `dvc repro` (and the
 flow) rerun a stage whenever something it depends on changes. Also the layout's
-rules: no stage imports another, deploy/ imports only tasks.core and
-tasks.contracts, the contracts import only tasks.core."""
+rules: no import cycle anywhere in the project, no stage imports another,
+tasks/ imports neither flows/ nor bench/, tasks.core imports nothing else of the
+project, the contracts import only tasks.core, deploy/ imports only tasks.core
+and tasks.contracts, and expectations/ imports nothing outside itself."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import typing
 from functools import cache
 from pathlib import Path
 
+import networkx as nx
 import pytest
 import yaml
 
@@ -20,7 +23,7 @@ from tasks.core.config import dotted_keys
 from tasks.core.params import TRACKING_SECTIONS, Params
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("tasks", "deploy", "flows", "expectations", "bench")  # the repo's own top-level packages
+PACKAGES = ("tasks", "deploy", "flows", "expectations", "bench", "stack")  # the repo's own top-level packages
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 STAGES = DVC["stages"]
@@ -40,14 +43,19 @@ def module_file(module: str) -> Path | None:
 def _imported(path: Path) -> set[str]:
     """Every module an `import` anywhere in the file names (function-level too:
     it runs when the function does), with `from a import b` also as `a.b` when
-    b is a submodule."""
+    b is a submodule. Relative imports are resolved against the file's package."""
     names: set[str] = set()
+    package = path.relative_to(REPO).parent.parts
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # `from . import x` in a/b/c.py is a.b.x; `from ..d import x`, a.d.x
+                base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+            if base:
+                names.add(base)
+                names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
 
 
@@ -66,6 +74,48 @@ def closure(module: str) -> frozenset[Path]:
                 seen.add(path)
                 todo += [n for n in _imported(path) if module_file(n) is not None]
     return frozenset(seen)
+
+
+def _package(module: str) -> str:
+    return module.split(".")[0]
+
+
+def module_name(path: Path) -> str:
+    """The dotted name of a repo file: tasks/data/gate.py -> tasks.data.gate, a package's __init__.py -> the package."""
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@cache
+def import_graph() -> nx.DiGraph:
+    """Every module of PACKAGES, with an edge to each project module importing
+    it runs: the ones it names (function-level imports included) and their
+    packages' __init__ files. A module's own packages are left out: Python has
+    run them before it, and a package that re-exports its modules is no cycle."""
+    graph = nx.DiGraph()
+    for path in sorted(p for package in PACKAGES for p in (REPO / package).rglob("*.py")):
+        module = module_name(path)
+        graph.add_node(module)
+        own = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 2)}
+        for name in _imported(path):
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                found = module_file(".".join(parts[:i]))
+                if found is not None and module_name(found) not in own:
+                    graph.add_edge(module, module_name(found))
+    return graph
+
+
+def import_cycles(graph: nx.DiGraph) -> list[str]:
+    """Each cycle of `graph` as its modules and one path round it: a strongly
+    connected component of more than one module, or a module importing itself."""
+    cycles = []
+    for component in nx.strongly_connected_components(graph):
+        if len(component) == 1 and not any(graph.has_edge(m, m) for m in component):
+            continue
+        path = [u for u, _ in nx.find_cycle(graph.subgraph(component), source=min(component))]
+        cycles.append(f"{sorted(component)} (e.g. {' -> '.join([*path, path[0]])})")
+    return sorted(cycles)
 
 
 def stage_module(stage: str) -> str:
@@ -131,6 +181,59 @@ def _imports_outside(module: str, allowed: tuple[str, ...]) -> list[str]:
     files = closure(module)
     return sorted(p.relative_to(REPO).as_posix() for p in files
                   if not any(p.relative_to(REPO).as_posix().startswith(a) for a in allowed))
+
+
+def test_no_import_cycle_among_the_project_modules() -> None:
+    """A cycle means neither module can be understood, tested or loaded without
+    the other: put what both need in a lower module that imports neither."""
+    cycles = import_cycles(import_graph())
+    assert not cycles, "import cycles (function-level imports included):\n" + "\n".join(cycles)
+
+
+def test_the_cycle_check_finds_cycles() -> None:
+    """The check itself: a cycle of three, a module importing itself, and no cycle in a chain."""
+    graph = nx.DiGraph([("flows.a", "flows.b"), ("flows.b", "flows.c"), ("flows.c", "flows.a"), ("tasks.d", "tasks.d"),
+                        ("tasks.e", "tasks.f")])
+    found = import_cycles(graph)
+    assert len(found) == 2
+    assert found[0].startswith("['flows.a', 'flows.b', 'flows.c'] (e.g. ") and found[1].startswith("['tasks.d']")
+    assert not import_cycles(nx.DiGraph([("tasks.e", "tasks.f"), ("flows.a", "tasks.e")]))
+
+
+def test_the_import_graph_sees_every_package_and_function_level_imports() -> None:
+    graph = import_graph()
+    assert {_package(m) for m in graph} == set(PACKAGES)
+    assert graph.has_edge("tasks.data.gate", "expectations.custom")  # imported inside run_suite
+    assert graph.has_edge("flows.run", "flows.common")  # imported inside main
+
+
+def test_tasks_never_import_flows_or_bench() -> None:
+    """Stages and building blocks are below the flows that wire them and the benchmarks that measure them."""
+    graph = import_graph()
+    above = {m for m in graph if _package(m) in ("flows", "bench")}
+    paths = []
+    for module in sorted(m for m in graph if _package(m) == "tasks"):
+        reach = nx.single_source_shortest_path(graph, module)
+        hits = [reach[m] for m in above if m in reach]
+        if hits:  # the shortest path, to a module rather than a package's __init__ at the same depth
+            paths.append(min(hits, key=lambda path: (len(path), module_file(path[-1]).name == "__init__.py", path)))
+    shown = [" -> ".join(path) for path in sorted(paths, key=len)]
+    assert not paths, "tasks/ imports flows/ or bench/:\n" + "\n".join(shown[:10]) + (
+        f"\n... and {len(shown) - 10} more" if len(shown) > 10 else "")
+
+
+@pytest.mark.parametrize("module", sorted(m for m in import_graph() if m == "tasks.core" or m.startswith("tasks.core.")))
+def test_the_core_imports_nothing_else_of_the_project(module: str) -> None:
+    outside = _imports_outside(module, ("tasks/__init__.py", "tasks/core/"))
+    assert not outside, f"{module} imports {outside}; tasks.core is the bottom layer"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in import_graph() if _package(m) == "expectations"))
+def test_the_expectations_import_nothing_outside_themselves(module: str) -> None:
+    """tasks/ (the gate, the quality report) imports the expectations and the measures
+    behind them (expectations/measures.py), never the other way round."""
+    outside = _imports_outside(module, ("expectations/",))
+    assert not outside, f"{module} imports {outside}"
 
 
 def test_the_server_imports_only_the_core_and_the_contracts() -> None:

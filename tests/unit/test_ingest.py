@@ -95,6 +95,6 @@ def test_ingest_csv_records_what_validate_needs_in_the_meta(tmp_path):
     assert dataset.table["age"].tolist() == ["31", "NA", "40 y"]  # text as written, for the gate to judge
     assert dataset.arrays == {}
     assert dataset.meta == DatasetMeta(
-        source="csv", kind="tabular", rows=3, data_hash=hash_table(dataset.table), classes=("no", "yes"),
+        source="csv", name="people", kind="tabular", rows=3, data_hash=hash_table(dataset.table), classes=("no", "yes"),
         origin=str(path), target="outcome", declared_types={"age": "numeric"}, declared_columns=("age",),
     )
