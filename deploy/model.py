@@ -193,6 +193,7 @@ def _trial_run(model: LoadedModel) -> None:
 
 def _column_kinds(model: LoadedModel) -> dict[str, str]:
     encoder = model.encoder
+    assert encoder is not None  # asked of table models only
     return {**{c: "numeric" for c in encoder.numeric}, **{c: "categorical" for c in encoder.categorical}}
 
 
@@ -294,7 +295,7 @@ class RegistrySource:
         self.name = name or self.registered
         self.tracking_uri = tracking_uri
         self.describe = uri
-        self._client = None
+        self._client: Any = None
 
     @property
     def client(self) -> Any:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow
+from mlflow.pyfunc import PythonModel
 import numpy as np
 
 from tasks.contracts.registry import ONNX_ARTIFACT
@@ -41,7 +41,7 @@ def _rows(model_input: Any) -> list:
     return list(model_input)
 
 
-class ChampionModel(mlflow.pyfunc.PythonModel):
+class ChampionModel(PythonModel):
     def load_context(self, context: Any) -> None:
         from deploy.model import build_model
 

@@ -57,7 +57,15 @@ class ModelManager:
         fingerprint = self.source.fingerprint()
         if fingerprint is None:
             raise DistilleryError(f"{self.source.describe}: model file not found")
-        self._install(self.source.load(self.threads, fingerprint), fingerprint)
+        model = self.source.load(self.threads, fingerprint)
+        self._install(model, fingerprint)
+        return model
+
+    @property
+    def served(self) -> LoadedModel:
+        """The model being served; there is one from load_initial on."""
+        if self.current is None:
+            raise RuntimeError("no model loaded yet: load_initial() runs before the server listens")
         return self.current
 
     def _install(self, model: LoadedModel, fingerprint: Hashable) -> None:
@@ -73,7 +81,7 @@ class ModelManager:
             return await self._reload(force)
 
     async def _reload(self, force: bool) -> ReloadResult:
-        served = self.current
+        served = self.served
         try:
             fingerprint = await asyncio.to_thread(self.source.fingerprint)
         except DistilleryError as err:

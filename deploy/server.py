@@ -73,7 +73,7 @@ def _uvicorn_server(app: ServingApp, settings: ServeSettings):
         loop="uvloop",
         # httptools, with a connection cap and a header deadline (deploy/connections.py)
         http=guarded_protocol(settings.max_connections, settings.header_timeout_s, settings.retry_after_s),
-        timeout_keep_alive=settings.keep_alive_s,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # uvicorn uses it as seconds, float or not
         lifespan="on",
         access_log=settings.access_log,
         log_level=settings.log_level,

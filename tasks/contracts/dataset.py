@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import pandas as pd
@@ -47,7 +47,7 @@ class DatasetMeta:
     column_types: dict[str, str] = field(default_factory=dict)  # every column's type after correction
     features: tuple[str, ...] = ()  # the columns the model takes (numeric and categorical)
 
-    def replace(self, **changes: object) -> "DatasetMeta":
+    def replace(self, **changes: Any) -> "DatasetMeta":
         return dataclasses.replace(self, **changes)
 
 

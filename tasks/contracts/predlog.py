@@ -130,9 +130,11 @@ def _json(values: Any) -> str:
 
 def _answered(entry: Entry) -> list[tuple]:
     n = len(entry)
+    answers: list[tuple[Any, ...]]
     if entry.rows is not None:
         inputs = [_json(row) for row in entry.rows]
     else:
+        assert entry.x is not None  # an image entry carries its pixels (Entry's own check)
         stats = image_summary(entry.x)
         inputs = [_json(dict(zip(IMAGE_SUMMARY, values))) for values in zip(*(s.tolist() for s in stats.values()))]
     out = np.asarray(entry.outputs)

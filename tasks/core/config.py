@@ -43,7 +43,7 @@ def dotted_keys(cls: type, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
         inner = hints[f.name]
-        if dataclasses.is_dataclass(inner):
+        if isinstance(inner, type) and dataclasses.is_dataclass(inner):
             keys += dotted_keys(inner, f"{name}.")
         else:
             keys.append(name)
@@ -59,7 +59,7 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
     if tp is Any:  # free-form options, checked by the component that takes them
         return value
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, source, key)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)

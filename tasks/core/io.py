@@ -64,7 +64,7 @@ def write_text(path: str | Path, text: str) -> None:
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds as allow_pickle
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

@@ -365,7 +365,7 @@ class SearchSpace:
     def __post_init__(self) -> None:
         if self.choices is None and (self.low is None or self.high is None or self.low >= self.high):
             raise ValueError("give either choices, or low < high")
-        if self.log and self.choices is None and self.low <= 0:
+        if self.log and self.choices is None and self.low is not None and self.low <= 0:
             raise ValueError("a log range needs low > 0")
 
 
