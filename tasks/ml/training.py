@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -136,6 +136,110 @@ def make_stopper(params: FitParams):
     return EarlyStopping(monitor="val_loss", mode="min", patience=params.patience, min_delta=params.min_delta)
 
 
+@dataclass
+class _Loop:
+    """What one training run holds between batches: the set-up `fit` makes once,
+    then `step` per batch and `epoch` per pass, read top to bottom."""
+
+    model: nn.Module
+    net: nn.Module  # the model, or its DDP wrapper under torchrun
+    train: tuple[torch.Tensor, ...]
+    val: tuple[torch.Tensor, ...]
+    loss_fn: LossFn
+    params: FitParams
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    activity: Any  # ActivationRegularizer or None
+    device: torch.device
+    amp: bool
+    world: int
+    rank: int
+    batch_size: int  # per process: the global batch stays params.batch_size
+    generator: torch.Generator
+    desc: str
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """This epoch's sample order: a seeded shuffle, or this process's share under DDP."""
+        if self.world > 1:
+            sampler = DistributedSampler(range(len(self.train[0])), num_replicas=self.world, rank=self.rank,
+                                         seed=self.params.seed)
+            sampler.set_epoch(epoch)
+            return torch.tensor(list(sampler), device=self.device)
+        return torch.randperm(len(self.train[0]), generator=self.generator).to(self.device)
+
+    def step(self, batch: list[torch.Tensor], epoch: int) -> float:
+        """One batch: data loss + weight and activity penalties, backward, clipping,
+        optimizer step, weight constraint. Returns the data loss summed over the batch."""
+        from tasks.ml.optim import clip_gradients
+        from tasks.ml.regularization import apply_constraint, weight_penalty
+
+        params = self.params
+        with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            loss = self.loss_fn(self.net(batch[0]), *batch[1:])
+        if not torch.isfinite(loss):
+            raise DistilleryError(
+                f"{self.desc}: the loss became {loss.item()} at epoch {epoch}; lower the learning rate "
+                "(params.yaml 'lr') or check the data. No model was written."
+            )
+        total = loss
+        if params.l1 or params.l2:
+            total = total + weight_penalty(self.model, params.l1, params.l2, params.penalty_target)
+        if self.activity is not None:
+            total = total + self.activity.penalty()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optimizer)
+        clip_gradients(self.model.parameters(), params.clip, params.clip_value)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        apply_constraint(self.model, params.constraint, **params.constraint_options)
+        return loss.item() * len(batch[0])  # .item() syncs with the GPU; fine at this size
+
+    def epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the train split, then the validation loss (no penalties)."""
+        from tasks.ml import distributed
+
+        self.model.train()
+        order = self.order(epoch)
+        running = 0.0
+        for start in range(0, len(order), self.batch_size):
+            running += self.step([t[order[start : start + self.batch_size]] for t in self.train], epoch)
+        seen_loss, seen = distributed.all_sum(running, len(order))
+        distributed.sync_buffers(self.model)  # one set of batch-norm statistics: the same val loss on every rank
+        return {"train_loss": seen_loss / seen,
+                "val_loss": _epoch_loss(self.model, self.val, self.loss_fn, self.params.batch_size),
+                "lr": self.optimizer.param_groups[0]["lr"]}
+
+
+def _make_loop(model: nn.Module, train: tuple[torch.Tensor, ...], val: tuple[torch.Tensor, ...], loss_fn: LossFn,
+               params: FitParams, desc: str) -> _Loop:
+    from tasks.ml import distributed
+    from tasks.ml.optim import make_optimizer
+    from tasks.ml.regularization import ActivationRegularizer
+
+    device = next(model.parameters()).device
+    # Frozen parameters get no gradient, and optimizers skip a parameter without one,
+    # so unfreezing later is just requires_grad (schedules keep one param group).
+    optimizer = make_optimizer(params.optimizer, model.parameters(), params.lr, **params.optimizer_options)
+    activity = ActivationRegularizer(params.activity_l1, params.activity_l2).attach(model) \
+        if params.activity_l1 or params.activity_l2 else None
+    # Mixed precision where it pays: CUDA. The CPU path stays fp32 and bit-for-bit repeatable.
+    amp = device.type == "cuda"
+    # Under torchrun: a DDP replica per process, each on its share of every epoch
+    # (tasks/ml/distributed.py). Only rank 0 reports.
+    world, rank = distributed.world_size(), distributed.rank()
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return _Loop(model=model, net=net, train=tuple(t.to(device) for t in train), val=tuple(t.to(device) for t in val),
+                 loss_fn=loss_fn, params=params, optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=amp),
+                 activity=activity, device=device, amp=amp, world=world, rank=rank,
+                 batch_size=-(-params.batch_size // world), generator=torch.Generator().manual_seed(params.seed),
+                 desc=desc)
+
+
 def fit(
     model: nn.Module,
     train: tuple[torch.Tensor, ...],
@@ -152,53 +256,24 @@ def fit(
     """Train on `train`, stop on the validation loss (patience or the correlation
     criterion) and restore the best weights. `train` and `val` are (x, *targets).
 
-    Per batch: data loss + weight and activity penalties, backward, clipping,
-    optimizer step, weight constraint. Per epoch: validation loss (no
-    penalties), learning-rate schedule, stopping rule."""
+    Per batch (`_Loop.step`): data loss + weight and activity penalties,
+    backward, clipping, optimizer step, weight constraint. Per epoch
+    (`_Loop.epoch`): validation loss (no penalties), learning-rate schedule,
+    stopping rule, then the callbacks (on_epoch, TensorBoard, the bar)."""
     from tqdm.auto import tqdm
 
     from tasks.ml import distributed
-    from tasks.ml.optim import (
-        clip_gradients,
-        make_optimizer,
-        make_scheduler,
-        step_scheduler,
-    )
-    from tasks.ml.regularization import (
-        ActivationRegularizer,
-        apply_constraint,
-        weight_penalty,
-    )
+    from tasks.ml.optim import make_scheduler, step_scheduler
 
-    device = next(model.parameters()).device
-    train = tuple(t.to(device) for t in train)
-    val = tuple(t.to(device) for t in val)
-    generator = torch.Generator().manual_seed(params.seed)
     _set_trainable(model, frozen, False)
-    # Frozen parameters get no gradient, and optimizers skip a parameter without one,
-    # so unfreezing later is just requires_grad (schedules keep one param group).
-    optimizer = make_optimizer(params.optimizer, model.parameters(), params.lr, **params.optimizer_options)
+    loop = _make_loop(model, train, val, loss_fn, params, desc)
     schedule_options = dict(params.schedule_options)
     if params.schedule == "cosine":
         schedule_options.setdefault("t_max", params.max_epochs)
-    scheduler = make_scheduler(params.schedule, optimizer, **schedule_options)
+    scheduler = make_scheduler(params.schedule, loop.optimizer, **schedule_options)
     stopper = make_stopper(params)
-    activity = ActivationRegularizer(params.activity_l1, params.activity_l2).attach(model) \
-        if params.activity_l1 or params.activity_l2 else None
-    # Mixed precision where it pays: CUDA. The CPU path stays fp32 and bit-for-bit repeatable.
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    # Under torchrun: a DDP replica per process, each on its share of every epoch
-    # (tasks/ml/distributed.py). Only rank 0 reports.
-    world, rank = distributed.world_size(), distributed.rank()
-    net: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        quiet, on_epoch, tensorboard_dir = quiet or rank != 0, on_epoch if rank == 0 else None, \
-            tensorboard_dir if rank == 0 else None
-    batch_size = -(-params.batch_size // world)  # the global batch stays params.batch_size
+    if loop.rank != 0:
+        quiet, on_epoch, tensorboard_dir = True, None, None
     writer = None
     if tensorboard_dir:
         from torch.utils.tensorboard import SummaryWriter
@@ -211,40 +286,7 @@ def fit(
         for epoch in bar:
             if frozen and unfreeze_after and epoch == unfreeze_after + 1:
                 _set_trainable(model, frozen, True)
-            model.train()
-            if world > 1:
-                sampler = DistributedSampler(range(len(train[0])), num_replicas=world, rank=rank, seed=params.seed)
-                sampler.set_epoch(epoch)
-                order = torch.tensor(list(sampler), device=device)
-            else:
-                order = torch.randperm(len(train[0]), generator=generator).to(device)
-            running = 0.0
-            for start in range(0, len(order), batch_size):
-                batch = [t[order[start : start + batch_size]] for t in train]
-                with torch.autocast(device_type=device.type, enabled=amp):
-                    loss = loss_fn(net(batch[0]), *batch[1:])
-                if not torch.isfinite(loss):
-                    raise DistilleryError(
-                        f"{desc}: the loss became {loss.item()} at epoch {epoch}; lower the learning rate "
-                        "(params.yaml 'lr') or check the data. No model was written."
-                    )
-                total = loss
-                if params.l1 or params.l2:
-                    total = total + weight_penalty(model, params.l1, params.l2, params.penalty_target)
-                if activity is not None:
-                    total = total + activity.penalty()
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                scaler.unscale_(optimizer)
-                clip_gradients(model.parameters(), params.clip, params.clip_value)
-                scaler.step(optimizer)
-                scaler.update()
-                apply_constraint(model, params.constraint, **params.constraint_options)
-                running += loss.item() * len(batch[0])  # .item() syncs with the GPU; fine at this size
-            seen_loss, seen = distributed.all_sum(running, len(order))
-            distributed.sync_buffers(model)  # one set of batch-norm statistics: the same val loss on every rank
-            row = {"train_loss": seen_loss / seen, "val_loss": _epoch_loss(model, val, loss_fn, params.batch_size),
-                   "lr": optimizer.param_groups[0]["lr"]}
+            row = loop.epoch(epoch)
             step_scheduler(scheduler, row["val_loss"])
             stop = distributed.from_main(stopper.update(row, model))
             if getattr(stopper, "correlation", None) is not None:
@@ -266,8 +308,8 @@ def fit(
                 break
     finally:
         bar.close()
-        if activity is not None:
-            activity.detach()
+        if loop.activity is not None:
+            loop.activity.detach()
         if writer:
             writer.close()
     stopper.restore(model)
