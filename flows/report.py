@@ -14,10 +14,13 @@ import base64
 import html
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from flows.common import is_stale, stage_order
+from tasks.contracts import reports
+from tasks.contracts.reports import CompressionReport, EvaluationReport, Selection, ValidationReport
 from tasks.core import paths
 from tasks.core.task import task_of
 from tasks.evaluation.card import class_scores
@@ -193,22 +196,38 @@ def registry_state(root: Path) -> dict:
     return state
 
 
-def render(root: Path, stages: Optional[list[dict]] = None) -> str:
-    reports = root / paths.REPORTS
-    registry = registry_state(root)
-    selection = _read(root / paths.SELECTION) or {}
-    compression = _read(root / paths.COMPRESSION_REPORT) or {}
-    evaluation = _read(root / paths.EVALUATION_REPORT) or {}
-    validation = _read(root / paths.VALIDATION_REPORT) or {}
-    quality = _read(root / paths.DATA_QUALITY_REPORT) or {}
-    card_path = root / paths.MODEL_CARD
-    champion = selection.get("champion")
-    task = task_of(selection["task"]) if selection.get("task") else None
-    quality_name = "R²" if task and task.regression else "macro-F1"
-    speed_key = selection.get("speed_key", "")
-    rows = selection.get("candidates", {})
-    ours, ref = rows.get(champion, {}), rows.get(selection.get("reference", "teacher.fp32"), {})
+@dataclass(frozen=True)
+class Found:
+    """What the page shows, read once: each stage's report through its
+    contract (None when that stage has not run here) and the registry's answer."""
 
+    root: Path
+    selection: Optional[Selection]
+    compression: Optional[CompressionReport]
+    evaluation: Optional[EvaluationReport]
+    validation: Optional[ValidationReport]
+    quality: dict
+    labels: dict
+    registry: dict
+
+    @classmethod
+    def read(cls, root: Path) -> "Found":
+        def contract(kind: type) -> Any:
+            return reports.read_optional(kind, root / reports.FILES[kind])
+
+        return cls(root=root, selection=contract(Selection), compression=contract(CompressionReport),
+                   evaluation=contract(EvaluationReport), validation=contract(ValidationReport),
+                   quality=_read(root / paths.DATA_QUALITY_REPORT) or {},
+                   labels=_read(root / paths.LABEL_ISSUES_REPORT) or {}, registry=registry_state(root))
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / paths.REPORTS
+
+
+def render(root: Path, stages: Optional[list[dict]] = None) -> str:
+    found = Found.read(root)
+    champion = found.selection.champion if found.selection else None
     out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Distillery run: {_e(champion)}</title>"
            f"<style>{STYLE}</style></head><body><main>",
            "<h1>Distillery run report</h1>",
@@ -216,102 +235,127 @@ def render(root: Path, stages: Optional[list[dict]] = None) -> str:
            " as the stages wrote it</p>",
            '<nav><a href="#stages">stages</a><a href="#gate">gates</a><a href="#data">data quality</a><a href="#label-issues">label issues</a>'
            '<a href="#candidates">candidates</a><a href="#evaluation">evaluation</a><a href="#card">model card</a>'
-           '<a href="data_docs/index.html">GX Data Docs</a><a href="model_card.md">model_card.md</a></nav>']
-    if champion:
-        speedup = ref.get(speed_key, 0) / ours[speed_key] if ours.get(speed_key) else None
-        out.append("<h2 id=champion>Champion</h2><div class=headline>"
-                   f"<div>champion<b id=champion-name>{_e(champion)}</b></div>"
-                   f"<div>{quality_name}<b id=champion-quality>{ours.get('quality', 0):.4f}</b></div>"
-                   + (f"<div>ECE<b>{ours['ece']:.4f}</b></div>" if ours.get("ece") is not None else "")
-                   + (f"<div>speed vs teacher.fp32<b>{speedup:.2f}×</b><span class=muted>{_e(speed_key)}</span></div>"
-                      if speedup else "")
-                   + f"<div>size<b>{ours.get('size_bytes', 0) / 1024:.1f} KiB</b></div>"
-                   f"<div>registry<b>{_e(_version_text(registry))}</b>"
-                   f"<span class=muted>{_e(registry['registered_model'])}"
-                   f"{'@champion' if registry['promoted'] else ' (not promoted)'}</span></div></div>"
-                   "<p>File: <code>models/champion.onnx</code>. Serve it with <code>make serve</code>.</p>")
-    else:
-        out.append("<h2 id=champion>Champion</h2><p class=bad>No champion: select has not completed "
-                   "(see the stage table and its summary).</p>")
+           '<a href="data_docs/index.html">GX Data Docs</a><a href="model_card.md">model_card.md</a></nav>',
+           _champion_section(found),
+           "<h2 id=stages>Stages</h2>" + table(stage_rows(root, stages)),
+           _gates_section(found), _quality_section(found), _labels_section(found), _candidates_section(found),
+           _evaluation_section(found),
+           '<h2 id=card>Model card</h2><div class=card>',
+           _markdown((root / paths.MODEL_CARD).read_text()) if (root / paths.MODEL_CARD).exists()
+           else "<p class=muted>not written yet</p>",
+           "</div></main></body></html>"]
+    return "\n".join(out)
 
-    out.append("<h2 id=stages>Stages</h2>" + table(stage_rows(root, stages)))
 
-    out.append("<h2 id=gate>Gates</h2><div class=card>")
+def _champion_section(found: Found) -> str:
+    selection, registry = found.selection, found.registry
+    if selection is None:
+        return ("<h2 id=champion>Champion</h2><p class=bad>No champion: select has not completed "
+                "(see the stage table and its summary).</p>")
+    ours = selection.ours
+    return ("<h2 id=champion>Champion</h2><div class=headline>"
+            f"<div>champion<b id=champion-name>{_e(selection.champion)}</b></div>"
+            f"<div>{task_of(selection.task).quality_label}<b id=champion-quality>{ours['quality']:.4f}</b></div>"
+            + (f"<div>ECE<b>{ours['ece']:.4f}</b></div>" if ours.get("ece") is not None else "")
+            + f"<div>speed vs {_e(selection.reference)}<b>{selection.speedup:.2f}×</b>"
+            f"<span class=muted>{_e(selection.speed_key)}</span></div>"
+            f"<div>size<b>{ours['size_bytes'] / 1024:.1f} KiB</b></div>"
+            f"<div>registry<b>{_e(_version_text(registry))}</b>"
+            f"<span class=muted>{_e(registry['registered_model'])}"
+            f"{'@champion' if registry['promoted'] else ' (not promoted)'}</span></div></div>"
+            "<p>File: <code>models/champion.onnx</code>. Serve it with <code>make serve</code>.</p>")
+
+
+def _gates_section(found: Found) -> str:
+    out = ["<h2 id=gate>Gates</h2><div class=card>"]
+    validation = found.validation
     if validation:
-        out.append(f"<p><b>Data gate</b> (Great Expectations, <code>{_e(validation.get('suite'))}</code>): "
-                   f"{verdict(validation.get('success'))}. Rows in {validation.get('rows_in', 0):,}, valid "
-                   f"{validation.get('rows_valid', 0):,}, quarantined {validation.get('rows_quarantined', 0):,} "
+        out.append(f"<p><b>Data gate</b> (Great Expectations, <code>{_e(validation.suite)}</code>): "
+                   f"{verdict(validation.success)}. Rows in {validation.rows_in:,}, valid "
+                   f"{validation.rows_valid:,}, quarantined {validation.rows_quarantined:,} "
                    "(<code>data/quarantine/</code>).</p>")
         out.append(table([{"expectation": expectation_name(r["expectation"]), "column": r.get("column") or "",
                            "settings": _kwargs(r.get("kwargs", {})), "severity": r.get("severity", ""),
                            "result": Markup(verdict(r.get("success"))), "observed": _observed(r),
                            "measured on": r.get("measured_on", "every row read")}
-                          for r in validation.get("results", [])]))
+                          for r in validation.results]))
     else:
         out.append("<p><b>Data gate</b>: <span class=muted>not run</span></p>")
-    if champion:
-        out.append(f"<p><b>Evaluation gate</b> (select): {verdict(True)}: the champion reached the "
-                   f"<code>select.*</code> floors and did not fall behind the previous champion "
-                   f"({_num(selection.get('previous_champion_quality')) or 'none comparable'}).</p>")
+    if found.selection:
+        registry = found.registry
+        held = (f"version {registry['version']} of <code>{_e(registry['registered_model'])}</code> holds this "
+                f"champion" + (" and the alias" if registry["promoted"] else ", without the alias")
+                if registry["version"] else "no registered version holds this champion yet")
+        out.append(f"<p><b>Evaluation gate</b> (register): the champion must reach the <code>select.*</code> "
+                   f"floors and not fall behind the current champion; {held} (the registry, asked now).</p>")
     out.append("</div>")
+    return "".join(out)
 
-    out.append("<h2 id=data>Data quality</h2>")
-    if quality:
-        out.append(f"<p>{quality.get('rows', 0):,} rows ({_e(quality.get('kind', ''))}). "
-                   'Full expectations and their results: <a href="data_docs/index.html">GX Data Docs</a>.</p>')
-        out.append(_data_quality(quality))
-        plots = [image(reports / "quality" / "balance.png", "class balance")]
-        missing = reports / "quality" / "missingness.png"
-        plots.append(image(missing, "missingness") if missing.exists() else
-                     "<figure><p class=muted>missingness: no plot, because no value is missing</p></figure>")
-        out.append("<div class=plots>" + "".join(plots) + "</div>")
-    else:
-        out.append("<p class=muted>not measured yet (validate has not run)</p>")
 
-    labels = _read(root / paths.LABEL_ISSUES_REPORT) or {}
-    out.append("<h2 id=label-issues>Label issues</h2>")
+def _quality_section(found: Found) -> str:
+    quality, reports_dir = found.quality, found.reports_dir
+    if not quality:
+        return "<h2 id=data>Data quality</h2><p class=muted>not measured yet (validate has not run)</p>"
+    plots = [image(reports_dir / "quality" / "balance.png", "class balance")]
+    missing = reports_dir / "quality" / "missingness.png"
+    plots.append(image(missing, "missingness") if missing.exists() else
+                 "<figure><p class=muted>missingness: no plot, because no value is missing</p></figure>")
+    return ("<h2 id=data>Data quality</h2>"
+            f"<p>{quality.get('rows', 0):,} rows ({_e(quality.get('kind', ''))}). "
+            'Full expectations and their results: <a href="data_docs/index.html">GX Data Docs</a>.</p>'
+            + _data_quality(quality) + "<div class=plots>" + "".join(plots) + "</div>")
+
+
+def _labels_section(found: Found) -> str:
+    labels = found.labels
+    head = "<h2 id=label-issues>Label issues</h2>"
     if labels.get("skipped_reason"):
-        out.append(f"<p class=muted>not looked for: {_e(labels['skipped_reason'])}</p>")
-    elif labels:
-        skipped = "".join(f"; class <code>{_e(c)}</code> skipped ({n} rows, fewer than the folds)"
-                          for c, n in labels.get("skipped_classes", {}).items())
-        out.append(f"<p>Confident learning (out-of-fold logistic regression): <b>{labels['suspects']:,}</b> likely "
-                   f"label errors among {labels['checked_rows']:,} rows ({labels['flagged_rate']:.1%}; estimated "
-                   f"rate {labels['estimated_rate']:.1%}); action <code>{_e(labels['action'])}</code>: "
-                   f"{labels['quarantined']:,} quarantined, {labels['relabelled']:,} relabelled{skipped}. "
-                   "Full list: <code>reports/label_issues.json</code>.</p>")
-        out.append(table(labels.get("issues", [])[:10]))
-        out.append("<div class=plots>" + image(reports / "label_issues.png", "top suspects: given -> suggested")
-                   + "</div>")
-    else:
-        out.append("<p class=muted>not measured yet (validate has not run)</p>")
+        return head + f"<p class=muted>not looked for: {_e(labels['skipped_reason'])}</p>"
+    if not labels:
+        return head + "<p class=muted>not measured yet (validate has not run)</p>"
+    skipped = "".join(f"; class <code>{_e(c)}</code> skipped ({n} rows, fewer than the folds)"
+                      for c, n in labels.get("skipped_classes", {}).items())
+    return (head + f"<p>Confident learning (out-of-fold logistic regression): <b>{labels['suspects']:,}</b> likely "
+            f"label errors among {labels['checked_rows']:,} rows ({labels['flagged_rate']:.1%}; estimated "
+            f"rate {labels['estimated_rate']:.1%}); action <code>{_e(labels['action'])}</code>: "
+            f"{labels['quarantined']:,} quarantined, {labels['relabelled']:,} relabelled{skipped}. "
+            "Full list: <code>reports/label_issues.json</code>.</p>"
+            + table(labels.get("issues", [])[:10])
+            + "<div class=plots>" + image(found.reports_dir / "label_issues.png", "top suspects: given -> suggested")
+            + "</div>")
 
-    out.append("<h2 id=candidates>Candidates</h2>")
-    if rows:
-        keys = ["quality", "f1_drop", "ece", "size_bytes", speed_key, "eligible", "within_budget", "qualifies"]
-        out.append(table([{"candidate": Markup(f"<b>{_e(n)}</b>" if n == champion else _e(n)),
-                           **{k: r.get(k) for k in keys}} for n, r in rows.items()], ["candidate", *keys]))
-        front = compression.get("pareto_front", [])
-        out.append(f"<p>Pareto front: {', '.join(map(_e, front)) or 'n/a'}.</p>")
-        out.append("<div class=plots>" + image(reports / "pareto.png", "Pareto: latency against quality") + "</div>")
 
-    out.append("<h2 id=evaluation>Evaluation of the champion</h2>")
-    scores = evaluation.get("candidates", {}).get(champion, {}) if champion else {}
+def _candidates_section(found: Found) -> str:
+    selection = found.selection
+    if selection is None:
+        return "<h2 id=candidates>Candidates</h2>"
+    keys = ["quality", "f1_drop", "ece", "size_bytes", selection.speed_key, "eligible", "within_budget", "qualifies"]
+    front = found.compression.pareto_front if found.compression else ()
+    return ("<h2 id=candidates>Candidates</h2>"
+            + table([{"candidate": Markup(f"<b>{_e(n)}</b>" if n == selection.champion else _e(n)),
+                      **{k: r.get(k) for k in keys}} for n, r in selection.candidates.items()], ["candidate", *keys])
+            + f"<p>Pareto front: {', '.join(map(_e, front)) or 'n/a'}.</p>"
+            + "<div class=plots>" + image(found.reports_dir / "pareto.png", "Pareto: latency against quality")
+            + "</div>")
+
+
+def _evaluation_section(found: Found) -> str:
+    out = ["<h2 id=evaluation>Evaluation of the champion</h2>"]
+    if found.selection is None:
+        return out[0]
+    champion = found.selection.champion
+    scores = found.evaluation.candidates.get(champion, {}) if found.evaluation else {}
     per_class = [{"class": c, "precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"],
                   "support": int(v["support"])} for c, v in class_scores(scores).items()]
     if per_class:
         out.append(table(per_class))
-    if champion:
-        plots = [image(reports / "plots" / f"{kind}_{champion}.png", caption) for kind, caption in
-                 (("confusion", "confusion matrix"), ("curves", "ROC and PR curves"),
-                  ("reliability", "reliability diagram"), ("residuals", "residuals"))
-                 if (reports / "plots" / f"{kind}_{champion}.png").exists()]
-        out.append("<div class=plots>" + "".join(plots) + "</div>")
-
-    out.append('<h2 id=card>Model card</h2><div class=card>')
-    out.append(_markdown(card_path.read_text()) if card_path.exists() else "<p class=muted>not written yet</p>")
-    out.append("</div></main></body></html>")
-    return "\n".join(out)
+    plots_dir = found.reports_dir / "plots"
+    plots = [image(plots_dir / f"{kind}_{champion}.png", caption) for kind, caption in
+             (("confusion", "confusion matrix"), ("curves", "ROC and PR curves"),
+              ("reliability", "reliability diagram"), ("residuals", "residuals"))
+             if (plots_dir / f"{kind}_{champion}.png").exists()]
+    out.append("<div class=plots>" + "".join(plots) + "</div>")
+    return "".join(out)
 
 
 def write_report(root: Path, stages: Optional[list[dict]] = None) -> Path:
@@ -330,13 +374,10 @@ def _version_text(registry: dict) -> str:
 
 def console_summary(root: Path) -> list[str]:
     """The lines a run ends with: the champion, where it is, and what to do next."""
-    selection = _read(root / paths.SELECTION)
-    if not selection or selection.get("champion") not in selection.get("candidates", {}):
+    selection = reports.read_optional(Selection, root / paths.SELECTION)
+    if selection is None:
         return ["no champion yet: select has not completed (reports/summaries/ says how far the run got)"]
-    rows = selection["candidates"]
-    champion, key = selection["champion"], selection["speed_key"]
-    ours, ref = rows[champion], rows[selection["reference"]]
-    name = task_of(selection["task"]).quality_label if selection.get("task") else "macro-F1"
+    ours, ref, key = selection.ours, selection.ref, selection.speed_key
     ece = f", ECE {ours['ece']:.4f}" if ours.get("ece") is not None else ""
     registry = registry_state(root)
     uri = registry["uri"]
@@ -346,9 +387,9 @@ def console_summary(root: Path) -> list[str]:
     else:
         held = f"{registry['registered_model']}: {_version_text(registry)} ({registry.get('error') or 'no version of this file'})"
     return [
-        f"champion: {champion}: {name} {ours['quality']:.4f}{ece} (teacher.fp32: {ref['quality']:.4f}); "
-        f"{ref[key] / ours[key]:.2f}x the teacher's speed ({key}, onnxruntime against onnxruntime), "
-        f"{ours['size_bytes'] / 1024:.1f} KiB",
+        f"champion: {selection.champion}: {task_of(selection.task).quality_label} {ours['quality']:.4f}{ece} "
+        f"({selection.reference}: {ref['quality']:.4f}); {selection.speedup:.2f}x the teacher's speed ({key}, "
+        f"onnxruntime against onnxruntime), {ours['size_bytes'] / 1024:.1f} KiB",
         "  file:     models/champion.onnx",
         f"  registry: {held} ({uri})",
         f"  report:   {INDEX} (open it in a browser; no network needed), model card {paths.MODEL_CARD}",

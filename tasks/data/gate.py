@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import pandas as pd
@@ -86,6 +86,25 @@ def run_suite(
         .add_dataframe_asset("table")
         .add_batch_definition_whole_dataframe("whole table")
     )
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="gate", data=batch, suite=_gx_suite(context, suite))
+    )
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(
+            name="gate",
+            validation_definitions=[definition],
+            actions=_data_docs_actions(context, docs_dir),
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
+        )
+    )
+    run = checkpoint.run(batch_parameters={"dataframe": table}, expectation_parameters=parameters)
+    return _outcome(result for validation in run.run_results.values() for result in validation.results)
+
+
+def _gx_suite(context: Any, suite: dict) -> Any:
+    """The suite as GX's object, refused if GX would not run every expectation in it."""
+    import great_expectations as gx
+
     body = {k: v for k, v in suite.items() if k in ("name", "expectations", "meta", "notes")}
     try:
         gx_suite = context.suites.add(gx.ExpectationSuite(**body))
@@ -97,57 +116,55 @@ def run_suite(
         known = {e.expectation_type for e in gx_suite.expectations}
         dropped = sorted({str(e.get("type")) for e in suite["expectations"] if isinstance(e, dict)} - known)
         raise DistilleryError(f"GX suite '{suite.get('name')}' is not valid: unknown expectation types {dropped}")
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name="gate", data=batch, suite=gx_suite)
-    )
-    actions = []
-    if docs_dir is not None:
-        context.add_data_docs_site(
-            site_name="reports",
-            site_config={
-                "class_name": "SiteBuilder",
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(Path(docs_dir).resolve()),
-                },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            },
-        )
-        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["reports"]))
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(
-            name="gate",
-            validation_definitions=[definition],
-            actions=actions,
-            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]},
-        )
-    )
-    run = checkpoint.run(batch_parameters={"dataframe": table}, expectation_parameters=parameters)
+    return gx_suite
 
+
+def _data_docs_actions(context: Any, docs_dir: Optional[Path]) -> list:
+    """With `docs_dir`, the checkpoint action that builds GX's Data Docs there."""
+    import great_expectations as gx
+
+    if docs_dir is None:
+        return []
+    context.add_data_docs_site(
+        site_name="reports",
+        site_config={
+            "class_name": "SiteBuilder",
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(Path(docs_dir).resolve()),
+            },
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        },
+    )
+    return [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["reports"])]
+
+
+def _outcome(gx_results: Iterable[Any]) -> ValidationOutcome:
+    """GX's results as the gate's: one row per expectation, and per row id the
+    critical expectations it failed."""
     results: list[dict[str, Any]] = []
     reasons: dict[int, list[str]] = {}
-    for validation in run.run_results.values():
-        for result in validation.results:
-            config = result.expectation_config
-            info = result.exception_info or {}
-            detail = result.result or {}
-            severity = _severity(config)
-            results.append(
-                {
-                    "expectation": config.type,
-                    "column": config.kwargs.get("column"),
-                    "kwargs": {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")},
-                    "severity": severity,
-                    "success": bool(result.success),
-                    "observed_value": detail.get("observed_value"),
-                    "details": detail.get("details"),
-                    "unexpected_count": detail.get("unexpected_count"),
-                    "exception": info.get("exception_message") if info.get("raised_exception") else None,
-                }
-            )
-            if severity == "critical":
-                for row in detail.get("unexpected_index_list") or []:
-                    reasons.setdefault(int(row[ROW_ID]), []).append(_describe(config))
+    for result in gx_results:
+        config = result.expectation_config
+        info = result.exception_info or {}
+        detail = result.result or {}
+        severity = _severity(config)
+        results.append(
+            {
+                "expectation": config.type,
+                "column": config.kwargs.get("column"),
+                "kwargs": {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "column")},
+                "severity": severity,
+                "success": bool(result.success),
+                "observed_value": detail.get("observed_value"),
+                "details": detail.get("details"),
+                "unexpected_count": detail.get("unexpected_count"),
+                "exception": info.get("exception_message") if info.get("raised_exception") else None,
+            }
+        )
+        if severity == "critical":
+            for row in detail.get("unexpected_index_list") or []:
+                reasons.setdefault(int(row[ROW_ID]), []).append(_describe(config))
     outcome = ValidationOutcome(success=True, results=results, reasons=reasons)
     outcome.success = not outcome.failed
     return outcome

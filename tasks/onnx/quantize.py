@@ -166,15 +166,27 @@ def quantize(
     fp32 too (see float_input_block): in int8 it is the slowest layer of a
     small CNN."""
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    _check_options(mode, method, quant_format, calibration)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared))
+        float_ops = [n.name for n in graph.graph.node if n.op_type in FLOAT_OPS]
+        if float_input_layer and mode == "static":
+            float_ops += float_input_block(graph)
+            onnx.save(graph, str(prepared))
+        if mode == "dynamic":  # its outputs are float: the output layer needs no such care
+            _quantize_dynamic(prepared, out_path, per_channel, reduce_range, float_ops)
+            return
+        if float_output_layer:
+            float_ops += output_layer(graph)
+        _quantize_static(prepared, out_path, CalibrationReader(calibration, input_name), method, quant_format,
+                         per_channel, reduce_range, float_ops)
+
+
+def _check_options(mode: str, method: str, quant_format: str, calibration: Optional[np.ndarray]) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if method not in METHODS:
@@ -184,48 +196,46 @@ def quantize(
     if mode == "static" and (calibration is None or len(calibration) == 0):
         raise ValueError("static quantization needs calibration samples (argument 'calibration')")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        graph = onnx.load(str(prepared))
-        float_ops = [n.name for n in graph.graph.node if n.op_type in FLOAT_OPS]
-        if float_input_layer and mode == "static":
-            float_ops += float_input_block(graph)
-            onnx.save(graph, str(prepared))
-        if mode == "dynamic":
-            with atomic_path(out_path) as out:
-                quantize_dynamic(
-                    str(prepared),
-                    str(out),
-                    op_types_to_quantize=["MatMul", "Gemm"],  # not Conv: see the module docstring
-                    per_channel=per_channel,
-                    reduce_range=reduce_range,
-                    weight_type=QuantType.QInt8,
-                    nodes_to_exclude=float_ops,
-                )
-            return
-        calibrate_method = {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[method]
-        extra_options = {"CalibPercentile": PERCENTILE} if method == "percentile" else {}
-        if float_output_layer:  # dynamic mode needs no such care: its outputs are float
-            float_ops += output_layer(graph)
-        with atomic_path(out_path) as out:
-            quantize_static(
-                str(prepared),
-                str(out),
-                CalibrationReader(calibration, input_name),
-                quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=float_ops,
-                calibrate_method=calibrate_method,
-                extra_options=extra_options,
-            )
+
+def _quantize_dynamic(prepared: Path, out_path: str | Path, per_channel: bool, reduce_range: bool,
+                      float_ops: list[str]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_path(out_path) as out:
+        quantize_dynamic(
+            str(prepared),
+            str(out),
+            op_types_to_quantize=["MatMul", "Gemm"],  # not Conv: see the module docstring
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=float_ops,
+        )
+
+
+def _quantize_static(prepared: Path, out_path: str | Path, reader: "CalibrationReader", method: str,
+                     quant_format: str, per_channel: bool, reduce_range: bool, float_ops: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    calibrate_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+    with atomic_path(out_path) as out:
+        quantize_static(
+            str(prepared),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=float_ops,
+            calibrate_method=calibrate_method,
+            extra_options={"CalibPercentile": PERCENTILE} if method == "percentile" else {},
+        )
 
 
 def int8_kernels(path: str | Path) -> dict[str, int]:
