@@ -4,22 +4,14 @@ Why not FastAPI routes: on two cores a FastAPI route with a pydantic body spends
 more time in the framework (dependency solving, validation, jsonable_encoder, a
 thread-pool hop) than onnxruntime spends on a small model. Here a request costs
 a dict lookup to route, one orjson parse, numpy checks and one shared
-onnxruntime run per micro-batch. FastAPI still provides the Swagger UI at /docs,
-over the OpenAPI document of deploy.openapi.
+onnxruntime run per micro-batch. FastAPI still provides the Swagger UI at /docs.
 
-Endpoints (all but the two health probes need the bearer token when one is set):
-
-  GET  /v2/health/live, /v2/health/ready      probes (ready is 503 while draining)
-  GET  /v2                                     server metadata
-  GET  /v2/models/{name}[/versions/{v}]        model metadata (tensors, classes)
-  GET  /v2/models/{name}[/versions/{v}]/ready  model readiness
-  POST /v2/models/{name}[/versions/{v}]/infer  Open Inference Protocol inference
-  POST /predict                                {"rows": [...]} -> per row: class, labels or value (by task)
-  POST /v2/repository/index                    the model repository: the served model and its state
-  POST /v2/repository/models/{name}/load       reload now (also SIGHUP)
-  GET  /v2/models[/{name}[/versions/{v}]]/stats  Triton's inference statistics
-  GET  /metrics                                Prometheus text format
-  GET  /docs, /openapi.json                    API documentation
+The endpoints are the route table, ROUTES below: each route's method, path,
+handler, what it reads and answers (types from deploy.protocol) and every
+status it can answer. The router is built from it, and so is the OpenAPI
+document at /openapi.json (deploy.openapi); tests/serve/test_openapi.py
+provokes each status of each route (on servers on loopback; a bug's 500
+inside the application) and checks every answer against that document.
 """
 
 from __future__ import annotations
@@ -36,7 +28,7 @@ import uuid
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -46,7 +38,23 @@ from deploy.batching import Admission, Batcher, Overloaded
 from deploy.metrics import Metrics
 from deploy.openapi import openapi_document
 from deploy.predlog import Entry, PredictionLog
-from deploy.protocol import RequestError
+from deploy.protocol import (
+    ErrorBody,
+    InferRequest,
+    InferResponse,
+    Live,
+    ModelMetadata,
+    ModelParameters,
+    ModelStatistics,
+    ModelStats,
+    PredictRequest,
+    PredictResponse,
+    Readiness,
+    ReloadResult,
+    RepositoryModel,
+    RequestError,
+    ServerMetadata,
+)
 from deploy.reload import ModelManager
 from deploy.settings import ServeSettings
 from tasks.core.task import task_of
@@ -57,9 +65,318 @@ JSON = b"application/json"
 DOCS_ASSETS = {"swagger-ui-bundle.js": b"text/javascript", "swagger-ui.css": b"text/css", "favicon.png": b"image/png"}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
-# Route labels whose refusals go to the prediction log, and the endpoint name logged.
+HEADERS_WANTED = frozenset(
+    (b"content-type", b"content-length", b"authorization", b"x-request-id", b"inference-header-content-length")
+)
+
+
+# --------------------------------------------------------------------------- the route table
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A way a request can end other than 200: its status, what it means (the
+    document's words), its body, and the headers that always come with it."""
+
+    status: int
+    description: str
+    body: Any = ErrorBody
+    headers: tuple[str, ...] = ()
+
+
+BAD_JSON = Outcome(400, "the body is not JSON (or is empty)")
+BAD_BINARY_HEADER = Outcome(400, "Inference-Header-Content-Length is not a byte count within the body")
+BAD_NAME = Outcome(400, "a model name or version holds a path separator ('/' or '\\', escaped or not)")
+UNAUTHORIZED = Outcome(
+    401, "missing or wrong bearer token (DISTILLERY_SERVE_TOKEN is set)", headers=("WWW-Authenticate",)
+)
+UNKNOWN_MODEL = Outcome(404, "this server serves another model, or another version of it")
+UNKNOWN_FILE = Outcome(404, "no such file")
+WRONG_METHOD = Outcome(405, "the path takes another method; Allow names it", headers=("Allow",))
+SLOW_HEADERS = Outcome(
+    408, "the headers did not arrive within DISTILLERY_SERVE_HEADER_TIMEOUT_S; the connection is closed"
+)
+SLOW_BODY = Outcome(408, "the body did not arrive within DISTILLERY_SERVE_REQUEST_TIMEOUT_S; the connection is closed")
+RELOAD_REFUSED = Outcome(
+    409, "the candidate failed a check and is not served; the served model is unchanged", ReloadResult
+)
+TOO_LARGE = Outcome(413, "the body is larger than DISTILLERY_SERVE_MAX_BODY_BYTES; the connection is closed")
+WRONG_MEDIA = Outcome(415, "the Content-Type is not one of the request body's")
+INVALID = Outcome(
+    422, "a field is missing, mistyped, of the wrong shape, not finite, or over DISTILLERY_SERVE_MAX_ROWS"
+)
+INTERNAL = Outcome(500, "a bug: the server log has the details under the answer's X-Request-ID")
+TOO_MANY_CONNECTIONS = Outcome(
+    503,
+    "too many open connections (DISTILLERY_SERVE_MAX_CONNECTIONS): refused before it "
+    "was read; retry after Retry-After seconds",
+    headers=("Retry-After",),
+)
+OVERLOADED = Outcome(
+    503,
+    "at capacity (DISTILLERY_SERVE_MAX_CONCURRENCY requests in progress, DISTILLERY_SERVE_MAX_QUEUE "
+    "waiting); retry after Retry-After seconds",
+    headers=("Retry-After",),
+)
+NOT_READY = Outcome(503, "not ready: no model loaded, or draining (shutting down)", Readiness)
+TIMEOUT = Outcome(504, "the request took longer than DISTILLERY_SERVE_REQUEST_TIMEOUT_S")
+
+# What any route may answer, whatever its handler does: the router's 405, the
+# connection guard's 408 and 503 (deploy.connections), and a bug's 500.
+EVERY_ROUTE = (WRONG_METHOD, SLOW_HEADERS, INTERNAL, TOO_MANY_CONNECTIONS)
+VERSIONED = "/v2/models/{name}/versions/{version}"  # where a versioned route is served too
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One row of the route table."""
+
+    method: str
+    path: str  # {name}-like segments are path parameters, filled in Request.params
+    handler: str  # the ServingApp method that answers
+    tag: str  # its group in the document
+    summary: str
+    ok: Any  # the 200 body: a type from deploy.protocol (JSON), or {media type: type}
+    errors: tuple[Outcome, ...] = ()  # what the handler answers besides 200 (see `outcomes` for the rest)
+    request: Any = None  # the body it reads: a type (JSON), or {media type: type}
+    auth: bool = True  # needs the bearer token, when one is set
+    versioned: bool = False  # /v2/models/{name}/... is served at /v2/models/{name}/versions/{version}/... too
+    choices: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # a parameter's values
+    description: str = ""
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        if not self.versioned:
+            return (self.path,)
+        return self.path, self.path.replace("/v2/models/{name}", VERSIONED, 1)
+
+    @property
+    def outcomes(self) -> tuple[Outcome, ...]:
+        """Every status but 200 this route can answer."""
+        extra = (UNAUTHORIZED,) * self.auth + EVERY_ROUTE
+        if self.path.startswith("/v2/") and "{" in self.path:  # the raw path is checked before routing
+            extra = (BAD_NAME, *extra)
+        return (*self.errors, *extra)
+
+    @property
+    def statuses(self) -> set[int]:
+        return {200} | {outcome.status for outcome in self.outcomes}
+
+
+_BODY_IN = (BAD_JSON, SLOW_BODY, TOO_LARGE, WRONG_MEDIA, INVALID, OVERLOADED, TIMEOUT)
+_BINARY = {"application/json": InferRequest, "application/octet-stream": bytes}
+_BINARY_NOTE = (
+    "With the binary tensor extension, the body is application/octet-stream: a JSON header of "
+    "Inference-Header-Content-Length bytes, then the tensors; outputs asked for as binary come back "
+    "the same way, with that header."
+)
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST",
+        "/predict",
+        "predict",
+        tag="inference",
+        request=PredictRequest,
+        ok=PredictResponse,
+        errors=_BODY_IN,
+        summary="Predict rows: raw pixels or table rows in; per row the value, the class and probabilities, "
+        "or the labels",
+    ),
+    Route(
+        "POST",
+        "/v2/models/{name}/infer",
+        "infer",
+        tag="inference",
+        versioned=True,
+        request=_BINARY,
+        ok={"application/json": InferResponse, "application/octet-stream": bytes},
+        errors=(BAD_BINARY_HEADER, UNKNOWN_MODEL, *_BODY_IN),
+        summary="Open Inference Protocol (KServe v2) inference",
+        description=_BINARY_NOTE,
+    ),
+    Route(
+        "GET",
+        "/v2/models/{name}",
+        "model_metadata",
+        tag="metadata",
+        versioned=True,
+        ok=ModelMetadata,
+        errors=(UNKNOWN_MODEL,),
+        summary="Model metadata: input and output tensors, task, classes",
+    ),
+    Route(
+        "GET",
+        "/v2/models/{name}/ready",
+        "model_ready",
+        tag="health",
+        versioned=True,
+        ok=Readiness,
+        errors=(UNKNOWN_MODEL, NOT_READY),
+        summary="Model readiness",
+    ),
+    Route("GET", "/v2", "server_metadata", tag="metadata", ok=ServerMetadata, summary="Server metadata"),
+    Route("GET", "/v2/health/live", "live", tag="health", auth=False, ok=Live, summary="Liveness (no token needed)"),
+    Route(
+        "GET",
+        "/v2/health/ready",
+        "ready",
+        tag="health",
+        auth=False,
+        ok=Readiness,
+        errors=(NOT_READY,),
+        summary="Readiness: 503 while not ready or draining (no token needed)",
+    ),
+    Route(
+        "POST",
+        "/v2/repository/index",
+        "repository_index",
+        tag="admin",
+        ok=list[RepositoryModel],
+        summary="Model repository index (Triton): the served model, its version and state",
+    ),
+    Route(
+        "POST",
+        "/v2/repository/models/{name}/load",
+        "load",
+        tag="admin",
+        ok=ReloadResult,
+        errors=(UNKNOWN_MODEL, RELOAD_REFUSED, TIMEOUT),
+        summary="Reload now: check the source (file or registry alias) and swap in a new model if it passes",
+    ),
+    Route(
+        "GET",
+        "/v2/models/stats",
+        "model_stats",
+        tag="metadata",
+        ok=ModelStats,
+        summary="Inference statistics of every model (Triton)",
+    ),
+    Route(
+        "GET",
+        "/v2/models/{name}/stats",
+        "model_stats",
+        tag="metadata",
+        versioned=True,
+        ok=ModelStats,
+        errors=(UNKNOWN_MODEL,),
+        summary="Inference statistics (Triton's statistics extension)",
+    ),
+    Route("GET", "/metrics", "render_metrics", tag="admin", ok={"text/plain": str}, summary="Prometheus metrics"),
+    Route(
+        "GET", "/openapi.json", "openapi", tag="admin", ok={"application/json": dict[str, Any]}, summary="This document"
+    ),
+    Route("GET", "/docs", "docs", tag="admin", ok={"text/html": str}, summary="Swagger UI over this document"),
+    # Swagger UI's own files, served from the fastapi-offline wheel: /docs works offline.
+    Route(
+        "GET",
+        "/docs/{asset}",
+        "docs_asset",
+        tag="admin",
+        auth=False,
+        choices={"asset": tuple(DOCS_ASSETS)},
+        ok={media.decode(): str if media.startswith(b"text/") else bytes for media in DOCS_ASSETS.values()},
+        errors=(UNKNOWN_FILE,),
+        summary="Swagger UI's script, style and icon",
+    ),
+)
+# Routes whose refusals go to the prediction log, and the endpoint name logged.
 LOGGED_ENDPOINTS = {"/predict": "predict", "/v2/models/{name}/infer": "infer"}
-HEADERS_WANTED = frozenset((b"content-type", b"content-length", b"authorization", b"x-request-id", b"inference-header-content-length"))
+
+
+class _Node:
+    """A path segment in the router; where a path ends, its handlers by method."""
+
+    __slots__ = ("literal", "param", "handlers", "allow", "auth", "label")
+
+    def __init__(self) -> None:
+        self.literal: dict[str, _Node] = {}
+        self.param: tuple[str, _Node] | None = None
+        self.handlers: dict[str, Handler] = {}
+        self.allow, self.auth, self.label = "", True, ""
+
+
+class Router:
+    """Paths to handlers, built from the route table. A path without
+    parameters is one dict lookup; one with them walks its segments, a literal
+    segment before a parameter (/v2/models/stats is not model 'stats'), and is
+    remembered: clients call a few such paths (a model's infer) over and over,
+    and a lookup costs less than the walk."""
+
+    REMEMBERED = 1024  # paths with parameters remembered; then the others are walked each time
+
+    def __init__(self, routes: list[tuple[str, Route, Handler]]):
+        self._root, self._static = _Node(), {}
+        self._seen: dict[str, tuple[_Node, dict[str, str]]] = {}
+        for path, route, handler in routes:
+            node = self._root
+            for part in path.split("/")[1:]:
+                if part.startswith("{"):
+                    name = part[1:-1]
+                    if node.param is None:
+                        node.param = (name, _Node())
+                    elif node.param[0] != name:
+                        raise ValueError(f"{path}: {{{name}}} where another route has {{{node.param[0]}}}")
+                    node = node.param[1]
+                else:
+                    node = node.literal.setdefault(part, _Node())
+            if node.handlers and (node.label, node.auth) != (route.path, route.auth):
+                raise ValueError(f"{path}: its methods differ in label or token")
+            node.handlers[route.method] = handler
+            node.allow, node.auth, node.label = ", ".join(node.handlers), route.auth, route.path
+            if "{" not in path:
+                self._static[path] = node
+
+    def match(self, path: str, params: dict[str, str]) -> _Node | None:
+        """The node for `path`, its parameters put in `params` (empty when called)."""
+        node = self._static.get(path)
+        if node is not None:
+            return node
+        seen = self._seen.get(path)
+        if seen is not None:
+            params.update(seen[1])
+            return seen[0]
+        if not path.startswith("/"):
+            return None
+        node = self._find(path, params)
+        if node is not None and len(self._seen) < self.REMEMBERED:
+            self._seen[path] = (node, dict(params))
+        return node
+
+    def _find(self, path: str, params: dict[str, str]) -> _Node | None:
+        parts = path.split("/")
+        node = self._root
+        for part in parts[1:]:  # literal first, no way back: the usual case
+            child = node.literal.get(part)
+            if child is None:
+                param = node.param
+                if param is None or not part:
+                    break
+                params[param[0]] = part
+                child = param[1]
+            node = child
+        else:
+            if node.handlers:
+                return node
+        params.clear()
+        return self._walk(self._root, parts, 1, params)  # a dead end: try the parameters a literal hid
+
+    def _walk(self, node: _Node, parts: list[str], i: int, params: dict[str, str]) -> _Node | None:
+        if i == len(parts):
+            return node if node.handlers else None
+        part = parts[i]
+        child = node.literal.get(part)
+        if child is not None:
+            found = self._walk(child, parts, i + 1, params)
+            if found is not None:
+                return found
+        if node.param is not None and part:
+            name, child = node.param
+            found = self._walk(child, parts, i + 1, params)
+            if found is not None:
+                params[name] = part
+                return found
+        return None
 
 
 def _version() -> str:
@@ -95,13 +412,6 @@ Response = tuple  # (status, body bytes, content type bytes, extra headers)
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class Route:
-    __slots__ = ("methods", "handler", "label", "auth")
-
-    def __init__(self, methods: tuple[str, ...], handler: Handler, label: str, auth: bool = True):
-        self.methods, self.handler, self.label, self.auth = methods, handler, label, auth
-
-
 _ESCAPED_SEPARATOR = re.compile(rb"%2f|%5c|\\", re.IGNORECASE)
 
 
@@ -119,18 +429,26 @@ class InferenceStats:
     compute_ns: int = 0
     last_inference_ms: int = 0
 
-    def as_triton(self, name: str, version: str) -> dict:
-        def duration(count: int, ns: int) -> dict:
+    def as_triton(self, name: str, version: str) -> ModelStatistics:
+        def duration(count: int, ns: int) -> protocol.Duration:
             return {"count": count, "ns": ns}
 
-        return {"name": name, "version": version, "last_inference": self.last_inference_ms,
-                "inference_count": self.inference_count, "execution_count": self.execution_count,
-                "inference_stats": {"success": duration(self.success_count, self.success_ns),
-                                    "fail": duration(self.fail_count, self.fail_ns),
-                                    "queue": duration(0, 0), "compute_input": duration(0, 0),
-                                    "compute_infer": duration(self.execution_count, self.compute_ns),
-                                    "compute_output": duration(0, 0)},
-                "batch_stats": []}
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": duration(self.success_count, self.success_ns),
+                "fail": duration(self.fail_count, self.fail_ns),
+                "queue": duration(0, 0),
+                "compute_input": duration(0, 0),
+                "compute_infer": duration(self.execution_count, self.compute_ns),
+                "compute_output": duration(0, 0),
+            },
+            "batch_stats": [],
+        }
 
 
 class ServingApp:
@@ -141,7 +459,9 @@ class ServingApp:
         self.admission = Admission(settings.max_concurrency, settings.max_queue)
         self.stats = InferenceStats()
         self.batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, self._observe_batch)
-        self.predlog = PredictionLog(settings.log_dir, settings.log_max_buffer, settings.log_flush_interval_s, metrics.count_log)
+        self.predlog = PredictionLog(
+            settings.log_dir, settings.log_max_buffer, settings.log_flush_interval_s, metrics.count_log
+        )
         self.draining = False
         self.version = _version()
         self._watcher: asyncio.Task | None = None
@@ -149,27 +469,11 @@ class ServingApp:
         metrics.in_flight.set_function(lambda: self.admission.active)
         metrics.queued.set_function(lambda: self.admission.waiting)
         metrics.ready.set_function(lambda: 1.0 if self.ready_reason() is None else 0.0)
-        self._static = {
-            "/predict": Route(("POST",), self.predict, "/predict"),
-            "/v2/health/live": Route(("GET",), self.live, "/v2/health/live", auth=False),
-            "/v2/health/ready": Route(("GET",), self.ready, "/v2/health/ready", auth=False),
-            "/v2": Route(("GET",), self.server_metadata, "/v2"),
-            "/metrics": Route(("GET",), self.render_metrics, "/metrics"),
-            "/openapi.json": Route(("GET",), self.openapi, "/openapi.json"),
-            "/docs": Route(("GET",), self.docs, "/docs"),
-            # Swagger UI's own files, served from the fastapi-offline wheel: /docs works offline.
-            **{f"/docs/{name}": Route(("GET",), self.docs_asset, "/docs/{asset}", auth=False) for name in DOCS_ASSETS},
-            "/v2/repository/index": Route(("POST",), self.repository_index, "/v2/repository/index"),
-            "/v2/models/stats": Route(("GET",), self.model_stats, "/v2/models/stats"),
-        }
-        self._model_routes = {
-            "": Route(("GET",), self.model_metadata, "/v2/models/{name}"),
-            "ready": Route(("GET",), self.model_ready, "/v2/models/{name}/ready"),
-            "infer": Route(("POST",), self.infer, "/v2/models/{name}/infer"),
-            "stats": Route(("GET",), self.model_stats, "/v2/models/{name}/stats"),
-        }
-        self._load_route = Route(("POST",), self.load, "/v2/repository/models/{name}/load")
-        self._bad_name_route = Route(("GET", "POST"), self.bad_name, "bad_name")
+        self.router = Router([(path, route, getattr(self, route.handler)) for route in ROUTES for path in route.paths])
+        # Any /v2/ path whose raw form holds an escaped separator: refused before routing (400).
+        self._bad_name = _Node()
+        self._bad_name.handlers = {"GET": self.bad_name, "POST": self.bad_name}
+        self._bad_name.allow, self._bad_name.label = "GET, POST", "bad_name"
 
     # ------------------------------------------------------------------ ASGI
 
@@ -181,68 +485,50 @@ class ServingApp:
             await self._lifespan(receive, send)
         # websockets are not served: returning without accepting closes them
 
-    def _route(self, path: str, request: Request) -> Route | None:
-        route = self._static.get(path)
-        if route is not None:
-            return route
-        parts = path.split("/")
-        if len(parts) >= 4 and parts[1] == "v2" and parts[2] == "models" and parts[3]:
-            request.params["name"] = parts[3]
-            rest = parts[4:]
-            if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
-                request.params["version"] = rest[1]
-                rest = rest[2:]
-            if len(rest) <= 1:
-                return self._model_routes.get(rest[0] if rest else "")
-        if len(parts) == 6 and parts[1:4] == ["v2", "repository", "models"] and parts[5] == "load":
-            request.params["name"] = parts[4]
-            return self._load_route
-        return None
-
     async def _http(self, scope: dict, receive: Callable, send: Callable) -> None:
         start = perf_counter()
         request = Request(scope, receive, start)
         raw = scope.get("raw_path") or b""
         # uvicorn decodes %2F into "/" in `path`; only the raw path shows a model name that carried one.
         if raw.startswith(b"/v2/") and _ESCAPED_SEPARATOR.search(raw):
-            route: Route | None = self._bad_name_route
+            route: _Node | None = self._bad_name
         else:
-            route = self._route(scope["path"], request)
+            route = self.router.match(scope["path"], request.params)
         label = route.label if route is not None else "unmatched"
+        error: RequestError | None = None
         try:
             # The token first: without it, no path or method can be probed (only the health probes are open).
             if self._expected_auth is not None and (route is None or route.auth):
                 self._check_auth(request)
             if route is None:
                 raise RequestError(404, f"no endpoint {scope['path']}; see /docs", "path", reason="not_found")
-            if scope["method"] not in route.methods:
-                allow = ", ".join(route.methods)
-                raise RequestError(405, f"{scope['method']} is not allowed here; use {allow}", "method", headers=[(b"allow", allow.encode())])
+            handler = route.handlers.get(scope["method"])
+            if handler is None:
+                raise RequestError(
+                    405,
+                    f"{scope['method']} is not allowed here; use {route.allow}",
+                    "method",
+                    headers=[(b"allow", route.allow.encode())],
+                )
             async with asyncio.timeout(self.settings.request_timeout_s):
-                status, body, content_type, headers = await route.handler(request)
+                status, body, content_type, headers = await handler(request)
         except RequestError as err:
-            status, body, content_type, headers = err.status, err.body(), JSON, err.headers
-            self.metrics.errors.labels(label, err.reason).inc()
-            if err.reason != "overloaded":  # counted in /metrics; a log write per refusal would feed the overload
-                await self._log_refused(request, label, status, err.message)
+            error = err
         except TimeoutError:
-            if request.body_pending:  # the client was still sending; close, the rest of the body is unread
-                status, headers, reason = 408, [(b"connection", b"close")], "slow_body"
-                message = (f"the body did not arrive within {self.settings.request_timeout_s} s "
-                           "(DISTILLERY_SERVE_REQUEST_TIMEOUT_S)")
-            else:
-                status, headers, reason = 504, [], "timeout"
-                message = f"the request took longer than {self.settings.request_timeout_s} s (DISTILLERY_SERVE_REQUEST_TIMEOUT_S)"
-            content_type = JSON
-            body = orjson.dumps({"error": message, "field": "body" if status == 408 else None})
-            self.metrics.errors.labels(label, reason).inc()
-            await self._log_refused(request, label, status, message)
+            error = self._timed_out(request)
         except Exception:  # a bug: answer 500, keep serving, leave a traceback in the log
             log.exception("internal error on %s %s (request id %s)", scope["method"], scope["path"], request.request_id)
-            status, content_type, headers = 500, JSON, []
-            body = orjson.dumps({"error": f"internal error; the server log has the details under request id {request.request_id}", "field": None})
-            self.metrics.errors.labels(label, "internal").inc()
-            await self._log_refused(request, label, status, "internal error")
+            error = RequestError(
+                500,
+                f"internal error; the server log has the details under request id {request.request_id}",
+                None,
+                "internal",
+            )
+        if error is not None:
+            status, body, content_type, headers = error.status, error.body(), JSON, error.headers
+            self.metrics.errors.labels(label, error.reason).inc()
+            if error.reason != "overloaded":  # counted in /metrics; a log write per refusal would feed the overload
+                await self._log_refused(request, label, status, "internal error" if status == 500 else error.message)
         await send(
             {
                 "type": "http.response.start",
@@ -267,22 +553,54 @@ class ServingApp:
                 self.stats.fail_count += 1
                 self.stats.fail_ns += int(elapsed * 1e9)
 
+    def _timed_out(self, request: Request) -> RequestError:
+        limit = self.settings.request_timeout_s
+        if request.body_pending:  # the client was still sending; close, the rest of the body is unread
+            return RequestError(
+                408,
+                f"the body did not arrive within {limit} s (DISTILLERY_SERVE_REQUEST_TIMEOUT_S)",
+                "body",
+                "slow_body",
+                [(b"connection", b"close")],
+            )
+        return RequestError(
+            504, f"the request took longer than {limit} s (DISTILLERY_SERVE_REQUEST_TIMEOUT_S)", None, "timeout"
+        )
+
     def _check_auth(self, request: Request) -> None:
         sent = request.headers.get(b"authorization")
         if sent is None:
-            raise RequestError(401, "missing 'Authorization: Bearer <token>'", "Authorization", "unauthorized", [(b"www-authenticate", b'Bearer realm="distillery"')])
+            raise RequestError(
+                401,
+                "missing 'Authorization: Bearer <token>'",
+                "Authorization",
+                "unauthorized",
+                [(b"www-authenticate", b'Bearer realm="distillery"')],
+            )
         scheme, _, credentials = sent.strip().partition(b" ")
         # RFC 9110: the auth scheme is case-insensitive ("bearer", "BEARER").
         if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self._expected_auth):
-            raise RequestError(401, "wrong bearer token", "Authorization", "unauthorized", [(b"www-authenticate", b'Bearer realm="distillery", error="invalid_token"')])
+            raise RequestError(
+                401,
+                "wrong bearer token",
+                "Authorization",
+                "unauthorized",
+                [(b"www-authenticate", b'Bearer realm="distillery", error="invalid_token"')],
+            )
 
     async def _read_body(self, request: Request, binary_ok: bool = False) -> bytes:
         content_type = request.headers.get(b"content-type")
         if content_type:  # none at all is read as JSON: Triton's HTTP client sends none
             media = content_type.split(b";", 1)[0].strip().lower()
             if media != JSON and not (binary_ok and media == b"application/octet-stream"):
-                wanted = "application/json" + (" (or application/octet-stream with Inference-Header-Content-Length)" if binary_ok else "")
-                raise RequestError(415, f"Content-Type {content_type.decode('latin-1')!r} is not supported; send {wanted}", "Content-Type")
+                wanted = "application/json" + (
+                    " (or application/octet-stream with Inference-Header-Content-Length)" if binary_ok else ""
+                )
+                raise RequestError(
+                    415,
+                    f"Content-Type {content_type.decode('latin-1')!r} is not supported; send {wanted}",
+                    "Content-Type",
+                )
         limit = self.settings.max_body_bytes
         declared = request.headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -305,16 +623,29 @@ class ServingApp:
     def _too_large(self) -> RequestError:
         limit = self.settings.max_body_bytes
         # Connection: close, so the rest of an unread body is not taken for the next request.
-        return RequestError(413, f"the body is larger than {limit} bytes (DISTILLERY_SERVE_MAX_BODY_BYTES)", "body", "too_large", [(b"connection", b"close")])
+        return RequestError(
+            413,
+            f"the body is larger than {limit} bytes (DISTILLERY_SERVE_MAX_BODY_BYTES)",
+            "body",
+            "too_large",
+            [(b"connection", b"close")],
+        )
 
     def _model_for(self, request: Request) -> Any:
         model = self.manager.current
         name = request.params.get("name")
         if name is not None and name != model.name:
-            raise RequestError(404, f"unknown model {name!r}; this server serves {model.name!r}", "model_name", "not_found")
+            raise RequestError(
+                404, f"unknown model {name!r}; this server serves {model.name!r}", "model_name", "not_found"
+            )
         version = request.params.get("version")
         if version is not None and version != model.version:
-            raise RequestError(404, f"version {version!r} of {model.name!r} is not served; version {model.version!r} is", "model_version", "not_found")
+            raise RequestError(
+                404,
+                f"version {version!r} of {model.name!r} is not served; version {model.version!r} is",
+                "model_version",
+                "not_found",
+            )
         return model
 
     # ------------------------------------------------------------------ predictions
@@ -365,14 +696,20 @@ class ServingApp:
         binary = None
         if header_length is not None:
             if not header_length.isdigit() or int(header_length) > len(body):
-                raise RequestError(400, f"Inference-Header-Content-Length is {header_length.decode('latin-1')!r}; the body has {len(body)} bytes", "Inference-Header-Content-Length")
+                raise RequestError(
+                    400,
+                    f"Inference-Header-Content-Length is {header_length.decode('latin-1')!r}; the body has {len(body)} bytes",
+                    "Inference-Header-Content-Length",
+                )
             binary, body = body[int(header_length) :], body[: int(header_length)]
         self._model_for(request)  # 404 before taking a slot
         await self._admit()
         try:
             payload = protocol.parse_json(body)
             model = self._model_for(request)
-            parsed = protocol.parse_infer(payload, model, self.settings.max_rows, binary, b"true" in body or b"false" in body)
+            parsed = protocol.parse_infer(
+                payload, model, self.settings.max_rows, binary, b"true" in body or b"false" in body
+            )
             outputs = await self.batcher.submit(model, parsed.x)
         finally:
             self.admission.release()
@@ -384,11 +721,22 @@ class ServingApp:
 
     async def _log(self, request: Request, endpoint: str, model: Any, x: Any, rows: list | None, answer: Any) -> None:
         # Before the answer is sent: an answered row is in the log's buffer (or the answer waits for room).
-        await self.predlog.put(Entry(
-            ts=time.time(), request_id=request.request_id, endpoint=endpoint, model_name=model.name,
-            model_version=model.version, latency_ms=(perf_counter() - request.start) * 1000, task=model.task,
-            classes=model.classes, threshold=model.metadata.threshold, x=x, rows=rows, outputs=answer,
-        ))
+        await self.predlog.put(
+            Entry(
+                ts=time.time(),
+                request_id=request.request_id,
+                endpoint=endpoint,
+                model_name=model.name,
+                model_version=model.version,
+                latency_ms=(perf_counter() - request.start) * 1000,
+                task=model.task,
+                classes=model.classes,
+                threshold=model.metadata.threshold,
+                x=x,
+                rows=rows,
+                outputs=answer,
+            )
+        )
 
     async def _log_refused(self, request: Request, label: str, status: int, error: str) -> None:
         """A refused prediction request is logged too, so the monitor sees the error rate."""
@@ -396,11 +744,18 @@ class ServingApp:
         model = self.manager.current
         if endpoint is None or model is None:
             return
-        await self.predlog.put(Entry(
-            ts=time.time(), request_id=request.request_id, endpoint=endpoint, model_name=model.name,
-            model_version=model.version, latency_ms=(perf_counter() - request.start) * 1000, status=status,
-            error=error,
-        ))
+        await self.predlog.put(
+            Entry(
+                ts=time.time(),
+                request_id=request.request_id,
+                endpoint=endpoint,
+                model_name=model.name,
+                model_version=model.version,
+                latency_ms=(perf_counter() - request.start) * 1000,
+                status=status,
+                error=error,
+            )
+        )
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -414,50 +769,55 @@ class ServingApp:
         return None
 
     async def live(self, request: Request) -> Response:
-        return 200, b'{"live":true}', JSON, []
+        return 200, b'{"live":true}', JSON, []  # a Live
 
     async def ready(self, request: Request) -> Response:
         reason = self.ready_reason()
         if reason is None:
-            return 200, b'{"ready":true}', JSON, []
-        return 503, orjson.dumps({"ready": False, "reason": reason}), JSON, []
+            return 200, b'{"ready":true}', JSON, []  # a Readiness
+        body: Readiness = {"ready": False, "reason": reason}
+        return 503, orjson.dumps(body), JSON, []
 
     async def model_ready(self, request: Request) -> Response:
         self._model_for(request)
         return await self.ready(request)
 
     async def server_metadata(self, request: Request) -> Response:
-        return 200, orjson.dumps({"name": "distillery", "version": self.version, "extensions": EXTENSIONS}), JSON, []
+        body: ServerMetadata = {"name": "distillery", "version": self.version, "extensions": EXTENSIONS}
+        return 200, orjson.dumps(body), JSON, []
 
     async def model_metadata(self, request: Request) -> Response:
         model = self._model_for(request)
         sig = model.signature
         meta = model.metadata
-        body = {
+        parameters: ModelParameters = {
+            "task": model.task,
+            "answer": model.answer,
+            "classes": list(model.classes),
+            "kind": model.kind,
+            "sha256": model.sha256,
+            "source": model.source,
+            "loaded_at": model.loaded_at,
+            "input_spec": dataclasses.asdict(meta.input_spec),
+            "git_commit": meta.git_commit,
+            "data_hash": meta.data_hash,
+            "candidate": meta.candidate,
+        }
+        if task_of(model.task).multilabel:
+            parameters["threshold"] = model.metadata.threshold
+        if model.encoder is not None:
+            parameters["columns"] = {
+                "numeric": list(model.encoder.numeric),
+                "categorical": {c: list(v) for c, v in model.encoder.categorical.items()},
+            }
+        body: ModelMetadata = {
             "name": model.name,
             "versions": [model.version],
             "platform": "onnxruntime_onnx",
             "inputs": [{"name": sig.input_name, "datatype": "FP32", "shape": [-1, *sig.input_shape]}],
             "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, *shape]} for name, shape in sig.outputs],
-            "parameters": {
-                "task": model.task,
-                "answer": model.answer,
-                "classes": list(model.classes),
-                "kind": model.kind,
-                "sha256": model.sha256,
-                "source": model.source,
-                "loaded_at": model.loaded_at,
-                "input_spec": dataclasses.asdict(meta.input_spec),
-                "git_commit": meta.git_commit,
-                "data_hash": meta.data_hash,
-                "candidate": meta.candidate,
-            },
+            "parameters": parameters,
         }
-        if task_of(model.task).multilabel:
-            body["parameters"]["threshold"] = model.metadata.threshold
-        if model.encoder is not None:
-            body["parameters"]["columns"] = {"numeric": list(model.encoder.numeric),
-                                             "categorical": {c: list(v) for c, v in model.encoder.categorical.items()}}
         return 200, orjson.dumps(body), JSON, []
 
     def _observe_batch(self, rows: int, seconds: float) -> None:
@@ -467,49 +827,65 @@ class ServingApp:
         self.stats.compute_ns += int(seconds * 1e9)
 
     async def bad_name(self, request: Request) -> Response:
-        raise RequestError(400, "a model name or version has no path separators ('/' or '\\', escaped or not)",
-                           "model_name")
+        raise RequestError(
+            400, "a model name or version has no path separators ('/' or '\\', escaped or not)", "model_name"
+        )
 
     async def repository_index(self, request: Request) -> Response:
         """Triton's model repository extension: the one model this server serves."""
         model, reason = self.manager.current, self.ready_reason()
-        return 200, orjson.dumps([{"name": model.name, "version": model.version,
-                                   "state": "UNAVAILABLE" if reason else "READY", "reason": reason or ""}]), JSON, []
+        index: list[RepositoryModel] = [
+            {
+                "name": model.name,
+                "version": model.version,
+                "state": "UNAVAILABLE" if reason else "READY",
+                "reason": reason or "",
+            }
+        ]
+        return 200, orjson.dumps(index), JSON, []
 
     async def model_stats(self, request: Request) -> Response:
         """Triton's statistics extension (GET /v2/models[/{name}[/versions/{v}]]/stats)."""
         model = self._model_for(request) if "name" in request.params else self.manager.current
-        return 200, orjson.dumps({"model_stats": [self.stats.as_triton(model.name, model.version)]}), JSON, []
+        body: ModelStats = {"model_stats": [self.stats.as_triton(model.name, model.version)]}
+        return 200, orjson.dumps(body), JSON, []
 
     async def load(self, request: Request) -> Response:
         self._model_for(request)
         result = await self.manager.reload(force=True)
         status = 409 if result.status == "refused" else 200
-        return status, orjson.dumps(result.as_dict()), JSON, []
+        return status, orjson.dumps(result.as_dict()), JSON, []  # a ReloadResult
 
     async def render_metrics(self, request: Request) -> Response:
         return 200, self.metrics.render(), CONTENT_TYPE_LATEST.encode(), []
 
     async def openapi(self, request: Request) -> Response:
         if self._openapi is None:
-            document = openapi_document(self.version)
-            if self._expected_auth is None:
-                document.pop("security")
-            self._openapi = orjson.dumps(document)
+            self._openapi = orjson.dumps(
+                openapi_document(ROUTES, self.version, secured=self._expected_auth is not None)
+            )
         return 200, self._openapi, JSON, []
 
     async def docs(self, request: Request) -> Response:
         from fastapi.openapi.docs import get_swagger_ui_html
 
-        html = get_swagger_ui_html(openapi_url="/openapi.json", title="Distillery model server",
-                                   swagger_js_url="/docs/swagger-ui-bundle.js", swagger_css_url="/docs/swagger-ui.css",
-                                   swagger_favicon_url="/docs/favicon.png")
+        html = get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Distillery model server",
+            swagger_js_url="/docs/swagger-ui-bundle.js",
+            swagger_css_url="/docs/swagger-ui.css",
+            swagger_favicon_url="/docs/favicon.png",
+        )
         return 200, bytes(html.body), b"text/html; charset=utf-8", []
 
     async def docs_asset(self, request: Request) -> Response:
         import fastapi_offline
 
-        name = request.scope["path"].rsplit("/", 1)[-1]  # one of DOCS_ASSETS: the route table admits no other
+        name = request.params["asset"]
+        if name not in DOCS_ASSETS:
+            raise RequestError(
+                404, f"no file {name!r} here; Swagger UI's are {', '.join(DOCS_ASSETS)}", "path", reason="not_found"
+            )
         static = Path(fastapi_offline.__file__).parent / "static"
         return 200, (static / name).read_bytes(), DOCS_ASSETS[name], [(b"cache-control", b"max-age=86400")]
 
@@ -532,7 +908,9 @@ class ServingApp:
         except (RuntimeError, ValueError, NotImplementedError):
             pass
         model = self.manager.current
-        log.info("serving %s version %s (%s) from %s", model.name, model.version, model.signature.describe(), model.source)
+        log.info(
+            "serving %s version %s (%s) from %s", model.name, model.version, model.signature.describe(), model.source
+        )
 
     async def shutdown(self) -> None:
         if self._watcher is not None:

@@ -12,12 +12,15 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "distillery_requests", "HTTP requests answered, by endpoint and status code", ["endpoint", "code"], registry=r
+            "distillery_requests",
+            "HTTP requests answered, by endpoint and status code",
+            ["endpoint", "code"],
+            registry=r,
         )
         self.errors = Counter(
             "distillery_request_errors",
             "Requests answered with an error, by endpoint and reason "
-            "(bad_request, unauthorized, not_found, too_large, overloaded, timeout, internal)",
+            "(bad_request, unauthorized, not_found, too_large, overloaded, slow_body, timeout, internal)",
             ["endpoint", "reason"],
             registry=r,
         )
@@ -49,17 +52,22 @@ class Metrics:
             "distillery_model_loaded_timestamp_seconds", "When the served model was loaded (unix time)", registry=r
         )
         self.reloads = Counter(
-            "distillery_model_reloads", "Attempts to swap in a new model, by outcome (success, failure)", ["outcome"], registry=r
+            "distillery_model_reloads",
+            "Attempts to swap in a new model, by outcome (success, failure)",
+            ["outcome"],
+            registry=r,
         )
-        self.ready = Gauge("distillery_ready", "1 while the server accepts traffic (readiness probe passes)", registry=r)
+        self.ready = Gauge(
+            "distillery_ready", "1 while the server accepts traffic (readiness probe passes)", registry=r
+        )
         self.prediction_log = Counter(
             "distillery_prediction_log_rows",
             "Prediction-log rows by outcome (written; failed: a write error, logged)",
             ["outcome"],
             registry=r,
         )
-        self._request_children: dict[tuple[str, int], object] = {}
-        self._latency_children: dict[str, object] = {}
+        self._request_children: dict[tuple[str, int], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
         key = (endpoint, code)

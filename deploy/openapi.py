@@ -1,197 +1,149 @@
-"""The OpenAPI document (/openapi.json) and its Swagger UI (/docs).
+"""The OpenAPI document (/openapi.json), generated from the route table
+(deploy.app.ROUTES) and the formats (deploy.protocol); FastAPI's Swagger UI
+draws it at /docs.
 
-The request handlers read bodies with orjson and check them by hand (deploy.
-protocol), which is what makes the server fast; the pydantic models here exist
-to describe those same bodies to humans and client generators.
+Nothing in the document is written here: a path is there because a route
+is, a status because the route (or every route) can answer it, a field
+because a type in deploy.protocol has it. pydantic turns those types into
+JSON Schema once, when the document is first asked for; the handlers never
+touch pydantic.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+import re
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-from pydantic import BaseModel, Field
-from pydantic.json_schema import models_json_schema
+from pydantic import TypeAdapter
 
-from tasks.contracts.onnx import IMAGE_INPUT, LOGITS, PREDICTION, PROBABILITIES, TABLE_INPUT
+if TYPE_CHECKING:
+    from deploy.app import Outcome, Route
 
-
-class Error(BaseModel):
-    error: str = Field(description="what is wrong, and what to do")
-    field: Optional[str] = Field(description="the JSON path (or header) at fault, e.g. inputs[0].shape; null if none")
-
-
-class TensorInput(BaseModel):
-    name: str = Field(description=f"the model's input: '{IMAGE_INPUT}' (images) or '{TABLE_INPUT}' (tables)",
-                      examples=[IMAGE_INPUT])
-    shape: list[int] = Field(description="actual sizes, batch first; no -1", examples=[[1, 1, 8, 8]])
-    datatype: Literal["FP32"]
-    data: Optional[list[Any]] = Field(None, description="row-major values, flat or nested to match shape")
-    parameters: Optional[dict[str, Any]] = Field(None, description="binary_data_size: bytes of this tensor after the JSON header")
-
-
-class RequestedOutput(BaseModel):
-    name: Literal[LOGITS, PROBABILITIES, PREDICTION] = Field(  # type: ignore[valid-type]
-        description="classifiers and multilabel: logits, probabilities; regression: prediction")
-    parameters: Optional[dict[str, Any]] = Field(None, description="binary_data: true for raw little-endian FP32 bytes")
-
-
-class InferRequest(BaseModel):
-    id: Optional[str] = Field(None, description="echoed in the response")
-    parameters: Optional[dict[str, Any]] = Field(None, description="binary_data_output: true for binary outputs")
-    inputs: list[TensorInput] = Field(description="exactly one tensor")
-    outputs: Optional[list[RequestedOutput]] = Field(None, description="default: every output")
-
-
-class TensorOutput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: Literal["FP32"]
-    data: Optional[list[float]] = Field(None, description="row-major, flat")
-    parameters: Optional[dict[str, Any]] = None
-
-
-class InferResponse(BaseModel):
-    model_name: str
-    model_version: str
-    id: Optional[str] = None
-    outputs: list[TensorOutput]
-
-
-class PredictRequest(BaseModel):
-    rows: list[Union[list[Any], dict[str, Any]]] = Field(
-        description="images: raw pixels per row, nested like the input shape ([1, 8, 8] or [8, 8]) or flat (64); "
-        "tables: one object {column: value} per row, null for a missing value",
-        examples=[[[0, 0, 5, 13, 9, 1, 0, 0] * 8]],
-    )
-
-
-class Prediction(BaseModel):
-    """One row's answer; which fields it has depends on the model's task."""
-
-    class_: Optional[str] = Field(None, alias="class", description="binary, multiclass: the most probable class")
-    probability: Optional[float] = Field(None, description="binary, multiclass: that class's probability")
-    probabilities: Optional[dict[str, float]] = Field(None, description="every class's (or label's) probability")
-    labels: Optional[list[str]] = Field(None, description="multilabel: the labels at or over the model's threshold")
-    value: Optional[float] = Field(None, description="regression: the predicted value, in the target's units")
-
-
-class PredictResponse(BaseModel):
-    model_name: str
-    model_version: str
-    task: Literal["binary", "multiclass", "multilabel", "regression"]
-    request_id: str
-    predictions: list[Prediction]
-
-
-class TensorMetadata(BaseModel):
-    name: str
-    datatype: Literal["FP32"]
-    shape: list[int] = Field(description="-1 is the batch dimension")
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
-    parameters: dict[str, Any] = Field(description="task, answer (the output holding it), classes, threshold "
-                                       "(multilabel), sha256, source, kind, git_commit, data_hash, loaded_at")
-
-
-class ServerMetadata(BaseModel):
-    name: str
-    version: str
-    extensions: list[str]
-
-
-class Health(BaseModel):
-    live: Optional[bool] = None
-    ready: Optional[bool] = None
-    reason: Optional[str] = None
-
-
-class ReloadResult(BaseModel):
-    status: Literal["loaded", "unchanged", "refused"]
-    model_name: str
-    model_version: str
-    error: Optional[str] = None
-
-
-MODELS = [Error, InferRequest, InferResponse, PredictRequest, PredictResponse, ModelMetadata, ServerMetadata, Health, ReloadResult]
-ERRORS = {
-    "400": "malformed JSON",
-    "401": "missing or wrong bearer token (when DISTILLERY_SERVE_TOKEN is set)",
-    "404": "unknown model name or version",
-    "413": "body larger than DISTILLERY_SERVE_MAX_BODY_BYTES",
-    "415": "not application/json",
-    "422": "a field is missing, mistyped, of the wrong shape, not finite, or over DISTILLERY_SERVE_MAX_ROWS",
-    "503": "at capacity (Retry-After), or not ready",
-    "504": "took longer than DISTILLERY_SERVE_REQUEST_TIMEOUT_S",
+JSON = "application/json"
+PARAMETERS = {  # the path parameters' meaning; a route's `choices` add their values
+    "name": "the served model's name (GET /v2/repository/index)",
+    "version": "the served version (another one is 404)",
+}
+HEADERS = {
+    "Allow": "the methods this path takes",
+    "Retry-After": "seconds to wait before trying again",
+    "WWW-Authenticate": 'Bearer realm="distillery" (with error="invalid_token" when the token is wrong)',
 }
 
 
-def _ref(model: type[BaseModel]) -> dict:
-    return {"$ref": f"#/components/schemas/{model.__name__}"}
+class _Schemas:
+    """JSON Schemas for the types met while the document is built, made in one
+    pass at the end (so that each named type is one component): `of` hands out
+    a dict that is filled in then."""
+
+    def __init__(self) -> None:
+        self._wanted: dict[Any, list[dict]] = {}
+
+    def of(self, kind: Any) -> dict:
+        holder: dict = {}
+        self._wanted.setdefault(kind, []).append(holder)
+        return holder
+
+    def components(self) -> dict:
+        kinds = list(self._wanted)
+        mode: Literal["validation"] = "validation"  # requests and answers alike: what the JSON holds
+        adapters = [(i, mode, TypeAdapter(kind)) for i, kind in enumerate(kinds)]
+        schemas, definitions = TypeAdapter.json_schemas(adapters, ref_template="#/components/schemas/{model}")
+        for i, kind in enumerate(kinds):
+            for holder in self._wanted[kind]:
+                holder.update(schemas[(i, mode)])
+        return definitions.get("$defs", {})
 
 
-def _operation(summary: str, response: type[BaseModel] | None, request: type[BaseModel] | None = None, errors: tuple = (), tag: str = "inference", media: str = "application/json", auth: bool = True) -> dict:
-    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": {}}
-    if response is not None:
-        op["responses"]["200"] = {"description": "OK", "content": {media: {"schema": _ref(response)}}}
-    else:
-        op["responses"]["200"] = {"description": "OK", "content": {media: {"schema": {"type": "string"}}}}
-    if request is not None:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(request)}}}
-    for code in errors:
-        op["responses"][code] = {"description": ERRORS[code], "content": {"application/json": {"schema": _ref(Error)}}}
-    if not auth:
-        op["security"] = []
-    return op
+def _content(body: Any, schemas: _Schemas) -> dict:
+    media = body if isinstance(body, dict) else {JSON: body}
+    return {media_type: {"schema": schemas.of(kind)} for media_type, kind in media.items()}
 
 
-def openapi_document(version: str, title: str = "Distillery model server") -> dict:
-    _, defs = models_json_schema([(m, "validation") for m in MODELS], ref_template="#/components/schemas/{model}")
-    infer_errors = ("400", "401", "404", "413", "415", "422", "503", "504")
-    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "the served model's name"}
-    version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-    paths = {
-        "/predict": {
-            "post": _operation(
-                "Predict rows: raw pixels or table rows in; per row the class, its probability and every class's",
-                PredictResponse,
-                PredictRequest,
-                ("400", "401", "413", "415", "422", "503", "504"),
-            )
-        },
-        "/v2/models/{name}/infer": {
-            "post": {**_operation("Open Inference Protocol (KServe v2) inference", InferResponse, InferRequest, infer_errors), "parameters": [name]}
-        },
-        "/v2/models/{name}/versions/{version}/infer": {
-            "post": {**_operation("Inference on a given version (must be the one served)", InferResponse, InferRequest, infer_errors), "parameters": [name, version_param]}
-        },
-        "/v2/models/{name}": {"get": {**_operation("Model metadata: input and output tensors", ModelMetadata, errors=("401", "404"), tag="metadata"), "parameters": [name]}},
-        "/v2/models/{name}/ready": {"get": {**_operation("Model readiness", Health, errors=("401", "404", "503"), tag="health"), "parameters": [name]}},
-        "/v2": {"get": _operation("Server metadata", ServerMetadata, errors=("401",), tag="metadata")},
-        "/v2/health/live": {"get": _operation("Liveness (no token needed)", Health, tag="health", auth=False)},
-        "/v2/health/ready": {"get": _operation("Readiness: 503 while loading or draining (no token needed)", Health, errors=("503",), tag="health", auth=False)},
-        "/v2/repository/models/{name}/load": {
-            "post": {
-                **_operation("Reload now: check the source (file or registry alias) and swap in a new model if it passes", ReloadResult, errors=("401", "404"), tag="admin"),
-                "parameters": [name],
+def _responses(route: Route, schemas: _Schemas) -> dict:
+    responses = {"200": {"description": "OK", "content": _content(route.ok, schemas)}}
+    by_status: dict[int, list[Outcome]] = {}
+    for outcome in route.outcomes:
+        by_status.setdefault(outcome.status, []).append(outcome)
+    for status, outcomes in sorted(by_status.items()):
+        bodies = list(dict.fromkeys(outcome.body for outcome in outcomes))
+        schema = schemas.of(bodies[0]) if len(bodies) == 1 else {"anyOf": [schemas.of(body) for body in bodies]}
+        texts = [outcome.description for outcome in outcomes]
+        response: dict[str, Any] = {
+            "description": texts[0] if len(texts) == 1 else "\n".join(f"- {t}" for t in texts),
+            "content": {JSON: {"schema": schema}},
+        }
+        headers = list(dict.fromkeys(h for outcome in outcomes for h in outcome.headers))
+        if headers:  # required when every cause of this status sends it
+            response["headers"] = {
+                h: {
+                    "description": HEADERS[h],
+                    "schema": {"type": "string"},
+                    "required": all(h in outcome.headers for outcome in outcomes),
+                }
+                for h in headers
             }
-        },
-        "/v2/repository/index": {"post": _operation("Model repository index (Triton): the served model, its version and state", None, errors=("401",), tag="admin")},
-        "/v2/models/{name}/stats": {"get": {**_operation("Inference statistics (Triton's statistics extension)", None, errors=("401", "404"), tag="metadata"), "parameters": [name]}},
-        "/metrics": {"get": _operation("Prometheus metrics", None, errors=("401",), tag="admin", media="text/plain")},
+        responses[str(status)] = response
+    return responses
+
+
+def _operation(route: Route, path: str, schemas: _Schemas) -> dict:
+    operation: dict[str, Any] = {
+        "operationId": route.method.lower() + re.sub(r"[^A-Za-z0-9]+", "_", path).rstrip("_"),
+        "summary": route.summary,
+        "tags": [route.tag],
     }
-    return {
+    if route.description:
+        operation["description"] = route.description
+    parameters = []
+    for name in re.findall(r"{(\w+)}", path):
+        schema: dict[str, Any] = {"type": "string"}
+        if name in route.choices:
+            schema["enum"] = list(route.choices[name])
+        parameters.append(
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": schema,
+                **({"description": PARAMETERS[name]} if name in PARAMETERS else {}),
+            }
+        )
+    if parameters:
+        operation["parameters"] = parameters
+    if route.request is not None:
+        operation["requestBody"] = {"required": True, "content": _content(route.request, schemas)}
+    operation["responses"] = _responses(route, schemas)
+    if not route.auth:
+        operation["security"] = []
+    return operation
+
+
+def openapi_document(
+    routes: Iterable[Route], version: str, secured: bool, title: str = "Distillery model server"
+) -> dict:
+    """The document for `routes`; `secured`: a bearer token is needed (but
+    where a route says otherwise)."""
+    schemas = _Schemas()
+    paths: dict[str, dict] = {}
+    for route in routes:
+        for path in route.paths:
+            paths.setdefault(path, {})[route.method.lower()] = _operation(route, path, schemas)
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version, "description": "Serves the Distillery champion with onnxruntime. See docs/serving.md."},
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "Serves the Distillery champion with onnxruntime. See docs/serving.md.",
+        },
         "paths": paths,
         "components": {
-            "schemas": defs.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "when DISTILLERY_SERVE_TOKEN is set"}},
+            "schemas": schemas.components(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "when DISTILLERY_SERVE_TOKEN is set"}
+            },
         },
-        "security": [{"bearer": []}],
     }
+    if secured:
+        document["security"] = [{"bearer": []}]
+    return document

@@ -1,10 +1,17 @@
-"""Request bodies in, tensors out, and back: the Open Inference Protocol (KServe
-v2) infer request, JSON or with Triton's binary tensor extension, and the plain
-/predict rows.
+"""The server's HTTP formats, and the code that reads and writes them.
 
-Every refusal is a RequestError that names the field at fault, with a JSON path
-such as `inputs[0].shape` or `rows[3].Island`. Nothing a client sends can make
-these functions raise anything else.
+The formats: every body that crosses HTTP is a type here (a TypedDict, so the
+handlers go on building plain dicts and orjson them, with no validation or
+model objects per request). deploy.openapi derives /openapi.json from these
+types and deploy.app's route table, and tests/serve/test_openapi.py checks
+every answer the real server gives against that document.
+
+The code: the Open Inference Protocol (KServe v2) infer request, JSON or with
+Triton's binary tensor extension, and the plain /predict rows, in; tensors
+and answers out. Every refusal is a RequestError that names the field at
+fault, with a JSON path such as `inputs[0].shape` or `rows[3].Island`, and its
+body is made by error_body. Nothing a client sends can make these functions
+raise anything else.
 """
 
 from __future__ import annotations
@@ -12,29 +19,312 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, Union, cast
 
 import numpy as np
 import orjson
+from pydantic import ConfigDict, Field, GetPydanticSchema, with_config
+from typing_extensions import NotRequired, TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 from tasks.contracts.encoder import TableEncoder
-from tasks.contracts.onnx import predicted_labels
-from tasks.core.task import task_of
+from tasks.contracts.onnx import (
+    IMAGE_INPUT,
+    LOGITS,
+    PREDICTION,
+    PROBABILITIES,
+    TABLE_INPUT,
+    InputSpec,
+    predicted_labels,
+)
+from tasks.core.task import TASKS, TaskType, task_of
 
 BINARY_HEADER = "inference-header-content-length"
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
+# --------------------------------------------------------------------------- the formats
+# Requests are described as the server reads them (it ignores keys it does not know);
+# answers exactly: a key the server adds to an answer must be declared here first, or
+# the document's check (tests/serve/test_openapi.py) fails.
+
+
+def _doc(text: str) -> Any:
+    return Field(description=text)
+
+
+_answer = with_config(ConfigDict(extra="forbid"))
+
+
+def _as(kind: Any) -> Any:
+    """A field sent as a plain dict, described as `kind` (a contract's dataclass)."""
+    return GetPydanticSchema(lambda _source, handler: handler(kind))
+
+
+@_answer
+class ErrorBody(TypedDict):
+    """Every refusal's body, whatever its status (made by error_body)."""
+
+    error: Annotated[str, _doc("what is wrong, and what to do")]
+    field: Annotated[Union[str, None], _doc("the JSON path (or header) at fault, e.g. inputs[0].shape; null if none")]
+
+
+def error_body(message: str, field: str | None) -> bytes:
+    """The body of every refusal: the application's, and the connection guard's (deploy.connections)."""
+    body: ErrorBody = {"error": message, "field": field}
+    return orjson.dumps(body)
+
+
+class TensorInput(TypedDict):
+    name: Annotated[
+        str, _doc(f"the model's input: '{IMAGE_INPUT}' (images) or '{TABLE_INPUT}' (tables: the encoded features)")
+    ]
+    shape: Annotated[list[int], Field(min_length=1, description="actual sizes, batch first; no -1")]
+    datatype: Literal["FP32"]
+    data: NotRequired[Annotated[list[Any], _doc("row-major values, flat or nested to match shape")]]
+    parameters: NotRequired[
+        Annotated[dict[str, Any], _doc("binary_data_size: bytes of this tensor after the JSON header")]
+    ]
+
+
+# The contract's output names, as a type (the document lists them; a type checker sees a str).
+OutputName: Any = Literal[LOGITS, PROBABILITIES, PREDICTION]
+
+
+class RequestedOutput(TypedDict):
+    name: Annotated[OutputName, _doc("classifiers and multilabel: logits, probabilities; regression: prediction")]
+    parameters: NotRequired[Annotated[dict[str, Any], _doc("binary_data: true for raw little-endian FP32 bytes")]]
+
+
+class InferRequest(TypedDict):
+    """An Open Inference Protocol (v2) request: one input tensor."""
+
+    id: NotRequired[Annotated[str, _doc("echoed in the answer")]]
+    parameters: NotRequired[Annotated[dict[str, Any], _doc("binary_data_output: true for binary outputs")]]
+    inputs: Annotated[list[TensorInput], Field(min_length=1, max_length=1, description="exactly one tensor")]
+    outputs: NotRequired[Annotated[list[RequestedOutput], Field(min_length=1, description="default: every output")]]
+
+
+@_answer
+class BinaryTensor(TypedDict):
+    binary_data_size: Annotated[int, _doc("this tensor's bytes, after the JSON header and the tensors before it")]
+
+
+@_answer
+class TensorOutput(TypedDict):
+    name: str
+    datatype: Literal["FP32"]
+    shape: list[int]
+    data: NotRequired[Annotated[list[float], _doc("row-major, flat (absent when sent as binary)")]]
+    parameters: NotRequired[BinaryTensor]
+
+
+@_answer
+class InferResponse(TypedDict):
+    model_name: str
+    model_version: str
+    id: NotRequired[Annotated[str, _doc("the request's id, when it sent one")]]
+    outputs: list[TensorOutput]
+
+
+class PredictRequest(TypedDict):
+    rows: Annotated[
+        list[Union[list[Any], dict[str, Any]]],
+        Field(
+            min_length=1,
+            description="images: raw pixels per row, nested like the input shape ([1, 8, 8] or [8, 8]) or flat (64); "
+            "tables: one object {column: value} per row, null for a missing value",
+            examples=[[[0, 0, 5, 13, 9, 1, 0, 0] * 8]],
+        ),
+    ]
+
+
+@_answer
+class ValuePrediction(TypedDict):
+    """One row's answer from a regression model."""
+
+    value: Annotated[float, _doc("the predicted value, in the target's units")]
+
+
+# "class" is a keyword: this one is declared by the functional syntax.
+ClassPrediction = TypedDict(
+    "ClassPrediction",
+    {
+        "class": Annotated[str, _doc("the most probable class")],
+        "probability": Annotated[float, _doc("that class's probability")],
+        "probabilities": Annotated[dict[str, float], _doc("every class's probability, in the model's class order")],
+    },
+)
+_answer(ClassPrediction)
+ClassPrediction.__doc__ = "One row's answer from a classifier (binary, multiclass)."
+
+
+@_answer
+class LabelsPrediction(TypedDict):
+    """One row's answer from a multilabel model."""
+
+    labels: Annotated[
+        list[str], _doc("the labels at or over the model's threshold (parameters.threshold in the model metadata)")
+    ]
+    probabilities: Annotated[dict[str, float], _doc("every label's probability, in the model's label order")]
+
+
+# A row's answer by Task.answer (tasks.core.task): which tasks give which is decided there.
+PREDICTIONS: dict[str, Any] = {"value": ValuePrediction, "class": ClassPrediction, "labels": LabelsPrediction}
+
+
+def _predict_response(answer: str) -> Any:
+    """The /predict answer of the tasks whose rows are answered by `answer` (a
+    type made at import, for the document: its tasks are known at run time)."""
+    make: Any = TypedDict
+    one_of: Any = Literal
+    tasks = tuple(name for name, task in TASKS.items() if task.answer == answer)
+    listed: Any = list
+    rows = listed[PREDICTIONS[answer]]
+    fields = {
+        "model_name": str,
+        "model_version": str,
+        "task": one_of[tasks],
+        "request_id": str,
+        "predictions": Annotated[rows, _doc("one answer per row, in the rows' order")],
+    }
+    return _answer(make(f"Predict{answer.capitalize()}Response", fields))
+
+
+# One per kind of answer; which it is, the task says.
+PredictResponse: Any = Union[tuple(_predict_response(answer) for answer in PREDICTIONS)]
+
+
+@_answer
+class Live(TypedDict):
+    live: Literal[True]
+
+
+@_answer
+class Readiness(TypedDict):
+    """Ready (200), or not (503) and why."""
+
+    ready: bool
+    reason: NotRequired[Annotated[str, _doc("why not: no model loaded, or draining (shutting down)")]]
+
+
+@_answer
+class ServerMetadata(TypedDict):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+@_answer
+class TensorMetadata(TypedDict):
+    name: str
+    datatype: Literal["FP32"]
+    shape: Annotated[list[int], _doc("-1 is the batch dimension")]
+
+
+@_answer
+class TableColumns(TypedDict):
+    numeric: list[str]
+    categorical: Annotated[
+        dict[str, list[str]], _doc("each column's known categories; another value is encoded as unseen")
+    ]
+
+
+@_answer
+class ModelParameters(TypedDict):
+    task: TaskType
+    answer: Annotated[str, _doc("the output /predict answers from")]
+    classes: Annotated[list[str], _doc("class or label names, in output order; empty for regression")]
+    kind: Literal["table", "image"]
+    sha256: str
+    source: Annotated[str, _doc("where the model came from: models:/<name>@<alias> or a file")]
+    loaded_at: Annotated[float, _doc("unix time")]
+    input_spec: Annotated[dict[str, Any], _as(InputSpec), _doc("the input the model takes (tasks.contracts.onnx)")]
+    git_commit: str
+    data_hash: str
+    candidate: Union[str, None]
+    threshold: NotRequired[Annotated[float, _doc("multilabel: a label is predicted at or over this probability")]]
+    columns: NotRequired[Annotated[TableColumns, _doc("tables: the raw columns /predict takes")]]
+
+
+@_answer
+class ModelMetadata(TypedDict):
+    name: str
+    versions: Annotated[list[str], _doc("the one version served")]
+    platform: Literal["onnxruntime_onnx"]
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: ModelParameters
+
+
+@_answer
+class RepositoryModel(TypedDict):
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: Annotated[str, _doc("why unavailable; empty when ready")]
+
+
+@_answer
+class ReloadResult(TypedDict):
+    """What a reload did (deploy.reload.ReloadResult.as_dict)."""
+
+    status: Literal["loaded", "unchanged", "refused"]
+    model_name: Annotated[str, _doc("the model served after it")]
+    model_version: str
+    error: NotRequired[Annotated[str, _doc("why the candidate was refused, or the source could not be read")]]
+
+
+@_answer
+class Duration(TypedDict):
+    count: int
+    ns: int
+
+
+@_answer
+class InferStatistics(TypedDict):
+    success: Duration
+    fail: Duration
+    queue: Duration
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+
+
+@_answer
+class ModelStatistics(TypedDict):
+    """Triton's statistics of one model, since the server started."""
+
+    name: str
+    version: str
+    last_inference: Annotated[int, _doc("unix time in ms of the last answered inference; 0 if none")]
+    inference_count: Annotated[int, _doc("rows inferred")]
+    execution_count: Annotated[int, _doc("onnxruntime runs (a run holds a micro-batch of requests)")]
+    inference_stats: InferStatistics
+    batch_stats: list[Any]
+
+
+@_answer
+class ModelStats(TypedDict):
+    model_stats: list[ModelStatistics]
+
+
 class RequestError(Exception):
     """A request the server refuses; `status` is 4xx (or 503/504 for load)."""
 
-    def __init__(self, status: int, message: str, field: str | None = None, reason: str = "bad_request", headers: list | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        reason: str = "bad_request",
+        headers: list | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.field, self.reason = status, message, field, reason
         self.headers = headers or []
 
     def body(self) -> bytes:
-        return orjson.dumps({"error": self.message, "field": self.field})
+        return error_body(self.message, self.field)
 
 
 def invalid(message: str, field: str | None) -> RequestError:
@@ -128,7 +418,11 @@ def finite32(value: int | float) -> bool:
 
 def _has_bool(value: Any) -> bool:
     if isinstance(value, list):
-        return any(_has_bool(v) for v in value) if value and isinstance(value[0], list) else any(type(v) is bool for v in value)
+        return (
+            any(_has_bool(v) for v in value)
+            if value and isinstance(value[0], list)
+            else any(type(v) is bool for v in value)
+        )
     return type(value) is bool
 
 
@@ -156,7 +450,9 @@ def as_float32(data: Any, path: str, shape: tuple[int, ...] | None = None, maybe
 
 
 @dataclass
-class InferRequest:
+class ParsedInfer:
+    """A checked v2 infer request."""
+
     x: np.ndarray
     request_id: str | None
     outputs: list[tuple[str, bool]]  # (name, as binary)
@@ -171,16 +467,28 @@ def _mapping(value: Any, path: str) -> dict:
 
 
 def _shape(value: Any, path: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
-        raise invalid(f"{path} must be a non-empty list of integers, got {_describe(value) if not isinstance(value, list) else value}", path)
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in value)
+    ):
+        raise invalid(
+            f"{path} must be a non-empty list of integers, got {_describe(value) if not isinstance(value, list) else value}",
+            path,
+        )
     if any(d == -1 for d in value):
-        raise invalid(f"{path} is {value}: -1 (any size) is for model metadata; a request gives each dimension's actual size", path)
+        raise invalid(
+            f"{path} is {value}: -1 (any size) is for model metadata; a request gives each dimension's actual size",
+            path,
+        )
     if any(d < 0 for d in value):
         raise invalid(f"{path} is {value}: dimensions cannot be negative", path)
     return tuple(value)
 
 
-def parse_infer(payload: Any, model: Any, max_rows: int, binary: bytes | None = None, maybe_bool: bool = True) -> InferRequest:
+def parse_infer(
+    payload: Any, model: Any, max_rows: int, binary: bytes | None = None, maybe_bool: bool = True
+) -> ParsedInfer:
     """Check a v2 infer request against `model`; `binary` holds the bytes after
     the JSON header when the binary tensor extension is used."""
     payload = _mapping(payload, "body")
@@ -197,7 +505,9 @@ def parse_infer(payload: Any, model: Any, max_rows: int, binary: bytes | None = 
         if key not in tensor:
             raise invalid(f"inputs[0] has no '{key}'", f"inputs[0].{key}")
     if tensor["name"] != sig.input_name:
-        raise invalid(f"inputs[0].name is {tensor['name']!r}; this model's input is '{sig.input_name}'", "inputs[0].name")
+        raise invalid(
+            f"inputs[0].name is {tensor['name']!r}; this model's input is '{sig.input_name}'", "inputs[0].name"
+        )
     if tensor["datatype"] != "FP32":
         raise invalid(f"inputs[0].datatype is {tensor['datatype']!r}; '{sig.input_name}' is FP32", "inputs[0].datatype")
     shape = _shape(tensor["shape"], "inputs[0].shape")
@@ -210,7 +520,10 @@ def parse_infer(payload: Any, model: Any, max_rows: int, binary: bytes | None = 
     if rows == 0:
         raise invalid("inputs[0].shape has 0 rows: the batch is empty", "inputs[0].shape")
     if rows > max_rows:
-        raise invalid(f"{rows} rows is more than the limit of {max_rows} per request (DISTILLERY_SERVE_MAX_ROWS)", "inputs[0].shape")
+        raise invalid(
+            f"{rows} rows is more than the limit of {max_rows} per request (DISTILLERY_SERVE_MAX_ROWS)",
+            "inputs[0].shape",
+        )
     params = tensor.get("parameters") or {}
     if not isinstance(params, dict):
         raise invalid("inputs[0].parameters must be a JSON object", "inputs[0].parameters")
@@ -240,7 +553,7 @@ def parse_infer(payload: Any, model: Any, max_rows: int, binary: bytes | None = 
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise invalid("id must be a string", "id")
-    return InferRequest(np.ascontiguousarray(x), request_id, outputs, binary_default, request_params)
+    return ParsedInfer(np.ascontiguousarray(x), request_id, outputs, binary_default, request_params)
 
 
 def _binary_tensor(declared: Any, binary: bytes | None, size: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -254,7 +567,9 @@ def _binary_tensor(declared: Any, binary: bytes | None, size: int, shape: tuple[
     x = np.frombuffer(binary, dtype="<f4").astype(np.float32).reshape(shape)
     if not np.isfinite(x).all():
         index = int(np.flatnonzero(~np.isfinite(x.ravel()))[0])
-        raise invalid(f"inputs[0] (binary): value {index} is {x.ravel()[index]}; values must be finite", "inputs[0].data")
+        raise invalid(
+            f"inputs[0] (binary): value {index} is {x.ravel()[index]}; values must be finite", "inputs[0].data"
+        )
     return x
 
 
@@ -268,16 +583,22 @@ def _requested_outputs(value: Any, model: Any, binary_default: bool) -> list[tup
         item = _mapping(item, f"outputs[{i}]")
         name = item.get("name")
         if name not in model.output_names:
-            raise invalid(f"outputs[{i}].name is {name!r}; the model's outputs are {list(model.output_names)}", f"outputs[{i}].name")
+            raise invalid(
+                f"outputs[{i}].name is {name!r}; the model's outputs are {list(model.output_names)}",
+                f"outputs[{i}].name",
+            )
         params = item.get("parameters") or {}
         if not isinstance(params, dict):
             raise invalid(f"outputs[{i}].parameters must be a JSON object", f"outputs[{i}].parameters")
-        requested.append((name, params.get("binary_data", binary_default) is True))
+        requested.append((cast(str, name), params.get("binary_data", binary_default) is True))
     return requested
 
 
-def infer_response(model: Any, request: InferRequest, outputs: dict[str, np.ndarray]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """The v2 response body and its extra headers (binary extension)."""
+def infer_response(
+    model: Any, request: ParsedInfer, outputs: dict[str, np.ndarray]
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The v2 response body (an InferResponse, then the binary outputs if any) and
+    its extra headers (binary extension)."""
     entries, chunks = [], []
     for name, as_binary in request.outputs:
         value = outputs[name]
@@ -303,7 +624,9 @@ def infer_response(model: Any, request: InferRequest, outputs: dict[str, np.ndar
 
 
 @dataclass
-class PredictRequest:
+class ParsedPredict:
+    """Checked /predict rows, as the model's input."""
+
     x: np.ndarray
     rows: list | None  # table rows as sent (for the prediction log)
 
@@ -318,7 +641,9 @@ def _rows(payload: Any, max_rows: int) -> list:
     if not rows:
         raise invalid("rows is empty: send at least one sample", "rows")
     if len(rows) > max_rows:
-        raise invalid(f"{len(rows)} rows is more than the limit of {max_rows} per request (DISTILLERY_SERVE_MAX_ROWS)", "rows")
+        raise invalid(
+            f"{len(rows)} rows is more than the limit of {max_rows} per request (DISTILLERY_SERVE_MAX_ROWS)", "rows"
+        )
     return rows
 
 
@@ -332,10 +657,10 @@ def _row_layouts(shape: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], ...], s
     return tuple(accepted), " or ".join(str(list(s)) for s in accepted)
 
 
-def parse_predict(payload: Any, model: Any, max_rows: int, maybe_bool: bool = True) -> PredictRequest:
+def parse_predict(payload: Any, model: Any, max_rows: int, maybe_bool: bool = True) -> ParsedPredict:
     rows = _rows(payload, max_rows)
     if model.encoder is not None:
-        return PredictRequest(encode_rows(rows, model.encoder), rows)
+        return ParsedPredict(encode_rows(rows, model.encoder), rows)
     shape = model.signature.input_shape
     accepted, expected = _row_layouts(shape)
     for i, row in enumerate(rows):  # cheap: finds a row that is not a list before numpy does
@@ -362,7 +687,7 @@ def parse_predict(payload: Any, model: Any, max_rows: int, maybe_bool: bool = Tr
         x = as_float32(rows, "rows", None, maybe_bool)  # raises, naming the value
         if tuple(x.shape[1:]) not in accepted:
             raise invalid(f"rows have shape {list(x.shape[1:])}; a row is {expected}", "rows")
-    return PredictRequest(np.ascontiguousarray(x.reshape((len(rows), *shape))), None)
+    return ParsedPredict(np.ascontiguousarray(x.reshape((len(rows), *shape))), None)
 
 
 def encode_rows(rows: list, encoder: TableEncoder) -> np.ndarray:
@@ -383,7 +708,10 @@ def encode_rows(rows: list, encoder: TableEncoder) -> np.ndarray:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise invalid(f"rows[{i}].{col} must be a number or null, got {_describe(value)}", f"rows[{i}].{col}")
             if not finite32(value):
-                raise invalid(f"rows[{i}].{col} is {_describe(value)}; send a finite number, or null for a missing value", f"rows[{i}].{col}")
+                raise invalid(
+                    f"rows[{i}].{col} is {_describe(value)}; send a finite number, or null for a missing value",
+                    f"rows[{i}].{col}",
+                )
         for col in categorical:
             if col not in row:
                 raise invalid(f"rows[{i}] has no '{col}' (send null for a missing value)", f"rows[{i}].{col}")
@@ -396,26 +724,41 @@ def encode_rows(rows: list, encoder: TableEncoder) -> np.ndarray:
     return np.ascontiguousarray(encoder.encode(frame), dtype=np.float32)
 
 
-def predictions(model: Any, answer: np.ndarray) -> list[dict[str, Any]]:
+def predictions(
+    model: Any, answer: np.ndarray
+) -> list[ValuePrediction] | list[LabelsPrediction] | list[ClassPrediction]:
     """One answer per row, by task: the value (regression); the labels at or over
     the threshold and every label's probability (multilabel); the class, its
-    probability and every class's (binary, multiclass)."""
+    probability and every class's (binary, multiclass). Probabilities stay
+    numpy float32 here: orjson writes them (NUMPY)."""
     task = task_of(model.task)
     if task.regression:
-        return [{"value": v} for v in answer.reshape(len(answer), -1)[:, 0].tolist()]
+        values: list[ValuePrediction] = [{"value": v} for v in answer.reshape(len(answer), -1)[:, 0].tolist()]
+        return values
     classes = model.classes
     if task.multilabel:
-        return [{"labels": labels, "probabilities": dict(zip(classes, row))}
-                for labels, row in zip(predicted_labels(model.metadata, answer), answer)]
+        labelled: list[LabelsPrediction] = [
+            {"labels": labels, "probabilities": dict(zip(classes, row))}
+            for labels, row in zip(predicted_labels(model.metadata, answer), answer)
+        ]
+        return labelled
     best = answer.argmax(axis=1)
-    return [{"class": classes[b], "probability": row[b], "probabilities": dict(zip(classes, row))}
-            for b, row in zip(best.tolist(), answer)]
+    classified: list[ClassPrediction] = [
+        {"class": classes[b], "probability": row[b], "probabilities": dict(zip(classes, row))}
+        for b, row in zip(best.tolist(), answer)
+    ]
+    return classified
 
 
 def predict_response(model: Any, answer: np.ndarray, request_id: str) -> bytes:
-    """The /predict body; `answer` is the model's answer output for the rows."""
+    """The /predict body (a PredictResponse); `answer` is the model's answer output for the rows."""
     return orjson.dumps(
-        {"model_name": model.name, "model_version": model.version, "task": model.task, "request_id": request_id,
-         "predictions": predictions(model, answer)},
+        {
+            "model_name": model.name,
+            "model_version": model.version,
+            "task": model.task,
+            "request_id": request_id,
+            "predictions": predictions(model, answer),
+        },
         option=NUMPY,
     )

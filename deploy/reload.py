@@ -45,7 +45,8 @@ class ModelManager:
     def __init__(self, source: Any, threads: int, poll_interval_s: float, metrics: Metrics):
         self.source, self.threads, self.poll_interval_s = source, threads, poll_interval_s
         self.metrics = metrics
-        self.current: LoadedModel | None = None
+        # Set by load_initial before the server listens; typed as always there, so the hot path reads it unchecked.
+        self.current: LoadedModel = None  # type: ignore[assignment]
         self._fingerprint: Hashable = None
         self._refused: Hashable = None
         self._last_poll_error: str | None = None
