@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: install run test docs repro plots bench soak suite serve monitor deploy worker stack stack-down stack-status clean
+.PHONY: install run test test-fast check docs repro plots bench soak suite serve monitor deploy worker stack stack-down stack-status clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,9 +27,17 @@ TEST_WORKERS ?= auto
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
+## test-fast: the unit and data tests only (no e2e flow, no server): the suite to run while editing
+test-fast: install
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests/unit tests/data
+
 ## docs: the manual (docs/, mkdocs.yml) built offline into site/; --strict: a broken link, a page missing from nav or a bad snippet fails
 docs: install
 	$(BIN)/mkdocs build --strict
+
+## check: formatting, lint and types (scripts/check: ruff format, ruff check, mypy); `scripts/check --fix` repairs
+check: install
+	scripts/check
 
 ## plots: `dvc plots show` as reports/dvc_plots/index.html, Vega inlined (no CDN); ARGS="diff HEAD" compares
 plots: install

@@ -13,17 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_flow import make_project
-from test_task_types import _dvc
+from e2e_helpers import dvc as _dvc
+from e2e_helpers import make_project, set_params
 
 pytestmark = pytest.mark.e2e
-
-
-def _set(root: Path, **data: object) -> None:
-    params_file = root / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
-    params["data"].update(data)
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def _registered(root: Path, name: str):
@@ -45,7 +38,7 @@ def test_a_csv_at_an_absolute_path_with_spaces(tmp_path: Path) -> None:
     table.parent.mkdir()
     frame.to_csv(table, index=False)
     root = make_project(tmp_path / "project")
-    _set(root, source="csv", path=str(table), target="target")
+    set_params(root, "data", source="csv", path=str(table), target="target")
     _dvc(root, "repro")
     version, hashes = _registered(root, "distillery-breast-cancer")  # one registered model per dataset
     assert hashes[str(table)]  # dvc.lock's md5 of the user's file, under a key MLflow accepted
@@ -61,7 +54,7 @@ def test_a_quickdraw_folder_at_a_relative_path_outside_the_project(tmp_path: Pat
     classes = ("circle", "square", "triangle")
     make_doodles(tmp_path / "drawings", count=150, seed=0, classes=classes)
     root = make_project(tmp_path / "project")
-    _set(root, source="quickdraw", path="../drawings",
+    set_params(root, "data", source="quickdraw", path="../drawings",
          quickdraw={"classes": list(classes), "samples_per_class": {c: 150 for c in classes}})
     _dvc(root, "repro")
     version, hashes = _registered(root, "distillery-drawings")

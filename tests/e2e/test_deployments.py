@@ -5,66 +5,20 @@ through the API and executed by the serving process."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-PREFECT = Path(sys.executable).parent / "prefect"
+from e2e_helpers import PREFECT, REPO
+from e2e_helpers import free_port as _free_port
+from e2e_helpers import stop as _stop
+from e2e_helpers import wait_for as _wait
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(what: str, check: Callable[[], object], timeout: float, procs: dict[str, tuple[subprocess.Popen, Path]]) -> object:
-    """Poll `check` until it returns something truthy; fail naming `what`, with the
-    processes' output, on timeout or if one of them died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for name, (proc, log) in procs.items():
-            if proc.poll() is not None:
-                pytest.fail(f"{name} exited ({proc.returncode}) while waiting for {what}:\n{log.read_text()[-3000:]}")
-        try:
-            result = check()
-        except Exception:  # not up yet
-            result = None
-        if result:
-            return result
-        time.sleep(0.5)
-    logs = "\n".join(f"--- {name}\n{log.read_text()[-2000:]}" for name, (_, log) in procs.items())
-    pytest.fail(f"timed out after {timeout} s waiting for {what}\n{logs}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGINT to the process's own group (it was started in a new session), then SIGKILL if it lingers."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    # Children (uvicorn, flow-run subprocesses) share the group: wait for the group to be gone.
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -13,18 +13,13 @@ import pytest
 import yaml
 
 from tasks.onnx.runtime import check_artifact
-from test_flow import make_project
+from e2e_helpers import make_project, run
 
 pytestmark = pytest.mark.e2e
 
 
 def _run(root: Path, *argv: str) -> subprocess.CompletedProcess:
-    bin_dir = str(Path(sys.executable).parent)
-    done = subprocess.run([sys.executable, *argv], cwd=root, capture_output=True, text=True, timeout=900,
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(root.parent),
-                               "DISTILLERY_PYTHON": sys.executable, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
-    assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
+    return run([sys.executable, *argv], root)
 
 
 def _set(root: Path, **sections: dict) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,58 +16,14 @@ from tasks.contracts.onnx import IMAGE_INPUT, PROBABILITIES, TABLE_INPUT
 from tasks.contracts.processed import read_meta
 from tasks.core.provenance import sha256_file
 
-REPO = Path(__file__).resolve().parents[2]
+from e2e_helpers import REPO, git, make_project
 
 pytestmark = pytest.mark.e2e
-
-
-def _git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _tiny(params: dict) -> dict:
-    """Few epochs and few timing repeats: the flow's behaviour, not the model's quality."""
-    for section in ("train", "distill"):
-        params[section].update(max_epochs=3, patience=2)
-    params["evaluate"].update(latency_seconds=0.2, latency_rounds=2)
-    params["export"]["calibration_samples"] = 32
-    params["prune"].update(fine_tune_epochs=1, unstructured_amounts=[0.5])
-    # 3 epochs decide nothing about quality: open the selection budget and the gate.
-    params["select"].update(max_f1_drop=1e9, min_macro_f1=0.0, min_r2=-1e9, max_ece=1.0, max_drop_vs_champion=1e9)
-    return params
-
-
-def make_project(root: Path, **data: object) -> Path:
-    """A fresh clone-like copy: the tracked files only, committed in a new git repo."""
-    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                             capture_output=True, text=True).stdout.split()
-    for name in tracked:
-        # dvc.lock belongs to a run, not to the code: a fresh clone has none.
-        if name.startswith("tests/") or name == "dvc.lock" or not (REPO / name).is_file():
-            continue
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
-    params_file = root / "params.yaml"
-    params = _tiny(yaml.safe_load(params_file.read_text()))
-    params["data"].update(data)
-    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    _git(root, "init", "-q")
-    _git(root, "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
-    _git(root, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy")
-    return root
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_project(tmp_path_factory.mktemp("project"))
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def _run_flow(root: Path) -> list[dict]:
@@ -274,8 +229,8 @@ def test_a_served_prediction_traces_back_to_the_data_that_trained_it(project: Pa
     subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")],
                    cwd=project, check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "dvc", "push"], cwd=project, check=True, capture_output=True, env=env)
-    _git(project, "add", "dvc.lock", ".dvc/config")
-    _git(project, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "the run's data")
+    git(project, "add", "dvc.lock", ".dvc/config")
+    git(project, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "the run's data")
 
     server = Server(tmp_path, "models:/distillery-digits@champion", tracking_uri=uri).wait_ready()
     try:

@@ -24,9 +24,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from e2e_helpers import PREFECT, make_project
+from e2e_helpers import free_port as _free_port
+from e2e_helpers import stop as _stop
+from e2e_helpers import wait_for as _wait
 from serve.serve_helpers import Load, Server
-from test_deployments import PREFECT, _free_port, _stop, _wait
-from test_flow import make_project
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +179,7 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
                 time.sleep(3)  # three of the server's alias polls
             assert state.is_failed() and "gate" in (state.message or "") + log.read_text()[-5000:]
             assert str(registry.get_model_version_by_alias("distillery-penguins", "champion").version) == "2"
-            (rejected,) = registry.search_model_versions("name='distillery' and tag.gate='failed'")
+            (rejected,) = registry.search_model_versions("name='distillery-penguins' and tag.gate='failed'")
             assert str(rejected.version) == "3"
             assert not load.failures(), load.failures()[:5]
             assert load.versions() == {"2"}

@@ -25,14 +25,6 @@ ROWS_PER_WINDOW = 120
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture(autouse=True)
 def _no_tracking_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

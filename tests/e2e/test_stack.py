@@ -8,10 +8,8 @@ nothing. Stopping and starting the stack keeps it all."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,9 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve.serve_helpers import Server, free_port
-from test_flow import make_project
-from test_task_types import GIT_IDENTITY
+from e2e_helpers import free_port, make_project, run
+from serve.serve_helpers import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -29,27 +26,12 @@ REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("POSTGRES", "S3", "MLFLOW", "PREFECT")
 
 
-def _env(extra: dict[str, str]) -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    base = {k: v for k, v in os.environ.items()
-            if not k.startswith(("MLFLOW_", "PREFECT_API", "AWS_", "DISTILLERY_STACK_"))}
-    return {**base, "PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/bin", "DISTILLERY_PYTHON": sys.executable,
-            **GIT_IDENTITY, **extra}
-
-
-def _run(argv: list[str], cwd: Path, env: dict[str, str], ok: bool = True, timeout: int = 900):
-    done = subprocess.run(argv, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout)
-    if ok:
-        assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done
-
-
 def _stack(cwd: Path, env: dict[str, str], command: str, ok: bool = True):
-    return _run([sys.executable, "-m", "stack", command], cwd, env, ok)
+    return run([sys.executable, "-m", "stack", command], cwd, env, ok)
 
 
 def _dvc(cwd: Path, env: dict[str, str], *args: str) -> str:
-    return _run([sys.executable, "-m", "dvc", *args], cwd, env).stdout
+    return run([sys.executable, "-m", "dvc", *args], cwd, env).stdout
 
 
 def _state_dir() -> Path:
@@ -106,8 +88,8 @@ def test_a_run_restored_from_the_run_cache_registers_on_the_stack_and_is_served_
     root, env = project
     _dvc(root, {k: v for k, v in env.items() if k.startswith("DISTILLERY_STACK_")}, "repro")  # local registry
     assert (root / "mlflow.db").exists()
-    _run(["make", "clean"], root, env)
-    done = _run([sys.executable, "-m", "flows.run"], root, env)
+    run(["make", "clean"], root, env)
+    done = run([sys.executable, "-m", "flows.run"], root, env)
     assert "is cached - skipping run" in done.stdout  # nothing trained again ...
     assert "Running stage 'register'" in done.stdout  # ... but the registry was asked
     # The registry is MLflow's PostgreSQL database, the model files are in the S3 bucket.
@@ -122,8 +104,8 @@ def test_a_run_restored_from_the_run_cache_registers_on_the_stack_and_is_served_
             cur.execute("SELECT version FROM model_versions WHERE name = 'distillery-digits'")
             assert version.version in {str(v) for (v,) in cur.fetchall()}
     conn.close()
-    # The pyfunc model's one artifact: the champion's ONNX file, under its candidate's name.
-    assert any(key.endswith(f"artifacts/{version.tags['candidate']}.onnx") for key in _s3_keys(env, "mlflow-artifacts"))
+    # The pyfunc model's one artifact: the champion's ONNX file (models/champion.onnx).
+    assert any(key.endswith("artifacts/champion.onnx") for key in _s3_keys(env, "mlflow-artifacts"))
     # The flow run is in the Prefect server (on PostgreSQL), completed.
     runs = httpx.post(f"{env['PREFECT_API_URL']}/flow_runs/filter", json={}, timeout=30).json()
     assert any(run["state_type"] == "COMPLETED" for run in runs)
@@ -147,7 +129,7 @@ def test_a_run_restored_from_the_run_cache_registers_on_the_stack_and_is_served_
 def test_wrong_s3_credentials_are_named_before_any_stage_and_by_the_server(project, monkeypatch, wrong):
     root, env = project
     code = "InvalidAccessKeyId" if "AWS_ACCESS_KEY_ID" in wrong else "SignatureDoesNotMatch"
-    done = _run([sys.executable, "-m", "flows.pipeline"], root, {**env, **wrong}, ok=False)
+    done = run([sys.executable, "-m", "flows.pipeline"], root, {**env, **wrong}, ok=False)
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"MLFLOW_S3_ENDPOINT_URL={env['MLFLOW_S3_ENDPOINT_URL']} refused the credentials" in done.stderr
     assert code in done.stderr and "stack.env" in done.stderr
@@ -164,19 +146,19 @@ def test_wrong_s3_credentials_are_named_before_any_stage_and_by_the_server(proje
 
 def test_dvc_push_then_a_fresh_clone_pulls_and_reruns_nothing(project, tmp_path):
     root, env = project
-    _run(["git", "add", "dvc.lock"], root, env)
-    _run(["git", "commit", "-qm", "a run"], root, env)
+    run(["git", "add", "dvc.lock"], root, env)
+    run(["git", "commit", "-qm", "a run"], root, env)
     pushed = _dvc(root, env, "push")
     assert "pushed" in pushed
     assert any(key.startswith("cache/") for key in _s3_keys(env, "dvc-cache"))
     clone = tmp_path / "clone"
-    _run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
     assert not (clone / ".dvc/config.local").exists()  # credentials are never committed
     _stack(clone, env, "up")  # the stack is up already: this writes the clone's .stack.env and remote only
     _dvc(clone, env, "pull")
-    assert "up to date" in _dvc(clone, env, "status")
+    assert _dvc(clone, env, "status").split() == ["register:", "always", "changed"]  # every output pulled
     before = _champion(env)
-    rerun = _run([sys.executable, "-m", "flows.pipeline"], clone, {**env, **_client_env(clone)})
+    rerun = run([sys.executable, "-m", "flows.pipeline"], clone, {**env, **_client_env(clone)})
     assert "pipeline done: ran ['register']" in rerun.stdout  # it asks the registry, which has this very file
     assert _champion(env).version == before.version
 
@@ -225,7 +207,7 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
 def test_a_stack_that_is_down_is_named_before_any_stage_runs(tmp_path, service):
     dead = f"http://127.0.0.1:{free_port()}"
     env = {"PREFECT_API_URL": f"{dead}/api"} if service == "prefect" else {"MLFLOW_TRACKING_URI": dead}
-    done = _run([sys.executable, "-m", "flows.pipeline"], make_project(tmp_path), env, ok=False)
+    done = run([sys.executable, "-m", "flows.pipeline"], make_project(tmp_path), env, ok=False)
     assert done.returncode == 2
     variable = "PREFECT_API_URL" if service == "prefect" else "MLFLOW_TRACKING_URI"
     assert f"answers at {variable}={env[variable]}" in done.stderr and "make stack" in done.stderr

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -19,24 +17,10 @@ import pytest
 from tasks.contracts.onnx import PREDICTION, PROBABILITIES
 from tasks.onnx.runtime import check_artifact
 from serve.serve_helpers import Server
-from test_flow import make_project
+from e2e_helpers import dvc as _dvc
+from e2e_helpers import make_project
 
 pytestmark = pytest.mark.e2e
-
-DVC = [sys.executable, "-m", "dvc"]
-# `dvc exp run` commits each experiment to a git ref: it needs an identity, as a user's git has.
-GIT_IDENTITY = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
-                for what, value in (("NAME", "distillery tests"), ("EMAIL", "tests@localhost"))}
-
-
-def _dvc(root: Path, *args: str) -> str:
-    bin_dir = str(Path(sys.executable).parent)
-    done = subprocess.run([*DVC, *args], cwd=root, capture_output=True, text=True, timeout=900,
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(root.parent),
-                               "DISTILLERY_PYTHON": sys.executable, **GIT_IDENTITY})
-    assert done.returncode == 0, f"dvc {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
-
 
 @contextlib.contextmanager
 def served(model: Path) -> Iterator[Server]:
