@@ -70,8 +70,18 @@ INT8_VARIANTS = {
 
 def architecture(section) -> CNN:
     """A CNN of the pipeline's widths for `section` (train or distill), on 28x28, with trained-like BN stats."""
-    model = CNN(CNNSpec(input_shape=SHAPE, channels=tuple(section.channels), hidden=section.hidden, n_classes=10,
-                        dropout=0.0, mean=(4.9,), std=(6.0,), batch_norm=section.batch_norm))
+    model = CNN(
+        CNNSpec(
+            input_shape=SHAPE,
+            channels=tuple(section.channels),
+            hidden=section.hidden,
+            n_classes=10,
+            dropout=0.0,
+            mean=(4.9,),
+            std=(6.0,),
+            batch_norm=section.batch_norm,
+        )
+    )
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -94,8 +104,11 @@ def timed_files(files: dict[str, Path], x: np.ndarray, seconds: float) -> dict[s
 
 
 def speedups(latencies: dict[str, dict], reference: str) -> dict[str, dict[str, float]]:
-    return {name: {key: round(latencies[reference][key]["median"] / row[key]["median"], 2) for key in row}
-            for name, row in latencies.items() if name != reference}
+    return {
+        name: {key: round(latencies[reference][key]["median"] / row[key]["median"], 2) for key in row}
+        for name, row in latencies.items()
+        if name != reference
+    }
 
 
 def bench_int8(model: CNN, folder: Path, name: str, seconds: float, reduce_range: bool) -> dict:
@@ -105,8 +118,14 @@ def bench_int8(model: CNN, folder: Path, name: str, seconds: float, reduce_range
     export_onnx(model, SHAPE, files["fp32"], OPSET, IMAGE_INPUT)
     for variant, options in INT8_VARIANTS.items():
         files[variant] = folder / f"{name}.{variant}.onnx"
-        quantize(files["fp32"], files[variant], calibration=calibration, reduce_range=reduce_range,
-                 input_name=IMAGE_INPUT, **options)
+        quantize(
+            files["fp32"],
+            files[variant],
+            calibration=calibration,
+            reduce_range=reduce_range,
+            input_name=IMAGE_INPUT,
+            **options,
+        )
     x = rng.uniform(0, PIXEL_MAX, (512, *SHAPE)).astype(np.float32)
     probs = {v: session(f, threads=1).run([PROBABILITIES], {IMAGE_INPUT: x})[0] for v, f in files.items()}
     latencies = timed_files(files, x, seconds)
@@ -131,8 +150,10 @@ def bench_pruning(teacher: CNN, folder: Path, seconds: float) -> dict:
         "amount": PRUNE_AMOUNT,
         "channels": {"unpruned": list(teacher.spec.channels), "pruned": list(pruned.spec.channels)},
         "hidden": {"unpruned": teacher.spec.hidden, "pruned": pruned.spec.hidden},
-        "parameters": {"unpruned": sum(p.numel() for p in teacher.parameters()),
-                       "pruned": sum(p.numel() for p in pruned.parameters())},
+        "parameters": {
+            "unpruned": sum(p.numel() for p in teacher.parameters()),
+            "pruned": sum(p.numel() for p in pruned.parameters()),
+        },
         "latency_ms": latencies,
         "speedup": speedups(latencies, "unpruned")["pruned"],
     }
@@ -173,17 +194,30 @@ def check_pipeline(root: Path, seconds: float) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=4.0,
-                        help="timing budget per batch size and thread count, shared by the files compared")
-    parser.add_argument("--project", type=Path, action="append", default=None,
-                        help="a project folder whose run to check (repeatable; default: this one)")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=4.0,
+        help="timing budget per batch size and thread count, shared by the files compared",
+    )
+    parser.add_argument(
+        "--project",
+        type=Path,
+        action="append",
+        default=None,
+        help="a project folder whose run to check (repeatable; default: this one)",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     params = load_params()
     reduce_range = default_reduce_range()
     stages: dict[str, float] = {}
-    results: dict = {"threads": list(THREADS), "vnni": cpu_has_vnni(), "reduce_range": reduce_range,
-                     "load_average_before": os.getloadavg()[0]}
+    results: dict = {
+        "threads": list(THREADS),
+        "vnni": cpu_has_vnni(),
+        "reduce_range": reduce_range,
+        "load_average_before": os.getloadavg()[0],
+    }
     teacher, student = architecture(params.train), architecture(params.distill)
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in (("teacher", teacher), ("student", student)):
@@ -204,13 +238,15 @@ def main() -> None:
     }
     for key in [k for k in results if k.startswith("pipeline_") and "recorded" in results[k]]:
         recorded = results[key]["recorded"]
-        results["targets"].update({
-            f"{key}: champion vs teacher.fp32, b256 t2 >= 3": recorded["speedup"].get("latency_ms_b256_t2", 0) >= 3,
-            f"{key}: champion vs teacher.fp32, b1 t1 >= 2": recorded["speedup"].get("latency_ms_b1_t1", 0) >= 2,
-            f"{key}: champion size <= 0.1x": recorded["size_ratio"] <= 0.1,
-            f"{key}: champion drop <= 1 point": recorded["quality_drop_points"] <= 1,
-            f"{key}: one-process check within 25% at the speed key": results[key]["agrees_within_25pct"],
-        })
+        results["targets"].update(
+            {
+                f"{key}: champion vs teacher.fp32, b256 t2 >= 3": recorded["speedup"].get("latency_ms_b256_t2", 0) >= 3,
+                f"{key}: champion vs teacher.fp32, b1 t1 >= 2": recorded["speedup"].get("latency_ms_b1_t1", 0) >= 2,
+                f"{key}: champion size <= 0.1x": recorded["size_ratio"] <= 0.1,
+                f"{key}: champion drop <= 1 point": recorded["quality_drop_points"] <= 1,
+                f"{key}: one-process check within 25% at the speed key": results[key]["agrees_within_25pct"],
+            }
+        )
     results["load_average_after"] = os.getloadavg()[0]
     results["seconds"] = stages
     record("compression", results)
@@ -218,10 +254,13 @@ def main() -> None:
         r = results[name]
         print(f"\n{name}: {r['parameters']:,} parameters")
         for variant, ratios in r["speedup_vs_fp32"].items():
-            print(f"  {variant:34s} x{ratios}  agreement {r['agreement_vs_fp32'][variant]:.3f}  "
-                  f"kernels {r['int8_kernels'][variant]}")
-    print(f"\nstructured pruning {results['structured_pruning']['channels']}: "
-          f"x{results['structured_pruning']['speedup']}")
+            print(
+                f"  {variant:34s} x{ratios}  agreement {r['agreement_vs_fp32'][variant]:.3f}  "
+                f"kernels {r['int8_kernels'][variant]}"
+            )
+    print(
+        f"\nstructured pruning {results['structured_pruning']['channels']}: x{results['structured_pruning']['speedup']}"
+    )
     for key in [k for k in results if k.startswith("pipeline_")]:
         print(f"\n{key}: {json.dumps(results[key])}")
     print(f"\ntargets: {json.dumps(results['targets'], indent=1)}")

@@ -39,15 +39,24 @@ def width(text: str) -> tuple[tuple[int, ...], int]:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)),
-            "min": float(np.min(values)), "max": float(np.max(values))}
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)),
+        "min": float(np.min(values)),
+        "max": float(np.max(values)),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="digits28", choices=("digits", "digits28"))
-    parser.add_argument("--widths", nargs="+", type=width, default=[width("4,8:16"), width("8,16:32"), width("16,32:64")],
-                        help="student widths as channels:hidden, e.g. 8,16:32")
+    parser.add_argument(
+        "--widths",
+        nargs="+",
+        type=width,
+        default=[width("4,8:16"), width("8,16:32"), width("16,32:64")],
+        help="student widths as channels:hidden, e.g. 8,16:32",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     params = load_params()
@@ -75,25 +84,35 @@ def main() -> None:
                 distilled.append(score(student))
                 # The control: the student's architecture and optimiser, hard labels only.
                 shared = {f.name for f in dataclasses.fields(params.train)}
-                control = dataclasses.replace(params.train, **{f.name: getattr(student_params, f.name)
-                                                               for f in dataclasses.fields(student_params)
-                                                               if f.name in shared})
+                control = dataclasses.replace(
+                    params.train,
+                    **{
+                        f.name: getattr(student_params, f.name)
+                        for f in dataclasses.fields(student_params)
+                        if f.name in shared
+                    },
+                )
                 # The distill stage's hard term has no class weights, so neither has the control.
-                baseline, _ = train_teacher(train, val, meta, dataclasses.replace(control, class_weighting="none"),
-                                            quiet=True)
+                baseline, _ = train_teacher(
+                    train, val, meta, dataclasses.replace(control, class_weighting="none"), quiet=True
+                )
                 alone.append(score(baseline))
         gains = [d - a for d, a in zip(distilled, alone)]
         students[name] = {
-            "channels": list(channels), "hidden": hidden,
+            "channels": list(channels),
+            "hidden": hidden,
             "parameters": count_parameters(student),
             "share_of_teacher": round(count_parameters(student) / teacher_parameters, 4),
             "distilled_macro_f1": {"per_seed": distilled, **spread(distilled)},
             "without_teacher_macro_f1": {"per_seed": alone, **spread(alone)},
             "gain_points": {"per_seed": [100 * g for g in gains], **{k: 100 * v for k, v in spread(gains).items()}},
         }
-        print(f"{name}: {students[name]['parameters']:,} parameters; distilled {np.mean(distilled):.4f} "
-              f"vs alone {np.mean(alone):.4f}; gain {100 * np.mean(gains):+.2f} +- {100 * np.std(gains, ddof=1):.2f} "
-              f"points (seeds {SEEDS})", flush=True)
+        print(
+            f"{name}: {students[name]['parameters']:,} parameters; distilled {np.mean(distilled):.4f} "
+            f"vs alone {np.mean(alone):.4f}; gain {100 * np.mean(gains):+.2f} +- {100 * np.std(gains, ddof=1):.2f} "
+            f"points (seeds {SEEDS})",
+            flush=True,
+        )
     results = {
         "source": args.source,
         "seeds": list(SEEDS),

@@ -52,7 +52,10 @@ def evidently_column_drift(reference: np.ndarray, current: np.ndarray) -> bool:
 
 def verdicts(reference: Reference, table: pd.DataFrame, window: pd.DataFrame, monitor) -> dict[str, bool]:
     out = {}
-    for name, params in (("monitor", monitor), ("monitor_no_correction", dataclasses.replace(monitor, correction="none"))):
+    for name, params in (
+        ("monitor", monitor),
+        ("monitor_no_correction", dataclasses.replace(monitor, correction="none")),
+    ):
         features = windows.feature_drift(reference, window, params)
         drifted = sum(f["drifted"] for f in features) / len(features)
         out[name] = drifted > params.max_drifted_fraction
@@ -63,8 +66,9 @@ def verdicts(reference: Reference, table: pd.DataFrame, window: pd.DataFrame, mo
     return out
 
 
-def rates(reference: Reference, table: pd.DataFrame, monitor, shift: float, share: float, n: int,
-          rng: np.random.Generator) -> dict:
+def rates(
+    reference: Reference, table: pd.DataFrame, monitor, shift: float, share: float, n: int, rng: np.random.Generator
+) -> dict:
     shifted = list(table.columns[: int(round(share * table.shape[1]))])
     scale = table.std()
     counts: dict[str, int] = {}
@@ -81,19 +85,35 @@ def main() -> None:
     from sklearn.datasets import load_breast_cancer, load_diabetes
 
     monitor = load_params().monitor
-    results: dict = {"window_rows": WINDOW_ROWS, "calm_windows": CALM_WINDOWS, "shifted_windows": SHIFTED_WINDOWS,
-                     "shifted_shares": list(SHIFTED_SHARES), "monitor": {"psi_threshold": monitor.psi_threshold,
-                     "p_value": monitor.p_value, "correction": monitor.correction,
-                     "max_drifted_fraction": monitor.max_drifted_fraction}, "datasets": {}}
+    results: dict = {
+        "window_rows": WINDOW_ROWS,
+        "calm_windows": CALM_WINDOWS,
+        "shifted_windows": SHIFTED_WINDOWS,
+        "shifted_shares": list(SHIFTED_SHARES),
+        "monitor": {
+            "psi_threshold": monitor.psi_threshold,
+            "p_value": monitor.p_value,
+            "correction": monitor.correction,
+            "max_drifted_fraction": monitor.max_drifted_fraction,
+        },
+        "datasets": {},
+    }
     for name, loader in (("breast_cancer", load_breast_cancer), ("diabetes", load_diabetes)):
         table = loader(as_frame=True).data.astype(np.float64)
-        reference = Reference("tabular", "multiclass", {c: table[c].to_numpy() for c in table.columns}, {}, [], {},
-                              "none", len(table))
+        reference = Reference(
+            "tabular", "multiclass", {c: table[c].to_numpy() for c in table.columns}, {}, [], {}, "none", len(table)
+        )
         rng = np.random.default_rng(0)
-        entry = {"features": table.shape[1], "reference_rows": len(table),
-                 "false_alarm_rate": rates(reference, table, monitor, 0.0, 0.0, CALM_WINDOWS, rng)}
-        entry["detection_rate"] = {f"{s}sd_on_{share:.0%}": rates(reference, table, monitor, s, share, SHIFTED_WINDOWS, rng)
-                                   for share in SHIFTED_SHARES for s in SHIFTS}
+        entry = {
+            "features": table.shape[1],
+            "reference_rows": len(table),
+            "false_alarm_rate": rates(reference, table, monitor, 0.0, 0.0, CALM_WINDOWS, rng),
+        }
+        entry["detection_rate"] = {
+            f"{s}sd_on_{share:.0%}": rates(reference, table, monitor, s, share, SHIFTED_WINDOWS, rng)
+            for share in SHIFTED_SHARES
+            for s in SHIFTS
+        }
         results["datasets"][name] = entry
         print(f"{name}: false alarms {entry['false_alarm_rate']}")
         for key, r in entry["detection_rate"].items():

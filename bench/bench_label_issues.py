@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +46,10 @@ def flip_labels(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Datas
     labels[rows] = (labels[rows] + rng.integers(1, k, len(rows))) % k
     table = dataset.table.copy()
     table[LABEL] = labels
-    return (Dataset(table=table, arrays={**dataset.arrays, LABELS: labels}, meta=dataset.meta),
-            set(table[ROW_ID].to_numpy()[rows].tolist()))
+    return (
+        Dataset(table=table, arrays={**dataset.arrays, LABELS: labels}, meta=dataset.meta),
+        set(table[ROW_ID].to_numpy()[rows].tolist()),
+    )
 
 
 def detection(dataset: Dataset, fraction: float, seed: int) -> dict:
@@ -59,9 +60,16 @@ def detection(dataset: Dataset, fraction: float, seed: int) -> dict:
     result = gate(noisy, "multiclass", params.validate, load_suite(REPO / "expectations/digits.json"))
     found = {issue["row_id"] for issue in result.label_report["issues"]}
     hits = len(found & flips)
-    return {"noise": fraction, "rows": len(noisy.table), "flipped": len(flips), "flagged": len(found),
-            "precision": round(hits / len(found), 4) if found else None, "recall": round(hits / len(flips), 4),
-            "estimated_rate": result.label_report["estimated_rate"], "flagged_rate": result.label_report["flagged_rate"]}
+    return {
+        "noise": fraction,
+        "rows": len(noisy.table),
+        "flipped": len(flips),
+        "flagged": len(found),
+        "precision": round(hits / len(found), 4) if found else None,
+        "recall": round(hits / len(flips), 4),
+        "estimated_rate": result.label_report["estimated_rate"],
+        "flagged_rate": result.label_report["flagged_rate"],
+    }
 
 
 def as_csv(dataset: Dataset, path: Path) -> None:
@@ -94,11 +102,14 @@ def champion_quality(project: Path, x: np.ndarray, y: np.ndarray) -> dict:
     predicted = np.array([int(model.classes[i]) for i in answer.argmax(axis=1)])
     selection = json.loads((project / "reports/selection.json").read_text())
     labels = json.loads((project / "reports/label_issues.json").read_text())
-    return {"champion": selection["champion"], "pipeline_test_macro_f1": round(selection["candidates"][
-                selection["champion"]]["quality"], 4),
-            "holdout_macro_f1": round(float(f1_score(y, predicted, average="macro")), 4),
-            "holdout_accuracy": round(float((predicted == y).mean()), 4),
-            "suspects": labels["suspects"], "quarantined": labels["quarantined"]}
+    return {
+        "champion": selection["champion"],
+        "pipeline_test_macro_f1": round(selection["candidates"][selection["champion"]]["quality"], 4),
+        "holdout_macro_f1": round(float(f1_score(y, predicted, average="macro")), 4),
+        "holdout_accuracy": round(float((predicted == y).mean()), 4),
+        "suspects": labels["suspects"],
+        "quarantined": labels["quarantined"],
+    }
 
 
 def pipeline(project: Path, csv: Path, action: str) -> None:
@@ -110,7 +121,11 @@ def pipeline(project: Path, csv: Path, action: str) -> None:
     # the gate: open it, so both runs reach a champion.
     params["select"].update(min_macro_f1=0.0, max_ece=1.0, max_drop_vs_champion=1.0)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "DISTILLERY_PYTHON": sys.executable, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    env = {
+        **os.environ,
+        "DISTILLERY_PYTHON": sys.executable,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+    }
     done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"dvc repro ({action}) failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
@@ -123,7 +138,11 @@ def copy_project(root: Path) -> Path:
             continue
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
-    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.email=b@b", "-c", "user.name=bench", "commit", "-qm", "copy"]):
+    for args in (
+        ["init", "-q"],
+        ["add", "-A"],
+        ["-c", "user.email=b@b", "-c", "user.name=bench", "commit", "-qm", "copy"],
+    ):
         subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
     return root
 
@@ -139,8 +158,10 @@ def main() -> None:
     dataset = ingest(load_params(REPO / "params.yaml").data)
     results: dict = {"detection": [detection(dataset, f, args.seed) for f in args.noise]}
     for row in results["detection"]:
-        print(f"noise {row['noise']:.0%}: {row['flagged']} flagged for {row['flipped']} flips, "
-              f"precision {row['precision']}, recall {row['recall']}")
+        print(
+            f"noise {row['noise']:.0%}: {row['flagged']} flagged for {row['flipped']} flips, "
+            f"precision {row['precision']}, recall {row['recall']}"
+        )
     if args.champion_noise:
         noisy, flips = flip_labels(dataset, args.champion_noise, args.seed)
         x, y = holdout(dataset)

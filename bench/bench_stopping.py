@@ -33,12 +33,21 @@ def main() -> None:
     train = (splits["train"]["x"][keep], splits["train"]["y"][keep])
     val = (splits["val"]["x"], splits["val"]["y"])
     test_x, test_y = splits["test"]["x"], splits["test"]["y"]
-    overfitting = dataclasses.replace(params.train, channels=(64, 128), hidden=256, dropout=0.0, lr=0.005,
-                                      max_epochs=100, min_delta=0.0, class_weighting="none")
+    overfitting = dataclasses.replace(
+        params.train,
+        channels=(64, 128),
+        hidden=256,
+        dropout=0.0,
+        lr=0.005,
+        max_epochs=100,
+        min_delta=0.0,
+        class_weighting="none",
+    )
     runs = {
         "patience": dataclasses.replace(overfitting, stopping="patience", patience=10),
-        "correlation": dataclasses.replace(overfitting, stopping="correlation", patience=2,
-                                           correlation_window=5, correlation_threshold=0.5),
+        "correlation": dataclasses.replace(
+            overfitting, stopping="correlation", patience=2, correlation_window=5, correlation_threshold=0.5
+        ),
     }
     results = {}
     for name, run in runs.items():
@@ -56,9 +65,18 @@ def main() -> None:
             "test_loss": test_loss,
             "train_seconds": round(seconds, 2),
         }
-    results["epochs_saved_by_correlation"] = results["patience"]["stopped_at_epoch"] - results["correlation"]["stopped_at_epoch"]
-    results["config"] = {"train_rows": len(train[1]), "channels": [64, 128], "hidden": 256, "dropout": 0.0,
-                         "lr": 0.005, "patience": 10, "correlation": {"window": 5, "threshold": 0.5, "patience": 2}}
+    results["epochs_saved_by_correlation"] = (
+        results["patience"]["stopped_at_epoch"] - results["correlation"]["stopped_at_epoch"]
+    )
+    results["config"] = {
+        "train_rows": len(train[1]),
+        "channels": [64, 128],
+        "hidden": 256,
+        "dropout": 0.0,
+        "lr": 0.005,
+        "patience": 10,
+        "correlation": {"window": 5, "threshold": 0.5, "patience": 2},
+    }
     record("stopping", results)
     print(results)
 

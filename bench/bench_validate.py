@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from bench.common import record, timed
-from tasks.core.params import load_params
-from tasks.data.correct import correct_table
 from tasks.contracts.dataset import ROW_ID, Dataset, DatasetMeta
+from tasks.core.params import load_params
 from tasks.core.provenance import hash_table
+from tasks.data.correct import correct_table
 from tasks.data.gate import gate, load_suite
 
 COLUMNS = 10
@@ -29,7 +29,9 @@ COLUMNS = 10
 
 def messy_table(rows: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    dept = np.array(["HR", "hr", " HR ", "Human Resources", "Sales", "sales", "Engineering", "Enginering", "Legal", "NA"])
+    dept = np.array(
+        ["HR", "hr", " HR ", "Human Resources", "Sales", "sales", "Engineering", "Enginering", "Legal", "NA"]
+    )
     frame = pd.DataFrame(
         {
             "age": rng.integers(18, 70, rows).astype(str),
@@ -55,8 +57,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     base = load_params()
-    params = replace(base, data=replace(base.data, source="csv", path="bench.csv", target="target"),
-                     validate=replace(base.validate, synonyms={"dept": {"Human Resources": "HR"}}))
+    params = replace(
+        base,
+        data=replace(base.data, source="csv", path="bench.csv", target="target"),
+        validate=replace(base.validate, synonyms={"dept": {"Human Resources": "HR"}}),
+    )
     table = messy_table(args.rows)
     table.insert(0, ROW_ID, np.arange(len(table), dtype=np.int64))
     meta = DatasetMeta(source="csv", kind="tabular", rows=len(table), data_hash=hash_table(table), target="target")
@@ -64,8 +69,12 @@ def main() -> None:
     with timed(phases, "profile_and_corrections_s"):
         corrected = correct_table(table, meta.target, {}, params.task.type, params.validate)
     start = time.perf_counter()
-    result = gate(Dataset(table=table, arrays={}, meta=meta), params.task.type, params.validate,
-                  load_suite("expectations/csv.json"))
+    result = gate(
+        Dataset(table=table, arrays={}, meta=meta),
+        params.task.type,
+        params.validate,
+        load_suite("expectations/csv.json"),
+    )
     total = time.perf_counter() - start
     results = {
         "rows": args.rows,

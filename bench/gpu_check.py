@@ -39,16 +39,24 @@ DDP_RESULT_ENV = "DISTILLERY_GPU_CHECK_RESULT"
 
 def setup(epochs: int):
     params = load_params()
-    params = dataclasses.replace(params, data=dataclasses.replace(params.data, source="digits28"),
-                                 train=dataclasses.replace(params.train, max_epochs=epochs))
+    params = dataclasses.replace(
+        params,
+        data=dataclasses.replace(params.data, source="digits28"),
+        train=dataclasses.replace(params.train, max_epochs=epochs),
+    )
     splits, meta = processed_digits(params)
     return params, splits, meta
 
 
 def train(params, splits, meta):
     started = time.perf_counter()
-    model, result = train_teacher((splits["train"]["x"], splits["train"]["y"]), (splits["val"]["x"], splits["val"]["y"]),
-                                  meta, params.train, quiet=True)
+    model, result = train_teacher(
+        (splits["train"]["x"], splits["train"]["y"]),
+        (splits["val"]["x"], splits["val"]["y"]),
+        meta,
+        params.train,
+        quiet=True,
+    )
     return model, result, time.perf_counter() - started
 
 
@@ -64,9 +72,17 @@ def ddp_worker() -> None:
     with process_group():
         model, result, seconds = train(params, splits, meta)
         if is_main():
-            Path(os.environ[DDP_RESULT_ENV]).write_text(json.dumps({
-                "processes": world_size(), "backend": torch.distributed.get_backend(), "seconds": round(seconds, 1),
-                "epochs_run": result.epochs_run, "test_macro_f1": macro_f1(predict_logits(model, splits["test"]["x"]), splits, meta)}))
+            Path(os.environ[DDP_RESULT_ENV]).write_text(
+                json.dumps(
+                    {
+                        "processes": world_size(),
+                        "backend": torch.distributed.get_backend(),
+                        "seconds": round(seconds, 1),
+                        "epochs_run": result.epochs_run,
+                        "test_macro_f1": macro_f1(predict_logits(model, splits["test"]["x"]), splits, meta),
+                    }
+                )
+            )
 
 
 def main() -> None:
@@ -82,8 +98,12 @@ def main() -> None:
         print("no CUDA device here: nothing to check (the CPU path is what `make test` covers)")
         record("gpu", {"cuda": False})
         return
-    results: dict = {"cuda": cuda, "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-                     "torch": torch.__version__, "amp": cuda}
+    results: dict = {
+        "cuda": cuda,
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "torch": torch.__version__,
+        "amp": cuda,
+    }
     params, splits, meta = setup(args.epochs)
     model, result, seconds = train(params, splits, meta)  # pick_device(): the GPU, with autocast + GradScaler
     test_x = splits["test"]["x"]
@@ -94,22 +114,39 @@ def main() -> None:
         path = Path(tmp) / "teacher.onnx"
         export_onnx(model, model.spec.input_shape, path, 17, IMAGE_INPUT)
         ort_logits = run_batches(session(path, threads=2), test_x, output=LOGITS)
-    results.update({
-        "train_seconds": round(seconds, 1), "epochs_run": result.epochs_run,
-        "test_macro_f1": macro_f1(device_logits, splits, meta),
-        "max_abs_logit_diff_onnx_vs_cpu_torch": float(np.abs(ort_logits - cpu_logits).max()),
-        "max_abs_logit_diff_onnx_vs_device_torch": float(np.abs(ort_logits - device_logits).max()),
-        "top1_agreement_onnx_vs_device": float(np.mean(ort_logits.argmax(1) == device_logits.argmax(1))),
-    })
-    results["parity_ok"] = (results["max_abs_logit_diff_onnx_vs_cpu_torch"] <= 1e-3
-                            and results["max_abs_logit_diff_onnx_vs_device_torch"] <= 5e-2)  # TF32 convs on GPU
+    results.update(
+        {
+            "train_seconds": round(seconds, 1),
+            "epochs_run": result.epochs_run,
+            "test_macro_f1": macro_f1(device_logits, splits, meta),
+            "max_abs_logit_diff_onnx_vs_cpu_torch": float(np.abs(ort_logits - cpu_logits).max()),
+            "max_abs_logit_diff_onnx_vs_device_torch": float(np.abs(ort_logits - device_logits).max()),
+            "top1_agreement_onnx_vs_device": float(np.mean(ort_logits.argmax(1) == device_logits.argmax(1))),
+        }
+    )
+    results["parity_ok"] = (
+        results["max_abs_logit_diff_onnx_vs_cpu_torch"] <= 1e-3
+        and results["max_abs_logit_diff_onnx_vs_device_torch"] <= 5e-2
+    )  # TF32 convs on GPU
     if cuda and torch.cuda.device_count() >= 2:
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
             env = {**os.environ, DDP_RESULT_ENV: out.name, "DISTILLERY_GPU_CHECK_EPOCHS": str(args.epochs)}
-            done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                   f"--nproc-per-node={min(2, torch.cuda.device_count())}", "-m", "bench.gpu_check",
-                                   "--ddp-worker"], env=env)
-            results["ddp"] = json.loads(Path(out.name).read_text()) if done.returncode == 0 else {"exit": done.returncode}
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc-per-node={min(2, torch.cuda.device_count())}",
+                    "-m",
+                    "bench.gpu_check",
+                    "--ddp-worker",
+                ],
+                env=env,
+            )
+            results["ddp"] = (
+                json.loads(Path(out.name).read_text()) if done.returncode == 0 else {"exit": done.returncode}
+            )
     record("gpu", results)
     print(json.dumps(results, indent=1))
     if not results["parity_ok"]:

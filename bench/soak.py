@@ -60,7 +60,7 @@ CHUNK_S = 10
 # (960 connections of it, under overload) does not take the server's CPU.
 _CPUS = sorted(os.sched_getaffinity(0))
 SERVER_CPUS = set(_CPUS[: max(1, len(_CPUS) // 2)])
-CLIENT_CPUS = set(_CPUS[len(_CPUS) // 2:]) or SERVER_CPUS
+CLIENT_CPUS = set(_CPUS[len(_CPUS) // 2 :]) or SERVER_CPUS
 GOALS = {"rss_growth_max": 0.05, "goodput_min": 0.70, "errors": 0}
 # What wrk counts: a valid request answered 200 or not, a malformed one answered
 # 4xx or not, 503s (load shed), other 5xx, and answers without our request id.
@@ -193,35 +193,71 @@ class Harness:
             "DISTILLERY_SERVE_LOG_DIR": str(self.log_dir),
             "DISTILLERY_SERVE_LOG_LEVEL": "warning",
         }
-        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.server"], env=env, stderr=open(tmp / "server.log", "w"),
-                                     preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPUS))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "deploy.server"],
+            env=env,
+            stderr=open(tmp / "server.log", "w"),
+            preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPUS),
+        )
         self.runs = 0
         wait_ready(f"http://127.0.0.1:{self.port}/v2/health/ready", self.proc)
 
-    def wrk(self, load: str, connections: int, seconds: float, delay_ms: float = 0, shed_ok: bool = False) -> dict[str, Any]:
+    def wrk(
+        self, load: str, connections: int, seconds: float, delay_ms: float = 0, shed_ok: bool = False
+    ) -> dict[str, Any]:
         """One wrk run of the `load` cycle; its counters, rate and latencies."""
         self.runs += 1
         threads = min(2, connections)
-        env = {**os.environ, "SOAK_REQUESTS": str(self.specs[load]), "SOAK_RUN": f"r{self.runs}",
-               "SOAK_DELAY_MS": f"{delay_ms:.3f}", "SOAK_IDS": str(self.ids)}
+        env = {
+            **os.environ,
+            "SOAK_REQUESTS": str(self.specs[load]),
+            "SOAK_RUN": f"r{self.runs}",
+            "SOAK_DELAY_MS": f"{delay_ms:.3f}",
+            "SOAK_IDS": str(self.ids),
+        }
         out = subprocess.run(
-            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "15s",
-             "-s", str(self.script), f"http://127.0.0.1:{self.port}"],
-            capture_output=True, text=True, env=env, timeout=seconds + 60,
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "15s",
+                "-s",
+                str(self.script),
+                f"http://127.0.0.1:{self.port}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=seconds + 60,
             preexec_fn=lambda: os.sched_setaffinity(0, CLIENT_CPUS),
         )
         line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
         if out.returncode != 0 or not line:
             raise DistilleryError(f"wrk failed: {out.stderr.strip() or out.stdout.strip()}")
         if self.proc.poll() is not None:
-            raise DistilleryError(f"the server exited with {self.proc.returncode} during the load; see {self.tmp}/server.log")
+            raise DistilleryError(
+                f"the server exited with {self.proc.returncode} during the load; see {self.tmp}/server.log"
+            )
         r = json.loads(line[-1])
         seconds_run = r["duration_us"] / 1e6
-        r.update(connections=connections, rps=r["requests"] / seconds_run, ok_rps=r["valid_ok"] / seconds_run,
-                 p50_ms=r["p50_us"] / 1000, p99_ms=r["p99_us"] / 1000)
+        r.update(
+            connections=connections,
+            rps=r["requests"] / seconds_run,
+            ok_rps=r["valid_ok"] / seconds_run,
+            p50_ms=r["p50_us"] / 1000,
+            p99_ms=r["p99_us"] / 1000,
+        )
         # Under overload, 503 is the right answer; below it, any 503 is an error.
-        r["errors"] = (r["valid_bad"] + r["invalid_bad"] + r["server_errors"] + r["unknown"] + r["socket_errors"]
-                       + (0 if shed_ok else r["shed"]))
+        r["errors"] = (
+            r["valid_bad"]
+            + r["invalid_bad"]
+            + r["server_errors"]
+            + r["unknown"]
+            + r["socket_errors"]
+            + (0 if shed_ok else r["shed"])
+        )
         return r
 
     def rss_kib(self) -> int:
@@ -244,8 +280,13 @@ class Harness:
                 have = logged.get(request_id, 0)
                 missing += have == 0
                 short += 0 < have < rows
-        return {"answered_ok": answered, "logged_requests": len(logged), "missing": missing, "rows_short": short,
-                "complete": answered > 0 and missing == 0 and short == 0}
+        return {
+            "answered_ok": answered,
+            "logged_requests": len(logged),
+            "missing": missing,
+            "rows_short": short,
+            "complete": answered > 0 and missing == 0 and short == 0,
+        }
 
 
 def _ramp(h: Harness, load: str, seconds: float) -> tuple[list[dict], float, int]:
@@ -256,8 +297,10 @@ def _ramp(h: Harness, load: str, seconds: float) -> tuple[list[dict], float, int
 
 
 def _summary(point: dict) -> dict[str, Any]:
-    return {k: round(point[k], 3) if isinstance(point[k], float) else point[k]
-            for k in ("connections", "rps", "ok_rps", "p50_ms", "p99_ms", "errors", *COUNTERS, "socket_errors")}
+    return {
+        k: round(point[k], 3) if isinstance(point[k], float) else point[k]
+        for k in ("connections", "rps", "ok_rps", "p50_ms", "p99_ms", "errors", *COUNTERS, "socket_errors")
+    }
 
 
 def run_soak(model: Path, seconds: float, step_s: float, rounds: int) -> dict[str, Any]:
@@ -296,7 +339,9 @@ def run_soak(model: Path, seconds: float, step_s: float, rounds: int) -> dict[st
             overload_connections = (3 * saturating, 3 * admitted)
             rounds_run = []
             for _ in range(rounds):
-                rounds_run.append([h.wrk("valid", c, step_s, shed_ok=True) for c in (saturating, *overload_connections)])
+                rounds_run.append(
+                    [h.wrk("valid", c, step_s, shed_ok=True) for c in (saturating, *overload_connections)]
+                )
         finally:
             h.stop()
         log = h.log_check()
@@ -307,9 +352,14 @@ def run_soak(model: Path, seconds: float, step_s: float, rounds: int) -> dict[st
     for i, c in enumerate(overload_connections, start=1):
         ratios = [r[i]["ok_rps"] / r[0]["ok_rps"] for r in rounds_run]
         median_round = sorted(rounds_run, key=lambda r: r[i]["ok_rps"] / r[0]["ok_rps"])[len(rounds_run) // 2]
-        goodput[f"c{c}"] = {**_summary(median_round[i]), "saturated_ok_rps": round(median_round[0]["ok_rps"], 1),
-                            "goodput": round(statistics.median(ratios), 3), "goodput_rounds": [round(x, 3) for x in ratios],
-                            "errors": sum(r[i]["errors"] for r in rounds_run), "shed": sum(r[i]["shed"] for r in rounds_run)}
+        goodput[f"c{c}"] = {
+            **_summary(median_round[i]),
+            "saturated_ok_rps": round(median_round[0]["ok_rps"], 1),
+            "goodput": round(statistics.median(ratios), 3),
+            "goodput_rounds": [round(x, 3) for x in ratios],
+            "errors": sum(r[i]["errors"] for r in rounds_run),
+            "shed": sum(r[i]["shed"] for r in rounds_run),
+        }
     growth = rss[-1] / rss[0] - 1
     results = {
         "model": str(model),
@@ -342,8 +392,12 @@ def run_soak(model: Path, seconds: float, step_s: float, rounds: int) -> dict[st
         "prediction_log": log,
         "goals": GOALS,
     }
-    results["meets_goals"] = (total["errors"] == 0 and growth < GOALS["rss_growth_max"] and log["complete"]
-                              and min(g["goodput"] for g in goodput.values()) >= GOALS["goodput_min"])
+    results["meets_goals"] = (
+        total["errors"] == 0
+        and growth < GOALS["rss_growth_max"]
+        and log["complete"]
+        and min(g["goodput"] for g in goodput.values()) >= GOALS["goodput_min"]
+    )
     return results
 
 
@@ -358,12 +412,16 @@ def report(r: dict[str, Any]) -> str:
         f"RSS: {s['rss_start_kib']} KiB -> {s['rss_end_kib']} KiB ({s['rss_growth']:+.1%}, goal < {GOALS['rss_growth_max']:.0%})",
     ]
     for name, g in r["overload"].items():
-        lines.append(f"overload {name}: {g['ok_rps']:.0f} answers/s against {g['saturated_ok_rps']:.0f} saturated: "
-                     f"goodput {g['goodput']:.0%} (median of {g['goodput_rounds']}, goal >= "
-                     f"{GOALS['goodput_min']:.0%}), {g['shed']} shed with 503, {g['errors']} errors")
+        lines.append(
+            f"overload {name}: {g['ok_rps']:.0f} answers/s against {g['saturated_ok_rps']:.0f} saturated: "
+            f"goodput {g['goodput']:.0%} (median of {g['goodput_rounds']}, goal >= "
+            f"{GOALS['goodput_min']:.0%}), {g['shed']} shed with 503, {g['errors']} errors"
+        )
     log = r["prediction_log"]
-    lines.append(f"prediction log: {log['answered_ok']} answered requests, {log['missing']} missing, "
-                 f"{log['rows_short']} with rows missing")
+    lines.append(
+        f"prediction log: {log['answered_ok']} answered requests, {log['missing']} missing, "
+        f"{log['rows_short']} with rows missing"
+    )
     lines.append(f"meets goals: {r['meets_goals']}")
     return "\n".join(lines)
 
@@ -373,7 +431,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help=f"ONNX image model (default: the champion, {DEFAULT_MODEL})")
     parser.add_argument("--seconds", type=float, default=600, help="length of the soak")
     parser.add_argument("--step-seconds", type=float, default=3, help="length of each ramp and overload measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the goodput measurement (median kept)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of the goodput measurement (median kept)"
+    )
     parser.add_argument("--report", type=Path, default=BENCH_REPORT, help="the JSON report; results go under 'soak'")
     args = parser.parse_args()
     if args.seconds < 1 or args.step_seconds < 1 or args.rounds < 1:

@@ -31,8 +31,15 @@ from typing import Any, Hashable, Iterator
 import numpy as np
 
 from tasks.contracts.encoder import TableEncoder
-from tasks.contracts.onnx import (TABLE_INPUT, ArtifactMetadata, Signature, Tensor, answer_output, check_outputs,
-                                  check_servable)
+from tasks.contracts.onnx import (
+    TABLE_INPUT,
+    ArtifactMetadata,
+    Signature,
+    Tensor,
+    answer_output,
+    check_outputs,
+    check_servable,
+)
 from tasks.contracts.registry import SHA256_TAG, missing_provenance, onnx_files
 from tasks.core.errors import DistilleryError
 
@@ -129,23 +136,34 @@ def inline_external_data(data: bytes, folder: Path, source: str) -> tuple[bytes,
         if not location or Path(location).is_absolute() or root not in target.parents or not target.is_file():
             raise DistilleryError(
                 f"{source}: tensor {tensor.name!r} keeps its data in {location!r}, which is not a file inside the "
-                f"model's folder {root}; refusing it (external data must sit next to the .onnx file)")
+                f"model's folder {root}; refusing it (external data must sit next to the .onnx file)"
+            )
         if target not in read:
             read[target] = target.read_bytes()
             digest.update(read[target])
         blob, offset = read[target], int(entries.get("offset", 0) or 0)
         length = int(entries["length"]) if entries.get("length") else len(blob) - offset
         if offset < 0 or length < 0 or offset + length > len(blob):
-            raise DistilleryError(f"{source}: tensor {tensor.name!r}: offset {offset} + length {length} is past the "
-                                  f"end of {location!r} ({len(blob)} bytes)")
-        tensor.raw_data = blob[offset: offset + length]
+            raise DistilleryError(
+                f"{source}: tensor {tensor.name!r}: offset {offset} + length {length} is past the "
+                f"end of {location!r} ({len(blob)} bytes)"
+            )
+        tensor.raw_data = blob[offset : offset + length]
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
     return (proto.SerializeToString() if read else data), digest.hexdigest()
 
 
-def build_model(data: bytes, *, name: str, version: str | None, source: str, threads: int, folder: Path,
-                expected_sha256: str | None = None) -> LoadedModel:
+def build_model(
+    data: bytes,
+    *,
+    name: str,
+    version: str | None,
+    source: str,
+    threads: int,
+    folder: Path,
+    expected_sha256: str | None = None,
+) -> LoadedModel:
     """Check `data` (an ONNX file's bytes) and build the model to serve from it.
 
     Refused, with a DistilleryError naming `source`: external data outside
@@ -219,22 +237,31 @@ def client_contract_differences(served: LoadedModel, candidate: LoadedModel) -> 
             differences.append(f"columns added: {added}")
         if removed:
             differences.append(f"columns removed: {removed}")
-        differences += [f"column {c!r} is {old[c]} in the served model and {new[c]} in the candidate"
-                         for c in old if c in new and old[c] != new[c]]
+        differences += [
+            f"column {c!r} is {old[c]} in the served model and {new[c]} in the candidate"
+            for c in old
+            if c in new and old[c] != new[c]
+        ]
     else:
         old_spec, new_spec = served.metadata.input_spec, candidate.metadata.input_spec
         if served.signature.input_shape != candidate.signature.input_shape:
-            differences.append(f"image shape is {list(served.signature.input_shape)} in the served model and "
-                               f"{list(candidate.signature.input_shape)} in the candidate")
+            differences.append(
+                f"image shape is {list(served.signature.input_shape)} in the served model and "
+                f"{list(candidate.signature.input_shape)} in the candidate"
+            )
         if old_spec.range != new_spec.range:  # clients scale their pixels to it
-            differences.append(f"pixel range is {list(old_spec.range or ())} in the served model and "
-                               f"{list(new_spec.range or ())} in the candidate")
+            differences.append(
+                f"pixel range is {list(old_spec.range or ())} in the served model and "
+                f"{list(new_spec.range or ())} in the candidate"
+            )
     if served.task != candidate.task:
         differences.append(f"task is {served.task} in the served model and {candidate.task} in the candidate")
     if served.classes != candidate.classes:
         order = " (the same names in another order)" if set(served.classes) == set(candidate.classes) else ""
-        differences.append(f"classes differ{order}: {list(served.classes)} in the served model, "
-                           f"{list(candidate.classes)} in the candidate")
+        differences.append(
+            f"classes differ{order}: {list(served.classes)} in the served model, "
+            f"{list(candidate.classes)} in the candidate"
+        )
     return differences
 
 
@@ -273,8 +300,9 @@ class PathSource:
             data = self.path.read_bytes()
         except OSError as err:
             raise DistilleryError(f"{self.path}: cannot read the model file ({err.strerror})") from err
-        return build_model(data, name=self.name, version=None, source=str(self.path), threads=threads,
-                           folder=self.path.parent)
+        return build_model(
+            data, name=self.name, version=None, source=str(self.path), threads=threads, folder=self.path.parent
+        )
 
 
 class RegistrySource:
@@ -288,7 +316,9 @@ class RegistrySource:
     def __init__(self, uri: str, tracking_uri: str, name: str = ""):
         match = REGISTRY_URI.match(uri)
         if not match:
-            raise DistilleryError(f"DISTILLERY_SERVE_MODEL={uri!r}: a registry URI is models:/<name>@<alias> or models:/<name>/<version>")
+            raise DistilleryError(
+                f"DISTILLERY_SERVE_MODEL={uri!r}: a registry URI is models:/<name>@<alias> or models:/<name>/<version>"
+            )
         self.registered = match["name"]
         self.alias = match["alias"]
         self.fixed_version = match["version"]
@@ -309,7 +339,8 @@ class RegistrySource:
                 raise DistilleryError(
                     f"{self.describe}: there is no registry at MLFLOW_TRACKING_URI={self.tracking_uri} (no such file in "
                     f"{Path.cwd()}): nothing is registered yet. Run `make run` first, or point MLFLOW_TRACKING_URI "
-                    f"at the tracking server, or DISTILLERY_SERVE_MODEL at an ONNX file")
+                    f"at the tracking server, or DISTILLERY_SERVE_MODEL at an ONNX file"
+                )
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -323,8 +354,11 @@ class RegistrySource:
         except DistilleryError:
             raise
         except Exception as err:  # MlflowException for a missing alias; connection errors for a remote server
-            hint = ("; run `make run` first: it registers the champion and sets the alias"
-                    if "RESOURCE_DOES_NOT_EXIST" in str(getattr(err, "error_code", "")) else "")
+            hint = (
+                "; run `make run` first: it registers the champion and sets the alias"
+                if "RESOURCE_DOES_NOT_EXIST" in str(getattr(err, "error_code", ""))
+                else ""
+            )
             raise DistilleryError(
                 f"{self.describe}: cannot resolve the alias in the registry at {self.tracking_uri} ({err}){hint}"
             ) from err
@@ -343,16 +377,22 @@ class RegistrySource:
             raise DistilleryError(f"{where}: not found in the registry at {self.tracking_uri} ({err})") from err
         missing = missing_provenance(mv.tags)
         if SHA256_TAG in missing:
-            raise DistilleryError(f"{where}: the version has no sha256 tag, so the file cannot be checked; "
-                                  "register it with tasks.register")
+            raise DistilleryError(
+                f"{where}: the version has no sha256 tag, so the file cannot be checked; "
+                "register it with tasks.register"
+            )
         if missing:  # a registration that never finished: no provenance, never served
-            raise DistilleryError(f"{where}: the version is incomplete (no {', '.join(missing)} tag): it was not "
-                                  "registered by tasks.register, or its registration failed; it is not served")
+            raise DistilleryError(
+                f"{where}: the version is incomplete (no {', '.join(missing)} tag): it was not "
+                "registered by tasks.register, or its registration failed; it is not served"
+            )
         expected = mv.tags[SHA256_TAG]
         with tempfile.TemporaryDirectory(prefix="distillery-serve-") as tmp:
             try:
                 folder = Path(
-                    mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=tmp, tracking_uri=self.tracking_uri)
+                    mlflow.artifacts.download_artifacts(
+                        artifact_uri=where, dst_path=tmp, tracking_uri=self.tracking_uri
+                    )
                 )
             except Exception as err:
                 from tasks.core.tracking import check_artifact_store
@@ -360,8 +400,15 @@ class RegistrySource:
                 check_artifact_store()  # a store that is down or refuses the credentials, named as such
                 raise DistilleryError(f"{where}: cannot download the model's artifacts ({err})") from err
             onnx_file = _onnx_file(folder, where, yaml)
-            return build_model(onnx_file.read_bytes(), name=self.name, version=version, source=where, threads=threads,
-                               folder=onnx_file.parent, expected_sha256=expected)
+            return build_model(
+                onnx_file.read_bytes(),
+                name=self.name,
+                version=version,
+                source=where,
+                threads=threads,
+                folder=onnx_file.parent,
+                expected_sha256=expected,
+            )
 
 
 def _onnx_file(folder: Path, where: str, yaml: Any) -> Path:
@@ -374,7 +421,9 @@ def _onnx_file(folder: Path, where: str, yaml: Any) -> Path:
             return folder / flavor["data"]
     found = onnx_files(folder)
     if len(found) != 1:
-        raise DistilleryError(f"{where}: expected one ONNX file in the model's artifacts, found {[p.name for p in found]}")
+        raise DistilleryError(
+            f"{where}: expected one ONNX file in the model's artifacts, found {[p.name for p in found]}"
+        )
     return found[0]
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlflow.pyfunc import PythonModel
 import numpy as np
+from mlflow.pyfunc import PythonModel
 
 from tasks.contracts.registry import ONNX_ARTIFACT
 
@@ -46,8 +46,9 @@ class ChampionModel(PythonModel):
         from deploy.model import build_model
 
         path = Path(context.artifacts[ONNX_ARTIFACT])
-        self.model = build_model(path.read_bytes(), name="champion", version=None, source=str(path), threads=1,
-                                 folder=path.parent)
+        self.model = build_model(
+            path.read_bytes(), name="champion", version=None, source=str(path), threads=1, folder=path.parent
+        )
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate by them
         import orjson

@@ -110,13 +110,21 @@ class ModelManager:
         self.metrics.reloads.labels("success").inc()
         log.info(
             "now serving %s version %s (sha256 %s, from %s); was version %s",
-            candidate.name, candidate.version, candidate.sha256[:12], candidate.source, served.version,
+            candidate.name,
+            candidate.version,
+            candidate.sha256[:12],
+            candidate.source,
+            served.version,
         )
         if candidate.signature != served.signature:
             # Within the contract for /predict, but v2 infer on a table model takes the encoded features.
-            log.warning("the graph's tensors changed from %s to %s: v2 infer clients that send encoded features "
-                        "must follow /v2/models/%s", served.signature.describe(), candidate.signature.describe(),
-                        candidate.name)
+            log.warning(
+                "the graph's tensors changed from %s to %s: v2 infer clients that send encoded features "
+                "must follow /v2/models/%s",
+                served.signature.describe(),
+                candidate.signature.describe(),
+                candidate.name,
+            )
         return ReloadResult("loaded", candidate)
 
     async def watch(self) -> None:

@@ -22,7 +22,9 @@ from tasks.core.params import PARAMS_FILE
 PREFIX = "DISTILLERY_SERVE_"
 
 
-def _setting(default: Any, doc: str, env: str | None = None, minimum: float | None = None, maximum: float | None = None) -> Any:
+def _setting(
+    default: Any, doc: str, env: str | None = None, minimum: float | None = None, maximum: float | None = None
+) -> Any:
     return field(default=default, metadata={"doc": doc, "env": env, "min": minimum, "max": maximum})
 
 
@@ -34,13 +36,23 @@ class ServeSettings:
         "an ONNX file, or a registry URI models:/<name>@<alias> (followed as the alias moves) or models:/<name>/<version>; "
         "in a project, the default is its own champion, models:/distillery-<data name>@champion (params.yaml)",
     )
-    model_name: str = _setting("", "the name clients use in /v2/models/<name>; empty = the registered name, or 'distillery' for a file")
-    tracking_uri: str = _setting("sqlite:///mlflow.db", "MLflow tracking/registry URI for models:/ sources", env="MLFLOW_TRACKING_URI")
-    poll_interval_s: float = _setting(5.0, "how often the alias (or the file) is checked for a new model; 0 = never", minimum=0)
-    ort_threads: int = _setting(1, "onnxruntime intra-op threads per run; small models are fastest on 1", minimum=1, maximum=256)
+    model_name: str = _setting(
+        "", "the name clients use in /v2/models/<name>; empty = the registered name, or 'distillery' for a file"
+    )
+    tracking_uri: str = _setting(
+        "sqlite:///mlflow.db", "MLflow tracking/registry URI for models:/ sources", env="MLFLOW_TRACKING_URI"
+    )
+    poll_interval_s: float = _setting(
+        5.0, "how often the alias (or the file) is checked for a new model; 0 = never", minimum=0
+    )
+    ort_threads: int = _setting(
+        1, "onnxruntime intra-op threads per run; small models are fastest on 1", minimum=1, maximum=256
+    )
 
     # Where to listen, and who may call
-    host: str = _setting("127.0.0.1", "bind address; 0.0.0.0 only behind something that controls access (a container, a cluster)")
+    host: str = _setting(
+        "127.0.0.1", "bind address; 0.0.0.0 only behind something that controls access (a container, a cluster)"
+    )
     port: int = _setting(8000, "TCP port", minimum=1, maximum=65535)
     token: str = _setting("", "when set, every endpoint but /v2/health/* needs 'Authorization: Bearer <token>'")
     token_file: str = _setting("", "read the token from this file instead (a mounted secret); exclusive with TOKEN")
@@ -49,11 +61,21 @@ class ServeSettings:
     max_body_bytes: int = _setting(4 * 1024 * 1024, "largest request body; bigger gets 413", minimum=1)
     max_rows: int = _setting(1024, "most rows (samples) in one request; more gets 422 naming this limit", minimum=1)
     max_concurrency: int = _setting(64, "requests being decoded, batched and answered at once", minimum=1)
-    max_queue: int = _setting(256, "requests waiting for one of those slots; beyond it, 503 with Retry-After", minimum=0)
-    request_timeout_s: float = _setting(10.0, "longest a request may take end to end; then 504 (408 if its body was still arriving)", minimum=0.001)
-    header_timeout_s: float = _setting(10.0, "a request's headers must arrive within this of its first byte, or 408; a connection silent this long is closed", minimum=0.001)
+    max_queue: int = _setting(
+        256, "requests waiting for one of those slots; beyond it, 503 with Retry-After", minimum=0
+    )
+    request_timeout_s: float = _setting(
+        10.0, "longest a request may take end to end; then 504 (408 if its body was still arriving)", minimum=0.001
+    )
+    header_timeout_s: float = _setting(
+        10.0,
+        "a request's headers must arrive within this of its first byte, or 408; a connection silent this long is closed",
+        minimum=0.001,
+    )
     keep_alive_s: float = _setting(5.0, "an idle kept-alive connection is closed after this", minimum=0.001)
-    max_connections: int = _setting(1024, "open connections; one more is answered 503 with Retry-After and closed before it is read", minimum=1)
+    max_connections: int = _setting(
+        1024, "open connections; one more is answered 503 with Retry-After and closed before it is read", minimum=1
+    )
     retry_after_s: int = _setting(1, "Retry-After seconds sent with 503", minimum=0)
 
     # Micro-batching: concurrent requests share one onnxruntime run
@@ -65,12 +87,18 @@ class ServeSettings:
     )
 
     # Shutdown (SIGTERM): readiness 503 first, then drain, then exit
-    drain_grace_s: float = _setting(5.0, "after SIGTERM, keep serving this long with readiness 503 so load balancers stop sending", minimum=0)
+    drain_grace_s: float = _setting(
+        5.0, "after SIGTERM, keep serving this long with readiness 503 so load balancers stop sending", minimum=0
+    )
     shutdown_timeout_s: float = _setting(30.0, "then wait at most this long for in-flight requests", minimum=0)
 
     # Prediction log: every answered row, to SQLite (WAL) files in log_dir
     log_dir: str = _setting("logs/predictions", "folder of the prediction log (one SQLite file per UTC day)")
-    log_max_buffer: int = _setting(1000, "rows held in memory before a write (a request waits while it is full; one larger request is written alone); a crash loses at most max(these, MAX_ROWS)", minimum=1)
+    log_max_buffer: int = _setting(
+        1000,
+        "rows held in memory before a write (a request waits while it is full; one larger request is written alone); a crash loses at most max(these, MAX_ROWS)",
+        minimum=1,
+    )
     log_flush_interval_s: float = _setting(1.0, "longest a row waits in memory before it is written", minimum=0.01)
 
     # The server's own log

@@ -36,9 +36,12 @@ def readable(sentence: str) -> classmethod:
     def _prescriptive_renderer(cls, configuration=None, result=None, runtime_configuration=None, **kwargs):
         params = dict(configuration.kwargs) if configuration else {}
         styling = (runtime_configuration or {}).get("styling")
-        return [RenderedStringTemplateContent(content_block_type="string_template",
-                                              string_template={"template": sentence, "params": params,
-                                                               "styling": styling})]
+        return [
+            RenderedStringTemplateContent(
+                content_block_type="string_template",
+                string_template={"template": sentence, "params": params, "styling": styling},
+            )
+        ]
 
     return classmethod(renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)(_prescriptive_renderer))
 
@@ -116,8 +119,12 @@ class ExpectColumnValueCountsToBeAtLeast(ColumnAggregateExpectation):
     metric_dependencies = ("column.value_counts_min",)
     success_keys = ("min_count", "value_set")
 
-    def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
-                  execution_engine: Optional[ExecutionEngine] = None) -> dict:
+    def _validate(
+        self,
+        metrics: dict,
+        runtime_configuration: Optional[dict] = None,
+        execution_engine: Optional[ExecutionEngine] = None,
+    ) -> dict:
         observed = metrics["column.value_counts_min"]
         return {"success": observed >= self.min_count, "result": {"observed_value": observed}}
 
@@ -131,8 +138,12 @@ class ExpectColumnImbalanceRatioToBeAtMost(ColumnAggregateExpectation):
     metric_dependencies = ("column.class_balance",)
     success_keys = ("max_ratio",)
 
-    def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
-                  execution_engine: Optional[ExecutionEngine] = None) -> dict:
+    def _validate(
+        self,
+        metrics: dict,
+        runtime_configuration: Optional[dict] = None,
+        execution_engine: Optional[ExecutionEngine] = None,
+    ) -> dict:
         ratio = metrics["column.class_balance"]["imbalance_ratio"]
         return {"success": ratio is not None and ratio <= self.max_ratio, "result": {"observed_value": ratio}}
 
@@ -147,8 +158,12 @@ class ExpectColumnNormalizedEntropyToBeAtLeast(ColumnAggregateExpectation):
     metric_dependencies = ("column.class_balance",)
     success_keys = ("min_value",)
 
-    def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
-                  execution_engine: Optional[ExecutionEngine] = None) -> dict:
+    def _validate(
+        self,
+        metrics: dict,
+        runtime_configuration: Optional[dict] = None,
+        execution_engine: Optional[ExecutionEngine] = None,
+    ) -> dict:
         entropy = metrics["column.class_balance"]["normalized_entropy"]
         return {"success": entropy is not None and entropy >= self.min_value, "result": {"observed_value": entropy}}
 
@@ -161,14 +176,20 @@ class ExpectTableNearDuplicateFractionToBeAtMost(BatchExpectation):
     decimals: int = 2
     ignore_columns: list[str] = []
 
-    _prescriptive_renderer = readable("at most $max_fraction of the rows may repeat an earlier row "
-                                      "(numbers rounded to $decimals decimals, text folded)")
+    _prescriptive_renderer = readable(
+        "at most $max_fraction of the rows may repeat an earlier row "
+        "(numbers rounded to $decimals decimals, text folded)"
+    )
     metric_dependencies = ("table.near_duplicate_fraction",)
     domain_keys: ClassVar[tuple[str, ...]] = ("row_condition", "condition_parser")
     success_keys = ("max_fraction", "decimals", "ignore_columns")
 
-    def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
-                  execution_engine: Optional[ExecutionEngine] = None) -> dict:
+    def _validate(
+        self,
+        metrics: dict,
+        runtime_configuration: Optional[dict] = None,
+        execution_engine: Optional[ExecutionEngine] = None,
+    ) -> dict:
         fraction = metrics["table.near_duplicate_fraction"]
         return {"success": fraction <= self.max_fraction, "result": {"observed_value": fraction}}
 
@@ -186,7 +207,11 @@ class ExpectTableColumnsMissingFractionToBeAtMost(BatchExpectation):
     domain_keys: ClassVar[tuple[str, ...]] = ("row_condition", "condition_parser")
     success_keys = ("max_fraction", "ignore_columns")
 
-    def _validate(self, metrics: dict, runtime_configuration: Optional[dict] = None,
-                  execution_engine: Optional[ExecutionEngine] = None) -> dict:
+    def _validate(
+        self,
+        metrics: dict,
+        runtime_configuration: Optional[dict] = None,
+        execution_engine: Optional[ExecutionEngine] = None,
+    ) -> dict:
         worst = metrics["table.columns_missing_fraction"]
         return {"success": worst["fraction"] <= self.max_fraction, "result": {"observed_value": worst}}

@@ -86,14 +86,20 @@ def without_git_hints(lines: Iterable[str]) -> Iterator[str]:
         text = line.strip()
         if text.startswith("To track the changes with git"):
             hiding = True
-        elif hiding and not (text == "" or line.startswith("\t") or text.startswith(("To enable auto staging",
-                                                                                      "Use `dvc push`"))):
+        elif hiding and not (
+            text == "" or line.startswith("\t") or text.startswith(("To enable auto staging", "Use `dvc push`"))
+        ):
             hiding = False
         if not hiding:
             yield line
 
 
 def check_prefect_server(url: str) -> None:
-    check_answers("Prefect server", "PREFECT_API_URL", url, f"{url.rstrip('/')}/health",
-                  "start one (`make stack` starts the project's, `.venv/bin/prefect server start` a bare one), "
-                  "or point PREFECT_API_URL at yours, or unset it to run on a temporary local server")
+    check_answers(
+        "Prefect server",
+        "PREFECT_API_URL",
+        url,
+        f"{url.rstrip('/')}/health",
+        "start one (`make stack` starts the project's, `.venv/bin/prefect server start` a bare one), "
+        "or point PREFECT_API_URL at yours, or unset it to run on a temporary local server",
+    )

@@ -23,8 +23,8 @@ import argparse
 from pathlib import Path
 
 from flows.common import check_prefect_server
-from tasks.core.params import load_params
 from tasks.core.errors import DistilleryError, run_cli
+from tasks.core.params import load_params
 
 MONITOR_DEPLOYMENT = "monitor"
 LOCAL_API = "http://127.0.0.1:4200/api"
@@ -57,8 +57,10 @@ def build_deployments(root: str | Path = ".", params: str = "params.yaml", sourc
     cfg = load_params(params_file).monitor
     flow_name, name = cfg.retrain_deployment.split("/", 1)
     if flow_name != pipeline.name or not name:
-        raise DistilleryError(f"{params_file}: 'monitor.retrain_deployment' is {cfg.retrain_deployment!r}, but the "
-                              f"retraining flow is '{pipeline.name}': use '{pipeline.name}/<deployment name>'")
+        raise DistilleryError(
+            f"{params_file}: 'monitor.retrain_deployment' is {cfg.retrain_deployment!r}, but the "
+            f"retraining flow is '{pipeline.name}': use '{pipeline.name}/<deployment name>'"
+        )
     common: dict = {"concurrency_limit": 1}
     where = "."
     if source is None:
@@ -73,7 +75,7 @@ def build_deployments(root: str | Path = ".", params: str = "params.yaml", sourc
             schedules=[_schedule(cfg.retrain_cron, "retrain_cron", params_file)],
             parameters={"root": where},
             description="Retraining: every stage of dvc.yaml that is stale; select's gates decide whether "
-                        "the champion alias moves. Scheduled, and triggered by the monitor on drift.",
+            "the champion alias moves. Scheduled, and triggered by the monitor on drift.",
             tags=["distillery", "retrain"],
             **common,
         ),
@@ -82,7 +84,7 @@ def build_deployments(root: str | Path = ".", params: str = "params.yaml", sourc
             schedules=[_schedule(cfg.monitor_cron, "monitor_cron", params_file)],
             parameters={"root": where, "params": params},
             description="Production monitoring: drift, operations and live quality of the prediction log, to "
-                        "MLflow; triggers retraining on drift.",
+            "MLflow; triggers retraining on drift.",
             tags=["distillery", "monitor"],
             **common,
         ),
@@ -100,8 +102,9 @@ def deploy_to_pool(deployments: list, pool: str) -> None:
         try:
             found = client.read_work_pool(pool)
             if found.type != "process":
-                raise DistilleryError(f"work pool '{pool}' is of type '{found.type}', not 'process': "
-                                      "choose another name with --pool")
+                raise DistilleryError(
+                    f"work pool '{pool}' is of type '{found.type}', not 'process': choose another name with --pool"
+                )
         except ObjectNotFound:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     deploy(*deployments, work_pool_name=pool, build=False, push=False, print_next_steps_message=False)
@@ -127,10 +130,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Register the retraining and monitoring deployments.")
     parser.add_argument("--root", default=".", help="the project folder the flows run in (default: here)")
     parser.add_argument("--params", default="params.yaml", help="params file, relative to --root")
-    parser.add_argument("--pool", help="register on this process work pool (created if missing) and exit; "
-                                       "`prefect worker start --pool <pool>` runs them. Default: serve from here")
-    parser.add_argument("--source", help="with --pool: where workers get the code, a folder or a git URL "
-                                         "(default: --root)")
+    parser.add_argument(
+        "--pool",
+        help="register on this process work pool (created if missing) and exit; "
+        "`prefect worker start --pool <pool>` runs them. Default: serve from here",
+    )
+    parser.add_argument(
+        "--source", help="with --pool: where workers get the code, a folder or a git URL (default: --root)"
+    )
     args = parser.parse_args()
     if args.source and not args.pool:
         raise DistilleryError("--source needs --pool: served deployments run this process's code")
@@ -140,8 +147,10 @@ def main() -> None:
     names = ", ".join(f"{d.flow_name}/{d.name}" for d in deployments)
     if args.pool:
         deploy_to_pool(deployments, args.pool)
-        print(f"registered {names} on work pool '{args.pool}' at {url}, code from {source}; "
-              f"start a worker: prefect worker start --pool {args.pool}")
+        print(
+            f"registered {names} on work pool '{args.pool}' at {url}, code from {source}; "
+            f"start a worker: prefect worker start --pool {args.pool}"
+        )
         return
     print(f"serving {names} against {url}")
     serve(*deployments)

@@ -33,13 +33,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from tasks.contracts import predlog
-from tasks.monitor import feedback, snapshot, state as monitor_state, windows as monitor_windows
-from tasks.monitor.reference import Reference, build_reference
 from tasks.core import paths, tracking
-from tasks.core.params import MlflowParams, MonitorParams, load_params
 from tasks.core.errors import DistilleryError, run_cli
+from tasks.core.params import MlflowParams, MonitorParams, load_params
 from tasks.core.report import markdown_table
 from tasks.core.task import task_of
+from tasks.monitor import feedback, snapshot
+from tasks.monitor import state as monitor_state
+from tasks.monitor import windows as monitor_windows
+from tasks.monitor.reference import Reference, build_reference
 
 # The server writes its log buffer at least every DISTILLERY_SERVE_LOG_FLUSH_INTERVAL_S
 # (1 s by default): a row answered before a window's end is on disk this long after it.
@@ -113,13 +115,18 @@ def monitoring_run(client: Any, experiment: str) -> str:
         exp_id = exp.experiment_id
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp_id)
-    runs = client.search_runs([exp_id], filter_string=f"tags.`{RUN_TAG}` = '{RUN_TAG_VALUE}'",
-                              order_by=["attributes.start_time ASC"], max_results=1)
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{RUN_TAG}` = '{RUN_TAG_VALUE}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
     if runs:
         return runs[0].info.run_id
     note = "Production monitoring (flows/monitor.py): one step per window of the prediction log."
-    return client.create_run(exp_id, run_name="production-monitoring",
-                             tags={RUN_TAG: RUN_TAG_VALUE, "mlflow.note.content": note}).info.run_id
+    return client.create_run(
+        exp_id, run_name="production-monitoring", tags={RUN_TAG: RUN_TAG_VALUE, "mlflow.note.content": note}
+    ).info.run_id
 
 
 def crash_stale_runs(client: Any, runs: list, stale_after_s: float) -> list:
@@ -136,9 +143,14 @@ def crash_stale_runs(client: Any, runs: list, stale_after_s: float) -> list:
         since = run.state.timestamp if run.state is not None else run.created
         age = (now - since).total_seconds() if since is not None else 0.0
         if run.state_type in (StateType.RUNNING, StateType.PENDING) and age > stale_after_s:
-            client.set_flow_run_state(run.id, Crashed(message=f"{run.state_type.value.lower()} for {age / 60:.0f} min "
-                                                      f"with no end (monitor.stale_run_minutes): presumed dead"),
-                                      force=True)
+            client.set_flow_run_state(
+                run.id,
+                Crashed(
+                    message=f"{run.state_type.value.lower()} for {age / 60:.0f} min "
+                    f"with no end (monitor.stale_run_minutes): presumed dead"
+                ),
+                force=True,
+            )
         else:
             alive.append(run)
     return alive
@@ -151,7 +163,11 @@ def trigger_retrain(name: str, reason: str, stale_after_s: float = float("inf"))
     import httpx
     from prefect import get_client
     from prefect.client.schemas.filters import (
-        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterExpectedStartTime, FlowRunFilterState,
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
         FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
@@ -167,8 +183,9 @@ def trigger_retrain(name: str, reason: str, stale_after_s: float = float("inf"))
             active = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
                 flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(
-                        any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING])),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING])
+                    ),
                     # The cron schedule's future runs are Scheduled too; only a due one is "already queued".
                     expected_start_time=FlowRunFilterExpectedStartTime(before_=datetime.now(timezone.utc)),
                 ),
@@ -178,8 +195,11 @@ def trigger_retrain(name: str, reason: str, stale_after_s: float = float("inf"))
             active = crash_stale_runs(client, active, stale_after_s)
             crashed -= len(active)
         if active:
-            return {"triggered": False, "flow_run": str(active[0].id),
-                    "note": f"a run of {name} is already {active[0].state_type.value.lower()}"}
+            return {
+                "triggered": False,
+                "flow_run": str(active[0].id),
+                "note": f"a run of {name} is already {active[0].state_type.value.lower()}",
+            }
         run = run_deployment(name, timeout=0, tags=["drift"])
     except ObjectNotFound:
         raise RetrainNotTriggered(
@@ -195,39 +215,74 @@ def trigger_retrain(name: str, reason: str, stale_after_s: float = float("inf"))
     return {"triggered": True, "flow_run": str(run.id), "note": f"started {name} run '{run.name}'{stale}"}
 
 
-def summary_markdown(windows: list[dict], quality: dict, reference: Optional[Reference], params: MonitorParams,
-                     retrain: dict, since: Optional[float], boundary: float, logged_until: Optional[float],
-                     production: Optional[dict] = None) -> str:
+def summary_markdown(
+    windows: list[dict],
+    quality: dict,
+    reference: Optional[Reference],
+    params: MonitorParams,
+    retrain: dict,
+    since: Optional[float],
+    boundary: float,
+    logged_until: Optional[float],
+    production: Optional[dict] = None,
+) -> str:
     span = f"{_utc(since) if since is not None else 'the start of the log'} to {_utc(boundary)} UTC"
-    lines = [f"## Production monitoring: {sum(w['operations']['rows'] for w in windows)} rows, "
-             f"{len(windows)} window(s), {span}", ""]
+    lines = [
+        f"## Production monitoring: {sum(w['operations']['rows'] for w in windows)} rows, "
+        f"{len(windows)} window(s), {span}",
+        "",
+    ]
     if reference is not None:
-        lines += [f"Reference: {reference.rows} training rows ({reference.kind}); prediction mix from "
-                  f"{reference.predictions_from}. A feature drifted at PSI > {params.psi_threshold} and "
-                  f"p < {params.p_value}; retrain when > {params.max_drifted_fraction:.0%} of features drifted or "
-                  f"the prediction PSI > {params.prediction_psi_threshold}, on windows of >= {params.min_rows} rows.", ""]
-    rows = [{
-        "window (UTC)": _utc(w["start"]),
-        "rows": w["operations"]["rows"],
-        "req/s": w["operations"]["requests_per_s"],
-        "p95 ms": w["operations"]["latency_p95_ms"],
-        "drifted": f"{len(w['drifted_features'])}/{len(w['features'])}",
-        "prediction PSI": w["prediction"]["psi"] if w["prediction"] else "n/a",
-        "retrain": "**yes**" if w["retrain"] else "no",
-        "why": w["reason"],
-        "MLflow": "logged before" if logged_until is not None and w["start"] < logged_until else "logged",
-    } for w in windows]
+        lines += [
+            f"Reference: {reference.rows} training rows ({reference.kind}); prediction mix from "
+            f"{reference.predictions_from}. A feature drifted at PSI > {params.psi_threshold} and "
+            f"p < {params.p_value}; retrain when > {params.max_drifted_fraction:.0%} of features drifted or "
+            f"the prediction PSI > {params.prediction_psi_threshold}, on windows of >= {params.min_rows} rows.",
+            "",
+        ]
+    rows = [
+        {
+            "window (UTC)": _utc(w["start"]),
+            "rows": w["operations"]["rows"],
+            "req/s": w["operations"]["requests_per_s"],
+            "p95 ms": w["operations"]["latency_p95_ms"],
+            "drifted": f"{len(w['drifted_features'])}/{len(w['features'])}",
+            "prediction PSI": w["prediction"]["psi"] if w["prediction"] else "n/a",
+            "retrain": "**yes**" if w["retrain"] else "no",
+            "why": w["reason"],
+            "MLflow": "logged before" if logged_until is not None and w["start"] < logged_until else "logged",
+        }
+        for w in windows
+    ]
     lines += ["### Windows", "", markdown_table(rows), ""]
     if windows:
         latest = windows[-1]
-        features = [{"feature": f["feature"], "type": f["type"], "PSI": f["psi"], "test": f["test"],
-                     "p-value": f["p_value"], "drifted": "**yes**" if f["drifted"] else "no"} for f in latest["features"]]
-        lines += [f"### Features, window {_utc(latest['start'])} (models {', '.join(latest['models'])})", "",
-                  markdown_table(features), ""]
+        features = [
+            {
+                "feature": f["feature"],
+                "type": f["type"],
+                "PSI": f["psi"],
+                "test": f["test"],
+                "p-value": f["p_value"],
+                "drifted": "**yes**" if f["drifted"] else "no",
+            }
+            for f in latest["features"]
+        ]
+        lines += [
+            f"### Features, window {_utc(latest['start'])} (models {', '.join(latest['models'])})",
+            "",
+            markdown_table(features),
+            "",
+        ]
     if quality.get("labeled_rows"):
-        lines += ["### Live quality (labels that arrived since the last run)", "",
-                  markdown_table([{k: quality.get(k) for k in ("labeled_rows", "accuracy", "macro_f1", "ece",
-                                                                "unmatched_labels")}]), ""]
+        lines += [
+            "### Live quality (labels that arrived since the last run)",
+            "",
+            markdown_table(
+                [{k: quality.get(k) for k in ("labeled_rows", "accuracy", "macro_f1", "ece", "unmatched_labels")}]
+            ),
+            "",
+        ]
     elif quality.get("unmatched_labels"):
         lines += [f"{quality['unmatched_labels']} new label(s) match no logged prediction.", ""]
     if production is not None:
@@ -263,13 +318,24 @@ def score_labels(labels: pd.DataFrame, log_dir: Path, classes: list[str], ece_bi
 def snapshot_labels(root: Path, cfg: Any) -> dict:
     """New labels: rebuild the production snapshot, so the next retrain learns from them."""
     built = snapshot.build(root, cfg)
-    return {"rows": len(built.rows), "quarantined": built.reasons, "sha256": built.sha256,
-            "note": f"{cfg.data.production.path}: {snapshot.describe(built)}"}
+    return {
+        "rows": len(built.rows),
+        "quarantined": built.reasons,
+        "sha256": built.sha256,
+        "note": f"{cfg.data.production.path}: {snapshot.describe(built)}",
+    }
 
 
 @task(cache_policy=NO_CACHE)
-def log_to_mlflow(uri: str, experiment: str, windows: list[dict], quality: dict, quality_step: int,
-                  quality_ts: float, tags: dict[str, str]) -> str:
+def log_to_mlflow(
+    uri: str,
+    experiment: str,
+    windows: list[dict],
+    quality: dict,
+    quality_step: int,
+    quality_ts: float,
+    tags: dict[str, str],
+) -> str:
     """One batch of metrics per window, at the window's step and end time."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
@@ -280,13 +346,20 @@ def log_to_mlflow(uri: str, experiment: str, windows: list[dict], quality: dict,
     tracking.check_server(uri)
     client = MlflowClient(tracking_uri=uri)
     run_id = monitoring_run(client, experiment)
-    metrics = [Metric(key, float(value), int(w["end"] * 1000), w["step"])
-               for w in windows for key, value in window_metrics(w).items() if pd.notna(value)]
+    metrics = [
+        Metric(key, float(value), int(w["end"] * 1000), w["step"])
+        for w in windows
+        for key, value in window_metrics(w).items()
+        if pd.notna(value)
+    ]
     if quality.get("labeled_rows") or quality.get("unmatched_labels"):
-        metrics += [Metric(f"live/{key}", float(value), int(quality_ts * 1000), quality_step)
-                    for key, value in quality.items() if pd.notna(value)]
+        metrics += [
+            Metric(f"live/{key}", float(value), int(quality_ts * 1000), quality_step)
+            for key, value in quality.items()
+            if pd.notna(value)
+        ]
     for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     # Ended after each pass (the next pass logs to it again and ends it again), so MLflow
@@ -332,15 +405,27 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
             logger.info("%s", production["note"])
         to_log = [w for w in windows if state.logged_until is None or w["start"] >= state.logged_until]
         if to_log or quality["labeled_rows"] or quality["unmatched_labels"]:
-            tags = {"reference": f"{reference.rows} {reference.kind} training rows; "
-                                 f"predictions: {reference.predictions_from}",
-                    "thresholds": f"psi>{m.psi_threshold} & p<{m.p_value}; retrain: >{m.max_drifted_fraction} drifted "
-                                  f"or prediction psi>{m.prediction_psi_threshold}; min_rows {m.min_rows}",
-                    "window_minutes": str(m.window_minutes), "last_window_utc": _utc(boundary - window_s)}
-            run_id = log_to_mlflow(tracking_uri(cfg.mlflow, root_path), m.experiment, to_log, quality,
-                                   monitor_windows.window_step(boundary - window_s, window_s), boundary, tags)
+            tags = {
+                "reference": f"{reference.rows} {reference.kind} training rows; "
+                f"predictions: {reference.predictions_from}",
+                "thresholds": f"psi>{m.psi_threshold} & p<{m.p_value}; retrain: >{m.max_drifted_fraction} drifted "
+                f"or prediction psi>{m.prediction_psi_threshold}; min_rows {m.min_rows}",
+                "window_minutes": str(m.window_minutes),
+                "last_window_utc": _utc(boundary - window_s),
+            }
+            run_id = log_to_mlflow(
+                tracking_uri(cfg.mlflow, root_path),
+                m.experiment,
+                to_log,
+                quality,
+                monitor_windows.window_step(boundary - window_s, window_s),
+                boundary,
+                tags,
+            )
     # What is in MLflow is remembered now, so a rerun after a failed trigger does not log it twice.
-    monitor_state.write_state(state_path, monitor_state.MonitorState(state.watermark, max(boundary, state.logged_until or boundary), seen))
+    monitor_state.write_state(
+        state_path, monitor_state.MonitorState(state.watermark, max(boundary, state.logged_until or boundary), seen)
+    )
 
     calls = [w for w in windows if w["retrain"]]
     retrain: dict[str, Any] = {"triggered": False, "note": "not needed: no window of enough rows drifted"}
@@ -355,21 +440,32 @@ def monitor(root: str = ".", params: str = "params.yaml") -> dict:
             retrain = {"triggered": False, "note": f"**could not be triggered**: {err}"}
     create_markdown_artifact(
         key="production-monitoring",
-        markdown=summary_markdown(windows, quality, reference, m, retrain, state.watermark, boundary, state.logged_until,
-                                  production),
+        markdown=summary_markdown(
+            windows, quality, reference, m, retrain, state.watermark, boundary, state.logged_until, production
+        ),
         description="drift, operations and live quality of the prediction log",
     )
     if failure is not None:
         # The watermark stays: the next run judges these rows again and retries the trigger.
         logger.error("%s", failure)
         return Failed(message=str(failure), data=failure)
-    monitor_state.write_state(state_path, monitor_state.MonitorState(boundary, max(boundary, state.logged_until or boundary), seen))
+    monitor_state.write_state(
+        state_path, monitor_state.MonitorState(boundary, max(boundary, state.logged_until or boundary), seen)
+    )
     return {
         "rows": len(rows),
-        "windows": [{"start": w["start"], "step": w["step"], "rows": w["operations"]["rows"],
-                     "drifted_features": w["drifted_features"],
-                     "prediction_psi": w["prediction"]["psi"] if w["prediction"] else None,
-                     "retrain": w["retrain"], "reason": w["reason"]} for w in windows],
+        "windows": [
+            {
+                "start": w["start"],
+                "step": w["step"],
+                "rows": w["operations"]["rows"],
+                "drifted_features": w["drifted_features"],
+                "prediction_psi": w["prediction"]["psi"] if w["prediction"] else None,
+                "retrain": w["retrain"],
+                "reason": w["reason"],
+            }
+            for w in windows
+        ],
         "quality": quality,
         "production": production,
         "retrain": retrain,
@@ -385,8 +481,10 @@ def main() -> None:
     args = parser.parse_args()
     result = monitor(root=args.root, params=args.params)
     drifted = [w for w in result["windows"] if w["retrain"]]
-    print(f"monitor done: {result['rows']} rows in {len(result['windows'])} window(s); "
-          f"{len(drifted)} drifted; retraining: {result['retrain']['note']}")
+    print(
+        f"monitor done: {result['rows']} rows in {len(result['windows'])} window(s); "
+        f"{len(drifted)} drifted; retraining: {result['retrain']['note']}"
+    )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.common import check_prefect_server, is_stale, release_dead_locks, stage_order, without_git_hints
 from flows.report import INDEX, console_summary, write_report
-from tasks.core.errors import EXIT_EXPECTED_FAILURE, DistilleryError, run_cli
-from tasks.core.report import markdown_table
 from tasks.core import paths
+from tasks.core.errors import EXIT_EXPECTED_FAILURE, DistilleryError, run_cli
 from tasks.core.params import MlflowParams, load_params
+from tasks.core.report import markdown_table
 from tasks.core.tracking import PARENT_RUN_ENV, PIPELINE_RUN_ENV, check_server, parent_run, resolved_at
 
 PYTHON_ENV = "DISTILLERY_PYTHON"  # read by bin/python, the interpreter of dvc.yaml's commands
@@ -97,11 +97,14 @@ def check_params(root: Path) -> None:
     if not data_path.exists():  # a DVC dep of ingest: DVC would fail on it with exit 255, retried as transient
         raise DistilleryError(
             f"{root / paths.PARAMS}: 'data.path' is {params.data.path!r}, but {data_path} does not exist; point it "
-            f"at your data (a folder of .npy files for quickdraw, a file for csv/parquet; data/raw for the bundled sources)")
+            f"at your data (a folder of .npy files for quickdraw, a file for csv/parquet; data/raw for the bundled sources)"
+        )
 
 
-GIT_HINT = ("dvc.lock records this run: `git add dvc.lock && git commit` keeps it as a version "
-            "(and `dvc push` sends its data to a remote, if you set one up)")
+GIT_HINT = (
+    "dvc.lock records this run: `git add dvc.lock && git commit` keeps it as a version "
+    "(and `dvc push` sends its data to a remote, if you set one up)"
+)
 
 
 def _retry_if_transient(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's hook signature
@@ -152,7 +155,11 @@ def _run_dvc_stage(stage: str, root: Path, where: str, dask_address: str | None,
         tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
         process = subprocess.Popen(
             [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-            cwd=root, env=_stage_env(dask_address, parent), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=root,
+            env=_stage_env(dask_address, parent),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         assert process.stdout is not None
         for line in without_git_hints(process.stdout):
@@ -184,8 +191,12 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
     from tasks.core.provenance import git_commit
 
     mlflow_cfg = load_params(root_path / paths.PARAMS).mlflow
-    with parent_run(mlflow_cfg, root_path, f"pipeline {flow_run.get_name() or ''}".strip(),
-                    {"pipeline_run": str(flow_run.get_id() or ""), "git_commit": git_commit(root_path)}) as parent:
+    with parent_run(
+        mlflow_cfg,
+        root_path,
+        f"pipeline {flow_run.get_name() or ''}".strip(),
+        {"pipeline_run": str(flow_run.get_id() or ""), "git_commit": git_commit(root_path)},
+    ) as parent:
         futures: list = []
         for stage in stage_order(root_path):  # one at a time, in order: they share dvc.lock (see above)
             futures.append(run_dvc_stage.submit(stage, root_path, dask_address, parent, wait_for=futures[-1:]))
@@ -193,7 +204,9 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
         write_report(root_path, results)
         log_run_report(root_path, mlflow_cfg, parent, results)
     create_markdown_artifact(
-        key="pipeline-summary", markdown="## Pipeline\n\n" + markdown_table(results), description="stages run or skipped"
+        key="pipeline-summary",
+        markdown="## Pipeline\n\n" + markdown_table(results),
+        description="stages run or skipped",
     )
     return results
 
@@ -204,10 +217,13 @@ def main() -> None:
     from tasks.core.cluster import DASK_ENV, dask_address
 
     parser = argparse.ArgumentParser(description="Run every stale stage of dvc.yaml, in order.")
-    parser.add_argument("--dask-address", default=dask_address(),
-                        help=f"run the stages and the search's trials on this Dask scheduler, e.g. tcp://host:8786 "
-                             f"(default: ${DASK_ENV}; unset: in this process). The workers must see this folder at "
-                             "the same path: one machine, or a shared filesystem")
+    parser.add_argument(
+        "--dask-address",
+        default=dask_address(),
+        help=f"run the stages and the search's trials on this Dask scheduler, e.g. tcp://host:8786 "
+        f"(default: ${DASK_ENV}; unset: in this process). The workers must see this folder at "
+        "the same path: one machine, or a shared filesystem",
+    )
     args = parser.parse_args()
     flow_to_run = pipeline
     if args.dask_address:

@@ -90,12 +90,14 @@ def _cell(value: Any) -> str:
 
 def image(path: Path, caption: str) -> str:
     """A PNG inlined as a data: URI (no file or network request), or why there is none."""
-    shown = Path(*path.parts[path.parts.index("reports"):]) if "reports" in path.parts else path
+    shown = Path(*path.parts[path.parts.index("reports") :]) if "reports" in path.parts else path
     if not path.exists():
         return f"<figure><p class=muted>{_e(caption)}: not written ({_e(shown)} is absent)</p></figure>"
     data = base64.b64encode(path.read_bytes()).decode()
-    return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_e(caption)} (<code>{_e(shown)}</code>)</figcaption></figure>")
+    return (
+        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{_e(caption)} (<code>{_e(shown)}</code>)</figcaption></figure>"
+    )
 
 
 def verdict(ok: Optional[bool], yes: str = "passed", no: str = "failed") -> str:
@@ -128,8 +130,15 @@ def _observed(result: dict) -> str:
 def stage_rows(root: Path, stages: Optional[list[dict]]) -> list[dict]:
     """The flow's own stage table, or (after a plain `dvc repro`) what `dvc status` says now."""
     if stages is not None:
-        return [{"stage": s["stage"], "ran": "ran" if s["ran"] else "skipped (up to date)",
-                 "seconds": s["seconds"], "where": s.get("where", "")} for s in stages]
+        return [
+            {
+                "stage": s["stage"],
+                "ran": "ran" if s["ran"] else "skipped (up to date)",
+                "seconds": s["seconds"],
+                "where": s.get("where", ""),
+            }
+            for s in stages
+        ]
     return [{"stage": name, "ran": "stale" if is_stale(root, name) else "up to date"} for name in stage_order(root)]
 
 
@@ -140,8 +149,9 @@ def _data_quality(quality: dict) -> str:
         if value is None:
             continue
         flat = _flatten(value)
-        parts.append(f"<div><h3>{dimension}</h3>" + table([{"measure": k, "value": v} for k, v in flat.items()])
-                     + "</div>")
+        parts.append(
+            f"<div><h3>{dimension}</h3>" + table([{"measure": k, "value": v} for k, v in flat.items()]) + "</div>"
+        )
     return "<div class=dims>" + "".join(parts) + "</div>"
 
 
@@ -149,8 +159,11 @@ def _flatten(value: Any, prefix: str = "") -> dict:
     if isinstance(value, dict):
         out: dict = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}{k}." if not isinstance(v, (int, float, str, bool, type(None)))
-                                else f"{prefix}{k}"))
+            out.update(
+                _flatten(
+                    v, f"{prefix}{k}." if not isinstance(v, (int, float, str, bool, type(None))) else f"{prefix}{k}"
+                )
+            )
         return out
     if isinstance(value, list):
         return {prefix.rstrip("."): ", ".join(map(str, value))[:200]}
@@ -177,8 +190,12 @@ def registry_state(root: Path) -> dict:
 
     params = load_params(root / paths.PARAMS)
     uri = resolved_at(params.mlflow.resolved_uri(), root)
-    state = {"registered_model": params.registered_model, "uri": params.mlflow.resolved_uri(), "version": None,
-             "promoted": False}
+    state = {
+        "registered_model": params.registered_model,
+        "uri": params.mlflow.resolved_uri(),
+        "version": None,
+        "promoted": False,
+    }
     champion = root / paths.CHAMPION
     database = sqlite_path(uri)
     if not champion.exists() or (database is not None and not database.exists()):
@@ -215,10 +232,16 @@ class Found:
         def contract(kind: type) -> Any:
             return reports.read_optional(kind, root / reports.FILES[kind])
 
-        return cls(root=root, selection=contract(Selection), compression=contract(CompressionReport),
-                   evaluation=contract(EvaluationReport), validation=contract(ValidationReport),
-                   quality=_read(root / paths.DATA_QUALITY_REPORT) or {},
-                   labels=_read(root / paths.LABEL_ISSUES_REPORT) or {}, registry=registry_state(root))
+        return cls(
+            root=root,
+            selection=contract(Selection),
+            compression=contract(CompressionReport),
+            evaluation=contract(EvaluationReport),
+            validation=contract(ValidationReport),
+            quality=_read(root / paths.DATA_QUALITY_REPORT) or {},
+            labels=_read(root / paths.LABEL_ISSUES_REPORT) or {},
+            registry=registry_state(root),
+        )
 
     @property
     def reports_dir(self) -> Path:
@@ -228,66 +251,94 @@ class Found:
 def render(root: Path, stages: Optional[list[dict]] = None) -> str:
     found = Found.read(root)
     champion = found.selection.champion if found.selection else None
-    out = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Distillery run: {_e(champion)}</title>"
-           f"<style>{STYLE}</style></head><body><main>",
-           "<h1>Distillery run report</h1>",
-           f"<p class=muted>{_e(os.path.basename(str(root)))} · every figure below is read from <code>reports/</code>"
-           " as the stages wrote it</p>",
-           '<nav><a href="#stages">stages</a><a href="#gate">gates</a><a href="#data">data quality</a><a href="#label-issues">label issues</a>'
-           '<a href="#candidates">candidates</a><a href="#evaluation">evaluation</a><a href="#card">model card</a>'
-           '<a href="data_docs/index.html">GX Data Docs</a><a href="model_card.md">model_card.md</a></nav>',
-           _champion_section(found),
-           "<h2 id=stages>Stages</h2>" + table(stage_rows(root, stages)),
-           _gates_section(found), _quality_section(found), _labels_section(found), _candidates_section(found),
-           _evaluation_section(found),
-           '<h2 id=card>Model card</h2><div class=card>',
-           _markdown((root / paths.MODEL_CARD).read_text()) if (root / paths.MODEL_CARD).exists()
-           else "<p class=muted>not written yet</p>",
-           "</div></main></body></html>"]
+    out = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>Distillery run: {_e(champion)}</title>"
+        f"<style>{STYLE}</style></head><body><main>",
+        "<h1>Distillery run report</h1>",
+        f"<p class=muted>{_e(os.path.basename(str(root)))} · every figure below is read from <code>reports/</code>"
+        " as the stages wrote it</p>",
+        '<nav><a href="#stages">stages</a><a href="#gate">gates</a><a href="#data">data quality</a><a href="#label-issues">label issues</a>'
+        '<a href="#candidates">candidates</a><a href="#evaluation">evaluation</a><a href="#card">model card</a>'
+        '<a href="data_docs/index.html">GX Data Docs</a><a href="model_card.md">model_card.md</a></nav>',
+        _champion_section(found),
+        "<h2 id=stages>Stages</h2>" + table(stage_rows(root, stages)),
+        _gates_section(found),
+        _quality_section(found),
+        _labels_section(found),
+        _candidates_section(found),
+        _evaluation_section(found),
+        "<h2 id=card>Model card</h2><div class=card>",
+        _markdown((root / paths.MODEL_CARD).read_text())
+        if (root / paths.MODEL_CARD).exists()
+        else "<p class=muted>not written yet</p>",
+        "</div></main></body></html>",
+    ]
     return "\n".join(out)
 
 
 def _champion_section(found: Found) -> str:
     selection, registry = found.selection, found.registry
     if selection is None:
-        return ("<h2 id=champion>Champion</h2><p class=bad>No champion: select has not completed "
-                "(see the stage table and its summary).</p>")
+        return (
+            "<h2 id=champion>Champion</h2><p class=bad>No champion: select has not completed "
+            "(see the stage table and its summary).</p>"
+        )
     ours = selection.ours
-    return ("<h2 id=champion>Champion</h2><div class=headline>"
-            f"<div>champion<b id=champion-name>{_e(selection.champion)}</b></div>"
-            f"<div>{task_of(selection.task).quality_label}<b id=champion-quality>{ours['quality']:.4f}</b></div>"
-            + (f"<div>ECE<b>{ours['ece']:.4f}</b></div>" if ours.get("ece") is not None else "")
-            + f"<div>speed vs {_e(selection.reference)}<b>{selection.speedup:.2f}×</b>"
-            f"<span class=muted>{_e(selection.speed_key)}</span></div>"
-            f"<div>size<b>{ours['size_bytes'] / 1024:.1f} KiB</b></div>"
-            f"<div>registry<b>{_e(_version_text(registry))}</b>"
-            f"<span class=muted>{_e(registry['registered_model'])}"
-            f"{'@champion' if registry['promoted'] else ' (not promoted)'}</span></div></div>"
-            "<p>File: <code>models/champion.onnx</code>. Serve it with <code>make serve</code>.</p>")
+    return (
+        "<h2 id=champion>Champion</h2><div class=headline>"
+        f"<div>champion<b id=champion-name>{_e(selection.champion)}</b></div>"
+        f"<div>{task_of(selection.task).quality_label}<b id=champion-quality>{ours['quality']:.4f}</b></div>"
+        + (f"<div>ECE<b>{ours['ece']:.4f}</b></div>" if ours.get("ece") is not None else "")
+        + f"<div>speed vs {_e(selection.reference)}<b>{selection.speedup:.2f}×</b>"
+        f"<span class=muted>{_e(selection.speed_key)}</span></div>"
+        f"<div>size<b>{ours['size_bytes'] / 1024:.1f} KiB</b></div>"
+        f"<div>registry<b>{_e(_version_text(registry))}</b>"
+        f"<span class=muted>{_e(registry['registered_model'])}"
+        f"{'@champion' if registry['promoted'] else ' (not promoted)'}</span></div></div>"
+        "<p>File: <code>models/champion.onnx</code>. Serve it with <code>make serve</code>.</p>"
+    )
 
 
 def _gates_section(found: Found) -> str:
     out = ["<h2 id=gate>Gates</h2><div class=card>"]
     validation = found.validation
     if validation:
-        out.append(f"<p><b>Data gate</b> (Great Expectations, <code>{_e(validation.suite)}</code>): "
-                   f"{verdict(validation.success)}. Rows in {validation.rows_in:,}, valid "
-                   f"{validation.rows_valid:,}, quarantined {validation.rows_quarantined:,} "
-                   "(<code>data/quarantine/</code>).</p>")
-        out.append(table([{"expectation": expectation_name(r["expectation"]), "column": r.get("column") or "",
-                           "settings": _kwargs(r.get("kwargs", {})), "severity": r.get("severity", ""),
-                           "result": Markup(verdict(r.get("success"))), "observed": _observed(r),
-                           "measured on": r.get("measured_on", "every row read")}
-                          for r in validation.results]))
+        out.append(
+            f"<p><b>Data gate</b> (Great Expectations, <code>{_e(validation.suite)}</code>): "
+            f"{verdict(validation.success)}. Rows in {validation.rows_in:,}, valid "
+            f"{validation.rows_valid:,}, quarantined {validation.rows_quarantined:,} "
+            "(<code>data/quarantine/</code>).</p>"
+        )
+        out.append(
+            table(
+                [
+                    {
+                        "expectation": expectation_name(r["expectation"]),
+                        "column": r.get("column") or "",
+                        "settings": _kwargs(r.get("kwargs", {})),
+                        "severity": r.get("severity", ""),
+                        "result": Markup(verdict(r.get("success"))),
+                        "observed": _observed(r),
+                        "measured on": r.get("measured_on", "every row read"),
+                    }
+                    for r in validation.results
+                ]
+            )
+        )
     else:
         out.append("<p><b>Data gate</b>: <span class=muted>not run</span></p>")
     if found.selection:
         registry = found.registry
-        held = (f"version {registry['version']} of <code>{_e(registry['registered_model'])}</code> holds this "
-                f"champion" + (" and the alias" if registry["promoted"] else ", without the alias")
-                if registry["version"] else "no registered version holds this champion yet")
-        out.append(f"<p><b>Evaluation gate</b> (register): the champion must reach the <code>select.*</code> "
-                   f"floors and not fall behind the current champion; {held} (the registry, asked now).</p>")
+        held = (
+            f"version {registry['version']} of <code>{_e(registry['registered_model'])}</code> holds this "
+            f"champion" + (" and the alias" if registry["promoted"] else ", without the alias")
+            if registry["version"]
+            else "no registered version holds this champion yet"
+        )
+        out.append(
+            f"<p><b>Evaluation gate</b> (register): the champion must reach the <code>select.*</code> "
+            f"floors and not fall behind the current champion; {held} (the registry, asked now).</p>"
+        )
     out.append("</div>")
     return "".join(out)
 
@@ -298,12 +349,20 @@ def _quality_section(found: Found) -> str:
         return "<h2 id=data>Data quality</h2><p class=muted>not measured yet (validate has not run)</p>"
     plots = [image(reports_dir / "quality" / "balance.png", "class balance")]
     missing = reports_dir / "quality" / "missingness.png"
-    plots.append(image(missing, "missingness") if missing.exists() else
-                 "<figure><p class=muted>missingness: no plot, because no value is missing</p></figure>")
-    return ("<h2 id=data>Data quality</h2>"
-            f"<p>{quality.get('rows', 0):,} rows ({_e(quality.get('kind', ''))}). "
-            'Full expectations and their results: <a href="data_docs/index.html">GX Data Docs</a>.</p>'
-            + _data_quality(quality) + "<div class=plots>" + "".join(plots) + "</div>")
+    plots.append(
+        image(missing, "missingness")
+        if missing.exists()
+        else "<figure><p class=muted>missingness: no plot, because no value is missing</p></figure>"
+    )
+    return (
+        "<h2 id=data>Data quality</h2>"
+        f"<p>{quality.get('rows', 0):,} rows ({_e(quality.get('kind', ''))}). "
+        'Full expectations and their results: <a href="data_docs/index.html">GX Data Docs</a>.</p>'
+        + _data_quality(quality)
+        + "<div class=plots>"
+        + "".join(plots)
+        + "</div>"
+    )
 
 
 def _labels_section(found: Found) -> str:
@@ -313,16 +372,21 @@ def _labels_section(found: Found) -> str:
         return head + f"<p class=muted>not looked for: {_e(labels['skipped_reason'])}</p>"
     if not labels:
         return head + "<p class=muted>not measured yet (validate has not run)</p>"
-    skipped = "".join(f"; class <code>{_e(c)}</code> skipped ({n} rows, fewer than the folds)"
-                      for c, n in labels.get("skipped_classes", {}).items())
-    return (head + f"<p>Confident learning (out-of-fold logistic regression): <b>{labels['suspects']:,}</b> likely "
-            f"label errors among {labels['checked_rows']:,} rows ({labels['flagged_rate']:.1%}; estimated "
-            f"rate {labels['estimated_rate']:.1%}); action <code>{_e(labels['action'])}</code>: "
-            f"{labels['quarantined']:,} quarantined, {labels['relabelled']:,} relabelled{skipped}. "
-            "Full list: <code>reports/label_issues.json</code>.</p>"
-            + table(labels.get("issues", [])[:10])
-            + "<div class=plots>" + image(found.reports_dir / "label_issues.png", "top suspects: given -> suggested")
-            + "</div>")
+    skipped = "".join(
+        f"; class <code>{_e(c)}</code> skipped ({n} rows, fewer than the folds)"
+        for c, n in labels.get("skipped_classes", {}).items()
+    )
+    return (
+        head + f"<p>Confident learning (out-of-fold logistic regression): <b>{labels['suspects']:,}</b> likely "
+        f"label errors among {labels['checked_rows']:,} rows ({labels['flagged_rate']:.1%}; estimated "
+        f"rate {labels['estimated_rate']:.1%}); action <code>{_e(labels['action'])}</code>: "
+        f"{labels['quarantined']:,} quarantined, {labels['relabelled']:,} relabelled{skipped}. "
+        "Full list: <code>reports/label_issues.json</code>.</p>"
+        + table(labels.get("issues", [])[:10])
+        + "<div class=plots>"
+        + image(found.reports_dir / "label_issues.png", "top suspects: given -> suggested")
+        + "</div>"
+    )
 
 
 def _candidates_section(found: Found) -> str:
@@ -331,12 +395,23 @@ def _candidates_section(found: Found) -> str:
         return "<h2 id=candidates>Candidates</h2>"
     keys = ["quality", "f1_drop", "ece", "size_bytes", selection.speed_key, "eligible", "within_budget", "qualifies"]
     front = found.compression.pareto_front if found.compression else ()
-    return ("<h2 id=candidates>Candidates</h2>"
-            + table([{"candidate": Markup(f"<b>{_e(n)}</b>" if n == selection.champion else _e(n)),
-                      **{k: r.get(k) for k in keys}} for n, r in selection.candidates.items()], ["candidate", *keys])
-            + f"<p>Pareto front: {', '.join(map(_e, front)) or 'n/a'}.</p>"
-            + "<div class=plots>" + image(found.reports_dir / "pareto.png", "Pareto: latency against quality")
-            + "</div>")
+    return (
+        "<h2 id=candidates>Candidates</h2>"
+        + table(
+            [
+                {
+                    "candidate": Markup(f"<b>{_e(n)}</b>" if n == selection.champion else _e(n)),
+                    **{k: r.get(k) for k in keys},
+                }
+                for n, r in selection.candidates.items()
+            ],
+            ["candidate", *keys],
+        )
+        + f"<p>Pareto front: {', '.join(map(_e, front)) or 'n/a'}.</p>"
+        + "<div class=plots>"
+        + image(found.reports_dir / "pareto.png", "Pareto: latency against quality")
+        + "</div>"
+    )
 
 
 def _evaluation_section(found: Found) -> str:
@@ -345,15 +420,29 @@ def _evaluation_section(found: Found) -> str:
         return out[0]
     champion = found.selection.champion
     scores = found.evaluation.candidates.get(champion, {}) if found.evaluation else {}
-    per_class = [{"class": c, "precision": v["precision"], "recall": v["recall"], "f1": v["f1-score"],
-                  "support": int(v["support"])} for c, v in class_scores(scores).items()]
+    per_class = [
+        {
+            "class": c,
+            "precision": v["precision"],
+            "recall": v["recall"],
+            "f1": v["f1-score"],
+            "support": int(v["support"]),
+        }
+        for c, v in class_scores(scores).items()
+    ]
     if per_class:
         out.append(table(per_class))
     plots_dir = found.reports_dir / "plots"
-    plots = [image(plots_dir / f"{kind}_{champion}.png", caption) for kind, caption in
-             (("confusion", "confusion matrix"), ("curves", "ROC and PR curves"),
-              ("reliability", "reliability diagram"), ("residuals", "residuals"))
-             if (plots_dir / f"{kind}_{champion}.png").exists()]
+    plots = [
+        image(plots_dir / f"{kind}_{champion}.png", caption)
+        for kind, caption in (
+            ("confusion", "confusion matrix"),
+            ("curves", "ROC and PR curves"),
+            ("reliability", "reliability diagram"),
+            ("residuals", "residuals"),
+        )
+        if (plots_dir / f"{kind}_{champion}.png").exists()
+    ]
     out.append("<div class=plots>" + "".join(plots) + "</div>")
     return "".join(out)
 
@@ -396,7 +485,8 @@ def console_summary(root: Path) -> list[str]:
         "next:",
         "  make serve        # serve the champion on http://127.0.0.1:8000 (try /docs)",
         f"  .venv/bin/mlflow ui --backend-store-uri {uri}   # runs, registry and model card"
-        if uri.startswith("sqlite") else f"  open {uri}   # the MLflow UI: runs, registry and model card",
+        if uri.startswith("sqlite")
+        else f"  open {uri}   # the MLflow UI: runs, registry and model card",
     ]
 
 
@@ -417,10 +507,22 @@ def plots_page(root: Path, dvc_args: list[str]) -> Path:
     from tasks.core.io import write_text
 
     template = root / PLOTS_TEMPLATE
-    write_text(template, "<!DOCTYPE html><html><head><meta charset=utf-8><title>DVC plots</title>"
-                         f"<script>{vl_convert.javascript_bundle()}</script></head><body>{{plot_divs}}</body></html>")
-    command = [sys.executable, "-m", "dvc", "plots", *(dvc_args or ["show"]), "--html-template", str(template),
-               "-o", str(root / PLOTS_PAGE)]
+    write_text(
+        template,
+        "<!DOCTYPE html><html><head><meta charset=utf-8><title>DVC plots</title>"
+        f"<script>{vl_convert.javascript_bundle()}</script></head><body>{{plot_divs}}</body></html>",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "dvc",
+        "plots",
+        *(dvc_args or ["show"]),
+        "--html-template",
+        str(template),
+        "-o",
+        str(root / PLOTS_PAGE),
+    ]
     done = subprocess.run(command, cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
         raise DistilleryError(f"dvc plots failed ({' '.join(command[2:])}):\n{done.stdout}{done.stderr}")
@@ -431,11 +533,16 @@ def main(argv: Iterable[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        description="Write reports/index.html from the reports on disk; with --plots, DVC's plots as an offline page.")
+        description="Write reports/index.html from the reports on disk; with --plots, DVC's plots as an offline page."
+    )
     parser.add_argument("--root", default=".", help="the project folder (default: here)")
-    parser.add_argument("--plots", nargs=argparse.REMAINDER, metavar="DVC_PLOTS_ARGS",
-                        help="write reports/dvc_plots/index.html with `dvc plots show`, or `dvc plots` and these "
-                             "arguments (e.g. --plots diff HEAD)")
+    parser.add_argument(
+        "--plots",
+        nargs=argparse.REMAINDER,
+        metavar="DVC_PLOTS_ARGS",
+        help="write reports/dvc_plots/index.html with `dvc plots show`, or `dvc plots` and these "
+        "arguments (e.g. --plots diff HEAD)",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     root = Path(args.root).resolve()
     if args.plots is not None:

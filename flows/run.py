@@ -44,13 +44,19 @@ def main() -> None:
             from flows.report import console_summary
 
             for stage in stale:  # dvc.yaml's order; the registry may hold nothing yet (a new server, `dvc pull`)
-                process = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage],
-                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
                 sys.stdout.writelines(without_git_hints(process.stdout))
                 if process.wait():
                     raise DistilleryError(f"stage '{stage}' failed (its output is above)")
-            print(f"pipeline done: ran {list(stale) or 'nothing'} (always run: the registry is outside DVC); "
-                  f"skipped {len(stages) - len(stale)} up-to-date stage(s), so no Prefect flow run was started")
+            print(
+                f"pipeline done: ran {list(stale) or 'nothing'} (always run: the registry is outside DVC); "
+                f"skipped {len(stages) - len(stale)} up-to-date stage(s), so no Prefect flow run was started"
+            )
             print("\n".join(console_summary(Path(".").resolve())))
             return
     from flows.pipeline import main as run_flow

@@ -78,8 +78,12 @@ class Stack:
         return f"http://{HOST}:{self.ports['prefect']}/api"
 
     def urls(self) -> dict[str, str]:
-        return {"postgres": f"postgresql://{HOST}:{self.ports['postgres']}", "s3": self.s3_url,
-                "mlflow": self.mlflow_url, "prefect": self.prefect_api}
+        return {
+            "postgres": f"postgresql://{HOST}:{self.ports['postgres']}",
+            "s3": self.s3_url,
+            "mlflow": self.mlflow_url,
+            "prefect": self.prefect_api,
+        }
 
     def client_env(self) -> dict[str, str]:
         """What a client of the stack needs: written to .stack.env."""
@@ -98,6 +102,7 @@ class Stack:
 
 
 # --------------------------------------------------------------------------- processes
+
 
 def port_open(port: int, host: str = HOST) -> bool:
     with socket.socket() as sock:
@@ -118,8 +123,15 @@ def _spawn(stack: Stack, name: str, argv: list[str], env: dict[str, str]) -> Non
     stack.path("run").mkdir(parents=True, exist_ok=True)
     stack.path("logs").mkdir(parents=True, exist_ok=True)
     with open(stack.path("logs", f"{name}.log"), "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **env}, start_new_session=True, cwd=stack.state)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env},
+            start_new_session=True,
+            cwd=stack.state,
+        )
     stack.path("run", f"{name}.pid").write_text(str(proc.pid))
 
 
@@ -147,6 +159,7 @@ def _http_ok(url: str) -> Callable[[], bool]:
             return httpx.get(url, timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
     return ready
 
 
@@ -178,21 +191,28 @@ def _check_port(stack: Stack, name: str) -> None:
     port = stack.ports[name]
     if port_open(port):
         variable = f"DISTILLERY_STACK_{name.upper()}_PORT"
-        raise DistilleryError(f"port {port} on {HOST} ({name}) is already taken by another process: stop it, "
-                              f"or choose another port with {variable}=<port>; nothing was started in its place")
+        raise DistilleryError(
+            f"port {port} on {HOST} ({name}) is already taken by another process: stop it, "
+            f"or choose another port with {variable}=<port>; nothing was started in its place"
+        )
 
 
 # --------------------------------------------------------------------------- postgres
+
 
 def _pg_bin(tool: str) -> str:
     found = shutil.which(tool)
     if found:
         return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"),
-                        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"),
+        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+    )
     if not candidates:
-        raise DistilleryError(f"PostgreSQL's {tool} not found: install the server (Debian: "
-                              f"apt-get install postgresql) or put its bin/ folder on PATH")
+        raise DistilleryError(
+            f"PostgreSQL's {tool} not found: install the server (Debian: "
+            f"apt-get install postgresql) or put its bin/ folder on PATH"
+        )
     return str(candidates[-1])
 
 
@@ -212,8 +232,23 @@ def _start_postgres(stack: Stack) -> None:
         if prefix:
             shutil.chown(data, "postgres")
             shutil.chown(pwfile, "postgres")
-        _run([*prefix, _pg_bin("initdb"), "-D", str(data), "-U", USER, "--pwfile", str(pwfile),
-              "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8"], "initdb")
+        _run(
+            [
+                *prefix,
+                _pg_bin("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                USER,
+                "--pwfile",
+                str(pwfile),
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "-E",
+                "UTF8",
+            ],
+            "initdb",
+        )
         pwfile.unlink()
     sockets = stack.path("run")
     if prefix:
@@ -224,8 +259,11 @@ def _start_postgres(stack: Stack) -> None:
     if prefix:
         shutil.chown(log, "postgres")
     options = f"-p {stack.ports['postgres']} -k {sockets} -c listen_addresses={HOST}"
-    _run([*prefix, _pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"],
-         "pg_ctl start", log)
+    _run(
+        [*prefix, _pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"],
+        "pg_ctl start",
+        log,
+    )
 
 
 def _create_databases(stack: Stack) -> None:
@@ -264,17 +302,27 @@ def _run(argv: list[str], what: str, log: Optional[Path] = None, cwd: Optional[P
 
 # --------------------------------------------------------------------------- s3
 
+
 def _s3_client(stack: Stack):
     import boto3
 
-    return boto3.client("s3", endpoint_url=stack.s3_url, aws_access_key_id=AWS_KEY,
-                        aws_secret_access_key=AWS_SECRET, region_name=AWS_REGION)
+    return boto3.client(
+        "s3",
+        endpoint_url=stack.s3_url,
+        aws_access_key_id=AWS_KEY,
+        aws_secret_access_key=AWS_SECRET,
+        region_name=AWS_REGION,
+    )
 
 
 def _start_s3(stack: Stack) -> None:
     # moto's server with signatures checked (stack/s3server.py), so wrong credentials fail here as on S3
-    _spawn(stack, "s3", [sys.executable, "-m", "stack.s3server", "-H", HOST, "-p", str(stack.ports["s3"])],
-           {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    _spawn(
+        stack,
+        "s3",
+        [sys.executable, "-m", "stack.s3server", "-H", HOST, "-p", str(stack.ports["s3"])],
+        {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+    )
     _wait("s3", stack.s3_url, _http_ok(f"{stack.s3_url}/moto-api/"), stack, _pid(stack, "s3"))
     client = _s3_client(stack)
     saved = stack.path("s3", "objects")
@@ -307,10 +355,25 @@ def _save_s3(stack: Stack) -> None:
 
 # --------------------------------------------------------------------------- mlflow, prefect
 
+
 def _start_mlflow(stack: Stack) -> None:
-    argv = [sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(stack.ports["mlflow"]),
-            "--backend-store-uri", stack.postgres_uri("mlflow", "postgresql+psycopg2"),
-            "--default-artifact-root", f"s3://{MLFLOW_BUCKET}", "--no-serve-artifacts", "--workers", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(stack.ports["mlflow"]),
+        "--backend-store-uri",
+        stack.postgres_uri("mlflow", "postgresql+psycopg2"),
+        "--default-artifact-root",
+        f"s3://{MLFLOW_BUCKET}",
+        "--no-serve-artifacts",
+        "--workers",
+        "1",
+    ]
     _spawn(stack, "mlflow", argv, stack.client_env())
     _wait("mlflow", stack.mlflow_url, _http_ok(f"{stack.mlflow_url}/health"), stack, _pid(stack, "mlflow"))
 
@@ -319,22 +382,30 @@ def _start_prefect(stack: Stack) -> None:
     prefect_home = stack.path("prefect")
     prefect_home.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(stack.ports["prefect"])]
-    env = {"PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_DATABASE_CONNECTION_URL": stack.postgres_uri("prefect", "postgresql+asyncpg"),
-           "PREFECT_UI_API_URL": stack.prefect_api}
+    env = {
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_DATABASE_CONNECTION_URL": stack.postgres_uri("prefect", "postgresql+asyncpg"),
+        "PREFECT_UI_API_URL": stack.prefect_api,
+    }
     _spawn(stack, "prefect", argv, env)
     _wait("prefect", stack.prefect_api, _http_ok(f"{stack.prefect_api}/health"), stack, _pid(stack, "prefect"))
 
 
 # --------------------------------------------------------------------------- dvc remote, env file
 
+
 def configure_dvc_remote(stack: Stack, repo: Path = ROOT) -> None:
     """The DVC remote `stack` (default) on the S3 store, every setting in .dvc/config.local."""
     dvc = [sys.executable, "-m", "dvc"]
     url = f"s3://{DVC_BUCKET}/cache"  # one path for every clone, so a colleague pulls what was pushed
     _run([*dvc, "remote", "add", "--local", "--default", "--force", DVC_REMOTE, url], "dvc remote add", cwd=repo)
-    for key, value in (("endpointurl", stack.s3_url), ("access_key_id", AWS_KEY),
-                       ("secret_access_key", AWS_SECRET), ("region", AWS_REGION)):
+    for key, value in (
+        ("endpointurl", stack.s3_url),
+        ("access_key_id", AWS_KEY),
+        ("secret_access_key", AWS_SECRET),
+        ("region", AWS_REGION),
+    ):
         _run([*dvc, "remote", "modify", "--local", DVC_REMOTE, key, value], f"dvc remote modify {key}", cwd=repo)
 
 
@@ -351,8 +422,10 @@ STARTERS = {"postgres": _start_postgres, "s3": _start_s3, "mlflow": _start_mlflo
 
 
 def running(stack: Stack) -> dict[str, bool]:
-    return {"postgres": _postgres_up(stack),
-            **{name: _pid(stack, name) is not None and port_open(stack.ports[name]) for name in SERVICES[1:]}}
+    return {
+        "postgres": _postgres_up(stack),
+        **{name: _pid(stack, name) is not None and port_open(stack.ports[name]) for name in SERVICES[1:]},
+    }
 
 
 def up(stack: Stack, repo: Path = ROOT) -> None:
@@ -373,8 +446,10 @@ def up(stack: Stack, repo: Path = ROOT) -> None:
             _create_databases(stack)
     write_env_file(stack, repo / ENV_FILE.name)
     configure_dvc_remote(stack, repo)
-    print(f"state in {stack.state}; wrote {repo / ENV_FILE.name} (`. ./.stack.env`) and the DVC remote "
-          f"'{DVC_REMOTE}' in .dvc/config.local")
+    print(
+        f"state in {stack.state}; wrote {repo / ENV_FILE.name} (`. ./.stack.env`) and the DVC remote "
+        f"'{DVC_REMOTE}' in .dvc/config.local"
+    )
 
 
 def down(stack: Stack) -> None:

@@ -49,35 +49,75 @@ def profile_suite(dataset: Dataset, params: Params, name: str) -> dict:
         _expect("expect_column_values_to_be_unique", column=ROW_ID),
         _expect("expect_column_values_to_not_be_null", column=label),
         _expect("expect_column_values_to_be_in_set", column=label, value_set=classes, mostly=0.99),
-        _expect("expect_column_value_counts_to_be_at_least", column=label, value_set=classes,
-                min_count=int(max(5, counts.min() // 2))),
-        _expect("expect_column_imbalance_ratio_to_be_at_most", "warning", column=label,
-                max_ratio=round(1.5 * balance["imbalance_ratio"], 2)),
-        _expect("expect_column_normalized_entropy_to_be_at_least", "warning", column=label,
-                min_value=round(0.9 * balance["normalized_entropy"], 3)),
-        _expect("expect_table_near_duplicate_fraction_to_be_at_most", "warning",
-                max_fraction=round(max(0.01, 2 * near), 4), ignore_columns=[ROW_ID]),
+        _expect(
+            "expect_column_value_counts_to_be_at_least",
+            column=label,
+            value_set=classes,
+            min_count=int(max(5, counts.min() // 2)),
+        ),
+        _expect(
+            "expect_column_imbalance_ratio_to_be_at_most",
+            "warning",
+            column=label,
+            max_ratio=round(1.5 * balance["imbalance_ratio"], 2),
+        ),
+        _expect(
+            "expect_column_normalized_entropy_to_be_at_least",
+            "warning",
+            column=label,
+            min_value=round(0.9 * balance["normalized_entropy"], 3),
+        ),
+        _expect(
+            "expect_table_near_duplicate_fraction_to_be_at_most",
+            "warning",
+            max_fraction=round(max(0.01, 2 * near), 4),
+            ignore_columns=[ROW_ID],
+        ),
     ]
-    types = corrected.column_types or {c: "numeric" if pd.api.types.is_numeric_dtype(table[c]) else "categorical"
-                                       for c in table.columns if c not in (ROW_ID, label, "class_name")}
+    types = corrected.column_types or {
+        c: "numeric" if pd.api.types.is_numeric_dtype(table[c]) else "categorical"
+        for c in table.columns
+        if c not in (ROW_ID, label, "class_name")
+    }
     for col, kind in types.items():
         values = table[col]
         missing = float(values.isna().mean())
         if kind == "numeric" and values.notna().any():
             low, high = float(values.min()), float(values.max())
             margin = 0.1 * (high - low) or abs(high) * 0.1 or 1.0
-            expectations.append(_expect("expect_column_values_to_be_between", column=col,
-                                        min_value=round(low - margin, 6), max_value=round(high + margin, 6), mostly=0.99))
+            expectations.append(
+                _expect(
+                    "expect_column_values_to_be_between",
+                    column=col,
+                    min_value=round(low - margin, 6),
+                    max_value=round(high + margin, 6),
+                    mostly=0.99,
+                )
+            )
         elif kind == "categorical" and 0 < values.nunique() <= MAX_CATEGORIES:
-            expectations.append(_expect("expect_column_values_to_be_in_set", column=col,
-                                        value_set=sorted(values.dropna().astype(str).unique().tolist()), mostly=0.99))
+            expectations.append(
+                _expect(
+                    "expect_column_values_to_be_in_set",
+                    column=col,
+                    value_set=sorted(values.dropna().astype(str).unique().tolist()),
+                    mostly=0.99,
+                )
+            )
         if kind in ("numeric", "categorical"):
-            expectations.append(_expect("expect_column_values_to_not_be_null", "warning", column=col,
-                                        mostly=round(max(0.0, 1 - missing - 0.05), 3)))
+            expectations.append(
+                _expect(
+                    "expect_column_values_to_not_be_null",
+                    "warning",
+                    column=col,
+                    mostly=round(max(0.0, 1 - missing - 0.05), 3),
+                )
+            )
     return {
         "name": name,
-        "meta": {"notes": f"Bootstrapped by tasks.bootstrap_suite from {len(table)} rows of "
-                          f"'{params.data.source}'. Edit freely: tighten ranges, change severities."},
+        "meta": {
+            "notes": f"Bootstrapped by tasks.bootstrap_suite from {len(table)} rows of "
+            f"'{params.data.source}'. Edit freely: tighten ranges, change severities."
+        },
         "expectations": expectations,
     }
 

@@ -28,9 +28,14 @@ def run(params) -> None:
     teacher = load_model(paths.MODELS / "teacher")
     train, val = load_split("train"), load_split("val")
     record_training(
-        "distill", "student", params.distill, params.mlflow, meta,
-        lambda on_epoch: distill_student(teacher, train, val, meta, params.distill, on_epoch,
-                                         tensorboard_dir=str(paths.TENSORBOARD / "distill")),
+        "distill",
+        "student",
+        params.distill,
+        params.mlflow,
+        meta,
+        lambda on_epoch: distill_student(
+            teacher, train, val, meta, params.distill, on_epoch, tensorboard_dir=str(paths.TENSORBOARD / "distill")
+        ),
     )
 
 

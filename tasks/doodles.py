@@ -75,8 +75,9 @@ def _draw(strokes: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     return np.clip(canvas * 255, 0, 255).astype(np.uint8)
 
 
-def make_doodles(folder: str | Path, count: int | dict[str, int] = 1000, seed: int = 0,
-                 classes: tuple[str, ...] = CLASSES) -> dict[str, Path]:
+def make_doodles(
+    folder: str | Path, count: int | dict[str, int] = 1000, seed: int = 0, classes: tuple[str, ...] = CLASSES
+) -> dict[str, Path]:
     """Write `<class>.npy` (count x 784 uint8) for each class into `folder`;
     `count` may differ per class. Returns class -> file."""
     unknown = sorted(set(classes) - set(SHAPES))
@@ -88,7 +89,11 @@ def make_doodles(folder: str | Path, count: int | dict[str, int] = 1000, seed: i
     for index, name in enumerate(classes):
         n = count[name] if isinstance(count, dict) else count
         rng = np.random.default_rng([seed, index])  # one stream per class: adding a class changes no other
-        bitmaps = np.stack([_draw(SHAPES[name], rng).reshape(-1) for _ in range(n)]) if n else np.zeros((0, SIDE * SIDE), np.uint8)
+        bitmaps = (
+            np.stack([_draw(SHAPES[name], rng).reshape(-1) for _ in range(n)])
+            if n
+            else np.zeros((0, SIDE * SIDE), np.uint8)
+        )
         files[name] = folder / f"{name}.npy"
         with atomic_path(files[name]) as tmp:
             with open(tmp, "wb") as handle:

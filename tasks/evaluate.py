@@ -59,11 +59,15 @@ def measure_latency(files: dict[str, Path], x: np.ndarray, params: EvaluateParam
     for threads in params.latency_threads:
         sessions = {name: session(path, threads=threads, spinning=False) for name, path in files.items()}
         for batch in LATENCY_BATCHES:
-            print(f"evaluate: timing {len(files)} candidates at batch {batch}, {threads} thread(s), "
-                  f"{params.latency_rounds} interleaved rounds", flush=True)
+            print(
+                f"evaluate: timing {len(files)} candidates at batch {batch}, {threads} thread(s), "
+                f"{params.latency_rounds} interleaved rounds",
+                flush=True,
+            )
             key = latency_key(batch, threads)
-            for name, figures in session_latencies(sessions, x, batch, params.latency_seconds,
-                                                   params.latency_rounds).items():
+            for name, figures in session_latencies(
+                sessions, x, batch, params.latency_seconds, params.latency_rounds
+            ).items():
                 out[name].update({key: figures["median"], f"{key}_p10": figures["p10"], f"{key}_p90": figures["p90"]})
     return out
 
@@ -72,8 +76,10 @@ def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, meta: Processed
     """Quality and cost of one ONNX file, run by onnxruntime on the test split."""
     metadata, _, sess = check_artifact(path, threads=params.threads)
     if metadata.task != meta.task or tuple(metadata.classes) != tuple(meta.classes):
-        raise DistilleryError(f"{path}: a {metadata.task} model of classes {list(metadata.classes)}, but "
-                              f"data/processed is {meta.task} with {list(meta.classes)}; rerun export (dvc repro)")
+        raise DistilleryError(
+            f"{path}: a {metadata.task} model of classes {list(metadata.classes)}, but "
+            f"data/processed is {meta.task} with {list(meta.classes)}; rerun export (dvc repro)"
+        )
     task, classes = meta.task, list(meta.classes)
     cost = {"size_bytes": file_size(path)}
     if task_of(task).regression:
@@ -81,15 +87,31 @@ def evaluate_candidate(path: Path, x: np.ndarray, y: np.ndarray, meta: Processed
         scores = task_metrics(task, predicted, y, classes)
         return {**scores, "residuals": {"predicted": predicted.tolist(), "actual": y.tolist()}, **cost}
     probabilities = run_batches(sess, x, output=PROBABILITIES)
-    scores = task_metrics(task, probabilities, y, classes, params.ece_bins, params.f_beta, probabilities=True,
-                          threshold=metadata.threshold)
+    scores = task_metrics(
+        task,
+        probabilities,
+        y,
+        classes,
+        params.ece_bins,
+        params.f_beta,
+        probabilities=True,
+        threshold=metadata.threshold,
+    )
     # The graph divides logits by T; multiplying back recovers the uncalibrated model.
     logits = run_batches(sess, x, output=LOGITS) * metadata.temperature
     uncalibrated = task_metrics(task, logits, y, classes, params.ece_bins, threshold=metadata.threshold)
-    curves = label_curve_points(probabilities, y, classes) if task_of(task).multilabel else \
-        curve_points(probabilities, y, classes)
-    return {**scores, "temperature": metadata.temperature, "ece_before_scaling": uncalibrated["ece"],
-            "curves": curves, **cost}
+    curves = (
+        label_curve_points(probabilities, y, classes)
+        if task_of(task).multilabel
+        else curve_points(probabilities, y, classes)
+    )
+    return {
+        **scores,
+        "temperature": metadata.temperature,
+        "ece_before_scaling": uncalibrated["ece"],
+        "curves": curves,
+        **cost,
+    }
 
 
 def write_plots(name: str, result: dict, classes: list[str], task: str) -> None:
@@ -101,12 +123,27 @@ def write_plots(name: str, result: dict, classes: list[str], task: str) -> None:
         write_json(paths.CURVES / "residuals" / f"{name}.json", rows)
         return
     if not task_of(task).multilabel:
-        plots.confusion(result["confusion_matrix"], result["confusion_matrix_normalized"], classes, name,
-                        paths.PLOTS / f"confusion_{name}.png")
-    plots.curves(result["curves"], name, paths.PLOTS / f"curves_{name}.png",
-                 (result.get("average_precision") or {}).get("per_class"))
-    plots.reliability(result["reliability"], result["ece_before_scaling"], result["ece"], name,
-                      paths.PLOTS / f"reliability_{name}.png", result.get("temperature"))
+        plots.confusion(
+            result["confusion_matrix"],
+            result["confusion_matrix_normalized"],
+            classes,
+            name,
+            paths.PLOTS / f"confusion_{name}.png",
+        )
+    plots.curves(
+        result["curves"],
+        name,
+        paths.PLOTS / f"curves_{name}.png",
+        (result.get("average_precision") or {}).get("per_class"),
+    )
+    plots.reliability(
+        result["reliability"],
+        result["ece_before_scaling"],
+        result["ece"],
+        name,
+        paths.PLOTS / f"reliability_{name}.png",
+        result.get("temperature"),
+    )
     write_json(paths.CURVES / "roc" / f"{name}.json", result["curves"]["roc"])
     write_json(paths.CURVES / "pr" / f"{name}.json", result["curves"]["pr"])
     write_json(paths.CURVES / "reliability" / f"{name}.json", [b for b in result["reliability"] if b["count"]])
@@ -119,8 +156,10 @@ def slice_report(meta: ProcessedMeta, y: np.ndarray, params: EvaluateParams) -> 
     task, classes = meta.task, list(meta.classes)
     table = pd.read_parquet(paths.VALIDATED / paths.TABLE)
     if params.slice_column not in table.columns:
-        raise DistilleryError(f"params.yaml 'evaluate.slice_column': column '{params.slice_column}' is not in "
-                              f"the validated table (columns: {list(table.columns)})")
+        raise DistilleryError(
+            f"params.yaml 'evaluate.slice_column': column '{params.slice_column}' is not in "
+            f"the validated table (columns: {list(table.columns)})"
+        )
     test = load_split_arrays("test")
     x, row_ids = test[X], test[ROW_IDS]
     values = table.set_index(ROW_ID).loc[row_ids, params.slice_column].astype("string").fillna("(missing)").to_numpy()
@@ -132,10 +171,14 @@ def slice_report(meta: ProcessedMeta, y: np.ndarray, params: EvaluateParams) -> 
         for value in sorted(set(values)):
             mask = values == value
             part = predicted[mask].ravel() if task_of(task).regression else predicted[mask]
-            scores = task_metrics(task, part, y[mask], classes, params.ece_bins, params.f_beta,
-                                  probabilities=not task_of(task).regression)
-            per_value[value] = {"rows": int(mask.sum()), "quality": scores["quality"],
-                                **{k: scores[k] for k in ("accuracy", "macro_f1", "r2", "rmse") if k in scores}}
+            scores = task_metrics(
+                task, part, y[mask], classes, params.ece_bins, params.f_beta, probabilities=not task_of(task).regression
+            )
+            per_value[value] = {
+                "rows": int(mask.sum()),
+                "quality": scores["quality"],
+                **{k: scores[k] for k in ("accuracy", "macro_f1", "r2", "rmse") if k in scores},
+            }
         report[name] = per_value
     return {"column": params.slice_column, "candidates": report}
 
@@ -147,8 +190,10 @@ def add_int8_agreement(candidates: dict, x: np.ndarray, task: str, params: Evalu
     for name in list(candidates):
         if not name.endswith(".int8") or name.replace(".int8", ".fp32") not in candidates:
             continue
-        int8, fp32 = (session(paths.ONNX_DIR / f"{n}.onnx", threads=params.threads)
-                      for n in (name, name.replace(".int8", ".fp32")))
+        int8, fp32 = (
+            session(paths.ONNX_DIR / f"{n}.onnx", threads=params.threads)
+            for n in (name, name.replace(".int8", ".fp32"))
+        )
         a, b = run_batches(int8, x, output=output), run_batches(fp32, x, output=output)
         if task_of(task).regression:
             candidates[name]["int8_max_abs_diff"] = float(np.abs(a - b).max())
@@ -185,15 +230,25 @@ def main() -> None:
     for name, result in candidates.items():
         write_plots(name, result, list(meta.classes), meta.task)
     slices = slice_report(meta, y, params) if params.slice_column else None
-    reports.write(EvaluationReport(task=meta.task, test_rows=len(y), latency_threads=tuple(params.latency_threads),
-                                   candidates=candidates, slices=slices))
+    reports.write(
+        EvaluationReport(
+            task=meta.task,
+            test_rows=len(y),
+            latency_threads=tuple(params.latency_threads),
+            candidates=candidates,
+            slices=slices,
+        )
+    )
     log_to_mlflow(all_params.mlflow, candidates, meta.task)
     latency = [latency_key(b, t) for t in params.latency_threads for b in LATENCY_BATCHES]
     columns = (*(REGRESSION_COLUMNS if task_of(meta.task).regression else SUMMARY_COLUMNS), *latency)
     rows = [{"candidate": n, **{k: r[k] for k in columns}} for n, r in candidates.items()]
-    write_summary("evaluate", f"Test split: {len(y)} rows. Latency in ms, onnxruntime, median of interleaved rounds "
-                  f"({params.latency_rounds} rounds, {params.latency_seconds} s per batch size and thread count); "
-                  f"`_t<n>` = n intra-op threads.\n\n" + markdown_table(rows))
+    write_summary(
+        "evaluate",
+        f"Test split: {len(y)} rows. Latency in ms, onnxruntime, median of interleaved rounds "
+        f"({params.latency_rounds} rounds, {params.latency_seconds} s per batch size and thread count); "
+        f"`_t<n>` = n intra-op threads.\n\n" + markdown_table(rows),
+    )
 
 
 if __name__ == "__main__":

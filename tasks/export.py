@@ -63,9 +63,14 @@ def artifact_metadata(meta: ProcessedMeta, threshold: float) -> ArtifactMetadata
         spec = InputSpec(name=name, shape=(-1, *meta.input_shape), dtype="float32", range=(0.0, meta.pixel_max))
         inside = "(x - mean) / std per channel; send raw pixel values"
     return ArtifactMetadata(
-        task=meta.task, classes=meta.classes, input_spec=spec,
+        task=meta.task,
+        classes=meta.classes,
+        input_spec=spec,
         preprocessing=Preprocessing(inside_graph=inside, mean=meta.mean, std=meta.std, encoder=meta.encoder),
-        outputs=output_names(meta.task), git_commit=git_commit(), data_hash=meta.data_hash, threshold=threshold,
+        outputs=output_names(meta.task),
+        git_commit=git_commit(),
+        data_hash=meta.data_hash,
+        threshold=threshold,
         target_units=TargetUnits(meta.target_mean, meta.target_std) if task_of(meta.task).regression else None,
     )
 
@@ -105,11 +110,23 @@ def export_candidate(
             f"above export.atol={params.atol:.0e}"
         )
     reduce_range = default_reduce_range() if params.reduce_range == "auto" else params.reduce_range == "on"
-    quantization = Quantization(mode=params.quantization, per_channel=params.per_channel,
-                                calibration_method=params.calibration_method, reduce_range=reduce_range,
-                                cpu_has_vnni=cpu_has_vnni())
-    quantize(fp32, int8, mode=params.quantization, calibration=calibration, per_channel=params.per_channel,
-             method=params.calibration_method, reduce_range=reduce_range, input_name=metadata.input_spec.name)
+    quantization = Quantization(
+        mode=params.quantization,
+        per_channel=params.per_channel,
+        calibration_method=params.calibration_method,
+        reduce_range=reduce_range,
+        cpu_has_vnni=cpu_has_vnni(),
+    )
+    quantize(
+        fp32,
+        int8,
+        mode=params.quantization,
+        calibration=calibration,
+        per_channel=params.per_channel,
+        method=params.calibration_method,
+        reduce_range=reduce_range,
+        input_name=metadata.input_spec.name,
+    )
     set_metadata(int8, metadata.replace(candidate=f"{name}.int8", precision="int8", quantization=quantization))
     check_artifact(int8)
     return {
@@ -123,8 +140,15 @@ def export_candidate(
     }
 
 
-def export_saved(name: str, models_dir: Path, val: tuple[np.ndarray, np.ndarray], calibration: np.ndarray,
-                 metadata: ArtifactMetadata, params: ExportParams, out_dir: Path) -> dict:
+def export_saved(
+    name: str,
+    models_dir: Path,
+    val: tuple[np.ndarray, np.ndarray],
+    calibration: np.ndarray,
+    metadata: ArtifactMetadata,
+    params: ExportParams,
+    out_dir: Path,
+) -> dict:
     """export_candidate for the model saved as `models_dir/<name>`: what a Dask
     worker runs, loading the weights itself (absolute paths: its working
     directory is not the project's)."""
@@ -133,8 +157,11 @@ def export_saved(name: str, models_dir: Path, val: tuple[np.ndarray, np.ndarray]
 
 def _exported(i: int, n: int, call: tuple) -> dict:
     figures = export_saved(*call)
-    print(f"export: {i}/{n} {call[0]}: fp32 {figures['fp32_size_bytes']:,} B and int8 {figures['int8_size_bytes']:,} B "
-          "written and checked", flush=True)
+    print(
+        f"export: {i}/{n} {call[0]}: fp32 {figures['fp32_size_bytes']:,} B and int8 {figures['int8_size_bytes']:,} B "
+        "written and checked",
+        flush=True,
+    )
     return figures
 
 
@@ -153,26 +180,41 @@ def main() -> None:
     paths.ONNX_DIR.mkdir(parents=True, exist_ok=True)
     metadata = artifact_metadata(meta, params.label_threshold)
     names = candidate_models(paths.MODELS)
-    calls = [(name, paths.MODELS.resolve(), val, calibration, metadata, params, paths.ONNX_DIR.resolve()) for name in names]
+    calls = [
+        (name, paths.MODELS.resolve(), val, calibration, metadata, params, paths.ONNX_DIR.resolve()) for name in names
+    ]
     address = dask_address()
     # Candidates are independent: on a cluster each is a Dask task; here, one after another
     # (a process each would not pay on a laptop: torch's import costs more than an export).
-    results = map_on_cluster(export_saved, calls, address) if address else [_exported(i, len(calls), call)
-                                                                            for i, call in enumerate(calls, 1)]
+    results = (
+        map_on_cluster(export_saved, calls, address)
+        if address
+        else [_exported(i, len(calls), call) for i, call in enumerate(calls, 1)]
+    )
     report = dict(zip(names, results))
     write_json(paths.EXPORT_REPORT, report)
     from tasks.core.tracking import log_stage
 
-    log_stage(all_params.mlflow, "export", {f"{name}.{key}": value for name, figures in report.items()
-                                            for key, value in figures.items()},
-              {"task": meta.task}, (paths.EXPORT_REPORT,))
-    where = f" The {len(names)} candidates were exported in parallel on the Dask cluster at {address}." if address else ""
+    log_stage(
+        all_params.mlflow,
+        "export",
+        {f"{name}.{key}": value for name, figures in report.items() for key, value in figures.items()},
+        {"task": meta.task},
+        (paths.EXPORT_REPORT,),
+    )
+    where = (
+        f" The {len(names)} candidates were exported in parallel on the Dask cluster at {address}." if address else ""
+    )
     write_summary(
         "export",
         f"Temperature fitted on the validation split and folded into each graph; exported fp32 "
         f"(checked against PyTorch) and int8 (onnxruntime quantization), each checked against the artifact contract.{where}\n\n"
-        + markdown_table([{"model": name, **figures, "int8_kernels": kernel_list(figures["int8_kernels"])}
-                          for name, figures in report.items()]),
+        + markdown_table(
+            [
+                {"model": name, **figures, "int8_kernels": kernel_list(figures["int8_kernels"])}
+                for name, figures in report.items()
+            ]
+        ),
     )
 
 

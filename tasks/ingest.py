@@ -74,7 +74,7 @@ def production_rows(params: DataParams, source: pd.DataFrame) -> tuple[pd.DataFr
     rows = snapshot.rows
     cap = int(params.production.max_share * len(source))
     left_out = max(0, len(rows) - cap)
-    rows = rows.iloc[len(rows) - min(cap, len(rows)):]  # the snapshot is in answer order: the newest are last
+    rows = rows.iloc[len(rows) - min(cap, len(rows)) :]  # the snapshot is in answer order: the newest are last
     aligned = pd.DataFrame({c: rows[c] if c in rows else "" for c in source.columns}, index=rows.index)
     for column in source.columns:
         if not (pd.api.types.is_object_dtype(source[column]) or pd.api.types.is_string_dtype(source[column])):
@@ -90,10 +90,18 @@ def ingest_table(params: DataParams) -> Dataset:
     table = pd.concat([data.table, production], ignore_index=True) if len(production) else data.table.copy()
     table.insert(0, ROW_ID, np.arange(len(table), dtype=np.int64))
     meta = DatasetMeta(
-        source=params.source, name=params.name, kind=TABLE.name, rows=int(len(table)), data_hash=hash_table(table),
-        classes=tuple(params.classes) if params.classes else None, origin=data.origin, target=data.target,
-        declared_types=dict(data.columns), declared_columns=tuple(params.columns),
-        production_rows=int(len(production)), production_snapshot=snapshot.sha256 if len(production) else None,
+        source=params.source,
+        name=params.name,
+        kind=TABLE.name,
+        rows=int(len(table)),
+        data_hash=hash_table(table),
+        classes=tuple(params.classes) if params.classes else None,
+        origin=data.origin,
+        target=data.target,
+        declared_types=dict(data.columns),
+        declared_columns=tuple(params.columns),
+        production_rows=int(len(production)),
+        production_snapshot=snapshot.sha256 if len(production) else None,
         production_left_out=left_out,
     )
     return Dataset(table=table, arrays={}, meta=meta)
@@ -105,9 +113,14 @@ def ingest(params: DataParams) -> Dataset:
     data = load_source(params)
     table = image_table(data)
     meta = DatasetMeta(
-        source=params.source, name=params.name, kind=IMAGE.name, rows=int(len(table)),
+        source=params.source,
+        name=params.name,
+        kind=IMAGE.name,
+        rows=int(len(table)),
         data_hash=hash_arrays(data.images, data.labels),
-        classes=tuple(data.classes), image_shape=tuple(data.images.shape[1:]), pixel_max=data.pixel_max,
+        classes=tuple(data.classes),
+        image_shape=tuple(data.images.shape[1:]),
+        pixel_max=data.pixel_max,
     )
     return Dataset(table=table, arrays={IMAGES: data.images, LABELS: data.labels}, meta=meta)
 
@@ -132,19 +145,27 @@ def main() -> None:
     )
     from tasks.core.tracking import log_stage
 
-    log_stage(all_params.mlflow, "ingest", {"rows": meta.rows, "production_rows": meta.production_rows,
-                                            "production_left_out": meta.production_left_out},
-              {"data_source": params.source, "data_hash": meta.data_hash, "kind": meta.kind},
-              (paths.SUMMARIES / "ingest.md",))
+    log_stage(
+        all_params.mlflow,
+        "ingest",
+        {"rows": meta.rows, "production_rows": meta.production_rows, "production_left_out": meta.production_left_out},
+        {"data_source": params.source, "data_hash": meta.data_hash, "kind": meta.kind},
+        (paths.SUMMARIES / "ingest.md",),
+    )
 
 
 def production_note(meta: DatasetMeta, params: DataParams) -> str:
     if not meta.production_rows and not meta.production_left_out:
         return ""
-    left = (f"; {meta.production_left_out} older one(s) left out by data.production.max_share "
-            f"{params.production.max_share}" if meta.production_left_out else "")
-    return (f"\n\nOf these, **{meta.production_rows}** are labelled production rows from "
-            f"`{params.production.path}` (snapshot `{(meta.production_snapshot or '')[:16]}`){left}.")
+    left = (
+        f"; {meta.production_left_out} older one(s) left out by data.production.max_share {params.production.max_share}"
+        if meta.production_left_out
+        else ""
+    )
+    return (
+        f"\n\nOf these, **{meta.production_rows}** are labelled production rows from "
+        f"`{params.production.path}` (snapshot `{(meta.production_snapshot or '')[:16]}`){left}."
+    )
 
 
 if __name__ == "__main__":

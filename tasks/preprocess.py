@@ -46,33 +46,43 @@ def preprocess(dataset: Dataset, params: PreprocessParams, task: str) -> tuple[S
     targets: np.ndarray = labels
     if task_of(task).multilabel:
         if dataset.meta.source not in DIGIT_SOURCES:
-            raise DistilleryError(f"task.type 'multilabel' is wired for data.source {' or '.join(DIGIT_SOURCES)} "
-                                  f"(labels: even, large, loop), not '{dataset.meta.source}'")
+            raise DistilleryError(
+                f"task.type 'multilabel' is wired for data.source {' or '.join(DIGIT_SOURCES)} "
+                f"(labels: even, large, loop), not '{dataset.meta.source}'"
+            )
         # Labels derived from the digit: even, at least 5, closed loop (tasks/data/sources.py).
         targets, classes = np.asarray(DIGIT_ATTRIBUTE_MATRIX, np.float32)[labels], DIGIT_ATTRIBUTES
     elif task_of(task).regression:
         raise DistilleryError("task.type 'regression' needs a table with a numeric target, not images")
     row_ids = dataset.table[ROW_ID].to_numpy()
-    splits = {name: {X: x[ix], Y: targets[ix], ROW_IDS: row_ids[ix]}
-              for name, ix in split_indices(labels, params).items()}
+    splits = {
+        name: {X: x[ix], Y: targets[ix], ROW_IDS: row_ids[ix]} for name, ix in split_indices(labels, params).items()
+    }
     train_x = splits["train"][X]
     if not task_of(task).multilabel and params.resample != "none":
-        splits["train"][X], splits["train"][Y] = resample_train(train_x, splits["train"][Y], params.resample,
-                                                                params.seed)
+        splits["train"][X], splits["train"][Y] = resample_train(
+            train_x, splits["train"][Y], params.resample, params.seed
+        )
         del splits["train"][ROW_IDS]  # resampled rows are no longer the dataset's rows
     meta = ProcessedMeta(
-        kind=IMAGE.name, task=task, classes=tuple(classes), input_shape=tuple(x.shape[1:]),
+        kind=IMAGE.name,
+        task=task,
+        classes=tuple(classes),
+        input_shape=tuple(x.shape[1:]),
         # Per-channel stats in raw units, from the train split alone (before resampling).
         mean=tuple(train_x.mean(axis=(0, 2, 3)).tolist()),
         std=tuple(np.maximum(train_x.std(axis=(0, 2, 3)), 1e-6).tolist()),
-        data_hash=hash_arrays(images, labels), resample=params.resample,
-        counts=label_counts(splits, len(classes), task), pixel_max=dataset.meta.pixel_max,
+        data_hash=hash_arrays(images, labels),
+        resample=params.resample,
+        counts=label_counts(splits, len(classes), task),
+        pixel_max=dataset.meta.pixel_max,
     )
     return splits, meta
 
 
-def table_targets(table: pd.DataFrame, classes: tuple[str, ...], task: str, params: PreprocessParams
-                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def table_targets(
+    table: pd.DataFrame, classes: tuple[str, ...], task: str, params: PreprocessParams
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The target per row, and the split: stratified on the class, or for
     regression on the target's quintiles, so every split sees its whole range."""
     if task_of(task).regression:
@@ -97,22 +107,31 @@ def preprocess_table(dataset: Dataset, params: PreprocessParams, task: str) -> t
     targets, parts = table_targets(table, classes, task, params)
     types = {c: t for c, t in dataset.meta.column_types.items() if c in dataset.meta.features}
     encoder = fit_encoder(table.iloc[parts["train"]], types, params.impute, params.knn_neighbors, params.seed)
-    splits = {name: {X: encoder.encode(table.iloc[ix]), Y: targets[ix], ROW_IDS: table[ROW_ID].to_numpy()[ix]}
-              for name, ix in parts.items()}
+    splits = {
+        name: {X: encoder.encode(table.iloc[ix]), Y: targets[ix], ROW_IDS: table[ROW_ID].to_numpy()[ix]}
+        for name, ix in parts.items()
+    }
     train_x, train_y = splits["train"][X], splits["train"][Y]
     regression = task_of(task).regression
     if not regression and params.resample != "none":
         splits["train"][X], splits["train"][Y] = resample_train(train_x, train_y, params.resample, params.seed)
         del splits["train"][ROW_IDS]  # resampled rows are no longer the dataset's rows
     meta = ProcessedMeta(
-        kind=TABLE.name, task=task, classes=classes, input_shape=(train_x.shape[1],),
-        mean=tuple(train_x.mean(axis=0).tolist()), std=tuple(np.maximum(train_x.std(axis=0), 1e-6).tolist()),
-        data_hash=dataset.meta.data_hash, resample=params.resample,
-        counts=label_counts(splits, len(classes), task), encoder=encoder,
+        kind=TABLE.name,
+        task=task,
+        classes=classes,
+        input_shape=(train_x.shape[1],),
+        mean=tuple(train_x.mean(axis=0).tolist()),
+        std=tuple(np.maximum(train_x.std(axis=0), 1e-6).tolist()),
+        data_hash=dataset.meta.data_hash,
+        resample=params.resample,
+        counts=label_counts(splits, len(classes), task),
+        encoder=encoder,
         # Regression: the model predicts in standardised units; the graph scales back to the target's.
         target_mean=float(train_y.mean()) if regression else 0.0,
         target_std=float(max(train_y.std(), 1e-6)) if regression else 1.0,
-        production_rows=production_rows(dataset), production_snapshot=dataset.meta.production_snapshot,
+        production_rows=production_rows(dataset),
+        production_snapshot=dataset.meta.production_snapshot,
     )
     return splits, meta
 
@@ -130,7 +149,9 @@ def main() -> None:
         save_split(name, arrays)
     write_meta(meta)
     sizes = ", ".join(f"{name} {len(s[Y])}" for name, s in splits.items())
-    inputs = f"{meta.input_shape[0]} encoded features" if kind_of(meta.kind).table else f"images {list(meta.input_shape)}"
+    inputs = (
+        f"{meta.input_shape[0]} encoded features" if kind_of(meta.kind).table else f"images {list(meta.input_shape)}"
+    )
     write_summary(
         "preprocess",
         f"Stratified split: {sizes}; {inputs}; train resampling: {meta.resample} "
@@ -138,8 +159,12 @@ def main() -> None:
     )
     from tasks.core.tracking import log_stage
 
-    log_stage(params.mlflow, "preprocess", {f"rows_{name}": len(s[Y]) for name, s in splits.items()},
-              {"data_hash": meta.data_hash, "task": meta.task, "resample": meta.resample})
+    log_stage(
+        params.mlflow,
+        "preprocess",
+        {f"rows_{name}": len(s[Y]) for name, s in splits.items()},
+        {"data_hash": meta.data_hash, "task": meta.task, "resample": meta.resample},
+    )
 
 
 if __name__ == "__main__":

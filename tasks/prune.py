@@ -43,27 +43,47 @@ def main() -> None:
             tuning = dataclasses.replace(fit_params, patience=max(1, prune_params.fine_tune_epochs))
             # The same class weighting the model was trained with, so the rare class is not given up.
             weights = class_weights(train[1], meta.n_classes, getattr(fit_params, "class_weighting", "none"))
-            fine_tune(pruned, as_tensors(*train), as_tensors(*val), task_loss(meta.task, tuning, weights), tuning,
-                      prune_params.fine_tune_epochs)
+            fine_tune(
+                pruned,
+                as_tensors(*train),
+                as_tensors(*val),
+                task_loss(meta.task, tuning, weights),
+                tuning,
+                prune_params.fine_tune_epochs,
+            )
         save_model(pruned.cpu(), paths.MODELS / f"{name}_pruned")
-        print(f"prune: {name} -> {name}_pruned, {count_nonzero_parameters(model):,} -> "
-              f"{count_nonzero_parameters(pruned):,} parameters; unstructured sweep next", flush=True)
+        print(
+            f"prune: {name} -> {name}_pruned, {count_nonzero_parameters(model):,} -> "
+            f"{count_nonzero_parameters(pruned):,} parameters; unstructured sweep next",
+            flush=True,
+        )
         report[name] = {
-            "structured": {"amount": prune_params.structured_amount, "rank": prune_params.rank, "norm": prune_params.norm,
-                           "parameters_before": count_nonzero_parameters(model),
-                           "parameters_after": count_nonzero_parameters(pruned),
-                           "fine_tune_epochs": prune_params.fine_tune_epochs},
-            "unstructured_sweep": unstructured_sweep(model, prune_params.unstructured_amounts,
-                                                     prune_params.scope, val, meta),
+            "structured": {
+                "amount": prune_params.structured_amount,
+                "rank": prune_params.rank,
+                "norm": prune_params.norm,
+                "parameters_before": count_nonzero_parameters(model),
+                "parameters_after": count_nonzero_parameters(pruned),
+                "fine_tune_epochs": prune_params.fine_tune_epochs,
+            },
+            "unstructured_sweep": unstructured_sweep(
+                model, prune_params.unstructured_amounts, prune_params.scope, val, meta
+            ),
         }
     write_json(paths.PRUNING_REPORT, report)
     from tasks.core.tracking import log_stage
 
-    log_stage(params.mlflow, "prune", {f"{name}.{key}": value for name, r in report.items()
-                                       for key, value in r["structured"].items()},
-              {"task": meta.task, "rank": prune_params.rank}, (paths.PRUNING_REPORT,))
-    rows = [{"model": n, **{k: v for k, v in r["structured"].items() if k not in ("norm", "rank")}}
-            for n, r in report.items()]
+    log_stage(
+        params.mlflow,
+        "prune",
+        {f"{name}.{key}": value for name, r in report.items() for key, value in r["structured"].items()},
+        {"task": meta.task, "rank": prune_params.rank},
+        (paths.PRUNING_REPORT,),
+    )
+    rows = [
+        {"model": n, **{k: v for k, v in r["structured"].items() if k not in ("norm", "rank")}}
+        for n, r in report.items()
+    ]
     sweep = [{"model": n, **row} for n, r in report.items() for row in r["unstructured_sweep"]]
     write_summary(
         "prune",
@@ -71,7 +91,7 @@ def main() -> None:
         f"then fine-tuning; saved as `<model>_pruned` candidates:\n\n"
         + markdown_table(rows)
         + "\n\nUnstructured magnitude pruning (reported only: the ONNX stays dense, so onnxruntime gains no speed; "
-          "the gain is in a compressed file):\n\n" + markdown_table(sweep),
+        "the gain is in a compressed file):\n\n" + markdown_table(sweep),
     )
 
 

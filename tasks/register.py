@@ -98,14 +98,23 @@ def current_champion(registered_model: str, x: np.ndarray, y: np.ndarray, meta: 
         metadata, signature, sess = check_artifact(found[0])
     except DistilleryError:  # a champion of an older contract: not comparable, and replaced if this one passes
         return champion
-    if (tuple(metadata.classes) != meta.classes or metadata.task != meta.task
-            or tuple(signature.input_shape) != tuple(x.shape[1:])):
+    if (
+        tuple(metadata.classes) != meta.classes
+        or metadata.task != meta.task
+        or tuple(signature.input_shape) != tuple(x.shape[1:])
+    ):
         return champion
     outputs = run_batches(sess, x, output=answer_output(meta.task))
     if task_of(meta.task).regression:
         outputs = outputs.ravel()
-    quality = task_metrics(meta.task, outputs, y, list(meta.classes), probabilities=not task_of(meta.task).regression,
-                           threshold=metadata.threshold)["quality"]
+    quality = task_metrics(
+        meta.task,
+        outputs,
+        y,
+        list(meta.classes),
+        probabilities=not task_of(meta.task).regression,
+        threshold=metadata.threshold,
+    )["quality"]
     return Champion(champion.version, champion.sha256, quality)
 
 
@@ -117,12 +126,16 @@ def gate_failures(candidate: dict, params: SelectParams, baseline: float | None,
     if quality < floor:
         failures.append(f"{name} {quality:.4f} < select.min_{name} {floor} (short by {floor - quality:.4f})")
     if candidate.get("ece") is not None and candidate["ece"] > params.max_ece:
-        failures.append(f"ece {candidate['ece']:.4f} > select.max_ece {params.max_ece} "
-                        f"(over by {candidate['ece'] - params.max_ece:.4f})")
+        failures.append(
+            f"ece {candidate['ece']:.4f} > select.max_ece {params.max_ece} "
+            f"(over by {candidate['ece'] - params.max_ece:.4f})"
+        )
     if baseline is not None and quality < baseline - params.max_drop_vs_champion:
         drop = baseline - quality
-        failures.append(f"{name} {quality:.4f} is {drop:.4f} below the current champion's "
-                        f"{baseline:.4f}, more than select.max_drop_vs_champion {params.max_drop_vs_champion}")
+        failures.append(
+            f"{name} {quality:.4f} is {drop:.4f} below the current champion's "
+            f"{baseline:.4f}, more than select.max_drop_vs_champion {params.max_drop_vs_champion}"
+        )
     return failures
 
 
@@ -152,11 +165,17 @@ def provenance_tags(path: Path, name: str, scores: dict, meta: ProcessedMeta, pa
     scored (contracts.registry.REQUIRED_TAGS among them), and dvc.lock's hash
     of every input, keyed so that MLflow accepts any data path."""
     metadata = read_metadata(path)
-    tags = {"git_commit": metadata.git_commit, "data_hash": metadata.data_hash, "candidate": name,
-            SHA256_TAG: sha256_file(path), GATE_TAG: "passed" if passed else "failed",
-            "quality": f"{_quality(scores):.6f}", "task": meta.task,
-            # Lineage: how many labelled production rows trained it, from which snapshot.
-            "production_rows": str(meta.production_rows)}
+    tags = {
+        "git_commit": metadata.git_commit,
+        "data_hash": metadata.data_hash,
+        "candidate": name,
+        SHA256_TAG: sha256_file(path),
+        GATE_TAG: "passed" if passed else "failed",
+        "quality": f"{_quality(scores):.6f}",
+        "task": meta.task,
+        # Lineage: how many labelled production rows trained it, from which snapshot.
+        "production_rows": str(meta.production_rows),
+    }
     if meta.production_snapshot:
         tags["production_snapshot"] = meta.production_snapshot
     # Lineage (python -m tasks.trace): the settings, and dvc.lock's hash of every input the stages used.
@@ -171,8 +190,16 @@ def provenance_tags(path: Path, name: str, scores: dict, meta: ProcessedMeta, pa
     return tags
 
 
-def register(path: Path, name: str, scores: dict, meta: ProcessedMeta, registered_model: str,
-             mlflow_cfg: MlflowParams, passed: bool, test_x: np.ndarray) -> str:
+def register(
+    path: Path,
+    name: str,
+    scores: dict,
+    meta: ProcessedMeta,
+    registered_model: str,
+    mlflow_cfg: MlflowParams,
+    passed: bool,
+    test_x: np.ndarray,
+) -> str:
     """Log the ONNX as an MLflow model (as code: nothing pickled) and create a
     version with all its tags at once. The alias is not touched here (promote)."""
     import mlflow
@@ -228,12 +255,14 @@ def headline(selection: Selection, version: str) -> dict:
     reports/selection.json, so the table fits a terminal."""
     ours, ref = selection.ours, selection.ref
     keys = task_of(selection.task).headline
-    return {**{key: round(ours[key], 4) for key in keys if ours.get(key) is not None},
-            "quality_drop": round(ref["quality"] - ours["quality"], 4),
-            "latency_ms": round(ours[selection.speed_key], 4),
-            "speedup": round(selection.speedup, 2),
-            "size_kb": round(ours["size_bytes"] / 1024, 1),
-            "version": int(version)}
+    return {
+        **{key: round(ours[key], 4) for key in keys if ours.get(key) is not None},
+        "quality_drop": round(ref["quality"] - ours["quality"], 4),
+        "latency_ms": round(ours[selection.speed_key], 4),
+        "speedup": round(selection.speedup, 2),
+        "size_kb": round(ours["size_bytes"] / 1024, 1),
+        "version": int(version),
+    }
 
 
 def registered_model_of(params: SelectParams) -> str:
@@ -267,14 +296,21 @@ def main() -> None:
     existing = complete_versions(client, name, sha256, "passed" if passed else "failed")
     created = not existing
     if created:
-        print(f"register: registering {champion} in MLflow as '{name}' (pyfunc, signature, input example, "
-              f"model card) at {os.environ.get('MLFLOW_TRACKING_URI') or all_params.mlflow.resolved_uri()}", flush=True)
-    version = str(existing[0].version) if existing else register(
-        paths.CHAMPION, champion, scores, meta, name, all_params.mlflow, passed, x)
+        print(
+            f"register: registering {champion} in MLflow as '{name}' (pyfunc, signature, input example, "
+            f"model card) at {os.environ.get('MLFLOW_TRACKING_URI') or all_params.mlflow.resolved_uri()}",
+            flush=True,
+        )
+    version = (
+        str(existing[0].version)
+        if existing
+        else register(paths.CHAMPION, champion, scores, meta, name, all_params.mlflow, passed, x)
+    )
     if failures:
         raise DistilleryError(
             f"evaluation gate failed for {champion} (registered as '{name}' version {version} without the "
-            f"'{CHAMPION_ALIAS}' alias; nothing promoted):\n  - " + "\n  - ".join(failures))
+            f"'{CHAMPION_ALIAS}' alias; nothing promoted):\n  - " + "\n  - ".join(failures)
+        )
     moves = params.promotes() and alias_version(client, name) != version
     holds = moves or alias_version(client, name) == version
     try:
@@ -291,15 +327,25 @@ def main() -> None:
         promote(name, version)
 
 
-def registry_sentence(name: str, version: str, created: bool, moves: bool, holds: bool,
-                      baseline: Optional[float]) -> str:
-    gate = (f"Gate passed (previous champion on this test split: "
-            f"{f'{baseline:.4f}' if baseline is not None else 'none comparable'}). ")
-    what = f"Registered as `{name}` version {version}" if created else \
-        f"Same file as `{name}` version {version}, registered before: no new version"
-    alias = (f"; alias `{CHAMPION_ALIAS}` moved to it." if moves else
-             f"; already `{CHAMPION_ALIAS}`." if holds else
-             f"; the alias `{CHAMPION_ALIAS}` did not move (`select.promote` is false, or this is `dvc exp run`).")
+def registry_sentence(
+    name: str, version: str, created: bool, moves: bool, holds: bool, baseline: Optional[float]
+) -> str:
+    gate = (
+        f"Gate passed (previous champion on this test split: "
+        f"{f'{baseline:.4f}' if baseline is not None else 'none comparable'}). "
+    )
+    what = (
+        f"Registered as `{name}` version {version}"
+        if created
+        else f"Same file as `{name}` version {version}, registered before: no new version"
+    )
+    alias = (
+        f"; alias `{CHAMPION_ALIAS}` moved to it."
+        if moves
+        else f"; already `{CHAMPION_ALIAS}`."
+        if holds
+        else f"; the alias `{CHAMPION_ALIAS}` did not move (`select.promote` is false, or this is `dvc exp run`)."
+    )
     return gate + what + alias
 
 

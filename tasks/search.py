@@ -111,8 +111,15 @@ def executor(dask_address: str | None, parallel: int, train: tuple, val: tuple) 
         client.close()
 
 
-def run_search(train: tuple, val: tuple, meta: ProcessedMeta, base: TrainParams, params: SearchParams,
-               on_trial: Any = None, dask_address: str | None = None) -> Any:
+def run_search(
+    train: tuple,
+    val: tuple,
+    meta: ProcessedMeta,
+    base: TrainParams,
+    params: SearchParams,
+    on_trial: Any = None,
+    dask_address: str | None = None,
+) -> Any:
     """Run the study in waves of `params.parallel` independent trials, in
     processes here or on a Dask cluster (`dask_address`). Trials are asked and
     told in trial order whatever runs them, so a seeded search gives the same
@@ -131,8 +138,10 @@ def run_search(train: tuple, val: tuple, meta: ProcessedMeta, base: TrainParams,
         while remaining:
             wave = [study.ask() for _ in range(min(params.parallel, remaining))]
             values = [{name: suggest(trial, name, space) for name, space in params.space.items()} for trial in wave]
-            futures = [submit(score_trial, train_data, val_data, meta, trial_params(base, v, params.max_epochs), threads)
-                       for v in values]
+            futures = [
+                submit(score_trial, train_data, val_data, meta, trial_params(base, v, params.max_epochs), threads)
+                for v in values
+            ]
             for trial, trial_values, score in zip(wave, values, gather(futures)):
                 study.tell(trial, score)
                 if on_trial:
@@ -180,12 +189,19 @@ def main() -> None:
     check_fit_params(params.train, "train", meta.task)
     train, val = load_split("train"), load_split("val")
     dask_address = configured_dask_address()
-    with mlflow_run(params.mlflow, "search", {"sampler": params.search.sampler, "task": meta.task,
-                                              "executor": dask_address or "processes"}) as parent:
+    with mlflow_run(
+        params.mlflow,
+        "search",
+        {"sampler": params.search.sampler, "task": meta.task, "executor": dask_address or "processes"},
+    ) as parent:
+
         def log_trial(number: int, values: dict, score: float) -> None:
             client = mlflow.MlflowClient()
-            child = client.create_run(parent.info.experiment_id, run_name=f"trial-{number}",
-                                      tags={"mlflow.parentRunId": parent.info.run_id, "stage": "search"})
+            child = client.create_run(
+                parent.info.experiment_id,
+                run_name=f"trial-{number}",
+                tags={"mlflow.parentRunId": parent.info.run_id, "stage": "search"},
+            )
             for key, value in values.items():
                 client.log_param(child.info.run_id, key, value)
             client.log_metric(child.info.run_id, "val_quality", score)

@@ -31,8 +31,20 @@ from tasks.core.task import task_of
 from tasks.onnx.runtime import check_artifact, file_size
 
 SECTIONS = ("select",)
-SUMMARY_KEYS = ("accuracy", "macro_f1", "weighted_f1", "ece_before_scaling", "ece", "mce", "r2", "rmse", "mae",
-                "size_bytes", "int8_top1_agreement", "int8_max_abs_diff")
+SUMMARY_KEYS = (
+    "accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "ece_before_scaling",
+    "ece",
+    "mce",
+    "r2",
+    "rmse",
+    "mae",
+    "size_bytes",
+    "int8_top1_agreement",
+    "int8_max_abs_diff",
+)
 LATENCY_PREFIX = "latency_ms_"  # evaluate's latencies: latency_ms_b<batch>_t<threads>[_p10|_p90]
 
 
@@ -41,8 +53,9 @@ def _quality(result: dict) -> float:
     return result.get("quality", result.get("macro_f1"))
 
 
-def select_champion(candidates: dict[str, dict], params: SelectParams, task: str = "multiclass"
-                    ) -> tuple[str, dict[str, dict]]:
+def select_champion(
+    candidates: dict[str, dict], params: SelectParams, task: str = "multiclass"
+) -> tuple[str, dict[str, dict]]:
     """Return the champion's name and every candidate's summary with its verdict.
     Quality is the task's (macro-F1, R^2 for regression); `max_f1_drop` bounds its loss."""
     if REFERENCE.name not in candidates:
@@ -53,23 +66,32 @@ def select_champion(candidates: dict[str, dict], params: SelectParams, task: str
     for name, result in candidates.items():
         precision = CandidateId.parse(name).precision
         if params.speed_key not in result:
-            raise DistilleryError(f"{paths.EVALUATION_REPORT}: {name} has no {params.speed_key} (select.speed_key); "
-                                  "time its thread count in evaluate.latency_threads and rerun evaluate")
+            raise DistilleryError(
+                f"{paths.EVALUATION_REPORT}: {name} has no {params.speed_key} (select.speed_key); "
+                "time its thread count in evaluate.latency_threads and rerun evaluate"
+            )
         row = {key: result[key] for key in SUMMARY_KEYS if key in result}
         row.update({key: value for key, value in result.items() if key.startswith(LATENCY_PREFIX)})
         row["quality"] = _quality(result)
         row["f1_drop"] = reference - row["quality"]
         row["eligible"] = precision in params.precisions
-        within_budget = ((params.max_size_bytes is None or row["size_bytes"] <= params.max_size_bytes)
-                         and (params.max_latency_ms is None or row[params.speed_key] <= params.max_latency_ms))
+        within_budget = (params.max_size_bytes is None or row["size_bytes"] <= params.max_size_bytes) and (
+            params.max_latency_ms is None or row[params.speed_key] <= params.max_latency_ms
+        )
         row["within_budget"] = within_budget
         row["qualifies"] = row["eligible"] and within_budget and row["quality"] >= floor
         table[name] = row
     qualified = [n for n, row in table.items() if row["qualifies"]]
     if not qualified:
-        rows = [{"candidate": n, **{k: r[k] for k in ("quality", "f1_drop", "eligible", "within_budget", "size_bytes",
-                                                      params.speed_key)}}
-                for n, r in table.items()]
+        rows = [
+            {
+                "candidate": n,
+                **{
+                    k: r[k] for k in ("quality", "f1_drop", "eligible", "within_budget", "size_bytes", params.speed_key)
+                },
+            }
+            for n, r in table.items()
+        ]
         raise DistilleryError(
             f"no candidate qualifies: none of precision {list(params.precisions)} keeps its quality "
             f"({task_of(task).quality_label}) within select.max_f1_drop={params.max_f1_drop} of {REFERENCE} "
@@ -83,6 +105,7 @@ def select_champion(candidates: dict[str, dict], params: SelectParams, task: str
 def pareto_front(table: dict[str, dict], speed_key: str) -> list[str]:
     """The candidates no other beats on every count at once: at least as fast
     (speed_key), as good (quality) and as small, and strictly better on one."""
+
     def dominates(a: dict, b: dict) -> bool:
         no_worse = a[speed_key] <= b[speed_key] and a["quality"] >= b["quality"] and a["size_bytes"] <= b["size_bytes"]
         better = a[speed_key] < b[speed_key] or a["quality"] > b["quality"] or a["size_bytes"] < b["size_bytes"]
@@ -98,8 +121,11 @@ def versus(candidates: list[dict], champion: str) -> dict:
     rows = {row["name"]: row for row in candidates}
     ours, ref = rows[champion], rows[REFERENCE.name]
     return {
-        "speedup": {key: round(ref[key] / ours[key], 2) for key in sorted(ours)
-                    if re.fullmatch(r"latency_ms_b\d+_t\d+", key) and ours[key]},
+        "speedup": {
+            key: round(ref[key] / ours[key], 2)
+            for key in sorted(ours)
+            if re.fullmatch(r"latency_ms_b\d+_t\d+", key) and ours[key]
+        },
         "size_ratio": round(ours["size_bytes"] / ref["size_bytes"], 4),
         "quality_drop_points": round(100 * (_quality(ref) - _quality(ours)), 2),
     }
@@ -114,16 +140,33 @@ def write_compression_report(champion: str, table: dict[str, dict], meta: Proces
     candidates = []
     for name, row in table.items():
         candidate = CandidateId.parse(name)
-        candidates.append({"name": name, "path": str(paths.ONNX_DIR / f"{name}.onnx"), "precision": candidate.precision,
-                           "parameters": export.get(candidate.model, {}).get("parameters"),
-                           "size_bytes": file_size(paths.ONNX_DIR / f"{name}.onnx"), **row})
+        candidates.append(
+            {
+                "name": name,
+                "path": str(paths.ONNX_DIR / f"{name}.onnx"),
+                "precision": candidate.precision,
+                "parameters": export.get(candidate.model, {}).get("parameters"),
+                "size_bytes": file_size(paths.ONNX_DIR / f"{name}.onnx"),
+                **row,
+            }
+        )
     front = pareto_front(table, params.speed_key)
     floor = _quality(table[REFERENCE.name]) - params.max_f1_drop
-    reports.write(CompressionReport(
-        champion=champion, task=meta.task, speed_key=params.speed_key, reference=REFERENCE.name, quality_floor=floor,
-        pareto_front=tuple(front), champion_vs_reference=versus(candidates, champion), candidates=tuple(candidates)))
-    plots.pareto(candidates, champion, task_of(meta.task).quality_label, params.speed_key, front,
-                 floor, paths.PARETO_PLOT)
+    reports.write(
+        CompressionReport(
+            champion=champion,
+            task=meta.task,
+            speed_key=params.speed_key,
+            reference=REFERENCE.name,
+            quality_floor=floor,
+            pareto_front=tuple(front),
+            champion_vs_reference=versus(candidates, champion),
+            candidates=tuple(candidates),
+        )
+    )
+    plots.pareto(
+        candidates, champion, task_of(meta.task).quality_label, params.speed_key, front, floor, paths.PARETO_PLOT
+    )
 
 
 def main() -> None:
@@ -135,8 +178,14 @@ def main() -> None:
     check_artifact(source)
     with atomic_path(paths.CHAMPION) as tmp:
         shutil.copyfile(source, tmp)
-    selection = Selection(champion=champion, reference=REFERENCE.name, max_f1_drop=params.max_f1_drop,
-                          speed_key=params.speed_key, task=meta.task, candidates=table)
+    selection = Selection(
+        champion=champion,
+        reference=REFERENCE.name,
+        max_f1_drop=params.max_f1_drop,
+        speed_key=params.speed_key,
+        task=meta.task,
+        candidates=table,
+    )
     reports.write(selection)
     write_compression_report(champion, table, meta, params)
     c = selection.ours
@@ -149,8 +198,12 @@ def main() -> None:
         f"{c[params.speed_key]:.3f} ms ({params.speed_key}, median of interleaved rounds), "
         f"{selection.speedup:.2f}x the speed of {REFERENCE} in the same runtime. The register stage checks it "
         f"against the MLflow registry.\n\n"
-        + markdown_table([{"candidate": n, **{k: v for k, v in r.items() if not k.endswith(("_p10", "_p90"))}}
-                          for n, r in table.items()]),
+        + markdown_table(
+            [
+                {"candidate": n, **{k: v for k, v in r.items() if not k.endswith(("_p10", "_p90"))}}
+                for n, r in table.items()
+            ]
+        ),
     )
 
 

@@ -65,11 +65,20 @@ def find_version(client: Any, registered: str, served: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version(registered, served) if served.isdigit() else next(
-            v for v in client.search_model_versions(f"name='{registered}'") if v.tags.get("sha256", "").startswith(served))
+        return (
+            client.get_model_version(registered, served)
+            if served.isdigit()
+            else next(
+                v
+                for v in client.search_model_versions(f"name='{registered}'")
+                if v.tags.get("sha256", "").startswith(served)
+            )
+        )
     except (MlflowException, StopIteration) as err:
-        raise DistilleryError(f"model version {served!r} is not in the registry's '{registered}' "
-                              "(is MLFLOW_TRACKING_URI the registry the server followed?)") from err
+        raise DistilleryError(
+            f"model version {served!r} is not in the registry's '{registered}' "
+            "(is MLFLOW_TRACKING_URI the registry the server followed?)"
+        ) from err
 
 
 def trace(request_id: str, log_dir: Path) -> dict[str, Any]:
@@ -77,8 +86,10 @@ def trace(request_id: str, log_dir: Path) -> dict[str, Any]:
 
     rows = predlog.request_rows(log_dir, request_id)
     if rows.empty:
-        raise DistilleryError(f"request {request_id!r} is not in the prediction log at {log_dir} "
-                              "(DISTILLERY_SERVE_LOG_DIR; --log-dir to read another)")
+        raise DistilleryError(
+            f"request {request_id!r} is not in the prediction log at {log_dir} "
+            "(DISTILLERY_SERVE_LOG_DIR; --log-dir to read another)"
+        )
     params = load_params(paths.PARAMS)
     client = MlflowClient(tracking_uri=params.mlflow.resolved_uri())
     version = find_version(client, params.registered_model, str(rows[predlog.MODEL_VERSION].iloc[0]))
@@ -90,44 +101,67 @@ def trace(request_id: str, log_dir: Path) -> dict[str, Any]:
     if commit:
         checkout = f"git checkout {commit} && {fetch}"
     else:
-        checkout = (f"git checkout {version.tags.get('git_commit', '<unknown>')} && "
-                    f"python -m tasks.trace {request_id} --write-lock && {fetch}")
-    return {"request_id": request_id, "rows": rows, "registered_model": params.registered_model,
-            "version": version, "run": run, "hashes": hashes, "lock_commit": commit, "checkout": checkout}
+        checkout = (
+            f"git checkout {version.tags.get('git_commit', '<unknown>')} && "
+            f"python -m tasks.trace {request_id} --write-lock && {fetch}"
+        )
+    return {
+        "request_id": request_id,
+        "rows": rows,
+        "registered_model": params.registered_model,
+        "version": version,
+        "run": run,
+        "hashes": hashes,
+        "lock_commit": commit,
+        "checkout": checkout,
+    }
 
 
 def write_lock(found: dict[str, Any], target: Path = Path("dvc.lock")) -> Path:
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(run_id=found["run"].info.run_id, artifact_path=LINEAGE_LOCK,
-                                                tracking_uri=load_params(paths.PARAMS).mlflow.resolved_uri())
+    local = mlflow.artifacts.download_artifacts(
+        run_id=found["run"].info.run_id,
+        artifact_path=LINEAGE_LOCK,
+        tracking_uri=load_params(paths.PARAMS).mlflow.resolved_uri(),
+    )
     target.write_bytes(Path(local).read_bytes())
     return target
 
 
 def describe(found: dict[str, Any]) -> list[str]:
     rows, version, run = found["rows"], found["version"], found["run"]
-    lines = [f"request {found['request_id']}: {len(rows)} row(s), answered by "
-             f"{found['registered_model']} version {version.version} ({rows[predlog.ENDPOINT].iloc[0]}, "
-             f"status {int(rows[predlog.STATUS].iloc[0])})"]
+    lines = [
+        f"request {found['request_id']}: {len(rows)} row(s), answered by "
+        f"{found['registered_model']} version {version.version} ({rows[predlog.ENDPOINT].iloc[0]}, "
+        f"status {int(rows[predlog.STATUS].iloc[0])})"
+    ]
     for _, row in rows.iterrows():
         answer = row[predlog.PREDICTED] if row[predlog.PREDICTED] is not None else row[predlog.VALUE]
         probability = f", probability {row[predlog.PROBABILITY]:.4f}" if pd.notna(row[predlog.PROBABILITY]) else ""
         lines.append(f"  row {int(row[predlog.ROW])}: {answer}{probability}")
     tags = version.tags
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run.data.metrics.items())
-                        if k in ("quality", "macro_f1", "accuracy", "ece", "r2", "size_bytes"))
-    lines += [f"MLflow run {run.info.run_id} ({run.data.tags.get('stage', '')}): {metrics}",
-              f"  candidate {tags.get('candidate')}, gate {tags.get('gate')}, registered from the ONNX with sha256 "
-              f"{tags.get('sha256', '')[:16]}",
-              f"git commit {tags.get('git_commit')} (the code that trained it)",
-              f"params hash {tags.get('params_hash', 'not recorded')[:16]}, data hash {tags.get('data_hash', '')[:16]}"]
+    metrics = ", ".join(
+        f"{k} {v:.4f}"
+        for k, v in sorted(run.data.metrics.items())
+        if k in ("quality", "macro_f1", "accuracy", "ece", "r2", "size_bytes")
+    )
+    lines += [
+        f"MLflow run {run.info.run_id} ({run.data.tags.get('stage', '')}): {metrics}",
+        f"  candidate {tags.get('candidate')}, gate {tags.get('gate')}, registered from the ONNX with sha256 "
+        f"{tags.get('sha256', '')[:16]}",
+        f"git commit {tags.get('git_commit')} (the code that trained it)",
+        f"params hash {tags.get('params_hash', 'not recorded')[:16]}, data hash {tags.get('data_hash', '')[:16]}",
+    ]
     if tags.get("production_snapshot"):
         lines.append(f"production rows {tags.get('production_rows')} from snapshot {tags['production_snapshot'][:16]}")
     lines.append("DVC data hashes (dvc.lock):")
     lines += [f"  {path}: {md5}" for path, md5 in sorted(found["hashes"].items()) if path.startswith("data/")]
-    where = (f"commit {found['lock_commit'][:12]} records this data in dvc.lock" if found["lock_commit"] else
-             "no commit records this data in dvc.lock; the select run logged the lock it used")
+    where = (
+        f"commit {found['lock_commit'][:12]} records this data in dvc.lock"
+        if found["lock_commit"]
+        else "no commit records this data in dvc.lock; the select run logged the lock it used"
+    )
     lines += [f"check out exactly that data ({where}):", f"  {found['checkout']}"]
     return lines
 
@@ -137,10 +171,17 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("request_id", help="the X-Request-ID of a served prediction (in every answer's body)")
-    parser.add_argument("--log-dir", type=Path, default=None,
-                        help="the prediction log (default: the server's, DISTILLERY_SERVE_LOG_DIR or logs/predictions)")
-    parser.add_argument("--write-lock", action="store_true",
-                        help="write the dvc.lock that version's select run logged into ./dvc.lock (then dvc checkout)")
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="the prediction log (default: the server's, DISTILLERY_SERVE_LOG_DIR or logs/predictions)",
+    )
+    parser.add_argument(
+        "--write-lock",
+        action="store_true",
+        help="write the dvc.lock that version's select run logged into ./dvc.lock (then dvc checkout)",
+    )
     args = parser.parse_args(argv)
     found = trace(args.request_id, args.log_dir or Path(load_settings().log_dir))
     if args.write_lock:

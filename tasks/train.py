@@ -45,9 +45,14 @@ def run(params) -> None:
     check_fit_params(train_params, "train", meta.task)
     train, val = load_split("train"), load_split("val")
     record_training(
-        "train", "teacher", train_params, params.mlflow, meta,
-        lambda on_epoch: train_teacher(train, val, meta, train_params, on_epoch,
-                                       tensorboard_dir=str(paths.TENSORBOARD / "train")),
+        "train",
+        "teacher",
+        train_params,
+        params.mlflow,
+        meta,
+        lambda on_epoch: train_teacher(
+            train, val, meta, train_params, on_epoch, tensorboard_dir=str(paths.TENSORBOARD / "train")
+        ),
     )
 
 

@@ -64,20 +64,38 @@ def write_reports(result: GateResult, suite_path: Path) -> None:
     if kind_of(report["kind"]).table and summary["rows_in"]:
         typed = pd.concat([result.valid.table, result.quarantined.table.drop(columns=REASON)])
         plot_missingness(typed.sort_values(ROW_ID).drop(columns=[ROW_ID]), paths.QUALITY_PLOTS / "missingness.png")
-    reports.write(ValidationReport(**summary, suite=str(suite_path), data_docs=str(paths.DATA_DOCS / "index.html"),
-                                   results=tuple(outcome.results)))
+    reports.write(
+        ValidationReport(
+            **summary,
+            suite=str(suite_path),
+            data_docs=str(paths.DATA_DOCS / "index.html"),
+            results=tuple(outcome.results),
+        )
+    )
 
 
 def label_issue_summary(report: dict) -> str:
     if report.get("skipped_reason"):
         return f"Label errors: not looked for ({report['skipped_reason']})."
-    skipped = (" Skipped, too few rows for the folds: " + ", ".join(f"class `{c}` ({n} rows)"
-               for c, n in report["skipped_classes"].items()) + ".") if report["skipped_classes"] else ""
-    done = {"report": "reported only", "quarantine": f"{report['quarantined']} quarantined (reason label_issue)",
-            "relabel": f"{report['relabelled']} relabelled"}[report["action"]]
-    return (f"Label errors (confident learning): {report['suspects']} likely among {report['checked_rows']} rows "
-            f"({report['flagged_rate']:.1%}; estimated rate {report['estimated_rate']:.1%}); {done}. "
-            f"See `{paths.LABEL_ISSUES_REPORT}`.{skipped}")
+    skipped = (
+        (
+            " Skipped, too few rows for the folds: "
+            + ", ".join(f"class `{c}` ({n} rows)" for c, n in report["skipped_classes"].items())
+            + "."
+        )
+        if report["skipped_classes"]
+        else ""
+    )
+    done = {
+        "report": "reported only",
+        "quarantine": f"{report['quarantined']} quarantined (reason label_issue)",
+        "relabel": f"{report['relabelled']} relabelled",
+    }[report["action"]]
+    return (
+        f"Label errors (confident learning): {report['suspects']} likely among {report['checked_rows']} rows "
+        f"({report['flagged_rate']:.1%}; estimated rate {report['estimated_rate']:.1%}); {done}. "
+        f"See `{paths.LABEL_ISSUES_REPORT}`.{skipped}"
+    )
 
 
 def main() -> None:
@@ -87,8 +105,11 @@ def main() -> None:
     # The suite follows the data: the ingested meta says which source it came from.
     suite_path = Path(params.validate.suite or paths.EXPECTATIONS / f"{dataset.meta.source}.json")
     suite = load_suite(suite_path)
-    print(f"validate: {len(suite['expectations'])} expectations of {suite_path} on {len(dataset.table):,} rows, "
-          "then Data Docs and the label-error check", flush=True)
+    print(
+        f"validate: {len(suite['expectations'])} expectations of {suite_path} on {len(dataset.table):,} rows, "
+        "then Data Docs and the label-error check",
+        flush=True,
+    )
     result = gate(dataset, params.task.type, params.validate, suite, paths.DATA_DOCS)
     write_reports(result, suite_path)
     log_to_mlflow(params.mlflow, dataset.meta.source, result.report, result.summary, result.valid.meta.task or "")
@@ -103,7 +124,9 @@ def main() -> None:
         f"Suite `{suite_path}`: **passed** ({sum(r['success'] for r in outcome.results)}/{len(outcome.results)} "
         f"expectations met; warnings: {warned}).\n\n"
         f"Rows in {summary['rows_in']}, valid {summary['rows_valid']}, quarantined {summary['rows_quarantined']}.\n\n"
-        + quality_summary(result.report) + "\n\n" + label_issue_summary(result.label_report),
+        + quality_summary(result.report)
+        + "\n\n"
+        + label_issue_summary(result.label_report),
     )
 
 

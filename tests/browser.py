@@ -70,11 +70,24 @@ def open_page(url: str, out: Path, settle_s: float = 1.5, timeout_s: float = 60)
     profile = out / "profile"
     (profile / "DevToolsActivePort").unlink(missing_ok=True)  # a reused profile's is stale: wait for the new one
     process = subprocess.Popen(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-         "--disable-background-networking", "--disable-component-update", "--remote-debugging-port=0",
-         f"--user-data-dir={profile}", f"--proxy-server=http://127.0.0.1:{proxy.port}", "--window-size=1280,2000",
-         "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-sync",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            f"--proxy-server=http://127.0.0.1:{proxy.port}",
+            "--window-size=1280,2000",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         active = profile / "DevToolsActivePort"
         deadline = time.monotonic() + timeout_s
@@ -128,9 +141,13 @@ async def _drive(browser_ws: str, url: str, settle_s: float) -> Page:
                 loaded = True
             if event.get("method", "").startswith("Network."):
                 quiet_since = time.monotonic()
-        dom = (await call("Runtime.evaluate", session, expression="document.documentElement.outerHTML",
-                          returnByValue=True))["result"]["value"]
+        dom = (
+            await call("Runtime.evaluate", session, expression="document.documentElement.outerHTML", returnByValue=True)
+        )["result"]["value"]
         shot = base64.b64decode((await call("Page.captureScreenshot", session, format="png"))["data"])
-        requests = [e["params"]["request"]["url"] for e in events
-                    if e.get("method") == "Network.requestWillBeSent" and e.get("sessionId") == session]
+        requests = [
+            e["params"]["request"]["url"]
+            for e in events
+            if e.get("method") == "Network.requestWillBeSent" and e.get("sessionId") == session
+        ]
         return Page(dom, shot, requests)

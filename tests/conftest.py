@@ -18,7 +18,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"prefect-home-{os.environ['PYTEST_XDIST_WORKER']}-")
 
 
-
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 

@@ -34,6 +34,8 @@ LOGITS = "logits"
 PROBABILITIES = "probabilities"
 PREDICTION = "prediction"
 FLOAT = "tensor(float)"  # onnxruntime's name for the one element type the contract uses
+
+
 def input_name(kind: str) -> str:
     """Raw pixels for image models, encoded features for table models."""
     return TABLE_INPUT if kind_of(kind).table else IMAGE_INPUT
@@ -102,8 +104,9 @@ class ArtifactMetadata:
 
     def __post_init__(self) -> None:
         if tuple(self.outputs) != output_names(self.task):
-            raise ValueError(f"outputs {list(self.outputs)} are not those of a {self.task} model "
-                             f"{list(output_names(self.task))}")
+            raise ValueError(
+                f"outputs {list(self.outputs)} are not those of a {self.task} model {list(output_names(self.task))}"
+            )
         if task_of(self.task).classes and not self.classes:
             raise ValueError(f"a {self.task} model needs its class names")
         if task_of(self.task).binary and len(self.classes) != 2:
@@ -165,7 +168,9 @@ def _dims(shape: Sequence, what: str, source: str) -> tuple[int, ...]:
     if len(shape) < 2:
         raise DistilleryError(f"{source}: {what} has shape {shape}; a batch dimension and at least one more are needed")
     if isinstance(shape[0], int) and shape[0] > 0:
-        raise DistilleryError(f"{source}: {what} has a fixed batch size {shape[0]}; export it with a dynamic batch dimension")
+        raise DistilleryError(
+            f"{source}: {what} has a fixed batch size {shape[0]}; export it with a dynamic batch dimension"
+        )
     rest = shape[1:]
     if not all(isinstance(d, int) and d > 0 for d in rest):
         raise DistilleryError(f"{source}: {what} has non-batch dimensions {rest}; they must be fixed")
@@ -176,33 +181,43 @@ def output_width(metadata: ArtifactMetadata) -> int:
     return 1 if task_of(metadata.task).regression else len(metadata.classes)
 
 
-def check_servable(inputs: Sequence[Tensor], outputs: Sequence[Tensor], metadata: ArtifactMetadata,
-                   source: str) -> Signature:
+def check_servable(
+    inputs: Sequence[Tensor], outputs: Sequence[Tensor], metadata: ArtifactMetadata, source: str
+) -> Signature:
     """The graph's tensors against the contract for `metadata.task`: one float
     input named for its kind with a dynamic batch, the task's float outputs of
     one column per class (one for regression). Returns the signature."""
     if len(inputs) != 1:
-        raise DistilleryError(f"{source}: the model has {len(inputs)} inputs ({[i.name for i in inputs]}); one is expected")
+        raise DistilleryError(
+            f"{source}: the model has {len(inputs)} inputs ({[i.name for i in inputs]}); one is expected"
+        )
     (inp,) = inputs
     if inp.name != metadata.input_spec.name:
-        raise DistilleryError(f"{source}: the input is '{inp.name}' but metadata_props input_spec says "
-                              f"'{metadata.input_spec.name}'")
+        raise DistilleryError(
+            f"{source}: the input is '{inp.name}' but metadata_props input_spec says '{metadata.input_spec.name}'"
+        )
     if inp.type != FLOAT:
         raise DistilleryError(f"{source}: input '{inp.name}' is {inp.type}; {FLOAT} is expected")
     input_shape = _dims(inp.shape, f"input '{inp.name}'", source)
     if list(input_shape) != list(metadata.input_spec.shape[1:]):
-        raise DistilleryError(f"{source}: input '{inp.name}' takes {list(input_shape)} per row but metadata_props "
-                              f"input_spec says {list(metadata.input_spec.shape[1:])}")
+        raise DistilleryError(
+            f"{source}: input '{inp.name}' takes {list(input_shape)} per row but metadata_props "
+            f"input_spec says {list(metadata.input_spec.shape[1:])}"
+        )
     encoder = metadata.preprocessing.encoder
     if encoder is not None and (encoder.width,) != input_shape:
-        raise DistilleryError(f"{source}: the encoder gives {encoder.width} features but the input takes {list(input_shape)}")
+        raise DistilleryError(
+            f"{source}: the encoder gives {encoder.width} features but the input takes {list(input_shape)}"
+        )
     by_name = {o.name: o for o in outputs}
     width = output_width(metadata)
     found = []
     for name in output_names(metadata.task):
         out = by_name.get(name)
         if out is None:
-            raise DistilleryError(f"{source}: a {metadata.task} model needs the output '{name}' (it has {sorted(by_name)})")
+            raise DistilleryError(
+                f"{source}: a {metadata.task} model needs the output '{name}' (it has {sorted(by_name)})"
+            )
         if out.type != FLOAT:
             raise DistilleryError(f"{source}: output '{name}' is {out.type}; {FLOAT} is expected")
         shape = list(out.shape)
@@ -210,8 +225,10 @@ def check_servable(inputs: Sequence[Tensor], outputs: Sequence[Tensor], metadata
             shape[1] = width  # a symbolic dimension: check_outputs checks the trial run's
         dims = _dims(shape, f"output '{name}'", source)
         if dims != (width,):
-            raise DistilleryError(f"{source}: output '{name}' has shape [-1, {', '.join(map(str, dims))}] but the "
-                                  f"model has {width} {'value' if width == 1 else 'classes'} per row")
+            raise DistilleryError(
+                f"{source}: output '{name}' has shape [-1, {', '.join(map(str, dims))}] but the "
+                f"model has {width} {'value' if width == 1 else 'classes'} per row"
+            )
         found.append((name, dims))
     return Signature(inp.name, input_shape, tuple(found))
 
@@ -223,8 +240,9 @@ def check_outputs(metadata: ArtifactMetadata, values: Mapping[str, np.ndarray], 
     for name in output_names(metadata.task):
         value = np.asarray(values[name])
         if value.shape != (rows, width) or not np.isfinite(value).all():
-            raise DistilleryError(f"{source}: a trial run gives {name} of shape {list(value.shape)} (expected "
-                                  f"[{rows}, {width}], finite)")
+            raise DistilleryError(
+                f"{source}: a trial run gives {name} of shape {list(value.shape)} (expected [{rows}, {width}], finite)"
+            )
     task = task_of(metadata.task)
     if task.regression:
         return

@@ -46,7 +46,13 @@ GLOB = f"{PREFIX}*{SUFFIX}"
 TS, REQUEST_ID, ROW, ENDPOINT = "ts", "request_id", "row", "endpoint"
 MODEL_NAME, MODEL_VERSION, STATUS, ERROR = "model_name", "model_version", "status", "error"
 INPUTS, PREDICTED, PROBABILITY, PROBABILITIES, VALUE, LATENCY_MS = (
-    "inputs", "predicted", "probability", "probabilities", "value", "latency_ms")
+    "inputs",
+    "predicted",
+    "probability",
+    "probabilities",
+    "value",
+    "latency_ms",
+)
 # Name, SQLite type, default for rows written before the column existed.
 COLUMNS: tuple[tuple[str, str, Any], ...] = (
     (TS, "REAL NOT NULL", None),
@@ -65,8 +71,11 @@ COLUMNS: tuple[tuple[str, str, Any], ...] = (
     (LATENCY_MS, "REAL NOT NULL", None),
 )
 NAMES = tuple(name for name, _, _ in COLUMNS)
-CREATE_TABLE = (f"CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY, "
-                + ", ".join(f"{name} {kind}" for name, kind, _ in COLUMNS) + ")")
+CREATE_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY, "
+    + ", ".join(f"{name} {kind}" for name, kind, _ in COLUMNS)
+    + ")"
+)
 # The monitor reads by time window; ts grows with id, so the index costs little to keep.
 CREATE_INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_ts ON {TABLE} ({TS})"
 INSERT = f"INSERT INTO {TABLE} ({', '.join(NAMES)}) VALUES ({', '.join('?' for _ in NAMES)})"
@@ -160,8 +169,24 @@ def records(entries: list[Entry]) -> list[tuple]:
     for entry in entries:
         if entry.status != OK or entry.outputs is None:
             error = (entry.error or "")[:MAX_ERROR_CHARS]
-            out.append((entry.ts, entry.request_id, 0, entry.endpoint, entry.model_name, entry.model_version,
-                        entry.status, error, None, None, None, None, None, entry.latency_ms))
+            out.append(
+                (
+                    entry.ts,
+                    entry.request_id,
+                    0,
+                    entry.endpoint,
+                    entry.model_name,
+                    entry.model_version,
+                    entry.status,
+                    error,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    entry.latency_ms,
+                )
+            )
         else:
             out += _answered(entry)
     return out
@@ -235,10 +260,15 @@ def read_rows(folder: str | Path, since: Optional[float] = None, until: float = 
             continue
         db = _reader(path)
         try:
-            frames.append(_with_all_columns(pd.read_sql_query(
-                f"SELECT * FROM {TABLE} WHERE {TS} >= ? AND {TS} < ? ORDER BY {TS}, id",
-                db, params=(since if since is not None else -math.inf, until),
-            )))
+            frames.append(
+                _with_all_columns(
+                    pd.read_sql_query(
+                        f"SELECT * FROM {TABLE} WHERE {TS} >= ? AND {TS} < ? ORDER BY {TS}, id",
+                        db,
+                        params=(since if since is not None else -math.inf, until),
+                    )
+                )
+            )
         finally:
             db.close()
     frames = [f for f in frames if not f.empty]
@@ -256,7 +286,8 @@ def rows_per_request(folder: str | Path, status: int = OK) -> dict[str, int]:
         db = _reader(path)
         try:
             for request_id, n in db.execute(
-                    f"SELECT {REQUEST_ID}, COUNT(*) FROM {TABLE} WHERE {STATUS} = ? GROUP BY {REQUEST_ID}", (status,)):
+                f"SELECT {REQUEST_ID}, COUNT(*) FROM {TABLE} WHERE {STATUS} = ? GROUP BY {REQUEST_ID}", (status,)
+            ):
                 counts[request_id] = counts.get(request_id, 0) + n
         finally:
             db.close()
@@ -276,11 +307,17 @@ def lookup(folder: str | Path, keys: pd.DataFrame) -> pd.DataFrame:
                 have = {r[1] for r in db.execute(f"PRAGMA table_info({TABLE})")}
                 select = ", ".join(f"p.{c}" if c in have else f"NULL AS {c}" for c in columns)
                 ok = f" AND p.{STATUS} = {OK}" if STATUS in have else ""
-                db.execute(f"CREATE TEMP TABLE wanted ({REQUEST_ID} TEXT, {ROW} INTEGER, PRIMARY KEY ({REQUEST_ID}, {ROW}))")
+                db.execute(
+                    f"CREATE TEMP TABLE wanted ({REQUEST_ID} TEXT, {ROW} INTEGER, PRIMARY KEY ({REQUEST_ID}, {ROW}))"
+                )
                 db.executemany("INSERT OR IGNORE INTO wanted VALUES (?, ?)", pairs)
-                frames.append(pd.read_sql_query(
-                    f"SELECT {select} FROM {TABLE} p JOIN wanted w ON p.{REQUEST_ID} = w.{REQUEST_ID} "
-                    f"AND p.{ROW} = w.{ROW}{ok}", db))
+                frames.append(
+                    pd.read_sql_query(
+                        f"SELECT {select} FROM {TABLE} p JOIN wanted w ON p.{REQUEST_ID} = w.{REQUEST_ID} "
+                        f"AND p.{ROW} = w.{ROW}{ok}",
+                        db,
+                    )
+                )
             finally:
                 db.close()
     frames = [f for f in frames if not f.empty]
@@ -293,8 +330,13 @@ def request_rows(folder: str | Path, request_id: str) -> pd.DataFrame:
     for path in log_files(folder):
         db = _reader(path)
         try:
-            frames.append(_with_all_columns(pd.read_sql_query(
-                f"SELECT * FROM {TABLE} WHERE {REQUEST_ID} = ? ORDER BY {ROW}", db, params=(request_id,))))
+            frames.append(
+                _with_all_columns(
+                    pd.read_sql_query(
+                        f"SELECT * FROM {TABLE} WHERE {REQUEST_ID} = ? ORDER BY {ROW}", db, params=(request_id,)
+                    )
+                )
+            )
         finally:
             db.close()
     frames = [f for f in frames if not f.empty]

@@ -55,8 +55,10 @@ def _read_csv(path: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as err:  # pandas raises several parser error types
-        raise DistilleryError(f"{path}: cannot read the production snapshot ({type(err).__name__}: {err}); "
-                              "rebuild it with `python -m tasks.monitor.snapshot`") from err
+        raise DistilleryError(
+            f"{path}: cannot read the production snapshot ({type(err).__name__}: {err}); "
+            "rebuild it with `python -m tasks.monitor.snapshot`"
+        ) from err
 
 
 def read_snapshot(folder: str | Path) -> Snapshot:
@@ -68,8 +70,9 @@ def read_snapshot(folder: str | Path) -> Snapshot:
     rows = _read_csv(rows_path)
     missing = [c for c in LINEAGE if c not in rows.columns]
     if missing:
-        raise DistilleryError(f"{rows_path}: lacks the lineage columns {missing}; rebuild it with "
-                              "`python -m tasks.monitor.snapshot`")
+        raise DistilleryError(
+            f"{rows_path}: lacks the lineage columns {missing}; rebuild it with `python -m tasks.monitor.snapshot`"
+        )
     quarantine = _read_csv(folder / QUARANTINE) if (folder / QUARANTINE).exists() else pd.DataFrame()
     info = read_json(folder / SNAPSHOT, "snapshot info") if (folder / SNAPSHOT).exists() else {}
     return Snapshot(rows, quarantine, sha256_file(rows_path), info.get("quarantined_by_reason", {}))
@@ -89,11 +92,16 @@ def write_snapshot(folder: str | Path, rows: pd.DataFrame, quarantine: pd.DataFr
     folder.mkdir(parents=True, exist_ok=True)
     _write_csv(folder / ROWS, rows.astype(str))
     _write_csv(folder / QUARANTINE, quarantine.astype(str))
-    reasons = {str(k): int(v) for k, v in quarantine[REASON].value_counts().sort_index().items()} \
-        if len(quarantine) else {}
+    reasons = (
+        {str(k): int(v) for k, v in quarantine[REASON].value_counts().sort_index().items()} if len(quarantine) else {}
+    )
     sha = sha256_file(folder / ROWS)
-    info = {"rows_sha256": sha, "rows": int(len(rows)), "quarantined": int(len(quarantine)),
-            "quarantined_by_reason": reasons}
+    info = {
+        "rows_sha256": sha,
+        "rows": int(len(rows)),
+        "quarantined": int(len(quarantine)),
+        "quarantined_by_reason": reasons,
+    }
     if not (folder / SNAPSHOT).exists() or read_json(folder / SNAPSHOT) != info:
         write_json(folder / SNAPSHOT, info)
     return Snapshot(rows, quarantine, sha, reasons)

@@ -81,8 +81,10 @@ def complete_versions(client, registered_model: str, sha256: str | None = None, 
         found = client.search_model_versions(query)
     except MlflowException:  # no such registered model yet
         return []
-    return sorted((v for v in found if not missing_provenance(v.tags) and (gate is None or v.tags[GATE_TAG] == gate)),
-                  key=lambda v: -int(v.version))
+    return sorted(
+        (v for v in found if not missing_provenance(v.tags) and (gate is None or v.tags[GATE_TAG] == gate)),
+        key=lambda v: -int(v.version),
+    )
 
 
 def alias_version(client, registered_model: str, alias: str = CHAMPION_ALIAS) -> str | None:

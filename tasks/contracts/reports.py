@@ -153,8 +153,12 @@ class CompressionReport:
 
 
 Report = TypeVar("Report")
-FILES: dict[type, Path] = {ValidationReport: paths.VALIDATION_REPORT, EvaluationReport: paths.EVALUATION_REPORT,
-                           Selection: paths.SELECTION, CompressionReport: paths.COMPRESSION_REPORT}
+FILES: dict[type, Path] = {
+    ValidationReport: paths.VALIDATION_REPORT,
+    EvaluationReport: paths.EVALUATION_REPORT,
+    Selection: paths.SELECTION,
+    CompressionReport: paths.COMPRESSION_REPORT,
+}
 
 
 def write(report: Any, path: Optional[Path] = None) -> Path:
@@ -175,4 +179,3 @@ def read_optional(kind: type[Report], path: Optional[Path] = None) -> Optional[R
     """As read, or None when the stage that writes it has not run here."""
     source = path or FILES[kind]
     return read(kind, source) if Path(source).exists() else None
-

@@ -27,8 +27,10 @@ def connect_dask(address: str) -> Any:
     try:
         return Client(address, timeout="15s")
     except (OSError, TimeoutError) as err:
-        raise DistilleryError(f"{DASK_ENV}={address} (or --dask-address): no Dask scheduler answers there ({err}); "
-                              "start one (`dask scheduler`, then `dask worker <address>`) or unset it") from err
+        raise DistilleryError(
+            f"{DASK_ENV}={address} (or --dask-address): no Dask scheduler answers there ({err}); "
+            "start one (`dask scheduler`, then `dask worker <address>`) or unset it"
+        ) from err
 
 
 def check_scheduler(address: str) -> None:

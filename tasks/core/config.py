@@ -126,8 +126,11 @@ def _build_dataclass(cls: type, value: Any, source: str, key: str) -> Any:
     for k in value:
         if k not in names:
             problems.append(f"'{prefix}{k}': unknown key{_did_you_mean(k, names)} (allowed here: {', '.join(names)})")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     problems += [f"'{prefix}{n}': missing key" for n in required if n not in value]
     kwargs = {}
     for n in names:
@@ -137,8 +140,14 @@ def _build_dataclass(cls: type, value: Any, source: str, key: str) -> Any:
             except DistilleryError as err:
                 problems.append(str(err).removeprefix(f"{source}: "))
     if problems:
-        raise DistilleryError(f"{source}: " + ("\n  ".join(problems) if len(problems) == 1
-                                               else f"{len(problems)} problems:\n  " + "\n  ".join(problems)))
+        raise DistilleryError(
+            f"{source}: "
+            + (
+                "\n  ".join(problems)
+                if len(problems) == 1
+                else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
+            )
+        )
     try:
         return cls(**kwargs)
     except ValueError as err:

@@ -79,7 +79,11 @@ class ProductionParams:
 ColumnType = Literal["numeric", "categorical", "text", "id", "ignore"]
 TABULAR_SOURCES = ("penguins", "breast_cancer", "diabetes", "csv", "parquet")
 DIGIT_SOURCES = ("digits", "digits28")
-FILE_SOURCES = ("quickdraw", "csv", "parquet")  # the user's own data, at data.path  # scikit-learn's digits: the multilabel attributes apply
+FILE_SOURCES = (
+    "quickdraw",
+    "csv",
+    "parquet",
+)  # the user's own data, at data.path  # scikit-learn's digits: the multilabel attributes apply
 
 
 @dataclass(frozen=True)
@@ -308,7 +312,9 @@ class ExportParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     threads: int  # intra-op threads of the quality runs
-    latency_threads: tuple[int, ...]  # intra-op thread counts timed, each pinned (serving: DISTILLERY_SERVE_ORT_THREADS)
+    latency_threads: tuple[
+        int, ...
+    ]  # intra-op thread counts timed, each pinned (serving: DISTILLERY_SERVE_ORT_THREADS)
     latency_seconds: float  # timing budget per batch size and thread count, shared by every candidate
     latency_rounds: int  # interleaved rounds (A, B, C, A, B, C, ...) that budget is cut into; the median is kept
     ece_bins: int
@@ -451,25 +457,35 @@ class Params:
         # Checks across sections (the loss against the task is tasks.ml.checks').
         timed = int(self.select.speed_key.rsplit("_t", 1)[1])
         if timed not in self.evaluate.latency_threads:
-            raise ValueError(f"select.speed_key {self.select.speed_key} needs {timed} thread(s) among "
-                             f"evaluate.latency_threads {list(self.evaluate.latency_threads)}")
+            raise ValueError(
+                f"select.speed_key {self.select.speed_key} needs {timed} thread(s) among "
+                f"evaluate.latency_threads {list(self.evaluate.latency_threads)}"
+            )
         student, teacher = self.distill, self.train
-        if (sum(student.channels) > sum(teacher.channels) or student.hidden > teacher.hidden
-                or sum(student.mlp_layers) > sum(teacher.mlp_layers)):
-            raise ValueError("distill: the student (channels, hidden, mlp_layers) must not be larger than the "
-                             "teacher (train.channels, train.hidden, train.mlp_layers)")
+        if (
+            sum(student.channels) > sum(teacher.channels)
+            or student.hidden > teacher.hidden
+            or sum(student.mlp_layers) > sum(teacher.mlp_layers)
+        ):
+            raise ValueError(
+                "distill: the student (channels, hidden, mlp_layers) must not be larger than the "
+                "teacher (train.channels, train.hidden, train.mlp_layers)"
+            )
         if task_of(self.task.type).regression and not self.data.tabular:
-            raise ValueError(f"task.type 'regression' needs a table with a numeric target (data.source "
-                             f"diabetes, penguins, csv or parquet), not '{self.data.source}'")
+            raise ValueError(
+                f"task.type 'regression' needs a table with a numeric target (data.source "
+                f"diabetes, penguins, csv or parquet), not '{self.data.source}'"
+            )
         if task_of(self.task.type).multilabel and self.data.source not in DIGIT_SOURCES:
-            raise ValueError(f"task.type 'multilabel' is wired for data.source {' or '.join(DIGIT_SOURCES)} "
-                             "(labels: even, large, loop)")
+            raise ValueError(
+                f"task.type 'multilabel' is wired for data.source {' or '.join(DIGIT_SOURCES)} "
+                "(labels: even, large, loop)"
+            )
 
     @property
     def registered_model(self) -> str:
         """The registered model the champion goes to, and the server follows."""
         return self.select.registered_model or model_name(self.data.name)
-
 
 
 # --------------------------------------------------------------------------- loading
@@ -493,8 +509,10 @@ class StageParams:
             raise AttributeError(name)
         if name in self._sections or name in TRACKING_SECTIONS:
             return getattr(self._params, name)
-        raise AttributeError(f"{self._source}: section '{name}' is not among this stage's SECTIONS "
-                             f"{list(self._sections)}; declare it there and list its keys in dvc.yaml")
+        raise AttributeError(
+            f"{self._source}: section '{name}' is not among this stage's SECTIONS "
+            f"{list(self._sections)}; declare it there and list its keys in dvc.yaml"
+        )
 
 
 EXPERIMENT_ENV = "DVC_EXP_BASELINE_REV"

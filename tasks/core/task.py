@@ -55,19 +55,59 @@ class Task:
         return not self.regression and not self.multilabel
 
 
-TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("regression", regression=True, multilabel=False, binary=False, default_loss="mse", quality_metric="r2",
-         quality_label="R^2", gate_floor="min_r2", headline=("r2", "rmse"), answer="value"),
-    Task("binary", regression=False, multilabel=False, binary=True, default_loss="bce", quality_metric="macro_f1",
-         quality_label="macro-F1", gate_floor="min_macro_f1", headline=("macro_f1", "accuracy", "ece"),
-         answer="class"),
-    Task("multiclass", regression=False, multilabel=False, binary=False, default_loss="ce",
-         quality_metric="macro_f1", quality_label="macro-F1", gate_floor="min_macro_f1",
-         headline=("macro_f1", "accuracy", "ece"), answer="class"),
-    Task("multilabel", regression=False, multilabel=True, binary=False, default_loss="bce",
-         quality_metric="macro_f1", quality_label="macro-F1", gate_floor="min_macro_f1",
-         headline=("macro_f1", "accuracy", "ece"), answer="labels"),
-)}
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(
+            "regression",
+            regression=True,
+            multilabel=False,
+            binary=False,
+            default_loss="mse",
+            quality_metric="r2",
+            quality_label="R^2",
+            gate_floor="min_r2",
+            headline=("r2", "rmse"),
+            answer="value",
+        ),
+        Task(
+            "binary",
+            regression=False,
+            multilabel=False,
+            binary=True,
+            default_loss="bce",
+            quality_metric="macro_f1",
+            quality_label="macro-F1",
+            gate_floor="min_macro_f1",
+            headline=("macro_f1", "accuracy", "ece"),
+            answer="class",
+        ),
+        Task(
+            "multiclass",
+            regression=False,
+            multilabel=False,
+            binary=False,
+            default_loss="ce",
+            quality_metric="macro_f1",
+            quality_label="macro-F1",
+            gate_floor="min_macro_f1",
+            headline=("macro_f1", "accuracy", "ece"),
+            answer="class",
+        ),
+        Task(
+            "multilabel",
+            regression=False,
+            multilabel=True,
+            binary=False,
+            default_loss="bce",
+            quality_metric="macro_f1",
+            quality_label="macro-F1",
+            gate_floor="min_macro_f1",
+            headline=("macro_f1", "accuracy", "ece"),
+            answer="labels",
+        ),
+    )
+}
 TASK_TYPES: tuple[str, ...] = tuple(TASKS)
 
 
@@ -92,10 +132,13 @@ class InputKind:
         return not self.table
 
 
-KINDS: dict[str, InputKind] = {k.name: k for k in (
-    InputKind("tabular", table=True, label="table"),
-    InputKind("image", table=False, label="image"),
-)}
+KINDS: dict[str, InputKind] = {
+    k.name: k
+    for k in (
+        InputKind("tabular", table=True, label="table"),
+        InputKind("image", table=False, label="image"),
+    )
+}
 TABLE, IMAGE = KINDS["tabular"], KINDS["image"]
 
 

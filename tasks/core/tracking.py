@@ -25,7 +25,9 @@ def check_answers(service: str, variable: str, url: str, health: str, hint: str,
     try:
         httpx.get(health, timeout=timeout).raise_for_status()
     except httpx.HTTPError as err:
-        raise DistilleryError(f"no {service} answers at {variable}={url} ({type(err).__name__}: {err}); {hint}") from err
+        raise DistilleryError(
+            f"no {service} answers at {variable}={url} ({type(err).__name__}: {err}); {hint}"
+        ) from err
 
 
 S3_ENDPOINT_ENV = "MLFLOW_S3_ENDPOINT_URL"
@@ -48,19 +50,23 @@ def check_artifact_store() -> None:
     key = os.environ.get("AWS_ACCESS_KEY_ID", "")
     try:
         # A fresh session: boto3's default one keeps the credentials it first read.
-        boto3.session.Session().client("s3", endpoint_url=endpoint,
-                                       config=Config(retries={"max_attempts": 1}, connect_timeout=5)).list_buckets()
+        boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, config=Config(retries={"max_attempts": 1}, connect_timeout=5)
+        ).list_buckets()
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
         if code in CREDENTIAL_ERRORS:
             raise DistilleryError(
                 f"the S3 artifact store at {S3_ENDPOINT_ENV}={endpoint} refused the credentials "
                 f"(AWS_ACCESS_KEY_ID={key or '(unset)'}): {code}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                "to a key it knows (`. ./.stack.env` after `make stack` sets the stack's)") from err
+                "to a key it knows (`. ./.stack.env` after `make stack` sets the stack's)"
+            ) from err
         raise DistilleryError(f"the S3 artifact store at {S3_ENDPOINT_ENV}={endpoint} answered {code}: {err}") from err
     except BotoCoreError as err:  # no endpoint there, or no credentials at all
-        raise DistilleryError(f"the S3 artifact store at {S3_ENDPOINT_ENV}={endpoint} cannot be used "
-                              f"({type(err).__name__}: {err}); start it (`make stack`) or unset {S3_ENDPOINT_ENV}") from err
+        raise DistilleryError(
+            f"the S3 artifact store at {S3_ENDPOINT_ENV}={endpoint} cannot be used "
+            f"({type(err).__name__}: {err}); start it (`make stack`) or unset {S3_ENDPOINT_ENV}"
+        ) from err
 
 
 SQLITE = "sqlite:///"
@@ -69,15 +75,20 @@ SQLITE = "sqlite:///"
 def sqlite_path(uri: str) -> Optional[Path]:
     """The database file of a `sqlite:///` tracking URI (relative to the working
     directory unless absolute); None for any other URI."""
-    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+    return Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) else None
 
 
 def check_server(uri: str) -> None:
     """The MLflow tracking server, when the URI names one, and its S3 artifact
     store; file and database URIs pass."""
     if uri.startswith(("http://", "https://")):
-        check_answers("MLflow tracking server", "MLFLOW_TRACKING_URI", uri, f"{uri.rstrip('/')}/health",
-                      "start it (`make stack` starts the project's), or unset MLFLOW_TRACKING_URI to track in mlflow.db")
+        check_answers(
+            "MLflow tracking server",
+            "MLFLOW_TRACKING_URI",
+            uri,
+            f"{uri.rstrip('/')}/health",
+            "start it (`make stack` starts the project's), or unset MLFLOW_TRACKING_URI to track in mlflow.db",
+        )
         check_artifact_store()
 
 
@@ -106,8 +117,13 @@ def numbers(values: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def log_stage(cfg: MlflowParams, stage: str, metrics: dict[str, Any], tags: Optional[dict[str, str]] = None,
-              artifacts: tuple[Path, ...] = ()) -> None:
+def log_stage(
+    cfg: MlflowParams,
+    stage: str,
+    metrics: dict[str, Any],
+    tags: Optional[dict[str, str]] = None,
+    artifacts: tuple[Path, ...] = (),
+) -> None:
     """A stage's run with its numbers, for the stages that train nothing: every
     stage is a run under the pipeline's, so MLflow shows the whole run."""
     import mlflow
@@ -138,8 +154,14 @@ def parent_run(cfg: MlflowParams, root: Path, name: str, tags: dict[str, str]) -
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     # Created where a stage (cwd = root) would create it, artifacts in the project's mlruns/.
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        cfg.experiment, artifact_location=None if not uri.startswith(SQLITE) else (root / "mlruns").resolve().as_uri())
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(
+            cfg.experiment,
+            artifact_location=None if not uri.startswith(SQLITE) else (root / "mlruns").resolve().as_uri(),
+        )
+    )
     run = client.create_run(experiment_id, run_name=name, tags={"stage": "pipeline", **tags})
     try:
         yield run.info.run_id

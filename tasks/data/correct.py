@@ -61,8 +61,9 @@ def infer_types(
     return types, observed
 
 
-def correct_table(raw: pd.DataFrame, target: str, declared: dict[str, str], task: str,
-                  params: ValidateParams) -> Corrected:
+def correct_table(
+    raw: pd.DataFrame, target: str, declared: dict[str, str], task: str, params: ValidateParams
+) -> Corrected:
     """The tabular path: missing tokens, numbers with units, category variants,
     outliers, duplicates and near-duplicates, class balance. `declared` holds the
     declared column types (the rest are inferred)."""
@@ -118,7 +119,8 @@ def correct_table(raw: pd.DataFrame, target: str, declared: dict[str, str], task
         "representation": {"columns": representation},
         "completeness": quality.completeness(table.drop(columns=[ROW_ID])),
         "uniqueness": uniqueness,
-        "balance": quality.target_distribution(table.loc[~no_label, LABEL]) if regression
+        "balance": quality.target_distribution(table.loc[~no_label, LABEL])
+        if regression
         else quality.class_balance(table.loc[~no_label, LABEL]),
         "corrections": corrections,
     }
@@ -181,7 +183,9 @@ def _textual_column(
     return entry
 
 
-def _uniqueness(table: pd.DataFrame, types: dict[str, str], params: ValidateParams, issues: dict[int, list[str]]) -> dict:
+def _uniqueness(
+    table: pd.DataFrame, types: dict[str, str], params: ValidateParams, issues: dict[int, list[str]]
+) -> dict:
     """Exact duplicates (all columns but row_id), duplicates on the key columns,
     near-duplicate rows. Identifiers are left out of the row comparison:
     two records that differ only by their sample number are the same record."""
@@ -205,7 +209,11 @@ def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidatePara
     """The image path: size, channels and value range; missing pixels; exact and
     perceptual-hash near-duplicates; class balance."""
     issues: dict[int, list[str]] = {}
-    dupes = quality.image_duplicates(images) if len(images) else {"duplicate_images": 0, "near_duplicate_images": 0, "exact_mask": np.zeros(0, bool)}
+    dupes = (
+        quality.image_duplicates(images)
+        if len(images)
+        else {"duplicate_images": 0, "near_duplicate_images": 0, "exact_mask": np.zeros(0, bool)}
+    )
     if params.drop_duplicates and dupes["duplicate_images"]:
         _flag(issues, table.loc[dupes["exact_mask"], ROW_ID], "duplicate image")
     shapes = table.groupby(["height", "width", "channels"]).size()

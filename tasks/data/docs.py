@@ -20,10 +20,13 @@ REMOTE_TAG = re.compile(
     r"""<script[^>]*\bsrc=["']https?://[^"']*["'][^>]*>\s*</script>"""
     r"""|<link[^>]*\bhref=["']https?://[^"']*["'][^>]*/?>"""
     r"""|<img[^>]*\bsrc=["']https?://[^"']*["'][^>]*/?>""",
-    re.IGNORECASE)
-STYLE = ("<style>body{font:14px/1.45 system-ui,sans-serif;margin:16px;color:#1d2330}"
-         "table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #d8dce3;padding:3px 6px;vertical-align:top}"
-         "th{background:#eef1f5}.offline-index li{margin:2px 0}</style>")
+    re.IGNORECASE,
+)
+STYLE = (
+    "<style>body{font:14px/1.45 system-ui,sans-serif;margin:16px;color:#1d2330}"
+    "table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #d8dce3;padding:3px 6px;vertical-align:top}"
+    "th{background:#eef1f5}.offline-index li{margin:2px 0}</style>"
+)
 MARK = "<!-- distillery: offline -->"
 
 
@@ -44,9 +47,16 @@ def make_offline(docs_dir: Path) -> list[Path]:
 def _index(docs_dir: Path) -> str:
     def links(folder: str) -> str:
         found = sorted((docs_dir / folder).rglob("*.html"), reverse=True)
-        return "".join(f'<li><a href="{html.escape(p.relative_to(docs_dir).as_posix())}">'
-                       f"{html.escape(p.relative_to(docs_dir / folder).with_suffix('').as_posix())}</a></li>"
-                       for p in found) or "<li>(none)</li>"
+        return (
+            "".join(
+                f'<li><a href="{html.escape(p.relative_to(docs_dir).as_posix())}">'
+                f"{html.escape(p.relative_to(docs_dir / folder).with_suffix('').as_posix())}</a></li>"
+                for p in found
+            )
+            or "<li>(none)</li>"
+        )
 
-    return (f"<section class=offline-index><h2>Validation results</h2><ul>{links('validations')}</ul>"
-            f"<h2>Expectation suites</h2><ul>{links('expectations')}</ul></section>")
+    return (
+        f"<section class=offline-index><h2>Validation results</h2><ul>{links('validations')}</ul>"
+        f"<h2>Expectation suites</h2><ul>{links('expectations')}</ul></section>"
+    )

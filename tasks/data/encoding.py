@@ -14,16 +14,21 @@ from tasks.contracts.encoder import (
 )
 
 
-def fit_encoder(train: pd.DataFrame, column_types: dict[str, str], impute: ImputeMethod, knn_neighbors: int = 5,
-                seed: int = 0) -> TableEncoder:
+def fit_encoder(
+    train: pd.DataFrame, column_types: dict[str, str], impute: ImputeMethod, knn_neighbors: int = 5, seed: int = 0
+) -> TableEncoder:
     """Everything `TableEncoder.encode` needs, learnt from the train split: the
     numeric columns and their imputer, and each categorical column's categories."""
     numeric = tuple(c for c, t in column_types.items() if t == "numeric")
-    categorical = {c: tuple(sorted(train[c].dropna().astype(str).unique().tolist()))
-                   for c, t in column_types.items() if t == "categorical"}
+    categorical = {
+        c: tuple(sorted(train[c].dropna().astype(str).unique().tolist()))
+        for c, t in column_types.items()
+        if t == "categorical"
+    }
     x = train[list(numeric)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    return TableEncoder(numeric=numeric, categorical=categorical, imputer=fit_imputer(x, numeric, impute,
-                                                                                        knn_neighbors, seed))
+    return TableEncoder(
+        numeric=numeric, categorical=categorical, imputer=fit_imputer(x, numeric, impute, knn_neighbors, seed)
+    )
 
 
 def _statistic(column: np.ndarray, method: str) -> float:
@@ -37,8 +42,9 @@ def _statistic(column: np.ndarray, method: str) -> float:
     return float(values.mean())  # mean, and the fallback of knn and iterative (as scikit-learn's)
 
 
-def fit_imputer(x: np.ndarray, columns: tuple[str, ...], method: ImputeMethod, knn_neighbors: int = 5,
-                seed: int = 0) -> Imputer:
+def fit_imputer(
+    x: np.ndarray, columns: tuple[str, ...], method: ImputeMethod, knn_neighbors: int = 5, seed: int = 0
+) -> Imputer:
     simple = method if method in ("median", "most_frequent") else "mean"
     fill = {c: _statistic(x[:, i], simple) for i, c in enumerate(columns)}
     if method == "knn" and columns:
@@ -58,8 +64,12 @@ def _fit_iterative(x: np.ndarray, fill: dict[str, float], seed: int) -> Imputer:
     imputer = IterativeImputer(random_state=seed, max_iter=10, keep_empty_features=True)
     imputer.fit(np.array(x, dtype=np.float64))  # a writable copy: with an all-missing column sklearn writes into X
     steps = tuple(
-        IterativeStep(feature=int(t.feat_idx), predictors=tuple(int(i) for i in t.neighbor_feat_idx),
-                      coef=tuple(float(c) for c in t.estimator.coef_), intercept=float(t.estimator.intercept_))
+        IterativeStep(
+            feature=int(t.feat_idx),
+            predictors=tuple(int(i) for i in t.neighbor_feat_idx),
+            coef=tuple(float(c) for c in t.estimator.coef_),
+            intercept=float(t.estimator.intercept_),
+        )
         for t in imputer.imputation_sequence_
     )
     start = {c: float(v) for c, v in zip(fill, imputer.initial_imputer_.statistics_)}

@@ -224,8 +224,11 @@ def assess(dataset: Dataset, task: str, params: ValidateParams) -> tuple[Correct
     if kind_of(meta.kind).table:
         corrected = correct_table(dataset.table, meta.target, meta.declared_types, task, params)
         types = corrected.column_types
-        meta = meta.replace(classes=classes_of(corrected, meta, task), column_types=types,
-                            features=tuple(c for c, t in types.items() if t in ("numeric", "categorical")))
+        meta = meta.replace(
+            classes=classes_of(corrected, meta, task),
+            column_types=types,
+            features=tuple(c for c, t in types.items() if t in ("numeric", "categorical")),
+        )
         return corrected, Dataset(table=corrected.table, arrays=dataset.arrays, meta=meta)
     corrected = correct_images(dataset.table, dataset.arrays[IMAGES], params)
     return corrected, Dataset(table=dataset.table, arrays=dataset.arrays, meta=meta)
@@ -260,31 +263,45 @@ def quality_summary(report: dict) -> str:
     if kind_of(report["kind"]).table:
         missing = {c: f"{v['fraction']:.1%}" for c, v in completeness["columns"].items() if v["missing"]}
         rows_missing = completeness["rows_with_missing"]
-        variants = {c: len(e.get("variants", [])) for c, e in report["representation"]["columns"].items() if e.get("variants")}
+        variants = {
+            c: len(e.get("variants", [])) for c, e in report["representation"]["columns"].items() if e.get("variants")
+        }
         representation = f"category variants {variants or 'none'}; corrections {report['corrections']}"
     else:
         missing = {"pixels": completeness["missing_pixels"]}
         rows_missing = completeness["images_with_missing_pixels"]
-        representation = f"shapes {report['representation']['shapes']}, value range {report['representation']['value_range']}"
+        representation = (
+            f"shapes {report['representation']['shapes']}, value range {report['representation']['value_range']}"
+        )
     ratio = balance["imbalance_ratio"]
     if "target" in balance:
         t = balance["target"]
         balance_text = f"target mean {t['mean']:.4g}, std {t['std']:.4g}, skew {t['skew']:.2f}, range [{t['min']:.4g}, {t['max']:.4g}]"
     elif ratio:
-        balance_text = (f"imbalance ratio {ratio:.2f}, normalised entropy {balance['normalized_entropy']:.3f}, "
-                        f"gini {balance['gini']:.3f}")
+        balance_text = (
+            f"imbalance ratio {ratio:.2f}, normalised entropy {balance['normalized_entropy']:.3f}, "
+            f"gini {balance['gini']:.3f}"
+        )
         kept = balance.get("kept")
         if kept and kept.get("imbalance_ratio") is not None and kept["counts"] != balance["counts"]:
-            balance_text += (f" over every row read; over the rows kept, imbalance ratio {kept['imbalance_ratio']:.2f}, "
-                             f"normalised entropy {kept['normalized_entropy']:.3f}")
+            balance_text += (
+                f" over every row read; over the rows kept, imbalance ratio {kept['imbalance_ratio']:.2f}, "
+                f"normalised entropy {kept['normalized_entropy']:.3f}"
+            )
     else:
         balance_text = "no labels"
     return markdown_table(
         [
             {"dimension": "representation", "finding": representation},
-            {"dimension": "completeness", "finding": f"rows with a missing value: {rows_missing}; missing: {missing or 'none'}"},
-            {"dimension": "uniqueness", "finding": f"duplicate rows {unique['duplicate_rows']}, near-duplicates "
-             f"{unique.get('near_duplicate_rows', unique.get('near_duplicate_images'))}"},
+            {
+                "dimension": "completeness",
+                "finding": f"rows with a missing value: {rows_missing}; missing: {missing or 'none'}",
+            },
+            {
+                "dimension": "uniqueness",
+                "finding": f"duplicate rows {unique['duplicate_rows']}, near-duplicates "
+                f"{unique.get('near_duplicate_rows', unique.get('near_duplicate_images'))}",
+            },
             {"dimension": "balance", "finding": balance_text},
         ]
     )
@@ -309,8 +326,9 @@ class GateResult:
         }
 
 
-def gate(dataset: Dataset, task: str, params: ValidateParams, suite: dict,
-         docs_dir: Optional[Path] = None) -> GateResult:
+def gate(
+    dataset: Dataset, task: str, params: ValidateParams, suite: dict, docs_dir: Optional[Path] = None
+) -> GateResult:
     """Measure, correct, run the suite, and split the rows into valid and quarantined."""
     corrected, typed = assess(dataset, task, params)
     parameters = suite_parameters(typed.meta, typed.table)
@@ -327,27 +345,43 @@ def gate(dataset: Dataset, task: str, params: ValidateParams, suite: dict,
         valid, quarantined = split_quarantine(typed, reasons)
     elif options.action == "relabel":
         relabelled = relabel(valid, issues, options.relabel_above)
-    label_report = issues.report(options.action, relabelled,
-                                 len(issues.row_ids) if options.action == "quarantine" else 0)
+    label_report = issues.report(
+        options.action, relabelled, len(issues.row_ids) if options.action == "quarantine" else 0
+    )
     report = corrected.report
     if report.get("balance", {}).get("counts") and LABEL in valid.table:
         # The balance of every row read says what the source holds; this, of the rows kept, is what trains.
         # A few foreign labels in quarantine can make the first look far worse than the data that is used.
         report["balance"]["kept"] = class_balance(valid.table[LABEL])
-    return GateResult(report=report, outcome=outcome, valid=valid, quarantined=quarantined, label_issues=issues,
-                      label_report=label_report)
+    return GateResult(
+        report=report,
+        outcome=outcome,
+        valid=valid,
+        quarantined=quarantined,
+        label_issues=issues,
+        label_report=label_report,
+    )
 
 
 # The class-balance expectations: measured again on the rows kept, and gated on that. Over every row read,
 # a few quarantined rows of a foreign class make a class of one (a corrupted penguins file: ratio 165
 # over all rows, 2.2 over the rows kept); data_quality.json reports both.
-BALANCE_EXPECTATIONS = ("expect_column_value_counts_to_be_at_least", "expect_column_imbalance_ratio_to_be_at_most",
-                        "expect_column_normalized_entropy_to_be_at_least")
+BALANCE_EXPECTATIONS = (
+    "expect_column_value_counts_to_be_at_least",
+    "expect_column_imbalance_ratio_to_be_at_most",
+    "expect_column_normalized_entropy_to_be_at_least",
+)
 KEPT = "rows kept"  # `measured_on` of a result measured again on the rows kept
 
 
-def gate_on_kept(outcome: ValidationOutcome, suite: dict, parameters: dict[str, Any], kept: pd.DataFrame,
-                 issues: LabelIssues, options: LabelIssuesParams) -> None:
+def gate_on_kept(
+    outcome: ValidationOutcome,
+    suite: dict,
+    parameters: dict[str, Any],
+    kept: pd.DataFrame,
+    issues: LabelIssues,
+    options: LabelIssuesParams,
+) -> None:
     """The checks measured on the rows kept, in one GX run: the suite's balance
     expectations (their results replace those over every row read) and the
     label-error rate (added). In place."""
@@ -370,9 +404,16 @@ LABEL_ISSUE_COLUMN = "label_issue"  # 1.0 for a row confident learning flags, in
 
 def label_issue_suite(max_rate: float, severity: str) -> dict:
     """The gate on the label-error rate: the mean of the flags is the fraction flagged."""
-    return {"name": "label_issues", "expectations": [
-        {"type": "expect_column_mean_to_be_between", "severity": severity,
-         "kwargs": {"column": LABEL_ISSUE_COLUMN, "min_value": 0.0, "max_value": max_rate}}]}
+    return {
+        "name": "label_issues",
+        "expectations": [
+            {
+                "type": "expect_column_mean_to_be_between",
+                "severity": severity,
+                "kwargs": {"column": LABEL_ISSUE_COLUMN, "min_value": 0.0, "max_value": max_rate},
+            }
+        ],
+    }
 
 
 def relabel(valid: Dataset, issues: LabelIssues, above: float) -> int:
@@ -392,5 +433,3 @@ def relabel(valid: Dataset, issues: LabelIssues, above: float) -> int:
     else:
         table.loc[mask, LABEL] = suggested
     return int(mask.sum())
-
-

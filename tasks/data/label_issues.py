@@ -52,17 +52,28 @@ class LabelIssues:
 
     def quarantine_reasons(self) -> dict[int, list[str]]:
         """row_id -> the reason its row is quarantined for, naming the given and the suggested label."""
-        return {r: [f"{QUARANTINE_REASON}: given {g}, suggested {s} (score {c:.3f})"]
-                for r, g, s, c in zip(self.row_ids, self.given, self.suggested, self.scores)}
+        return {
+            r: [f"{QUARANTINE_REASON}: given {g}, suggested {s} (score {c:.3f})"]
+            for r, g, s, c in zip(self.row_ids, self.given, self.suggested, self.scores)
+        }
 
     def report(self, action: str, relabelled: int, quarantined: int) -> dict[str, Any]:
-        return {"method": "confident learning (Northcutt et al. 2021), out-of-fold logistic regression",
-                "action": action, "checked_rows": self.checked_rows, "suspects": len(self.row_ids),
-                "flagged_rate": round(self.flagged_rate, 6), "estimated_rate": round(self.estimated_rate, 6),
-                "relabelled": relabelled, "quarantined": quarantined,
-                "skipped_classes": self.skipped_classes, "skipped_reason": self.skipped_reason,
-                "issues": [{"row_id": r, "given": g, "suggested": s, "score": round(c, 6)}
-                           for r, g, s, c in zip(self.row_ids, self.given, self.suggested, self.scores)]}
+        return {
+            "method": "confident learning (Northcutt et al. 2021), out-of-fold logistic regression",
+            "action": action,
+            "checked_rows": self.checked_rows,
+            "suspects": len(self.row_ids),
+            "flagged_rate": round(self.flagged_rate, 6),
+            "estimated_rate": round(self.estimated_rate, 6),
+            "relabelled": relabelled,
+            "quarantined": quarantined,
+            "skipped_classes": self.skipped_classes,
+            "skipped_reason": self.skipped_reason,
+            "issues": [
+                {"row_id": r, "given": g, "suggested": s, "score": round(c, 6)}
+                for r, g, s, c in zip(self.row_ids, self.given, self.suggested, self.scores)
+            ],
+        }
 
 
 def features(dataset: Dataset) -> np.ndarray:
@@ -174,8 +185,12 @@ def plot_label_issues(issues: LabelIssues, datasets: list[Dataset], path: Path) 
     if top and IMAGES in datasets[0].arrays:
         where = {int(r): d.arrays[IMAGES][i] for d in datasets for i, r in enumerate(d.table[ROW_ID])}
         cols = min(8, len(top))
-        fig, axes = plt.subplots((len(top) + cols - 1) // cols, cols, figsize=(1.6 * cols, 1.9 * ((len(top) + cols - 1) // cols)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            (len(top) + cols - 1) // cols,
+            cols,
+            figsize=(1.6 * cols, 1.9 * ((len(top) + cols - 1) // cols)),
+            squeeze=False,
+        )
         for ax in axes.ravel():
             ax.axis("off")
         for ax, (row, given, suggested, score) in zip(axes.ravel(), top):
@@ -191,8 +206,14 @@ def plot_label_issues(issues: LabelIssues, datasets: list[Dataset], path: Path) 
             ax.table(cellText=cells, colLabels=["row_id", "given", "suggested", "score"], loc="center")
             ax.set_title("likely label errors (most suspect first)", fontsize=9)
         else:
-            ax.text(0.5, 0.5, issues.skipped_reason or f"no likely label errors among {issues.checked_rows} rows",
-                    ha="center", va="center", fontsize=9)
+            ax.text(
+                0.5,
+                0.5,
+                issues.skipped_reason or f"no likely label errors among {issues.checked_rows} rows",
+                ha="center",
+                va="center",
+                fontsize=9,
+            )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)

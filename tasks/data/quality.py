@@ -18,9 +18,17 @@ import pandas as pd
 # numbers this module reports. The `x as x` ones are re-exported: this module is where stages find every measure.
 from expectations.measures import (
     class_balance as class_balance,
+)
+from expectations.measures import (
     duplicate_rows as duplicate_rows,
+)
+from expectations.measures import (
     fold as fold,
+)
+from expectations.measures import (
     map_distinct,
+)
+from expectations.measures import (
     near_duplicate_rows as near_duplicate_rows,
 )
 
@@ -160,9 +168,7 @@ def completeness(df: pd.DataFrame, p_value: float = 0.01) -> dict[str, Any]:
     hint at the mechanism: if a column's missingness is associated with another
     observed column, the data are not MCAR."""
     missing = df.isna()
-    columns = {
-        col: {"missing": int(missing[col].sum()), "fraction": float(missing[col].mean())} for col in df.columns
-    }
+    columns = {col: {"missing": int(missing[col].sum()), "fraction": float(missing[col].mean())} for col in df.columns}
     mechanism = {}
     # The tests need thousands of rows, not millions: a fixed sample keeps them cheap.
     sample = df if len(df) <= MECHANISM_SAMPLE else df.sample(MECHANISM_SAMPLE, random_state=0)
@@ -271,9 +277,7 @@ def plot_balance(counts: dict[str, int], path: Any) -> None:
 # duplicate_rows and near_duplicate_rows: expectations/measures.py
 
 
-def near_duplicate_values(
-    values: pd.Series, threshold: float, max_distinct: int = 2000
-) -> list[dict[str, Any]]:
+def near_duplicate_values(values: pd.Series, threshold: float, max_distinct: int = 2000) -> list[dict[str, Any]]:
     """Pairs of distinct values whose SequenceMatcher ratio is at least
     `threshold` but that are not equal after folding (those are variants, not
     typos). Works on distinct values; beyond `max_distinct` it keeps the most
@@ -310,9 +314,7 @@ def difference_hash(images: np.ndarray, size: int = 8) -> np.ndarray:
     r0, r1 = rows[:-1], np.maximum(rows[1:], rows[:-1] + 1)
     c0, c1 = cols[:-1], np.maximum(cols[1:], cols[:-1] + 1)
     r1, c1 = np.minimum(r1, height), np.minimum(c1, width)
-    sums = (
-        integral[:, r1][:, :, c1] - integral[:, r0][:, :, c1] - integral[:, r1][:, :, c0] + integral[:, r0][:, :, c0]
-    )
+    sums = integral[:, r1][:, :, c1] - integral[:, r0][:, :, c1] - integral[:, r1][:, :, c0] + integral[:, r0][:, :, c0]
     means = sums / ((r1 - r0)[:, None] * (c1 - c0)[None, :])
     bits = (means[:, :, 1:] > means[:, :, :-1]).reshape(n, -1)
     return np.ascontiguousarray(np.packbits(bits, axis=1)).view(">u8").ravel().astype(np.uint64)
@@ -325,7 +327,12 @@ def image_duplicates(images: np.ndarray) -> dict[str, Any]:
     exact = pd.Series([row.tobytes() for row in flat]).duplicated(keep="first").to_numpy()
     hashes = pd.Series(difference_hash(images))
     near = hashes.duplicated(keep="first").to_numpy() & ~exact
-    return {"duplicate_images": int(exact.sum()), "near_duplicate_images": int(near.sum()), "exact_mask": exact, "near_mask": near}
+    return {
+        "duplicate_images": int(exact.sum()),
+        "near_duplicate_images": int(near.sum()),
+        "exact_mask": exact,
+        "near_mask": near,
+    }
 
 
 # --------------------------------------------------------------------------- balance
@@ -345,7 +352,11 @@ def target_distribution(values: pd.Series) -> dict[str, Any]:
         "gini": None,
         "normalized_entropy": None,
         "target": {
-            "mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max()),
-            "quartiles": [float(q) for q in quartiles], "skew": float(x.skew()) if len(x) > 2 else 0.0,
+            "mean": float(x.mean()),
+            "std": float(x.std()),
+            "min": float(x.min()),
+            "max": float(x.max()),
+            "quartiles": [float(q) for q in quartiles],
+            "skew": float(x.skew()) if len(x) > 2 else 0.0,
         },
     }

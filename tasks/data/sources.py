@@ -26,9 +26,7 @@ class ImageData:
 
 # Attributes of each digit 0..9, for the multilabel task: even, at least 5, has a closed loop.
 DIGIT_ATTRIBUTES = ("even", "large", "loop")
-DIGIT_ATTRIBUTE_MATRIX = tuple(
-    (int(d % 2 == 0), int(d >= 5), int(d in (0, 6, 8, 9))) for d in range(10)
-)
+DIGIT_ATTRIBUTE_MATRIX = tuple((int(d % 2 == 0), int(d >= 5), int(d in (0, 6, 8, 9))) for d in range(10))
 
 
 def load_digits(params: DigitsParams, seed: int) -> ImageData:
@@ -77,8 +75,12 @@ def load_digits28(digits: DigitsParams, params: Digits28Params, seed: int) -> Im
         matrix = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / zoom
         images[i] = ndimage.affine_transform(image, matrix, offset=centre - matrix @ centre - shift, order=1)
     images = np.round(np.clip(images * (255.0 / 16.0), 0, 255))
-    return ImageData(images=images.astype(np.float32), labels=np.tile(base.labels, params.copies),
-                     classes=base.classes, pixel_max=255.0)
+    return ImageData(
+        images=images.astype(np.float32),
+        labels=np.tile(base.labels, params.copies),
+        classes=base.classes,
+        pixel_max=255.0,
+    )
 
 
 def load_quickdraw(folder: str | Path | None, params: QuickDrawParams, seed: int) -> ImageData:

@@ -179,8 +179,10 @@ def classification_metrics(
         "weighted_f1": averages["weighted"]["f1"],
         "micro_f1": averages["micro"]["f1"],
         "averages": averages,
-        "fbeta": {"beta": beta, "macro": float(fbeta_score(labels, predicted, beta=beta, labels=ids,
-                                                           average="macro", zero_division=0))},
+        "fbeta": {
+            "beta": beta,
+            "macro": float(fbeta_score(labels, predicted, beta=beta, labels=ids, average="macro", zero_division=0)),
+        },
         "ece": expected_calibration_error(probs, labels, n_bins),
         "mce": max_calibration_error(probs, labels, n_bins),
         "reliability": calibration_bins(probs, labels, n_bins),
@@ -219,8 +221,9 @@ def _binary_decisions(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     return np.column_stack([1 - p, p]), labels.ravel().astype(np.int64)
 
 
-def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, names: list[str], n_bins: int = 15,
-                       beta: float = 1.0, threshold: float = 0.5) -> dict:
+def multilabel_metrics(
+    probs: np.ndarray, labels: np.ndarray, names: list[str], n_bins: int = 15, beta: float = 1.0, threshold: float = 0.5
+) -> dict:
     """Per-label scores and the micro, macro, weighted and samples averages;
     subset accuracy and Hamming loss; per-label ROC AUC and average precision;
     calibration pooled over all label decisions."""
@@ -251,8 +254,10 @@ def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, names: list[str], 
         "micro_f1": averages["micro"]["f1"],
         "samples_f1": averages["samples"]["f1"],
         "averages": averages,
-        "fbeta": {"beta": beta, "macro": float(fbeta_score(truth, predicted, beta=beta, average="macro",
-                                                           zero_division=0))},
+        "fbeta": {
+            "beta": beta,
+            "macro": float(fbeta_score(truth, predicted, beta=beta, average="macro", zero_division=0)),
+        },
         "ece": expected_calibration_error(pooled_probs, pooled_truth, n_bins),
         "mce": max_calibration_error(pooled_probs, pooled_truth, n_bins),
         "reliability": calibration_bins(pooled_probs, pooled_truth, n_bins),
@@ -263,8 +268,16 @@ def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, names: list[str], 
     }
 
 
-def task_metrics(task: str, outputs: np.ndarray, targets: np.ndarray, classes: list[str], n_bins: int = 15,
-                 beta: float = 1.0, probabilities: bool = False, threshold: float = 0.5) -> dict:
+def task_metrics(
+    task: str,
+    outputs: np.ndarray,
+    targets: np.ndarray,
+    classes: list[str],
+    n_bins: int = 15,
+    beta: float = 1.0,
+    probabilities: bool = False,
+    threshold: float = 0.5,
+) -> dict:
     """The metrics of `task` for raw model `outputs` (logits, or probabilities
     when `probabilities`), with `quality`: the one number selection compares
     (macro-F1, or R^2 for regression)."""

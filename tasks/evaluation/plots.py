@@ -26,20 +26,38 @@ def _save(fig: Any, path: Path) -> None:
     _pyplot().close(fig)
 
 
-def confusion(counts: list[list[int]], normalized: list[list[float]], classes: list[str], title: str, path: Path) -> None:
+def confusion(
+    counts: list[list[int]], normalized: list[list[float]], classes: list[str], title: str, path: Path
+) -> None:
     """Counts and row-normalised side by side: the second shows the rare class's recall."""
     plt = _pyplot()
     size = 0.8 + 0.45 * len(classes)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
-    for ax, matrix, fmt, name in ((axes[0], np.asarray(counts), "{:d}", "counts"),
-                                  (axes[1], np.asarray(normalized), "{:.2f}", "normalised by true class")):
+    for ax, matrix, fmt, name in (
+        (axes[0], np.asarray(counts), "{:d}", "counts"),
+        (axes[1], np.asarray(normalized), "{:.2f}", "normalised by true class"),
+    ):
         ax.imshow(matrix, cmap="Blues")
-        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-               xlabel="predicted", ylabel="true", title=f"{title}: {name}")
+        ax.set(
+            xticks=range(len(classes)),
+            yticks=range(len(classes)),
+            xticklabels=classes,
+            yticklabels=classes,
+            xlabel="predicted",
+            ylabel="true",
+            title=f"{title}: {name}",
+        )
         for (i, j), v in np.ndenumerate(matrix):
             if v:
-                ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6,
-                        color="white" if v > matrix.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(v),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if v > matrix.max() / 2 else "black",
+                )
     _save(fig, path)
 
 
@@ -56,8 +74,12 @@ def curves(points: dict, title: str, path: Path, average_precision: dict | None 
         roc.plot(fpr, tpr, lw=1, label=f"{name} (AUC {np.trapezoid(tpr, fpr):.3f})")
         rows = [r for r in points["pr"] if r["class"] == name]
         ap = average_precision.get(str(name))
-        pr.plot([r["recall"] for r in rows], [r["precision"] for r in rows], lw=1,
-                label=f"{name} (AP {ap:.3f})" if ap is not None else str(name))
+        pr.plot(
+            [r["recall"] for r in rows],
+            [r["precision"] for r in rows],
+            lw=1,
+            label=f"{name} (AP {ap:.3f})" if ap is not None else str(name),
+        )
     roc.plot([0, 1], [0, 1], ls=":", color="grey")
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title}: ROC")
     pr.set(xlabel="recall", ylabel="precision", title=f"{title}: precision-recall")
@@ -66,8 +88,9 @@ def curves(points: dict, title: str, path: Path, average_precision: dict | None 
     _save(fig, path)
 
 
-def reliability(bins: list[dict], ece_before: float, ece_after: float, title: str, path: Path,
-                temperature: float | None = None) -> None:
+def reliability(
+    bins: list[dict], ece_before: float, ece_after: float, title: str, path: Path, temperature: float | None = None
+) -> None:
     """Reliability diagram: accuracy per confidence bin against the diagonal,
     each bar labelled with its sample count (a bar of 3 says little), and the
     temperature, with why it stayed at 1 when it did."""
@@ -75,17 +98,40 @@ def reliability(bins: list[dict], ece_before: float, ece_after: float, title: st
     fig, ax = plt.subplots(figsize=(5, 4.8))
     filled = [b for b in bins if b["count"]]
     width = bins[0]["upper"] - bins[0]["lower"]
-    bars = ax.bar([b["lower"] for b in filled], [b["accuracy"] for b in filled], width=width, align="edge",
-                  edgecolor="black", alpha=0.7, label="accuracy (n = samples in the bin)")
+    bars = ax.bar(
+        [b["lower"] for b in filled],
+        [b["accuracy"] for b in filled],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy (n = samples in the bin)",
+    )
     for bar, b in zip(bars, filled):
-        ax.text(bar.get_x() + width / 2, min(bar.get_height() + 0.02, 0.97), f"n={b['count']}", ha="center",
-                fontsize=6, rotation=90 if len(filled) > 8 else 0, va="bottom")
+        ax.text(
+            bar.get_x() + width / 2,
+            min(bar.get_height() + 0.02, 0.97),
+            f"n={b['count']}",
+            ha="center",
+            fontsize=6,
+            rotation=90 if len(filled) > 8 else 0,
+            va="bottom",
+        )
     ax.plot([0, 1], [0, 1], ls=":", color="grey", label="perfect calibration")
-    scaled = ("" if temperature is None else
-              f"; temperature {temperature:.2f}" if temperature != 1.0 else
-              "; temperature 1: scaling did not lower the validation ECE")
-    ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence", ylabel="accuracy",
-           title=f"{title}\nECE {ece_before:.4f} before scaling, {ece_after:.4f} after{scaled}")
+    scaled = (
+        ""
+        if temperature is None
+        else f"; temperature {temperature:.2f}"
+        if temperature != 1.0
+        else "; temperature 1: scaling did not lower the validation ECE"
+    )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.08),
+        xlabel="confidence",
+        ylabel="accuracy",
+        title=f"{title}\nECE {ece_before:.4f} before scaling, {ece_after:.4f} after{scaled}",
+    )
     ax.title.set_fontsize(8)
     ax.legend(fontsize=7, loc="upper left")
     _save(fig, path)
@@ -116,8 +162,9 @@ def _spread_labels(ys: list[float], span: float, min_gap: float = 0.04) -> list[
     return placed
 
 
-def pareto(candidates: list[dict], champion: str, quality_name: str, speed_key: str, front: list[str],
-           floor: float, path: Path) -> None:
+def pareto(
+    candidates: list[dict], champion: str, quality_name: str, speed_key: str, front: list[str], floor: float, path: Path
+) -> None:
     """Latency (speed_key) against quality, marker area by size on disk: the
     trade-off selection walks along. The non-dominated front is joined by a
     line, the quality budget is a dashed line, the champion is ringed, and the
@@ -127,11 +174,26 @@ def pareto(candidates: list[dict], champion: str, quality_name: str, speed_key: 
     largest = max(c["size_bytes"] for c in candidates)
     for c in candidates:
         colour = "#dd8452" if c["precision"] == "int8" else "#4c72b0"
-        ax.scatter(c[speed_key], c["quality"], s=40 + 600 * c["size_bytes"] / largest, color=colour,
-                   alpha=0.6, edgecolor="black" if c["name"] == champion else "none", linewidth=2, zorder=3)
+        ax.scatter(
+            c[speed_key],
+            c["quality"],
+            s=40 + 600 * c["size_bytes"] / largest,
+            color=colour,
+            alpha=0.6,
+            edgecolor="black" if c["name"] == champion else "none",
+            linewidth=2,
+            zorder=3,
+        )
     on_front = sorted((c for c in candidates if c["name"] in front), key=lambda c: c[speed_key])
-    ax.plot([c[speed_key] for c in on_front], [c["quality"] for c in on_front], color="grey", linewidth=1,
-            linestyle="-", zorder=2, label="Pareto front")
+    ax.plot(
+        [c[speed_key] for c in on_front],
+        [c["quality"] for c in on_front],
+        color="grey",
+        linewidth=1,
+        linestyle="-",
+        zorder=2,
+        label="Pareto front",
+    )
     ax.axhline(floor, color="#c44e52", linestyle="--", linewidth=1, label=f"quality budget ({floor:.4f})")
     qualities = [c["quality"] for c in candidates] + [floor]
     span = (max(qualities) - min(qualities)) or 1.0
@@ -139,11 +201,20 @@ def pareto(candidates: list[dict], champion: str, quality_name: str, speed_key: 
     right = max(c[speed_key] for c in candidates)
     for c, y in zip(candidates, heights):
         name = f"{c['name']} (champion)" if c["name"] == champion else c["name"]
-        ax.annotate(name, (c[speed_key], c["quality"]), xytext=(right * 1.08, y), fontsize=7, va="center",
-                    arrowprops={"arrowstyle": "-", "color": "#999999", "linewidth": 0.5})
+        ax.annotate(
+            name,
+            (c[speed_key], c["quality"]),
+            xytext=(right * 1.08, y),
+            fontsize=7,
+            va="center",
+            arrowprops={"arrowstyle": "-", "color": "#999999", "linewidth": 0.5},
+        )
     ax.set_xlim(0, right * 1.6)
     ax.set_ylim(min(qualities) - 0.05 * span, max(heights) + 0.05 * span)
-    ax.set(xlabel=f"{speed_key} (ms, onnxruntime, median)", ylabel=quality_name,
-           title="candidates: faster is left, better is up; area = size (orange = int8)")
+    ax.set(
+        xlabel=f"{speed_key} (ms, onnxruntime, median)",
+        ylabel=quality_name,
+        title="candidates: faster is left, better is up; area = size (orange = int8)",
+    )
     ax.legend(loc="upper left", fontsize=7)
     _save(fig, path)

@@ -25,8 +25,8 @@ UNWEIGHTED_LOSSES = ("kl_div", "mse", "mae", "huber", "log_cosh", "quantile", "p
 # Losses tasks/ml/losses.py implements that the pipeline's models cannot train with yet, and why.
 NOT_WIRED = {
     "poisson": "it reads the model's output as a log-rate, but the regression MLP predicts in target units "
-               "(output * std + mean inside the graph), so exp() overflows on a target like diabetes'; "
-               "use mse, mae, huber, log_cosh or quantile",
+    "(output * std + mean inside the graph), so exp() overflows on a target like diabetes'; "
+    "use mse, mae, huber, log_cosh or quantile",
 }
 # Sigmoid focal loss takes alpha (a share for positives), not per-class weights.
 SIGMOID_TASKS = tuple(t.name for t in TASKS.values() if t.sigmoid)
@@ -40,8 +40,11 @@ def check_fit_params(params: FitParams, section: str, task: str, source: str = "
         return DistilleryError(f"{source}: '{section}.{key}': {message}")
 
     if params.nproc_per_node > 1 and getattr(params, "freeze", ()) and getattr(params, "unfreeze_after", 0):
-        raise fail("unfreeze_after", "cannot unfreeze during a run with nproc_per_node > 1: DDP fixes which "
-                                     "parameters it averages when training starts (set unfreeze_after: 0)")
+        raise fail(
+            "unfreeze_after",
+            "cannot unfreeze during a run with nproc_per_node > 1: DDP fixes which "
+            "parameters it averages when training starts (set unfreeze_after: 0)",
+        )
 
     if params.loss != "auto":
         if params.loss not in LOSS_TASKS:
@@ -55,25 +58,45 @@ def check_fit_params(params: FitParams, section: str, task: str, source: str = "
         allowed = loss_options(params.loss)
         for option in params.loss_options:
             if option not in allowed:
-                raise fail(f"loss_options.{option}", f"not an option of loss '{params.loss}' (options: {sorted(allowed)})")
+                raise fail(
+                    f"loss_options.{option}", f"not an option of loss '{params.loss}' (options: {sorted(allowed)})"
+                )
         weighting = getattr(params, "class_weighting", "none")
         if params.loss in UNWEIGHTED_LOSSES and weighting != "none" and not task_of(task).regression:
-            raise fail("class_weighting", f"loss '{params.loss}' takes no class weights; set "
-                                          f"{section}.class_weighting: none, or choose ce, ce_onehot, focal or bce")
+            raise fail(
+                "class_weighting",
+                f"loss '{params.loss}' takes no class weights; set "
+                f"{section}.class_weighting: none, or choose ce, ce_onehot, focal or bce",
+            )
         if params.loss == "focal" and task in SIGMOID_TASKS and weighting != "none":
-            raise fail("class_weighting", f"a {task} focal loss weighs positives with loss_options.alpha, not "
-                                          f"class weights; set {section}.class_weighting: none")
+            raise fail(
+                "class_weighting",
+                f"a {task} focal loss weighs positives with loss_options.alpha, not "
+                f"class weights; set {section}.class_weighting: none",
+            )
     _check(fail, "loss_options", lambda: _loss_option_values(params, task), params.loss_options)
     schedule = dict(params.schedule_options)
     if params.schedule == "cosine":
         schedule.setdefault("t_max", params.max_epochs)
     for name, known, options, check in (
-        ("optimizer", OPTIMIZER_OPTIONS, params.optimizer_options,
-         lambda: check_optimizer_options(params.optimizer, params.lr, **params.optimizer_options)),
-        ("schedule", SCHEDULER_OPTIONS, params.schedule_options,
-         lambda: check_scheduler_options(params.schedule, **schedule)),
-        ("constraint", CONSTRAINTS, params.constraint_options,
-         lambda: check_constraint_options(params.constraint, **params.constraint_options)),
+        (
+            "optimizer",
+            OPTIMIZER_OPTIONS,
+            params.optimizer_options,
+            lambda: check_optimizer_options(params.optimizer, params.lr, **params.optimizer_options),
+        ),
+        (
+            "schedule",
+            SCHEDULER_OPTIONS,
+            params.schedule_options,
+            lambda: check_scheduler_options(params.schedule, **schedule),
+        ),
+        (
+            "constraint",
+            CONSTRAINTS,
+            params.constraint_options,
+            lambda: check_constraint_options(params.constraint, **params.constraint_options),
+        ),
     ):
         # An unknown name is the name's fault; anything else, its options'.
         if getattr(params, name) not in known:
@@ -104,4 +127,3 @@ def check_training_params(params: Any, task: str, source: str = "params.yaml") -
     checks them before the first stage."""
     check_fit_params(params.train, "train", task, source)
     check_fit_params(params.distill, "distill", task, source)
-

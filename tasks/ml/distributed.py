@@ -58,8 +58,10 @@ def stage_main(stage: str, section: str, nproc: int, run: Callable[[], None]) ->
         with process_group():
             run()
     elif code:
-        raise DistilleryError(f"{stage}: torchrun with {section}.nproc_per_node={nproc} processes exited with "
-                              f"{code} (their errors are above)")
+        raise DistilleryError(
+            f"{stage}: torchrun with {section}.nproc_per_node={nproc} processes exited with "
+            f"{code} (their errors are above)"
+        )
 
 
 @contextmanager

@@ -57,9 +57,19 @@ def train_teacher(
         start_from(model, params.init_from)
     weights = class_weights(train[1], meta.n_classes, params.class_weighting)
     loss_fn = task_loss(meta.task, params, None if weights is None else weights.to(device))
-    result = fit(model, as_tensors(*train), as_tensors(*val), loss_fn, params, on_epoch, desc="teacher",
-                 quiet=quiet, frozen=params.freeze if params.init_from else (),
-                 unfreeze_after=params.unfreeze_after, tensorboard_dir=tensorboard_dir)
+    result = fit(
+        model,
+        as_tensors(*train),
+        as_tensors(*val),
+        loss_fn,
+        params,
+        on_epoch,
+        desc="teacher",
+        quiet=quiet,
+        frozen=params.freeze if params.init_from else (),
+        unfreeze_after=params.unfreeze_after,
+        tensorboard_dir=tensorboard_dir,
+    )
     return model, result
 
 
@@ -111,8 +121,11 @@ def record_training(
         save_model(model.cpu(), stem)
         mlflow.log_artifact(str(stem.with_suffix(".json")))
     write_json(paths.REPORTS / f"{stage}.json", summary)
-    stopped = (f"early stopping ended it at epoch {result.epochs_run} of {params.max_epochs}"
-               if result.epochs_run < params.max_epochs else f"ran all {params.max_epochs} epochs")
+    stopped = (
+        f"early stopping ended it at epoch {result.epochs_run} of {params.max_epochs}"
+        if result.epochs_run < params.max_epochs
+        else f"ran all {params.max_epochs} epochs"
+    )
     write_summary(
         stage,
         f"`{model_name}`: {count_parameters(model):,} parameters; {stopped} "

@@ -92,8 +92,7 @@ def count_nonzero_parameters(model: nn.Module) -> int:
 # --------------------------------------------------------------------------- structured
 
 
-def _keep(weight: torch.Tensor, amount: float, norm: Norm,
-          scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _keep(weight: torch.Tensor, amount: float, norm: Norm, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Indices (ascending) of the ceil((1 - amount) * n) output units of `weight`
     (dim 0) that matter most: by |scale| (the batch norm's gamma after the
     layer) when given, else by the L1 or L2 norm of their weights. Ascending
@@ -113,12 +112,16 @@ def _keep(weight: torch.Tensor, amount: float, norm: Norm,
 def _following_norms(model: nn.Module) -> dict[int, nn.Module]:
     """id(weight layer) -> the batch norm right after it, where there is one."""
     modules = [m for m in model.modules() if not list(m.children())]
-    return {id(layer): after for layer, after in zip(modules, modules[1:])
-            if isinstance(layer, (nn.Conv2d, nn.Linear)) and isinstance(after, nn.modules.batchnorm._BatchNorm)}
+    return {
+        id(layer): after
+        for layer, after in zip(modules, modules[1:])
+        if isinstance(layer, (nn.Conv2d, nn.Linear)) and isinstance(after, nn.modules.batchnorm._BatchNorm)
+    }
 
 
-def _slice_layer(old: nn.Module, new: nn.Module, out_keep: Optional[torch.Tensor],
-                 in_keep: Optional[torch.Tensor]) -> None:
+def _slice_layer(
+    old: nn.Module, new: nn.Module, out_keep: Optional[torch.Tensor], in_keep: Optional[torch.Tensor]
+) -> None:
     """Copy the kept rows (outputs) and columns (inputs) of a Conv2d/Linear."""
     weight = old.weight.detach()
     if out_keep is not None:
@@ -130,8 +133,9 @@ def _slice_layer(old: nn.Module, new: nn.Module, out_keep: Optional[torch.Tensor
         new.bias.copy_(old.bias.detach() if out_keep is None else old.bias.detach()[out_keep])
 
 
-def _slice_norm(old: nn.modules.batchnorm._BatchNorm, new: nn.modules.batchnorm._BatchNorm,
-                keep: Optional[torch.Tensor]) -> None:
+def _slice_norm(
+    old: nn.modules.batchnorm._BatchNorm, new: nn.modules.batchnorm._BatchNorm, keep: Optional[torch.Tensor]
+) -> None:
     """A batch norm's affine parameters and running statistics for the kept channels."""
     for name in ("weight", "bias", "running_mean", "running_var"):
         source = getattr(old, name)
@@ -150,8 +154,8 @@ def _sizes_and_keeps(
     hidden = layers[:-1]  # every layer but the output layer has prunable outputs
     norms = _following_norms(model) if rank == "bn_scale" else {}
     keeps: list[Optional[torch.Tensor]] = [
-        _keep(layer.weight, amount, norm, norms[id(layer)].weight if id(layer) in norms else None)
-        for layer in hidden] + [None]
+        _keep(layer.weight, amount, norm, norms[id(layer)].weight if id(layer) in norms else None) for layer in hidden
+    ] + [None]
     widths = tuple(len(k) for k in keeps[:-1])
     if isinstance(model, CNN):
         n_conv = len(model.spec.channels)
@@ -244,8 +248,9 @@ def fine_tune(
                 torch_prune.custom_from_mask(layer, "weight", mask)
                 masked.append(layer)
     try:
-        result = fit(model, train, val, loss_fn, dataclasses.replace(params, max_epochs=epochs),
-                     desc="fine-tune", quiet=quiet)
+        result = fit(
+            model, train, val, loss_fn, dataclasses.replace(params, max_epochs=epochs), desc="fine-tune", quiet=quiet
+        )
     finally:
         for layer in masked:
             torch_prune.remove(layer, "weight")  # weight = weight_orig * mask, a plain tensor again
@@ -255,8 +260,9 @@ def fine_tune(
 # --------------------------------------------------------------------------- the stage
 
 
-def unstructured_sweep(model: Model, amounts: tuple[float, ...], scope: str, val: tuple[np.ndarray, np.ndarray],
-                       meta: ProcessedMeta) -> list[dict]:
+def unstructured_sweep(
+    model: Model, amounts: tuple[float, ...], scope: str, val: tuple[np.ndarray, np.ndarray], meta: ProcessedMeta
+) -> list[dict]:
     """Quality, sparsity and compressed size at each amount. The ONNX stays
     dense, so onnxruntime runs it no faster: the gain is only in a compressed
     file (gzip of the weights), which this reports honestly."""
@@ -269,7 +275,14 @@ def unstructured_sweep(model: Model, amounts: tuple[float, ...], scope: str, val
         pruned = prune_unstructured(model, amount, scope)
         weights = b"".join(p.detach().cpu().numpy().tobytes() for p in pruned.parameters())
         scores = task_metrics(meta.task, predict_logits(pruned, val[0]), val[1], list(meta.classes))
-        rows.append({"amount": amount, "sparsity": sparsity(pruned), "val_quality": scores["quality"],
-                     "nonzero_parameters": count_nonzero_parameters(pruned),
-                     "gzip_bytes": len(gzip.compress(weights, 6)), "dense_bytes": len(weights)})
+        rows.append(
+            {
+                "amount": amount,
+                "sparsity": sparsity(pruned),
+                "val_quality": scores["quality"],
+                "nonzero_parameters": count_nonzero_parameters(pruned),
+                "gzip_bytes": len(gzip.compress(weights, 6)),
+                "dense_bytes": len(weights),
+            }
+        )
     return rows

@@ -131,8 +131,9 @@ def make_stopper(params: FitParams):
     from tasks.ml.stopping import CorrelationStopping, EarlyStopping
 
     if params.stopping == "correlation":
-        return CorrelationStopping(window=params.correlation_window, threshold=params.correlation_threshold,
-                                   patience=params.patience)
+        return CorrelationStopping(
+            window=params.correlation_window, threshold=params.correlation_threshold, patience=params.patience
+        )
     return EarlyStopping(monitor="val_loss", mode="min", patience=params.patience, min_delta=params.min_delta)
 
 
@@ -161,8 +162,9 @@ class _Loop:
     def order(self, epoch: int) -> torch.Tensor:
         """This epoch's sample order: a seeded shuffle, or this process's share under DDP."""
         if self.world > 1:
-            sampler = DistributedSampler(range(len(self.train[0])), num_replicas=self.world, rank=self.rank,
-                                         seed=self.params.seed)
+            sampler = DistributedSampler(
+                range(len(self.train[0])), num_replicas=self.world, rank=self.rank, seed=self.params.seed
+            )
             sampler.set_epoch(epoch)
             return torch.tensor(list(sampler), device=self.device)
         return torch.randperm(len(self.train[0]), generator=self.generator).to(self.device)
@@ -206,13 +208,21 @@ class _Loop:
             running += self.step([t[order[start : start + self.batch_size]] for t in self.train], epoch)
         seen_loss, seen = distributed.all_sum(running, len(order))
         distributed.sync_buffers(self.model)  # one set of batch-norm statistics: the same val loss on every rank
-        return {"train_loss": seen_loss / seen,
-                "val_loss": _epoch_loss(self.model, self.val, self.loss_fn, self.params.batch_size),
-                "lr": self.optimizer.param_groups[0]["lr"]}
+        return {
+            "train_loss": seen_loss / seen,
+            "val_loss": _epoch_loss(self.model, self.val, self.loss_fn, self.params.batch_size),
+            "lr": self.optimizer.param_groups[0]["lr"],
+        }
 
 
-def _make_loop(model: nn.Module, train: tuple[torch.Tensor, ...], val: tuple[torch.Tensor, ...], loss_fn: LossFn,
-               params: FitParams, desc: str) -> _Loop:
+def _make_loop(
+    model: nn.Module,
+    train: tuple[torch.Tensor, ...],
+    val: tuple[torch.Tensor, ...],
+    loss_fn: LossFn,
+    params: FitParams,
+    desc: str,
+) -> _Loop:
     from tasks.ml import distributed
     from tasks.ml.optim import make_optimizer
     from tasks.ml.regularization import ActivationRegularizer
@@ -221,8 +231,11 @@ def _make_loop(model: nn.Module, train: tuple[torch.Tensor, ...], val: tuple[tor
     # Frozen parameters get no gradient, and optimizers skip a parameter without one,
     # so unfreezing later is just requires_grad (schedules keep one param group).
     optimizer = make_optimizer(params.optimizer, model.parameters(), params.lr, **params.optimizer_options)
-    activity = ActivationRegularizer(params.activity_l1, params.activity_l2).attach(model) \
-        if params.activity_l1 or params.activity_l2 else None
+    activity = (
+        ActivationRegularizer(params.activity_l1, params.activity_l2).attach(model)
+        if params.activity_l1 or params.activity_l2
+        else None
+    )
     # Mixed precision where it pays: CUDA. The CPU path stays fp32 and bit-for-bit repeatable.
     amp = device.type == "cuda"
     # Under torchrun: a DDP replica per process, each on its share of every epoch
@@ -233,11 +246,24 @@ def _make_loop(model: nn.Module, train: tuple[torch.Tensor, ...], val: tuple[tor
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    return _Loop(model=model, net=net, train=tuple(t.to(device) for t in train), val=tuple(t.to(device) for t in val),
-                 loss_fn=loss_fn, params=params, optimizer=optimizer, scaler=torch.amp.GradScaler("cuda", enabled=amp),
-                 activity=activity, device=device, amp=amp, world=world, rank=rank,
-                 batch_size=-(-params.batch_size // world), generator=torch.Generator().manual_seed(params.seed),
-                 desc=desc)
+    return _Loop(
+        model=model,
+        net=net,
+        train=tuple(t.to(device) for t in train),
+        val=tuple(t.to(device) for t in val),
+        loss_fn=loss_fn,
+        params=params,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler("cuda", enabled=amp),
+        activity=activity,
+        device=device,
+        amp=amp,
+        world=world,
+        rank=rank,
+        batch_size=-(-params.batch_size // world),
+        generator=torch.Generator().manual_seed(params.seed),
+        desc=desc,
+    )
 
 
 def fit(
@@ -303,8 +329,10 @@ def fit(
                 bar.set_description(f"{desc}: early stop")
                 bar.refresh()
                 if not quiet:
-                    bar.write(f"{desc}: early stopping ended training at epoch {epoch} of {params.max_epochs} "
-                              f"(best epoch {stopper.best_epoch})")
+                    bar.write(
+                        f"{desc}: early stopping ended training at epoch {epoch} of {params.max_epochs} "
+                        f"(best epoch {stopper.best_epoch})"
+                    )
                 break
     finally:
         bar.close()
@@ -314,7 +342,9 @@ def fit(
             writer.close()
     stopper.restore(model)
     model.eval()
-    return FitResult(best_epoch=stopper.best_epoch, best_val_loss=stopper.best, epochs_run=len(history), history=history)
+    return FitResult(
+        best_epoch=stopper.best_epoch, best_val_loss=stopper.best, epochs_run=len(history), history=history
+    )
 
 
 def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> np.ndarray:

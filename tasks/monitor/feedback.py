@@ -31,8 +31,13 @@ def _read_feedback_file(path: Path) -> pd.DataFrame:
     if rows.isna().any() or (rows % 1 != 0).any():
         bad = int(rows[rows.isna() | (rows % 1 != 0)].index[0])
         raise DistilleryError(f"{path}: row {bad}: 'row' must be a whole number (the row's index in its request)")
-    return pd.DataFrame({REQUEST_ID: frame[REQUEST_ID].astype(str), ROW: rows.astype(np.int64),
-                         LABEL: frame[LABEL].where(frame[LABEL].notna(), "").astype(str)})  # missing: ""
+    return pd.DataFrame(
+        {
+            REQUEST_ID: frame[REQUEST_ID].astype(str),
+            ROW: rows.astype(np.int64),
+            LABEL: frame[LABEL].where(frame[LABEL].notna(), "").astype(str),
+        }
+    )  # missing: ""
 
 
 def feedback_files(feedback_dir: str | Path) -> list[Path]:

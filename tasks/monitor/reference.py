@@ -49,8 +49,10 @@ def as_categories(values: pd.Series) -> np.ndarray:
 
 def _check_same_data(expected: str, actual: str, where: Path) -> None:
     if expected != actual:
-        raise DistilleryError(f"{where}: the validated data is not the data data/processed was made from "
-                              "(data_hash differs); rerun the pipeline (dvc repro) before monitoring")
+        raise DistilleryError(
+            f"{where}: the validated data is not the data data/processed was made from "
+            "(data_hash differs); rerun the pipeline (dvc repro) before monitoring"
+        )
 
 
 def _champion_outputs(champion: Path, x: np.ndarray, output: str) -> np.ndarray:
@@ -59,16 +61,20 @@ def _champion_outputs(champion: Path, x: np.ndarray, output: str) -> np.ndarray:
     return run_batches(session(champion), np.ascontiguousarray(x, dtype=np.float32), output=output)
 
 
-def reference_predictions(root: Path, meta: ProcessedMeta, champion: Optional[Path]
-                          ) -> tuple[dict[str, int], Optional[np.ndarray], str]:
+def reference_predictions(
+    root: Path, meta: ProcessedMeta, champion: Optional[Path]
+) -> tuple[dict[str, int], Optional[np.ndarray], str]:
     """What production's answers are compared with: the champion's answers on
     the test split (the real class mix), through onnxruntime, or without a
     champion file the test split's labels. Classifiers: the predicted-class
     counts; regression: the predicted values; multilabel: none."""
     x, y = load_split("test", root / paths.PROCESSED)
     have = champion is not None and champion.exists()
-    where = f"{champion.name} on the test split ({len(x)} rows)" if have else \
-        f"test-split labels ({len(y)} rows; no champion file)"
+    where = (
+        f"{champion.name} on the test split ({len(x)} rows)"
+        if have
+        else f"test-split labels ({len(y)} rows; no champion file)"
+    )
     if task_of(meta.task).regression:
         values = _champion_outputs(champion, x, PREDICTION).ravel() if have else np.asarray(y, dtype=np.float64)
         return {}, values, where
@@ -77,8 +83,10 @@ def reference_predictions(root: Path, meta: ProcessedMeta, champion: Optional[Pa
     if have:
         probs = _champion_outputs(champion, x, PROBABILITIES)
         if probs.shape[1] != meta.n_classes:
-            raise DistilleryError(f"{champion}: gives {probs.shape[1]} classes but data/processed has "
-                                  f"{meta.n_classes}; rerun the pipeline (dvc repro)")
+            raise DistilleryError(
+                f"{champion}: gives {probs.shape[1]} classes but data/processed has "
+                f"{meta.n_classes}; rerun the pipeline (dvc repro)"
+            )
         predicted = probs.argmax(axis=1)
     else:
         predicted = np.asarray(y, dtype=np.int64)

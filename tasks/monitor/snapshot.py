@@ -35,8 +35,15 @@ KEYS = [predlog.REQUEST_ID, predlog.ROW]
 
 
 def _quarantined(frame: pd.DataFrame, reason: str) -> pd.DataFrame:
-    return pd.DataFrame({snap.REQUEST_ID: frame[predlog.REQUEST_ID].astype(str), snap.ROW: frame[predlog.ROW],
-                         snap.FILE: frame["file"], LABEL: frame[LABEL], snap.REASON: reason})
+    return pd.DataFrame(
+        {
+            snap.REQUEST_ID: frame[predlog.REQUEST_ID].astype(str),
+            snap.ROW: frame[predlog.ROW],
+            snap.FILE: frame["file"],
+            LABEL: frame[LABEL],
+            snap.REASON: reason,
+        }
+    )
 
 
 def judge_labels(labels: pd.DataFrame) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
@@ -79,8 +86,9 @@ def build(root: str | Path = ".", params: Params | None = None) -> snap.Snapshot
     if logged is not None and len(logged):
         joined = labels.merge(logged.astype({predlog.ROW: np.int64}), on=KEYS, how="left", indicator=True)
     else:
-        joined = labels.assign(_merge="left_only", **{c: None for c in (predlog.INPUTS, predlog.TS,
-                                                                            predlog.MODEL_VERSION)})
+        joined = labels.assign(
+            _merge="left_only", **{c: None for c in (predlog.INPUTS, predlog.TS, predlog.MODEL_VERSION)}
+        )
     unmatched = joined["_merge"] == "left_only"
     quarantined.append(_quarantined(joined[unmatched], snap.NO_PREDICTION))
     joined = joined[~unmatched]
@@ -93,20 +101,36 @@ def build(root: str | Path = ".", params: Params | None = None) -> snap.Snapshot
     joined = joined[~wrong]
 
     inputs = pd.DataFrame([orjson.loads(text) for text in joined[predlog.INPUTS]], index=joined.index)
-    rows = inputs.assign(**{target: joined[LABEL], snap.REQUEST_ID: joined[predlog.REQUEST_ID],
-                            snap.ROW: joined[predlog.ROW], snap.TS: joined[predlog.TS],
-                            snap.MODEL_VERSION: joined[predlog.MODEL_VERSION], snap.FILE: joined["file"]})
+    rows = inputs.assign(
+        **{
+            target: joined[LABEL],
+            snap.REQUEST_ID: joined[predlog.REQUEST_ID],
+            snap.ROW: joined[predlog.ROW],
+            snap.TS: joined[predlog.TS],
+            snap.MODEL_VERSION: joined[predlog.MODEL_VERSION],
+            snap.FILE: joined["file"],
+        }
+    )
     rows = rows.astype(object).where(rows.notna(), "").astype(str)
     # Rows labelled before stay (their log file may have been rotated away); a new label replaces one.
-    kept = previous.rows[~previous.rows.set_index([snap.REQUEST_ID, snap.ROW]).index.isin(
-        rows.set_index([snap.REQUEST_ID, snap.ROW]).index)] if len(previous.rows) else previous.rows
+    kept = (
+        previous.rows[
+            ~previous.rows.set_index([snap.REQUEST_ID, snap.ROW]).index.isin(
+                rows.set_index([snap.REQUEST_ID, snap.ROW]).index
+            )
+        ]
+        if len(previous.rows)
+        else previous.rows
+    )
     rows = pd.concat([kept, rows], ignore_index=True)
     rows = rows[[c for c in rows.columns if c not in snap.LINEAGE] + list(snap.LINEAGE)]
     order = np.lexsort((pd.to_numeric(rows[snap.ROW]), rows[snap.REQUEST_ID], pd.to_numeric(rows[snap.TS])))
     rows = rows.fillna("").iloc[order].reset_index(drop=True)
-    quarantine = pd.concat([q for q in quarantined if len(q)], ignore_index=True) \
-        if any(len(q) for q in quarantined) else pd.DataFrame(columns=[snap.REQUEST_ID, snap.ROW, snap.FILE, LABEL,
-                                                                       snap.REASON])
+    quarantine = (
+        pd.concat([q for q in quarantined if len(q)], ignore_index=True)
+        if any(len(q) for q in quarantined)
+        else pd.DataFrame(columns=[snap.REQUEST_ID, snap.ROW, snap.FILE, LABEL, snap.REASON])
+    )
     return snap.write_snapshot(root / params.data.production.path, rows, quarantine)
 
 

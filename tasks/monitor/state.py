@@ -41,6 +41,13 @@ def write_state(path: str | Path, state: MonitorState) -> None:
     def stamp(ts: Optional[float]) -> Optional[str]:
         return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
-    write_json(path, {"watermark": state.watermark, "watermark_utc": stamp(state.watermark),
-                      "logged_until": state.logged_until, "logged_until_utc": stamp(state.logged_until),
-                      "feedback": state.feedback})
+    write_json(
+        path,
+        {
+            "watermark": state.watermark,
+            "watermark_utc": stamp(state.watermark),
+            "logged_until": state.logged_until,
+            "logged_until_utc": stamp(state.logged_until),
+            "feedback": state.feedback,
+        },
+    )

@@ -75,7 +75,9 @@ def feature_drift(reference: Reference, inputs: pd.DataFrame, params: MonitorPar
     p_value = feature_p_value(params, len(reference.features))
     features = []
     for name, ref in reference.numeric.items():
-        current = pd.to_numeric(inputs[name], errors="coerce") if name in inputs else pd.Series(np.nan, index=inputs.index)
+        current = (
+            pd.to_numeric(inputs[name], errors="coerce") if name in inputs else pd.Series(np.nan, index=inputs.index)
+        )
         features.append(numeric_drift(name, ref, current.to_numpy(dtype=np.float64), params.psi_threshold, p_value))
     for name, ref in reference.categorical.items():
         current = inputs[name] if name in inputs else pd.Series(pd.NA, index=inputs.index, dtype="string")
@@ -92,12 +94,17 @@ def analyse_window(frame: pd.DataFrame, reference: Reference, params: MonitorPar
     features = feature_drift(reference, inputs, params)
     prediction = None
     if reference.predicted_counts and len(ok):
-        prediction = prediction_drift(reference.predicted_counts, ok[predlog.PREDICTED].astype(str),
-                                      params.prediction_psi_threshold, params.p_value)
+        prediction = prediction_drift(
+            reference.predicted_counts,
+            ok[predlog.PREDICTED].astype(str),
+            params.prediction_psi_threshold,
+            params.p_value,
+        )
     elif reference.predicted_values is not None and len(ok):
         values = pd.to_numeric(ok[predlog.VALUE], errors="coerce").to_numpy(dtype=np.float64)
-        prediction = numeric_drift(predlog.VALUE, reference.predicted_values, values,
-                                   params.prediction_psi_threshold, params.p_value)
+        prediction = numeric_drift(
+            predlog.VALUE, reference.predicted_values, values, params.prediction_psi_threshold, params.p_value
+        )
     probability = pd.to_numeric(ok[predlog.PROBABILITY], errors="coerce")
     report = {
         "start": start,
@@ -122,8 +129,10 @@ def retrain_verdict(report: dict, params: MonitorParams) -> tuple[bool, str]:
     rows = report["operations"]["rows"]
     reasons = []
     if report["drifted_fraction"] > params.max_drifted_fraction:
-        reasons.append(f"{len(report['drifted_features'])}/{len(report['features'])} features drifted "
-                       f"({', '.join(report['drifted_features'])}) > {params.max_drifted_fraction:.0%}")
+        reasons.append(
+            f"{len(report['drifted_features'])}/{len(report['features'])} features drifted "
+            f"({', '.join(report['drifted_features'])}) > {params.max_drifted_fraction:.0%}"
+        )
     if report["prediction"] is not None and report["prediction"]["drifted"]:
         reasons.append(f"prediction PSI {report['prediction']['psi']:.3f} > {params.prediction_psi_threshold}")
     if not reasons:
@@ -150,8 +159,9 @@ def quality_of_labels(labels: pd.DataFrame, log_dir: str | Path, classes: Sequen
     keys = [predlog.REQUEST_ID, predlog.ROW]
     logged = predlog.lookup(log_dir, labels).drop_duplicates(keys, keep="last")
     joined = labels.merge(logged.astype({predlog.ROW: np.int64}), on=keys, how="inner")
-    probabilities = probability_matrix(joined[predlog.PROBABILITIES], joined[predlog.PREDICTED], classes) \
-        if len(joined) else None
+    probabilities = (
+        probability_matrix(joined[predlog.PROBABILITIES], joined[predlog.PREDICTED], classes) if len(joined) else None
+    )
     out = live_quality(joined[LABEL], joined[predlog.PREDICTED], probabilities, classes, n_bins)
     out["unmatched_labels"] = int(len(labels) - len(joined))
     return out

@@ -105,7 +105,7 @@ def float_input_block(model) -> list[str]:  # onnx.ModelProto, rewritten in plac
     if weights[nodes[first].input[1]].dims[1] > SHALLOW_INPUT:
         return []
     block = [nodes[first]]
-    for node in nodes[first + 1:]:
+    for node in nodes[first + 1 :]:
         if node.op_type in ("Conv", "Gemm", "MatMul"):
             break
         block.append(node)
@@ -182,8 +182,16 @@ def quantize(
             return
         if float_output_layer:
             float_ops += output_layer(graph)
-        _quantize_static(prepared, out_path, CalibrationReader(calibration, input_name), method, quant_format,
-                         per_channel, reduce_range, float_ops)
+        _quantize_static(
+            prepared,
+            out_path,
+            CalibrationReader(calibration, input_name),
+            method,
+            quant_format,
+            per_channel,
+            reduce_range,
+            float_ops,
+        )
 
 
 def _check_options(mode: str, method: str, quant_format: str, calibration: Optional[np.ndarray]) -> None:
@@ -197,8 +205,9 @@ def _check_options(mode: str, method: str, quant_format: str, calibration: Optio
         raise ValueError("static quantization needs calibration samples (argument 'calibration')")
 
 
-def _quantize_dynamic(prepared: Path, out_path: str | Path, per_channel: bool, reduce_range: bool,
-                      float_ops: list[str]) -> None:
+def _quantize_dynamic(
+    prepared: Path, out_path: str | Path, per_channel: bool, reduce_range: bool, float_ops: list[str]
+) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with atomic_path(out_path) as out:
@@ -213,8 +222,16 @@ def _quantize_dynamic(prepared: Path, out_path: str | Path, per_channel: bool, r
         )
 
 
-def _quantize_static(prepared: Path, out_path: str | Path, reader: "CalibrationReader", method: str,
-                     quant_format: str, per_channel: bool, reduce_range: bool, float_ops: list[str]) -> None:
+def _quantize_static(
+    prepared: Path,
+    out_path: str | Path,
+    reader: "CalibrationReader",
+    method: str,
+    quant_format: str,
+    per_channel: bool,
+    reduce_range: bool,
+    float_ops: list[str],
+) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calibrate_method = {
@@ -242,14 +259,18 @@ def int8_kernels(path: str | Path) -> dict[str, int]:
     """The integer kernels onnxruntime's CPU session really runs for `path`
     (op type -> node count, after its optimiser fused the QDQ pairs): empty
     when every layer still runs in float."""
-    return {op: n for op, n in optimized_ops(path).items()
-            if op.startswith(("QLinear", "QGemm", "Nhwc")) or "Integer" in op or op.startswith("DynamicQuantize")}
+    return {
+        op: n
+        for op, n in optimized_ops(path).items()
+        if op.startswith(("QLinear", "QGemm", "Nhwc")) or "Integer" in op or op.startswith("DynamicQuantize")
+    }
 
 
 def agreement(fp32_probs: np.ndarray, int8_probs: np.ndarray) -> float:
     """Fraction of rows whose top-1 class is the same in both (1.0 = identical decisions)."""
     fp32_probs, int8_probs = np.asarray(fp32_probs), np.asarray(int8_probs)
     if fp32_probs.shape != int8_probs.shape or fp32_probs.ndim != 2 or len(fp32_probs) == 0:
-        raise ValueError(f"agreement needs two (N, classes) arrays of one shape, got {fp32_probs.shape} "
-                         f"and {int8_probs.shape}")
+        raise ValueError(
+            f"agreement needs two (N, classes) arrays of one shape, got {fp32_probs.shape} and {int8_probs.shape}"
+        )
     return float(np.mean(fp32_probs.argmax(axis=1) == int8_probs.argmax(axis=1)))

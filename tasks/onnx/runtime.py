@@ -76,8 +76,7 @@ def check_artifact(path: str | Path, threads: int = 0) -> tuple[ArtifactMetadata
 def run_batches(sess: Any, x: np.ndarray, output: str, batch_size: int = 1024) -> np.ndarray:
     name = sess.get_inputs()[0].name
     parts = [
-        sess.run([output], {name: x[i : i + batch_size].astype(np.float32)})[0]
-        for i in range(0, len(x), batch_size)
+        sess.run([output], {name: x[i : i + batch_size].astype(np.float32)})[0] for i in range(0, len(x), batch_size)
     ]
     return np.concatenate(parts)
 

@@ -58,8 +58,9 @@ def latency_key(batch: int, threads: int) -> str:
     return f"latency_ms_b{batch}_t{threads}"
 
 
-def session_latencies(sessions: Mapping[str, Any], x: np.ndarray, batch: int, seconds: float,
-                      rounds: int) -> dict[str, dict[str, float]]:
+def session_latencies(
+    sessions: Mapping[str, Any], x: np.ndarray, batch: int, seconds: float, rounds: int
+) -> dict[str, dict[str, float]]:
     """Median, p10 and p90 latency (ms) of one run on `batch` rows for each
     session (all pinned to the same thread count), timed interleaved."""
     rows = np.resize(x, (batch, *x.shape[1:])).astype(np.float32)  # repeats rows if the split is small
@@ -70,5 +71,6 @@ def session_latencies(sessions: Mapping[str, Any], x: np.ndarray, batch: int, se
         return lambda: sess.run(outputs, feed)
 
     timings = Timings({name: runner(sess) for name, sess in sessions.items()}, seconds, rounds)
-    return {name: {"median": timings.median(name), "p10": timings.p10(name), "p90": timings.p90(name)}
-            for name in sessions}
+    return {
+        name: {"median": timings.median(name), "p10": timings.p10(name), "p90": timings.p90(name)} for name in sessions
+    }

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.core.params import Params, load_params
 from tasks.core.errors import DistilleryError
-from tasks.ingest import ingest
+from tasks.core.params import Params, load_params
 from tasks.data.gate import GateResult, failure_message, gate, load_suite
+from tasks.ingest import ingest
 
 REPO = Path(__file__).resolve().parents[2]
 DECLARED = {"age": "numeric", "salary": "numeric", "dept": "categorical", "score": "numeric"}
@@ -39,7 +39,9 @@ def csv_params(path: Path, declared: dict[str, str] | None = None, classes=None)
     return replace(base, data=data, validate=validate)
 
 
-def run_gate(frame: pd.DataFrame | None, tmp_path: Path, declared=DECLARED, classes=None, raw: bytes | None = None) -> GateResult:
+def run_gate(
+    frame: pd.DataFrame | None, tmp_path: Path, declared=DECLARED, classes=None, raw: bytes | None = None
+) -> GateResult:
     path = tmp_path / "data.csv"
     if raw is not None:
         path.write_bytes(raw)
@@ -49,7 +51,9 @@ def run_gate(frame: pd.DataFrame | None, tmp_path: Path, declared=DECLARED, clas
     result = gate(ingest(params.data), params.task.type, params.validate, load_suite(REPO / "expectations/csv.json"))
     summary = result.summary
     assert summary["rows_in"] == summary["rows_valid"] + summary["rows_quarantined"]
-    assert sorted([*result.valid.table["row_id"], *result.quarantined.table["row_id"]]) == list(range(summary["rows_in"]))
+    assert sorted([*result.valid.table["row_id"], *result.quarantined.table["row_id"]]) == list(
+        range(summary["rows_in"])
+    )
     return result
 
 
@@ -125,7 +129,9 @@ def test_balance_is_reported_over_every_row_and_over_the_rows_kept(tmp_path: Pat
     kept = result.valid.table["label"].value_counts()
     assert balance["kept"]["imbalance_ratio"] == pytest.approx(kept.max() / kept.min())
     assert balance["imbalance_ratio"] > 10 * balance["kept"]["imbalance_ratio"]
-    assert f"over the rows kept, imbalance ratio {balance['kept']['imbalance_ratio']:.2f}" in quality_summary(result.report)
+    assert f"over the rows kept, imbalance ratio {balance['kept']['imbalance_ratio']:.2f}" in quality_summary(
+        result.report
+    )
     # The gate measures balance on the rows kept: no warning for a class of one that is in quarantine.
     (ratio,) = [r for r in result.outcome.results if r["expectation"] == "expect_column_imbalance_ratio_to_be_at_most"]
     assert ratio["measured_on"] == "rows kept" and ratio["success"]
@@ -162,14 +168,20 @@ def test_a_class_collapsed_to_one_row_fails_the_class_count(tmp_path: Path) -> N
     assert "expect_column_value_counts_to_be_at_least" in failed_names(result)
     message = failure_message(result.outcome, Path("expectations/csv.json"), "outcome")
     assert "on column 'label' (the target column 'outcome')" in message and "observed 1" in message
-    assert "on column 'label':" in failure_message(result.outcome, Path("expectations/csv.json"))  # images: no target name
+    assert "on column 'label':" in failure_message(
+        result.outcome, Path("expectations/csv.json")
+    )  # images: no target name
 
 
 def test_npy_of_the_wrong_shape_is_refused_naming_the_file(tmp_path: Path) -> None:
     np.save(tmp_path / "cat.npy", np.zeros((10, 28, 28), np.uint8))
     base = load_params(REPO / "params.yaml").data
-    data = replace(base, source="quickdraw", path=str(tmp_path),
-                   quickdraw=replace(base.quickdraw, classes=("cat",), samples_per_class={"cat": 5}))
+    data = replace(
+        base,
+        source="quickdraw",
+        path=str(tmp_path),
+        quickdraw=replace(base.quickdraw, classes=("cat",), samples_per_class={"cat": 5}),
+    )
     with pytest.raises(DistilleryError, match=r"cat\.npy: expected shape \(N, 784\)"):
         ingest(data)
 

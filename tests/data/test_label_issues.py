@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.bench_label_issues import flip_labels
 from tasks.contracts.dataset import LABEL, LABELS, REASON, ROW_ID, Dataset
 from tasks.core.params import load_params
 from tasks.data.gate import gate, load_suite
-from bench.bench_label_issues import flip_labels
 from tasks.data.label_issues import confident_learning
 from tasks.ingest import ingest
 
@@ -44,7 +44,7 @@ def test_three_percent_flips_are_found_with_precision_and_recall_over_0_6(digits
     assert report["action"] == "report" and result.summary["rows_quarantined"] == 0  # reported, nothing moved
     scores = [issue["score"] for issue in report["issues"]]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
-    flipped_to = {r: l for r, l in zip(noisy.table[ROW_ID], noisy.arrays[LABELS])}
+    flipped_to = dict(zip(noisy.table[ROW_ID], noisy.arrays[LABELS]))
     assert all(issue["given"] == digits.meta.classes[flipped_to[issue["row_id"]]] for issue in report["issues"])
     rate = [r for r in result.outcome.results if r["column"] == "label_issue"]
     assert rate and rate[0]["observed_value"] == pytest.approx(report["flagged_rate"], abs=1e-6)
@@ -86,8 +86,11 @@ def test_a_class_with_fewer_rows_than_folds_is_named_and_skipped(digits):
     keep = np.ones(len(digits.table), bool)
     threes = np.flatnonzero(digits.arrays[LABELS] == 3)
     keep[threes[3:]] = False  # three rows of class 3 remain: fewer than 5 folds
-    few = Dataset(table=digits.table[keep].reset_index(drop=True),
-                  arrays={k: v[keep] for k, v in digits.arrays.items()}, meta=digits.meta)
+    few = Dataset(
+        table=digits.table[keep].reset_index(drop=True),
+        arrays={k: v[keep] for k, v in digits.arrays.items()},
+        meta=digits.meta,
+    )
     suite = load_suite(REPO / "expectations/digits.json")
     suite["expectations"] = [e for e in suite["expectations"] if "count" not in e["type"]]  # 3 rows pass the gate
     validate = PARAMS.validate

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tasks.core.params import load_params
-from tasks.ingest import ingest
 from tasks.data.gate import load_suite, run_suite, split_quarantine, suite_parameters
+from tasks.ingest import ingest
 
 REPO = Path(__file__).resolve().parents[2]
 

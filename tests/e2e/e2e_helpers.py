@@ -16,15 +16,17 @@ from typing import Callable
 
 import pytest
 import yaml
-
 from serve.serve_helpers import free_port  # noqa: F401  one free-port helper for every test
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PREFECT = BIN / "prefect"
 # `dvc exp run` and the tests' own commits need an identity, as a user's git has.
-GIT_IDENTITY = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
-                for what, value in (("NAME", "distillery tests"), ("EMAIL", "tests@localhost"))}
+GIT_IDENTITY = {
+    f"GIT_{who}_{what}": value
+    for who in ("AUTHOR", "COMMITTER")
+    for what, value in (("NAME", "distillery tests"), ("EMAIL", "tests@localhost"))
+}
 # Settings that point a command at a shared service: a test names the ones it wants.
 SERVICE_VARIABLES = ("MLFLOW_", "PREFECT_API", "AWS_", "DISTILLERY_STACK_", "DISTILLERY_DASK_ADDRESS")
 
@@ -43,8 +45,9 @@ def tiny(params: dict) -> dict:
 
 def make_project(root: Path, **data: object) -> Path:
     """A fresh clone-like copy: the tracked files only, committed in a new git repo."""
-    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                             capture_output=True, text=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.split()
     for name in tracked:
         # dvc.lock belongs to a run, not to the code: a fresh clone has none.
         if name.startswith("tests/") or name == "dvc.lock" or not (REPO / name).is_file():
@@ -76,16 +79,22 @@ def clean_env(**extra: str) -> dict[str, str]:
     """This environment without any shared service's settings, the venv's tools
     first on PATH, stage commands on this interpreter; then `extra`."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(SERVICE_VARIABLES)}
-    return {**base, "PATH": f"{BIN}:/usr/sbin:/usr/bin:/bin", "DISTILLERY_PYTHON": sys.executable,
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **GIT_IDENTITY, **extra}
+    return {
+        **base,
+        "PATH": f"{BIN}:/usr/sbin:/usr/bin:/bin",
+        "DISTILLERY_PYTHON": sys.executable,
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        **GIT_IDENTITY,
+        **extra,
+    }
 
 
-def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None, ok: bool = True,
-        timeout: int = 900) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str], cwd: Path, env: dict[str, str] | None = None, ok: bool = True, timeout: int = 900
+) -> subprocess.CompletedProcess:
     """Run a command as a user would in `cwd` (clean_env plus `env`); with `ok`,
     fail with the tail of its output unless it exits 0."""
-    done = subprocess.run(argv, cwd=cwd, env=clean_env(**(env or {})), capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(argv, cwd=cwd, env=clean_env(**(env or {})), capture_output=True, text=True, timeout=timeout)
     if ok:
         assert done.returncode == 0, f"{' '.join(map(str, argv))}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
@@ -96,8 +105,9 @@ def dvc(root: Path, *args: str) -> str:
     return run([sys.executable, "-m", "dvc", *args], root).stdout
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float,
-             procs: dict[str, tuple[subprocess.Popen, Path]]) -> object:
+def wait_for(
+    what: str, check: Callable[[], object], timeout: float, procs: dict[str, tuple[subprocess.Popen, Path]]
+) -> object:
     """Poll `check` until it returns something truthy; fail naming `what`, with the
     processes' output, on timeout or if one of them died."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from e2e_helpers import BIN, clean_env, free_port, make_project, run
 
 pytestmark = pytest.mark.e2e
@@ -28,14 +27,36 @@ def cluster(tmp_path_factory):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     logs = tmp_path_factory.mktemp("dask")
-    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT,
-                              env=clean_env(), start_new_session=True)]
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=open(logs / "scheduler.log", "w"),
+            stderr=subprocess.STDOUT,
+            env=clean_env(),
+            start_new_session=True,
+        )
+    ]
     for i in range(2):
-        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
-                                       "--host", "127.0.0.1", "--name", f"w{i}"],
-                                      stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
-                                      env=clean_env(), start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "dask"),
+                    "worker",
+                    address,
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--host",
+                    "127.0.0.1",
+                    "--name",
+                    f"w{i}",
+                ],
+                stdout=open(logs / f"worker{i}.log", "w"),
+                stderr=subprocess.STDOUT,
+                env=clean_env(),
+                start_new_session=True,
+            )
+        )
     from distributed import Client
 
     deadline = time.monotonic() + 60
@@ -63,8 +84,10 @@ def _trials(root: Path, executor: str) -> dict[str, tuple[dict, float]]:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
-    (parent,) = client.search_runs([client.get_experiment_by_name("distillery").experiment_id],
-                                   f"tags.stage = 'search' and tags.executor = '{executor}'")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("distillery").experiment_id],
+        f"tags.stage = 'search' and tags.executor = '{executor}'",
+    )
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     return {c.info.run_name: (c.data.params, c.data.metrics["val_quality"]) for c in children}
 
@@ -99,12 +122,15 @@ def test_the_flow_runs_its_stages_and_trials_on_the_cluster_through_the_dask_tas
     assert "on the Dask cluster at" in (root / "reports/summaries/search.md").read_text()
     assert len(_trials(root, cluster)) == 2
     # The export stage's candidates, independent of one another, ran as Dask tasks too.
-    assert f"exported in parallel on the Dask cluster at {cluster}" in (root / "reports/summaries/export.md").read_text()
+    assert (
+        f"exported in parallel on the Dask cluster at {cluster}" in (root / "reports/summaries/export.md").read_text()
+    )
     export = json.loads((root / "reports/export.json").read_text())
     assert {"teacher", "student"} <= set(export) and all(e["int8_kernels"] for e in export.values())
     # DVC recorded every stage: nothing is stale afterwards.
-    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, env=clean_env(), capture_output=True,
-                            text=True, timeout=120)
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=root, env=clean_env(), capture_output=True, text=True, timeout=120
+    )
     assert status.stdout.split() == ["register:", "always", "changed"], status.stdout  # it asks the registry
 
 
@@ -115,11 +141,23 @@ def test_an_unreachable_scheduler_is_named(tmp_path):
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(root, "-m", "dvc", "repro", "preprocess")
     dead = f"tcp://127.0.0.1:{free_port()}"
-    done = subprocess.run([sys.executable, "-m", "tasks.search"], cwd=root, capture_output=True, text=True,
-                          env=clean_env(DISTILLERY_DASK_ADDRESS=dead), timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.search"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=clean_env(DISTILLERY_DASK_ADDRESS=dead),
+        timeout=120,
+    )
     assert done.returncode == 2
     assert f"DISTILLERY_DASK_ADDRESS={dead} (or --dask-address): no Dask scheduler answers there" in done.stderr
-    flow = subprocess.run([sys.executable, "-m", "flows.pipeline", "--dask-address", dead], cwd=root,
-                          capture_output=True, text=True, env=clean_env(), timeout=120)
+    flow = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--dask-address", dead],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=120,
+    )
     assert flow.returncode == 2 and f"{dead} (or --dask-address): no Dask scheduler answers" in flow.stderr
     assert "Running stage" not in flow.stdout

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from e2e_helpers import dvc as _dvc
 from e2e_helpers import make_project, set_params
 
@@ -54,8 +53,13 @@ def test_a_quickdraw_folder_at_a_relative_path_outside_the_project(tmp_path: Pat
     classes = ("circle", "square", "triangle")
     make_doodles(tmp_path / "drawings", count=150, seed=0, classes=classes)
     root = make_project(tmp_path / "project")
-    set_params(root, "data", source="quickdraw", path="../drawings",
-         quickdraw={"classes": list(classes), "samples_per_class": {c: 150 for c in classes}})
+    set_params(
+        root,
+        "data",
+        source="quickdraw",
+        path="../drawings",
+        quickdraw={"classes": list(classes), "samples_per_class": {c: 150 for c in classes}},
+    )
     _dvc(root, "repro")
     version, hashes = _registered(root, "distillery-drawings")
     assert hashes["../drawings"]
@@ -64,7 +68,16 @@ def test_a_quickdraw_folder_at_a_relative_path_outside_the_project(tmp_path: Pat
     outs = {o["path"]: o["md5"] for o in lock["stages"]["preprocess"]["outs"]}
     assert hashes["data/processed"] == outs["data/processed"]
     # The console summary and trace read the same registry: the version the alias holds.
-    done = subprocess.run([sys.executable, "-c", "from pathlib import Path; from flows.report import console_summary;"
-                           "print('\\n'.join(console_summary(Path('.').resolve())))"],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pathlib import Path; from flows.report import console_summary;"
+            "print('\\n'.join(console_summary(Path('.').resolve())))",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert f"registry: distillery-drawings version {version.version}, alias @champion" in done.stdout, done.stderr

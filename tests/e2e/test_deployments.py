@@ -12,7 +12,6 @@ from typing import Iterator
 
 import pytest
 import yaml
-
 from e2e_helpers import PREFECT, REPO
 from e2e_helpers import free_port as _free_port
 from e2e_helpers import stop as _stop
@@ -47,7 +46,9 @@ def prefect_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield env
 
 
-def test_deployments_are_served_and_the_monitor_runs_through_the_api(tmp_path: Path, project: Path, prefect_env) -> None:
+def test_deployments_are_served_and_the_monitor_runs_through_the_api(
+    tmp_path: Path, project: Path, prefect_env
+) -> None:
     import httpx
     from prefect import get_client
     from prefect.deployments import run_deployment
@@ -58,21 +59,42 @@ def test_deployments_are_served_and_the_monitor_runs_through_the_api(tmp_path: P
     procs: dict[str, tuple[subprocess.Popen, Path]] = {}
     try:
         server_log = tmp_path / "server.log"
-        server = subprocess.Popen([str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", port],
-                                  env=prefect_env, stdout=open(server_log, "w"), stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", port],
+            env=prefect_env,
+            stdout=open(server_log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs["prefect server"] = (server, server_log)
-        _wait("the Prefect server's /api/health", lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 120, procs)
+        _wait(
+            "the Prefect server's /api/health",
+            lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200,
+            120,
+            procs,
+        )
 
         serve_log = tmp_path / "serve.log"
-        serve = subprocess.Popen([sys.executable, "-m", "flows.deployments", "--root", str(project)], cwd=REPO,
-                                 env=prefect_env, stdout=open(serve_log, "w"), stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "flows.deployments", "--root", str(project)],
+            cwd=REPO,
+            env=prefect_env,
+            stdout=open(serve_log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs["flows.deployments"] = (serve, serve_log)
 
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-            monitor = _wait("the monitor deployment", lambda: client.read_deployment_by_name("distillery-monitor/monitor"), 60, procs)
-            retrain = client.read_deployment_by_name("distillery-pipeline/retrain")  # monitor.retrain_deployment resolves
+            monitor = _wait(
+                "the monitor deployment",
+                lambda: client.read_deployment_by_name("distillery-monitor/monitor"),
+                60,
+                procs,
+            )
+            retrain = client.read_deployment_by_name(
+                "distillery-pipeline/retrain"
+            )  # monitor.retrain_deployment resolves
 
             params = yaml.safe_load((project / "params.yaml").read_text())["monitor"]
             for deployment, cron in ((retrain, params["retrain_cron"]), (monitor, params["monitor_cron"])):
@@ -111,14 +133,26 @@ def test_deployments_are_served_and_the_monitor_runs_through_the_api(tmp_path: P
 
 def test_deploy_without_a_server_says_how_to_start_one(project: Path, prefect_env) -> None:
     env = {**prefect_env, "PREFECT_API_URL": f"http://127.0.0.1:{_free_port()}/api"}
-    done = subprocess.run([sys.executable, "-m", "flows.deployments", "--root", str(project)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.deployments", "--root", str(project)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert "no Prefect server answers at PREFECT_API_URL" in done.stderr and "prefect server start" in done.stderr
     assert "Traceback" not in done.stderr
     env.pop("PREFECT_API_URL")
-    done = subprocess.run([sys.executable, "-m", "flows.deployments", "--root", str(project)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.deployments", "--root", str(project)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "PREFECT_API_URL is not set" in done.stderr
 
 

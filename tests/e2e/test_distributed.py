@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from e2e_helpers import make_project, run
 
 from tasks.onnx.runtime import check_artifact
-from e2e_helpers import make_project, run
 
 pytestmark = pytest.mark.e2e
 
@@ -53,8 +53,14 @@ def test_a_failing_rank_fails_the_stage_naming_the_setting(tmp_path_factory):
     _set(root, train={"nproc_per_node": 2})
     # No processed data yet: every rank fails; torchrun's exit is reported with the key.
     bin_dir = str(Path(sys.executable).parent)
-    done = subprocess.run([sys.executable, "-m", "tasks.train"], cwd=root, capture_output=True, text=True, timeout=300,
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(root.parent)})
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.train"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(root.parent)},
+    )
     assert done.returncode == 2
     assert "train: torchrun with train.nproc_per_node=2 processes exited with" in done.stderr
     assert "data/processed" in done.stderr  # the rank's own message comes through

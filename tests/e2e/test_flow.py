@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from e2e_helpers import REPO, git, make_project
 
 from tasks.contracts.onnx import IMAGE_INPUT, PROBABILITIES, TABLE_INPUT
 from tasks.contracts.processed import read_meta
 from tasks.core.provenance import sha256_file
-
-from e2e_helpers import REPO, git, make_project
 
 pytestmark = pytest.mark.e2e
 
@@ -41,8 +40,19 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     first = _run_flow(project)
     stages = [r["stage"] for r in first]
-    assert stages == ["ingest", "validate", "preprocess", "search", "train", "distill", "prune", "export", "evaluate",
-                      "select", "register"]
+    assert stages == [
+        "ingest",
+        "validate",
+        "preprocess",
+        "search",
+        "train",
+        "distill",
+        "prune",
+        "export",
+        "evaluate",
+        "select",
+        "register",
+    ]
     assert all(r["ran"] for r in first)
 
     # The champion is the fastest candidate (every precision competes; the budget is open here),
@@ -92,8 +102,14 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(project: Path, 
     # Editing any module a stage imports makes exactly the stages that import it stale.
     assert stale_after_editing(project, "tasks/core/provenance.py") == set(stages)  # hash_arrays: every stage
     assert stale_after_editing(project, "tasks/core/paths.py") == set(stages)
-    assert stale_after_editing(project, "tasks/ml/losses.py") == {"search", "train", "distill", "prune", "export",
-                                                                 "register"}
+    assert stale_after_editing(project, "tasks/ml/losses.py") == {
+        "search",
+        "train",
+        "distill",
+        "prune",
+        "export",
+        "register",
+    }
     assert stale_after_editing(project, "tasks/evaluation/plots.py") == set(stages[3:])
     assert stale_after_editing(project, "tasks/onnx/quantize.py") == {"export", "evaluate", "select", "register"}
 
@@ -141,8 +157,15 @@ def test_run_report_and_model_card_open_offline_in_chromium(project: Path, tmp_p
     card = open_page((project / "reports/model_card.md").as_uri(), tmp_path / "card")
     assert card.remote() == [], card.requests
     assert f"({champion})" in card.dom and f"macro-F1 {quality}" in card.dom
-    for section in ("Intended use", "Training data", "Evaluation data", "Metrics", "Compression history",
-                    "Limitations", "Lineage"):
+    for section in (
+        "Intended use",
+        "Training data",
+        "Evaluation data",
+        "Metrics",
+        "Compression history",
+        "Limitations",
+        "Lineage",
+    ):
         assert f"## {section}" in card.dom
 
     # GX's Data Docs, rewritten to need no CDN: the index lists the validation page, which names the
@@ -172,19 +195,41 @@ def test_mlflow_models_serve_answers_the_readme_pixel_row(project: Path) -> None
     import time
 
     import httpx
+    from serve.serve_helpers import free_port
 
     from deploy.model import build_model
     from deploy.protocol import parse_predict, predictions
-    from serve.serve_helpers import free_port
 
     body = json.loads((REPO / "docs/examples/predict_digits.json").read_text())
     port = free_port()
     # As the docs say to run it: mlflow starts `uvicorn` by name, so the venv's bin goes first on PATH.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/distillery-digits@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=project, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            "models:/distillery-digits@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -200,8 +245,9 @@ def test_mlflow_models_serve_answers_the_readme_pixel_row(project: Path) -> None
         assert answer.status_code == 200, answer.text
         served = answer.json()["predictions"]
         champion = project / "models/champion.onnx"
-        model = build_model(champion.read_bytes(), name="x", version="1", source="test", threads=1,
-                            folder=champion.parent)
+        model = build_model(
+            champion.read_bytes(), name="x", version="1", source="test", threads=1, folder=champion.parent
+        )
         expected = predictions(model, model.run(parse_predict(body, model, 10).x)[model.answer])
         assert [p["class"] for p in served] == [e["class"] for e in expected]
         bad = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": [[0, 1, 2]]}, timeout=30)
@@ -220,14 +266,17 @@ def test_a_served_prediction_traces_back_to_the_data_that_trained_it(project: Pa
     import re
 
     from mlflow import MlflowClient
-
     from serve.serve_helpers import Server
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     # What the docs say to do after a run, with a DVC remote a colleague's clone can pull from.
-    subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")],
-                   cwd=project, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "add", "-d", "-f", "shared", str(tmp_path / "remote")],
+        cwd=project,
+        check=True,
+        capture_output=True,
+    )
     subprocess.run([sys.executable, "-m", "dvc", "push"], cwd=project, check=True, capture_output=True, env=env)
     git(project, "add", "dvc.lock", ".dvc/config")
     git(project, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "the run's data")
@@ -240,8 +289,14 @@ def test_a_served_prediction_traces_back_to_the_data_that_trained_it(project: Pa
     finally:
         server.stop()
     served = answer.json()
-    done = subprocess.run([sys.executable, "-m", "tasks.trace", "trace-me-1", "--log-dir", str(server.log_dir)],
-                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.trace", "trace-me-1", "--log-dir", str(server.log_dir)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     version = MlflowClient(tracking_uri=uri).get_model_version("distillery-digits", served["model_version"])
@@ -254,8 +309,14 @@ def test_a_served_prediction_traces_back_to_the_data_that_trained_it(project: Pa
 
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
-    done = subprocess.run(["bash", "-c", command.replace("dvc ", f"{sys.executable} -m dvc ")], cwd=clone, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["bash", "-c", command.replace("dvc ", f"{sys.executable} -m dvc ")],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     md5 = lambda path: hashlib.md5(path.read_bytes()).hexdigest()  # noqa: E731
     assert md5(clone / "data/processed/train.npz") == md5(project / "data/processed/train.npz")
@@ -291,8 +352,14 @@ def test_dvc_repro_needs_no_activated_venv(project: Path) -> None:
     params["evaluate"]["latency_rounds"] = 4
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        done = subprocess.run([str(venv / "bin" / "dvc"), "repro", "evaluate"], cwd=project, capture_output=True,
-                              text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(project.parent)}, timeout=600)
+        done = subprocess.run(
+            [str(venv / "bin" / "dvc"), "repro", "evaluate"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(project.parent)},
+            timeout=600,
+        )
     finally:
         params_file.write_text(original)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -302,12 +369,24 @@ def test_dvc_repro_needs_no_activated_venv(project: Path) -> None:
 def test_make_run_on_an_up_to_date_project_starts_no_flow(project: Path) -> None:
     """`make run` (python -m flows.run) when dvc status is clean: done in a
     couple of seconds, no Prefect server; one stale output, and the flow runs."""
-    def make_run() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows.run"], cwd=project, capture_output=True, text=True,
-                              timeout=600, env={**os.environ, "DISTILLERY_PYTHON": sys.executable})
 
-    subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, check=True, capture_output=True,
-                   env={**os.environ, "DISTILLERY_PYTHON": sys.executable})  # whatever the tests before left stale
+    def make_run() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "flows.run"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "DISTILLERY_PYTHON": sys.executable},
+        )
+
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=project,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "DISTILLERY_PYTHON": sys.executable},
+    )  # whatever the tests before left stale
     done = make_run()
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pipeline done: ran ['register'] (always run" in done.stdout
@@ -325,7 +404,9 @@ def test_make_run_on_an_up_to_date_project_starts_no_flow(project: Path) -> None
     assert f"champion: {champion}: macro-F1 " in last and "models/champion.onnx" in last and "make serve" in last
     from mlflow import MlflowClient
 
-    held = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_model_version_by_alias("distillery-digits", "champion")
+    held = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_model_version_by_alias(
+        "distillery-digits", "champion"
+    )
     assert f"registry: distillery-digits version {held.version}, alias @champion" in last  # asked of the registry
     assert "To track the changes with git" not in done.stdout
     assert done.stdout.count("git add dvc.lock") == 1
@@ -370,13 +451,19 @@ exec "{sys.executable}" "$@"
 
 
 @pytest.mark.parametrize("code", [1, 2], ids=["transient-retried", "expected-not-retried"])
-def test_a_transient_stage_failure_is_retried_and_an_exit_2_is_not(project: Path, harness, monkeypatch, tmp_path,
-                                                                  code) -> None:
+def test_a_transient_stage_failure_is_retried_and_an_exit_2_is_not(
+    project: Path, harness, monkeypatch, tmp_path, code
+) -> None:
     import flows.pipeline as pipeline_module
     from flows.pipeline import StageFailed
 
-    subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, check=True, capture_output=True,
-                   env={**os.environ, "DISTILLERY_PYTHON": sys.executable})  # whatever the tests before left stale
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"],
+        cwd=project,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "DISTILLERY_PYTHON": sys.executable},
+    )  # whatever the tests before left stale
     wrapper, attempts = _failing_once(tmp_path, "select", code)
     real_env = pipeline_module._stage_env
     monkeypatch.setattr(pipeline_module, "_stage_env", lambda *a: {**real_env(*a), "DISTILLERY_PYTHON": str(wrapper)})
@@ -402,8 +489,14 @@ def test_a_transient_stage_failure_is_retried_and_an_exit_2_is_not(project: Path
 
 def test_a_missing_data_path_is_exit_2_naming_the_key_before_any_stage(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", path="data/raw/missing.csv")
-    done = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=root, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "DISTILLERY_PYTHON": sys.executable})
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "DISTILLERY_PYTHON": sys.executable},
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "'data.path' is 'data/raw/missing.csv'" in done.stderr and "does not exist" in done.stderr
     assert "Retry" not in done.stdout + done.stderr and "Running stage" not in done.stdout
@@ -425,8 +518,14 @@ def test_kill_9_during_a_stage_then_the_same_driver_recovers_with_no_lock_cleanu
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     log = project / f"killed-{driver[1]}.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, *driver], cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, *driver],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 300
     while "Running stage 'train'" not in log.read_text() or not (project / "models").exists():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
@@ -437,8 +536,9 @@ def test_kill_9_during_a_stage_then_the_same_driver_recovers_with_no_lock_cleanu
     done = subprocess.run([sys.executable, *driver], cwd=project, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Running stage 'train'" in done.stdout and "busy" not in done.stdout + done.stderr
-    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=env, capture_output=True,
-                            text=True, timeout=120)
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=project, env=env, capture_output=True, text=True, timeout=120
+    )
     assert status.stdout.split() == ["register:", "always", "changed"], status.stdout  # it asks the registry
 
 

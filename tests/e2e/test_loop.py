@@ -23,7 +23,6 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
-
 from e2e_helpers import PREFECT, make_project
 from e2e_helpers import free_port as _free_port
 from e2e_helpers import stop as _stop
@@ -33,8 +32,17 @@ from serve.serve_helpers import Load, Server
 pytestmark = pytest.mark.e2e
 
 WINDOW_S = 15.0  # monitor.window_minutes 0.25: the test waits for one window to close, not an hour
-FEATURES = ["Island", "Clutch Completion", "Culmen Length (mm)", "Culmen Depth (mm)", "Flipper Length (mm)",
-            "Body Mass (g)", "Sex", "Delta 15 N (o/oo)", "Delta 13 C (o/oo)"]
+FEATURES = [
+    "Island",
+    "Clutch Completion",
+    "Culmen Length (mm)",
+    "Culmen Depth (mm)",
+    "Flipper Length (mm)",
+    "Body Mass (g)",
+    "Sex",
+    "Delta 15 N (o/oo)",
+    "Delta 13 C (o/oo)",
+]
 
 
 def penguin_rows(species: str) -> list[dict]:
@@ -43,8 +51,10 @@ def penguin_rows(species: str) -> list[dict]:
 
     raw = pd.read_csv(Path(str(files("palmerpenguins") / "data" / "penguins-raw.csv")))
     rows = raw[raw["Species"].str.startswith(species)][FEATURES]
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in rows.to_dict("records")]
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in rows.to_dict("records")
+    ]
 
 
 def _set_params(project: Path, section: str, **values: object) -> None:
@@ -69,9 +79,14 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect_home"), PREFECT_API_URL=url, PREFECT_UI_ENABLED="false",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_WORKER_QUERY_SECONDS="1",
-               PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin")
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect_home"),
+        PREFECT_API_URL=url,
+        PREFECT_UI_ENABLED="false",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin",
+    )
     tracking = f"sqlite:///{project}/mlflow.db"
     registry = MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     procs: dict[str, tuple[subprocess.Popen, Path]] = {}
@@ -79,24 +94,46 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
     try:
         # 1. A Prefect server, the deployments on a process pool, a worker; the model server.
         log = tmp_path / "prefect-server.log"
-        procs["prefect server"] = (subprocess.Popen(
-            [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True), log)
+        procs["prefect server"] = (
+            subprocess.Popen(
+                [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                env=env,
+                stdout=open(log, "w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ),
+            log,
+        )
         _wait("the Prefect server", lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, 120, procs)
-        done = subprocess.run([sys.executable, "-m", "flows.deployments", "--root", str(project), "--pool", "team"],
-                              cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.deployments", "--root", str(project), "--pool", "team"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "on work pool 'team'" in done.stdout
         log = tmp_path / "worker.log"
-        procs["prefect worker"] = (subprocess.Popen(
-            [str(PREFECT), "worker", "start", "--pool", "team", "--type", "process"], cwd=tmp_path, env=env,
-            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True), log)
+        procs["prefect worker"] = (
+            subprocess.Popen(
+                [str(PREFECT), "worker", "start", "--pool", "team", "--type", "process"],
+                cwd=tmp_path,
+                env=env,
+                stdout=open(log, "w"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ),
+            log,
+        )
 
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
             retrain = client.read_deployment_by_name("distillery-pipeline/retrain")
             assert retrain.work_pool_name == "team"
-            assert retrain.pull_steps == [{"prefect.deployments.steps.set_working_directory":
-                                           {"directory": str(project.resolve())}}]
+            assert retrain.pull_steps == [
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(project.resolve())}}
+            ]
 
             def finished(run_id):
                 state = client.read_flow_run(run_id).state
@@ -116,8 +153,13 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
             assert state.is_completed(), f"{state}\n{log.read_text()[-3000:]}"
             assert str(registry.get_model_version_by_alias("distillery-penguins", "champion").version) == "1"
 
-            server = Server(tmp_path, "models:/distillery-penguins@champion", tracking_uri=tracking,
-                            log_dir=project / "logs/predictions", poll_interval_s=1).wait_ready(120)
+            server = Server(
+                tmp_path,
+                "models:/distillery-penguins@champion",
+                tracking_uri=tracking,
+                log_dir=project / "logs/predictions",
+                poll_interval_s=1,
+            ).wait_ready(120)
 
             # 2. Shifted traffic (only Gentoo, heavier and longer-winged than any seen), and late labels for it.
             shifted = penguin_rows("Gentoo")
@@ -130,24 +172,36 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
             sent = time.time()
             feedback = project / "logs/feedback"
             feedback.mkdir(parents=True)
-            pd.DataFrame({"request_id": [f"shift-{i}" for i in range(len(shifted))], "row": 0,
-                          "label": "Gentoo"}).to_csv(feedback / "labels.csv", index=False)
+            pd.DataFrame(
+                {"request_id": [f"shift-{i}" for i in range(len(shifted))], "row": 0, "label": "Gentoo"}
+            ).to_csv(feedback / "labels.csv", index=False)
 
             # 3. Once the window is complete, the monitor judges it, builds the snapshot, triggers the retrain.
             time.sleep(max(0.0, (sent // WINDOW_S + 1) * WINDOW_S - time.time()) + 0.5)
-            done = subprocess.run([sys.executable, "-m", "flows.monitor", "--root", str(project)], cwd=project,
-                                  env=env, capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [sys.executable, "-m", "flows.monitor", "--root", str(project)],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-            assert re.search(r"; [12] drifted; retraining: started distillery-pipeline/retrain", done.stdout), done.stdout
+            assert re.search(r"; [12] drifted; retraining: started distillery-pipeline/retrain", done.stdout), (
+                done.stdout
+            )
             built = snap.read_snapshot(project / "data/production")
             assert len(built.rows) == len(shifted) and built.quarantine.empty
             (drift_run,) = registry.search_runs(
-                [registry.get_experiment_by_name("distillery-production").experiment_id])
+                [registry.get_experiment_by_name("distillery-production").experiment_id]
+            )
             assert drift_run.info.status == "FINISHED"
             assert drift_run.data.metrics["drift/retrain_signal"] == 1.0
 
             runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[retrain.id])))
-            (triggered,) = [r for r in runs if "drift" in r.tags and r.id != zombie.id and str(r.id) != first["flow_run"]]
+            (triggered,) = [
+                r for r in runs if "drift" in r.tags and r.id != zombie.id and str(r.id) != first["flow_run"]
+            ]
 
             # 4. The retrain runs on the worker while clients keep asking; the alias moves; the server swaps.
             calm = [penguin_rows("Adelie")[0]]
@@ -162,13 +216,16 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
             assert load.versions() == {"1", "2"}, load.versions()
             for thread in (0, 1):  # each client saw version 1, then only version 2: one swap, for good
                 seen = [v for i, _, v in load.results if i == thread]
-                assert seen[0] == "1" and seen[-1] == "2" and "1" not in seen[seen.index("2"):], seen
+                assert seen[0] == "1" and seen[-1] == "2" and "1" not in seen[seen.index("2") :], seen
 
             # The new version learnt from the production rows, and says which snapshot.
             assert champion.tags["production_snapshot"] == built.sha256
             kept = int(champion.tags["production_rows"])
             assert 0 < kept <= len(shifted)
-            assert f"**{len(shifted)}** are labelled production rows" in (project / "reports/summaries/ingest.md").read_text()
+            assert (
+                f"**{len(shifted)}** are labelled production rows"
+                in (project / "reports/summaries/ingest.md").read_text()
+            )
 
             # 5. The negative: a candidate that fails the gate is registered, but nothing moves.
             _set_params(project, "select", min_macro_f1=1.5)

@@ -43,14 +43,27 @@ def make_project(root: Path) -> Path:
     for split, n in (("train", 600), ("test", 150)):
         y = rng.choice(3, size=n, p=[0.5, 0.3, 0.2]).astype(np.int64)
         save_split(split, {"x": rng.uniform(0, 16, (n, 1, 8, 8)).astype(np.float32), "y": y}, root / "data/processed")
-    write_meta(ProcessedMeta(kind="image", task="multiclass", classes=CLASSES, input_shape=(1, 8, 8), mean=(8.0,),
-                             std=(4.6,), data_hash="synthetic", resample="none", counts={}, pixel_max=16.0),
-               root / "data/processed")
+    write_meta(
+        ProcessedMeta(
+            kind="image",
+            task="multiclass",
+            classes=CLASSES,
+            input_shape=(1, 8, 8),
+            mean=(8.0,),
+            std=(4.6,),
+            data_hash="synthetic",
+            resample="none",
+            counts={},
+            pixel_max=16.0,
+        ),
+        root / "data/processed",
+    )
     return root
 
 
-def write_predictions(root: Path, starts: list[float], shifted: list[bool], seed: int = 1,
-                      refused: list[int] | None = None) -> list[tuple[str, int, str]]:
+def write_predictions(
+    root: Path, starts: list[float], shifted: list[bool], seed: int = 1, refused: list[int] | None = None
+) -> list[tuple[str, int, str]]:
     """ROWS_PER_WINDOW rows per window through the server's log writer; a shifted
     window's images are darker and flatter (pixels halved); `refused[w]` refused
     requests in window w, logged as the server logs them (one row each, with
@@ -72,13 +85,34 @@ def write_predictions(root: Path, starts: list[float], shifted: list[bool], seed
             probs = rng.dirichlet([1, 1, 1], size=2).astype(np.float32) * 0.5
             probs[np.arange(2), predicted] += 0.5
             request_id = f"w{w}-r{i}"
-            log.append(Entry(ts=float(t), request_id=request_id, endpoint="predict", model_name="distillery",
-                             model_version="7", latency_ms=float(rng.gamma(2.0, 1.5)), task="multiclass",
-                             classes=CLASSES, x=x, outputs=probs))
+            log.append(
+                Entry(
+                    ts=float(t),
+                    request_id=request_id,
+                    endpoint="predict",
+                    model_name="distillery",
+                    model_version="7",
+                    latency_ms=float(rng.gamma(2.0, 1.5)),
+                    task="multiclass",
+                    classes=CLASSES,
+                    x=x,
+                    outputs=probs,
+                )
+            )
             written += [(request_id, row, CLASSES[int(p.argmax())]) for row, p in enumerate(probs)]
         for j, t in enumerate(np.sort(start + rng.uniform(1, HOUR - 1, (refused or [0] * len(starts))[w]))):
-            log.append(Entry(ts=float(t), request_id=f"w{w}-refused{j}", endpoint="predict", model_name="distillery",
-                             model_version="7", latency_ms=5000.0, status=422, error="rows[0]: expected a number"))
+            log.append(
+                Entry(
+                    ts=float(t),
+                    request_id=f"w{w}-refused{j}",
+                    endpoint="predict",
+                    model_name="distillery",
+                    model_version="7",
+                    latency_ms=5000.0,
+                    status=422,
+                    error="rows[0]: expected a number",
+                )
+            )
     log.close()
     return written
 
@@ -146,7 +180,9 @@ def test_drift_is_logged_per_window_and_triggers_a_retrain_that_fails_clearly(tm
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["production-monitoring"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["production-monitoring"]))
+        )
     assert artifacts and "could not be triggered" in artifacts[0].data and "| **yes** |" in artifacts[0].data
 
 
@@ -157,8 +193,14 @@ def test_the_cli_reports_the_missing_deployment_without_a_traceback(tmp_path: Pa
     write_predictions(root, past_windows(1), shifted=[True])
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the harness's server: no deployments
     env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run([sys.executable, "-m", "flows.monitor", "--root", str(root)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.monitor", "--root", str(root)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "error: drift calls for retraining" in done.stderr and "make deploy" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
@@ -171,8 +213,10 @@ def test_a_calm_log_does_not_retrain_scores_late_labels_and_is_read_once(tmp_pat
     starts = past_windows(3)
     written = write_predictions(root, starts, shifted=[False, False, False], seed=2)
     # Late labels for 100 rows: the first 80 agree with the prediction.
-    labels = [(rid, row, pred if i < 80 else next(c for c in CLASSES if c != pred))
-              for i, (rid, row, pred) in enumerate(written[:100])]
+    labels = [
+        (rid, row, pred if i < 80 else next(c for c in CLASSES if c != pred))
+        for i, (rid, row, pred) in enumerate(written[:100])
+    ]
     (root / "logs/feedback").mkdir(parents=True)
     with open(root / "logs/feedback/labels.csv", "w") as handle:
         handle.write("request_id,row,label\n" + "".join(f"{r},{i},{label}\n" for r, i, label in labels))
@@ -208,11 +252,16 @@ def test_the_monitor_without_a_pipeline_run_says_what_to_do(tmp_path: Path, harn
     assert monitor(root=str(root))["rows"] == 0
     (root / "logs/monitor_state.json").unlink()  # start over: the next run reads the whole log
     write_predictions(root, [time.time() // HOUR * HOUR - 2 * HOUR], shifted=[False])
-    with pytest.raises(DistilleryError, match=r"data/processed/meta.json: processed meta not found; run the stage that writes it first \(dvc repro\)"):
+    with pytest.raises(
+        DistilleryError,
+        match=r"data/processed/meta.json: processed meta not found; run the stage that writes it first \(dvc repro\)",
+    ):
         monitor(root=str(root))
 
 
-def test_a_pass_while_the_tracking_server_is_down_fails_naming_it_and_the_next_one_catches_up(tmp_path: Path, harness) -> None:
+def test_a_pass_while_the_tracking_server_is_down_fails_naming_it_and_the_next_one_catches_up(
+    tmp_path: Path, harness
+) -> None:
     """The same tracking URI, first with nothing listening, then with a real
     MLflow server started on it: the failed pass moves no state, so the next
     one logs every window it missed, once."""

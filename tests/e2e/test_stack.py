@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from e2e_helpers import free_port, make_project, run
 from serve.serve_helpers import Server
 
@@ -66,17 +65,22 @@ def project(tmp_path_factory, stack_env) -> tuple[Path, dict[str, str]]:
 def _champion(client_env: dict[str, str]):
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"], registry_uri=client_env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(
+        tracking_uri=client_env["MLFLOW_TRACKING_URI"], registry_uri=client_env["MLFLOW_TRACKING_URI"]
+    )
     return client.get_model_version_by_alias("distillery-digits", "champion")
 
 
 def _s3_keys(client_env: dict[str, str], bucket: str) -> list[str]:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=client_env["MLFLOW_S3_ENDPOINT_URL"],
-                      aws_access_key_id=client_env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=client_env["AWS_SECRET_ACCESS_KEY"],
-                      region_name=client_env["AWS_DEFAULT_REGION"])
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=client_env["MLFLOW_S3_ENDPOINT_URL"],
+        aws_access_key_id=client_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=client_env["AWS_SECRET_ACCESS_KEY"],
+        region_name=client_env["AWS_DEFAULT_REGION"],
+    )
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
@@ -94,8 +98,10 @@ def test_a_run_restored_from_the_run_cache_registers_on_the_stack_and_is_served_
     assert "Running stage 'register'" in done.stdout  # ... but the registry was asked
     # The registry is MLflow's PostgreSQL database, the model files are in the S3 bucket.
     version = _champion(env)
-    assert f"registry: distillery-digits version {version.version}, alias @champion ({env['MLFLOW_TRACKING_URI']})" \
+    assert (
+        f"registry: distillery-digits version {version.version}, alias @champion ({env['MLFLOW_TRACKING_URI']})"
         in done.stdout
+    )
     import psycopg2
 
     stack_port = env["DISTILLERY_STACK_POSTGRES_PORT"]
@@ -124,8 +130,9 @@ def test_a_run_restored_from_the_run_cache_registers_on_the_stack_and_is_served_
     assert described["parameters"]["sha256"] == version.tags["sha256"]
 
 
-@pytest.mark.parametrize("wrong", [{"AWS_ACCESS_KEY_ID": "nobody"}, {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}],
-                         ids=["key", "secret"])
+@pytest.mark.parametrize(
+    "wrong", [{"AWS_ACCESS_KEY_ID": "nobody"}, {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}], ids=["key", "secret"]
+)
 def test_wrong_s3_credentials_are_named_before_any_stage_and_by_the_server(project, monkeypatch, wrong):
     root, env = project
     code = "InvalidAccessKeyId" if "AWS_ACCESS_KEY_ID" in wrong else "SignatureDoesNotMatch"
@@ -178,8 +185,11 @@ def test_stopping_and_starting_the_stack_keeps_registry_artifacts_and_cache(proj
     # An earlier test in this process may have set MLflow's global URIs: models:/ resolves through the registry URI.
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
-    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/distillery-digits/{after.version}",
-                                               dst_path=str(tmp_path), tracking_uri=env["MLFLOW_TRACKING_URI"])
+    path = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/distillery-digits/{after.version}",
+        dst_path=str(tmp_path),
+        tracking_uri=env["MLFLOW_TRACKING_URI"],
+    )
     onnx_file = next(Path(path).rglob("*.onnx"))
     assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == after.tags["sha256"]
     assert "in sync" in _dvc(root, env, "status", "--cloud")  # the restored S3 holds every pushed output
@@ -192,8 +202,11 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path):
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            env = {"DISTILLERY_STACK_DIR": str(state), **{f"DISTILLERY_STACK_{s}_PORT": str(free_port()) for s in SERVICES},
-                   "DISTILLERY_STACK_MLFLOW_PORT": str(port)}
+            env = {
+                "DISTILLERY_STACK_DIR": str(state),
+                **{f"DISTILLERY_STACK_{s}_PORT": str(free_port()) for s in SERVICES},
+                "DISTILLERY_STACK_MLFLOW_PORT": str(port),
+            }
             done = _stack(REPO, env, "up", ok=False)
         assert done.returncode == 2
         assert f"port {port} on 127.0.0.1 (mlflow) is already taken" in done.stderr

@@ -13,14 +13,15 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from e2e_helpers import dvc as _dvc
+from e2e_helpers import make_project
+from serve.serve_helpers import Server
 
 from tasks.contracts.onnx import PREDICTION, PROBABILITIES
 from tasks.onnx.runtime import check_artifact
-from serve.serve_helpers import Server
-from e2e_helpers import dvc as _dvc
-from e2e_helpers import make_project
 
 pytestmark = pytest.mark.e2e
+
 
 @contextlib.contextmanager
 def served(model: Path) -> Iterator[Server]:
@@ -116,11 +117,22 @@ def test_a_quick_draw_folder_of_ten_imbalanced_classes(project: Path) -> None:
     counts = {name: 60 if name == "star" else 150 + 20 * i for i, name in enumerate(CLASSES)}
     make_doodles(project / "data/raw", {name: n + 10 for name, n in counts.items()}, seed=1)
     # task.type too: an earlier experiment in this project leaves its own in params.yaml.
-    _dvc(project, "exp", "run", "-S", "task.type=multiclass", "-S", "data.source=quickdraw",
-         "-S", f"data.quickdraw.classes=[{','.join(CLASSES)}]",
-         # Hydra syntax, as in the README: replace the mapping (`~` then `+`), not merge into it.
-         "-S", "~data.quickdraw.samples_per_class",
-         "-S", "+data.quickdraw.samples_per_class={" + ",".join(f"{k}:{v}" for k, v in counts.items()) + "}")
+    _dvc(
+        project,
+        "exp",
+        "run",
+        "-S",
+        "task.type=multiclass",
+        "-S",
+        "data.source=quickdraw",
+        "-S",
+        f"data.quickdraw.classes=[{','.join(CLASSES)}]",
+        # Hydra syntax, as in the README: replace the mapping (`~` then `+`), not merge into it.
+        "-S",
+        "~data.quickdraw.samples_per_class",
+        "-S",
+        "+data.quickdraw.samples_per_class={" + ",".join(f"{k}:{v}" for k, v in counts.items()) + "}",
+    )
     meta = json.loads((project / "data/processed/meta.json").read_text())
     assert meta["classes"] == list(CLASSES) and meta["input_shape"] == [1, 28, 28]
     quality = json.loads((project / "reports/data_quality.json").read_text())

@@ -26,16 +26,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def trained(source: str, task: str, **train_overrides):
     """Ingest, gate, preprocess and train a teacher on `source`, in memory."""
     params = load_params(REPO_ROOT / "params.yaml")
-    params = dataclasses.replace(params, task=dataclasses.replace(params.task, type=task),
-                                 data=dataclasses.replace(params.data, source=source))
+    params = dataclasses.replace(
+        params, task=dataclasses.replace(params.task, type=task), data=dataclasses.replace(params.data, source=source)
+    )
     result = gate(ingest(params.data), task, params.validate, load_suite(REPO_ROOT / f"expectations/{source}.json"))
     assert result.outcome.success
     splits, meta = preprocess(result.valid, params.preprocess, task)
     assert meta.task == task
     train_params = dataclasses.replace(params.train, **train_overrides)
     check_fit_params(train_params, "train", task)  # as the train stage does
-    model, _ = train_teacher((splits["train"][X], splits["train"][Y]), (splits["val"][X], splits["val"][Y]),
-                             meta, train_params, quiet=True)
+    model, _ = train_teacher(
+        (splits["train"][X], splits["train"][Y]), (splits["val"][X], splits["val"][Y]), meta, train_params, quiet=True
+    )
     return model, splits, meta
 
 

@@ -42,31 +42,56 @@ def table_encoder(rows: dict[str, list] = ENCODER_ROWS, columns: dict[str, str] 
 ENCODER = table_encoder()
 
 
-def image_metadata(classes: Sequence[str] = tuple(CLASSES), input_shape: tuple[int, ...] = (1, 8, 8),
-                   data_hash: str = "hash0", task: str = "multiclass", threshold: float = 0.5) -> Any:
+def image_metadata(
+    classes: Sequence[str] = tuple(CLASSES),
+    input_shape: tuple[int, ...] = (1, 8, 8),
+    data_hash: str = "hash0",
+    task: str = "multiclass",
+    threshold: float = 0.5,
+) -> Any:
     """The ONNX metadata of an image model in raw 0..16 pixel units, through the contract."""
     from tasks.contracts.onnx import IMAGE_INPUT, ArtifactMetadata, InputSpec, Preprocessing, output_names
 
     return ArtifactMetadata(
-        task=task, classes=tuple(classes),
+        task=task,
+        classes=tuple(classes),
         input_spec=InputSpec(name=IMAGE_INPUT, shape=(-1, *input_shape), dtype="float32", range=(0.0, 16.0)),
-        preprocessing=Preprocessing(inside_graph="(x - mean) / std per channel; send raw pixel values", mean=(8.0,), std=(4.0,)),
-        outputs=output_names(task), git_commit="abc123", data_hash=data_hash, threshold=threshold,
+        preprocessing=Preprocessing(
+            inside_graph="(x - mean) / std per channel; send raw pixel values", mean=(8.0,), std=(4.0,)
+        ),
+        outputs=output_names(task),
+        git_commit="abc123",
+        data_hash=data_hash,
+        threshold=threshold,
     )
 
 
-def table_metadata(encoder: Any = ENCODER, classes: Sequence[str] = tuple(PENGUINS), task: str = "multiclass",
-                   data_hash: str = "tablehash", target_units: tuple[float, float] | None = None) -> Any:
+def table_metadata(
+    encoder: Any = ENCODER,
+    classes: Sequence[str] = tuple(PENGUINS),
+    task: str = "multiclass",
+    data_hash: str = "tablehash",
+    target_units: tuple[float, float] | None = None,
+) -> Any:
     """The ONNX metadata of a table model over `encoder`'s features, the encoder in it."""
     from tasks.contracts.onnx import TABLE_INPUT, ArtifactMetadata, InputSpec, Preprocessing, TargetUnits, output_names
 
     mean, std = table_scaling(encoder)
     return ArtifactMetadata(
-        task=task, classes=tuple(classes),
-        input_spec=InputSpec(name=TABLE_INPUT, shape=(-1, encoder.width), dtype="float32", features=encoder.feature_names),
-        preprocessing=Preprocessing(inside_graph="(x - mean) / std per encoded feature; encode raw rows with preprocessing.encoder",
-                                    mean=mean, std=std, encoder=encoder),
-        outputs=output_names(task), git_commit="abc123", data_hash=data_hash,
+        task=task,
+        classes=tuple(classes),
+        input_spec=InputSpec(
+            name=TABLE_INPUT, shape=(-1, encoder.width), dtype="float32", features=encoder.feature_names
+        ),
+        preprocessing=Preprocessing(
+            inside_graph="(x - mean) / std per encoded feature; encode raw rows with preprocessing.encoder",
+            mean=mean,
+            std=std,
+            encoder=encoder,
+        ),
+        outputs=output_names(task),
+        git_commit="abc123",
+        data_hash=data_hash,
         target_units=TargetUnits(*target_units) if target_units is not None else None,
     )
 
@@ -85,8 +110,15 @@ def table_scaling(encoder: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
 # --------------------------------------------------------------------------- models
 
 
-def image_model(path: Path, seed: int = 0, n_classes: int = 3, input_shape: tuple[int, int, int] = (1, 8, 8),
-                task: str = "multiclass", classes: Sequence[str] | None = None, threshold: float = 0.5) -> Path:
+def image_model(
+    path: Path,
+    seed: int = 0,
+    n_classes: int = 3,
+    input_shape: tuple[int, int, int] = (1, 8, 8),
+    task: str = "multiclass",
+    classes: Sequence[str] | None = None,
+    threshold: float = 0.5,
+) -> Path:
     """A tiny CNN (a few hundred weights) for raw 0..16 pixels, exported as the
     pipeline does: export_onnx, then set_metadata. A binary model has one
     sigmoid logit (n_classes=1) and two classes."""
@@ -97,7 +129,9 @@ def image_model(path: Path, seed: int = 0, n_classes: int = 3, input_shape: tupl
     from tasks.onnx.export import export_onnx, set_metadata
 
     torch.manual_seed(seed)
-    spec = CNNSpec(input_shape=input_shape, channels=(4,), hidden=8, n_classes=n_classes, dropout=0.0, mean=(8.0,), std=(4.0,))
+    spec = CNNSpec(
+        input_shape=input_shape, channels=(4,), hidden=8, n_classes=n_classes, dropout=0.0, mean=(8.0,), std=(4.0,)
+    )
     export_onnx(CNN(spec).eval(), input_shape, path, opset=17, input_name=input_name("image"), task=task)
     if classes is None:
         classes = CLASSES if n_classes == 3 else [f"c{i}" for i in range(n_classes)]
@@ -105,9 +139,15 @@ def image_model(path: Path, seed: int = 0, n_classes: int = 3, input_shape: tupl
     return path
 
 
-def table_model(path: Path, seed: int = 0, task: str = "multiclass", classes: Sequence[str] = tuple(PENGUINS),
-                n_outputs: int | None = None, target_units: tuple[float, float] | None = None,
-                encoder: Any = ENCODER) -> Path:
+def table_model(
+    path: Path,
+    seed: int = 0,
+    task: str = "multiclass",
+    classes: Sequence[str] = tuple(PENGUINS),
+    n_outputs: int | None = None,
+    target_units: tuple[float, float] | None = None,
+    encoder: Any = ENCODER,
+) -> Path:
     """A tiny MLP over `encoder`'s features, with the encoder in its metadata.
     Regression: one output, scaled back to target units (`target_units`: mean, std) in the graph."""
     import torch
@@ -120,8 +160,9 @@ def table_model(path: Path, seed: int = 0, task: str = "multiclass", classes: Se
     width = encoder.width
     mean, std = table_scaling(encoder)
     target = dict(target_mean=target_units[0], target_std=target_units[1]) if target_units else {}
-    spec = MLPSpec(n_features=width, layers=(8,), n_classes=n_outputs or len(classes), dropout=0.0, mean=mean,
-                   std=std, **target)
+    spec = MLPSpec(
+        n_features=width, layers=(8,), n_classes=n_outputs or len(classes), dropout=0.0, mean=mean, std=std, **target
+    )
     export_onnx(MLP(spec).eval(), (width,), path, opset=17, input_name=input_name("tabular"), task=task)
     set_metadata(path, table_metadata(encoder, classes, task, target_units=target_units))
     return path
@@ -152,7 +193,10 @@ def slow_model(path: Path, matmuls: int = 12, width: int = 512, spread: int = 76
         helper.make_node("Expand", ["first", "spread"], ["h0"]),  # N x spread x width
     ]
     for i in range(matmuls):
-        nodes += [helper.make_node("MatMul", [f"h{i}", "w"], [f"m{i}"]), helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"])]
+        nodes += [
+            helper.make_node("MatMul", [f"h{i}", "w"], [f"m{i}"]),
+            helper.make_node("Tanh", [f"m{i}"], [f"h{i + 1}"]),
+        ]
     nodes += [
         helper.make_node("ReduceMean", [f"h{matmuls}", "axis1"], ["pooled"], keepdims=0),  # N x width
         helper.make_node("MatMul", ["pooled", "w_out"], ["logits"]),
@@ -162,8 +206,10 @@ def slow_model(path: Path, matmuls: int = 12, width: int = 512, spread: int = 76
         nodes,
         "slow",
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
-         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3]),
+        ],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -190,7 +236,9 @@ def pixels(n: int, seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------- registry
 
 
-def register(tracking_uri: str, path: Path, name: str = "tiny", alias: str | None = "champion", sha256: str | None = None) -> str:
+def register(
+    tracking_uri: str, path: Path, name: str = "tiny", alias: str | None = "champion", sha256: str | None = None
+) -> str:
     """Register `path` as the pipeline's register stage does: an MLflow model
     (the older onnx flavor here, which the server reads too), a version created
     with its provenance tags at once (the file's metadata and sha256, the gate's
@@ -210,8 +258,14 @@ def register(tracking_uri: str, path: Path, name: str = "tiny", alias: str | Non
             onnx.load(str(path)), name="model", pip_requirements=["onnxruntime"], save_as_external_data=False
         )
     metadata = read_metadata(path)
-    tags = {SHA256_TAG: sha256 or sha256_file(path), GATE_TAG: "passed", "candidate": path.stem, "task": metadata.task,
-            "data_hash": metadata.data_hash or "test", "git_commit": metadata.git_commit or "test"}
+    tags = {
+        SHA256_TAG: sha256 or sha256_file(path),
+        GATE_TAG: "passed",
+        "candidate": path.stem,
+        "task": metadata.task,
+        "data_hash": metadata.data_hash or "test",
+        "git_commit": metadata.git_commit or "test",
+    }
     version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
     client = MlflowClient(tracking_uri)
     if alias:
@@ -238,7 +292,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = workdir / "predictions"
         self.log_file = workdir / f"server-{self.port}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_SERVE_") and k != "MLFLOW_TRACKING_URI"}
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_SERVE_") and k != "MLFLOW_TRACKING_URI"
+        }
         env.update(
             DISTILLERY_SERVE_MODEL=str(model),
             DISTILLERY_SERVE_PORT=str(self.port),
@@ -251,7 +307,11 @@ class Server:
             name = "MLFLOW_TRACKING_URI" if key == "tracking_uri" else f"DISTILLERY_SERVE_{key.upper()}"
             env[name] = str(value)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "deploy.server"], cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log_file, "wb")
+            [sys.executable, "-m", "deploy.server"],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_file, "wb"),
         )
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
@@ -275,7 +335,9 @@ class Server:
         return self.client.post("/predict", json={"rows": rows}, **kw)
 
     def infer(self, x: np.ndarray, name: str = "distillery", input_name: str = "pixels", **kw: Any) -> httpx.Response:
-        body = {"inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        body = {
+            "inputs": [{"name": input_name, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]
+        }
         return self.client.post(f"/v2/models/{name}/infer", json=body, **kw)
 
     def metric(self, sample_name: str, /, **labels: str) -> float:
@@ -316,8 +378,14 @@ class Load:
     """Clients sending /predict and v2 infer requests back to back (each from
     its own thread and connection) until stopped; every answer is kept."""
 
-    def __init__(self, server: Server, threads: int = 3, model_name: str = "distillery", pause_s: float = 0.002,
-                 rows: list | None = None):
+    def __init__(
+        self,
+        server: Server,
+        threads: int = 3,
+        model_name: str = "distillery",
+        pause_s: float = 0.002,
+        rows: list | None = None,
+    ):
         """`rows`: /predict only, with these rows (a table model's); default: image pixels, /predict and infer."""
         import threading
 
@@ -368,7 +436,9 @@ class Load:
             if any(v == version for _, s, v in self.results[-50:]):
                 return
             time.sleep(0.05)
-        raise AssertionError(f"no answer from version {version} after {timeout} s; seen {self.versions()}:\n{self.server.log()}")
+        raise AssertionError(
+            f"no answer from version {version} after {timeout} s; seen {self.versions()}:\n{self.server.log()}"
+        )
 
 
 def replace_file(target: Path, source: Path | bytes) -> None:
@@ -390,9 +460,27 @@ def wait_until(condition, timeout: float = 30, message: str = "") -> None:
 def mlflow_server(port: int, backend: Path, artifacts: Path, log: Path) -> subprocess.Popen:
     """A real MLflow tracking server on loopback (its own session, so a test can
     kill it and all its workers), ready when this returns."""
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{backend}", "--artifacts-destination", str(artifacts),
-                             "--workers", "1"], stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{backend}",
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+        ],
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     wait_until(lambda: answers(f"http://127.0.0.1:{port}/health"), timeout=120, message=log.read_text()[-2000:])
     return proc
 

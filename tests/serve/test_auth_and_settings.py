@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from deploy.settings import ServeSettings, load_settings
-from .serve_helpers import pixels
 from tasks.core.errors import DistilleryError
+
+from .serve_helpers import pixels
 
 TOKEN = "s3cret-token"
 
@@ -24,19 +24,36 @@ def server(serve_module, models):
 
 @pytest.mark.parametrize(
     "method, path",
-    [("POST", "/predict"), ("POST", "/v2/models/distillery/infer"), ("GET", "/v2/models/distillery"), ("GET", "/v2"),
-     ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"), ("POST", "/v2/repository/models/distillery/load")],
+    [
+        ("POST", "/predict"),
+        ("POST", "/v2/models/distillery/infer"),
+        ("GET", "/v2/models/distillery"),
+        ("GET", "/v2"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("GET", "/docs"),
+        ("POST", "/v2/repository/models/distillery/load"),
+    ],
 )
 def test_every_endpoint_but_health_needs_the_token(server, method, path):
     r = server.client.request(method, path, json={"rows": pixels(1).tolist()})
     assert r.status_code == 401 and r.json()["field"] == "Authorization"
     assert r.headers["www-authenticate"].startswith("Bearer")
-    r = server.client.request(method, path, json={"rows": pixels(1).tolist()}, headers={"Authorization": "Bearer wrong"})
+    r = server.client.request(
+        method, path, json={"rows": pixels(1).tolist()}, headers={"Authorization": "Bearer wrong"}
+    )
     assert r.status_code == 401
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/no/such/path"), ("DELETE", "/predict"), ("GET", "/v2/models/x/y/z"),
-                                          ("POST", "/v2/health/live/../../predict")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/no/such/path"),
+        ("DELETE", "/predict"),
+        ("GET", "/v2/models/x/y/z"),
+        ("POST", "/v2/health/live/../../predict"),
+    ],
+)
 def test_unknown_paths_and_methods_answer_401_before_404_or_405(server, method, path):
     r = server.client.request(method, path)
     assert r.status_code == 401 and r.json()["field"] == "Authorization"
@@ -96,10 +113,16 @@ def test_in_a_project_the_default_follows_that_datasets_champion(tmp_path, monke
         ({"DISTILLERY_SERVE_PORT": "eighty"}, "DISTILLERY_SERVE_PORT='eighty': must be an integer"),
         ({"DISTILLERY_SERVE_PORT": "70000"}, "DISTILLERY_SERVE_PORT='70000': must be between 1 and 65535"),
         ({"DISTILLERY_SERVE_MAX_WAIT_MS": "-1"}, "DISTILLERY_SERVE_MAX_WAIT_MS='-1': must be >= 0"),
-        ({"DISTILLERY_SERVE_REQUEST_TIMEOUT_S": "nan"}, "DISTILLERY_SERVE_REQUEST_TIMEOUT_S='nan': must be a finite number"),
+        (
+            {"DISTILLERY_SERVE_REQUEST_TIMEOUT_S": "nan"},
+            "DISTILLERY_SERVE_REQUEST_TIMEOUT_S='nan': must be a finite number",
+        ),
         ({"DISTILLERY_SERVE_ACCESS_LOG": "maybe"}, "DISTILLERY_SERVE_ACCESS_LOG='maybe': must be true or false"),
         ({"DISTILLERY_SERVE_PROT": "8000"}, "unknown setting DISTILLERY_SERVE_PROT"),
-        ({"DISTILLERY_SERVE_TOKEN": "a", "DISTILLERY_SERVE_TOKEN_FILE": "/x"}, "TOKEN and DISTILLERY_SERVE_TOKEN_FILE are both set"),
+        (
+            {"DISTILLERY_SERVE_TOKEN": "a", "DISTILLERY_SERVE_TOKEN_FILE": "/x"},
+            "TOKEN and DISTILLERY_SERVE_TOKEN_FILE are both set",
+        ),
     ],
 )
 def test_bad_settings_are_named(env, named):
@@ -111,7 +134,14 @@ def _run(env: dict, cwd) -> subprocess.CompletedProcess:
     import os
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DISTILLERY_SERVE_", "MLFLOW_"))}
-    return subprocess.run([sys.executable, "-m", "deploy.server"], env={**clean, **env}, cwd=cwd, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.server"],
+        env={**clean, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_the_server_exits_2_on_a_bad_setting_or_model_without_a_traceback(tmp_path, models, empty_registry):
@@ -136,12 +166,22 @@ def test_the_server_exits_2_on_a_bad_setting_or_model_without_a_traceback(tmp_pa
     out = _run({"DISTILLERY_SERVE_MODEL": "models:/x@"}, tmp_path)
     assert out.returncode == 2 and "models:/<name>@<alias>" in out.stderr
     (tmp_path / "file").write_text("")
-    out = _run({"DISTILLERY_SERVE_MODEL": str(models["image"]), "DISTILLERY_SERVE_LOG_DIR": str(tmp_path / "file" / "logs")}, tmp_path)
+    out = _run(
+        {"DISTILLERY_SERVE_MODEL": str(models["image"]), "DISTILLERY_SERVE_LOG_DIR": str(tmp_path / "file" / "logs")},
+        tmp_path,
+    )
     assert out.returncode == 2 and "DISTILLERY_SERVE_LOG_DIR=" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_help_lists_every_setting(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "deploy.server", "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "deploy.server", "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
     assert out.returncode == 0
-    for name in ("DISTILLERY_SERVE_PORT", "DISTILLERY_SERVE_MAX_BATCH", "DISTILLERY_SERVE_TOKEN", "MLFLOW_TRACKING_URI"):
+    for name in (
+        "DISTILLERY_SERVE_PORT",
+        "DISTILLERY_SERVE_MAX_BATCH",
+        "DISTILLERY_SERVE_TOKEN",
+        "MLFLOW_TRACKING_URI",
+    ):
         assert name in out.stdout

@@ -32,7 +32,9 @@ def with_value(index: int, literal: str) -> bytes:
     (NaN and Infinity are not JSON, but clients send them)."""
     data = [str(v) for v in ROW]
     data[index] = literal
-    return ('{"inputs": [{"name": "pixels", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [' + ", ".join(data) + "]}]}").encode()
+    return (
+        '{"inputs": [{"name": "pixels", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [' + ", ".join(data) + "]}]}"
+    ).encode()
 
 
 def predict_with(row_index: int, value_index: int, literal: str, rows: int = 2) -> bytes:
@@ -81,7 +83,13 @@ CASES = {
     "empty batch (infer)": (INFER, infer_body(shape=[0, 1, 8, 8], data=[]), "application/json", 422, "inputs[0].shape"),
     "data size mismatch": (INFER, infer_body(shape=[2, 1, 8, 8]), "application/json", 422, "inputs[0].data"),
     "data not a list": (INFER, infer_body(data="AAAA"), "application/json", 422, "inputs[0].data"),
-    "nested data of wrong shape": (INFER, infer_body(data=np.zeros((1, 1, 8, 7)).tolist()), "application/json", 422, "inputs[0].data[0][0][0]"),
+    "nested data of wrong shape": (
+        INFER,
+        infer_body(data=np.zeros((1, 1, 8, 7)).tolist()),
+        "application/json",
+        422,
+        "inputs[0].data[0][0][0]",
+    ),
     "NaN in data": (INFER, with_value(3, "NaN"), "application/json", 422, "inputs[0].data[3]"),
     "Infinity in data": (INFER, with_value(4, "Infinity"), "application/json", 422, "inputs[0].data[4]"),
     "overflowing number": (INFER, with_value(5, "1e999"), "application/json", 422, "inputs[0].data[5]"),
@@ -89,8 +97,20 @@ CASES = {
     "huge integer": (INFER, with_value(6, "1" + "0" * 400), "application/json", 422, "inputs[0].data[6]"),
     "string in data": (INFER, with_value(7, '"x"'), "application/json", 422, "inputs[0].data[7]"),
     "bool in data": (INFER, with_value(0, "false"), "application/json", 422, "inputs[0].data[0]"),
-    "too many rows (infer)": (INFER, infer_body(shape=[MAX_ROWS + 1, 1, 8, 8], data=ROW * (MAX_ROWS + 1)), "application/json", 422, "inputs[0].shape"),
-    "unknown output": (INFER, {**infer_body(), "outputs": [{"name": "embeddings"}]}, "application/json", 422, "outputs[0].name"),
+    "too many rows (infer)": (
+        INFER,
+        infer_body(shape=[MAX_ROWS + 1, 1, 8, 8], data=ROW * (MAX_ROWS + 1)),
+        "application/json",
+        422,
+        "inputs[0].shape",
+    ),
+    "unknown output": (
+        INFER,
+        {**infer_body(), "outputs": [{"name": "embeddings"}]},
+        "application/json",
+        422,
+        "outputs[0].name",
+    ),
     "id not a string": (INFER, {**infer_body(), "id": 7}, "application/json", 422, "id"),
     "binary size mismatch": (INFER, None, "application/octet-stream", 422, "inputs[0].parameters.binary_data_size"),
     "body too large": ("/predict", {"rows": [ROW] * 200}, "application/json", 413, "body"),
@@ -105,8 +125,19 @@ def server(serve_module, models):
 def _send(server, path, body, content_type):
     headers = {"Content-Type": content_type}
     if body is None:  # binary extension: header says 256 bytes, 255 follow
-        header = json.dumps(infer_body(data=None) | {"inputs": [{"name": "pixels", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                                                                  "parameters": {"binary_data_size": 256}}]}).encode()
+        header = json.dumps(
+            infer_body(data=None)
+            | {
+                "inputs": [
+                    {
+                        "name": "pixels",
+                        "shape": [1, 1, 8, 8],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": 256},
+                    }
+                ]
+            }
+        ).encode()
         headers["Inference-Header-Content-Length"] = str(len(header))
         return server.client.post(path, content=header + b"\0" * 255, headers=headers)
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -169,7 +200,9 @@ def test_mangled_bodies_never_get_a_5xx(server):
             other = rng.choice(good)
             body = body[: rng.randrange(len(body))] + other[rng.randrange(len(other)) :]
         path = INFER if body.startswith(b'{"inputs"') else "/predict"
-        statuses.append(server.client.post(path, content=bytes(body), headers={"Content-Type": "application/json"}).status_code)
+        statuses.append(
+            server.client.post(path, content=bytes(body), headers={"Content-Type": "application/json"}).status_code
+        )
     assert all(s < 500 for s in statuses), sorted(set(statuses))
     assert any(400 <= s < 500 for s in statuses)
 

@@ -18,8 +18,13 @@ HEADER_TIMEOUT_S, REQUEST_TIMEOUT_S, KEEP_ALIVE_S, MAX_CONNECTIONS = 1.0, 1.5, 0
 
 @pytest.fixture(scope="module")
 def server(serve_module, models):
-    return serve_module(models["image"], header_timeout_s=HEADER_TIMEOUT_S, request_timeout_s=REQUEST_TIMEOUT_S,
-                        keep_alive_s=KEEP_ALIVE_S, max_connections=MAX_CONNECTIONS)
+    return serve_module(
+        models["image"],
+        header_timeout_s=HEADER_TIMEOUT_S,
+        request_timeout_s=REQUEST_TIMEOUT_S,
+        keep_alive_s=KEEP_ALIVE_S,
+        max_connections=MAX_CONNECTIONS,
+    )
 
 
 def _connect(server) -> socket.socket:
@@ -64,8 +69,10 @@ def test_headers_trickling_in_get_408(server):
 def test_a_stalled_body_gets_408_naming_the_body(server):
     body = json.dumps({"rows": pixels(1).tolist()}).encode()
     with _connect(server) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[:10]
+        )
         answer = _read_all(sock)
     assert _status(answer) == 408 and _body(answer)["field"] == "body"
     assert "DISTILLERY_SERVE_REQUEST_TIMEOUT_S" in _body(answer)["error"]

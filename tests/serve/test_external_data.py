@@ -72,7 +72,13 @@ def test_external_data_next_to_the_model_is_served_and_covered_by_the_sha256(tmp
 def test_the_server_refuses_to_start_on_a_model_reading_its_working_directory(tmp_path, models):
     (tmp_path / "params.yaml").write_text("secret: 1\n" * 1000)
     crafted = _externalise(models["image"], tmp_path / "models", "params.yaml")
-    out = subprocess.run([sys.executable, "-m", "deploy.server"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=60, env={"DISTILLERY_SERVE_MODEL": str(crafted), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-m", "deploy.server"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"DISTILLERY_SERVE_MODEL": str(crafted), "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 2 and "'params.yaml', which is not a file inside" in out.stderr
     assert "Traceback" not in out.stderr

@@ -23,7 +23,7 @@ MAX_ROWS, MAX_BODY = 8, 20_000
 ROW = pixels(1)[0].ravel().astype(int).tolist()  # 64 pixel values, shape [1, 8, 8]
 INFER = "/v2/models/distillery/infer"
 DATATYPES = ["FP32", "FP16", "FP64", "INT8", "INT32", "INT64", "UINT8", "BYTES", "BOOL", "fp32", "", None, 7]
-GARBAGE = ["\x00", "\u0000\u0000", "\ud7ff", "\uffff", "\u202e", "é", "💥", "\x7f", "\\", "\"", "\n", "%00", "../"]
+GARBAGE = ["\x00", "\u0000\u0000", "\ud7ff", "\uffff", "\u202e", "é", "💥", "\x7f", "\\", '"', "\n", "%00", "../"]
 
 
 def _infer(**tensor) -> dict:
@@ -53,20 +53,51 @@ def deep_nesting(rng):
     if where == 1:
         return "/predict", ('{"rows": [' + _nested(depth) + "]}").encode(), {}
     if where == 2:
-        return INFER, ('{"inputs": [{"name": "pixels", "shape": [1,1,8,8], "datatype": "FP32", "data": '
-                       + _nested(depth) + "}]}").encode(), {}
+        return (
+            INFER,
+            (
+                '{"inputs": [{"name": "pixels", "shape": [1,1,8,8], "datatype": "FP32", "data": '
+                + _nested(depth)
+                + "}]}"
+            ).encode(),
+            {},
+        )
     return INFER, ('{"inputs": ' + _nested(depth, "{}") + "}").encode(), {}
 
 
 def huge_numbers(rng):
-    literal = rng.choice(["1e400", "-1e400", "1" + "0" * rng.randint(20, 5000), "1e39", "-3.5e38", "NaN", "Infinity",
-                          "-Infinity", "0x10", "1_000", "+1", ".5", "5.", "1e", "--1"])
+    literal = rng.choice(
+        [
+            "1e400",
+            "-1e400",
+            "1" + "0" * rng.randint(20, 5000),
+            "1e39",
+            "-3.5e38",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "0x10",
+            "1_000",
+            "+1",
+            ".5",
+            "5.",
+            "1e",
+            "--1",
+        ]
+    )
     values = [str(v) for v in ROW]
     values[rng.randrange(64)] = literal
     if rng.random() < 0.5:
         return "/predict", ('{"rows": [[' + ", ".join(values) + "]]}").encode(), {}
-    return INFER, ('{"inputs": [{"name": "pixels", "shape": [1,1,8,8], "datatype": "FP32", "data": ['
-                   + ", ".join(values) + "]}]}").encode(), {}
+    return (
+        INFER,
+        (
+            '{"inputs": [{"name": "pixels", "shape": [1,1,8,8], "datatype": "FP32", "data": ['
+            + ", ".join(values)
+            + "]}]}"
+        ).encode(),
+        {},
+    )
 
 
 def strings_for_numbers(rng):
@@ -82,16 +113,44 @@ def strings_for_numbers(rng):
 
 
 def shapes(rng):
-    shape = rng.choice([[-1, 1, 8, 8], [0, 1, 8, 8], [1, 1, 8, 8, 1], [1, 64], [2, 1, 8, 8], [10**12, 1, 8, 8],
-                        [2**63, 1, 8, 8], [1, -8, -8, 1], [], [1], [MAX_ROWS + 1, 1, 8, 8], [1.5, 1, 8, 8],
-                        [True, 1, 8, 8], [[1], 1, 8, 8], [1, 1, 8, 8] * 20])
+    shape = rng.choice(
+        [
+            [-1, 1, 8, 8],
+            [0, 1, 8, 8],
+            [1, 1, 8, 8, 1],
+            [1, 64],
+            [2, 1, 8, 8],
+            [10**12, 1, 8, 8],
+            [2**63, 1, 8, 8],
+            [1, -8, -8, 1],
+            [],
+            [1],
+            [MAX_ROWS + 1, 1, 8, 8],
+            [1.5, 1, 8, 8],
+            [True, 1, 8, 8],
+            [[1], 1, 8, 8],
+            [1, 1, 8, 8] * 20,
+        ]
+    )
     data = rng.choice([ROW, ROW[: rng.randrange(64)], ROW * 2, [], ROW * (MAX_ROWS + 1)])
     return INFER, json.dumps(_infer(shape=shape, data=data)).encode(), {}
 
 
 def predict_shapes(rng):
-    rows = rng.choice([[ROW[: rng.randrange(64)]], [ROW, ROW[:10]], [[ROW]] * 2, [ROW] * (MAX_ROWS + 1), [],
-                       [[[v] for v in ROW]], [ROW + ROW], [{"pixels": ROW}], [None], ROW])
+    rows = rng.choice(
+        [
+            [ROW[: rng.randrange(64)]],
+            [ROW, ROW[:10]],
+            [[ROW]] * 2,
+            [ROW] * (MAX_ROWS + 1),
+            [],
+            [[[v] for v in ROW]],
+            [ROW + ROW],
+            [{"pixels": ROW}],
+            [None],
+            ROW,
+        ]
+    )
     return "/predict", json.dumps({"rows": rows}).encode(), {}
 
 
@@ -119,19 +178,32 @@ def garbage_text(rng):
     raw = json.dumps(body, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
     if rng.random() < 0.3:  # invalid UTF-8 spliced in
         cut = rng.randrange(len(raw))
-        raw = raw[:cut] + bytes([0xff, 0xfe, 0xc0, 0x00]) + raw[cut:]
+        raw = raw[:cut] + bytes([0xFF, 0xFE, 0xC0, 0x00]) + raw[cut:]
     return rng.choice([INFER, "/predict"]), raw, {}
 
 
 def binary_headers(rng):
-    header = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": rng.choice([256, 255, 0, -1, 10**9, "256"])}}]}
-                        ).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [1, 1, 8, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": rng.choice([256, 255, 0, -1, 10**9, "256"])},
+                }
+            ]
+        }
+    ).encode()
     payload = b"\0" * rng.choice([0, 255, 256, 257, 1024])
-    declared = rng.choice([str(len(header)), str(len(header) + 10), "0", "-5", "abc", str(10**20), "",
-                           str(len(header) - 3)])
-    return INFER, header + payload, {"Inference-Header-Content-Length": declared,
-                                     "Content-Type": "application/octet-stream"}
+    declared = rng.choice(
+        [str(len(header)), str(len(header) + 10), "0", "-5", "abc", str(10**20), "", str(len(header) - 3)]
+    )
+    return (
+        INFER,
+        header + payload,
+        {"Inference-Header-Content-Length": declared, "Content-Type": "application/octet-stream"},
+    )
 
 
 def body_sizes(rng):
@@ -143,8 +215,19 @@ def body_sizes(rng):
     return "/predict", body, {}
 
 
-FAMILIES = [truncated, invalid_json, deep_nesting, huge_numbers, strings_for_numbers, shapes, predict_shapes,
-            datatypes, garbage_text, binary_headers, body_sizes]
+FAMILIES = [
+    truncated,
+    invalid_json,
+    deep_nesting,
+    huge_numbers,
+    strings_for_numbers,
+    shapes,
+    predict_shapes,
+    datatypes,
+    garbage_text,
+    binary_headers,
+    body_sizes,
+]
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +275,12 @@ def test_chunked_bodies_without_a_length_and_a_slow_body(server):
     # A body that trickles: answered (it arrives within the request timeout), never a 5xx.
     body = json.dumps({"rows": [ROW]}).encode()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        )
         for start in range(0, len(body), 40):
-            sock.sendall(body[start:start + 40])
+            sock.sendall(body[start : start + 40])
             time.sleep(0.01)
         answer = b""
         while chunk := sock.recv(65536):

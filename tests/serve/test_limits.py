@@ -31,7 +31,9 @@ def test_queue_full_gets_503_with_retry_after_and_no_request_hangs(serve, models
         if r.status_code == 503:
             assert r.headers["retry-after"] == "2"
             assert "DISTILLERY_SERVE_MAX_QUEUE" in r.json()["error"]
-    assert server.metric("distillery_request_errors_total", endpoint="/predict", reason="overloaded") == statuses.count(503)
+    assert server.metric("distillery_request_errors_total", endpoint="/predict", reason="overloaded") == statuses.count(
+        503
+    )
     # Overload passes: the server is ready and answers again.
     assert server.client.get("/v2/health/ready").status_code == 200
     assert server.predict(pixels(1).tolist()).status_code == 200

@@ -35,8 +35,11 @@ def test_every_answered_prediction_is_logged(serve, models):
             expected[(f"infer-{i}", row)] = {"endpoint": "infer", "class": "abc"[int(probs[row].argmax())], "x": x[row]}
     # Refused requests are no predictions: each is one row with its status and why.
     refused = {}
-    for path, body, status in (("/predict", json.dumps({"rows": [[1, 2, 3]]}).encode(), 422), ("/predict", b"{", 400),
-                               ("/v2/models/distillery/infer", b'{"inputs": []}', 422)):
+    for path, body, status in (
+        ("/predict", json.dumps({"rows": [[1, 2, 3]]}).encode(), 422),
+        ("/predict", b"{", 400),
+        ("/v2/models/distillery/infer", b'{"inputs": []}', 422),
+    ):
         r = server.client.post(path, content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == status
         refused[r.headers["x-request-id"]] = (path.rsplit("/", 1)[-1], status, r.json()["error"])
@@ -87,7 +90,9 @@ def test_a_crash_loses_at_most_one_buffer(serve, models):
     assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
-@pytest.mark.parametrize("rows, threads", [(150, 1), (600, 8), (10, 8)], ids=["over-the-buffer", "big-concurrent", "small-concurrent"])
+@pytest.mark.parametrize(
+    "rows, threads", [(150, 1), (600, 8), (10, 8)], ids=["over-the-buffer", "big-concurrent", "small-concurrent"]
+)
 def test_no_answered_row_is_lost_whatever_the_request_sizes(serve, models, rows, threads):
     """Requests up to MAX_ROWS, one at a time or from 8 threads, against a
     buffer smaller than them: the buffer makes requests wait, it never drops."""

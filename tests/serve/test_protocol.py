@@ -92,10 +92,22 @@ def test_binary_tensor_extension_in_and_out(server, models):
     little-endian FP32, its length in Inference-Header-Content-Length."""
     x = pixels(3, seed=3)
     raw = x.astype("<f4").tobytes()
-    header = json.dumps({
-        "inputs": [{"name": "pixels", "shape": [3, 1, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
-        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "logits", "parameters": {"binary_data": False}}],
-    }).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [3, 1, 8, 8],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [
+                {"name": "probabilities", "parameters": {"binary_data": True}},
+                {"name": "logits", "parameters": {"binary_data": False}},
+            ],
+        }
+    ).encode()
     r = server.client.post(
         "/v2/models/distillery/infer",
         content=header + raw,
@@ -109,7 +121,9 @@ def test_binary_tensor_extension_in_and_out(server, models):
     assert probs_meta["parameters"]["binary_data_size"] == 3 * 3 * 4
     probs = np.frombuffer(r.content[length:], dtype="<f4").reshape(3, 3)
     np.testing.assert_allclose(probs, expected["probabilities"], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(logits_meta["data"], np.float32).reshape(3, 3), expected["logits"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(logits_meta["data"], np.float32).reshape(3, 3), expected["logits"], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_predict_accepts_each_row_layout_and_answers_classes_and_probabilities(server, models):
@@ -195,8 +209,9 @@ def test_tritons_own_client_lists_the_repository_infers_and_reads_statistics(ser
         tensor = triton.InferInput("pixels", list(x.shape), "FP32")
         tensor.set_data_from_numpy(x, binary_data=True)
         answer = client.infer("distillery", [tensor], outputs=[triton.InferRequestedOutput("probabilities")])
-        np.testing.assert_allclose(answer.as_numpy("probabilities"), onnx_outputs(models["image"], x)["probabilities"],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            answer.as_numpy("probabilities"), onnx_outputs(models["image"], x)["probabilities"], rtol=1e-5, atol=1e-6
+        )
         after = client.get_inference_statistics("distillery")["model_stats"][0]
         assert after["inference_count"] == before["inference_count"] + 3
         assert after["inference_stats"]["success"]["count"] == before["inference_stats"]["success"]["count"] + 1
@@ -206,8 +221,16 @@ def test_tritons_own_client_lists_the_repository_infers_and_reads_statistics(ser
         client.close()
 
 
-@pytest.mark.parametrize("path", ["/v2/models/a%2Fb/infer", "/v2/models/..%2F..%2Fetc/ready", "/v2/models/a%5Cb",
-                                  "/v2/models/distillery/versions/1%2f2/infer", "/v2/repository/models/x%2Fy/load"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/models/a%2Fb/infer",
+        "/v2/models/..%2F..%2Fetc/ready",
+        "/v2/models/a%5Cb",
+        "/v2/models/distillery/versions/1%2f2/infer",
+        "/v2/repository/models/x%2Fy/load",
+    ],
+)
 def test_a_model_name_with_a_path_separator_is_400(server, path):
     r = server.client.request("POST" if path.endswith(("infer", "load")) else "GET", path)
     assert r.status_code == 400 and r.json()["field"] == "model_name"

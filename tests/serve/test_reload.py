@@ -12,8 +12,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .serve_helpers import (ENCODER_ROWS, PENGUINS, TABLE_COLUMNS, Load, free_port, mlflow_server, onnx_outputs,
-                            read_log, register, replace_file, table_encoder, table_model, wait_until)
+from .serve_helpers import (
+    ENCODER_ROWS,
+    PENGUINS,
+    TABLE_COLUMNS,
+    Load,
+    free_port,
+    mlflow_server,
+    onnx_outputs,
+    read_log,
+    register,
+    replace_file,
+    table_encoder,
+    table_model,
+    wait_until,
+)
 
 # One island more than ENCODER_ROWS ("Anvers" where it had a gap): the encoded input is 8 wide, not 7,
 # while clients send the same four columns.
@@ -30,13 +43,18 @@ def table_versions(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Table models retrained on other data: same raw columns but a category more,
     a column renamed, a column of another kind."""
     folder = tmp_path_factory.mktemp("table_versions")
-    renamed = table_encoder({RENAMED.get(c, c): v for c, v in ENCODER_ROWS.items()},
-                            {RENAMED.get(c, c): k for c, k in TABLE_COLUMNS.items()})
+    renamed = table_encoder(
+        {RENAMED.get(c, c): v for c, v in ENCODER_ROWS.items()},
+        {RENAMED.get(c, c): k for c, k in TABLE_COLUMNS.items()},
+    )
     return {
         "wider": table_model(folder / "wider.onnx", seed=1, encoder=table_encoder(WIDER_ROWS)),
         "renamed": table_model(folder / "renamed.onnx", seed=2, encoder=renamed),
-        "bill_categorical": table_model(folder / "bill_categorical.onnx", seed=3,
-                                        encoder=table_encoder(ENCODER_ROWS, {**TABLE_COLUMNS, "bill": "categorical"})),
+        "bill_categorical": table_model(
+            folder / "bill_categorical.onnx",
+            seed=3,
+            encoder=table_encoder(ENCODER_ROWS, {**TABLE_COLUMNS, "bill": "categorical"}),
+        ),
     }
 
 
@@ -154,8 +172,10 @@ def test_requests_queued_for_two_models_never_share_an_onnxruntime_run(models, t
     from deploy.protocol import encode_rows
 
     paths = {"1": models["table"], "2": table_versions["wider"]}
-    loaded = {v: build_model(p.read_bytes(), name="tiny", version=v, source=str(p), threads=1, folder=p.parent)
-              for v, p in paths.items()}
+    loaded = {
+        v: build_model(p.read_bytes(), name="tiny", version=v, source=str(p), threads=1, folder=p.parent)
+        for v, p in paths.items()
+    }
     runs: list[int] = []
 
     async def submit_all() -> list:
@@ -163,8 +183,12 @@ def test_requests_queued_for_two_models_never_share_an_onnxruntime_run(models, t
         batcher.start()
         # Gathered: all four are queued before the batcher takes a batch. Bounded: rows of two widths
         # in one batch would stop the batcher and leave the requests waiting.
-        outputs = await asyncio.wait_for(asyncio.gather(*(
-            batcher.submit(loaded[v], encode_rows(TABLE_ROWS, loaded[v].encoder)) for v in ("1", "2", "1", "2"))), 60)
+        outputs = await asyncio.wait_for(
+            asyncio.gather(
+                *(batcher.submit(loaded[v], encode_rows(TABLE_ROWS, loaded[v].encoder)) for v in ("1", "2", "1", "2"))
+            ),
+            60,
+        )
         await batcher.close()
         return outputs
 
@@ -232,7 +256,9 @@ def test_explicit_reload_by_request_and_by_sighup(serve, models, tmp_path):
     assert server.client.post("/v2/repository/models/other/load").status_code == 404
 
 
-def test_the_tracking_server_going_down_stops_no_answer_and_loses_no_logged_row(serve, models, empty_registry, tmp_path):
+def test_the_tracking_server_going_down_stops_no_answer_and_loses_no_logged_row(
+    serve, models, empty_registry, tmp_path
+):
     """MLflow (a real tracking server) dies under load: every request is still
     answered by the loaded model and logged; once MLflow is back, the alias is
     followed again."""

@@ -26,7 +26,9 @@ def test_sigterm_turns_readiness_off_drains_in_flight_requests_then_exits(serve,
     for t in threads:
         t.start()
     # Every request has reached the server (being worked on, or answered already).
-    wait_until(lambda: server.metric("distillery_requests_in_flight") + len(done) >= 16, message="requests did not arrive")
+    wait_until(
+        lambda: server.metric("distillery_requests_in_flight") + len(done) >= 16, message="requests did not arrive"
+    )
     assert len(done) < 16
     server.proc.send_signal(signal.SIGTERM)
 

@@ -22,9 +22,25 @@ ROOT = Path(__file__).resolve().parents[2]
 def soak(models, tmp_path_factory) -> dict:
     assert shutil.which("wrk"), "the soak needs wrk (Debian: apt-get install -y wrk; .ci/run installs it)"
     report = tmp_path_factory.mktemp("soak") / "bench.json"
-    out = subprocess.run([sys.executable, "-m", "bench.soak", "--model", str(models["image"]), "--seconds", "60",
-                          "--step-seconds", "2", "--report", str(report)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.soak",
+            "--model",
+            str(models["image"]),
+            "--seconds",
+            "60",
+            "--step-seconds",
+            "2",
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     print(out.stdout)
     return json.loads(report.read_text())["soak"]
@@ -34,7 +50,9 @@ def test_every_valid_request_is_answered_and_every_malformed_one_refused(soak):
     s = soak["soak"]
     assert s["seconds"] >= 55 and s["valid_ok"] > 1000 and s["invalid_4xx"] > 500
     assert s["errors"] == 0, s
-    assert s["valid_bad"] == s["invalid_bad"] == s["shed"] == s["server_errors"] == s["unknown"] == s["socket_errors"] == 0
+    assert (
+        s["valid_bad"] == s["invalid_bad"] == s["shed"] == s["server_errors"] == s["unknown"] == s["socket_errors"] == 0
+    )
 
 
 def test_the_load_is_paced_below_the_peak(soak):

@@ -52,7 +52,11 @@ def test_v2_infer_takes_encoded_features(server, models):
     r = server.client.post("/v2/models/distillery/infer", json=body)
     assert r.status_code == 200, r.text
     probs = next(o for o in r.json()["outputs"] if o["name"] == "probabilities")
-    np.testing.assert_allclose(np.asarray(probs["data"], np.float32).reshape(3, 3), onnx_outputs(models["table"], x)["probabilities"], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(probs["data"], np.float32).reshape(3, 3),
+        onnx_outputs(models["table"], x)["probabilities"],
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize(

@@ -50,8 +50,9 @@ def task_models(tmp_path_factory):
         "binary": table_model(folder / "binary.onnx", seed=6, task="binary", classes=("no", "yes"), n_outputs=1),
         "multiclass": image_model(folder / "multiclass.onnx", seed=4),
         "multilabel": _multilabel_model(folder / "multilabel.onnx"),
-        "regression": table_model(folder / "regression.onnx", seed=7, task="regression", classes=(), n_outputs=1,
-                                  target_units=(100.0, 10.0)),
+        "regression": table_model(
+            folder / "regression.onnx", seed=7, task="regression", classes=(), n_outputs=1, target_units=(100.0, 10.0)
+        ),
     }
 
 
@@ -65,15 +66,24 @@ def case(request, serve_module, task_models):
     table = metadata.kind == "tabular"
     rows = TABLE_ROWS if table else IMAGES.tolist()
     x = ENCODER.encode(pd.DataFrame(TABLE_ROWS)) if table else IMAGES
-    return {"task": task, "path": path, "metadata": metadata, "server": server, "rows": rows, "x": x,
-            "input": metadata.input_spec.name, "expected": onnx_outputs(path, x)}
+    return {
+        "task": task,
+        "path": path,
+        "metadata": metadata,
+        "server": server,
+        "rows": rows,
+        "x": x,
+        "input": metadata.input_spec.name,
+        "expected": onnx_outputs(path, x),
+    }
 
 
 def _logged(server, request_id: str, n: int, timeout: float = 10) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
-        found = sorted((r for r in read_log(server.log_dir) if r[predlog.REQUEST_ID] == request_id),
-                       key=lambda r: r[predlog.ROW])
+        found = sorted(
+            (r for r in read_log(server.log_dir) if r[predlog.REQUEST_ID] == request_id), key=lambda r: r[predlog.ROW]
+        )
         if len(found) >= n or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
@@ -138,8 +148,10 @@ def test_model_metadata_gives_the_task_and_its_outputs(case):
     if task == "regression":
         assert meta["outputs"] == [{"name": "prediction", "datatype": "FP32", "shape": [-1, 1]}]
     else:
-        assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, width]},
-                                   {"name": "probabilities", "datatype": "FP32", "shape": [-1, width]}]
+        assert meta["outputs"] == [
+            {"name": "logits", "datatype": "FP32", "shape": [-1, width]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, width]},
+        ]
     params = meta["parameters"]
     assert params["task"] == task
     assert params["answer"] == answer_output(task) == ("prediction" if task == "regression" else "probabilities")
@@ -172,7 +184,9 @@ def test_each_answered_row_is_logged_in_the_tasks_columns(case):
             assert all(pd.isna(row[c]) for c in (predlog.PREDICTED, predlog.PROBABILITY, predlog.PROBABILITIES))
             continue
         assert pd.isna(row[predlog.VALUE])
-        assert json.loads(row[predlog.PROBABILITIES]) == pytest.approx([p["probabilities"][c] for c in classes], rel=1e-6)
+        assert json.loads(row[predlog.PROBABILITIES]) == pytest.approx(
+            [p["probabilities"][c] for c in classes], rel=1e-6
+        )
         if task == "multilabel":
             assert json.loads(row[predlog.PREDICTED]) == p["labels"]  # the JSON list of labels
             assert pd.isna(row[predlog.PROBABILITY])
@@ -197,8 +211,9 @@ def test_each_answered_row_is_logged_in_the_tasks_columns(case):
 def test_a_malformed_predict_is_refused_and_logged_as_one_row(case, body, status):
     server = case["server"]
     request_id = f"bad-{case['task']}-{status}"
-    r = server.client.post("/predict", content=body,
-                           headers={"Content-Type": "application/json", "X-Request-ID": request_id})
+    r = server.client.post(
+        "/predict", content=body, headers={"Content-Type": "application/json", "X-Request-ID": request_id}
+    )
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error
@@ -207,5 +222,7 @@ def test_a_malformed_predict_is_refused_and_logged_as_one_row(case, body, status
     assert len(_logged(server, request_id, 2, timeout=0)) == 1
     assert row[predlog.STATUS] == status and row[predlog.ERROR] == error
     assert row[predlog.ENDPOINT] == "predict" and row[predlog.ROW] == 0 and row[predlog.MODEL_NAME] == "distillery"
-    assert all(pd.isna(row[c]) for c in (predlog.INPUTS, predlog.PREDICTED, predlog.PROBABILITY,
-                                         predlog.PROBABILITIES, predlog.VALUE))
+    assert all(
+        pd.isna(row[c])
+        for c in (predlog.INPUTS, predlog.PREDICTED, predlog.PROBABILITY, predlog.PROBABILITIES, predlog.VALUE)
+    )

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tasks.core.params import Params, load_params
 from tasks.contracts.processed import ProcessedMeta
+from tasks.core.params import Params, load_params
 from tasks.ml.models import CNNSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +46,23 @@ def tiny_spec(channels: tuple[int, ...] = (4,), hidden: int = 8, n_classes: int 
     )
 
 
-def image_meta(task: str = "multiclass", classes: tuple[str, ...] = ("a", "b", "c"),
-               input_shape: tuple[int, ...] = (1, 8, 8), **fields: Any) -> ProcessedMeta:
+def image_meta(
+    task: str = "multiclass",
+    classes: tuple[str, ...] = ("a", "b", "c"),
+    input_shape: tuple[int, ...] = (1, 8, 8),
+    **fields: Any,
+) -> ProcessedMeta:
     """A ProcessedMeta for images in raw 0..16 units, built through the contract."""
-    values = dict(kind="image", task=task, classes=classes, input_shape=input_shape, mean=(8.0,), std=(4.0,),
-                  data_hash="test", resample="none", counts={}, pixel_max=16.0)
+    values = dict(
+        kind="image",
+        task=task,
+        classes=classes,
+        input_shape=input_shape,
+        mean=(8.0,),
+        std=(4.0,),
+        data_hash="test",
+        resample="none",
+        counts={},
+        pixel_max=16.0,
+    )
     return ProcessedMeta(**{**values, **fields})

@@ -11,15 +11,14 @@ import sys
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
 from tasks import bootstrap_suite
 from tasks.bootstrap_suite import profile_suite, render
-from tasks.core.params import load_params
 from tasks.contracts.dataset import LABEL
-from tasks.ingest import ingest
+from tasks.core.params import load_params
 from tasks.data.gate import assess, failure_message, run_suite
-
-from conftest import REPO_ROOT
+from tasks.ingest import ingest
 
 NUMERIC = "Body Mass (g)"
 
@@ -101,7 +100,10 @@ def test_main_refuses_to_overwrite_without_force(tmp_path):
     out.write_text("hand-edited\n")
     run = subprocess.run(
         [sys.executable, "-m", "tasks.bootstrap_suite", "--out", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 2, run.stderr
     assert str(out) in run.stderr and "--force" in run.stderr

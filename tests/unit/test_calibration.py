@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.ml.calibration import calibrate, fit_temperature
 from tasks.evaluation.metrics import expected_calibration_error, softmax
+from tasks.ml.calibration import calibrate, fit_temperature
 
 
 def overconfident(n: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +48,9 @@ def test_calibrate_keeps_t_1_when_the_nll_optimum_raises_ece() -> None:
     logits = rng.normal(size=(30, 3)) * rng.uniform(0.5, 3)
     logits[np.arange(30), labels] += rng.uniform(0, 4)
     t = fit_temperature(logits, labels)
-    assert expected_calibration_error(softmax(logits / t), labels, 1) > expected_calibration_error(softmax(logits), labels, 1)
+    assert expected_calibration_error(softmax(logits / t), labels, 1) > expected_calibration_error(
+        softmax(logits), labels, 1
+    )
     result = calibrate(logits, labels, n_bins=1)
     assert result["temperature"] == 1.0
     assert result["val_ece_after"] == result["val_ece_before"]

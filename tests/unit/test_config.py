@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tasks.core.params import Params, load_params
-from tasks.core.errors import DistilleryError
-
 from conftest import REPO_ROOT
+
+from tasks.core.errors import DistilleryError
+from tasks.core.params import Params, load_params
 
 REPO_PARAMS = REPO_ROOT / "params.yaml"
 
@@ -332,8 +331,9 @@ def test_a_stage_view_of_an_unknown_section_is_refused():
         ("distill.constraint", "max_nrom", "distill.constraint", "max_nrom"),
     ],
 )
-def test_ml_options_pass_the_parser_and_are_refused_by_the_training_checks(tmp_path, raw_params, dotted, value, key,
-                                                                           rule):
+def test_ml_options_pass_the_parser_and_are_refused_by_the_training_checks(
+    tmp_path, raw_params, dotted, value, key, rule
+):
     from tasks.ml.checks import check_training_params
 
     raw = set_dotted(raw_params, dotted, value)
@@ -350,13 +350,16 @@ def test_ml_options_pass_the_parser_and_are_refused_by_the_training_checks(tmp_p
     assert "params.yaml" in message and rule in message
 
 
-@pytest.mark.parametrize(("source", "path", "expected"), [
-    ("digits", "data/raw", "distillery-digits"),
-    ("csv", "/home/me/credit.csv", "distillery-credit"),
-    ("csv", "../My Data/Ames Housing.csv", "distillery-ames-housing"),
-    ("quickdraw", "/srv/data/quickdraw", "distillery-quickdraw"),
-    ("parquet", "data/raw/loans.parquet", "distillery-loans"),
-])
+@pytest.mark.parametrize(
+    ("source", "path", "expected"),
+    [
+        ("digits", "data/raw", "distillery-digits"),
+        ("csv", "/home/me/credit.csv", "distillery-credit"),
+        ("csv", "../My Data/Ames Housing.csv", "distillery-ames-housing"),
+        ("quickdraw", "/srv/data/quickdraw", "distillery-quickdraw"),
+        ("parquet", "data/raw/loans.parquet", "distillery-loans"),
+    ],
+)
 def test_the_default_registered_model_is_named_after_the_data(source, path, expected):
     """One champion per dataset: experiments on other data never move this data's alias."""
     import dataclasses
@@ -364,7 +367,9 @@ def test_the_default_registered_model_is_named_after_the_data(source, path, expe
     from tasks.core.params import load_params
 
     params = load_params(REPO_ROOT / "params.yaml")
-    data = dataclasses.replace(params.data, source=source, path=path, target="y" if source in ("csv", "parquet") else None)
+    data = dataclasses.replace(
+        params.data, source=source, path=path, target="y" if source in ("csv", "parquet") else None
+    )
     assert dataclasses.replace(params, data=data).registered_model == expected
     named = dataclasses.replace(params, select=dataclasses.replace(params.select, registered_model="mine"))
     assert named.registered_model == "mine"

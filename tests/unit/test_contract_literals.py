@@ -25,8 +25,13 @@ from tasks.contracts.processed import ProcessedMeta
 REPO = Path(__file__).resolve().parents[2]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 FILES = sorted([*REPO.glob("deploy/*.py"), *REPO.glob("flows/*.py"), *(REPO / "tasks" / f"{s}.py" for s in STAGES)])
-TENSORS = {onnx_contract.IMAGE_INPUT, onnx_contract.TABLE_INPUT, onnx_contract.LOGITS, onnx_contract.PROBABILITIES,
-           onnx_contract.PREDICTION}
+TENSORS = {
+    onnx_contract.IMAGE_INPUT,
+    onnx_contract.TABLE_INPUT,
+    onnx_contract.LOGITS,
+    onnx_contract.PROBABILITIES,
+    onnx_contract.PREDICTION,
+}
 META_KEYS = {f.name for f in dataclasses.fields(ArtifactMetadata)} | {f.name for f in dataclasses.fields(ProcessedMeta)}
 SQL = re.compile(r"\b(SELECT|INSERT|CREATE|UPDATE|DELETE|WHERE)\b")
 
@@ -46,16 +51,25 @@ def offences(path: Path) -> list[str]:
         # A TypedDict declared by call spells HTTP body fields (deploy/protocol.py), not tensors.
         if isinstance(node, ast.Call) and ast.unparse(node.func) != "TypedDict":
             for arg in [*node.args, *(k.value for k in node.keywords)]:
-                found += [f"{path.name}:{c.lineno}: tensor name {c.value!r} passed to a call"
-                          for c in _strings(arg) if c.value in TENSORS]
+                found += [
+                    f"{path.name}:{c.lineno}: tensor name {c.value!r} passed to a call"
+                    for c in _strings(arg)
+                    if c.value in TENSORS
+                ]
         # A key read from a meta / metadata mapping: meta["task"], metadata.get("classes").
         if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
             owner = ast.unparse(node.value)
             if "meta" in owner and node.slice.value in META_KEYS:
                 found.append(f"{path.name}:{node.lineno}: {owner}[{node.slice.value!r}]")
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
-                and "meta" in ast.unparse(node.func.value) and node.args and isinstance(node.args[0], ast.Constant)
-                and node.args[0].value in META_KEYS):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and "meta" in ast.unparse(node.func.value)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and node.args[0].value in META_KEYS
+        ):
             found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
         # Prediction-log columns inside SQL.
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):

@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import params_section
 
 from tasks.contracts.dataset import LABEL, ROW_ID
 from tasks.data.correct import correct_images, correct_table
-from tasks.ingest import image_table
 from tasks.data.sources import ImageData
-
-from conftest import params_section
+from tasks.ingest import image_table
 
 SYNONYMS = {"outcome": {"Y": "yes"}, "dept": {"Human Resources": "HR"}}
 DECLARED = {"sample": "id", "weight": "numeric", "dept": "categorical"}

@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT, repo_params
 
 from tasks.contracts.dataset import LABEL, ROW_ID, Dataset, DatasetMeta
 from tasks.data.gate import failure_message, gate, load_suite, run_suite
 from tasks.data.quality import fold
-
-from conftest import REPO_ROOT, repo_params
 
 CSV_SUITE = REPO_ROOT / "expectations" / "csv.json"
 
@@ -65,7 +64,8 @@ def test_value_counts_with_value_set_ignore_a_stray_label():
 
 def test_a_declared_class_with_no_rows_counts_as_zero():
     result = run_one(
-        LABELS, expect("expect_column_value_counts_to_be_at_least", column=LABEL, min_count=1, value_set=["a", "b", "c"])
+        LABELS,
+        expect("expect_column_value_counts_to_be_at_least", column=LABEL, min_count=1, value_set=["a", "b", "c"]),
     )
     assert not result["success"] and result["observed_value"] == 0
 
@@ -128,7 +128,9 @@ def test_near_duplicate_fraction_ignoring_the_id_column():
 
 
 def test_near_duplicate_fraction_counts_nothing_when_ids_are_compared():
-    result = run_one(rows_with_near_copies(), expect("expect_table_near_duplicate_fraction_to_be_at_most", max_fraction=0.0))
+    result = run_one(
+        rows_with_near_copies(), expect("expect_table_near_duplicate_fraction_to_be_at_most", max_fraction=0.0)
+    )
     assert result["success"] and result["observed_value"] == 0.0
 
 
@@ -187,8 +189,17 @@ def tabular_dataset(counts: dict[str, int], seed: int = 0) -> Dataset:
         }
     )
     # What ingest writes for a CSV with nothing declared (data.columns {}, data.classes null).
-    meta = DatasetMeta(source="csv", kind="tabular", rows=n, data_hash="test", classes=None, origin="unused.csv",
-                       target="outcome", declared_types={}, declared_columns=())
+    meta = DatasetMeta(
+        source="csv",
+        kind="tabular",
+        rows=n,
+        data_hash="test",
+        classes=None,
+        origin="unused.csv",
+        target="outcome",
+        declared_types={},
+        declared_columns=(),
+    )
     return Dataset(table=table, arrays={}, meta=meta)
 
 
@@ -259,17 +270,29 @@ def test_data_docs_print_each_custom_expectation_as_a_sentence(tmp_path):
     from tasks.data.gate import run_suite
 
     table = pd.DataFrame({"row_id": range(60), "label": ["a"] * 40 + ["b"] * 20, "x": [1.0] * 60})
-    suite = {"name": "t", "expectations": [
-        {"type": "expect_column_value_counts_to_be_at_least", "kwargs": {"column": "label", "min_count": 10}},
-        {"type": "expect_column_imbalance_ratio_to_be_at_most", "kwargs": {"column": "label", "max_ratio": 5}},
-        {"type": "expect_column_normalized_entropy_to_be_at_least", "kwargs": {"column": "label", "min_value": 0.5}},
-        {"type": "expect_table_near_duplicate_fraction_to_be_at_most", "kwargs": {"max_fraction": 1.0}},
-        {"type": "expect_table_columns_missing_fraction_to_be_at_most", "kwargs": {"max_fraction": 0.5}}]}
+    suite = {
+        "name": "t",
+        "expectations": [
+            {"type": "expect_column_value_counts_to_be_at_least", "kwargs": {"column": "label", "min_count": 10}},
+            {"type": "expect_column_imbalance_ratio_to_be_at_most", "kwargs": {"column": "label", "max_ratio": 5}},
+            {
+                "type": "expect_column_normalized_entropy_to_be_at_least",
+                "kwargs": {"column": "label", "min_value": 0.5},
+            },
+            {"type": "expect_table_near_duplicate_fraction_to_be_at_most", "kwargs": {"max_fraction": 1.0}},
+            {"type": "expect_table_columns_missing_fraction_to_be_at_most", "kwargs": {"max_fraction": 0.5}},
+        ],
+    }
     run_suite(table, suite, {}, tmp_path)
     (page,) = [p for p in tmp_path.rglob("*.html") if "validations" in p.parts]
     text = page.read_text()
-    for sentence in ("every class of", "must have at least", "largest class / smallest class must be at most",
-                     "class entropy / log(classes) must be at least", "may repeat an earlier row",
-                     "no column may miss more than"):
+    for sentence in (
+        "every class of",
+        "must have at least",
+        "largest class / smallest class must be at most",
+        "class entropy / log(classes) must be at least",
+        "may repeat an earlier row",
+        "no column may miss more than",
+    ):
         assert sentence in text, sentence
     assert "(**" not in text

@@ -179,8 +179,11 @@ def test_no_stage_imports_another_stage(stage: str) -> None:
 
 def _imports_outside(module: str, allowed: tuple[str, ...]) -> list[str]:
     files = closure(module)
-    return sorted(p.relative_to(REPO).as_posix() for p in files
-                  if not any(p.relative_to(REPO).as_posix().startswith(a) for a in allowed))
+    return sorted(
+        p.relative_to(REPO).as_posix()
+        for p in files
+        if not any(p.relative_to(REPO).as_posix().startswith(a) for a in allowed)
+    )
 
 
 def test_no_import_cycle_among_the_project_modules() -> None:
@@ -192,8 +195,15 @@ def test_no_import_cycle_among_the_project_modules() -> None:
 
 def test_the_cycle_check_finds_cycles() -> None:
     """The check itself: a cycle of three, a module importing itself, and no cycle in a chain."""
-    graph = nx.DiGraph([("flows.a", "flows.b"), ("flows.b", "flows.c"), ("flows.c", "flows.a"), ("tasks.d", "tasks.d"),
-                        ("tasks.e", "tasks.f")])
+    graph = nx.DiGraph(
+        [
+            ("flows.a", "flows.b"),
+            ("flows.b", "flows.c"),
+            ("flows.c", "flows.a"),
+            ("tasks.d", "tasks.d"),
+            ("tasks.e", "tasks.f"),
+        ]
+    )
     found = import_cycles(graph)
     assert len(found) == 2
     assert found[0].startswith("['flows.a', 'flows.b', 'flows.c'] (e.g. ") and found[1].startswith("['tasks.d']")
@@ -218,11 +228,16 @@ def test_tasks_never_import_flows_or_bench() -> None:
         if hits:  # the shortest path, to a module rather than a package's __init__ at the same depth
             paths.append(min(hits, key=lambda path: (len(path), module_file(path[-1]).name == "__init__.py", path)))
     shown = [" -> ".join(path) for path in sorted(paths, key=len)]
-    assert not paths, "tasks/ imports flows/ or bench/:\n" + "\n".join(shown[:10]) + (
-        f"\n... and {len(shown) - 10} more" if len(shown) > 10 else "")
+    assert not paths, (
+        "tasks/ imports flows/ or bench/:\n"
+        + "\n".join(shown[:10])
+        + (f"\n... and {len(shown) - 10} more" if len(shown) > 10 else "")
+    )
 
 
-@pytest.mark.parametrize("module", sorted(m for m in import_graph() if m == "tasks.core" or m.startswith("tasks.core.")))
+@pytest.mark.parametrize(
+    "module", sorted(m for m in import_graph() if m == "tasks.core" or m.startswith("tasks.core."))
+)
 def test_the_core_imports_nothing_else_of_the_project(module: str) -> None:
     outside = _imports_outside(module, ("tasks/__init__.py", "tasks/core/"))
     assert not outside, f"{module} imports {outside}; tasks.core is the bottom layer"

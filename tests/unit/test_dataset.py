@@ -8,26 +8,35 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks.contracts.dataset import Dataset, DatasetMeta, read_dataset, read_meta, write_dataset
 from tasks.core.errors import DistilleryError
 from tasks.core.io import save_npz
-from tasks.contracts.dataset import Dataset, DatasetMeta, read_dataset, read_meta, write_dataset
 
 
 def small_dataset() -> Dataset:
     table = pd.DataFrame({"row_id": np.arange(4, dtype=np.int64), "label": [0, 1, 0, 1]})
     arrays = {"images": np.arange(16, dtype=np.float32).reshape(4, 2, 2), "labels": np.array([0, 1, 0, 1])}
-    meta = DatasetMeta(source="digits", kind="image", rows=4, data_hash="abc", classes=("a", "b"),
-                       image_shape=(2, 2), pixel_max=16.0)
+    meta = DatasetMeta(
+        source="digits", kind="image", rows=4, data_hash="abc", classes=("a", "b"), image_shape=(2, 2), pixel_max=16.0
+    )
     return Dataset(table=table, arrays=arrays, meta=meta)
 
 
 def tabular_meta() -> DatasetMeta:
     """Every field set away from its default, so a lost or mistyped field shows."""
     return DatasetMeta(
-        source="csv", kind="tabular", rows=3, data_hash="f00d", classes=("no", "yes"), origin="data/raw/x.csv",
-        target="Outcome", declared_types={"age": "numeric", "city": "categorical"},
-        declared_columns=("age", "city"), task="binary",
-        column_types={"age": "numeric", "city": "categorical", "note": "text"}, features=("age", "city"),
+        source="csv",
+        kind="tabular",
+        rows=3,
+        data_hash="f00d",
+        classes=("no", "yes"),
+        origin="data/raw/x.csv",
+        target="Outcome",
+        declared_types={"age": "numeric", "city": "categorical"},
+        declared_columns=("age", "city"),
+        task="binary",
+        column_types={"age": "numeric", "city": "categorical", "note": "text"},
+        features=("age", "city"),
     )
 
 
@@ -44,8 +53,15 @@ def test_write_read_round_trip(tmp_path):
 
 def test_a_tabular_meta_round_trips_with_every_field(tmp_path):
     meta = tabular_meta()
-    table = pd.DataFrame({"row_id": np.arange(3, dtype=np.int64), "label": ["no", "yes", "no"],
-                          "age": [1.0, 2.0, np.nan], "city": ["a", None, "b"], "note": ["x", "y", "z"]})
+    table = pd.DataFrame(
+        {
+            "row_id": np.arange(3, dtype=np.int64),
+            "label": ["no", "yes", "no"],
+            "age": [1.0, 2.0, np.nan],
+            "city": ["a", None, "b"],
+            "note": ["x", "y", "z"],
+        }
+    )
     write_dataset(tmp_path / "ds", Dataset(table=table, arrays={}, meta=meta))
     back = read_dataset(tmp_path / "ds")
     assert back.meta == meta

@@ -47,7 +47,9 @@ def test_alpha_zero_is_plain_cross_entropy(logits):
     by_hand = -np_log_softmax(student)[np.arange(len(y)), y].mean()
     assert got.item() == pytest.approx(by_hand, rel=1e-10)
     # The teacher does not matter then.
-    other = distillation_loss(torch.tensor(student), torch.tensor(-teacher), torch.tensor(y), temperature=4.0, alpha=0.0)
+    other = distillation_loss(
+        torch.tensor(student), torch.tensor(-teacher), torch.tensor(y), temperature=4.0, alpha=0.0
+    )
     assert other.item() == got.item()
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tasks.core.params import QuickDrawParams
-from tasks.doodles import CLASSES, make_doodles
 from tasks.data.sources import load_quickdraw
+from tasks.doodles import CLASSES, make_doodles
 
 
 def test_doodles_are_quick_draw_bitmaps_the_source_reads(tmp_path):
@@ -36,8 +36,11 @@ def test_classes_are_told_apart_by_their_mean_drawing(tmp_path):
     x = {n: np.load(f).astype(float) for n, f in files.items()}
     means = {n: v[:20].mean(axis=0) for n, v in x.items()}
     names = list(means)
-    hits = [names[int(np.argmin([np.linalg.norm(row - means[m]) for m in names]))] == n
-            for n, v in x.items() for row in v[20:]]
+    hits = [
+        names[int(np.argmin([np.linalg.norm(row - means[m]) for m in names]))] == n
+        for n, v in x.items()
+        for row in v[20:]
+    ]
     assert np.mean(hits) >= 0.6
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import image_meta, params_section
 
 from tasks.contracts import predlog
 from tasks.contracts.dataset import IMAGES, LABELS, Dataset, DatasetMeta, write_dataset
@@ -24,10 +25,15 @@ from tasks.core.provenance import hash_arrays
 from tasks.monitor import feedback, state, stats, windows
 from tasks.monitor.reference import Reference, build_reference
 
-from conftest import image_meta, params_section
-
-MONITOR = params_section("monitor", psi_threshold=0.2, p_value=0.01, max_drifted_fraction=0.3,
-                         prediction_psi_threshold=0.2, min_rows=50, window_minutes=60)
+MONITOR = params_section(
+    "monitor",
+    psi_threshold=0.2,
+    p_value=0.01,
+    max_drifted_fraction=0.3,
+    prediction_psi_threshold=0.2,
+    min_rows=50,
+    window_minutes=60,
+)
 PREPROCESS = params_section("preprocess", val_fraction=0.15, test_fraction=0.2, seed=42, resample="none")
 
 
@@ -132,7 +138,12 @@ def test_chi2_aligns_categories_and_counts_unseen_ones():
 
 
 def test_chi2_of_a_single_category_on_both_sides_finds_nothing():
-    assert stats.chi2_test(["a"] * 10, ["a"] * 5) == {"unseen": 0, "unseen_fraction": 0.0, "statistic": 0.0, "p_value": 1.0}
+    assert stats.chi2_test(["a"] * 10, ["a"] * 5) == {
+        "unseen": 0,
+        "unseen_fraction": 0.0,
+        "statistic": 0.0,
+        "p_value": 1.0,
+    }
 
 
 def test_categorical_psi_is_zero_for_the_same_mix_and_large_for_an_unseen_category():
@@ -211,9 +222,18 @@ def test_image_summaries_are_the_servers(tmp_path):
     """Parity with what the prediction-log writer logs for an image request
     (tasks.contracts.predlog.records, which deploy/predlog.py writes)."""
     x = np.random.default_rng(9).uniform(0, 16, size=(5, 1, 8, 8)).astype(np.float32)
-    entry = predlog.Entry(ts=1.0, request_id="r", endpoint="predict", model_name="m", model_version="1",
-                          latency_ms=1.0, task="multiclass", classes=("a", "b"), x=x,
-                          outputs=np.full((5, 2), 0.5, np.float32))
+    entry = predlog.Entry(
+        ts=1.0,
+        request_id="r",
+        endpoint="predict",
+        model_name="m",
+        model_version="1",
+        latency_ms=1.0,
+        task="multiclass",
+        classes=("a", "b"),
+        x=x,
+        outputs=np.full((5, 2), 0.5, np.float32),
+    )
     inputs = predlog.NAMES.index(predlog.INPUTS)
     logged = [json.loads(record[inputs]) for record in predlog.records([entry])]
     assert len(logged) == 5
@@ -236,21 +256,26 @@ def tiny_onnx(path: Path, n_pixels: int, n_classes: int, favourite: int) -> Path
     bias[favourite] = 10.0
     weights = np.zeros((n_pixels, n_classes), np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["pixels"], ["flat"]),
-         helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+        [
+            helper.make_node("Flatten", ["pixels"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
         "tiny",
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 1, 8, 8])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", n_classes])],
-        [helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.ravel()),
-         helper.make_tensor("b", TensorProto.FLOAT, bias.shape, bias)],
+        [
+            helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.ravel()),
+            helper.make_tensor("b", TensorProto.FLOAT, bias.shape, bias),
+        ],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
 
-def image_project(root: Path, resample: str = "none", task: str = "multiclass",
-                  classes: tuple[str, ...] = ("a", "b", "c")) -> dict:
+def image_project(
+    root: Path, resample: str = "none", task: str = "multiclass", classes: tuple[str, ...] = ("a", "b", "c")
+) -> dict:
     """data/processed and data/validated of a 3-class 8x8 image set, written
     through the contracts (ProcessedMeta, save_split)."""
     from tasks.data.split import split_indices
@@ -262,8 +287,10 @@ def image_project(root: Path, resample: str = "none", task: str = "multiclass",
     y = labels if task != "binary" else np.minimum(labels, 1)
     for name, ix in parts.items():
         save_split(name, {"x": images[ix][:, None], "y": y[ix]}, root / "data/processed")
-    write_meta(image_meta(task=task, classes=classes, resample=resample, data_hash=hash_arrays(images, labels)),
-               root / "data/processed")
+    write_meta(
+        image_meta(task=task, classes=classes, resample=resample, data_hash=hash_arrays(images, labels)),
+        root / "data/processed",
+    )
     save_npz(root / "data/validated/arrays.npz", **{IMAGES: images, LABELS: labels})
     return {"images": images, "labels": labels, "parts": parts}
 
@@ -286,7 +313,9 @@ def test_image_reference_is_the_train_split_summary_and_the_champions_mix(tmp_pa
 
 def test_a_resampled_train_split_is_replaced_by_the_validated_images(tmp_path):
     data = image_project(tmp_path, resample="over")
-    save_npz(tmp_path / "data/processed/train.npz", x=np.full((500, 1, 8, 8), 99.0, np.float32), y=np.zeros(500, np.int64))
+    save_npz(
+        tmp_path / "data/processed/train.npz", x=np.full((500, 1, 8, 8), 99.0, np.float32), y=np.zeros(500, np.int64)
+    )
     reference = build_reference(tmp_path)
     assert reference.rows == len(data["images"])
     np.testing.assert_allclose(reference.numeric["max"], data["images"].reshape(len(data["images"]), -1).max(1))
@@ -302,9 +331,15 @@ def test_a_missing_processed_folder_says_to_run_the_pipeline(tmp_path):
 
 
 def validated_meta(rows: int, data_hash: str) -> DatasetMeta:
-    return DatasetMeta(source="table", kind="tabular", rows=rows, data_hash=data_hash, task="multiclass",
-                       column_types={"mass": "numeric", "island": "categorical", "notes": "text"},
-                       features=("mass", "island"))
+    return DatasetMeta(
+        source="table",
+        kind="tabular",
+        rows=rows,
+        data_hash=data_hash,
+        task="multiclass",
+        column_types={"mass": "numeric", "island": "categorical", "notes": "text"},
+        features=("mass", "island"),
+    )
 
 
 def table_project(root: Path, task: str = "multiclass") -> pd.DataFrame:
@@ -316,13 +351,15 @@ def table_project(root: Path, task: str = "multiclass") -> pd.DataFrame:
 
     rng = np.random.default_rng(11)
     n = 150
-    table = pd.DataFrame({
-        "row_id": np.arange(n),
-        "mass": rng.normal(4000, 500, n),
-        "island": rng.choice(["Biscoe", "Dream", None], n),
-        "notes": ["free text"] * n,
-        "label": np.repeat(["Adelie", "Gentoo", "Chinstrap"], [70, 50, 30]),
-    })
+    table = pd.DataFrame(
+        {
+            "row_id": np.arange(n),
+            "mass": rng.normal(4000, 500, n),
+            "island": rng.choice(["Biscoe", "Dream", None], n),
+            "notes": ["free text"] * n,
+            "label": np.repeat(["Adelie", "Gentoo", "Chinstrap"], [70, 50, 30]),
+        }
+    )
     table.loc[:4, "mass"] = np.nan
     classes = ("Adelie", "Chinstrap", "Gentoo")
     labels = table["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
@@ -330,9 +367,21 @@ def table_project(root: Path, task: str = "multiclass") -> pd.DataFrame:
     encoder = fit_encoder(table.iloc[parts["train"]], {"mass": "numeric", "island": "categorical"}, "median")
     write_dataset(root / "data/validated", Dataset(table, {}, validated_meta(n, "h1")))
     regression = task == "regression"
-    write_meta(ProcessedMeta(kind="tabular", task=task, classes=() if regression else classes,
-                             input_shape=(encoder.width,), mean=(0.0,) * encoder.width, std=(1.0,) * encoder.width,
-                             data_hash="h1", resample="none", counts={}, encoder=encoder), root / "data/processed")
+    write_meta(
+        ProcessedMeta(
+            kind="tabular",
+            task=task,
+            classes=() if regression else classes,
+            input_shape=(encoder.width,),
+            mean=(0.0,) * encoder.width,
+            std=(1.0,) * encoder.width,
+            data_hash="h1",
+            resample="none",
+            counts={},
+            encoder=encoder,
+        ),
+        root / "data/processed",
+    )
     y = labels[parts["test"]] if not regression else rng.normal(size=len(parts["test"]))
     save_split("test", {"x": encoder.encode(table.iloc[parts["test"]]), "y": y}, root / "data/processed")
     return table
@@ -362,7 +411,9 @@ def test_a_regression_reference_has_features_and_the_predicted_values(tmp_path):
     rng = np.random.default_rng(17)
     rows = _rows(rng, 80, 0.0)
     rows[predlog.INPUTS] = [json.dumps({"mass": 9000.0, "island": "Dream"})] * 80
-    rows[predlog.PREDICTED] = rows[predlog.PROBABILITY] = rows[predlog.PROBABILITIES] = None  # as the writer logs regression
+    rows[predlog.PREDICTED] = rows[predlog.PROBABILITY] = rows[predlog.PROBABILITIES] = (
+        None  # as the writer logs regression
+    )
     rows[predlog.VALUE] = rng.normal(size=80)  # the targets' distribution
     (calm,) = windows.analyse(rows, reference, MONITOR)
     assert calm["prediction"]["feature"] == predlog.VALUE and not calm["prediction"]["drifted"]
@@ -390,7 +441,9 @@ def test_a_binary_champion_with_one_sigmoid_logit_gives_two_classes(tmp_path):
             return x.mean(dim=(1, 2, 3)).unsqueeze(1) - 8.0
 
     image_project(tmp_path, task="binary", classes=("no", "yes"))
-    export_onnx(MeanPixelLogit(), (1, 8, 8), tmp_path / "champion.onnx", opset=17, input_name=IMAGE_INPUT, task="binary")
+    export_onnx(
+        MeanPixelLogit(), (1, 8, 8), tmp_path / "champion.onnx", opset=17, input_name=IMAGE_INPUT, task="binary"
+    )
     test = np.load(tmp_path / "data/processed/test.npz")
     counts = build_reference(tmp_path, tmp_path / "champion.onnx").predicted_counts
     expected_yes = int((test["x"].reshape(len(test["x"]), -1).mean(1) > 8).sum())
@@ -411,27 +464,31 @@ def _reference(rng: np.random.Generator, n: int = 2000) -> Reference:
     return Reference("image", "multiclass", predlog.image_summary(x), {}, ["a", "b"], {"a": 600, "b": 400}, "labels", n)
 
 
-def _rows(rng: np.random.Generator, n: int, start: float, shift: float = 0.0, classes=("a", "b"), p=(0.6, 0.4)) -> pd.DataFrame:
+def _rows(
+    rng: np.random.Generator, n: int, start: float, shift: float = 0.0, classes=("a", "b"), p=(0.6, 0.4)
+) -> pd.DataFrame:
     """Answered single-row requests, with every column of the log (tasks.contracts.predlog.NAMES)."""
     x = rng.uniform(0, 16, size=(n, 1, 8, 8)) + shift
     summaries = predlog.image_summary(x)
     predicted = rng.choice(classes, size=n, p=p)
-    return pd.DataFrame({
-        "ts": np.sort(start + rng.uniform(0, 3599, n)),
-        "request_id": [f"r{i}" for i in range(n)],
-        "row": 0,
-        "endpoint": "predict",
-        "model_name": "distillery",
-        "model_version": "3",
-        "status": 200,
-        "error": None,
-        "inputs": [json.dumps({k: float(summaries[k][i]) for k in predlog.IMAGE_SUMMARY}) for i in range(n)],
-        "predicted": predicted,
-        "probability": 0.9,
-        "probabilities": [json.dumps([0.9, 0.1] if v == "a" else [0.1, 0.9]) for v in predicted],
-        "value": None,
-        "latency_ms": rng.gamma(2.0, 2.0, n),
-    })[list(predlog.NAMES)]
+    return pd.DataFrame(
+        {
+            "ts": np.sort(start + rng.uniform(0, 3599, n)),
+            "request_id": [f"r{i}" for i in range(n)],
+            "row": 0,
+            "endpoint": "predict",
+            "model_name": "distillery",
+            "model_version": "3",
+            "status": 200,
+            "error": None,
+            "inputs": [json.dumps({k: float(summaries[k][i]) for k in predlog.IMAGE_SUMMARY}) for i in range(n)],
+            "predicted": predicted,
+            "probability": 0.9,
+            "probabilities": [json.dumps([0.9, 0.1] if v == "a" else [0.1, 0.9]) for v in predicted],
+            "value": None,
+            "latency_ms": rng.gamma(2.0, 2.0, n),
+        }
+    )[list(predlog.NAMES)]
 
 
 def test_windows_are_judged_separately_and_only_big_drifted_ones_call_for_retraining():
@@ -439,7 +496,9 @@ def test_windows_are_judged_separately_and_only_big_drifted_ones_call_for_retrai
     reference = _reference(rng)
     hour = 3600.0
     t0 = 1_800_000_000 // 3600 * 3600.0
-    rows = pd.concat([_rows(rng, 200, t0), _rows(rng, 200, t0 + hour, shift=4.0), _rows(rng, 20, t0 + 2 * hour, shift=4.0)])
+    rows = pd.concat(
+        [_rows(rng, 200, t0), _rows(rng, 200, t0 + hour, shift=4.0), _rows(rng, 20, t0 + 2 * hour, shift=4.0)]
+    )
     reports = windows.analyse(rows, reference, MONITOR)
     assert [w["start"] for w in reports] == [t0, t0 + hour, t0 + 2 * hour]
     assert [w["step"] for w in reports] == [int(t0 / hour), int(t0 / hour) + 1, int(t0 / hour) + 2]
@@ -462,9 +521,16 @@ def test_a_moved_prediction_mix_alone_calls_for_retraining():
 
 def test_table_windows_read_the_logged_rows():
     rng = np.random.default_rng(14)
-    reference = Reference("tabular", "multiclass", {"mass": rng.normal(4000, 500, 1000)},
-                                {"island": rng.choice(["Biscoe", "Dream"], 1000).astype(object)}, ["a", "b"],
-                                {"a": 50, "b": 50}, "labels", 1000)
+    reference = Reference(
+        "tabular",
+        "multiclass",
+        {"mass": rng.normal(4000, 500, 1000)},
+        {"island": rng.choice(["Biscoe", "Dream"], 1000).astype(object)},
+        ["a", "b"],
+        {"a": 50, "b": 50},
+        "labels",
+        1000,
+    )
     n = 200
     rows = _rows(rng, n, 0.0, p=(0.5, 0.5))
     rows["inputs"] = [json.dumps({"mass": float(m), "island": "Torgersen"}) for m in rng.normal(4000, 500, n)]
@@ -488,8 +554,10 @@ def write_log(path: Path, rows: pd.DataFrame) -> None:
     """Rows into a log file with the writer's own schema and INSERT (tasks.contracts.predlog)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     db = predlog.connect(path)
-    records = [tuple(None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in row)
-               for row in rows[list(predlog.NAMES)].astype(object).itertuples(index=False, name=None)]
+    records = [
+        tuple(None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in row)
+        for row in rows[list(predlog.NAMES)].astype(object).itertuples(index=False, name=None)
+    ]
     db.executemany(predlog.INSERT, records)
     db.close()
 
@@ -525,10 +593,20 @@ def _image_entries(rng: np.random.Generator, start: float, requests: int) -> lis
     for i in range(requests):
         n = 1 + i % 3
         probs = rng.dirichlet([3, 2], size=n).astype(np.float32)
-        entries.append(predlog.Entry(
-            ts=start + 10 + i * 40.0, request_id=f"ok-{i}", endpoint="predict" if i % 2 else "infer",
-            model_name="distillery", model_version="3", latency_ms=float(rng.gamma(2.0, 2.0)), task="multiclass",
-            classes=("a", "b"), x=rng.uniform(0, 16, size=(n, 1, 8, 8)).astype(np.float32), outputs=probs))
+        entries.append(
+            predlog.Entry(
+                ts=start + 10 + i * 40.0,
+                request_id=f"ok-{i}",
+                endpoint="predict" if i % 2 else "infer",
+                model_name="distillery",
+                model_version="3",
+                latency_ms=float(rng.gamma(2.0, 2.0)),
+                task="multiclass",
+                classes=("a", "b"),
+                x=rng.uniform(0, 16, size=(n, 1, 8, 8)).astype(np.float32),
+                outputs=probs,
+            )
+        )
     return entries
 
 
@@ -546,9 +624,19 @@ def test_refused_requests_give_the_error_rate_and_stay_out_of_the_drift(tmp_path
     start = 1_800_000_000 // 3600 * 3600.0
     answered = _image_entries(rng, start, 60)
     # Refused requests, slow and from the same window: one row each, no inputs, no answer.
-    refused = [predlog.Entry(ts=start + 15 + j * 150.0, request_id=f"bad-{j}", endpoint="predict" if j % 2 else "infer",
-                             model_name="distillery", model_version="3", latency_ms=9000.0, status=(422, 503)[j % 2],
-                             error=f"refused {j}") for j in range(15)]
+    refused = [
+        predlog.Entry(
+            ts=start + 15 + j * 150.0,
+            request_id=f"bad-{j}",
+            endpoint="predict" if j % 2 else "infer",
+            model_name="distillery",
+            model_version="3",
+            latency_ms=9000.0,
+            status=(422, 503)[j % 2],
+            error=f"refused {j}",
+        )
+        for j in range(15)
+    ]
     _write_entries(tmp_path / "with-errors", [*answered, *refused])
     _write_entries(tmp_path / "answered-only", answered)
     rows = predlog.read_rows(tmp_path / "with-errors")
@@ -563,8 +651,9 @@ def test_refused_requests_give_the_error_rate_and_stay_out_of_the_drift(tmp_path
     assert ops["rows"] == answered_rows and ops["requests"] == 60
     assert clean["operations"]["error_rate"] == 0.0
     # The refused rows enter no statistic but the error rate: not latency, features, predictions nor probabilities.
-    assert {k: v for k, v in ops.items() if k != "error_rate"} == \
-        {k: v for k, v in clean["operations"].items() if k != "error_rate"}
+    assert {k: v for k, v in ops.items() if k != "error_rate"} == {
+        k: v for k, v in clean["operations"].items() if k != "error_rate"
+    }
     assert ops["latency_p99_ms"] < 9000.0
     assert window["features"] == clean["features"] and window["prediction"] == clean["prediction"]
     assert list(window["prediction"]["shares"]) == ["a", "b"]
@@ -576,8 +665,19 @@ OLD_SCHEMA = """CREATE TABLE predictions (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT NOT NULL, row INTEGER NOT NULL,
     endpoint TEXT NOT NULL, model_name TEXT NOT NULL, model_version TEXT NOT NULL, inputs TEXT NOT NULL,
     predicted TEXT NOT NULL, probability REAL NOT NULL, probabilities TEXT NOT NULL, latency_ms REAL NOT NULL)"""
-OLD_COLUMNS = ["ts", "request_id", "row", "endpoint", "model_name", "model_version", "inputs", "predicted",
-               "probability", "probabilities", "latency_ms"]
+OLD_COLUMNS = [
+    "ts",
+    "request_id",
+    "row",
+    "endpoint",
+    "model_name",
+    "model_version",
+    "inputs",
+    "predicted",
+    "probability",
+    "probabilities",
+    "latency_ms",
+]
 
 
 def test_an_old_schema_log_is_read_as_answered_and_migrated_when_opened(tmp_path):
@@ -588,8 +688,10 @@ def test_an_old_schema_log_is_read_as_answered_and_migrated_when_opened(tmp_path
     path = predlog.file_for(tmp_path, start)
     db = sqlite3.connect(path)
     db.execute(OLD_SCHEMA)
-    db.executemany(f"INSERT INTO predictions ({', '.join(OLD_COLUMNS)}) VALUES ({', '.join('?' * len(OLD_COLUMNS))})",
-                   old[OLD_COLUMNS].astype(object).itertuples(index=False, name=None))
+    db.executemany(
+        f"INSERT INTO predictions ({', '.join(OLD_COLUMNS)}) VALUES ({', '.join('?' * len(OLD_COLUMNS))})",
+        old[OLD_COLUMNS].astype(object).itertuples(index=False, name=None),
+    )
     db.commit()
     db.close()
 
@@ -597,8 +699,9 @@ def test_an_old_schema_log_is_read_as_answered_and_migrated_when_opened(tmp_path
     assert set(rows.columns) == {"id", *predlog.NAMES} and len(rows) == 60
     assert (rows[predlog.STATUS] == 200).all()
     assert rows[predlog.ERROR].isna().all() and rows[predlog.VALUE].isna().all()
-    pd.testing.assert_frame_equal(rows[OLD_COLUMNS], old[OLD_COLUMNS].sort_values("ts").reset_index(drop=True),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        rows[OLD_COLUMNS], old[OLD_COLUMNS].sort_values("ts").reset_index(drop=True), check_dtype=False
+    )
     (window,) = windows.analyse(rows, _reference(rng), MONITOR)  # judged as answered rows
     assert window["operations"]["rows"] == 60 and window["operations"]["error_rate"] == 0.0
     labels = pd.DataFrame({"request_id": old["request_id"][:5], "row": 0})
@@ -608,9 +711,23 @@ def test_an_old_schema_log_is_read_as_answered_and_migrated_when_opened(tmp_path
     db = predlog.connect(path)
     assert [r[1] for r in db.execute("PRAGMA table_info(predictions)")] == ["id", *predlog.NAMES]
     assert db.execute("SELECT COUNT(*), MIN(status), MAX(status) FROM predictions").fetchone() == (60, 200, 200)
-    db.executemany(predlog.INSERT, predlog.records([predlog.Entry(
-        ts=start + 100, request_id="late", endpoint="predict", model_name="distillery", model_version="3",
-        latency_ms=1.0, status=422, error="rows[0]: expected a number")]))
+    db.executemany(
+        predlog.INSERT,
+        predlog.records(
+            [
+                predlog.Entry(
+                    ts=start + 100,
+                    request_id="late",
+                    endpoint="predict",
+                    model_name="distillery",
+                    model_version="3",
+                    latency_ms=1.0,
+                    status=422,
+                    error="rows[0]: expected a number",
+                )
+            ]
+        ),
+    )
     db.close()
     migrated = predlog.read_rows(tmp_path)
     assert len(migrated) == 61
@@ -628,7 +745,10 @@ def test_feedback_files_are_read_append_only(tmp_path):
     folder.mkdir()
     (folder / "a.csv").write_text("request_id,row,label\nr1,0,a\nr2,0,b\n")
     labels, seen = feedback.read_feedback(folder, {})
-    assert labels.to_dict("records") == [{"request_id": "r1", "row": 0, "label": "a"}, {"request_id": "r2", "row": 0, "label": "b"}]
+    assert labels.to_dict("records") == [
+        {"request_id": "r1", "row": 0, "label": "a"},
+        {"request_id": "r2", "row": 0, "label": "b"},
+    ]
     assert seen == {"a.csv": 2}
     with open(folder / "a.csv", "a") as handle:
         handle.write("r3,1,a\n")
@@ -647,11 +767,17 @@ def test_labels_join_the_log_on_request_and_row(tmp_path):
     rng = np.random.default_rng(16)
     rows = _rows(rng, 40, 0.0)
     # A refused request under an answered row's id: labels join the answer only.
-    refused = rows.iloc[:1].assign(status=503, error="at capacity", inputs=None, predicted=None, probability=None,
-                                   probabilities=None)
+    refused = rows.iloc[:1].assign(
+        status=503, error="at capacity", inputs=None, predicted=None, probability=None, probabilities=None
+    )
     write_log(tmp_path / "log/predictions-20260101.db", pd.concat([rows, refused]))
-    labels = pd.DataFrame({"request_id": [*rows["request_id"][:30], "ghost"], "row": [0] * 31,
-                           "label": [*rows["predicted"][:20], *(["a"] * 10), "a"]})
+    labels = pd.DataFrame(
+        {
+            "request_id": [*rows["request_id"][:30], "ghost"],
+            "row": [0] * 31,
+            "label": [*rows["predicted"][:20], *(["a"] * 10), "a"],
+        }
+    )
     quality = windows.quality_of_labels(labels, tmp_path / "log", ["a", "b"], 10)
     expected = np.mean(np.array([*rows["predicted"][:20], *(["a"] * 10)]) == rows["predicted"][:30].to_numpy())
     assert quality["labeled_rows"] == 30 and quality["unmatched_labels"] == 1
@@ -677,7 +803,9 @@ def test_bonferroni_holds_the_false_alarm_rate_across_many_features():
 
     rng = np.random.default_rng(21)
     names = [f"f{i}" for i in range(30)]
-    reference = Reference("tabular", "multiclass", {n: rng.normal(size=2000) for n in names}, {}, ["a"], {}, "labels", 2000)
+    reference = Reference(
+        "tabular", "multiclass", {n: rng.normal(size=2000) for n in names}, {}, ["a"], {}, "labels", 2000
+    )
     loose = dataclasses.replace(MONITOR, correction="none", psi_threshold=1e-9)  # the test alone decides
     strict = dataclasses.replace(loose, correction="bonferroni")
     assert windows.feature_p_value(strict, 30) == pytest.approx(MONITOR.p_value / 30)

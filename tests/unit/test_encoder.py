@@ -25,8 +25,15 @@ def gappy(n: int, seed: int, all_nan_row: int | None = 3) -> np.ndarray:
     ~15% of values missing, and one row with nothing at all."""
     rng = np.random.default_rng(seed)
     base = rng.normal(size=(n, 2))
-    x = np.column_stack([base[:, 0], base[:, 1], base[:, 0] * 2 + base[:, 1], rng.normal(size=n) * 3 + 1,
-                         base[:, 0] - base[:, 1] + rng.normal(scale=0.1, size=n)])
+    x = np.column_stack(
+        [
+            base[:, 0],
+            base[:, 1],
+            base[:, 0] * 2 + base[:, 1],
+            rng.normal(size=n) * 3 + 1,
+            base[:, 0] - base[:, 1] + rng.normal(scale=0.1, size=n),
+        ]
+    )
     x[rng.random(x.shape) < 0.15] = np.nan
     if all_nan_row is not None:
         x[all_nan_row] = np.nan

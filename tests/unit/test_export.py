@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import image_meta, params_section, tiny_spec
 
 from tasks.contracts.onnx import LOGITS, PROBABILITIES, ArtifactMetadata, output_names
 from tasks.core.errors import DistilleryError
@@ -17,13 +18,14 @@ from tasks.export import artifact_metadata, export_candidate
 from tasks.ml.models import CNN
 from tasks.onnx.runtime import read_metadata, run_batches, session
 
-from conftest import image_meta, params_section, tiny_spec
-
-META = image_meta(classes=("a", "b", "c"), input_shape=(1, 8, 8), pixel_max=16.0, mean=(8.0,), std=(4.0,),
-                  data_hash="0123abcd")
+META = image_meta(
+    classes=("a", "b", "c"), input_shape=(1, 8, 8), pixel_max=16.0, mean=(8.0,), std=(4.0,), data_hash="0123abcd"
+)
 PIXELS = "pixels"  # the input name clients send raw pixels under: part of the contract
 PARAMS = params_section("export", opset=17, atol=1e-4, calibration_samples=32, per_channel=True)
-EVALUATE = params_section("evaluate", threads=1, latency_threads=(1,), latency_seconds=0.05, latency_rounds=2, ece_bins=5)
+EVALUATE = params_section(
+    "evaluate", threads=1, latency_threads=(1,), latency_seconds=0.05, latency_rounds=2, ece_bins=5
+)
 METADATA = artifact_metadata(META, PARAMS.label_threshold)
 
 

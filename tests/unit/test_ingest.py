@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import REPO_ROOT, params_section
 
+from tasks.contracts.dataset import DatasetMeta
 from tasks.core.params import QuickDrawParams
 from tasks.core.provenance import hash_arrays, hash_table
-from tasks.contracts.dataset import DatasetMeta
-from tasks.ingest import image_table, ingest
-from tasks.data.sources import ImageData
 from tasks.data.gate import load_suite
-
-from conftest import REPO_ROOT, params_section
+from tasks.data.sources import ImageData
+from tasks.ingest import image_table, ingest
 
 
 @pytest.fixture
@@ -26,7 +25,9 @@ def small_images() -> ImageData:
         ],
         dtype=np.float32,
     )
-    return ImageData(images=images, labels=np.array([2, 0, 1, 2], dtype=np.int64), classes=("a", "b", "c"), pixel_max=16.0)
+    return ImageData(
+        images=images, labels=np.array([2, 0, 1, 2], dtype=np.int64), classes=("a", "b", "c"), pixel_max=16.0
+    )
 
 
 def test_image_table_has_the_columns_the_suites_check(small_images):
@@ -87,14 +88,23 @@ def test_ingest_csv_records_what_validate_needs_in_the_meta(tmp_path):
     # from the ingested meta (no longer from params.yaml), so ingest must put them there.
     path = tmp_path / "people.csv"
     path.write_text("age,city,outcome\n31,Oslo,yes\nNA,Bergen,no\n40 y,Oslo,yes\n")
-    params = params_section("data", source="csv", path=str(path), target="outcome",
-                            columns={"age": "numeric"}, classes=("no", "yes"))
+    params = params_section(
+        "data", source="csv", path=str(path), target="outcome", columns={"age": "numeric"}, classes=("no", "yes")
+    )
     dataset = ingest(params)
     assert dataset.table.columns.tolist() == ["row_id", "age", "city", "outcome"]
     assert dataset.table["row_id"].tolist() == [0, 1, 2]
     assert dataset.table["age"].tolist() == ["31", "NA", "40 y"]  # text as written, for the gate to judge
     assert dataset.arrays == {}
     assert dataset.meta == DatasetMeta(
-        source="csv", name="people", kind="tabular", rows=3, data_hash=hash_table(dataset.table), classes=("no", "yes"),
-        origin=str(path), target="outcome", declared_types={"age": "numeric"}, declared_columns=("age",),
+        source="csv",
+        name="people",
+        kind="tabular",
+        rows=3,
+        data_hash=hash_table(dataset.table),
+        classes=("no", "yes"),
+        origin=str(path),
+        target="outcome",
+        declared_types={"age": "numeric"},
+        declared_columns=("age",),
     )

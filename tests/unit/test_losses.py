@@ -13,7 +13,24 @@ import torch.nn.functional as F
 from sklearn.metrics import log_loss, mean_pinball_loss
 
 from tasks.ml.distillation import distillation_loss
-from tasks.ml.losses import LOSS_TASKS, TASK_TYPES, bce_loss, ce_loss, ce_onehot_loss, check_loss_task, focal_loss, huber_loss, kl_div_loss, log_cosh_loss, loss_options, mae_loss, make_loss, mse_loss, poisson_loss, quantile_loss
+from tasks.ml.losses import (
+    LOSS_TASKS,
+    TASK_TYPES,
+    bce_loss,
+    ce_loss,
+    ce_onehot_loss,
+    check_loss_task,
+    focal_loss,
+    huber_loss,
+    kl_div_loss,
+    log_cosh_loss,
+    loss_options,
+    mae_loss,
+    make_loss,
+    mse_loss,
+    poisson_loss,
+    quantile_loss,
+)
 
 RNG = np.random.default_rng(0)
 # Regression: 12 predictions/targets; errors span small (< 1) and large (> 1) values.
@@ -82,7 +99,9 @@ def test_poisson_on_log_rates_matches_closed_form():
     expected = np.mean(np.exp(PRED) - counts * PRED)  # -log P(y | rate e^x) up to log y!
     assert value(poisson_loss(t(PRED), t(counts))) == pytest.approx(expected, rel=1e-12)
     # full adds Stirling's approximation of log y! for counts > 1 (and nothing for 0 or 1).
-    stirling = np.where(counts > 1, counts * np.log(np.maximum(counts, 1)) - counts + 0.5 * np.log(2 * np.pi * np.maximum(counts, 1)), 0)
+    stirling = np.where(
+        counts > 1, counts * np.log(np.maximum(counts, 1)) - counts + 0.5 * np.log(2 * np.pi * np.maximum(counts, 1)), 0
+    )
     full = value(poisson_loss(t(PRED), t(counts), full=True))
     assert full == pytest.approx(expected + stirling.mean(), rel=1e-12)
 
@@ -222,7 +241,9 @@ def test_binary_single_logit_with_integer_labels_takes_the_sigmoid_form():
 def test_kl_is_zero_when_the_distributions_match():
     probs = torch.softmax(t(LOGITS), dim=1)
     assert value(kl_div_loss(t(LOGITS), probs)) == pytest.approx(0.0, abs=1e-12)
-    assert value(kl_div_loss(t(LOGITS), t(LOGITS), temperature=3.0, targets_are_logits=True)) == pytest.approx(0.0, abs=1e-12)
+    assert value(kl_div_loss(t(LOGITS), t(LOGITS), temperature=3.0, targets_are_logits=True)) == pytest.approx(
+        0.0, abs=1e-12
+    )
 
 
 def test_kl_matches_hand_computation_with_temperature_and_zero_probabilities():
@@ -315,7 +336,13 @@ def test_per_class_options_of_the_wrong_length_raise_at_call():
 
 @pytest.mark.parametrize(
     "name, task",
-    [("mse", "multiclass"), ("ce", "regression"), ("bce", "multiclass"), ("ce", "multilabel"), ("kl_div", "regression")],
+    [
+        ("mse", "multiclass"),
+        ("ce", "regression"),
+        ("bce", "multiclass"),
+        ("ce", "multilabel"),
+        ("kl_div", "regression"),
+    ],
 )
 def test_registry_rejects_losses_that_do_not_fit_the_task(name, task):
     with pytest.raises(ValueError, match=f"'{name}' does not fit a {task}"):
@@ -348,9 +375,17 @@ SAMPLE_INPUTS = {
     "probs": (lambda: (torch.randn(8, 3, requires_grad=True), torch.softmax(torch.randn(8, 3), 1))),
 }
 INPUT_KIND = {
-    "mse": "regression", "mae": "regression", "huber": "regression", "log_cosh": "regression",
-    "quantile": "regression", "poisson": "poisson", "bce": "bce", "ce": "labels",
-    "ce_onehot": "probs", "focal": "labels", "kl_div": "probs",
+    "mse": "regression",
+    "mae": "regression",
+    "huber": "regression",
+    "log_cosh": "regression",
+    "quantile": "regression",
+    "poisson": "poisson",
+    "bce": "bce",
+    "ce": "labels",
+    "ce_onehot": "probs",
+    "focal": "labels",
+    "kl_div": "probs",
 }
 
 

@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from conftest import image_meta, params_section, tiny_spec
 
 from tasks.core.errors import DistilleryError
 from tasks.ml.models import CNN, CNNSpec, count_parameters, load_model, save_model, spec_for
-
-from conftest import image_meta, params_section, tiny_spec
 
 
 def trained_looking_model(spec: CNNSpec, seed: int = 0) -> CNN:
@@ -125,7 +124,9 @@ def test_the_model_normalises_inside_its_graph():
     spec = tiny_spec()
     model = trained_looking_model(spec)
     plain = CNN(CNNSpec(**{**spec.__dict__, "mean": (0.0,), "std": (1.0,)})).eval()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("features.0.")}, strict=False)
+    plain.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("features.0.")}, strict=False
+    )
     x = torch.rand(3, 1, 8, 8) * 16
     with torch.no_grad():
         torch.testing.assert_close(model(x), plain((x - 8.0) / 4.0))

@@ -13,20 +13,31 @@ import onnx
 import pandas as pd
 import pytest
 import torch
+from conftest import image_meta, params_section, tiny_spec
 
-from tasks.contracts.onnx import (FLOAT, IMAGE_INPUT, LOGITS, PREDICTION, PROBABILITIES, TABLE_INPUT,
-                                  ArtifactMetadata, Quantization, Tensor, check_outputs, check_servable,
-                                  input_name, output_names)
+from tasks.contracts.encoder import TableEncoder
+from tasks.contracts.onnx import (
+    FLOAT,
+    IMAGE_INPUT,
+    LOGITS,
+    PREDICTION,
+    PROBABILITIES,
+    TABLE_INPUT,
+    ArtifactMetadata,
+    Quantization,
+    Tensor,
+    check_outputs,
+    check_servable,
+    input_name,
+    output_names,
+)
 from tasks.contracts.processed import ProcessedMeta
 from tasks.core.errors import DistilleryError
-from tasks.contracts.encoder import TableEncoder
 from tasks.data.encoding import fit_encoder, fit_imputer
 from tasks.export import artifact_metadata
 from tasks.ml.models import CNN, MLP, spec_for
 from tasks.onnx.export import export_onnx, set_metadata
 from tasks.onnx.runtime import check_artifact, read_metadata, run_batches
-
-from conftest import image_meta, params_section, tiny_spec
 
 THRESHOLD = 0.4
 TASKS = ("binary", "multiclass", "multilabel", "regression")
@@ -36,10 +47,14 @@ COLUMN_TYPES = {"age": "numeric", "bmi": "numeric", "sex": "categorical", "smoke
 def raw_rows(n: int, seed: int) -> pd.DataFrame:
     """Raw typed table rows, with gaps, as a client sends them."""
     rng = np.random.default_rng(seed)
-    frame = pd.DataFrame({
-        "age": rng.uniform(20, 80, n), "bmi": rng.normal(27, 4, n),
-        "sex": rng.choice(["f", "m"], n), "smoker": rng.choice(["no", "yes", "former"], n),
-    })
+    frame = pd.DataFrame(
+        {
+            "age": rng.uniform(20, 80, n),
+            "bmi": rng.normal(27, 4, n),
+            "sex": rng.choice(["f", "m"], n),
+            "smoker": rng.choice(["no", "yes", "former"], n),
+        }
+    )
     frame.loc[::5, "bmi"] = np.nan
     frame.loc[::7, "smoker"] = None
     return frame
@@ -59,13 +74,24 @@ def iterative_encoder(train: pd.DataFrame) -> TableEncoder:
 def table_meta(impute: str = "mean") -> ProcessedMeta:
     """A regression table's meta with the encoder fitted on training rows (tasks.data.encoding)."""
     train = raw_rows(40, 0)
-    encoder = fit_encoder(train, COLUMN_TYPES, impute, knn_neighbors=3) if impute != "iterative" else \
-        iterative_encoder(train)
+    encoder = (
+        fit_encoder(train, COLUMN_TYPES, impute, knn_neighbors=3) if impute != "iterative" else iterative_encoder(train)
+    )
     x = encoder.encode(train)
-    return ProcessedMeta(kind="tabular", task="regression", classes=(), input_shape=(encoder.width,),
-                         mean=tuple(x.mean(axis=0).tolist()), std=tuple(np.maximum(x.std(axis=0), 1e-6).tolist()),
-                         data_hash="tablehash", resample="none", counts={}, encoder=encoder,
-                         target_mean=150.0, target_std=40.0)
+    return ProcessedMeta(
+        kind="tabular",
+        task="regression",
+        classes=(),
+        input_shape=(encoder.width,),
+        mean=tuple(x.mean(axis=0).tolist()),
+        std=tuple(np.maximum(x.std(axis=0), 1e-6).tolist()),
+        data_hash="tablehash",
+        resample="none",
+        counts={},
+        encoder=encoder,
+        target_mean=150.0,
+        target_std=40.0,
+    )
 
 
 def meta_for(task: str) -> ProcessedMeta:
@@ -160,13 +186,15 @@ def test_multilabel_probabilities_are_per_label(artifacts):
     meta, _, path = artifacts["multilabel"]
     metadata, _, sess = check_artifact(path)
     assert metadata.threshold == THRESHOLD
-    probs = run_batches(sess, np.random.default_rng(3).uniform(0, 16, (20, 1, 8, 8)).astype(np.float32),
-                        output=PROBABILITIES)
+    probs = run_batches(
+        sess, np.random.default_rng(3).uniform(0, 16, (20, 1, 8, 8)).astype(np.float32), output=PROBABILITIES
+    )
     assert probs.shape == (20, len(meta.classes)) and ((probs >= 0) & (probs <= 1)).all()
     assert not np.allclose(probs.sum(axis=1), 1.0)  # independent sigmoids, not a softmax
 
 
 # Refusals: each names the file.
+
 
 def refused(path, match: str) -> None:
     with pytest.raises(DistilleryError, match=match) as err:
@@ -207,15 +235,26 @@ def test_metadata_that_is_not_json_is_refused(artifacts, tmp_path):
     ("graph", "says", "match"),
     [
         ("multiclass", image_meta(task="regression", classes=()), "a regression model needs the output 'prediction'"),
-        ("regression", dataclasses.replace(table_meta(), task="multiclass", classes=("a", "b", "c")),
-         "a multiclass model needs the output 'logits'"),
-        ("multiclass", image_meta(task="binary", classes=("no", "yes")), "output 'logits' has shape \\[-1, 3\\] but "
-                                                                          "the model has 2 classes per row"),
+        (
+            "regression",
+            dataclasses.replace(table_meta(), task="multiclass", classes=("a", "b", "c")),
+            "a multiclass model needs the output 'logits'",
+        ),
+        (
+            "multiclass",
+            image_meta(task="binary", classes=("no", "yes")),
+            "output 'logits' has shape \\[-1, 3\\] but the model has 2 classes per row",
+        ),
         ("multiclass", image_meta(classes=("a", "b", "c", "d")), "has 4 classes per row"),
         ("multilabel", image_meta(classes=("a", "b", "c")), "not one distribution per row"),
     ],
-    ids=["multiclass-as-regression", "regression-as-multiclass", "multiclass-as-binary", "wrong-class-count",
-         "multilabel-as-multiclass"],
+    ids=[
+        "multiclass-as-regression",
+        "regression-as-multiclass",
+        "multiclass-as-binary",
+        "wrong-class-count",
+        "multilabel-as-multiclass",
+    ],
 )
 def test_outputs_that_do_not_match_the_task_are_refused(tmp_path, graph, says, match):
     path = tmp_path / "mismatch.onnx"
@@ -260,12 +299,14 @@ def test_an_encoder_of_another_width_is_refused(tmp_path):
     export(meta, path)
     metadata = read_metadata(path)
     narrower = dataclasses.replace(meta.encoder, categorical={"sex": ("f", "m")})  # drops 'smoker'
-    write_props(path, metadata.replace(preprocessing=dataclasses.replace(metadata.preprocessing,
-                                                                         encoder=narrower)).to_props())
+    write_props(
+        path, metadata.replace(preprocessing=dataclasses.replace(metadata.preprocessing, encoder=narrower)).to_props()
+    )
     refused(path, f"the encoder gives {narrower.width} features but the input takes \\[{meta.encoder.width}\\]")
 
 
 # check_servable and check_outputs on their own: what onnxruntime reports, as Tensors.
+
 
 def image_metadata() -> ArtifactMetadata:
     return artifact_metadata(image_meta(), THRESHOLD)
@@ -287,8 +328,11 @@ def test_check_servable_accepts_the_contracts_tensors():
         ([Tensor(IMAGE_INPUT, FLOAT, (4, 1, 8, 8))], outputs(), "fixed batch size 4"),
         ([Tensor(IMAGE_INPUT, FLOAT, ("batch", 1, 8, 8))] * 2, outputs(), "has 2 inputs"),
         ([Tensor(IMAGE_INPUT, FLOAT, ("batch", 1, 8, 8))], outputs()[:1], "needs the output 'probabilities'"),
-        ([Tensor(IMAGE_INPUT, FLOAT, ("batch", 1, 8, 8))],
-         [outputs()[0], Tensor(PROBABILITIES, "tensor(int64)", ("batch", 3))], "output 'probabilities' is tensor"),
+        (
+            [Tensor(IMAGE_INPUT, FLOAT, ("batch", 1, 8, 8))],
+            [outputs()[0], Tensor(PROBABILITIES, "tensor(int64)", ("batch", 3))],
+            "output 'probabilities' is tensor",
+        ),
         ([Tensor(IMAGE_INPUT, FLOAT, ("batch", 1, "h", 8))], outputs(), "non-batch dimensions"),
     ],
     ids=["input-type", "fixed-batch", "two-inputs", "missing-output", "output-type", "symbolic-input"],
@@ -314,12 +358,17 @@ def test_check_outputs_refuses_a_run_that_breaks_the_contract():
 
 # The metadata itself.
 
+
 @pytest.mark.parametrize("impute", ["mean", "knn", "iterative"])
 def test_to_props_and_from_props_round_trip_a_table_model(impute):
     metadata = artifact_metadata(table_meta(impute), THRESHOLD).replace(
-        temperature=1.25, candidate="student.int8", precision="int8",
-        quantization=Quantization(mode="static", per_channel=True, calibration_method="minmax", reduce_range=False,
-                                  cpu_has_vnni=True))
+        temperature=1.25,
+        candidate="student.int8",
+        precision="int8",
+        quantization=Quantization(
+            mode="static", per_channel=True, calibration_method="minmax", reduce_range=False, cpu_has_vnni=True
+        ),
+    )
     props = metadata.to_props()
     assert set(props) == {f.name for f in dataclasses.fields(ArtifactMetadata)}
     assert all(isinstance(v, str) for v in props.values())

@@ -9,7 +9,16 @@ import math
 import pytest
 import torch
 
-from tasks.ml.optim import OPTIMIZER_OPTIONS, PiecewiseConstant, check_optimizer_options, check_scheduler_options, clip_gradients, make_optimizer, make_scheduler, step_scheduler
+from tasks.ml.optim import (
+    OPTIMIZER_OPTIONS,
+    PiecewiseConstant,
+    check_optimizer_options,
+    check_scheduler_options,
+    clip_gradients,
+    make_optimizer,
+    make_scheduler,
+    step_scheduler,
+)
 
 
 def quadratic_param() -> torch.nn.Parameter:
@@ -35,7 +44,12 @@ CASES = [
         torch.optim.RMSprop,
         {"alpha": 0.9, "momentum": 0.5, "centered": True},
     ),
-    ("adam", {"betas": [0.8, 0.99], "eps": 1e-7, "amsgrad": True}, torch.optim.Adam, {"betas": (0.8, 0.99), "eps": 1e-7, "amsgrad": True}),
+    (
+        "adam",
+        {"betas": [0.8, 0.99], "eps": 1e-7, "amsgrad": True},
+        torch.optim.Adam,
+        {"betas": (0.8, 0.99), "eps": 1e-7, "amsgrad": True},
+    ),
     ("adam", {}, torch.optim.Adam, {"betas": (0.9, 0.999), "weight_decay": 0.0, "amsgrad": False}),
     ("adamw", {}, torch.optim.AdamW, {"weight_decay": 0.01}),
     ("adamw", {"weight_decay": 0.1}, torch.optim.AdamW, {"weight_decay": 0.1}),
@@ -244,7 +258,9 @@ def test_no_clipping_reports_the_norm_and_changes_nothing():
     assert clip_gradients([no_grad], "norm", 1.0).item() == 0.0
 
 
-@pytest.mark.parametrize("mode, max_value, match", [("l2", 1.0, "mode"), ("norm", None, "'max_value'"), ("value", 0.0, "'max_value'")])
+@pytest.mark.parametrize(
+    "mode, max_value, match", [("l2", 1.0, "mode"), ("norm", None, "'max_value'"), ("value", 0.0, "'max_value'")]
+)
 def test_bad_clipping_arguments_raise(mode, max_value, match):
     with pytest.raises(ValueError, match=match):
         clip_gradients(params_with_grads(), mode, max_value)

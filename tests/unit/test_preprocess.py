@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import params_section
 
-from tasks.core.errors import DistilleryError
-from tasks.core.provenance import hash_arrays
 from tasks.contracts.dataset import Dataset, DatasetMeta
 from tasks.contracts.processed import ProcessedMeta
+from tasks.core.errors import DistilleryError
+from tasks.core.provenance import hash_arrays
 from tasks.data.split import split_indices
 from tasks.preprocess import preprocess
-
-from conftest import params_section
 
 PARAMS = params_section("preprocess", val_fraction=0.15, test_fraction=0.2, seed=42)
 COUNTS = (200, 100, 20)
@@ -30,8 +29,15 @@ def make_dataset(labels: np.ndarray) -> Dataset:
     n = len(labels)
     images = np.repeat(np.arange(n, dtype=np.float32)[:, None, None], 8, axis=1).repeat(8, axis=2)
     images += 1000.0 * labels[:, None, None]
-    meta = DatasetMeta(source="digits", kind="image", rows=n, data_hash="test",
-                       classes=tuple(f"c{i}" for i in range(labels.max() + 1)), image_shape=(8, 8), pixel_max=16.0)
+    meta = DatasetMeta(
+        source="digits",
+        kind="image",
+        rows=n,
+        data_hash="test",
+        classes=tuple(f"c{i}" for i in range(labels.max() + 1)),
+        image_shape=(8, 8),
+        pixel_max=16.0,
+    )
     table = pd.DataFrame({"row_id": np.arange(n, dtype=np.int64)})
     return Dataset(table=table, arrays={"images": images, "labels": labels}, meta=meta)
 

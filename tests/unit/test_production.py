@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
 from tasks.contracts import production as snap
 from tasks.contracts.dataset import write_dataset
@@ -22,14 +23,16 @@ from tasks.data.encoding import fit_encoder
 from tasks.ingest import ingest
 from tasks.monitor import snapshot
 
-from conftest import REPO_ROOT
-
 PENGUINS = ("Adelie", "Chinstrap", "Gentoo")
 FEATURES = {"Island": "categorical", "Culmen Length (mm)": "numeric", "Body Mass (g)": "numeric"}
 
 
 def _row(i: int) -> dict:
-    return {"Island": ["Biscoe", "Dream", "Torgersen"][i % 3], "Culmen Length (mm)": 40.0 + i, "Body Mass (g)": 4000 + 10 * i}
+    return {
+        "Island": ["Biscoe", "Dream", "Torgersen"][i % 3],
+        "Culmen Length (mm)": 40.0 + i,
+        "Body Mass (g)": 4000 + 10 * i,
+    }
 
 
 @pytest.fixture
@@ -44,15 +47,38 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_dataset(paths.INGESTED, ingest(load_params(paths.PARAMS).data))
     encoder = fit_encoder(pd.DataFrame([_row(i) for i in range(6)]), FEATURES, "median")
-    write_meta(ProcessedMeta(kind="tabular", task="multiclass", classes=PENGUINS, input_shape=(4,), mean=(0.0,) * 4,
-                             std=(1.0,) * 4, data_hash="h", resample="none", counts={}, encoder=encoder))
+    write_meta(
+        ProcessedMeta(
+            kind="tabular",
+            task="multiclass",
+            classes=PENGUINS,
+            input_shape=(4,),
+            mean=(0.0,) * 4,
+            std=(1.0,) * 4,
+            data_hash="h",
+            resample="none",
+            counts={},
+            encoder=encoder,
+        )
+    )
     log = PredictionLog(tmp_path / "logs/predictions", max_buffer=1000, flush_interval_s=0.05, count=lambda *_: None)
     log.start()
     now = time.time()
     for i in range(5):
-        log.append(Entry(ts=now - 100 + i, request_id=f"r{i}", endpoint="predict", model_name="distillery",
-                         model_version="7", latency_ms=1.0, task="multiclass", classes=PENGUINS, rows=[_row(i)],
-                         outputs=np.array([[0.2, 0.3, 0.5]], dtype=np.float32)))
+        log.append(
+            Entry(
+                ts=now - 100 + i,
+                request_id=f"r{i}",
+                endpoint="predict",
+                model_name="distillery",
+                model_version="7",
+                latency_ms=1.0,
+                task="multiclass",
+                classes=PENGUINS,
+                rows=[_row(i)],
+                outputs=np.array([[0.2, 0.3, 0.5]], dtype=np.float32),
+            )
+        )
     log.close()
     return tmp_path
 
@@ -65,8 +91,10 @@ def _feedback(root: Path, rows: list[tuple[str, int, str]], name: str = "labels.
 
 LABELS = [
     ("r0", 0, "Gentoo"),
-    ("r1", 0, "Adelie"), ("r1", 0, "Adelie"),  # the same label twice: one row, one duplicate quarantined
-    ("r2", 0, "Adelie"), ("r2", 0, "Gentoo"),  # conflicting: both quarantined
+    ("r1", 0, "Adelie"),
+    ("r1", 0, "Adelie"),  # the same label twice: one row, one duplicate quarantined
+    ("r2", 0, "Adelie"),
+    ("r2", 0, "Gentoo"),  # conflicting: both quarantined
     ("r3", 0, "Emperor"),  # not a class of the model
     ("r4", 0, ""),  # no label
     ("nowhere", 0, "Adelie"),  # no such prediction
@@ -81,8 +109,13 @@ def test_labels_become_rows_or_quarantine_with_a_reason_and_none_is_lost(project
     assert rows["Species"].tolist() == ["Gentoo", "Adelie"]  # the label lands in the user's target column
     assert rows["Island"].tolist() == ["Biscoe", "Dream"] and rows["Body Mass (g)"].tolist() == ["4000", "4010"]
     assert set(rows[snap.MODEL_VERSION]) == {"7"} and set(rows[snap.FILE]) == {"labels.csv"}
-    assert built.reasons == {snap.CONFLICTING_LABELS: 2, snap.DUPLICATE_LABEL: 1, snap.MISSING_LABEL: 1,
-                             snap.NO_PREDICTION: 1, snap.UNKNOWN_CLASS: 1}
+    assert built.reasons == {
+        snap.CONFLICTING_LABELS: 2,
+        snap.DUPLICATE_LABEL: 1,
+        snap.MISSING_LABEL: 1,
+        snap.NO_PREDICTION: 1,
+        snap.UNKNOWN_CLASS: 1,
+    }
     assert len(rows) + len(built.quarantine) == len(LABELS)
     on_disk = snap.read_snapshot(project / "data/production")
     assert on_disk.sha256 == built.sha256 and len(on_disk.quarantine) == 6
@@ -123,15 +156,28 @@ def test_ingest_appends_the_newest_rows_up_to_the_share_and_records_the_snapshot
     assert not set(snap.LINEAGE) & set(dataset.table.columns)  # lineage stays in the snapshot
     assert tail["Individual ID"].tolist() == [""] * 5  # a column the client did not send: missing, for the gate
 
-    capped = ingest(dataclasses.replace(params, production=dataclasses.replace(params.production,
-                                                                               max_share=2 / source_rows)))
+    capped = ingest(
+        dataclasses.replace(params, production=dataclasses.replace(params.production, max_share=2 / source_rows))
+    )
     assert capped.meta.production_rows == 2 and capped.meta.production_left_out == 3
     assert capped.table["Species"].iloc[-2:].tolist() == [PENGUINS[3 % 3], PENGUINS[4 % 3]]  # the newest two
 
 
 def test_an_image_model_s_labels_are_quarantined_as_such(project: Path) -> None:
-    write_meta(ProcessedMeta(kind="image", task="multiclass", classes=PENGUINS, input_shape=(1, 8, 8), mean=(8.0,),
-                             std=(4.0,), data_hash="h", resample="none", counts={}, pixel_max=16.0))
+    write_meta(
+        ProcessedMeta(
+            kind="image",
+            task="multiclass",
+            classes=PENGUINS,
+            input_shape=(1, 8, 8),
+            mean=(8.0,),
+            std=(4.0,),
+            data_hash="h",
+            resample="none",
+            counts={},
+            pixel_max=16.0,
+        )
+    )
     _feedback(project, [("r0", 0, "Gentoo")])
     built = snapshot.build(project)
     assert built.rows.empty and built.reasons == {snap.IMAGE_INPUTS: 1}

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import image_meta, params_section, tiny_spec
 from torch import nn
 
-from tasks.ml.models import CNN, MLP, MLPSpec, count_parameters, load_model, save_model
 from tasks.contracts.onnx import IMAGE_INPUT
+from tasks.ml.models import CNN, MLP, MLPSpec, count_parameters, load_model, save_model
 from tasks.ml.pruning import count_nonzero_parameters, fine_tune, prune_structured, prune_unstructured, sparsity
 from tasks.onnx.export import export_onnx
-
-from conftest import image_meta, params_section, tiny_spec
 
 
 def with_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -46,8 +45,15 @@ def cnn(channels=(4, 6), hidden=8, batch_norm=True, seed=0) -> CNN:
 
 def mlp(layers=(6, 5), batch_norm=True, seed=0) -> MLP:
     torch.manual_seed(seed)
-    spec = MLPSpec(n_features=4, layers=layers, n_classes=3, dropout=0.2, mean=(1.0, 0.0, -1.0, 2.0),
-                   std=(2.0, 1.0, 0.5, 3.0), batch_norm=batch_norm)
+    spec = MLPSpec(
+        n_features=4,
+        layers=layers,
+        n_classes=3,
+        dropout=0.2,
+        mean=(1.0, 0.0, -1.0, 2.0),
+        std=(2.0, 1.0, 0.5, 3.0),
+        batch_norm=batch_norm,
+    )
     return with_statistics(MLP(spec), seed)
 
 
@@ -194,8 +200,10 @@ def masked_copy(model: nn.Module, pruned: nn.Module, norm: str) -> nn.Module:
 def test_structured_pruning_equals_silencing_the_dropped_channels(norm, batch_norm):
     """Every fix-up at once: conv inputs, batch norm stats, the Flatten block of
     each kept channel, the dense layer's inputs and biases."""
-    for model, x in ((cnn(channels=(4, 6), hidden=8, batch_norm=batch_norm), images()),
-                     (mlp(layers=(6, 5), batch_norm=batch_norm), rows())):
+    for model, x in (
+        (cnn(channels=(4, 6), hidden=8, batch_norm=batch_norm), images()),
+        (mlp(layers=(6, 5), batch_norm=batch_norm), rows()),
+    ):
         pruned = prune_structured(model, 0.5, norm)
         reference = masked_copy(model, pruned, norm)
         with torch.no_grad():
@@ -206,8 +214,9 @@ def test_structured_pruning_equals_silencing_the_dropped_channels(norm, batch_no
 def test_l1_and_l2_rank_channels_differently_on_a_hand_built_model():
     """Unit 0: many small weights (L1 4, L2 2); unit 1: one large weight (L1 3, L2 3);
     unit 2: tiny. Keeping one unit, L1 keeps unit 0 and L2 keeps unit 1."""
-    model = MLP(MLPSpec(n_features=4, layers=(3,), n_classes=2, dropout=0.0, mean=(0.0,) * 4, std=(1.0,) * 4,
-                        batch_norm=False)).eval()
+    model = MLP(
+        MLPSpec(n_features=4, layers=(3,), n_classes=2, dropout=0.0, mean=(0.0,) * 4, std=(1.0,) * 4, batch_norm=False)
+    ).eval()
     rows_by_unit = torch.tensor([[1.0, 1.0, 1.0, 1.0], [3.0, 0.0, 0.0, 0.0], [0.1, 0.1, 0.0, 0.0]])
     with torch.no_grad():
         model.net[1].weight.copy_(rows_by_unit)
@@ -278,8 +287,7 @@ def test_fine_tune_trains_but_keeps_the_pruned_zeros():
     for old, new in zip(before, after):
         assert torch.equal(new[old == 0], torch.zeros_like(new[old == 0]))  # pruned weights stay 0
     assert any(not torch.equal(old, new) for old, new in zip(before, after))  # the rest trained
-    assert sparsity(pruned) == pytest.approx(sum(int((b == 0).sum()) for b in before)
-                                             / sum(b.numel() for b in before))
+    assert sparsity(pruned) == pytest.approx(sum(int((b == 0).sum()) for b in before) / sum(b.numel() for b in before))
     assert set(pruned.state_dict()) == set(cnn().state_dict())  # masks removed again
     assert not math.isnan(result.best_val_loss) and np.isfinite(result.best_val_loss)
 
@@ -291,8 +299,9 @@ def test_unstructured_sweep_reports_sparsity_quality_and_compressed_size():
     from tasks.ml.pruning import unstructured_sweep
 
     torch.manual_seed(0)
-    model = CNN(CNNSpec(input_shape=(1, 8, 8), channels=(4,), hidden=8, n_classes=3, dropout=0.0, mean=(8.0,),
-                        std=(4.0,))).eval()
+    model = CNN(
+        CNNSpec(input_shape=(1, 8, 8), channels=(4,), hidden=8, n_classes=3, dropout=0.0, mean=(8.0,), std=(4.0,))
+    ).eval()
     rng = np.random.default_rng(0)
     val = (rng.uniform(0, 16, (30, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 30))
     rows = unstructured_sweep(model, (0.25, 0.75), "global", val, image_meta())

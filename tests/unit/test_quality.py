@@ -41,7 +41,7 @@ def test_parse_numbers_reads_plain_numbers_units_currency_and_text():
             assert np.isnan(row["number"]), text
         else:
             assert row["number"] == pytest.approx(number), text
-        assert (pd.isna(row["unit"]) if unit is None else row["unit"] == unit), text
+        assert pd.isna(row["unit"]) if unit is None else row["unit"] == unit, text
     missing = parsed.iloc[-1]
     assert missing["kind"] == "missing" and np.isnan(missing["number"]) and pd.isna(missing["unit"])
 

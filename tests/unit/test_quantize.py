@@ -8,15 +8,14 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_spec
 from onnx import numpy_helper
 
-from tasks.ml.models import CNN, CNNSpec, MLP, MLPSpec
 from tasks.contracts.onnx import IMAGE_INPUT, PREDICTION, PROBABILITIES, TABLE_INPUT
+from tasks.ml.models import CNN, MLP, CNNSpec, MLPSpec
 from tasks.onnx.export import export_onnx
-from tasks.onnx.runtime import optimized_ops, run_batches, session
 from tasks.onnx.quantize import agreement, cpu_has_vnni, default_reduce_range, float_input_block, int8_kernels, quantize
-
-from conftest import tiny_spec
+from tasks.onnx.runtime import optimized_ops, run_batches, session
 
 
 def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,8 +74,11 @@ def ops(path) -> set[str]:
 
 
 def int8_weights(path) -> list[np.ndarray]:
-    return [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
-            if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    return [
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(path)).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2
+    ]
 
 
 def float_layers(path) -> list[str]:
@@ -93,8 +95,16 @@ def probabilities(path, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
 def test_static_int8_agrees_with_fp32_for_every_calibration_method(cnn_fp32, tmp_path, method):
     int8 = tmp_path / f"{method}.onnx"
-    quantize(cnn_fp32, int8, mode="static", calibration=blobs(128, 1)[0], per_channel=True, method=method,
-             reduce_range=False, input_name=IMAGE_INPUT)
+    quantize(
+        cnn_fp32,
+        int8,
+        mode="static",
+        calibration=blobs(128, 1)[0],
+        per_channel=True,
+        method=method,
+        reduce_range=False,
+        input_name=IMAGE_INPUT,
+    )
     onnx.checker.check_model(onnx.load(str(int8)))
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops(int8)
     # The second conv and the hidden dense layer hold int8 weights; the first conv
@@ -143,8 +153,9 @@ def test_the_float_input_block_rewrite_computes_the_same(cnn_fp32, tmp_path):
 
 
 def test_a_first_conv_on_many_channels_is_quantized(tmp_path):
-    spec = CNNSpec(input_shape=(6, 8, 8), channels=(8,), hidden=8, n_classes=3, dropout=0.0,
-                   mean=(8.0,) * 6, std=(4.0,) * 6)
+    spec = CNNSpec(
+        input_shape=(6, 8, 8), channels=(8,), hidden=8, n_classes=3, dropout=0.0, mean=(8.0,) * 6, std=(4.0,) * 6
+    )
     model = CNN(spec).eval()
     fp32 = tmp_path / "wide.onnx"
     export_onnx(model, (6, 8, 8), fp32, 17, IMAGE_INPUT)
@@ -159,8 +170,11 @@ def test_calibration_methods_set_different_ranges(cnn_fp32, tmp_path):
         quantize(cnn_fp32, path, calibration=calibration, method=method)
         graph = onnx.load(str(path)).graph
         initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        scales[method] = [float(initializers[n.input[1]]) for n in graph.node
-                          if n.op_type == "QuantizeLinear" and initializers[n.input[1]].size == 1]
+        scales[method] = [
+            float(initializers[n.input[1]])
+            for n in graph.node
+            if n.op_type == "QuantizeLinear" and initializers[n.input[1]].size == 1
+        ]
     assert scales["minmax"] != scales["percentile"]
 
 
@@ -209,8 +223,11 @@ def test_per_channel_gives_one_weight_scale_per_output_channel(cnn_fp32, tmp_pat
         graph = onnx.load(str(path)).graph
         initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         weights = {t for t, v in initializers.items() if v.dtype == np.int8 and v.ndim == 4}
-        sizes[per_channel] = sorted(initializers[n.input[1]].size for n in graph.node
-                                    if n.op_type == "DequantizeLinear" and n.input[0] in weights)
+        sizes[per_channel] = sorted(
+            initializers[n.input[1]].size
+            for n in graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in weights
+        )
     assert sizes[True] == [16] and sizes[False] == [1]  # the second conv (the first stays fp32)
 
 
@@ -219,8 +236,15 @@ def test_int8_weights_make_the_file_about_4x_smaller(tmp_path, mode):
     """On a model whose size is its weights; a model of a few thousand parameters
     is dominated by graph overhead, and its int8 file can be larger than fp32."""
     torch.manual_seed(0)
-    spec = MLPSpec(n_features=128, layers=(512, 512), n_classes=10, dropout=0.0, mean=(0.0,) * 128,
-                   std=(1.0,) * 128, batch_norm=False)
+    spec = MLPSpec(
+        n_features=128,
+        layers=(512, 512),
+        n_classes=10,
+        dropout=0.0,
+        mean=(0.0,) * 128,
+        std=(1.0,) * 128,
+        batch_norm=False,
+    )
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     export_onnx(MLP(spec).eval(), (128,), fp32, 17, TABLE_INPUT)
     calibration = np.random.default_rng(0).normal(size=(32, 128)).astype(np.float32)
@@ -233,8 +257,17 @@ def test_a_regression_head_and_scale_back_stay_in_float(tmp_path):
     or at the output layer before it, would round every prediction to a step of
     the output's range."""
     torch.manual_seed(0)
-    spec = MLPSpec(n_features=6, layers=(16,), n_classes=1, dropout=0.0, mean=(0.0,) * 6, std=(1.0,) * 6,
-                   batch_norm=False, target_mean=1000.0, target_std=250.0)
+    spec = MLPSpec(
+        n_features=6,
+        layers=(16,),
+        n_classes=1,
+        dropout=0.0,
+        mean=(0.0,) * 6,
+        std=(1.0,) * 6,
+        batch_norm=False,
+        target_mean=1000.0,
+        target_std=250.0,
+    )
     fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
     export_onnx(MLP(spec).eval(), (6,), fp32, 17, TABLE_INPUT, task="regression")
     quantize(fp32, int8, calibration=table(64, 1)[0], input_name=TABLE_INPUT)

@@ -11,13 +11,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT, image_meta, params_section, tiny_spec
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+import tasks.register as register_stage
+import tasks.select as select
 from tasks.contracts import reports
 from tasks.contracts.processed import X, Y, save_split, write_meta
-from tasks.contracts.reports import EvaluationReport
 from tasks.contracts.registry import CHAMPION_ALIAS, SHA256_TAG, onnx_files
+from tasks.contracts.reports import EvaluationReport
 from tasks.core import paths
 from tasks.core.errors import DistilleryError
 from tasks.core.io import read_json, write_json
@@ -27,16 +30,21 @@ from tasks.export import artifact_metadata, export_candidate
 from tasks.ml.models import CNN
 from tasks.onnx.export import export_onnx, set_metadata
 from tasks.onnx.runtime import read_metadata
-
-import tasks.register as register_stage
-import tasks.select as select
 from tasks.register import Champion, current_champion, gate_failures, promote, register
 
-from conftest import REPO_ROOT, image_meta, params_section, tiny_spec
-
-SELECT = SelectParams(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256_t1", registered_model="tiny",
-                      min_macro_f1=0.9, min_r2=0.3, max_ece=0.1, max_drop_vs_champion=0.02,
-                      max_size_bytes=None, max_latency_ms=None, promote=True)
+SELECT = SelectParams(
+    max_f1_drop=0.01,
+    precisions=("int8",),
+    speed_key="latency_ms_b256_t1",
+    registered_model="tiny",
+    min_macro_f1=0.9,
+    min_r2=0.3,
+    max_ece=0.1,
+    max_drop_vs_champion=0.02,
+    max_size_bytes=None,
+    max_latency_ms=None,
+    promote=True,
+)
 SCORES = {"macro_f1": 0.95, "ece": 0.02, "accuracy": 0.96}
 META = image_meta(classes=("0", "1", "2"))
 
@@ -57,8 +65,9 @@ def onnx_file(path, seed: int, meta=META):
     """A tiny CNN's ONNX file that says what export would say about it (data_hash per seed)."""
     torch.manual_seed(seed)
     metadata = artifact_metadata(dataclasses.replace(meta, data_hash=f"hash{seed}"), 0.5)
-    export_onnx(CNN(tiny_spec(n_classes=len(meta.classes))).eval(), meta.input_shape, path, 17,
-                metadata.input_spec.name)
+    export_onnx(
+        CNN(tiny_spec(n_classes=len(meta.classes))).eval(), meta.input_shape, path, 17, metadata.input_spec.name
+    )
     set_metadata(path, metadata.replace(git_commit="abc123", candidate=path.stem, precision="int8"))
     return path
 
@@ -108,7 +117,9 @@ def test_the_registered_pyfunc_answers_what_predict_answers(registry, tmp_path):
     path = onnx_file(tmp_path / "first.onnx", seed=0)
     version = register(path, "student.int8", SCORES, META, "tiny", registry, True, pixels(2, 0))
     info = mlflow.models.get_model_info(f"models:/tiny/{version}")
-    assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 64)}}]
+    assert info.signature.inputs.to_dict() == [
+        {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, 64)}}
+    ]
     assert info.saved_input_example_info["type"] == "ndarray"
 
     rows = np.random.default_rng(3).integers(0, 17, (3, 64)).tolist()  # integers, flat: the README's kind of row
@@ -158,8 +169,9 @@ def test_current_champion_quality_is_measured_on_the_given_split(registry, tmp_p
     # Another dataset's classes, or another task: the champion, but no comparable baseline.
     other = current_champion("tiny", x, y, image_meta(classes=("x", "y", "z")))
     assert other == Champion(version, sha256_file(path), None)
-    multilabel = current_champion("tiny", x, np.zeros((40, 3), np.float32), image_meta(task="multilabel",
-                                                                                      classes=META.classes))
+    multilabel = current_champion(
+        "tiny", x, np.zeros((40, 3), np.float32), image_meta(task="multilabel", classes=META.classes)
+    )
     assert multilabel == Champion(version, sha256_file(path), None)
 
 
@@ -170,8 +182,14 @@ def test_current_champion_quality_is_measured_on_the_given_split(registry, tmp_p
         ({"macro_f1": 0.85, "ece": 0.02}, None, ["macro_f1 0.8500 < select.min_macro_f1 0.9 (short by 0.0500)"]),
         ({"macro_f1": 0.95, "ece": 0.25}, None, ["ece 0.2500 > select.max_ece 0.1 (over by 0.1500)"]),
         ({"macro_f1": 0.95, "ece": 0.02}, 0.96, []),
-        ({"macro_f1": 0.92, "ece": 0.02}, 0.96, ["macro_f1 0.9200 is 0.0400 below the current champion's 0.9600, "
-                                                   "more than select.max_drop_vs_champion 0.02"]),
+        (
+            {"macro_f1": 0.92, "ece": 0.02},
+            0.96,
+            [
+                "macro_f1 0.9200 is 0.0400 below the current champion's 0.9600, "
+                "more than select.max_drop_vs_champion 0.02"
+            ],
+        ),
     ],
 )
 def test_gate_failures_say_which_threshold_and_by_how_much(scores, baseline, expected):
@@ -181,15 +199,26 @@ def test_gate_failures_say_which_threshold_and_by_how_much(scores, baseline, exp
 # --- The select and register stages (their main()) in a temp project ----------------------------------------
 
 EXPORT = params_section("export", opset=17, atol=1e-4, calibration_samples=16, per_channel=True)
-EVALUATE = params_section("evaluate", threads=1, latency_threads=(1,), latency_seconds=0.05, latency_rounds=2, ece_bins=5)
+EVALUATE = params_section(
+    "evaluate", threads=1, latency_threads=(1,), latency_seconds=0.05, latency_rounds=2, ece_bins=5
+)
 
 
 def write_params(**select_changes) -> None:
     """The repo's params.yaml with a lenient gate, registering under 'tiny'; int8
     only, so which file wins does not hang on a latency race between precisions."""
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["select"].update({"registered_model": "tiny", "max_f1_drop": 1.0, "min_macro_f1": 0.0, "max_ece": 1.0,
-                             "max_drop_vs_champion": 1.0, "precisions": ["int8"], **select_changes})
+    params["select"].update(
+        {
+            "registered_model": "tiny",
+            "max_f1_drop": 1.0,
+            "min_macro_f1": 0.0,
+            "max_ece": 1.0,
+            "max_drop_vs_champion": 1.0,
+            "precisions": ["int8"],
+            **select_changes,
+        }
+    )
     paths.PARAMS.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -214,8 +243,15 @@ def prepare_candidates(seed: int) -> None:
     model = CNN(tiny_spec(n_classes=len(meta.classes))).eval()
     paths.ONNX_DIR.mkdir(parents=True, exist_ok=True)
     train_x, _ = load_split("train")
-    figures = export_candidate("teacher", model, load_split("val"), train_x[:16],
-                               artifact_metadata(meta, EXPORT.label_threshold), EXPORT, paths.ONNX_DIR)
+    figures = export_candidate(
+        "teacher",
+        model,
+        load_split("val"),
+        train_x[:16],
+        artifact_metadata(meta, EXPORT.label_threshold),
+        EXPORT,
+        paths.ONNX_DIR,
+    )
     write_json(paths.EXPORT_REPORT, {"teacher": figures})
 
     from tasks.evaluate import candidate_files, evaluate_candidate, measure_latency
@@ -355,6 +391,7 @@ def test_the_alias_moves_only_after_the_champion_file_and_the_reports_are_writte
 def test_a_crash_after_creating_the_version_leaves_no_version_and_no_alias(project, monkeypatch):
     """Atomic registration: the model card fails to write after the version was created; the version is
     deleted again, and nothing half-made is left for a server or a person to find."""
+
     def fail(*args, **kwargs):
         raise DistilleryError("disk full")
 
@@ -401,8 +438,14 @@ def test_lineage_tags_accept_any_data_path():
 
     from tasks.contracts.registry import lineage_hashes, lineage_tags
 
-    hashes = {"data/processed": "a" * 32, "/srv/data/quickdraw": "b" * 32, "../elsewhere/credit.csv": "c" * 32,
-              "/mnt/other disk/my images": "d" * 32, "data/with space.csv": "e" * 32, "/x" * 150: "f" * 32}
+    hashes = {
+        "data/processed": "a" * 32,
+        "/srv/data/quickdraw": "b" * 32,
+        "../elsewhere/credit.csv": "c" * 32,
+        "/mnt/other disk/my images": "d" * 32,
+        "data/with space.csv": "e" * 32,
+        "/x" * 150: "f" * 32,
+    }
     tags = lineage_tags(hashes)
     for key in tags:
         _validate_tag_name(key)

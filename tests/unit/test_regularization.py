@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from tasks.ml.regularization import ActivationRegularizer, apply_constraint, check_constraint_options, penalized_parameters, weight_penalty
+from tasks.ml.regularization import (
+    ActivationRegularizer,
+    apply_constraint,
+    check_constraint_options,
+    penalized_parameters,
+    weight_penalty,
+)
 
 
 def small_mlp() -> nn.Sequential:

@@ -6,14 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import image_meta, params_section
 
-from tasks.core.params import SearchParams, SearchSpace
 from tasks.core.errors import DistilleryError
 from tasks.core.io import write_json
+from tasks.core.params import SearchParams, SearchSpace
 from tasks.search import grid_of, run_search
 from tasks.train import with_search_results
-
-from conftest import image_meta, params_section
 
 
 def tiny_data(n: int = 60, seed: int = 0):
@@ -24,13 +23,20 @@ def tiny_data(n: int = 60, seed: int = 0):
 
 
 def search(sampler: str, trials: int, space: dict) -> SearchParams:
-    return SearchParams(enabled=True, sampler=sampler, trials=trials, parallel=1, max_epochs=2, grid_points=2,
-                        seed=0, space=space)
+    return SearchParams(
+        enabled=True, sampler=sampler, trials=trials, parallel=1, max_epochs=2, grid_points=2, seed=0, space=space
+    )
 
 
 def test_grid_spans_ranges_and_keeps_choices() -> None:
-    grid = grid_of({"lr": SearchSpace(low=1e-3, high=1e-1, log=True), "batch_size": SearchSpace(choices=(16, 32)),
-                    "dropout": SearchSpace(low=0.0, high=0.4)}, points=3)
+    grid = grid_of(
+        {
+            "lr": SearchSpace(low=1e-3, high=1e-1, log=True),
+            "batch_size": SearchSpace(choices=(16, 32)),
+            "dropout": SearchSpace(low=0.0, high=0.4),
+        },
+        points=3,
+    )
     assert grid["lr"] == pytest.approx([1e-3, 1e-2, 1e-1])
     assert grid["dropout"] == pytest.approx([0.0, 0.2, 0.4])
     assert grid["batch_size"] == [16, 32]
@@ -42,8 +48,14 @@ def test_each_sampler_runs_trials_within_the_space(sampler: str) -> None:
     base = params_section("train", channels=(2,), hidden=4, patience=1)
     space = {"lr": SearchSpace(low=1e-3, high=1e-2, log=True), "batch_size": SearchSpace(choices=(16, 32))}
     seen = []
-    study = run_search((x, y), (x, y), meta, base, search(sampler, 3, space),
-                       on_trial=lambda number, values, score: seen.append((values, score)))
+    study = run_search(
+        (x, y),
+        (x, y),
+        meta,
+        base,
+        search(sampler, 3, space),
+        on_trial=lambda number, values, score: seen.append((values, score)),
+    )
     assert len(study.trials) == len(seen) == 3
     for values, score in seen:
         assert 1e-3 <= values["lr"] <= 1e-2 and values["batch_size"] in (16, 32)
@@ -54,7 +66,13 @@ def test_each_sampler_runs_trials_within_the_space(sampler: str) -> None:
 def test_a_space_naming_no_train_param_is_refused() -> None:
     (x, y), meta = tiny_data()
     with pytest.raises(DistilleryError, match=r"search\.space.*\['learning_rate'\]"):
-        run_search((x, y), (x, y), meta, params_section("train"), search("random", 1, {"learning_rate": SearchSpace(low=0.1, high=1.0)}))
+        run_search(
+            (x, y),
+            (x, y),
+            meta,
+            params_section("train"),
+            search("random", 1, {"learning_rate": SearchSpace(low=0.1, high=1.0)}),
+        )
 
 
 def test_best_params_override_train_params(tmp_path) -> None:

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.core.params import SelectParams
 from tasks.core.errors import DistilleryError
+from tasks.core.params import SelectParams
 from tasks.select import select_champion, versus
 
 
 def params(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256_t1") -> SelectParams:
-    return SelectParams(max_f1_drop=max_f1_drop, precisions=precisions, speed_key=speed_key, registered_model="m",
-                        min_macro_f1=0.0, min_r2=0.0, max_ece=1.0, max_drop_vs_champion=1.0,
-                        max_size_bytes=None, max_latency_ms=None, promote=True)
+    return SelectParams(
+        max_f1_drop=max_f1_drop,
+        precisions=precisions,
+        speed_key=speed_key,
+        registered_model="m",
+        min_macro_f1=0.0,
+        min_r2=0.0,
+        max_ece=1.0,
+        max_drop_vs_champion=1.0,
+        max_size_bytes=None,
+        max_latency_ms=None,
+        promote=True,
+    )
 
 
 def candidate(macro_f1: float, b1: float, b256: float) -> dict:
@@ -114,18 +124,35 @@ def test_the_pareto_front_keeps_only_the_candidates_nothing_beats_at_once() -> N
 
     key = "latency_ms_b256_t1"
     table = {
-        "teacher.fp32": {key: 4.0, "quality": 0.95, "size_bytes": 900},   # best quality
-        "student.int8": {key: 1.0, "quality": 0.90, "size_bytes": 100},   # fastest and smallest
-        "student.fp32": {key: 2.0, "quality": 0.90, "size_bytes": 300},   # beaten by student.int8 on all three
-        "teacher.int8": {key: 3.0, "quality": 0.94, "size_bytes": 250},   # a trade-off: stays
+        "teacher.fp32": {key: 4.0, "quality": 0.95, "size_bytes": 900},  # best quality
+        "student.int8": {key: 1.0, "quality": 0.90, "size_bytes": 100},  # fastest and smallest
+        "student.fp32": {key: 2.0, "quality": 0.90, "size_bytes": 300},  # beaten by student.int8 on all three
+        "teacher.int8": {key: 3.0, "quality": 0.94, "size_bytes": 250},  # a trade-off: stays
     }
     assert pareto_front(table, key) == ["teacher.fp32", "student.int8", "teacher.int8"]
 
 
 def test_the_headline_compares_the_champion_with_the_reference_at_every_latency_key():
-    rows = [{"name": "teacher.fp32", "quality": 0.95, "size_bytes": 1000, "latency_ms_b256_t1": 30.0,
-             "latency_ms_b256_t1_p10": 28.0, "latency_ms_b1_t2": 0.2},
-            {"name": "student.int8", "quality": 0.9425, "size_bytes": 50, "latency_ms_b256_t1": 5.0,
-             "latency_ms_b256_t1_p10": 4.0, "latency_ms_b1_t2": 0.08}]
-    assert versus(rows, "student.int8") == {"speedup": {"latency_ms_b1_t2": 2.5, "latency_ms_b256_t1": 6.0},
-                                            "size_ratio": 0.05, "quality_drop_points": 0.75}
+    rows = [
+        {
+            "name": "teacher.fp32",
+            "quality": 0.95,
+            "size_bytes": 1000,
+            "latency_ms_b256_t1": 30.0,
+            "latency_ms_b256_t1_p10": 28.0,
+            "latency_ms_b1_t2": 0.2,
+        },
+        {
+            "name": "student.int8",
+            "quality": 0.9425,
+            "size_bytes": 50,
+            "latency_ms_b256_t1": 5.0,
+            "latency_ms_b256_t1_p10": 4.0,
+            "latency_ms_b1_t2": 0.08,
+        },
+    ]
+    assert versus(rows, "student.int8") == {
+        "speedup": {"latency_ms_b1_t2": 2.5, "latency_ms_b256_t1": 6.0},
+        "size_ratio": 0.05,
+        "quality_drop_points": 0.75,
+    }

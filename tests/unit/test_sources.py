@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits as sk_load_digits
 
-from tasks.core.params import DigitsParams, QuickDrawParams
 from tasks.core.errors import DistilleryError
+from tasks.core.params import DigitsParams, QuickDrawParams
 from tasks.data.sources import load_digits, load_quickdraw
 
 
@@ -99,7 +99,9 @@ def test_load_quickdraw_rejects_an_unreadable_file_naming_it(tmp_path, cut):
     path = tmp_path / "apple.npy"
     write_bitmaps(tmp_path, "apple", 20, 0)
     raw = path.read_bytes()
-    path.write_bytes({"truncated": raw[:1000], "header-only": raw[:50], "garbage": b"not numpy" * 20, "empty": b""}[cut])
+    path.write_bytes(
+        {"truncated": raw[:1000], "header-only": raw[:50], "garbage": b"not numpy" * 20, "empty": b""}[cut]
+    )
     params = QuickDrawParams(classes=("apple",), samples_per_class={"apple": 5})
     with pytest.raises(DistilleryError) as err:
         load_quickdraw(tmp_path, params, seed=0)

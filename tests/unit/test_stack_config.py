@@ -27,8 +27,11 @@ def test_a_bad_port_names_the_variable(monkeypatch):
 def test_the_env_file_points_every_client_at_the_stack(tmp_path):
     stack = Stack(tmp_path, {"postgres": 1, "s3": 2, "mlflow": 3, "prefect": 4})
     write_env_file(stack, tmp_path / ".stack.env")
-    exported = dict(line.removeprefix("export ").split("=", 1)
-                    for line in (tmp_path / ".stack.env").read_text().splitlines() if line.startswith("export "))
+    exported = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in (tmp_path / ".stack.env").read_text().splitlines()
+        if line.startswith("export ")
+    )
     assert exported["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:3"
     assert exported["PREFECT_API_URL"] == "http://127.0.0.1:4/api"
     assert exported["MLFLOW_S3_ENDPOINT_URL"] == exported["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:2"

@@ -99,7 +99,12 @@ def test_nan_never_counts_as_an_improvement():
 
 @pytest.mark.parametrize(
     "options, match",
-    [({"mode": "auto"}, "'mode'"), ({"patience": 0}, "'patience'"), ({"patience": 2.5}, "'patience'"), ({"min_delta": -0.1}, "'min_delta'")],
+    [
+        ({"mode": "auto"}, "'mode'"),
+        ({"patience": 0}, "'patience'"),
+        ({"patience": 2.5}, "'patience'"),
+        ({"min_delta": -0.1}, "'min_delta'"),
+    ],
 )
 def test_early_stopping_rejects_bad_options(options, match):
     with pytest.raises(ValueError, match=match):
@@ -170,7 +175,9 @@ def test_correlation_stopping_never_stops_before_a_full_window():
         assert stopper.update(row, model()) is False
         assert stopper.correlation is None, epoch
     assert stopper.update(rows[6], model()) is True
-    assert stopper.epoch == 7 and stopper.correlation == pytest.approx(pearsonr([1 / e for e in range(1, 8)], list(range(1, 8))).statistic)
+    assert stopper.epoch == 7 and stopper.correlation == pytest.approx(
+        pearsonr([1 / e for e in range(1, 8)], list(range(1, 8))).statistic
+    )
 
 
 def test_correlation_uses_only_the_last_window_epochs():
@@ -198,7 +205,11 @@ def test_patience_needs_consecutive_epochs_below_the_threshold():
 
 def test_a_non_finite_loss_counts_as_below_the_threshold():
     stopper = CorrelationStopping(window=3, threshold=0.5)
-    rows = [{"train_loss": 3.0, "val_loss": 3.0}, {"train_loss": 2.0, "val_loss": 2.0}, {"train_loss": 1.0, "val_loss": math.nan}]
+    rows = [
+        {"train_loss": 3.0, "val_loss": 3.0},
+        {"train_loss": 2.0, "val_loss": 2.0},
+        {"train_loss": 1.0, "val_loss": math.nan},
+    ]
     assert run(stopper, rows, model()) == 3
 
 

@@ -12,19 +12,18 @@ import onnx
 import pandas as pd
 import pytest
 import torch
+from conftest import params_section
 
-from tasks.core.errors import DistilleryError
 from tasks.contracts.dataset import Dataset, DatasetMeta
 from tasks.contracts.encoder import Imputer, TableEncoder
 from tasks.contracts.processed import ProcessedMeta, load_split, read_meta, save_split, write_meta
+from tasks.core.errors import DistilleryError
 from tasks.data.encoding import fit_encoder
 from tasks.data.split import resample_train, split_indices
 from tasks.export import artifact_metadata, export_candidate
 from tasks.ml.models import MLP, MLPSpec, build_model, load_model, save_model, spec_for
 from tasks.onnx.runtime import read_metadata, run_batches, session
 from tasks.preprocess import preprocess, preprocess_table
-
-from conftest import params_section
 
 TYPES = {"x": "numeric", "z": "numeric", "color": "categorical"}
 
@@ -48,8 +47,9 @@ def train_frame() -> pd.DataFrame:
     )
 
 
-@pytest.mark.parametrize("impute, fill_x", [("median", 2.0), ("mean", 3.75), ("most_frequent", 1.0), ("knn", 3.75),
-                                            ("iterative", 3.75)])
+@pytest.mark.parametrize(
+    "impute, fill_x", [("median", 2.0), ("mean", 3.75), ("most_frequent", 1.0), ("knn", 3.75), ("iterative", 3.75)]
+)
 def test_fit_encoder_learns_fill_values_and_categories(impute, fill_x):
     # x present: 1, 1, 3, 10 -> median 2, mean 15/4, mode 1; knn and iterative fall
     # back to (start from) the mean, as scikit-learn's imputers do.
@@ -62,8 +62,9 @@ def test_fit_encoder_learns_fill_values_and_categories(impute, fill_x):
 
 
 def test_encode_table_one_hot_unseen_and_missing():
-    encoder = TableEncoder(numeric=("x", "z"), categorical={"color": ("green", "red")},
-                           imputer=Imputer("median", {"x": 1.5, "z": -2.0}))
+    encoder = TableEncoder(
+        numeric=("x", "z"), categorical={"color": ("green", "red")}, imputer=Imputer("median", {"x": 1.5, "z": -2.0})
+    )
     rows = pd.DataFrame(
         {
             "color": ["red", "purple", None, "green"],  # purple was never seen in training
@@ -122,8 +123,15 @@ def tabular_dataset(counts=(30, 30, 30), seed: int = 0) -> Dataset:
         }
     )
     meta = DatasetMeta(
-        source="csv", kind="tabular", rows=n, data_hash="test", classes=tuple(classes), target="label",
-        task="multiclass", column_types={**TYPES, "note": "text"}, features=("x", "z", "color"),
+        source="csv",
+        kind="tabular",
+        rows=n,
+        data_hash="test",
+        classes=tuple(classes),
+        target="label",
+        task="multiclass",
+        column_types={**TYPES, "note": "text"},
+        features=("x", "z", "color"),
     )
     return Dataset(table=table, arrays={}, meta=meta)
 
@@ -282,12 +290,17 @@ def test_preprocess_resamples_the_train_split_only(method):
 # --------------------------------------------------------------------------- the MLP
 
 # Five encoded features: x, z, color=blue, color=green, color=red.
-ENCODER = TableEncoder(numeric=("x", "z"), categorical={"color": ("blue", "green", "red")},
-                       imputer=Imputer("median", {"x": 0.0, "z": 0.0}))
+ENCODER = TableEncoder(
+    numeric=("x", "z"), categorical={"color": ("blue", "green", "red")}, imputer=Imputer("median", {"x": 0.0, "z": 0.0})
+)
 
 SPEC = MLPSpec(
-    n_features=5, layers=(8, 6), n_classes=3, dropout=0.2,
-    mean=(0.5, -1.0, 2.0, 0.0, 0.25), std=(1.0, 2.0, 0.5, 1.0, 3.0),
+    n_features=5,
+    layers=(8, 6),
+    n_classes=3,
+    dropout=0.2,
+    mean=(0.5, -1.0, 2.0, 0.0, 0.25),
+    std=(1.0, 2.0, 0.5, 1.0, 3.0),
 )
 
 
@@ -330,13 +343,28 @@ def test_the_mlp_standardises_inside_its_graph():
 
 
 def test_spec_for_a_table_is_an_mlp_spec():
-    meta = ProcessedMeta(kind="tabular", task="multiclass", classes=("a", "b", "c", "d"), input_shape=(5,),
-                         mean=(0.0, 1.0, 2.0, 3.0, 4.0), std=(1.0, 1.0, 2.0, 2.0, 3.0), data_hash="test",
-                         resample="none", counts={}, encoder=ENCODER)
+    meta = ProcessedMeta(
+        kind="tabular",
+        task="multiclass",
+        classes=("a", "b", "c", "d"),
+        input_shape=(5,),
+        mean=(0.0, 1.0, 2.0, 3.0, 4.0),
+        std=(1.0, 1.0, 2.0, 2.0, 3.0),
+        data_hash="test",
+        resample="none",
+        counts={},
+        encoder=ENCODER,
+    )
     params = params_section("train", mlp_layers=(16, 8), dropout=0.1)
     spec = spec_for(meta, params)
-    assert spec == MLPSpec(n_features=5, layers=(16, 8), n_classes=4, dropout=0.1,
-                           mean=(0.0, 1.0, 2.0, 3.0, 4.0), std=(1.0, 1.0, 2.0, 2.0, 3.0))
+    assert spec == MLPSpec(
+        n_features=5,
+        layers=(16, 8),
+        n_classes=4,
+        dropout=0.1,
+        mean=(0.0, 1.0, 2.0, 3.0, 4.0),
+        std=(1.0, 1.0, 2.0, 2.0, 3.0),
+    )
     model = build_model(spec)
     assert isinstance(model, MLP)
     with torch.no_grad():
@@ -346,11 +374,20 @@ def test_spec_for_a_table_is_an_mlp_spec():
 # --------------------------------------------------------------------------- export
 
 # No temperature: the fp32 logits must then be the PyTorch logits themselves.
-EXPORT = params_section("export", opset=17, atol=1e-4, calibration_samples=32, per_channel=True,
-                        temperature_scaling=False)
+EXPORT = params_section(
+    "export", opset=17, atol=1e-4, calibration_samples=32, per_channel=True, temperature_scaling=False
+)
 TABLE_META = ProcessedMeta(
-    kind="tabular", task="multiclass", classes=("a", "b", "c"), input_shape=(5,), mean=SPEC.mean, std=SPEC.std,
-    data_hash="0123abcd", resample="none", counts={}, encoder=ENCODER,
+    kind="tabular",
+    task="multiclass",
+    classes=("a", "b", "c"),
+    input_shape=(5,),
+    mean=SPEC.mean,
+    std=SPEC.std,
+    data_hash="0123abcd",
+    resample="none",
+    counts={},
+    encoder=ENCODER,
 )
 
 

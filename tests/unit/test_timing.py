@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from conftest import params_section
 from onnx import TensorProto, helper, numpy_helper
 
 from tasks.evaluate import measure_latency
 from tasks.onnx.timing import Timings, latency_key
 from tasks.select import select_champion
-
-from conftest import params_section
 
 WIDTH = 192
 
@@ -24,12 +23,21 @@ WIDTH = 192
 def matmul_chain(path: Path, links: int) -> Path:
     """x -> (MatMul with a fixed random WIDTH x WIDTH weight) x `links`: work proportional to `links`."""
     rng = np.random.default_rng(0)
-    weights = [numpy_helper.from_array((rng.standard_normal((WIDTH, WIDTH)) / WIDTH).astype(np.float32), f"w{i}")
-               for i in range(links)]
-    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"],
-                              ["y" if i == links - 1 else f"h{i}"]) for i in range(links)]
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, WIDTH])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, WIDTH])], weights)
+    weights = [
+        numpy_helper.from_array((rng.standard_normal((WIDTH, WIDTH)) / WIDTH).astype(np.float32), f"w{i}")
+        for i in range(links)
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], ["y" if i == links - 1 else f"h{i}"])
+        for i in range(links)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, WIDTH])],
+        weights,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -45,8 +53,10 @@ def test_timings_are_interleaved_and_keep_every_sample() -> None:
 
 
 def test_selection_picks_the_faster_of_two_models_while_the_other_core_is_busy(tmp_path: Path) -> None:
-    files = {"teacher.fp32": matmul_chain(tmp_path / "slow.onnx", 6),   # 1.5x the work of
-             "student.fp32": matmul_chain(tmp_path / "fast.onnx", 4)}
+    files = {
+        "teacher.fp32": matmul_chain(tmp_path / "slow.onnx", 6),  # 1.5x the work of
+        "student.fp32": matmul_chain(tmp_path / "fast.onnx", 4),
+    }
     x = np.random.default_rng(1).standard_normal((256, WIDTH)).astype(np.float32)
     params = params_section("evaluate", latency_threads=(1,), latency_seconds=1.5, latency_rounds=10)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # the other core, spinning

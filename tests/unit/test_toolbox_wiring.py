@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT, image_meta, params_section
 
 from tasks.contracts.onnx import PROBABILITIES
 from tasks.contracts.processed import ProcessedMeta
@@ -28,8 +29,6 @@ from tasks.ml.models import build_model, save_model, spec_for
 from tasks.ml.regularization import _unit_norms
 from tasks.ml.training import class_weights, n_outputs, predict_logits, task_loss
 from tasks.onnx.runtime import run_batches, session
-
-from conftest import REPO_ROOT, image_meta, params_section
 
 META = image_meta(data_hash="h")
 
@@ -67,20 +66,30 @@ def write_params(tmp_path: Path, **section_overrides) -> Path:
         ({"train__loss": "focal", "train__loss_options": {"beta": 1.0}}, "train.loss_options.beta", r"not an option"),
         ({"train__loss": "ce", "train__loss_options": {"gamma": 2.0}}, "train.loss_options.gamma", r"not an option"),
         ({"train__optimizer": "adamax"}, "train.optimizer", r"adamax"),
-        ({"train__optimizer": "momentum", "train__optimizer_options": {"momentum": 1.5}},
-         "train.optimizer_options.momentum", r"momentum"),
+        (
+            {"train__optimizer": "momentum", "train__optimizer_options": {"momentum": 1.5}},
+            "train.optimizer_options.momentum",
+            r"momentum",
+        ),
         ({"train__schedule": "warp"}, "train.schedule", r"warp"),
         ({"train__schedule": "custom"}, "train.schedule_options", r"table"),
-        ({"distill__constraint": "max_norm", "distill__constraint_options": {"max_value": -1}},
-         "distill.constraint_options.max_value", r"max_value"),
+        (
+            {"distill__constraint": "max_norm", "distill__constraint_options": {"max_value": -1}},
+            "distill.constraint_options.max_value",
+            r"max_value",
+        ),
         ({"train__loss": "mse"}, "train.loss", r"does not fit a multiclass task"),
         ({"train__loss": "kl_div", "train__class_weighting": "balanced"}, "train.class_weighting", r"no class weights"),
-        ({"distill__loss": "ce", "distill__loss_options": {"label_smoothing": 1.0}},
-         "distill.loss_options.label_smoothing", r"label_smoothing"),
+        (
+            {"distill__loss": "ce", "distill__loss_options": {"label_smoothing": 1.0}},
+            "distill.loss_options.label_smoothing",
+            r"label_smoothing",
+        ),
     ],
 )
-def test_bad_toolbox_settings_are_refused_by_the_training_checks(tmp_path: Path, overrides: dict, key: str,
-                                                                 message: str) -> None:
+def test_bad_toolbox_settings_are_refused_by_the_training_checks(
+    tmp_path: Path, overrides: dict, key: str, message: str
+) -> None:
     # load_params checks types and ranges without torch; the ML options are the training checks' (tasks/ml/checks.py).
     path = write_params(tmp_path, **overrides)
     params = load_params(path)
@@ -167,10 +176,16 @@ def test_correlation_stopping_ends_an_overfitting_run_before_patience_would() ->
     x, y = toy(24, seed=2)
     xv, yv = toy(60, seed=3)
     common = dict(channels=(16,), hidden=64, dropout=0.0, lr=0.01, max_epochs=40, min_delta=0.0)
-    patience = train_teacher((x, y), (xv, yv), META, train_params(**common, stopping="patience", patience=15), quiet=True)[1]
-    correlation = train_teacher((x, y), (xv, yv), META, train_params(**common, stopping="correlation", patience=1,
-                                                                     correlation_window=4, correlation_threshold=0.5),
-                                quiet=True)[1]
+    patience = train_teacher(
+        (x, y), (xv, yv), META, train_params(**common, stopping="patience", patience=15), quiet=True
+    )[1]
+    correlation = train_teacher(
+        (x, y),
+        (xv, yv),
+        META,
+        train_params(**common, stopping="correlation", patience=1, correlation_window=4, correlation_threshold=0.5),
+        quiet=True,
+    )[1]
     assert correlation.epochs_run < patience.epochs_run
     assert correlation.best_val_loss == pytest.approx(min(r["val_loss"] for r in correlation.history))
 
@@ -200,11 +215,20 @@ def task_data(task: str, n: int = 48, seed: int = 0) -> tuple[tuple, tuple, Proc
         encoder = fit_encoder(frame.iloc[:cut], {"size": "numeric", "colour": "categorical"}, "mean")
         x = encoder.encode(frame)
         train_x, train_y = x[:cut], y[:cut]
-        meta = ProcessedMeta(kind="tabular", task="regression", classes=(), input_shape=(encoder.width,),
-                             mean=tuple(train_x.mean(axis=0).tolist()),
-                             std=tuple(np.maximum(train_x.std(axis=0), 1e-6).tolist()), data_hash="h",
-                             resample="none", counts={}, encoder=encoder, target_mean=float(train_y.mean()),
-                             target_std=float(train_y.std()))
+        meta = ProcessedMeta(
+            kind="tabular",
+            task="regression",
+            classes=(),
+            input_shape=(encoder.width,),
+            mean=tuple(train_x.mean(axis=0).tolist()),
+            std=tuple(np.maximum(train_x.std(axis=0), 1e-6).tolist()),
+            data_hash="h",
+            resample="none",
+            counts={},
+            encoder=encoder,
+            target_mean=float(train_y.mean()),
+            target_std=float(train_y.std()),
+        )
     elif task == "multilabel":
         digits = rng.integers(0, 10, n)
         x = (rng.uniform(0, 8, (n, 1, 8, 8)) + 0.8 * digits[:, None, None, None]).astype(np.float32)
@@ -248,8 +272,9 @@ def test_every_loss_is_refused_for_a_task_it_does_not_fit_or_trains_a_teacher(ta
 @pytest.mark.parametrize("loss", sorted(LOSS_TASKS))
 @pytest.mark.parametrize("task", TASK_TYPES)
 def test_every_loss_is_refused_for_a_task_it_does_not_fit_or_distils_a_student(task: str, loss: str) -> None:
-    params = params_section("distill", loss=loss, channels=(2,), hidden=4, mlp_layers=(4,), max_epochs=1,
-                            patience=3, batch_size=16)
+    params = params_section(
+        "distill", loss=loss, channels=(2,), hidden=4, mlp_layers=(4,), max_epochs=1, patience=3, batch_size=16
+    )
     if task not in LOSS_TASKS[loss] or loss in NOT_WIRED:
         why = "is not supported" if task in LOSS_TASKS[loss] else f"does not fit a {task} task"
         with pytest.raises(DistilleryError, match=rf"^params\.yaml: 'distill\.loss': loss '{loss}' {why}"):
@@ -279,8 +304,15 @@ def test_a_sigmoid_focal_loss_refuses_class_weights_it_would_ignore(task: str) -
     check_fit_params(train_params(loss="focal", class_weighting="none"), "train", task)
 
 
-@pytest.mark.parametrize(("task", "loss"), [(task, loss) for loss in UNWEIGHTED_LOSSES for task in TASK_TYPES
-                                             if task != "regression" and task in LOSS_TASKS[loss]])
+@pytest.mark.parametrize(
+    ("task", "loss"),
+    [
+        (task, loss)
+        for loss in UNWEIGHTED_LOSSES
+        for task in TASK_TYPES
+        if task != "regression" and task in LOSS_TASKS[loss]
+    ],
+)
 def test_a_loss_that_takes_no_class_weights_refuses_a_weighting(task: str, loss: str) -> None:
     for scheme in ("balanced", "sqrt_inverse"):
         with pytest.raises(DistilleryError, match=r"^params\.yaml: 'train\.class_weighting': .*no class weights"):
@@ -320,7 +352,9 @@ def test_binary_bce_has_one_logit_and_exports_two_probabilities(tmp_path: Path) 
     logits = predict_logits(model, val[0])
     assert logits.shape == (40, 1)
     export = params_section("export", temperature_scaling=False, calibration_samples=16)
-    export_candidate("bin", model, val, train[0][:16], artifact_metadata(meta, export.label_threshold), export, tmp_path)
+    export_candidate(
+        "bin", model, val, train[0][:16], artifact_metadata(meta, export.label_threshold), export, tmp_path
+    )
     probabilities = run_batches(session(tmp_path / "bin.fp32.onnx"), val[0], output=PROBABILITIES)
     expected = 1 / (1 + np.exp(-logits[:, 0]))
     np.testing.assert_allclose(probabilities[:, 1], expected, atol=1e-5)
@@ -359,8 +393,9 @@ def test_start_from_copies_matching_weights_and_keeps_a_new_head(tmp_path: Path)
 def test_unfreeze_after_lets_frozen_layers_train(tmp_path: Path) -> None:
     source, _ = train_teacher(toy(), toy(30, seed=1), META, train_params(), quiet=True)
     save_model(source, tmp_path / "base")
-    params = train_params(init_from=str(tmp_path / "base"), freeze=("features",), unfreeze_after=1, max_epochs=3,
-                          patience=5)
+    params = train_params(
+        init_from=str(tmp_path / "base"), freeze=("features",), unfreeze_after=1, max_epochs=3, patience=5
+    )
     model, _ = train_teacher(toy(), toy(30, seed=1), META, params, quiet=True)
     conv = "features.1.weight"
     assert not torch.equal(source.state_dict()[conv], model.state_dict()[conv])
@@ -370,8 +405,9 @@ def test_start_from_refuses_an_unrelated_checkpoint(tmp_path: Path) -> None:
     other = image_meta(input_shape=(1, 8, 8), data_hash="h")
     source, _ = train_teacher(toy(), toy(30, seed=1), other, train_params(channels=(5,), hidden=7), quiet=True)
     save_model(source, tmp_path / "other")
-    model, _ = train_teacher(toy(), toy(30, seed=1), META, train_params(channels=(3,), hidden=6, max_epochs=1),
-                             quiet=True)
+    model, _ = train_teacher(
+        toy(), toy(30, seed=1), META, train_params(channels=(3,), hidden=6, max_epochs=1), quiet=True
+    )
     missing = start_from(model, str(tmp_path / "other"))
     assert "features.1.weight" in missing  # conv widths differ: not copied
 

@@ -8,21 +8,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import image_meta, params_section, tiny_spec
 
-from tasks.core.params import FitParams
 from tasks.core.errors import DistilleryError
+from tasks.core.params import FitParams
 from tasks.ml.distillation import distill_student
 from tasks.ml.fitting import train_teacher
 from tasks.ml.models import CNN
 from tasks.ml.training import _epoch_loss, balanced_class_weights, fit, pick_device, predict_logits, seed_everything
 
-from conftest import image_meta, params_section, tiny_spec
-
 META = image_meta()
 
 
 def fit_params(**overrides) -> FitParams:
-    values = dict(channels=(4,), hidden=8, dropout=0.2, lr=0.01, batch_size=16, max_epochs=3, patience=5, min_delta=0.0, seed=0)
+    values = dict(
+        channels=(4,), hidden=8, dropout=0.2, lr=0.01, batch_size=16, max_epochs=3, patience=5, min_delta=0.0, seed=0
+    )
     return params_section("train", **{**values, **overrides})
 
 
@@ -109,7 +110,11 @@ def test_on_epoch_sees_every_epoch_in_order():
     seen = []
     seed_everything(0)
     result = fit(
-        CNN(tiny_spec()), tensors(*toy_data()), tensors(*toy_data(24, 1)), ce, fit_params(max_epochs=3),
+        CNN(tiny_spec()),
+        tensors(*toy_data()),
+        tensors(*toy_data(24, 1)),
+        ce,
+        fit_params(max_epochs=3),
         on_epoch=lambda row, epoch: seen.append((epoch, row)),
     )
     assert [epoch for epoch, _ in seen] == [1, 2, 3]
@@ -189,8 +194,18 @@ def test_distill_student_leaves_the_teacher_untouched():
     teacher = CNN(tiny_spec(channels=(6,), hidden=12)).eval()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     params = params_section(
-        "distill", channels=(2,), hidden=4, dropout=0.2, lr=0.01, batch_size=16, max_epochs=2, patience=5,
-        min_delta=0.0, seed=0, temperature=3.0, alpha=0.5,
+        "distill",
+        channels=(2,),
+        hidden=4,
+        dropout=0.2,
+        lr=0.01,
+        batch_size=16,
+        max_epochs=2,
+        patience=5,
+        min_delta=0.0,
+        seed=0,
+        temperature=3.0,
+        alpha=0.5,
     )
     student, result = distill_student(teacher, toy_data(), toy_data(24, 1), META, params)
     assert student.spec.channels == (2,) and student.spec.hidden == 4

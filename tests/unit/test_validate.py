@@ -7,14 +7,13 @@ import json
 
 import numpy as np
 import pytest
-
-from tasks.core.errors import DistilleryError
-from tasks.contracts.dataset import Dataset, DatasetMeta
-from tasks.ingest import image_table
-from tasks.data.sources import ImageData
-from tasks.data.gate import failure_message, load_suite, merge_reasons, run_suite, split_quarantine, suite_parameters
-
 from conftest import REPO_ROOT
+
+from tasks.contracts.dataset import Dataset, DatasetMeta
+from tasks.core.errors import DistilleryError
+from tasks.data.gate import failure_message, load_suite, merge_reasons, run_suite, split_quarantine, suite_parameters
+from tasks.data.sources import ImageData
+from tasks.ingest import image_table
 
 DIGITS_SUITE = REPO_ROOT / "expectations" / "digits.json"
 CLASSES = ("zero", "one", "two")
@@ -41,8 +40,15 @@ def make_dataset(counts=(40, 40, 40), seed: int = 0) -> Dataset:
 
 
 def dataset_from(data: ImageData) -> Dataset:
-    meta = DatasetMeta(source="digits", kind="image", rows=len(data.labels), data_hash="test",
-                       classes=tuple(data.classes), image_shape=tuple(data.images.shape[1:]), pixel_max=data.pixel_max)
+    meta = DatasetMeta(
+        source="digits",
+        kind="image",
+        rows=len(data.labels),
+        data_hash="test",
+        classes=tuple(data.classes),
+        image_shape=tuple(data.images.shape[1:]),
+        pixel_max=data.pixel_max,
+    )
     return Dataset(table=image_table(data), arrays={"images": data.images, "labels": data.labels}, meta=meta)
 
 
@@ -51,8 +57,15 @@ def failed_names(outcome) -> set[str]:
 
 
 def test_suite_parameters_list_every_class_label():
-    meta = DatasetMeta(source="digits", kind="image", rows=0, data_hash="test", classes=("a", "b", "c", "d"),
-                       image_shape=(8, 8), pixel_max=16.0)
+    meta = DatasetMeta(
+        source="digits",
+        kind="image",
+        rows=0,
+        data_hash="test",
+        classes=("a", "b", "c", "d"),
+        image_shape=(8, 8),
+        pixel_max=16.0,
+    )
     assert suite_parameters(meta) == {"class_labels": [0, 1, 2, 3]}
 
 
@@ -74,9 +87,7 @@ def dirty(suite):
     dataset = make_dataset()
     bad_label_row, bad_pixel_row = 5, 77
     dataset.arrays["images"][bad_pixel_row, 3, 4] = 99.0
-    dataset.table = image_table(
-        ImageData(dataset.arrays["images"], dataset.arrays["labels"], CLASSES, pixel_max=16.0)
-    )
+    dataset.table = image_table(ImageData(dataset.arrays["images"], dataset.arrays["labels"], CLASSES, pixel_max=16.0))
     # A corrupted label: no class name exists for it, so it is set on the table and array alike.
     dataset.table.loc[bad_label_row, "label"] = 7
     dataset.arrays["labels"][bad_label_row] = 7
@@ -182,7 +193,9 @@ def test_a_failed_warning_is_reported_but_does_not_stop_the_gate(suite):
 
 def test_a_class_at_exactly_min_count_passes(suite):
     min_count = next(
-        e["kwargs"]["min_count"] for e in suite["expectations"] if e["type"] == "expect_column_value_counts_to_be_at_least"
+        e["kwargs"]["min_count"]
+        for e in suite["expectations"]
+        if e["type"] == "expect_column_value_counts_to_be_at_least"
     )
     dataset = make_dataset(counts=(60, 60, min_count))
     outcome = run_suite(dataset.table, suite, suite_parameters(dataset.meta))
