@@ -9,6 +9,10 @@ import pytest
 # tests, also in the temporary project copies that have no .venv of their own.
 os.environ.setdefault("DISTILLERY_PYTHON", sys.executable)
 
+# A temporary Prefect server (every flow run without PREFECT_API_URL starts one) gets 20 s to
+# come up by default; two test workers on two cores can take longer. Subprocesses inherit it.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 # Test files run in parallel (pytest-xdist, `make test`): each worker gets its own
 # Prefect home, so the temporary Prefect servers do not share one SQLite file
 # (~/.prefect/prefect.db) and lock each other out. Subprocesses inherit it.
