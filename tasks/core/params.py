@@ -160,6 +160,7 @@ class ValidateParams:
     near_duplicate_decimals: int  # numbers rounded to this many decimals when looking for near-duplicate rows
     outlier_method: Literal["iqr", "robust_z"]
     outlier_threshold: float  # IQR multiplier (1.5 usual) or robust z cut-off (3.5 usual)
+    max_quarantined_fraction: float  # the row-loss alarm: quarantining more of the rows read fails the gate
     label_issues: LabelIssuesParams
 
     def __post_init__(self) -> None:
@@ -167,6 +168,8 @@ class ValidateParams:
             raise ValueError("near_duplicate_ratio must lie in (0, 1]")
         if self.outlier_threshold <= 0:
             raise ValueError("outlier_threshold must be > 0")
+        if not 0 <= self.max_quarantined_fraction <= 1:
+            raise ValueError("max_quarantined_fraction must lie in [0, 1]")
 
 
 @dataclass(frozen=True)

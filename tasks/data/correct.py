@@ -16,6 +16,8 @@ from tasks.core.params import ValidateParams
 from tasks.core.task import IMAGE, TABLE, task_of
 from tasks.data import quality
 
+DUPLICATE_OF = "duplicate of row "  # + the row kept: a quarantined exact copy loses no information
+
 TEXTUAL_TYPES = ("categorical", "text")
 
 
@@ -193,7 +195,7 @@ def _uniqueness(
     exact = quality.duplicate_rows(table, content)
     if params.drop_duplicates and exact.any():
         first_id = table.groupby(content, dropna=False, sort=False)[ROW_ID].transform("first")
-        _flag(issues, table.loc[exact, ROW_ID], first_id[exact].map(lambda r: f"duplicate of row {r}"))
+        _flag(issues, table.loc[exact, ROW_ID], first_id[exact].map(lambda r: f"{DUPLICATE_OF}{r}"))
     keys = [k for k in params.duplicate_keys if k in table.columns]
     near = quality.near_duplicate_rows(table[content], params.near_duplicate_decimals)
     return {

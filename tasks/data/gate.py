@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -33,7 +34,7 @@ from tasks.core.io import read_json
 from tasks.core.params import LabelIssuesParams, ValidateParams
 from tasks.core.report import markdown_table
 from tasks.core.task import kind_of, task_of
-from tasks.data.correct import Corrected, correct_images, correct_table
+from tasks.data.correct import DUPLICATE_OF, Corrected, correct_images, correct_table
 from tasks.data.label_issues import LabelIssues, find_label_issues
 from tasks.data.quality import class_balance
 
@@ -168,6 +169,42 @@ def _outcome(gx_results: Iterable[Any]) -> ValidationOutcome:
     outcome = ValidationOutcome(success=True, results=results, reasons=reasons)
     outcome.success = not outcome.failed
     return outcome
+
+
+ROW_LOSS = "max_quarantined_fraction"  # the row-loss alarm's line among the gate's results
+TOP_REASONS = 3
+
+
+def row_loss(reasons: dict[int, list[str]], rows_in: int, limit: float) -> dict[str, Any]:
+    """The row-loss alarm, as one more critical result: every expectation may
+    pass while the rows they refused are a fifth of the data. Over `limit`, it
+    fails naming the reasons that cost the most rows. An exact duplicate is not
+    counted: the row it copies is kept, so nothing it says is lost."""
+    lost = {row: whys for row, whys in reasons.items() if not all(w.startswith(DUPLICATE_OF) for w in whys)}
+    share = len(lost) / rows_in if rows_in else 0.0
+    counts = Counter(reason for whys in lost.values() for reason in dict.fromkeys(whys))
+    top = [{"rows": n, "reason": reason} for reason, n in counts.most_common(TOP_REASONS)]
+    failed = share > limit
+    message = None
+    if failed:
+        message = (
+            f"{len(lost):,} of {rows_in:,} rows ({share:.1%}) were quarantined, more than "
+            f"validate.max_quarantined_fraction {limit}: "
+            + "; ".join(f"{t['rows']:,} rows: {t['reason']}" for t in top)
+            + ". Declare the column's type in data.columns if it was read wrong, fix the data, or raise "
+            "validate.max_quarantined_fraction if losing these rows is right"
+        )
+    return {
+        "expectation": ROW_LOSS,
+        "column": None,
+        "kwargs": {"max_quarantined_fraction": limit},
+        "severity": "critical",
+        "success": not failed,
+        "observed_value": round(share, 6),
+        "details": {"top_reasons": top},
+        "unexpected_count": len(lost),
+        "exception": message,
+    }
 
 
 def split_quarantine(dataset: Dataset, reasons: dict[int, list[str]]) -> tuple[Dataset, Dataset]:
@@ -345,6 +382,8 @@ def gate(
         valid, quarantined = split_quarantine(typed, reasons)
     elif options.action == "relabel":
         relabelled = relabel(valid, issues, options.relabel_above)
+    outcome.results.append(row_loss(reasons, len(typed.table), params.max_quarantined_fraction))
+    outcome.success = not outcome.failed
     label_report = issues.report(
         options.action, relabelled, len(issues.row_ids) if options.action == "quarantine" else 0
     )

@@ -208,3 +208,30 @@ def test_canonical_spellings_do_not_depend_on_row_order(tmp_path: Path) -> None:
     backward = backward.assign(row_id=len(frame) - 1 - backward["row_id"]).set_index("row_id")["dept"]
     assert forward.sort_index().tolist() == backward.sort_index().tolist()
     assert set(forward) == {"HR", "Sales", "Engineering"}  # the synonym's target spells its own group
+
+
+def test_a_large_quarantine_fails_the_gate_naming_the_reasons_even_when_every_expectation_passes(
+    tmp_path: Path,
+) -> None:
+    """The row-loss alarm: a fifth of the rows refused for one column's words is a lost fifth,
+    even though each refusal keeps the rule. The message names the count, the column and the value."""
+    frame = clean_frame()
+    frame.loc[:59, "age"] = "unknown"  # 60 of 240 rows (25%): words in a declared numeric column
+    result = run_gate(frame, tmp_path)
+    assert result.summary["rows_quarantined"] == 60
+    assert "max_quarantined_fraction" in failed_names(result)
+    assert not result.outcome.success
+    message = failure_message(result.outcome, Path("expectations/csv.json"), "outcome")
+    assert "60 of 240 rows (25.0%) were quarantined" in message
+    assert "60 rows:" in message and "age" in message and "unknown" in message
+    assert "validate.max_quarantined_fraction" in message
+
+
+def test_a_small_quarantine_and_duplicates_pass_the_row_loss_alarm(tmp_path: Path) -> None:
+    frame = clean_frame()
+    frame.loc[:5, "age"] = "unknown"  # 6 of 240 rows (2.5%): under the default 5%
+    result = run_gate(frame, tmp_path)
+    assert result.summary["rows_quarantined"] == 6
+    (alarm,) = [r for r in result.outcome.results if r["expectation"] == "max_quarantined_fraction"]
+    assert alarm["success"] and alarm["observed_value"] == pytest.approx(6 / 240)
+    assert alarm["details"]["top_reasons"][0]["rows"] == 6
