@@ -5,6 +5,7 @@ returned in `row_issues` with its reason, and the gate quarantines it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,27 +41,69 @@ def _parsed(table: pd.DataFrame, col: str) -> pd.DataFrame | None:
     return None if pd.api.types.is_numeric_dtype(table[col]) else quality.parse_numbers(table[col])
 
 
+NEARLY_EMPTY = 0.95  # a column missing this share of its values is reported and ignored, not fatal
+MIN_ID_ROWS = 20  # fewer rows than this prove nothing about a column being unique
+ID_NAME = re.compile(r"(?i)^(id|pid|uuid|guid|key|index|order|rownames|row_?id|row)$|[_ .-]id$|[a-z]Id$|[a-z]ID$")
+
+
+def looks_like_id(name: str, values: pd.Series) -> bool:
+    """Unique integers that count rows (a contiguous range) or are named like
+    a key (PID, customer_id), or unique one-word strings: an identity, which
+    says nothing about the target and must not be a feature."""
+    present = values.dropna()
+    if len(present) < MIN_ID_ROWS or present.nunique() != len(present):
+        return False
+    numbers = pd.to_numeric(present, errors="coerce")
+    if numbers.notna().all():
+        if (numbers != numbers.round()).any():  # unique floats are measurements
+            return False
+        return bool(numbers.max() - numbers.min() + 1 == len(numbers) or ID_NAME.search(name))
+    return bool(present.astype(str).str.fullmatch(r"\S+").all())
+
+
 def infer_types(
     table: pd.DataFrame, declared: dict[str, str], target: str, parsed: dict[str, pd.DataFrame | None]
-) -> tuple[dict[str, str], dict[str, str]]:
-    """(types, observed): declared types win; the rest are read off the values.
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """(types, observed, why): declared types win; the rest are read off the
+    values, each with the reason a user can check (reports/data_quality.json).
     A column that is mostly numbers (some with units, a few words) is numeric:
     the words are what the gate must report, not a reason to treat the column
     as text."""
-    types, observed = {}, {}
+    types, observed, why = {}, {}, {}
     for col in table.columns:
         if col in (ROW_ID, target):
             continue
         seen = observed[col] = quality.observed_type(table[col], parsed[col])
-        if col in declared:
-            types[col] = declared[col]
-            continue
-        if seen == "mixed":
-            kinds = parsed[col]["kind"]
-            numeric = kinds.isin(["number", "unit"]).sum() / max(1, (kinds != "missing").sum())
-            seen = "numeric" if numeric >= 0.8 else "categorical"
-        types[col] = "ignore" if seen == "empty" else seen
-    return types, observed
+        types[col], why[col] = _inferred(col, table[col], seen, parsed[col], declared)
+    return types, observed, why
+
+
+def _inferred(
+    col: str, values: pd.Series, seen: str, parsed: pd.DataFrame | None, declared: dict[str, str]
+) -> tuple[str, str]:
+    if col in declared:
+        return declared[col], "declared in data.columns"
+    missing = float(values.isna().mean()) if len(values) else 1.0
+    if seen == "empty" or missing >= NEARLY_EMPTY:
+        return "ignore", f"{missing:.1%} of its values are missing (>= {NEARLY_EMPTY:.0%}): reported and ignored"
+    if looks_like_id(col, values):
+        return "id", "every value is unique (a row number or a key): not a feature"
+    if seen == "mixed":
+        assert parsed is not None  # a mixed column is text with numbers in it
+        kinds = parsed["kind"]
+        numeric = kinds.isin(["number", "unit"]).sum() / max(1, (kinds != "missing").sum())
+        if numeric >= 0.8:
+            return (
+                "numeric",
+                f"{numeric:.0%} of its values are numbers (with one unit at most); the rest are row issues",
+            )
+        return "categorical", f"only {numeric:.0%} of its values are numbers"
+    reasons = {
+        "numeric": "its values are numbers (with one unit or currency at most)",
+        "categorical": "few distinct values, or codes with letters in them (1Fam, 2Story)",
+        "text": "many distinct words",
+    }
+    return seen, reasons.get(seen, seen)
 
 
 def correct_table(
@@ -87,11 +130,11 @@ def correct_table(
     corrections["missing_tokens"] = token_counts
 
     parsed = {col: _parsed(table, col) for col in table.columns if col not in (ROW_ID, target)}
-    types, observed = infer_types(table, declared, target, parsed)
+    types, observed, why = infer_types(table, declared, target, parsed)
     representation: dict[str, Any] = {}
     coerced, variants_fixed = {}, {}
     for col, declared in types.items():
-        entry: dict[str, Any] = {"declared": declared, "observed": observed[col]}
+        entry: dict[str, Any] = {"declared": declared, "observed": observed[col], "why": why[col]}
         if declared == "numeric":
             entry.update(_numeric_column(table, col, parsed[col], params, issues, coerced))
         elif declared in TEXTUAL_TYPES:

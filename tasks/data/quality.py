@@ -88,15 +88,38 @@ def observed_type(values: pd.Series, parsed: pd.DataFrame | None = None) -> str:
         return "empty"
     if pd.api.types.is_numeric_dtype(present):
         return "numeric"
-    kinds = (parsed if parsed is not None else parse_numbers(values))["kind"]
+    parsed = parsed if parsed is not None else parse_numbers(values)
+    distinct = present.nunique()
+    if codes_not_units(parsed, distinct):
+        return "categorical"
+    kinds = parsed["kind"]
     kinds = kinds[kinds != "missing"].value_counts()
     numeric_share = (kinds.get("number", 0) + kinds.get("unit", 0)) / len(present)
     if numeric_share == 1:
         return "numeric"
     if numeric_share > 0:
         return "mixed"
-    distinct = present.nunique()
     return "categorical" if distinct <= max(20, 0.05 * len(present)) else "text"
+
+
+CODE_CARDINALITY = 12  # this few distinct values, some of them "<number><letters>": codes (1Fam, 2Story), not units
+ONE_UNIT = 0.9  # a numeric-with-unit column spells one unit (or currency) on at least this share of its united values
+
+
+def codes_not_units(parsed: pd.DataFrame, distinct: int) -> bool:
+    """A column whose "units" are category codes: `1Fam`, `2fmCon`, `Duplex`,
+    `TwnhsE`, or `1Story`, `2Story`, `1.5Fin`, `SLvl`. A real numeric-with-unit
+    column ("65000 $", "12 kg") spells one unit or currency across most of its
+    values and has many distinct numbers (skrub's rule of thumb, in spirit: a
+    low-cardinality column of mixed codes is categorical)."""
+    units = parsed["unit"][parsed["kind"] == "unit"]
+    if units.empty:
+        return False
+    counts = units.value_counts()
+    if counts.iloc[0] / counts.sum() < ONE_UNIT:  # many "units": each is a code
+        return True
+    # Few distinct values spelling more than one "unit": a code list (1Fam beside 2fmCon), not measurements.
+    return distinct <= CODE_CARDINALITY and len(counts) > 1
 
 
 def category_variants(values: pd.Series, synonyms: dict[str, str] | None = None) -> list[dict[str, Any]]:

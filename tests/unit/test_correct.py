@@ -197,3 +197,46 @@ def test_correct_images_counts_missing_pixels():
     data.images[2, 0, :3] = np.nan
     result = correct_images(image_table(data), data.images, validate_params())
     assert result.report["completeness"] == {"images_with_missing_pixels": 1, "missing_pixels": 3}
+
+
+def housing_like(n: int = 200) -> pd.DataFrame:
+    """A table like the ones users bring: category codes that start with digits
+    (building type, house style), ids (a row counter, a key named PID), a column
+    that is nearly all gaps, and a price with a currency."""
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            ROW_ID: np.arange(n, dtype=np.int64),
+            "Order": np.arange(1, n + 1).astype(str),  # 1..n: a row counter
+            "PID": rng.choice(np.arange(526_300_000, 526_400_000), n, replace=False).astype(str),
+            "Bldg.Type": rng.choice(["1Fam", "2fmCon", "Duplex", "TwnhsE", "Twnhs"], n, p=[0.8, 0.05, 0.05, 0.05, 0.05]),
+            "House.Style": rng.choice(["1Story", "2Story", "1.5Fin", "SLvl", "SFoyer", "2.5Unf"], n),
+            "Pool.QC": [None] * (n - 1) + ["Ex"],  # 99.5% empty
+            "Lot.Area": [f"{v} $" for v in rng.integers(5_000, 20_000, n)],
+            "Yr.Sold": rng.choice(["2006", "2007", "2008"], n),
+            "label": rng.choice(["cheap", "dear"], n),
+        }
+    )
+
+
+def test_codes_ids_and_gaps_are_typed_as_an_analyst_would_and_no_row_is_quarantined_for_them():
+    result = correct_table(housing_like(), "label", {}, "binary", validate_params())
+    types = result.column_types
+    assert types["Bldg.Type"] == "categorical" and types["House.Style"] == "categorical"  # codes, not units
+    assert types["Order"] == "id" and types["PID"] == "id"  # a counter and a key: never features
+    assert types["Pool.QC"] == "ignore"  # reported, ignored, not fatal
+    assert types["Lot.Area"] == "numeric"  # a real unit: one currency, many values
+    assert types["Yr.Sold"] == "numeric"
+    assert not result.row_issues  # no townhouse is "not a number"
+    why = result.report["representation"]["columns"]
+    assert "unique" in why["PID"]["why"] and "missing" in why["Pool.QC"]["why"]
+    assert why["Bldg.Type"]["why"] and why["Lot.Area"]["why"]
+
+
+def test_unique_floats_and_declared_types_are_not_taken_for_ids():
+    table = housing_like()
+    table["score"] = np.random.default_rng(1).normal(size=len(table)).astype(str)  # unique measurements
+    result = correct_table(table, "label", {"Order": "numeric"}, "binary", validate_params())
+    assert result.column_types["score"] == "numeric"
+    assert result.column_types["Order"] == "numeric"  # declared types win
+    assert result.report["representation"]["columns"]["Order"]["why"] == "declared in data.columns"
