@@ -46,20 +46,20 @@ def readable(sentence: str) -> classmethod:
     return classmethod(renderer(renderer_type=LegacyRendererType.PRESCRIPTIVE)(_prescriptive_renderer))
 
 
-class ColumnValueCountsMin(ColumnAggregateMetricProvider):
-    """The count of the rarest class. With `value_set`, only those classes count
-    (a stray label is not a class, so it cannot fail this), and a declared class
-    with no rows counts as 0."""
+class ColumnValueCounts(ColumnAggregateMetricProvider):
+    """Rows per class. With `value_set`, only those classes count (a stray label
+    is not a class, so it cannot fail a check on them), and a declared class with
+    no rows counts as 0."""
 
-    metric_name = "column.value_counts_min"
+    metric_name = "column.class_counts"
     value_keys = ("value_set",)
 
     @column_aggregate_value(engine=PandasExecutionEngine)
-    def _pandas(cls, column: pd.Series, value_set: Optional[list] = None, **kwargs: Any) -> int:
+    def _pandas(cls, column: pd.Series, value_set: Optional[list] = None, **kwargs: Any) -> dict:
         counts = column.value_counts()
         if value_set is not None:
             counts = counts.reindex(list(value_set), fill_value=0)
-        return int(counts.min()) if len(counts) else 0
+        return {str(label): int(n) for label, n in counts.items()}
 
 
 class ColumnClassBalance(ColumnAggregateMetricProvider):
@@ -116,7 +116,7 @@ class ExpectColumnValueCountsToBeAtLeast(ColumnAggregateExpectation):
     value_set: Union[list, SuiteParameterDict, None] = None  # a list, or {"$PARAMETER": name}
 
     _prescriptive_renderer = readable("every class of $column must have at least $min_count rows")
-    metric_dependencies = ("column.value_counts_min",)
+    metric_dependencies = ("column.class_counts",)
     success_keys = ("min_count", "value_set")
 
     def _validate(
@@ -125,8 +125,14 @@ class ExpectColumnValueCountsToBeAtLeast(ColumnAggregateExpectation):
         runtime_configuration: Optional[dict] = None,
         execution_engine: Optional[ExecutionEngine] = None,
     ) -> dict:
-        observed = metrics["column.value_counts_min"]
-        return {"success": observed >= self.min_count, "result": {"observed_value": observed}}
+        counts = metrics["column.class_counts"]
+        observed = min(counts.values()) if counts else 0
+        # The classes short of rows, rarest first: what the gate's message names.
+        short = dict(sorted(((c, n) for c, n in counts.items() if n < self.min_count), key=lambda item: item[1]))
+        return {
+            "success": observed >= self.min_count,
+            "result": {"observed_value": observed, "details": {"too_few": short, "min_count": self.min_count}},
+        }
 
 
 class ExpectColumnImbalanceRatioToBeAtMost(ColumnAggregateExpectation):

@@ -161,6 +161,7 @@ class ValidateParams:
     outlier_method: Literal["iqr", "robust_z"]
     outlier_threshold: float  # IQR multiplier (1.5 usual) or robust z cut-off (3.5 usual)
     max_quarantined_fraction: float  # the row-loss alarm: quarantining more of the rows read fails the gate
+    min_class_rows: Optional[int]  # rows every class needs; null = the suite's min_count
     label_issues: LabelIssuesParams
 
     def __post_init__(self) -> None:
@@ -170,6 +171,8 @@ class ValidateParams:
             raise ValueError("outlier_threshold must be > 0")
         if not 0 <= self.max_quarantined_fraction <= 1:
             raise ValueError("max_quarantined_fraction must lie in [0, 1]")
+        if self.min_class_rows is not None and self.min_class_rows < 1:
+            raise ValueError("min_class_rows must be >= 1 (or null for the suite's min_count)")
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,23 @@ def _outcome(gx_results: Iterable[Any]) -> ValidationOutcome:
     return outcome
 
 
+CLASS_COUNT = "expect_column_value_counts_to_be_at_least"  # every class has enough rows
+
+
+def with_min_class_rows(suite: dict, rows: Optional[int]) -> dict:
+    """The suite with validate.min_class_rows as every class-count check's
+    min_count (unchanged when it is null)."""
+    if rows is None:
+        return suite
+    return {
+        **suite,
+        "expectations": [
+            {**e, "kwargs": {**e.get("kwargs", {}), "min_count": rows}} if e.get("type") == CLASS_COUNT else e
+            for e in suite["expectations"]
+        ],
+    }
+
+
 ROW_LOSS = "max_quarantined_fraction"  # the row-loss alarm's line among the gate's results
 TOP_REASONS = 3
 
@@ -288,6 +305,14 @@ def failure_message(outcome: ValidationOutcome, suite_path: Path, target: str | 
         mismatched = (r.get("details") or {}).get("mismatched")
         if mismatched:
             seen += f" (mismatched columns: {mismatched})"
+        too_few = (r.get("details") or {}).get("too_few")
+        if too_few:
+            least = r["details"]["min_count"]
+            seen = "; ".join(f"class {c!r} has {n} row(s), fewer than the {least} needed" for c, n in too_few.items())
+            seen += (
+                f". Either declare data.classes without {'it' if len(too_few) == 1 else 'them'} (its rows go to "
+                f"quarantine with a reason), or set validate.min_class_rows (now {least})"
+            )
         lines.append(f"  - {what}: {seen}")
     lines.append(f"details: {paths.VALIDATION_REPORT}; Data Docs: {paths.DATA_DOCS / 'index.html'}")
     return "\n".join(lines)
@@ -367,6 +392,7 @@ def gate(
     dataset: Dataset, task: str, params: ValidateParams, suite: dict, docs_dir: Optional[Path] = None
 ) -> GateResult:
     """Measure, correct, run the suite, and split the rows into valid and quarantined."""
+    suite = with_min_class_rows(suite, params.min_class_rows)
     corrected, typed = assess(dataset, task, params)
     parameters = suite_parameters(typed.meta, typed.table)
     outcome = run_suite(typed.table, suite, parameters, docs_dir)
@@ -406,7 +432,7 @@ def gate(
 # a few quarantined rows of a foreign class make a class of one (a corrupted penguins file: ratio 165
 # over all rows, 2.2 over the rows kept); data_quality.json reports both.
 BALANCE_EXPECTATIONS = (
-    "expect_column_value_counts_to_be_at_least",
+    CLASS_COUNT,
     "expect_column_imbalance_ratio_to_be_at_most",
     "expect_column_normalized_entropy_to_be_at_least",
 )

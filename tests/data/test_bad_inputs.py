@@ -3,6 +3,8 @@ row was lost (rows_in == rows_valid + rows_quarantined)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -167,7 +169,10 @@ def test_a_class_collapsed_to_one_row_fails_the_class_count(tmp_path: Path) -> N
     result = run_gate(frame, tmp_path)
     assert "expect_column_value_counts_to_be_at_least" in failed_names(result)
     message = failure_message(result.outcome, Path("expectations/csv.json"), "outcome")
-    assert "on column 'label' (the target column 'outcome')" in message and "observed 1" in message
+    assert "on column 'label' (the target column 'outcome')" in message
+    # The class, its count, the minimum, and the two ways forward.
+    assert "class 'maybe' has 1 row(s), fewer than the 5 needed" in message
+    assert "declare data.classes without it" in message and "validate.min_class_rows (now 5)" in message
     assert "on column 'label':" in failure_message(
         result.outcome, Path("expectations/csv.json")
     )  # images: no target name
@@ -235,3 +240,20 @@ def test_a_small_quarantine_and_duplicates_pass_the_row_loss_alarm(tmp_path: Pat
     (alarm,) = [r for r in result.outcome.results if r["expectation"] == "max_quarantined_fraction"]
     assert alarm["success"] and alarm["observed_value"] == pytest.approx(6 / 240)
     assert alarm["details"]["top_reasons"][0]["rows"] == 6
+
+
+def test_validate_min_class_rows_sets_what_a_class_needs(tmp_path: Path) -> None:
+    """The second way forward the message offers: a lower minimum lets a rare class through."""
+    frame = clean_frame()
+    maybe = frame.index[frame["outcome"] == "maybe"]
+    frame = frame.drop(index=maybe[3:])  # 3 rows of 'maybe'
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    params = csv_params(path, DECLARED)
+    suite = load_suite(REPO / "expectations/csv.json")
+    strict = gate(ingest(params.data), params.task.type, params.validate, suite)
+    assert "expect_column_value_counts_to_be_at_least" in failed_names(strict)
+    lenient = dataclasses.replace(params.validate, min_class_rows=3)
+    assert "expect_column_value_counts_to_be_at_least" not in failed_names(
+        gate(ingest(params.data), params.task.type, lenient, suite)
+    )
