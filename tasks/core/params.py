@@ -91,7 +91,9 @@ class DataParams:
     source: Literal["digits", "digits28", "quickdraw", "penguins", "breast_cancer", "diabetes", "csv", "parquet"]
     path: Optional[str]  # folder (quickdraw) or file (csv, parquet)
     target: Optional[str]  # target column of a tabular source; null = the source's default
-    columns: dict[str, ColumnType]  # declared column types; undeclared columns are inferred
+    # Declared column types; undeclared columns are inferred. null (the default) is none: it keeps
+    # `dvc exp run -S 'data.columns={age: numeric}'` working as typed (Hydra will not set a mapping into {}).
+    columns: Optional[dict[str, ColumnType]]
     classes: Optional[tuple[str, ...]]  # declared classes; null = the classes found in the data
     encoding: str  # text encoding of a CSV file
     seed: int  # fixes which samples are kept
@@ -114,6 +116,8 @@ class DataParams:
         return self.source
 
     def __post_init__(self) -> None:
+        if self.columns is None:
+            object.__setattr__(self, "columns", {})  # frozen: set once, here
         if len(self.digits.keep_fractions) != 10:
             raise ValueError("digits.keep_fractions needs one fraction per digit (10)")
         if any(not 0 < f <= 1 for f in self.digits.keep_fractions):

@@ -373,3 +373,19 @@ def test_the_default_registered_model_is_named_after_the_data(source, path, expe
     assert dataclasses.replace(params, data=data).registered_model == expected
     named = dataclasses.replace(params, select=dataclasses.replace(params.select, registered_model="mine"))
     assert named.registered_model == "mine"
+
+
+def test_declared_columns_can_be_set_as_users_type_them_in_dvc_exp_run(tmp_path):
+    """`dvc exp run -S 'data.columns={age: numeric, city: categorical}'`: DVC applies the override
+    with Hydra before any stage runs; from the shipped params.yaml it must apply, and parse."""
+    import shutil
+
+    from dvc.utils.hydra import apply_overrides
+
+    from tasks.core.params import load_params
+
+    params_file = tmp_path / "params.yaml"
+    shutil.copy(REPO_ROOT / "params.yaml", params_file)
+    assert load_params(params_file).data.columns == {}  # none declared by default
+    apply_overrides(str(params_file), ["data.columns={age: numeric, city: categorical}"])
+    assert load_params(params_file).data.columns == {"age": "numeric", "city": "categorical"}
