@@ -23,6 +23,7 @@ A failed gate registers the version without the alias and fails the stage.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -212,15 +213,19 @@ def register(
         if Path("dvc.lock").exists():  # the lock as it stood: restores this data even if it is never committed
             mlflow.log_artifact("dvc.lock", "lineage")
         signature, example = signature_and_example(path, test_x)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(DEPLOY / "pyfunc_model.py"),  # models from code: nothing pickled
-            artifacts={ONNX_ARTIFACT: str(path)},
-            code_paths=[str(DEPLOY), str(DEPLOY.parent / "tasks")],
-            signature=signature,
-            input_example=example,
-            pip_requirements=PYFUNC_REQUIREMENTS,  # skip slow dependency inference
-        )
+        with warnings.catch_warnings():
+            # Our predict takes no type hints on purpose (MLflow would validate rows by them, before the
+            # server's own parsing that names the row and column): its advice to add them is not the user's.
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(DEPLOY / "pyfunc_model.py"),  # models from code: nothing pickled
+                artifacts={ONNX_ARTIFACT: str(path)},
+                code_paths=[str(DEPLOY), str(DEPLOY.parent / "tasks")],
+                signature=signature,
+                input_example=example,
+                pip_requirements=PYFUNC_REQUIREMENTS,  # skip slow dependency inference
+            )
     # One call creates the version and its tags together: no version is ever seen without its provenance.
     return str(mlflow.register_model(info.model_uri, registered_model, tags=tags).version)
 

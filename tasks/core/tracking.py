@@ -95,6 +95,8 @@ def check_server(uri: str) -> None:
 def configure(cfg: MlflowParams) -> None:
     import mlflow
 
+    # A stage's console says what the stage does: no progress bar per artifact downloaded or uploaded.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     check_server(cfg.resolved_uri())
     mlflow.set_tracking_uri(cfg.resolved_uri())
     mlflow.set_experiment(cfg.experiment)
