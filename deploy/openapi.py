@@ -12,12 +12,48 @@ touch pydantic.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Mapping, Protocol
 
 from pydantic import TypeAdapter
 
-if TYPE_CHECKING:
-    from deploy.app import Outcome, Route
+
+# What the generator reads of the route table (deploy/app.py, ROUTES), stated here so this module
+# imports nothing of the server: the table uses the generator, not the other way round.
+class Outcome(Protocol):
+    @property
+    def status(self) -> int: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def body(self) -> Any: ...
+    @property
+    def headers(self) -> tuple[str, ...]: ...
+
+
+class Route(Protocol):
+    @property
+    def method(self) -> str: ...
+    @property
+    def tag(self) -> str: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def ok(self) -> Any: ...
+    @property
+    def request(self) -> Any: ...
+    @property
+    def auth(self) -> bool: ...
+    @property
+    def choices(self) -> Mapping[str, tuple[str, ...]]: ...
+
+    @property
+    def paths(self) -> tuple[str, ...]: ...
+
+    @property
+    def outcomes(self) -> tuple[Outcome, ...]: ...
+
 
 JSON = "application/json"
 PARAMETERS = {  # the path parameters' meaning; a route's `choices` add their values
