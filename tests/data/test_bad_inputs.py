@@ -4,7 +4,6 @@ row was lost (rows_in == rows_valid + rows_quarantined)."""
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import replace
 from pathlib import Path
 

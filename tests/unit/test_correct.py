@@ -209,7 +209,9 @@ def housing_like(n: int = 200) -> pd.DataFrame:
             ROW_ID: np.arange(n, dtype=np.int64),
             "Order": np.arange(1, n + 1).astype(str),  # 1..n: a row counter
             "PID": rng.choice(np.arange(526_300_000, 526_400_000), n, replace=False).astype(str),
-            "Bldg.Type": rng.choice(["1Fam", "2fmCon", "Duplex", "TwnhsE", "Twnhs"], n, p=[0.8, 0.05, 0.05, 0.05, 0.05]),
+            "Bldg.Type": rng.choice(
+                ["1Fam", "2fmCon", "Duplex", "TwnhsE", "Twnhs"], n, p=[0.8, 0.05, 0.05, 0.05, 0.05]
+            ),
             "House.Style": rng.choice(["1Story", "2Story", "1.5Fin", "SLvl", "SFoyer", "2.5Unf"], n),
             "Pool.QC": [None] * (n - 1) + ["Ex"],  # 99.5% empty
             "Lot.Area": [f"{v} $" for v in rng.integers(5_000, 20_000, n)],
