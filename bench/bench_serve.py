@@ -91,7 +91,11 @@ def naive_app(model_path: str) -> Any:
         probs = session.run([PROBABILITIES], {inp.name: x})[0]
         return {
             "predictions": [
-                {"class": classes[int(p.argmax())], "probability": float(p.max()), "probabilities": dict(zip(classes, p.tolist()))}
+                {
+                    "class": classes[int(p.argmax())],
+                    "probability": float(p.max()),
+                    "probabilities": dict(zip(classes, p.tolist())),
+                }
                 for p in probs
             ]
         }
@@ -150,7 +154,9 @@ def wrk(url: str, body: Path, script: Path, concurrency: int, seconds: int) -> d
         raise DistilleryError(f"wrk failed on {url}: {out.stderr.strip() or out.stdout.strip()}")
     r = json.loads(line[-1])
     if r["errors"] or r["bad_status"]:
-        raise DistilleryError(f"{url} at concurrency {concurrency}: {r['errors']} socket errors, {r['bad_status']} error statuses")
+        raise DistilleryError(
+            f"{url} at concurrency {concurrency}: {r['errors']} socket errors, {r['bad_status']} error statuses"
+        )
     return {
         "rps": r["requests"] / (r["duration_us"] / 1e6),
         "p50_ms": r["p50_us"] / 1000,
@@ -231,7 +237,9 @@ def run_bench(model: Path, seconds: int, rounds: int) -> dict[str, Any]:
         script = tmp_path / "post.lua"
         script.write_text(WRK_SCRIPT)
         ours_port, naive_port = free_port(), free_port()
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_SERVE_")}  # no stray token or limits
+        inherited = {
+            k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_SERVE_")
+        }  # no stray token or limits
         env = {
             **inherited,
             "DISTILLERY_SERVE_MODEL": str(model),
@@ -280,11 +288,17 @@ def run_bench(model: Path, seconds: int, rounds: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in endpoints:
         results[name] = {
-            f"c{c}": {"rps": median(name, c, "rps"), "p50_ms": median(name, c, "p50_ms"), "p99_ms": median(name, c, "p99_ms")}
+            f"c{c}": {
+                "rps": median(name, c, "rps"),
+                "p50_ms": median(name, c, "p50_ms"),
+                "p99_ms": median(name, c, "p99_ms"),
+            }
             for c in CONCURRENCY
         }
     naive_rps = results["naive"]["c16"]["rps"]
-    ratios = {f"{name}_vs_naive_c16": round(results[name]["c16"]["rps"] / naive_rps, 2) for name in ("predict", "infer")}
+    ratios = {
+        f"{name}_vs_naive_c16": round(results[name]["c16"]["rps"] / naive_rps, 2) for name in ("predict", "infer")
+    }
     return {
         "model": str(model),
         "model_sha256": sha256_file(model),
@@ -294,17 +308,23 @@ def run_bench(model: Path, seconds: int, rounds: int) -> dict[str, Any]:
         "rounds": rounds,
         "endpoints": results,
         "throughput_ratio": ratios,
-        "mean_rows_per_onnxruntime_run": {f"c{c}": round(rows / runs, 2) if runs else None for c, (rows, runs) in batches.items()},
+        "mean_rows_per_onnxruntime_run": {
+            f"c{c}": round(rows / runs, 2) if runs else None for c, (rows, runs) in batches.items()
+        },
         "targets": {"throughput_ratio_min": TARGET_RATIO, "predict_p50_c1_max_ms": TARGET_P50_MS},
         "meets_targets": min(ratios.values()) >= TARGET_RATIO and results["predict"]["c1"]["p50_ms"] <= TARGET_P50_MS,
     }
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = [f"{'endpoint':<10} {'c1 p50 ms':>10} {'c1 p99 ms':>10} {'c1 req/s':>10} {'c16 p50 ms':>11} {'c16 p99 ms':>11} {'c16 req/s':>10}"]
+    lines = [
+        f"{'endpoint':<10} {'c1 p50 ms':>10} {'c1 p99 ms':>10} {'c1 req/s':>10} {'c16 p50 ms':>11} {'c16 p99 ms':>11} {'c16 req/s':>10}"
+    ]
     for name, r in results["endpoints"].items():
         c1, c16 = r["c1"], r["c16"]
-        lines.append(f"{name:<10} {c1['p50_ms']:>10.3f} {c1['p99_ms']:>10.3f} {c1['rps']:>10.0f} {c16['p50_ms']:>11.3f} {c16['p99_ms']:>11.3f} {c16['rps']:>10.0f}")
+        lines.append(
+            f"{name:<10} {c1['p50_ms']:>10.3f} {c1['p99_ms']:>10.3f} {c1['rps']:>10.0f} {c16['p50_ms']:>11.3f} {c16['p99_ms']:>11.3f} {c16['rps']:>10.0f}"
+        )
     ratios = ", ".join(f"{k} {v}x" for k, v in results["throughput_ratio"].items())
     batch = ", ".join(f"{k} {v}" for k, v in results["mean_rows_per_onnxruntime_run"].items())
     lines.append(f"throughput ratios: {ratios} (target >= {TARGET_RATIO}x)")
@@ -324,7 +344,15 @@ def main() -> None:
     if args.naive_server:
         import uvicorn
 
-        uvicorn.run(naive_app(args.model), host="127.0.0.1", port=args.naive_server, loop="uvloop", http="httptools", log_level="warning", access_log=False)
+        uvicorn.run(
+            naive_app(args.model),
+            host="127.0.0.1",
+            port=args.naive_server,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+        )
         return
     if args.seconds < 1 or args.rounds < 1:
         raise DistilleryError("--seconds must be >= 1 and --rounds >= 1")

@@ -23,7 +23,9 @@ def processed_digits(params: Any) -> tuple[dict, Any]:
     from tasks.ingest import ingest
     from tasks.preprocess import preprocess
 
-    result = gate(ingest(params.data), params.task.type, params.validate, load_suite(f"expectations/{params.data.source}.json"))
+    result = gate(
+        ingest(params.data), params.task.type, params.validate, load_suite(f"expectations/{params.data.source}.json")
+    )
     return preprocess(result.valid, params.preprocess, params.task.type)
 
 

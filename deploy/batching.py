@@ -200,7 +200,9 @@ class Batcher:
         try:
             outputs = await loop.run_in_executor(self._executor, model.run, x)
         except Exception as err:  # a model that fails on valid input: every request of the batch gets it
-            log.exception("onnxruntime failed on a batch of %d rows (model %s version %s)", len(x), model.name, model.version)
+            log.exception(
+                "onnxruntime failed on a batch of %d rows (model %s version %s)", len(x), model.name, model.version
+            )
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(err)

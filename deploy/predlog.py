@@ -79,7 +79,9 @@ class PredictionLog:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._open()
         except (OSError, sqlite3.Error) as err:
-            raise DistilleryError(f"DISTILLERY_SERVE_LOG_DIR={self.folder}: cannot write the prediction log there ({err})") from err
+            raise DistilleryError(
+                f"DISTILLERY_SERVE_LOG_DIR={self.folder}: cannot write the prediction log there ({err})"
+            ) from err
 
     def start(self) -> None:
         self.check()

@@ -15,9 +15,9 @@ grace period. SIGHUP reloads the model now.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
-import logging
 import signal
 import sys
 import time
@@ -90,7 +90,9 @@ def serve(settings: ServeSettings) -> None:
     # Requests are checked for non-finite values explicitly (deploy.protocol); a value
     # beyond float32 range becomes inf on the cast, and numpy's warning about it is noise.
     np.seterr(over="ignore", invalid="ignore")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     if settings.registry:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per reload is log noise
         # The watcher polls again every POLL_INTERVAL_S: one poll must not spend minutes in
