@@ -55,6 +55,28 @@ class Task:
         return not self.regression and not self.multilabel
 
 
+def _classifier(
+    name: TaskType,
+    default_loss: str,
+    answer: Literal["class", "labels"],
+    binary: bool = False,
+    multilabel: bool = False,
+) -> Task:
+    """A task with classes: judged by macro-F1, whatever its head."""
+    return Task(
+        name,
+        regression=False,
+        multilabel=multilabel,
+        binary=binary,
+        default_loss=default_loss,
+        quality_metric="macro_f1",
+        quality_label="macro-F1",
+        gate_floor="min_macro_f1",
+        headline=("macro_f1", "accuracy", "ece"),
+        answer=answer,
+    )
+
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -70,42 +92,9 @@ TASKS: dict[str, Task] = {
             headline=("r2", "rmse"),
             answer="value",
         ),
-        Task(
-            "binary",
-            regression=False,
-            multilabel=False,
-            binary=True,
-            default_loss="bce",
-            quality_metric="macro_f1",
-            quality_label="macro-F1",
-            gate_floor="min_macro_f1",
-            headline=("macro_f1", "accuracy", "ece"),
-            answer="class",
-        ),
-        Task(
-            "multiclass",
-            regression=False,
-            multilabel=False,
-            binary=False,
-            default_loss="ce",
-            quality_metric="macro_f1",
-            quality_label="macro-F1",
-            gate_floor="min_macro_f1",
-            headline=("macro_f1", "accuracy", "ece"),
-            answer="class",
-        ),
-        Task(
-            "multilabel",
-            regression=False,
-            multilabel=True,
-            binary=False,
-            default_loss="bce",
-            quality_metric="macro_f1",
-            quality_label="macro-F1",
-            gate_floor="min_macro_f1",
-            headline=("macro_f1", "accuracy", "ece"),
-            answer="labels",
-        ),
+        _classifier("binary", binary=True, default_loss="bce", answer="class"),
+        _classifier("multiclass", default_loss="ce", answer="class"),
+        _classifier("multilabel", multilabel=True, default_loss="bce", answer="labels"),
     )
 }
 TASK_TYPES: tuple[str, ...] = tuple(TASKS)
