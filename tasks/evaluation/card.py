@@ -39,19 +39,25 @@ def params_hash(path: Path = paths.PARAMS) -> str:
     return hashlib.sha256(yaml.safe_dump(parsed, sort_keys=True).encode()).hexdigest()
 
 
-def dvc_hashes(lock: Path = Path("dvc.lock"), everything: bool = False) -> dict[str, str]:
+def dvc_hashes(lock: Path = Path("dvc.lock"), everything: bool = False, running: str = "register") -> dict[str, str]:
     """The md5 dvc.lock records for the data outputs in LINEAGE_OUTS, or with
     `everything` for every dep and out of every stage (data and code). Stages
-    write dvc.lock one by one, so select sees those of every earlier stage."""
+    write dvc.lock one by one, so the stage `running` (register: it reads the
+    lock) sees those of every earlier stage; its own entry is its previous
+    run's, skipped. A path's producing stage is its truth: an out wins over any
+    stage's dep of the same path."""
     if not lock.exists():
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    found = {}
-    for stage in stages.values():
-        for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
-            if (everything or entry.get("path") in LINEAGE_OUTS) and entry.get("md5"):
-                found[entry["path"]] = entry["md5"]
-    return found
+    found: dict[str, dict[str, str]] = {"deps": {}, "outs": {}}
+    for name, stage in stages.items():
+        if name == running:
+            continue
+        for kind, hashes in found.items():
+            for entry in stage.get(kind, []):
+                if (everything or entry.get("path") in LINEAGE_OUTS) and entry.get("md5"):
+                    hashes[entry["path"]] = entry["md5"]
+    return {**found["deps"], **found["outs"]}
 
 
 UNKNOWN = "not recorded (the stage that measures it has not run here)"
