@@ -34,7 +34,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from deploy import protocol
-from deploy.batching import Admission, Batcher, Overloaded
+from deploy.batching import Admission, Batcher, Deadlines, Overloaded
 from deploy.metrics import Metrics
 from deploy.openapi import openapi_document
 from deploy.predlog import Entry, PredictionLog
@@ -408,6 +408,19 @@ class Request:
         self.body_pending = False  # True while the body is being read: a timeout then is the client's (408)
 
 
+def _entry(request: Request, endpoint: str, model: Any, **fields: Any) -> Entry:
+    """The prediction log's entry for `request`, answered by (or refused for) `model`, now."""
+    return Entry(
+        ts=time.time(),
+        request_id=request.request_id,
+        endpoint=endpoint,
+        model_name=model.name,
+        model_version=model.version,
+        latency_ms=(perf_counter() - request.start) * 1000,
+        **fields,
+    )
+
+
 Response = tuple  # (status, body bytes, content type bytes, extra headers)
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -457,6 +470,7 @@ class ServingApp:
         token = settings.bearer_token()
         self._expected_auth = token.encode() if token else None
         self.admission = Admission(settings.max_concurrency, settings.max_queue)
+        self.deadlines = Deadlines(settings.request_timeout_s)
         self.stats = InferenceStats()
         self.batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, self._observe_batch)
         self.predlog = PredictionLog(
@@ -510,8 +524,14 @@ class ServingApp:
                     "method",
                     headers=[(b"allow", route.allow.encode())],
                 )
-            async with asyncio.timeout(self.settings.request_timeout_s):
+            deadline = self.deadlines.start()
+            try:
                 status, body, content_type, headers = await handler(request)
+            except BaseException as exc:
+                if self.deadlines.finish(deadline) and isinstance(exc, asyncio.CancelledError):
+                    raise TimeoutError from None  # cancelled by its deadline, and by nothing else
+                raise
+            self.deadlines.finish(deadline)
         except RequestError as err:
             error = err
         except TimeoutError:
@@ -721,22 +741,19 @@ class ServingApp:
 
     async def _log(self, request: Request, endpoint: str, model: Any, x: Any, rows: list | None, answer: Any) -> None:
         # Before the answer is sent: an answered row is in the log's buffer (or the answer waits for room).
-        await self.predlog.put(
-            Entry(
-                ts=time.time(),
-                request_id=request.request_id,
-                endpoint=endpoint,
-                model_name=model.name,
-                model_version=model.version,
-                latency_ms=(perf_counter() - request.start) * 1000,
-                task=model.task,
-                classes=model.classes,
-                threshold=model.metadata.threshold,
-                x=x,
-                rows=rows,
-                outputs=answer,
-            )
+        entry = _entry(
+            request,
+            endpoint,
+            model,
+            task=model.task,
+            classes=model.classes,
+            threshold=model.metadata.threshold,
+            x=x,
+            rows=rows,
+            outputs=answer,
         )
+        if not self.predlog.append(entry):  # the usual case appends without a wait
+            await self.predlog.put(entry)
 
     async def _log_refused(self, request: Request, label: str, status: int, error: str) -> None:
         """A refused prediction request is logged too, so the monitor sees the error rate."""
@@ -744,18 +761,7 @@ class ServingApp:
         model = self.manager.current
         if endpoint is None or model is None:
             return
-        await self.predlog.put(
-            Entry(
-                ts=time.time(),
-                request_id=request.request_id,
-                endpoint=endpoint,
-                model_name=model.name,
-                model_version=model.version,
-                latency_ms=(perf_counter() - request.start) * 1000,
-                status=status,
-                error=error,
-            )
-        )
+        await self.predlog.put(_entry(request, endpoint, model, status=status, error=error))
 
     # ------------------------------------------------------------------ health and metadata
 
@@ -916,6 +922,7 @@ class ServingApp:
         if self._watcher is not None:
             self._watcher.cancel()
         await self.batcher.close()
+        self.deadlines.close()
         self.predlog.close()
         log.info("stopped; the prediction log is flushed")
 

@@ -48,6 +48,14 @@ def _response(status: bytes, message: str, extra: bytes = b"") -> bytes:
     )
 
 
+class _Discard:
+    """The parser of a refused connection: its request is read off the socket
+    (so that closing does not reset it) and dropped."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
 def guarded_protocol(max_connections: int, header_timeout_s: float, retry_after_s: int) -> type:
     over_capacity = _response(
         b"503 Service Unavailable",
@@ -61,7 +69,22 @@ def guarded_protocol(max_connections: int, header_timeout_s: float, retry_after_
     )
 
     class GuardedHttpProtocol(HttpToolsProtocol):
-        _header_timer: asyncio.TimerHandle | None = None
+        # Every request pays for what is here: three hooks, and no timer of its own.
+        # One timer per connection keeps both deadlines, the header deadline and
+        # uvicorn's keep-alive: a request notes when its headers began and when they
+        # are in, an answer when the connection went idle, and the timer, when it
+        # fires, checks the connection as it is then and is set again for what is
+        # due next. (uvicorn sets a keep-alive timer after every answer and cancels
+        # it at the next request; that, and a header timer per request, cost the
+        # event loop more than these checks.)
+        # The timer is never set further ahead than the shorter of the two limits
+        # (`_step`): a deadline that begins later ends no sooner than that, so the
+        # timer, already set, fires before it, however the connection moved between
+        # idle and awaiting headers meanwhile.
+        _timer: asyncio.TimerHandle | None = None
+        _step: float = header_timeout_s
+        _headers_since: float | None = None  # first byte of the request whose headers are awaited
+        _idle_since: float | None = None  # the last answer, while no new request has begun
         _request_started = False
         _refused = False
 
@@ -69,50 +92,86 @@ def guarded_protocol(max_connections: int, header_timeout_s: float, retry_after_
             super().connection_made(transport)
             if len(self.connections) > max_connections:
                 self._refused = True
+                self.parser = _Discard()  # type: ignore[assignment]  # its request is read and dropped, not parsed
                 transport.write(over_capacity)
                 if transport.can_write_eof():
                     transport.write_eof()
-                self._header_timer = self.loop.call_later(min(LINGER_S, header_timeout_s), transport.close)
+                self._timer = self.loop.call_later(min(LINGER_S, header_timeout_s), transport.close)
                 return
+            self._step = min(header_timeout_s, self.timeout_keep_alive)
+            self._headers_since = self.loop.time()  # the first request's deadline runs from the connection
             self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            if not self._refused:  # a refused connection's request is dropped unread
-                super().data_received(data)
 
         def eof_received(self) -> None:
             if self._refused:
                 self.transport.close()
 
+        def _check(self) -> None:
+            self._timer = None
+            if self.transport.is_closing():
+                return
+            now = self.loop.time()
+            if self._headers_since is not None:
+                remaining = self._headers_since + header_timeout_s - now
+                if remaining <= 0:
+                    if self._request_started:  # part of a request came: say why it is refused
+                        self.transport.write(too_slow)
+                    self.transport.close()
+                    return
+            elif self._idle_since is not None:
+                remaining = self._idle_since + self.timeout_keep_alive - now
+                if remaining <= 0:
+                    self.timeout_keep_alive_handler()  # uvicorn's: close the idle connection
+                    return
+            else:  # a request is being answered: its answer notes when the connection goes idle
+                return
+            self._timer = self.loop.call_later(min(remaining, self._step), self._check)
+
         def _arm(self) -> None:
-            self._disarm()
-            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_late)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _headers_late(self) -> None:
-            self._header_timer = None
-            if not self.transport.is_closing():
-                if self._request_started:  # part of a request came: say why it is refused
-                    self.transport.write(too_slow)
-                self.transport.close()
+            if self._timer is None:
+                self._timer = self.loop.call_later(self._step, self._check)
 
         def on_message_begin(self) -> None:
             self._request_started = True
-            if self._header_timer is None:  # a later request on a kept-alive connection
+            if self._headers_since is None:  # a pipelined request, or one sent before the last answer
+                self._headers_since = self.loop.time()
                 self._arm()
-            super().on_message_begin()
+            HttpToolsProtocol.on_message_begin(self)  # not super(): this runs once a request
 
         def on_headers_complete(self) -> None:
-            self._disarm()
+            self._headers_since = None
             self._request_started = False
-            super().on_headers_complete()
+            HttpToolsProtocol.on_headers_complete(self)
+
+        def _unset_keepalive_if_required(self) -> None:
+            # uvicorn calls this when data comes (and when the connection is lost).
+            # Bytes after an answer start the next request's header deadline, even
+            # bytes that begin no request (a CRLF between requests, which the parser
+            # skips): without this, one "\r\n" held an idle connection open forever.
+            if self._idle_since is not None:
+                self._idle_since = None
+                if self._headers_since is None:
+                    self._headers_since = self.loop.time()
+                    self._arm()
+
+        def on_response_complete(self) -> None:
+            # uvicorn 0.54's on_response_complete, with the keep-alive timer it set here
+            # replaced by a note for the connection's one timer.
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self._idle_since = self.loop.time()
+                self._arm()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
             super().connection_lost(exc)
+            if self._timer is not None:  # after uvicorn's, whose _unset_keepalive_if_required may set it
+                self._timer.cancel()
+                self._timer = None
 
     return GuardedHttpProtocol
