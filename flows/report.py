@@ -20,10 +20,16 @@ from typing import Any, Iterable, Optional
 
 from flows.common import is_stale, stage_order
 from tasks.contracts import reports
-from tasks.contracts.reports import CompressionReport, EvaluationReport, Selection, ValidationReport
+from tasks.contracts.reports import (
+    BOOSTED_BASELINE,
+    CompressionReport,
+    EvaluationReport,
+    Selection,
+    ValidationReport,
+)
 from tasks.core import paths
 from tasks.core.task import task_of
-from tasks.evaluation.card import class_scores
+from tasks.evaluation.card import baseline_rows, class_scores
 
 INDEX = paths.REPORTS / "index.html"
 QUALITY_DIMENSIONS = ("representation", "completeness", "uniqueness", "balance")
@@ -296,7 +302,15 @@ def _champion_section(found: Found) -> str:
         f"<span class=muted>{_e(registry['registered_model'])}"
         f"{'@champion' if registry['promoted'] else ' (not promoted)'}</span></div></div>"
         "<p>File: <code>models/champion.onnx</code>. Serve it with <code>make serve</code>.</p>"
+        + _baselines_table(selection)
     )
+
+
+def _baselines_table(selection: Selection) -> str:
+    """The champion beside the trivial and boosted baselines, same test split."""
+    if not selection.baselines:
+        return ""
+    return "<h3 id=baselines>Beside the baselines (same test split)</h3>" + table(baseline_rows(selection))
 
 
 def _gates_section(found: Found) -> str:
@@ -393,7 +407,17 @@ def _candidates_section(found: Found) -> str:
     selection = found.selection
     if selection is None:
         return "<h2 id=candidates>Candidates</h2>"
-    keys = ["quality", "f1_drop", "ece", "size_bytes", selection.speed_key, "eligible", "within_budget", "qualifies"]
+    keys = [
+        "quality",
+        "quality_drop",
+        *(["vs_boosted"] if BOOSTED_BASELINE in selection.baselines else []),
+        "ece",
+        "size_bytes",
+        selection.speed_key,
+        "eligible",
+        "within_budget",
+        "qualifies",
+    ]
     front = found.compression.pareto_front if found.compression else ()
     return (
         "<h2 id=candidates>Candidates</h2>"
@@ -407,7 +431,9 @@ def _candidates_section(found: Found) -> str:
             ],
             ["candidate", *keys],
         )
-        + f"<p>Pareto front: {', '.join(map(_e, front)) or 'n/a'}.</p>"
+        + f"<p>Quality budget: within {selection.max_quality_drop} of the best candidate, "
+        f"<code>{_e(selection.best)}</code> ({selection.candidates[selection.best]['quality']:.4f}). "
+        f"Pareto front: {', '.join(map(_e, front)) or 'n/a'}.</p>"
         + "<div class=plots>"
         + image(found.reports_dir / "pareto.png", "Pareto: latency against quality")
         + "</div>"
@@ -467,6 +493,7 @@ def console_summary(root: Path) -> list[str]:
     if selection is None:
         return ["no champion yet: select has not completed (reports/summaries/ says how far the run got)"]
     ours, ref, key = selection.ours, selection.ref, selection.speed_key
+    beside = "".join(f", {b.name} baseline {b.quality:.4f}" for b in selection.baselines.values())
     ece = f", ECE {ours['ece']:.4f}" if ours.get("ece") is not None else ""
     registry = registry_state(root)
     uri = registry["uri"]
@@ -477,7 +504,7 @@ def console_summary(root: Path) -> list[str]:
         held = f"{registry['registered_model']}: {_version_text(registry)} ({registry.get('error') or 'no version of this file'})"
     return [
         f"champion: {selection.champion}: {task_of(selection.task).quality_label} {ours['quality']:.4f}{ece} "
-        f"({selection.reference}: {ref['quality']:.4f}); {selection.speedup:.2f}x the teacher's speed ({key}, "
+        f"({selection.reference}: {ref['quality']:.4f}{beside}); {selection.speedup:.2f}x the teacher's speed ({key}, "
         f"onnxruntime against onnxruntime), {ours['size_bytes'] / 1024:.1f} KiB",
         "  file:     models/champion.onnx",
         f"  registry: {held} ({uri})",

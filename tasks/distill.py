@@ -1,17 +1,31 @@
-"""Stage 5, distill: a smaller student learns from the teacher's soft labels
-(tasks/ml/distillation.py)."""
+"""Stage 5, distill: a smaller student learns from the strongest teacher's soft
+labels (tasks/ml/distillation.py).
+
+On tables the teacher is the boosted model (models/boosted) when it beats the
+network teacher on the validation split (`distill.teacher: auto`): the student
+learns its probabilities (its predictions, for regression), read from its ONNX
+graph. Images, and tables where the network wins, distil from the network.
+"""
 
 from __future__ import annotations
 
-from tasks.contracts.processed import load_split, read_meta
+from typing import Any
+
+import numpy as np
+
+from tasks.contracts.onnx import output_names
+from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
 from tasks.core import paths
-from tasks.core.errors import run_cli
+from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.params import load_params
+from tasks.core.task import task_of
+from tasks.evaluation.metrics import task_metrics
 from tasks.ml.checks import check_fit_params
 from tasks.ml.distillation import distill_student
 from tasks.ml.distributed import stage_main
 from tasks.ml.fitting import record_training
 from tasks.ml.models import load_model
+from tasks.ml.training import predict_logits
 
 SECTIONS = ("distill",)
 
@@ -22,11 +36,53 @@ def main() -> None:
     stage_main("distill", "distill", params.distill.nproc_per_node, lambda: run(params))
 
 
+def boosted_outputs(x: np.ndarray, task: str) -> np.ndarray:
+    """The boosted model's raw outputs (log-probabilities, or predictions) from its graph."""
+    from tasks.onnx.runtime import run_batches, session
+
+    return run_batches(session(paths.BOOSTED_ONNX, threads=1), x, output=output_names(task)[0])
+
+
+def choose_teacher(
+    choice: str, network: Any, train: tuple, val: tuple, meta: ProcessedMeta
+) -> tuple[Any, dict[str, Any]]:
+    """What the student learns from (the network, or the boosted model's outputs
+    on train and val) and the figures behind the choice: each teacher's
+    validation quality."""
+    classes = list(meta.classes)
+    figures: dict[str, Any] = {
+        "network_val_quality": task_metrics(meta.task, predict_logits(network, val[0]), val[1], classes)["quality"]
+    }
+    has_boosted = paths.BOOSTED_ONNX.exists()
+    if choice == "boosted" and not has_boosted:
+        raise DistilleryError(
+            f"params.yaml 'distill.teacher' is boosted but there is no boosted model ({paths.BOOSTED_INFO} says why); "
+            "set it to auto or teacher"
+        )
+    if has_boosted:
+        boosted_val = boosted_outputs(val[0], meta.task)
+        figures["boosted_val_quality"] = task_metrics(meta.task, boosted_val, val[1], classes)["quality"]
+    boosted_wins = has_boosted and figures["boosted_val_quality"] > figures["network_val_quality"]
+    use_boosted = choice == "boosted" or (choice == "auto" and boosted_wins)
+    figures["teacher"] = "boosted" if use_boosted else "teacher"
+    if not use_boosted:
+        return network, figures
+    return (boosted_outputs(train[0], meta.task), boosted_val), figures
+
+
 def run(params) -> None:
     meta = read_meta()
     check_fit_params(params.distill, "distill", meta.task)
-    teacher = load_model(paths.MODELS / "teacher")
+    network = load_model(paths.MODELS / "teacher")
     train, val = load_split("train"), load_split("val")
+    teacher, chosen = choose_teacher(params.distill.teacher, network, train, val, meta)
+    quality = task_of(meta.task).quality_label
+    if "boosted_val_quality" in chosen:
+        print(
+            f"distill: teacher {chosen['teacher']} (validation {quality}: network {chosen['network_val_quality']:.4f}, "
+            f"boosted {chosen['boosted_val_quality']:.4f}; distill.teacher: {params.distill.teacher})",
+            flush=True,
+        )
     record_training(
         "distill",
         "student",
@@ -36,6 +92,7 @@ def run(params) -> None:
         lambda on_epoch: distill_student(
             teacher, train, val, meta, params.distill, on_epoch, tensorboard_dir=str(paths.TENSORBOARD / "distill")
         ),
+        chosen,
     )
 
 

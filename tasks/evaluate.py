@@ -25,7 +25,7 @@ from tasks.contracts.processed import (
     load_split_arrays,
     read_meta,
 )
-from tasks.contracts.reports import EvaluationReport
+from tasks.contracts.reports import Baseline, EvaluationReport
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
@@ -33,9 +33,10 @@ from tasks.core.params import EvaluateParams, load_params
 from tasks.core.report import markdown_table, write_summary
 from tasks.core.task import task_of
 from tasks.evaluation import plots
+from tasks.evaluation.baselines import boosted_baseline, trivial_baseline
 from tasks.evaluation.metrics import curve_points, label_curve_points, task_metrics
 from tasks.onnx.quantize import agreement
-from tasks.onnx.runtime import check_artifact, file_size, run_batches, session
+from tasks.onnx.runtime import check_artifact, file_size, read_metadata, run_batches, session
 from tasks.onnx.timing import latency_key, session_latencies
 
 SECTIONS = ("evaluate",)
@@ -201,6 +202,21 @@ def add_int8_agreement(candidates: dict, x: np.ndarray, task: str, params: Evalu
             candidates[name]["int8_top1_agreement"] = agreement(b, a)
 
 
+def compute_baselines(meta: ProcessedMeta, test_y: np.ndarray, candidates: dict) -> dict[str, Baseline]:
+    """The trivial baseline (fitted on the train split's labels) and, on tables,
+    the boosted candidate, both on this test split."""
+    _, train_y = load_split("train")
+    threshold = 0.5
+    for name in candidates:  # multilabel: the served threshold, the same in every file export wrote
+        threshold = read_metadata(paths.ONNX_DIR / f"{name}.onnx").threshold
+        break
+    found = [trivial_baseline(meta.task, train_y, test_y, list(meta.classes), threshold)]
+    boosted = boosted_baseline(meta.task, candidates)
+    if boosted is not None:
+        found.append(boosted)
+    return {b.name: b for b in found}
+
+
 def log_to_mlflow(mlflow_cfg, candidates: dict, task: str) -> None:
     """Every candidate's scalar metrics (prefixed by its name), the report and the plots."""
     import mlflow
@@ -230,6 +246,7 @@ def main() -> None:
     for name, result in candidates.items():
         write_plots(name, result, list(meta.classes), meta.task)
     slices = slice_report(meta, y, params) if params.slice_column else None
+    baselines = compute_baselines(meta, y, candidates)
     reports.write(
         EvaluationReport(
             task=meta.task,
@@ -237,17 +254,20 @@ def main() -> None:
             latency_threads=tuple(params.latency_threads),
             candidates=candidates,
             slices=slices,
+            baselines=baselines,
         )
     )
     log_to_mlflow(all_params.mlflow, candidates, meta.task)
     latency = [latency_key(b, t) for t in params.latency_threads for b in LATENCY_BATCHES]
+    quality_name = task_of(meta.task).quality_label
+    beside = "; ".join(f"{b.name} baseline ({b.model}): {quality_name} {b.quality:.4f}" for b in baselines.values())
     columns = (*(REGRESSION_COLUMNS if task_of(meta.task).regression else SUMMARY_COLUMNS), *latency)
     rows = [{"candidate": n, **{k: r[k] for k in columns}} for n, r in candidates.items()]
     write_summary(
         "evaluate",
         f"Test split: {len(y)} rows. Latency in ms, onnxruntime, median of interleaved rounds "
         f"({params.latency_rounds} rounds, {params.latency_seconds} s per batch size and thread count); "
-        f"`_t<n>` = n intra-op threads.\n\n" + markdown_table(rows),
+        f"`_t<n>` = n intra-op threads. Baselines on the same split: {beside}.\n\n" + markdown_table(rows),
     )
 
 

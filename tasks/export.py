@@ -9,6 +9,7 @@ the server will check it.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,11 @@ from tasks.contracts.onnx import (
     output_names,
 )
 from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
+from tasks.contracts.reports import BOOSTED
 from tasks.core import paths
 from tasks.core.cluster import dask_address, map_on_cluster
 from tasks.core.errors import DistilleryError, run_cli
-from tasks.core.io import write_json
+from tasks.core.io import atomic_path, read_json, write_json
 from tasks.core.params import ExportParams, load_params
 from tasks.core.provenance import git_commit
 from tasks.core.report import markdown_table, write_summary
@@ -43,7 +45,7 @@ from tasks.onnx.quantize import (
     int8_kernels,
     quantize,
 )
-from tasks.onnx.runtime import check_artifact, file_size, run_batches
+from tasks.onnx.runtime import check_artifact, file_size, run_batches, session
 
 SECTIONS = ("export",)
 
@@ -165,6 +167,65 @@ def _exported(i: int, n: int, call: tuple) -> dict:
     return figures
 
 
+def export_boosted(
+    source: Path,
+    info: dict,
+    val: tuple[np.ndarray, np.ndarray],
+    metadata: ArtifactMetadata,
+    params: ExportParams,
+    out_dir: Path,
+) -> dict:
+    """The boost stage's graph (checked there against scikit-learn) as the
+    candidate `boosted.fp32`: the temperature fitted on the validation split
+    as for every candidate, the metadata written, the contract checked, and its
+    outputs checked against the source graph's. Trees have no int8 version.
+    `info` is the boost stage's record (models/boosted/boosted.json)."""
+    import onnx
+
+    from tasks.onnx.boosted import set_temperature
+
+    val_x, val_y = val
+    task = metadata.task
+    target = out_dir / f"{BOOSTED.name}.onnx"
+    output = output_names(task)[0]  # logits (log-probabilities at T = 1), or a regression's prediction
+    raw = run_batches(session(source, threads=1), val_x, output=output)
+    if params.temperature_scaling and task_of(task).single_label:
+        scaling = calibrate(raw, val_y, params.calibration_bins, "softmax")
+    else:
+        scaling = {"temperature": 1.0}
+    proto = set_temperature(onnx.load(str(source)), scaling["temperature"])
+    with atomic_path(target) as tmp:
+        onnx.save(proto, str(tmp))
+    metadata = metadata.replace(
+        temperature=scaling["temperature"],
+        candidate=BOOSTED.name,
+        precision="fp32",
+        # Trees split the encoded features as they are and learnt the target in its units: no scaling inside.
+        preprocessing=dataclasses.replace(
+            metadata.preprocessing,
+            inside_graph="gradient-boosted trees on the encoded features; encode raw rows with preprocessing.encoder",
+        ),
+        target_units=None,
+    )
+    set_metadata(target, metadata)
+    _, _, sess = check_artifact(target)
+    got = run_batches(sess, val_x, output=output)
+    max_diff = float(np.abs(raw / metadata.temperature - got).max())
+    if max_diff > params.atol * (max(1.0, float(np.abs(raw).max())) if task_of(task).regression else 1.0):
+        raise DistilleryError(
+            f"{target}: its {output} differ from {source}'s by {max_diff:.2e} on the validation set, "
+            f"above export.atol={params.atol:.0e}"
+        )
+    return {
+        **scaling,
+        "parameters": info.get("tree_nodes"),  # tree nodes: the size a network's parameter count stands for
+        "fp32_max_abs_diff": max_diff,
+        "sklearn_max_abs_diff": info.get("onnx_max_abs_diff"),
+        "answer_output": answer_output(task),
+        "fp32_size_bytes": file_size(target),
+    }
+
+
 def kernel_list(kernels: dict[str, int]) -> str:
     return ", ".join(f"{op} x{n}" for op, n in kernels.items()) or "none (float)"
 
@@ -192,6 +253,10 @@ def main() -> None:
         else [_exported(i, len(calls), call) for i, call in enumerate(calls, 1)]
     )
     report = dict(zip(names, results))
+    if paths.BOOSTED_ONNX.exists():  # tables: the boost stage's trees
+        info = read_json(paths.BOOSTED_INFO, "the boost stage's record")
+        report[BOOSTED.model] = export_boosted(paths.BOOSTED_ONNX, info, val, metadata, params, paths.ONNX_DIR)
+        print(f"export: {BOOSTED}: {report[BOOSTED.model]['fp32_size_bytes']:,} B written and checked", flush=True)
     write_json(paths.EXPORT_REPORT, report)
     from tasks.core.tracking import log_stage
 
@@ -211,7 +276,7 @@ def main() -> None:
         f"(checked against PyTorch) and int8 (onnxruntime quantization), each checked against the artifact contract.{where}\n\n"
         + markdown_table(
             [
-                {"model": name, **figures, "int8_kernels": kernel_list(figures["int8_kernels"])}
+                {"model": name, **figures, "int8_kernels": kernel_list(figures.get("int8_kernels", {}))}
                 for name, figures in report.items()
             ]
         ),

@@ -7,8 +7,10 @@ are there but the registry may hold nothing. So this stage is
 `always_changed` in dvc.yaml (never restored from the run cache): every `make
 run`, `dvc repro`, `dvc exp run` and worker run asks the registry. In order:
 
-1. the gate: the absolute floors, and no worse than the current champion on
-   this test split;
+1. the gate, on this test split: clearly above the trivial baseline
+   (`select.min_gain_over_trivial`), within `select.max_quality_drop` of the
+   boosted baseline (tables), the optional absolute floors, calibration, and
+   no worse than the current champion;
 2. a complete version of this very file (its sha256) is reused; otherwise one
    is created with every tag at once (provenance, gate verdict, sha256), so a
    version without them never exists; a failure after creation deletes it;
@@ -45,7 +47,7 @@ from tasks.contracts.registry import (
     missing_provenance,
     onnx_files,
 )
-from tasks.contracts.reports import CompressionReport, Selection
+from tasks.contracts.reports import BOOSTED_BASELINE, TRIVIAL, Baseline, CompressionReport, Selection
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json, write_text
@@ -119,12 +121,36 @@ def current_champion(registered_model: str, x: np.ndarray, y: np.ndarray, meta: 
     return Champion(champion.version, champion.sha256, quality)
 
 
-def gate_failures(candidate: dict, params: SelectParams, baseline: float | None, task: str = "multiclass") -> list[str]:
-    """Every threshold the candidate misses, with the amount it misses by."""
+def gate_failures(
+    candidate: dict,
+    params: SelectParams,
+    baseline: float | None,
+    task: str = "multiclass",
+    baselines: Optional[dict[str, Baseline]] = None,
+) -> list[str]:
+    """Every threshold the candidate misses, with the amount it misses by: the
+    trivial baseline it must beat clearly, the boosted reference it must stay
+    within the budget of, the optional absolute floors, calibration, and the
+    current champion (`baseline`, its quality on this test split)."""
     failures = []
     quality = _quality(candidate)
     name, floor = task_of(task).quality_metric, getattr(params, task_of(task).gate_floor)
-    if quality < floor:
+    baselines = baselines or {}
+    trivial = baselines.get(TRIVIAL)
+    if trivial is not None and quality < trivial.quality + params.min_gain_over_trivial:
+        failures.append(
+            f"{name} {quality:.4f} does not beat the trivial baseline, {trivial.model} ({name} "
+            f"{trivial.quality:.4f} on the same test split), by select.min_gain_over_trivial "
+            f"{params.min_gain_over_trivial} (gain {quality - trivial.quality:+.4f}): the features may carry "
+            "no signal about the target; check data.target and the columns"
+        )
+    boosted = baselines.get(BOOSTED_BASELINE)
+    if boosted is not None and quality < boosted.quality - params.max_quality_drop:
+        failures.append(
+            f"{name} {quality:.4f} is {boosted.quality - quality:.4f} below the boosted baseline, {boosted.model} "
+            f"({boosted.quality:.4f}), more than select.max_quality_drop {params.max_quality_drop}"
+        )
+    if floor is not None and quality < floor:
         failures.append(f"{name} {quality:.4f} < select.min_{name} {floor} (short by {floor - quality:.4f})")
     if candidate.get("ece") is not None and candidate["ece"] > params.max_ece:
         failures.append(
@@ -258,11 +284,12 @@ def headline(selection: Selection, version: str) -> dict:
     prints): its quality, its speed against the reference in the same runtime,
     its size and its registry version. Strings and per-candidate rows stay in
     reports/selection.json, so the table fits a terminal."""
-    ours, ref = selection.ours, selection.ref
+    ours = selection.ours
     keys = task_of(selection.task).headline
     return {
         **{key: round(ours[key], 4) for key in keys if ours.get(key) is not None},
-        "quality_drop": round(ref["quality"] - ours["quality"], 4),
+        "quality_drop": round(selection.candidates[selection.best]["quality"] - ours["quality"], 4),  # below the best
+        **{f"{b.name}_quality": round(b.quality, 4) for b in selection.baselines.values()},
         "latency_ms": round(ours[selection.speed_key], 4),
         "speedup": round(selection.speedup, 2),
         "size_kb": round(ours["size_bytes"] / 1024, 1),
@@ -296,7 +323,7 @@ def main() -> None:
     sha256 = sha256_file(paths.CHAMPION)
     current = current_champion(name, x, y, meta)
     baseline = current.quality if current is not None and current.sha256 != sha256 else None
-    failures = gate_failures(scores, params, baseline, meta.task)
+    failures = gate_failures(scores, params, baseline, meta.task, selection.baselines)
     passed = not failures
     existing = complete_versions(client, name, sha256, "passed" if passed else "failed")
     created = not existing

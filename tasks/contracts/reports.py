@@ -31,7 +31,7 @@ class CandidateId:
     which precision. Its `name` ("student_pruned.int8") keys the reports and
     names the ONNX file (models/onnx/<name>.onnx)."""
 
-    model: str  # teacher | student | teacher_pruned | student_pruned
+    model: str  # teacher | student | teacher_pruned | student_pruned | boosted (tables: gradient-boosted trees)
     precision: Precision
 
     @classmethod
@@ -51,12 +51,20 @@ class CandidateId:
 
     @property
     def base(self) -> str:
-        """The trained model it comes from: teacher or student."""
+        """The trained model it comes from: teacher, student or boosted."""
         return self.model.removesuffix(PRUNED)
+
+    @property
+    def boosted(self) -> bool:
+        """The gradient-boosted trees (tables), not a network: no compression step led to it."""
+        return self.base == BOOSTED_MODEL
 
     def lineage(self) -> list["CandidateId"]:
         """The compression steps that lead from the fp32 teacher to this
-        candidate: teacher, then student, then pruned, then this precision."""
+        candidate: teacher, then student, then pruned, then this precision.
+        The boosted model is its own lineage."""
+        if self.boosted:
+            return [self]
         steps = [REFERENCE]
         if self.base != REFERENCE.model:
             steps.append(CandidateId(self.base, "fp32"))
@@ -69,7 +77,21 @@ class CandidateId:
         return self.name
 
 
-REFERENCE = CandidateId("teacher", "fp32")  # what every candidate is compared with, in the same runtime
+BOOSTED_MODEL = "boosted"
+REFERENCE = CandidateId("teacher", "fp32")  # every candidate's speed is compared with it, in the same runtime
+BOOSTED = CandidateId(BOOSTED_MODEL, "fp32")  # tables: the gradient-boosted candidate and quality baseline
+TRIVIAL, BOOSTED_BASELINE = "trivial", "boosted"  # the baselines' keys
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What the champion must beat (trivial) or come close to (boosted), scored
+    on the same test split by the task's quality metric."""
+
+    name: str  # trivial | boosted
+    model: str  # what it is, e.g. "DummyClassifier(strategy='most_frequent')" or "boosted.fp32"
+    quality: float  # macro-F1, or R^2 for regression
+    metrics: dict[str, float]  # a few more of the task's figures (accuracy, r2, rmse, ...)
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,7 @@ class EvaluationReport:
     latency_threads: tuple[int, ...]
     candidates: dict[str, dict[str, Any]]  # name -> evaluate's figures
     slices: Optional[dict[str, Any]] = None
+    baselines: dict[str, Baseline] = dataclasses.field(default_factory=dict)  # trivial, and boosted on tables
 
     def __post_init__(self) -> None:
         for name in self.candidates:
@@ -108,17 +131,20 @@ class Selection:
     """reports/selection.json: select's verdict on every candidate and the champion."""
 
     champion: str
-    reference: str
-    max_f1_drop: float
+    reference: str  # the speed reference (teacher.fp32): speed-ups are measured against it
+    best: str  # the candidate of highest quality: the quality budget is measured against it
+    max_quality_drop: float
     speed_key: str
     task: TaskType
-    candidates: dict[str, dict[str, Any]]  # name -> figures, quality, f1_drop, eligible, within_budget, qualifies
+    # name -> figures, quality, quality_drop (below the best), vs_boosted, eligible, within_budget, qualifies
+    candidates: dict[str, dict[str, Any]]
+    baselines: dict[str, Baseline] = dataclasses.field(default_factory=dict)  # trivial, and boosted on tables
 
     def __post_init__(self) -> None:
-        for name in (self.champion, self.reference, *self.candidates):
+        for name in (self.champion, self.reference, self.best, *self.candidates):
             CandidateId.parse(name)
-        if self.champion not in self.candidates or self.reference not in self.candidates:
-            raise ValueError("the champion and the reference must be among the candidates")
+        if any(n not in self.candidates for n in (self.champion, self.reference, self.best)):
+            raise ValueError("the champion, the reference and the best must be among the candidates")
 
     @property
     def champion_id(self) -> CandidateId:
@@ -146,6 +172,7 @@ class CompressionReport:
     task: TaskType
     speed_key: str
     reference: str
+    best: str  # the quality floor is the best candidate's quality less select.max_quality_drop
     quality_floor: float
     pareto_front: tuple[str, ...]
     champion_vs_reference: dict[str, Any]  # speedup per latency key, size_ratio, quality_drop_points

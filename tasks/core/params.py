@@ -273,6 +273,9 @@ class TrainParams(FitParams):
 class DistillParams(FitParams):
     temperature: float
     alpha: float
+    # tables: which model the student learns from; auto = the boosted model where it beats the
+    # network teacher on the validation split, else the teacher (images: always the teacher)
+    teacher: Literal["auto", "teacher", "boosted"] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -297,6 +300,30 @@ class PruneParams:
                 raise ValueError(f"a pruning amount must lie in [0, 1), got {amount}")
         if self.fine_tune_epochs < 0:
             raise ValueError("fine_tune_epochs must be >= 0")
+
+
+@dataclass(frozen=True)
+class BoostParams:
+    """The gradient-boosted reference and candidate (tables): scikit-learn's
+    HistGradientBoosting on the encoded features of the train split, early
+    stopping on the validation split."""
+
+    enabled: bool  # false: no boosted candidate
+    max_iter: int  # boosting rounds at most
+    learning_rate: float
+    max_leaf_nodes: int  # leaves per tree
+    min_samples_leaf: int  # rows a leaf needs
+    l2_regularization: float
+    class_weight: Literal["none", "balanced"]  # classifiers: weigh rare classes up
+    n_iter_no_change: int  # early stopping patience, in rounds, on the validation loss
+    seed: int
+    atol: float  # ONNX against scikit-learn on the validation split: probabilities, or relative for regression
+
+    def __post_init__(self) -> None:
+        if self.max_iter < 1 or self.max_leaf_nodes < 2 or self.min_samples_leaf < 1 or self.n_iter_no_change < 1:
+            raise ValueError("max_iter >= 1, max_leaf_nodes >= 2, min_samples_leaf >= 1 and n_iter_no_change >= 1")
+        if not self.learning_rate > 0 or self.l2_regularization < 0 or not self.atol > 0:
+            raise ValueError("learning_rate > 0, l2_regularization >= 0 and atol > 0 are required")
 
 
 @dataclass(frozen=True)
@@ -342,14 +369,15 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class SelectParams:
-    max_f1_drop: float  # a candidate qualifies within this macro-F1 of the fp32 teacher
+    max_quality_drop: float  # a candidate qualifies within this much quality (macro-F1, R^2) of the best candidate
     precisions: tuple[Literal["fp32", "int8"], ...]  # which exports may become champion
     speed_key: str  # what "fastest" means: latency_ms_b<1|256>_t<threads>, the batch and threads serving uses
     registered_model: Optional[str]  # MLflow registry name; null = distillery-<dataset> (one champion per dataset)
-    min_macro_f1: float  # gate: absolute floor for the champion's macro-F1 (classification)
-    min_r2: float  # gate: absolute floor for its R^2 (regression)
+    min_gain_over_trivial: float  # gate: quality the champion must gain over the trivial baseline (majority / mean)
+    min_macro_f1: Optional[float]  # gate: optional absolute floor for the champion's macro-F1 (null = none)
+    min_r2: Optional[float]  # gate: optional absolute floor for its R^2 (regression; null = none)
     max_ece: float  # gate: absolute ceiling for its calibration error
-    max_drop_vs_champion: float  # gate: macro-F1 it may lose against the current champion on this test split
+    max_drop_vs_champion: float  # gate: quality it may lose against the current champion on this test split
     max_size_bytes: Optional[int]  # budget: largest ONNX file a champion may be (null = no limit)
     max_latency_ms: Optional[float]  # budget: slowest speed_key latency a champion may have (null = no limit)
     promote: Optional[bool]  # move the alias when the gate passes; null: yes, except under `dvc exp run`
@@ -363,10 +391,55 @@ class SelectParams:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"latency_ms_b(1|256)_t[1-9][0-9]*", self.speed_key):
             raise ValueError(f"speed_key must read latency_ms_b<1|256>_t<threads>, got {self.speed_key!r}")
-        if self.max_f1_drop < 0:
-            raise ValueError("max_f1_drop must be >= 0")
+        if self.max_quality_drop < 0:
+            raise ValueError("max_quality_drop must be >= 0")
         if not self.precisions:
             raise ValueError("precisions must name at least one of fp32, int8")
+
+
+# Keys renamed in params.yaml: accepted for one release, with a message naming the new key.
+RENAMED_KEYS: dict[str, dict[str, str]] = {
+    "select": {"max_f1_drop": "max_quality_drop", "max_r2_drop": "max_quality_drop"},
+}
+RENAMED_WHY = {
+    "max_quality_drop": "it is measured against the best candidate now (the boosted model on tables), "
+    "not the fp32 teacher, and in the task's own quality (macro-F1 or R^2)",
+}
+
+
+def apply_renamed_keys(raw: Any, source: str, warn: Any = None) -> Any:
+    """`raw` (params.yaml as loaded) with each renamed key moved to its new name,
+    saying so once per key through `warn` (stderr by default). An old key wins
+    over the new one: it is what the user just set (`dvc exp run -S
+    select.max_f1_drop=0.05` adds it beside the new key). Two old spellings
+    with different values are refused."""
+    import sys
+
+    warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
+    if not isinstance(raw, dict):
+        return raw
+    for section, renames in RENAMED_KEYS.items():
+        values = raw.get(section)
+        if not isinstance(values, dict):
+            continue
+        given: dict[str, tuple[str, Any]] = {}
+        for old, new in renames.items():
+            if old not in values:
+                continue
+            value = values.pop(old)
+            if new in given and given[new][1] != value:
+                raise DistilleryError(
+                    f"{source}: '{section}.{given[new][0]}' ({given[new][1]}) and '{section}.{old}' ({value}) "
+                    f"are both old names of '{section}.{new}'; keep '{section}.{new}' alone"
+                )
+            given[new] = (old, value)
+            warn(
+                f"{source}: '{section}.{old}' is now '{section}.{new}' ({RENAMED_WHY.get(new, 'renamed')}); "
+                f"the old name is accepted for this release only: rename it in {source}"
+            )
+        for new, (_, value) in given.items():
+            values[new] = value
+    return raw
 
 
 @dataclass(frozen=True)
@@ -455,6 +528,7 @@ class Params:
     preprocess: PreprocessParams
     train: TrainParams
     distill: DistillParams
+    boost: BoostParams
     prune: PruneParams
     export: ExportParams
     evaluate: EvaluateParams
@@ -532,7 +606,7 @@ def load_params(path: str | Path = PARAMS_FILE, sections: Optional[Sequence[str]
     """Every section of `path`, parsed and checked (a bad key anywhere stops any
     stage), as `Params`; or, given `sections`, a view of only those."""
     try:
-        params = parse(Params, load_yaml(path, "params file"), str(path))
+        params = parse(Params, apply_renamed_keys(load_yaml(path, "params file"), str(path)), str(path))
     except DistilleryError as err:
         if os.environ.get(EXPERIMENT_ENV):  # set by DVC on the stages of `dvc exp run`
             raise DistilleryError(

@@ -14,6 +14,9 @@ PROCESSED = Path("data/processed")  # train/val/test .npz + meta.json
 MODELS = Path("models")
 ONNX_DIR = MODELS / "onnx"
 CHAMPION = MODELS / "champion.onnx"
+BOOSTED = MODELS / "boosted"  # the boost stage's output: model.onnx (tables) and boosted.json
+BOOSTED_ONNX = BOOSTED / "model.onnx"  # the contract's graph, without metadata: export finishes it
+BOOSTED_INFO = BOOSTED / "boosted.json"  # whether one was trained, its settings and checks
 
 REPORTS = Path("reports")
 VALIDATION_REPORT = REPORTS / "validation.json"
@@ -37,6 +40,7 @@ QUALITY_PLOTS = REPORTS / "quality"  # class balance and missingness matrix
 SEARCH_DIR = REPORTS / "search"
 BEST_PARAMS = SEARCH_DIR / "best_params.json"  # the search's best train values, applied by train
 EXPORT_REPORT = REPORTS / "export.json"
+BOOST_REPORT = REPORTS / "boost.json"
 PRUNING_REPORT = REPORTS / "pruning.json"
 COMPRESSION_REPORT = REPORTS / "compression.json"
 CURVES = REPORTS / "curves"  # ROC, PR, reliability and residual data for `dvc plots`

@@ -256,10 +256,34 @@ def _evaluation_data(given: CardInputs) -> list[str]:
     ]
 
 
+def baseline_rows(selection: Selection) -> list[dict]:
+    """The champion beside the baselines on the same test split: the trivial one
+    it must beat clearly and the boosted one it must stay close to."""
+    task = task_of(selection.task)
+    keys = [k for k in task.headline if k != "ece"]
+    ours = selection.ours
+    rows = [{"model": f"champion: {selection.champion}", **{k: round(ours[k], 4) for k in keys if k in ours}}]
+    for b in selection.baselines.values():
+        rows.append(
+            {"model": f"{b.name} baseline: {b.model}", **{k: round(b.metrics[k], 4) for k in keys if k in b.metrics}}
+        )
+    for row, quality in zip(rows, [ours["quality"], *(b.quality for b in selection.baselines.values())]):
+        row[f"vs champion ({task.quality_label})"] = round(quality - ours["quality"], 4)
+    return rows
+
+
 def _metrics(given: CardInputs) -> list[str]:
     s, ours = given.selection, given.selection.ours
     evaluation = given.evaluation.candidates[s.champion]
     lines = ["## Metrics", ""]
+    if s.baselines:
+        lines += [
+            "Beside the baselines (same test split; the gate wants the champion clearly above the trivial one "
+            "and within `select.max_quality_drop` of the best candidate):",
+            "",
+            markdown_table(baseline_rows(s)),
+            "",
+        ]
     if task_of(s.task).regression:
         lines.append(markdown_table([{k: round(ours[k], 4) for k in ("r2", "rmse", "mae") if ours.get(k) is not None}]))
     else:

@@ -43,8 +43,11 @@ def distillation_loss(
     return alpha * temperature**2 * soft + (1 - alpha) * hard
 
 
+Outputs = tuple[np.ndarray, np.ndarray]  # a teacher's raw outputs on the train and validation rows
+
+
 def distill_student(
-    teacher: torch.nn.Module,
+    teacher: torch.nn.Module | Outputs,
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
     meta: ProcessedMeta,
@@ -52,15 +55,21 @@ def distill_student(
     on_epoch: EpochLogger | None = None,
     tensorboard_dir: str | None = None,
 ) -> tuple[Model, FitResult]:
+    """The student, trained on `teacher`'s outputs: a network, or outputs
+    computed beforehand (the boosted model's log-probabilities, or its
+    predictions for regression, on the train and validation rows)."""
     seed_everything(params.seed)
     task = meta.task
     device = pick_device()
-    teacher = teacher.to(device)
     # The teacher is frozen: its outputs are computed once, not every epoch. As
     # class logits, a binary sigmoid teacher distils like any softmax one.
     single_label = task_of(task).single_label
-    teacher_train = predict_logits(teacher, train[0])
-    teacher_val = predict_logits(teacher, val[0])
+    if isinstance(teacher, tuple):
+        teacher_train, teacher_val = (np.asarray(o, np.float32) for o in teacher)
+    else:
+        teacher = teacher.to(device)
+        teacher_train = predict_logits(teacher, train[0])
+        teacher_val = predict_logits(teacher, val[0])
     if single_label:
         teacher_train, teacher_val = class_logits(teacher_train), class_logits(teacher_val)
     student = build_model(spec_for(meta, params, n_outputs(task, params, meta.n_classes))).to(device)

@@ -93,9 +93,12 @@ def record_training(
     mlflow_cfg: MlflowParams,
     meta: ProcessedMeta,
     train_fn,
+    teacher: dict | None = None,
 ) -> None:
     """Run `train_fn(on_epoch)` inside an MLflow run, then save the model, its
-    validation metrics and the stage summary. Shared by train and distill."""
+    validation metrics and the stage summary. Shared by train and distill;
+    `teacher` (distill): which teacher it learnt from and each one's validation
+    quality, so the summary gives the student's quality against them."""
     import mlflow
 
     from tasks.core.tracking import mlflow_run
@@ -116,7 +119,12 @@ def record_training(
             "val_quality": scores["quality"],  # macro-F1, or R^2 for regression
             "parameters": count_parameters(model),
         }
-        mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+        if teacher:
+            summary.update(teacher)
+            for name in ("network", "boosted"):
+                if f"{name}_val_quality" in teacher:
+                    summary[f"vs_{name}"] = scores["quality"] - teacher[f"{name}_val_quality"]
+        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
         stem = paths.MODELS / model_name
         save_model(model.cpu(), stem)
         mlflow.log_artifact(str(stem.with_suffix(".json")))
@@ -130,5 +138,18 @@ def record_training(
         stage,
         f"`{model_name}`: {count_parameters(model):,} parameters; {stopped} "
         f"(best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}).\n\n"
-        f"Validation quality ({task_of(meta.task).quality_label}) {scores['quality']:.4f}.",
+        f"Validation quality ({task_of(meta.task).quality_label}) {scores['quality']:.4f}."
+        + _against_teachers(summary),
     )
+
+
+def _against_teachers(summary: dict) -> str:
+    """The student's validation quality against each teacher's, in the distill summary."""
+    parts = [
+        f"{name} {summary[f'{name}_val_quality']:.4f} ({summary[f'vs_{name}']:+.4f})"
+        for name in ("network", "boosted")
+        if f"{name}_val_quality" in summary
+    ]
+    if not parts:
+        return ""
+    return f" Learnt from the {summary['teacher']}; the teachers on the same split: " + ", ".join(parts) + "."

@@ -194,7 +194,7 @@ def test_a_literal_violation_in_a_list_names_the_index(tmp_path, raw_params):
         ("train.lr", 0, "train", "lr"),
         ("train.patience", 0, "train", "patience"),
         ("select.precisions", [], "select", "precisions"),
-        ("select.max_f1_drop", -0.1, "select", "max_f1_drop"),
+        ("select.max_quality_drop", -0.1, "select", "max_quality_drop"),
         ("preprocess.val_fraction", 1.0, "preprocess", "val_fraction"),
         ("preprocess.val_fraction", 0.75, "preprocess", "at least 10% to train on"),
         ("data.digits.keep_fractions", [1.0] * 9, "data", "keep_fractions"),

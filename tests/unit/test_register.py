@@ -33,10 +33,11 @@ from tasks.onnx.runtime import read_metadata
 from tasks.register import Champion, current_champion, gate_failures, promote, register
 
 SELECT = SelectParams(
-    max_f1_drop=0.01,
+    max_quality_drop=0.01,
     precisions=("int8",),
     speed_key="latency_ms_b256_t1",
     registered_model="tiny",
+    min_gain_over_trivial=0.05,
     min_macro_f1=0.9,
     min_r2=0.3,
     max_ece=0.1,
@@ -211,7 +212,8 @@ def write_params(**select_changes) -> None:
     params["select"].update(
         {
             "registered_model": "tiny",
-            "max_f1_drop": 1.0,
+            "max_quality_drop": 1.0,
+            "min_gain_over_trivial": -1.0,  # random pixels and labels: no signal to beat guessing with
             "min_macro_f1": 0.0,
             "max_ece": 1.0,
             "max_drop_vs_champion": 1.0,

@@ -9,14 +9,15 @@ from tasks.core.params import SelectParams
 from tasks.select import select_champion, versus
 
 
-def params(max_f1_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256_t1") -> SelectParams:
+def params(max_quality_drop=0.01, precisions=("int8",), speed_key="latency_ms_b256_t1") -> SelectParams:
     return SelectParams(
-        max_f1_drop=max_f1_drop,
+        max_quality_drop=max_quality_drop,
         precisions=precisions,
         speed_key=speed_key,
         registered_model="m",
-        min_macro_f1=0.0,
-        min_r2=0.0,
+        min_gain_over_trivial=0.05,
+        min_macro_f1=None,
+        min_r2=None,
         max_ece=1.0,
         max_drop_vs_champion=1.0,
         max_size_bytes=None,
@@ -56,7 +57,7 @@ def test_the_fastest_qualifying_int8_candidate_wins(candidates):
     assert champion == "student.int8"
     assert table["pruned.int8"]["qualifies"] is False
     assert table["pruned.int8"]["eligible"] is True
-    assert table["pruned.int8"]["f1_drop"] == pytest.approx(0.05)
+    assert table["pruned.int8"]["quality_drop"] == pytest.approx(0.05)
     assert table["student.fp32"]["eligible"] is False and table["student.fp32"]["qualifies"] is False
     assert table["teacher.int8"]["qualifies"] is True
     assert set(table) == set(candidates)
@@ -76,22 +77,24 @@ def test_the_speed_key_decides_what_fastest_means(candidates):
 
 
 def test_a_looser_drop_lets_the_fast_inaccurate_candidate_win(candidates):
-    assert select_champion(candidates, params(max_f1_drop=0.06))[0] == "pruned.int8"
+    assert select_champion(candidates, params(max_quality_drop=0.06))[0] == "pruned.int8"
 
 
 def test_a_candidate_exactly_at_the_floor_qualifies():
     candidates = {"teacher.fp32": candidate(0.75, 1.0, 10.0), "student.int8": candidate(0.5, 0.5, 5.0)}
-    champion, table = select_champion(candidates, params(max_f1_drop=0.25))
-    assert champion == "student.int8" and table["student.int8"]["f1_drop"] == 0.25
+    champion, table = select_champion(candidates, params(max_quality_drop=0.25))
+    assert champion == "student.int8" and table["student.int8"]["quality_drop"] == 0.25
 
 
 def test_no_qualifying_candidate_fails_with_the_table(candidates):
     with pytest.raises(DistilleryError) as err:
-        select_champion(candidates, params(max_f1_drop=0.001))
+        select_champion(candidates, params(max_quality_drop=0.001))
     message = str(err.value)
     assert "Nothing was promoted" in message
-    assert "select.max_f1_drop=0.001" in message
-    assert "| candidate | quality | f1_drop | eligible | within_budget | size_bytes | latency_ms_b256_t1 |" in message
+    assert "select.max_quality_drop=0.001 of the best candidate, teacher.fp32 (0.9000)" in message
+    assert (
+        "| candidate | quality | quality_drop | eligible | within_budget | size_bytes | latency_ms_b256_t1 |" in message
+    )
     for name in candidates:
         assert f"| {name} |" in message
 
@@ -156,3 +159,31 @@ def test_the_headline_compares_the_champion_with_the_reference_at_every_latency_
         "size_ratio": 0.05,
         "quality_drop_points": 0.75,
     }
+
+
+def test_the_budget_is_measured_against_the_best_candidate_not_the_teacher():
+    """The loans case: the teacher is the weakest model, so a budget against it let a
+    pruned student at 0.277 win over a student at 0.312. Against the best (the boosted
+    model here), only candidates near 0.32 qualify."""
+    candidates = {
+        "teacher.fp32": candidate(0.250, b1=1.0, b256=40.0),
+        "boosted.fp32": candidate(0.320, b1=0.9, b256=30.0),
+        "student.int8": candidate(0.312, b1=0.5, b256=8.0),
+        "student_pruned.int8": candidate(0.277, b1=0.1, b256=2.0),
+    }
+    champion, table = select_champion(candidates, params(precisions=("fp32", "int8")))
+    assert champion == "student.int8"
+    assert table["student_pruned.int8"]["qualifies"] is False
+    assert table["student.int8"]["quality_drop"] == pytest.approx(0.008)
+    assert table["student.int8"]["vs_boosted"] == pytest.approx(-0.008)
+    assert table["teacher.fp32"]["qualifies"] is False  # 0.07 below the best
+
+
+def test_the_boosted_model_can_be_the_champion():
+    candidates = {
+        "teacher.fp32": candidate(0.80, b1=1.0, b256=40.0),
+        "boosted.fp32": candidate(0.90, b1=0.9, b256=3.0),
+        "student.int8": candidate(0.85, b1=0.5, b256=8.0),
+    }
+    champion, table = select_champion(candidates, params(precisions=("fp32", "int8")))
+    assert champion == "boosted.fp32" and table["boosted.fp32"]["quality_drop"] == 0

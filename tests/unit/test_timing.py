@@ -70,7 +70,7 @@ def test_selection_picks_the_faster_of_two_models_while_the_other_core_is_busy(t
     assert {f"{key}_p10", f"{key}_p90", latency_key(1, 1)} <= set(latency["student.fp32"])
     same_quality = {"macro_f1": 0.9, "quality": 0.9, "size_bytes": 1000}
     candidates = {name: {**same_quality, **figures} for name, figures in latency.items()}
-    select = params_section("select", precisions=("fp32",), speed_key=key, max_f1_drop=0.0)
+    select = params_section("select", precisions=("fp32",), speed_key=key, max_quality_drop=0.0)
     champion, table = select_champion(candidates, select)
     assert champion == "student.fp32"
     assert table["teacher.fp32"]["qualifies"]  # both qualify: speed alone decided
