@@ -36,18 +36,22 @@ def _guess_scores(
 ) -> dict[str, float]:
     """The task's figures of DummyClassifier(strategy), averaged over DRAWS seeds when it draws at random."""
     from sklearn.dummy import DummyClassifier
+    from sklearn.metrics import accuracy_score, f1_score
 
     draws = 1 if strategy == "most_frequent" else DRAWS
     runs = []
     for seed in range(draws):
         dummy = DummyClassifier(strategy=strategy, random_state=seed).fit(np.zeros((len(train_y), 1)), train_y)
         predicted = dummy.predict(np.zeros((len(test_y), 1)))
-        if task_of(task).multilabel:
-            probs = np.asarray(predicted, np.float32)  # 0/1 per label, thresholded as they are
-        else:  # one-hot over every class: the guess is the argmax
-            probs = np.eye(len(classes), dtype=np.float32)[np.asarray(predicted, int)]
-        scores = task_metrics(task, probs, test_y, classes, probabilities=True, threshold=threshold)
-        runs.append({"quality": float(scores["quality"]), **_figures(task, scores)})
+        if task_of(task).multilabel:  # 0/1 per label, thresholded as they are
+            probs = np.asarray(predicted, np.float32)
+            scores = task_metrics(task, probs, test_y, classes, probabilities=True, threshold=threshold)
+            runs.append({"quality": float(scores["quality"]), **_figures(task, scores)})
+            continue
+        # One class per row: macro-F1 over every class as evaluate counts it (tasks.evaluation.metrics),
+        # without the curves and calibration a guess has no use for.
+        f1 = f1_score(test_y, predicted, labels=list(range(len(classes))), average="macro", zero_division=0)
+        runs.append({"quality": float(f1), "macro_f1": float(f1), "accuracy": float(accuracy_score(test_y, predicted))})
     return {key: float(np.mean([run[key] for run in runs])) for key in runs[0]}
 
 

@@ -18,6 +18,7 @@ from tasks.contracts.processed import ProcessedMeta
 from tasks.contracts.reports import BOOSTED, CandidateId
 from tasks.core.params import BoostParams
 from tasks.core.task import task_of
+from tasks.evaluation.metrics import task_metrics
 from tasks.export import artifact_metadata, export_boosted
 from tasks.ml.boosting import boosted_predict, exact_float32_thresholds, fit_boosted, tree_nodes
 from tasks.onnx.boosted import boosted_to_onnx, max_difference
@@ -180,3 +181,48 @@ def test_multilabel_is_refused_by_the_boosted_fit():
     x, _ = table(50, 7, "multiclass")
     with pytest.raises(ValueError, match="multilabel"):
         fit_boosted((x, np.zeros((50, 3))), (x, np.zeros((50, 3))), "multilabel", PARAMS)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_the_student_distils_from_the_boosted_model_when_it_beats_the_network(task, tmp_path, monkeypatch):
+    """distill.teacher auto: an untrained network loses to the trees on the validation
+    split, so the student learns the trees' outputs and ends close to them."""
+    import onnx
+
+    from tasks.core import paths
+    from tasks.distill import choose_teacher
+    from tasks.ml.distillation import distill_student
+    from tasks.ml.models import build_model, spec_for
+
+    monkeypatch.chdir(tmp_path)
+    train, val = table(600, 11, task), table(200, 12, task)
+    meta = meta_for(task, train[1])
+    model = fit_boosted(train, val, task, PARAMS)
+    paths.BOOSTED.mkdir(parents=True)
+    onnx.save(boosted_to_onnx(model, 5, task, 17), str(paths.BOOSTED_ONNX))
+    params = params_section("distill", mlp_layers=(16,), max_epochs=20, patience=20, alpha=1.0, batch_size=64)
+    network = build_model(spec_for(meta, params_section("train", mlp_layers=(4,)), len(meta.classes) or 1)).eval()
+    teacher, chosen = choose_teacher("auto", network, train, val, meta)
+    assert chosen["teacher"] == "boosted" and chosen["boosted_val_quality"] > chosen["network_val_quality"]
+    assert isinstance(teacher, tuple) and teacher[0].shape[0] == len(train[1])
+    assert choose_teacher("teacher", network, train, val, meta)[1]["teacher"] == "teacher"
+    student, _ = distill_student(teacher, train, val, meta, params)
+    from tasks.ml.training import predict_logits
+
+    classes = list(meta.classes)
+    student_quality = task_metrics(task, predict_logits(student, val[0]), val[1], classes)["quality"]
+    assert student_quality > chosen["network_val_quality"]
+    assert student_quality > chosen["boosted_val_quality"] - 0.15
+
+
+def test_distill_teacher_boosted_without_a_boosted_model_is_refused(tmp_path, monkeypatch):
+    from tasks.core.errors import DistilleryError
+    from tasks.distill import choose_teacher
+    from tasks.ml.models import build_model, spec_for
+
+    monkeypatch.chdir(tmp_path)
+    train = table(50, 13, "binary")
+    meta = meta_for("binary", train[1])
+    network = build_model(spec_for(meta, params_section("train", mlp_layers=(4,)), 1)).eval()
+    with pytest.raises(DistilleryError, match="distill.teacher' is boosted but there is no boosted model"):
+        choose_teacher("boosted", network, train, train, meta)
