@@ -10,33 +10,48 @@ from tasks.core.task import task_of
 
 
 def split_indices(labels: np.ndarray, params: PreprocessParams) -> dict[str, np.ndarray]:
-    """Stratified split: each class keeps its share in every split."""
+    """Stratified split: each class keeps its share in every split. A class too
+    rare to stratify (too few rows for one in the smallest split) is dealt by
+    hand instead, so the gate's validate.min_class_rows decides what is too
+    few, not the split: its first row to train, then one to test and one to
+    validation, the rest to train."""
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(labels)
-    too_small = [c for c, n in enumerate(counts) if 0 < n < 3]
-    if too_small:
-        raise DistilleryError(
-            f"classes {too_small} have fewer than 3 validated samples; a stratified "
-            "train/val/test split needs at least one of each per split"
-        )
-    idx = np.arange(len(labels))
+    rare = counts[labels] < np.ceil(1 / min(params.val_fraction, params.test_fraction))
+    dealt = _deal(np.flatnonzero(rare), labels, params.seed)
+    idx = np.flatnonzero(~rare)
     holdout = params.val_fraction + params.test_fraction
+    train, val, test = idx, idx[:0], idx[:0]
     try:
-        train, rest = train_test_split(idx, test_size=holdout, stratify=labels, random_state=params.seed)
-        val, test = train_test_split(
-            rest,
-            test_size=params.test_fraction / holdout,
-            stratify=labels[rest],
-            random_state=params.seed,
-        )
+        if len(idx):
+            train, rest = train_test_split(idx, test_size=holdout, stratify=labels[idx], random_state=params.seed)
+            val, test = train_test_split(
+                rest,
+                test_size=params.test_fraction / holdout,
+                stratify=labels[rest],
+                random_state=params.seed,
+            )
     except ValueError as err:  # sklearn: a class too small to reach every split at these fractions
         raise DistilleryError(
             f"cannot split the per-class counts {counts.tolist()} with preprocess.val_fraction="
             f"{params.val_fraction} and preprocess.test_fraction={params.test_fraction} ({err}); "
             "collect more samples of the rare classes"
         ) from err
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+    parts = {"train": train, "val": val, "test": test}
+    return {name: np.sort(np.concatenate([part, dealt[name]])) for name, part in parts.items()}
+
+
+def _deal(rows: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """The rows of rare classes, each class's in a seeded order: train, test, val, then train again.
+    Train first: a class the model never saw in training could not be learnt at all."""
+    rng = np.random.default_rng(seed)
+    order = ("train", "test", "val")
+    dealt: dict[str, list[int]] = {name: [] for name in order}
+    for label in np.unique(labels[rows]):
+        for i, row in enumerate(rng.permutation(rows[labels[rows] == label])):
+            dealt[order[i] if i < len(order) else "train"].append(int(row))
+    return {name: np.asarray(found, dtype=np.int64) for name, found in dealt.items()}
 
 
 def resample_train(x: np.ndarray, y: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
