@@ -106,7 +106,8 @@ def preprocess_table(dataset: Dataset, params: PreprocessParams, task: str) -> t
     table, classes = dataset.table, tuple(dataset.meta.classes or ())
     targets, parts = table_targets(table, classes, task, params)
     types = {c: t for c, t in dataset.meta.column_types.items() if c in dataset.meta.features}
-    encoder = fit_encoder(table.iloc[parts["train"]], types, params.impute, params.knn_neighbors, params.seed)
+    train = table.iloc[parts["train"]]
+    encoder = fit_encoder(train, types, params.impute, params.knn_neighbors, params.seed, dataset.meta.date_formats)
     splits = {
         name: {X: encoder.encode(table.iloc[ix]), Y: targets[ix], ROW_IDS: table[ROW_ID].to_numpy()[ix]}
         for name, ix in parts.items()

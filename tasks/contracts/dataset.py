@@ -45,7 +45,8 @@ class DatasetMeta:
     # Set by validate:
     task: Optional[TaskType] = None
     column_types: dict[str, str] = field(default_factory=dict)  # every column's type after correction
-    features: tuple[str, ...] = ()  # the columns the model takes (numeric and categorical)
+    features: tuple[str, ...] = ()  # the columns the model takes (numeric, boolean, datetime and categorical)
+    date_formats: dict[str, str] = field(default_factory=dict)  # datetime column -> its format (pd.to_datetime)
 
     def replace(self, **changes: Any) -> "DatasetMeta":
         return dataclasses.replace(self, **changes)

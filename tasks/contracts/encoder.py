@@ -2,9 +2,12 @@
 out. Training (preprocess) and serving (deploy/) call the same `encode`, with
 the same fitted state, so a served row is encoded exactly as a training row.
 
-Numeric columns are imputed by the fitted method, then categorical columns are
-one-hot encoded (an unseen or missing category is all zeros). The imputers'
-fitted state is plain numbers, never a pickle:
+Numeric columns, yes/no columns (1 or 0, in any spelling: `as_boolean`) and
+the parts of each date column (year, month, ... : `date_parts`) are imputed
+by the fitted method, then categorical columns are one-hot encoded (an unseen
+or missing category is all zeros). A date column carries the format its
+training values were written in, so a served row is read the same way. The
+imputers' fitted state is plain numbers, never a pickle:
 
 - mean / median / most_frequent: one fill value per numeric column;
 - knn: the k nearest training rows by the NaN-aware Euclidean distance, their
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import base64
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import numpy as np
@@ -30,6 +33,38 @@ import pandas as pd
 from tasks.core.errors import DistilleryError
 
 ImputeMethod = Literal["mean", "median", "most_frequent", "knn", "iterative"]
+DatePart = Literal["year", "month", "day", "weekday", "dayofyear", "hour"]
+
+# Every spelling of yes and no a table uses, after trimming and lower-casing: Y/N, yes/no, true/false, T/F, 1/0.
+BOOLEAN_WORDS = {
+    **dict.fromkeys(("y", "yes", "true", "t", "1", "1.0"), 1.0),
+    **dict.fromkeys(("n", "no", "false", "f", "0", "0.0"), 0.0),
+}
+
+
+def as_boolean(values: pd.Series) -> pd.Series:
+    """1.0 for yes, 0.0 for no, NaN for a gap or a value that is neither."""
+    return values.astype("string").str.strip().str.lower().map(BOOLEAN_WORDS).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class DateColumn:
+    """How one date column becomes numbers."""
+
+    format: str  # what pd.to_datetime reads its values with: "ISO8601", "%d/%m/%Y", ...
+    parts: tuple[DatePart, ...]  # the features it becomes, in order
+
+
+def as_dates(values: pd.Series, format: str) -> pd.Series:
+    """The values as UTC timestamps (NaT for a gap or a value the format does not read).
+    Values already parsed (datetime64) pass through."""
+    return pd.to_datetime(values, format=format, errors="coerce", utc=True)
+
+
+def date_parts(values: pd.Series, column: DateColumn) -> np.ndarray:
+    """rows x parts, float64, NaN where the date is missing or unreadable."""
+    dates = as_dates(values, column.format).dt
+    return np.column_stack([getattr(dates, part).to_numpy(dtype=np.float64, na_value=np.nan) for part in column.parts])
 
 
 @dataclass(frozen=True)
@@ -140,36 +175,65 @@ def knn_impute(x: np.ndarray, donors: np.ndarray, k: int, fallback: np.ndarray, 
     return out
 
 
+def number_columns(
+    numeric: tuple[str, ...], booleans: tuple[str, ...], dates: dict[str, DateColumn]
+) -> tuple[str, ...]:
+    """The names of the imputed block's columns, in order: numbers, yes/no, then each date's parts."""
+    return (*numeric, *booleans, *(f"{c}.{part}" for c, column in dates.items() for part in column.parts))
+
+
+def number_block(
+    rows: pd.DataFrame, numeric: tuple[str, ...], booleans: tuple[str, ...], dates: dict[str, DateColumn]
+) -> np.ndarray:
+    """The columns that become numbers, as numbers (NaN = missing): what the imputer is fitted on and fills."""
+    blocks = (
+        [np.column_stack([pd.to_numeric(rows[c], errors="coerce").to_numpy(np.float64) for c in numeric])]
+        if numeric
+        else []
+    )
+    blocks += [as_boolean(rows[c]).to_numpy()[:, None] for c in booleans]
+    blocks += [date_parts(rows[c], column) for c, column in dates.items()]
+    return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(rows), 0))
+
+
 @dataclass(frozen=True)
 class TableEncoder:
     numeric: tuple[str, ...]  # numeric feature columns, in model order
     categorical: dict[str, tuple[str, ...]]  # categorical column -> its training categories, in model order
-    imputer: Imputer
+    imputer: Imputer  # fills the numbers, the yes/no columns and the date parts (number_columns)
+    booleans: tuple[str, ...] = ()  # yes/no columns in any spelling, as 1/0 (as_boolean)
+    dates: dict[str, DateColumn] = field(default_factory=dict)  # date column -> its format and parts
 
     @property
     def columns(self) -> tuple[str, ...]:
         """The raw columns a row must carry (null for a gap)."""
-        return (*self.numeric, *self.categorical)
+        return (*self.numeric, *self.booleans, *self.dates, *self.categorical)
+
+    @property
+    def imputed(self) -> tuple[str, ...]:
+        """The imputed block's columns: the first features the model sees."""
+        return number_columns(self.numeric, self.booleans, self.dates)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
         """The encoded features, as the model sees them."""
-        return (*self.numeric, *(f"{c}={v}" for c, values in self.categorical.items() for v in values))
+        return (*self.imputed, *(f"{c}={v}" for c, values in self.categorical.items() for v in values))
 
     @property
     def width(self) -> int:
-        return len(self.numeric) + sum(len(v) for v in self.categorical.values())
+        return len(self.imputed) + sum(len(v) for v in self.categorical.values())
 
     def encode(self, rows: pd.DataFrame) -> np.ndarray:
-        """Raw typed rows -> the float32 matrix the model takes: numeric gaps
-        imputed, categories one-hot. Training and serving both call this."""
+        """Raw typed rows -> the float32 matrix the model takes: numbers, yes/no
+        and date parts with their gaps imputed, categories one-hot. Training and
+        serving both call this."""
         missing = [c for c in self.columns if c not in rows.columns]
         if missing:
             raise DistilleryError(f"input rows lack the feature columns {missing}")
         blocks = []
-        if self.numeric:
-            numeric = rows[list(self.numeric)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-            blocks.append(self.imputer.impute(numeric, self.numeric).astype(np.float32))
+        if self.imputed:
+            numbers = number_block(rows, self.numeric, self.booleans, self.dates)
+            blocks.append(self.imputer.impute(numbers, self.imputed).astype(np.float32))
         for col, categories in self.categorical.items():
             values = rows[col].astype("string").fillna("\x00").to_numpy(dtype=object)
             blocks.append((values[:, None] == np.asarray(categories, dtype=object)[None, :]).astype(np.float32))

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts.dataset import LABEL, ROW_ID
+from tasks.contracts.encoder import as_boolean, as_dates
 from tasks.core.params import ValidateParams
 from tasks.core.task import IMAGE, TABLE, task_of
 from tasks.data import quality
@@ -20,6 +21,7 @@ from tasks.data import quality
 DUPLICATE_OF = "duplicate of row "  # + the row kept: a quarantined exact copy loses no information
 
 TEXTUAL_TYPES = ("categorical", "text")
+FEATURE_TYPES = ("numeric", "boolean", "datetime", "categorical")  # the column types the model takes
 
 
 @dataclass
@@ -28,6 +30,7 @@ class Corrected:
     report: dict[str, Any]  # the four dimensions plus the corrections applied
     row_issues: dict[int, list[str]] = field(default_factory=dict)  # row_id -> reasons to quarantine
     column_types: dict[str, str] = field(default_factory=dict)
+    date_formats: dict[str, str] = field(default_factory=dict)  # datetime column -> the format it was read with
 
 
 def _flag(issues: dict[int, list[str]], row_ids: pd.Series, reason: str | pd.Series) -> None:
@@ -86,6 +89,11 @@ def _inferred(
     missing = float(values.isna().mean()) if len(values) else 1.0
     if seen == "empty" or missing >= NEARLY_EMPTY:
         return "ignore", f"{missing:.1%} of its values are missing (>= {NEARLY_EMPTY:.0%}): reported and ignored"
+    if seen == "boolean":  # before ids and codes: two values, spelt any way
+        return seen, "every value spells yes or no (Y/N, yes/no, true/false, T/F, 1/0): read as 1/0"
+    if seen == "datetime":  # before ids: unique timestamps are dates, not keys
+        found = quality.date_format(values.dropna())
+        return seen, f"its values read as dates ({found}): year, month, day and weekday become features"
     if looks_like_id(col, values):
         return "id", "every value is unique (a row number or a key): not a feature"
     if seen == "mixed":
@@ -109,8 +117,9 @@ def _inferred(
 def correct_table(
     raw: pd.DataFrame, target: str, declared: dict[str, str], task: str, params: ValidateParams
 ) -> Corrected:
-    """The tabular path: missing tokens, numbers with units, category variants,
-    outliers, duplicates and near-duplicates, class balance. `declared` holds the
+    """The tabular path: missing tokens, numbers with units, yes/no in any
+    spelling (1/0), dates (timestamps), category variants, outliers, duplicates
+    and near-duplicates, class balance. `declared` holds the
     declared column types (the rest are inferred)."""
     issues: dict[int, list[str]] = {}
     table = raw.copy()
@@ -132,11 +141,17 @@ def correct_table(
     parsed = {col: _parsed(table, col) for col in table.columns if col not in (ROW_ID, target)}
     types, observed, why = infer_types(table, declared, target, parsed)
     representation: dict[str, Any] = {}
-    coerced, variants_fixed = {}, {}
+    coerced, variants_fixed, date_formats = {}, {}, {}
     for col, declared in types.items():
         entry: dict[str, Any] = {"declared": declared, "observed": observed[col], "why": why[col]}
         if declared == "numeric":
             entry.update(_numeric_column(table, col, parsed[col], params, issues, coerced))
+        elif declared == "boolean":
+            entry.update(_read_column(table, col, as_boolean(table[col]), "yes or no", issues))
+        elif declared == "datetime":
+            date_formats[col] = quality.date_format(table[col].dropna()) or "ISO8601"
+            entry["format"] = date_formats[col]
+            entry.update(_read_column(table, col, as_dates(table[col], date_formats[col]), "a date", issues))
         elif declared in TEXTUAL_TYPES:
             entry.update(_textual_column(table, col, params, variants_fixed, declared == "categorical"))
         representation[col] = entry
@@ -169,7 +184,23 @@ def correct_table(
         else quality.class_balance(table.loc[~no_label, LABEL]),
         "corrections": corrections,
     }
-    return Corrected(table=table, report=report, row_issues=issues, column_types=types)
+    return Corrected(table=table, report=report, row_issues=issues, column_types=types, date_formats=date_formats)
+
+
+def _read_column(table: pd.DataFrame, col: str, read: pd.Series, what: str, issues: dict[int, list[str]]) -> dict:
+    """The column as `read` (1/0 or timestamps): a value it could not read is a row issue naming it."""
+    bad = table[col].notna() & read.isna()
+    if bad.any():
+        _flag(issues, table.loc[bad, ROW_ID], table.loc[bad, col].map(lambda v: f"{col}: {v!r} is not {what}"))
+    entry: dict[str, Any] = {
+        "read": int(read.notna().sum()),
+        "not_read": int(bad.sum()),
+        "examples_not_read": table.loc[bad, col].astype(str).unique()[:5].tolist(),
+    }
+    table[col] = read
+    if read.notna().any():
+        entry["range"] = [str(read.min()), str(read.max())]
+    return entry
 
 
 def _numeric_column(

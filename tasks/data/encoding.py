@@ -6,29 +6,49 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts.encoder import (
+    DateColumn,
     ImputeMethod,
     Imputer,
     IterativeStep,
     TableEncoder,
+    as_dates,
     encode_matrix,
+    number_block,
+    number_columns,
 )
 
 
 def fit_encoder(
-    train: pd.DataFrame, column_types: dict[str, str], impute: ImputeMethod, knn_neighbors: int = 5, seed: int = 0
+    train: pd.DataFrame,
+    column_types: dict[str, str],
+    impute: ImputeMethod,
+    knn_neighbors: int = 5,
+    seed: int = 0,
+    date_formats: dict[str, str] | None = None,
 ) -> TableEncoder:
     """Everything `TableEncoder.encode` needs, learnt from the train split: the
-    numeric columns and their imputer, and each categorical column's categories."""
-    numeric = tuple(c for c, t in column_types.items() if t == "numeric")
+    numeric, yes/no and date columns and their imputer, and each categorical
+    column's categories. `date_formats`: each date column's format, as the gate
+    read it (ISO 8601 where not given)."""
+    of_type = {kind: tuple(c for c, t in column_types.items() if t == kind) for kind in set(column_types.values())}
+    numeric, booleans = of_type.get("numeric", ()), of_type.get("boolean", ())
+    formats = date_formats or {}
+    dates = {c: date_column(train[c], formats.get(c, "ISO8601")) for c in of_type.get("datetime", ())}
     categorical = {
-        c: tuple(sorted(train[c].dropna().astype(str).unique().tolist()))
-        for c, t in column_types.items()
-        if t == "categorical"
+        c: tuple(sorted(train[c].dropna().astype(str).unique().tolist())) for c in of_type.get("categorical", ())
     }
-    x = train[list(numeric)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    return TableEncoder(
-        numeric=numeric, categorical=categorical, imputer=fit_imputer(x, numeric, impute, knn_neighbors, seed)
-    )
+    x = number_block(train, numeric, booleans, dates)
+    imputer = fit_imputer(x, number_columns(numeric, booleans, dates), impute, knn_neighbors, seed)
+    return TableEncoder(numeric=numeric, categorical=categorical, imputer=imputer, booleans=booleans, dates=dates)
+
+
+def date_column(values: pd.Series, format: str) -> DateColumn:
+    """A date becomes its year, month, day and weekday (skrub's DatetimeEncoder,
+    with the weekday: habits follow the week); its hour too when the training
+    values carry times of day."""
+    dates = as_dates(values, format).dropna()
+    timed = bool((dates != dates.dt.normalize()).any())
+    return DateColumn(format, ("year", "month", "day", "weekday", *(("hour",) if timed else ())))
 
 
 def _statistic(column: np.ndarray, method: str) -> float:

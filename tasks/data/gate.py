@@ -34,7 +34,7 @@ from tasks.core.io import read_json
 from tasks.core.params import LabelIssuesParams, ValidateParams
 from tasks.core.report import markdown_table
 from tasks.core.task import kind_of, task_of
-from tasks.data.correct import DUPLICATE_OF, Corrected, correct_images, correct_table
+from tasks.data.correct import DUPLICATE_OF, FEATURE_TYPES, Corrected, correct_images, correct_table
 from tasks.data.label_issues import LabelIssues, find_label_issues
 from tasks.data.quality import class_balance
 
@@ -281,7 +281,8 @@ def assess(dataset: Dataset, task: str, params: ValidateParams) -> tuple[Correct
         meta = meta.replace(
             classes=classes_of(corrected, meta, task),
             column_types=types,
-            features=tuple(c for c, t in types.items() if t in ("numeric", "categorical")),
+            features=tuple(c for c, t in types.items() if t in FEATURE_TYPES),
+            date_formats=corrected.date_formats,
         )
         return corrected, Dataset(table=corrected.table, arrays=dataset.arrays, meta=meta)
     corrected = correct_images(dataset.table, dataset.arrays[IMAGES], params)

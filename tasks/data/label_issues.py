@@ -28,10 +28,12 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts.dataset import IMAGES, LABEL, LABELS, ROW_ID, Dataset
+from tasks.contracts.encoder import DateColumn, number_block
 from tasks.core.task import task_of
 
 QUARANTINE_REASON = "label_issue"  # what the reason of a suspect quarantined (action: quarantine) starts with
 TOP_SHOWN = 16  # suspects drawn in reports/label_issues.png
+DATE_PARTS = ("year", "month", "day", "weekday")  # what the cheap model sees of a date
 
 
 @dataclass
@@ -82,15 +84,19 @@ def features(dataset: Dataset) -> np.ndarray:
     if IMAGES in dataset.arrays:
         images = dataset.arrays[IMAGES]
         return images.reshape(len(images), -1).astype(np.float64)
-    table = dataset.table
-    columns = [c for c in dataset.meta.features if c in table]
-    types = dataset.meta.column_types
-    numeric = [c for c in columns if types.get(c) == "numeric"]
-    categorical = [c for c in columns if types.get(c) == "categorical"]
+    table, meta = dataset.table, dataset.meta
+    columns = [c for c in meta.features if c in table]
+
+    def of(kind: str) -> tuple[str, ...]:
+        return tuple(c for c in columns if meta.column_types.get(c) == kind)
+
+    # Yes/no columns as 1/0 and dates as their parts, read as the table encoder reads them.
+    dates = {c: DateColumn(meta.date_formats.get(c, "ISO8601"), DATE_PARTS) for c in of("datetime")}
+    numbers = pd.DataFrame(number_block(table, of("numeric"), of("boolean"), dates))
+    categorical = list(of("categorical"))
     parts = []
-    if numeric:
-        values = table[numeric].apply(pd.to_numeric, errors="coerce")
-        parts.append(values.fillna(values.median()).fillna(0.0).to_numpy(np.float64))
+    if numbers.shape[1]:
+        parts.append(numbers.fillna(numbers.median()).fillna(0.0).to_numpy(np.float64))
     if categorical:
         parts.append(pd.get_dummies(table[categorical].astype("string"), dummy_na=True).to_numpy(np.float64))
     return np.hstack(parts) if parts else np.zeros((len(table), 0))
@@ -156,6 +162,9 @@ def find_label_issues(dataset: Dataset, classes: list[str], task: str, folds: in
         found.skipped_reason = f"fewer than 2 classes with at least {folds} rows (label_issues.folds)"
         return found
     x = features(dataset)[keep]
+    if x.shape[1] == 0:  # every column is an id, text or ignored: nothing to predict a label from
+        found.skipped_reason = "no feature columns to predict the labels from"
+        return found
     remap = {c: i for i, c in enumerate(kept_classes)}
     y = np.array([remap[index[label]] for label in labels[keep]])
     probabilities = out_of_fold_probabilities(x, y, len(kept_classes), folds, seed)

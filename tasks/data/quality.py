@@ -31,6 +31,7 @@ from expectations.measures import (
 from expectations.measures import (
     near_duplicate_rows as near_duplicate_rows,
 )
+from tasks.contracts.encoder import as_boolean, as_dates
 
 # A number, optionally with thousands separators, wrapped in currency or units:
 # "65000 $", "€70,000", "12.5 kg", "-3e2".
@@ -81,13 +82,17 @@ def parse_numbers(values: pd.Series) -> pd.DataFrame:
 
 
 def observed_type(values: pd.Series, parsed: pd.DataFrame | None = None) -> str:
-    """numeric | categorical | text | mixed | empty, from the values themselves.
-    `parsed` (parse_numbers of the same values) saves parsing twice."""
+    """boolean | numeric | datetime | categorical | text | mixed | empty, from the
+    values themselves. `parsed` (parse_numbers of the same values) saves parsing twice."""
     present = values.dropna()
     if present.empty:
         return "empty"
+    if is_boolean(present):
+        return "boolean"
     if pd.api.types.is_numeric_dtype(present):
         return "numeric"
+    if date_format(present) is not None:
+        return "datetime"
     parsed = parsed if parsed is not None else parse_numbers(values)
     distinct = present.nunique()
     if codes_not_units(parsed, distinct):
@@ -100,6 +105,50 @@ def observed_type(values: pd.Series, parsed: pd.DataFrame | None = None) -> str:
     if numeric_share > 0:
         return "mixed"
     return "categorical" if distinct <= max(20, 0.05 * len(present)) else "text"
+
+
+def is_boolean(present: pd.Series) -> bool:
+    """Every value a spelling of yes or no (Y/N, yes/no, true/false, T/F, 1/0; any case)."""
+    return bool(as_boolean(present).notna().all())
+
+
+# The spellings of dates tried, most common first. Month before day, as pandas reads them: a
+# day over 12 rules the first out. ISO 8601 covers "2021-03-04", "2021-03-04 10:30" and offsets.
+DATE_FORMATS = (
+    "ISO8601",
+    "%m/%d/%Y",
+    "%d/%m/%Y",
+    "%m/%d/%y",
+    "%d/%m/%y",
+    "%d.%m.%Y",
+    "%Y/%m/%d",
+    "%d %b %Y",
+    "%b %d %Y",
+    "%b %d, %Y",
+    "%d-%b-%Y",
+    "%d-%b-%y",
+)
+DATE_SHARE = 0.95  # a format reads at least this share of a column's values for it to be a date column
+
+
+def date_format(present: pd.Series) -> str | None:
+    """The format that reads the (non-missing) values as dates, or None. Plain
+    numbers ("2006", "20210304") are numbers, not dates; parsed datetimes are ISO 8601."""
+    if pd.api.types.is_datetime64_any_dtype(present):
+        return "ISO8601"
+    if present.empty or pd.api.types.is_numeric_dtype(present):
+        return None
+    counts = present.astype("string").str.strip().value_counts()
+    text = pd.Series(counts.index, dtype="string")
+    # Dates have digits and are not numbers: this rules out nearly every column of words at once.
+    dateish = text.str.contains(r"\d") & pd.to_numeric(text, errors="coerce").isna()
+    if counts[dateish.to_numpy()].sum() < DATE_SHARE * counts.sum():
+        return None
+    for candidate in DATE_FORMATS:
+        read = as_dates(text, candidate).notna().to_numpy()
+        if counts[read].sum() >= DATE_SHARE * counts.sum():
+            return candidate
+    return None
 
 
 CODE_CARDINALITY = 12  # this few distinct values, some of them "<number><letters>": codes (1Fam, 2Story), not units

@@ -242,3 +242,57 @@ def test_unique_floats_and_declared_types_are_not_taken_for_ids():
     assert result.column_types["score"] == "numeric"
     assert result.column_types["Order"] == "numeric"  # declared types win
     assert result.report["representation"]["columns"]["Order"]["why"] == "declared in data.columns"
+
+
+def dated(n: int = 60) -> pd.DataFrame:
+    """Dates in two spellings (ISO with times, day first), yes/no columns in every
+    spelling users write, with gaps, and a target."""
+    rng = np.random.default_rng(2)
+    days = pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 700, n), unit="D")
+    return pd.DataFrame(
+        {
+            ROW_ID: np.arange(n, dtype=np.int64),
+            "signed_up": (days + pd.to_timedelta(rng.integers(0, 24, n), unit="h")).strftime("%Y-%m-%d %H:%M"),
+            "last_visit": days.strftime("%d/%m/%Y").where(rng.random(n) > 0.1, "NA"),  # unique dates, gaps
+            "member": rng.choice(["Y", "N", "y", " n "], n),
+            "active": rng.choice(["true", "False", "TRUE", "f", "T", "NA"], n),
+            "paid": rng.choice(["1", "0"], n),
+            "opt_in": rng.choice(["yes", "No", "YES", "no"], n),
+            "label": rng.choice(["a", "b"], n),
+        }
+    )
+
+
+def test_dates_and_booleans_in_any_spelling_are_typed_read_and_explained():
+    result = correct_table(dated(), "label", {}, "binary", validate_params())
+    types = result.column_types
+    assert types == {
+        "signed_up": "datetime",
+        "last_visit": "datetime",  # unique values: a date, not an id
+        "member": "boolean",
+        "active": "boolean",
+        "paid": "boolean",
+        "opt_in": "boolean",
+    }
+    assert result.date_formats == {"signed_up": "ISO8601", "last_visit": "%d/%m/%Y"}
+    assert not result.row_issues  # every value was read
+    table, raw = result.table, dated()
+    assert pd.api.types.is_datetime64_any_dtype(table["last_visit"])
+    day_first = pd.to_datetime(raw["last_visit"].replace("NA", None), format="%d/%m/%Y", utc=True)
+    pd.testing.assert_series_equal(table["last_visit"], day_first, check_dtype=False)  # gaps stay gaps
+    yes = raw["member"].str.strip().str.lower() == "y"
+    assert table["member"].tolist() == yes.astype(float).tolist()
+    assert table["active"].isna().sum() == (raw["active"] == "NA").sum()
+    assert set(table["opt_in"]) == {0.0, 1.0} and set(table["paid"]) == {0.0, 1.0}
+    why = result.report["representation"]["columns"]
+    assert "dates (%d/%m/%Y)" in why["last_visit"]["why"] and why["last_visit"]["format"] == "%d/%m/%Y"
+    assert "yes or no" in why["member"]["why"]
+
+
+def test_a_value_a_date_or_boolean_column_cannot_read_is_a_row_issue_naming_it():
+    raw = dated()
+    raw.loc[4, "signed_up"] = "yesterday"
+    raw.loc[5, "member"] = "maybe"
+    result = correct_table(raw, "label", {"member": "boolean", "signed_up": "datetime"}, "binary", validate_params())
+    assert result.row_issues == {4: ["signed_up: 'yesterday' is not a date"], 5: ["member: 'maybe' is not yes or no"]}
+    assert result.date_formats["signed_up"] == "ISO8601"

@@ -1,6 +1,8 @@
 """tasks/contracts/encoder.py: the knn and iterative imputers in numpy equal
-scikit-learn's, and the fitted encoder survives JSON (the form it travels in,
-in data/processed/meta.json and in every table model's ONNX metadata)."""
+scikit-learn's, dates and yes/no columns become numbers read alike from the
+user's spelling and from the gate's typed table, and the fitted encoder
+survives JSON (the form it travels in, in data/processed/meta.json and in
+every table model's ONNX metadata)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import params_section
 from sklearn.experimental import enable_iterative_imputer  # noqa: F401  makes IterativeImputer importable
 from sklearn.impute import IterativeImputer, KNNImputer
 
 from tasks.contracts.encoder import Imputer, TableEncoder
 from tasks.core.config import parse
+from tasks.data.correct import correct_table
 from tasks.data.encoding import fit_encoder, fit_imputer
 
 COLUMNS = ("a", "b", "c", "d", "e")
@@ -128,3 +132,73 @@ def test_the_encoder_round_trips_through_json_and_encodes_identically(impute):
         assert after.dtype == np.float32 and after.shape == (len(rows), encoder.width)
         assert not np.isnan(after).any()
         np.testing.assert_array_equal(after, before)
+
+
+# --------------------------------------------------------------------------- dates and yes/no
+
+
+def raw_dated(n: int, seed: int) -> pd.DataFrame:
+    """Rows as a user writes them (and as a client sends them): dates with times
+    in ISO 8601, dates day first, yes/no in several spellings, gaps in each."""
+    rng = np.random.default_rng(seed)
+    days = pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 700, n), unit="D")
+    hours = pd.to_timedelta(rng.integers(0, 24, n), unit="h")
+    rows = pd.DataFrame(
+        {
+            "x": rng.normal(size=n),
+            "signed_up": (days + hours).strftime("%Y-%m-%dT%H:%M").astype(object),
+            "visit": days.strftime("%d/%m/%Y").astype(object),
+            "member": rng.choice(["Y", "N", "yes", "no ", "TRUE", "f", "1", "0"], n).astype(object),
+            "color": rng.choice(["red", "green"], n).astype(object),
+        }
+    )
+    for col in ("signed_up", "visit", "member"):
+        rows.loc[rng.random(n) < 0.1, col] = None
+    return rows
+
+
+@pytest.mark.parametrize("impute", ["median", "mean", "most_frequent", "knn", "iterative"])
+def test_dates_and_yes_no_become_numbers_read_alike_from_raw_and_typed_rows_and_survive_json(impute):
+    raw = raw_dated(120, 0).assign(row_id=np.arange(120), label="a")
+    corrected = correct_table(raw, "label", {}, "binary", params_section("validate"))
+    types = corrected.column_types
+    assert types == {
+        "x": "numeric",
+        "signed_up": "datetime",
+        "visit": "datetime",
+        "member": "boolean",
+        "color": "categorical",
+    }
+    typed = corrected.table
+    encoder = fit_encoder(typed, types, impute, knn_neighbors=4, seed=3, date_formats=corrected.date_formats)
+    assert encoder.booleans == ("member",) and set(encoder.dates) == {"signed_up", "visit"}
+    assert encoder.dates["visit"].format == "%d/%m/%Y" and encoder.dates["signed_up"].format == "ISO8601"
+    assert encoder.feature_names == (
+        "x",
+        "member",
+        *(f"signed_up.{p}" for p in ("year", "month", "day", "weekday", "hour")),  # times of day: the hour too
+        *(f"visit.{p}" for p in ("year", "month", "day", "weekday")),
+        "color=green",
+        "color=red",
+    )
+    # Serving reads the user's spelling ("N", "13/04/2021") as training read the typed table.
+    from_typed, from_raw = encoder.encode(typed), encoder.encode(raw)
+    np.testing.assert_array_equal(from_raw, from_typed)
+    assert from_raw.shape == (120, encoder.width) and not np.isnan(from_raw).any()
+    row = raw.index[raw["visit"].notna() & raw["member"].notna()][0]
+    day, month, year = (int(v) for v in raw.loc[row, "visit"].split("/"))
+    visit = from_raw[row, encoder.feature_names.index("visit.year") :][:4]
+    assert visit.tolist() == [year, month, day, pd.Timestamp(year, month, day).weekday()]
+    member = raw.loc[row, "member"].strip().lower() in ("y", "yes", "true", "1")
+    assert from_raw[row, 1] == float(member)
+    # The fitted encoder is plain data: JSON and back, and it encodes the same.
+    back = parse(TableEncoder, json.loads(json.dumps(dataclasses.asdict(encoder))), "encoder.json")
+    assert back == encoder
+    np.testing.assert_array_equal(back.encode(raw_dated(30, 1)), encoder.encode(raw_dated(30, 1)))
+
+
+def test_an_encoder_written_before_dates_and_yes_no_still_reads():
+    # Models exported before these fields existed carry no `booleans` or `dates` key.
+    old = {"numeric": ["x"], "categorical": {"c": ["a"]}, "imputer": {"method": "median", "fill_values": {"x": 1.0}}}
+    encoder = parse(TableEncoder, old, "old.onnx")
+    assert encoder.booleans == () and encoder.dates == {} and encoder.feature_names == ("x", "c=a")

@@ -15,7 +15,6 @@ import pytest
 import torch
 from conftest import image_meta, params_section, tiny_spec
 
-from tasks.contracts.encoder import TableEncoder
 from tasks.contracts.onnx import (
     FLOAT,
     IMAGE_INPUT,
@@ -33,7 +32,7 @@ from tasks.contracts.onnx import (
 )
 from tasks.contracts.processed import ProcessedMeta
 from tasks.core.errors import DistilleryError
-from tasks.data.encoding import fit_encoder, fit_imputer
+from tasks.data.encoding import fit_encoder
 from tasks.export import artifact_metadata
 from tasks.ml.models import CNN, MLP, spec_for
 from tasks.onnx.export import export_onnx, set_metadata
@@ -41,42 +40,43 @@ from tasks.onnx.runtime import check_artifact, read_metadata, run_batches
 
 THRESHOLD = 0.4
 TASKS = ("binary", "multiclass", "multilabel", "regression")
-COLUMN_TYPES = {"age": "numeric", "bmi": "numeric", "sex": "categorical", "smoker": "categorical"}
+COLUMN_TYPES = {
+    "age": "numeric",
+    "bmi": "numeric",
+    "insured": "boolean",
+    "admitted": "datetime",
+    "sex": "categorical",
+    "smoker": "categorical",
+}
+DATE_FORMATS = {"admitted": "%d/%m/%Y"}
 
 
 def raw_rows(n: int, seed: int) -> pd.DataFrame:
-    """Raw typed table rows, with gaps, as a client sends them."""
+    """Raw table rows, with gaps, as a client sends them: numbers, yes/no in any
+    spelling, dates day first, categories."""
     rng = np.random.default_rng(seed)
+    days = pd.Timestamp("2022-01-01") + pd.to_timedelta(rng.integers(0, 400, n), unit="D")
     frame = pd.DataFrame(
         {
             "age": rng.uniform(20, 80, n),
             "bmi": rng.normal(27, 4, n),
+            "insured": rng.choice(["Y", "n", "true", "F"], n).astype(object),
+            "admitted": days.strftime("%d/%m/%Y").astype(object),
             "sex": rng.choice(["f", "m"], n),
             "smoker": rng.choice(["no", "yes", "former"], n),
         }
     )
     frame.loc[::5, "bmi"] = np.nan
+    frame.loc[::6, "insured"] = None
+    frame.loc[::4, "admitted"] = None
     frame.loc[::7, "smoker"] = None
     return frame
-
-
-def iterative_encoder(train: pd.DataFrame) -> TableEncoder:
-    """fit_encoder(train, COLUMN_TYPES, "iterative"), with the imputer fitted on a
-    writable copy of the numeric columns: fit_encoder itself hands scikit-learn's
-    IterativeImputer the read-only view pandas 3 returns, which it refuses
-    ("assignment destination is read-only"; reported as a bug in
-    tasks/data/encoding.py)."""
-    reference = fit_encoder(train, COLUMN_TYPES, "mean")
-    x = train[list(reference.numeric)].to_numpy(dtype=np.float64, copy=True)
-    return dataclasses.replace(reference, imputer=fit_imputer(x, reference.numeric, "iterative"))
 
 
 def table_meta(impute: str = "mean") -> ProcessedMeta:
     """A regression table's meta with the encoder fitted on training rows (tasks.data.encoding)."""
     train = raw_rows(40, 0)
-    encoder = (
-        fit_encoder(train, COLUMN_TYPES, impute, knn_neighbors=3) if impute != "iterative" else iterative_encoder(train)
-    )
+    encoder = fit_encoder(train, COLUMN_TYPES, impute, knn_neighbors=3, date_formats=DATE_FORMATS)
     x = encoder.encode(train)
     return ProcessedMeta(
         kind="tabular",
@@ -161,6 +161,10 @@ def test_a_regression_file_answers_only_prediction_in_target_units(artifacts):
     assert [o.name for o in sess.get_outputs()] == [PREDICTION]
     assert signature.input_name == TABLE_INPUT and metadata.input_spec.features == meta.encoder.feature_names
     assert metadata.preprocessing.encoder == meta.encoder
+    # Dates and yes/no travel as plain strings and numbers: their format and the parts they became.
+    encoder = metadata.preprocessing.encoder
+    assert encoder.booleans == ("insured",) and encoder.dates["admitted"].format == "%d/%m/%Y"
+    assert {"insured", "admitted.year", "admitted.weekday"} <= set(metadata.input_spec.features)
     assert (metadata.target_units.mean, metadata.target_units.std) == (meta.target_mean, meta.target_std)
     # Raw rows through the file's own encoder, then the graph: the model's value, in target units.
     x = metadata.preprocessing.encoder.encode(raw_rows(9, 1))

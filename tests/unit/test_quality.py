@@ -73,12 +73,36 @@ def test_parse_numbers_of_an_all_missing_or_empty_column():
         (pd.Series(["red", "blue", "red", None]), "categorical"),
         (pd.Series([f"free comment number {chr(65 + i)}" for i in range(30)]), "text"),
         (pd.Series([None, None], dtype=object), "empty"),
+        (pd.Series(["Y", "n", None, " yes", "No", "TRUE", "f", "T", "0", "1"]), "boolean"),
+        (pd.Series([1.0, 0.0, None]), "boolean"),
+        (pd.Series(["2021-03-04", "2021-03-05 10:30", None]), "datetime"),
+        (pd.Series(["04/03/2021", "13/03/2021"]), "datetime"),
+        (pd.Series(["2006", "2007", "2008"]), "numeric"),  # years as plain numbers stay numbers
+        (pd.Series(["Jan", "Feb", "Mar", "Monday"]), "categorical"),  # month and day names alone are no dates
     ],
 )
 def test_observed_type(values, expected):
     assert quality.observed_type(values) == expected
     if not pd.api.types.is_numeric_dtype(values):
         assert quality.observed_type(values, quality.parse_numbers(values)) == expected
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        (["2021-03-04", "2021-12-31T23:59:00+02:00", "2020-02-29"], "ISO8601"),
+        (["03/04/2021", "12/31/2021"], "%m/%d/%Y"),  # month first, as pandas reads 03/04 ...
+        (["03/04/2021", "31/12/2021"], "%d/%m/%Y"),  # ... unless a day over 12 says otherwise
+        (["11/11/07", "11/16/07"], "%m/%d/%y"),  # penguins-raw's Date Egg
+        (["04 Mar 2021", "5 Apr 2020"], "%d %b %Y"),
+        (["2021-03-04"] * 96 + ["unknown"] * 4, "ISO8601"),  # a few words: row issues, still a date column
+        (["2021-03-04"] * 90 + ["unknown"] * 10, None),
+        (["1Fam", "2Story", "1.5Fin"], None),
+        (["2006", "2007"], None),
+    ],
+)
+def test_date_format_finds_the_spelling_that_reads_the_column(values, expected):
+    assert quality.date_format(pd.Series(values)) == expected
 
 
 # --------------------------------------------------------------------------- categories
