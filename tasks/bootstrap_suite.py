@@ -5,8 +5,9 @@ so a new dataset does not start from an empty file.
 
 It reads the source configured in params.yaml, applies the same corrections as
 the validate stage, and writes expectations with margins around what it saw:
-schema, ranges, category sets, completeness, class counts, balance and
-near-duplicates. Review it, then set params.yaml 'validate.suite' to it.
+schema, ranges, category sets, completeness, near-duplicates, and the target's
+checks as the task type needs them: class set, counts and balance for classes,
+range and distribution for a regression target. Review it, then set params.yaml 'validate.suite' to it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_text
 from tasks.core.params import Params, load_params
+from tasks.core.task import task_of
+from tasks.data.correct import FEATURE_TYPES
 from tasks.data.gate import assess
+from tasks.data.quality import duplicate_rows, near_duplicate_rows
 from tasks.ingest import (
     ingest,  # a tool, not a stage: it may reuse the ingest stage's function
 )
@@ -38,35 +42,23 @@ def profile_suite(dataset: Dataset, params: Params, name: str) -> dict:
     """A suite describing `dataset` (after corrections), with margins."""
     corrected, typed = assess(dataset, params.task.type, params.validate)
     table, report = typed.table, corrected.report
-    label = LABEL
-    classes = sorted(table[label].dropna().unique().tolist(), key=str)
-    counts = table[label].value_counts()
-    balance = report["balance"]
-    near = report["uniqueness"].get("near_duplicate_fraction", 0.0)
+    task = task_of(params.task.type)
+    if table[LABEL].notna().sum() == 0:
+        raise DistilleryError(
+            f"the target '{dataset.meta.target or LABEL}' has no usable value for task.type {task.name}"
+            + (" (a regression target is a number)" if task.regression else "")
+            + "; set data.target or task.type in params.yaml"
+        )
+    # What the near-duplicate expectation measures (rows of this table, row_id aside), not the
+    # quality report's figure: for images that one counts near-identical pictures, not rows.
+    content = table.drop(columns=[ROW_ID])
+    near = float((near_duplicate_rows(content) | duplicate_rows(content)).mean()) if len(content) else 0.0
     expectations = [
         _expect("expect_table_columns_to_match_set", column_set=list(table.columns), exact_match=True),
         _expect("expect_table_row_count_to_be_between", min_value=max(10, len(table) // 2)),
         _expect("expect_column_values_to_be_unique", column=ROW_ID),
-        _expect("expect_column_values_to_not_be_null", column=label),
-        _expect("expect_column_values_to_be_in_set", column=label, value_set=classes, mostly=0.99),
-        _expect(
-            "expect_column_value_counts_to_be_at_least",
-            column=label,
-            value_set=classes,
-            min_count=int(max(5, counts.min() // 2)),
-        ),
-        _expect(
-            "expect_column_imbalance_ratio_to_be_at_most",
-            "warning",
-            column=label,
-            max_ratio=round(1.5 * balance["imbalance_ratio"], 2),
-        ),
-        _expect(
-            "expect_column_normalized_entropy_to_be_at_least",
-            "warning",
-            column=label,
-            min_value=round(0.9 * balance["normalized_entropy"], 3),
-        ),
+        _expect("expect_column_values_to_not_be_null", column=LABEL, mostly=_present(table[LABEL])),
+        *(_value_checks(table[LABEL]) if task.regression else _class_checks(table[LABEL], report["balance"])),
         _expect(
             "expect_table_near_duplicate_fraction_to_be_at_most",
             "warning",
@@ -77,23 +69,14 @@ def profile_suite(dataset: Dataset, params: Params, name: str) -> dict:
     types = corrected.column_types or {
         c: "numeric" if pd.api.types.is_numeric_dtype(table[c]) else "categorical"
         for c in table.columns
-        if c not in (ROW_ID, label, "class_name")
+        if c not in (ROW_ID, LABEL, "class_name")
     }
     for col, kind in types.items():
         values = table[col]
-        missing = float(values.isna().mean())
         if kind == "numeric" and values.notna().any():
-            low, high = float(values.min()), float(values.max())
-            margin = 0.1 * (high - low) or abs(high) * 0.1 or 1.0
-            expectations.append(
-                _expect(
-                    "expect_column_values_to_be_between",
-                    column=col,
-                    min_value=round(low - margin, 6),
-                    max_value=round(high + margin, 6),
-                    mostly=0.99,
-                )
-            )
+            expectations.append(_range(col, values))
+        elif kind == "boolean":
+            expectations.append(_expect("expect_column_values_to_be_in_set", column=col, value_set=[0.0, 1.0]))
         elif kind == "categorical" and 0 < values.nunique() <= MAX_CATEGORIES:
             expectations.append(
                 _expect(
@@ -103,14 +86,9 @@ def profile_suite(dataset: Dataset, params: Params, name: str) -> dict:
                     mostly=0.99,
                 )
             )
-        if kind in ("numeric", "categorical"):
+        if kind in FEATURE_TYPES:
             expectations.append(
-                _expect(
-                    "expect_column_values_to_not_be_null",
-                    "warning",
-                    column=col,
-                    mostly=round(max(0.0, 1 - missing - 0.05), 3),
-                )
+                _expect("expect_column_values_to_not_be_null", "warning", column=col, mostly=_present(values))
             )
     return {
         "name": name,
@@ -120,6 +98,77 @@ def profile_suite(dataset: Dataset, params: Params, name: str) -> dict:
         },
         "expectations": expectations,
     }
+
+
+def _present(values: pd.Series) -> float:
+    """The share of values present, less a margin: the `mostly` of a not-null check."""
+    return round(max(0.0, float(values.notna().mean()) - 0.05), 3)
+
+
+def _range(column: str, values: pd.Series) -> dict:
+    """Its values within what was seen, widened by a tenth of the range."""
+    low, high = float(values.min()), float(values.max())
+    margin = 0.1 * (high - low) or abs(high) * 0.1 or 1.0
+    return _expect(
+        "expect_column_values_to_be_between",
+        column=column,
+        min_value=round(low - margin, 6),
+        max_value=round(high + margin, 6),
+        mostly=0.99,
+    )
+
+
+def _class_checks(labels: pd.Series, balance: dict) -> list[dict]:
+    """A target of classes: the set, enough rows of each, and the balance seen (with margins)."""
+    classes = sorted(labels.dropna().unique().tolist(), key=str)
+    checks = [
+        _expect("expect_column_values_to_be_in_set", column=LABEL, value_set=classes, mostly=0.99),
+        _expect(
+            "expect_column_value_counts_to_be_at_least",
+            column=LABEL,
+            value_set=classes,
+            min_count=int(max(5, labels.value_counts().min() // 2)),
+        ),
+    ]
+    if balance["imbalance_ratio"] is not None:
+        checks += [
+            _expect(
+                "expect_column_imbalance_ratio_to_be_at_most",
+                "warning",
+                column=LABEL,
+                max_ratio=round(1.5 * balance["imbalance_ratio"], 2),
+            ),
+            _expect(
+                "expect_column_normalized_entropy_to_be_at_least",
+                "warning",
+                column=LABEL,
+                min_value=round(0.9 * balance["normalized_entropy"], 3),
+            ),
+        ]
+    return checks
+
+
+def _value_checks(target: pd.Series) -> list[dict]:
+    """A numeric target (regression) has no classes to count: its range, and the
+    centre and spread of its distribution, which a shifted source moves."""
+    mean, std = float(target.mean()), float(target.std())
+    return [
+        _range(LABEL, target),
+        _expect(
+            "expect_column_mean_to_be_between",
+            "warning",
+            column=LABEL,
+            min_value=round(mean - 0.5 * std, 6),
+            max_value=round(mean + 0.5 * std, 6),
+        ),
+        _expect(
+            "expect_column_stdev_to_be_between",
+            "warning",
+            column=LABEL,
+            min_value=round(0.5 * std, 6),
+            max_value=round(1.5 * std, 6),
+        ),
+    ]
 
 
 def render(suite: dict) -> str:

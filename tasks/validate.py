@@ -26,6 +26,7 @@ from tasks.core.task import kind_of
 from tasks.data.docs import make_offline
 from tasks.data.gate import (
     GateResult,
+    default_suite,
     failure_message,
     gate,
     load_suite,
@@ -102,8 +103,8 @@ def main() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     params = load_params(paths.PARAMS, SECTIONS)
     dataset = read_dataset(paths.INGESTED)
-    # The suite follows the data: the ingested meta says which source it came from.
-    suite_path = Path(params.validate.suite or paths.EXPECTATIONS / f"{dataset.meta.source}.json")
+    # The suite follows the data and the task: the ingested meta says which source it came from.
+    suite_path = Path(params.validate.suite or default_suite(dataset.meta.source, params.task.type))
     suite = load_suite(suite_path)
     print(
         f"validate: {len(suite['expectations'])} expectations of {suite_path} on {len(dataset.table):,} rows, "

@@ -230,6 +230,12 @@ def _numeric_column(
         numbers = parsed["number"].where(~bad)
         if params.coerce_numeric and entry["with_units"]:
             coerced[col] = entry["with_units"]
+    # "inf" reads as a number, but no statistic, imputer or loss survives one: a row issue like a word.
+    infinite = np.isinf(numbers)
+    if infinite.any():
+        _flag(issues, table.loc[infinite, ROW_ID], values[infinite].map(lambda v: f"{col}: {v!r} is not finite"))
+        numbers = numbers.where(~infinite)
+    entry["not_finite"] = int(infinite.sum())
     table[col] = numbers
     mask = quality.outliers(numbers, params.outlier_method, params.outlier_threshold)
     entry["outliers"] = int(mask.sum())

@@ -61,6 +61,17 @@ def load_suite(path: str | Path) -> dict:
     return suite
 
 
+def default_suite(source: str, task: str) -> Path:
+    """The suite a run uses when validate.suite is null: expectations/<source>.json,
+    whose checks on the target are those of the source's usual task. A task
+    without classes (regression) on a source that has one takes
+    expectations/<source>.regression.json instead: the generic csv and parquet
+    suites check a class target's set, counts and balance, which a number has not."""
+    usual = paths.EXPECTATIONS / f"{source}.json"
+    values = paths.EXPECTATIONS / f"{source}.regression.json"
+    return values if task_of(task).regression and values.exists() else usual
+
+
 def _describe(config: Any) -> str:
     column = config.kwargs.get("column")
     return f"{config.type}({column})" if column else config.type

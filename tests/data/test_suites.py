@@ -58,3 +58,48 @@ def test_quickdraw_files_pass_their_suite_and_bad_bitmaps_are_quarantined(tmp_pa
     assert quarantined.table["row_id"].tolist() == [3]
     assert "n_missing" in quarantined.table["reason"][0]
     assert len(valid.table) + len(quarantined.table) == len(dataset.table)
+
+
+# Every task type on every bundled source it fits, and a second target of the same table.
+BOOTSTRAPPED = [
+    ("digits", "multiclass", None),
+    ("digits", "multilabel", None),
+    ("digits28", "multiclass", None),
+    ("breast_cancer", "binary", None),
+    ("breast_cancer", "multiclass", None),
+    ("diabetes", "regression", None),
+    ("penguins", "multiclass", None),
+    ("penguins", "regression", "Body Mass (g)"),
+]
+
+
+@pytest.mark.parametrize(("source", "task", "target"), BOOTSTRAPPED)
+def test_make_suite_profiles_every_task_and_source_and_the_data_passes_its_suite(source, task, target) -> None:
+    import dataclasses
+
+    from tasks.bootstrap_suite import profile_suite
+    from tasks.core.task import task_of
+    from tasks.data.gate import assess, gate
+
+    base = load_params(REPO / "params.yaml")
+    params = dataclasses.replace(
+        base,
+        task=dataclasses.replace(base.task, type=task),
+        data=dataclasses.replace(base.data, source=source, target=target),
+    )
+    dataset = ingest(params.data)
+    suite = profile_suite(dataset, params, f"{source}_{task}")
+    on_target = {e["type"] for e in suite["expectations"] if e["kwargs"].get("column") == "label"}
+    class_checks = {"expect_column_values_to_be_in_set", "expect_column_value_counts_to_be_at_least"}
+    if task_of(task).regression:
+        assert not on_target & class_checks and "expect_column_imbalance_ratio_to_be_at_most" not in on_target
+        assert {"expect_column_values_to_be_between", "expect_column_stdev_to_be_between"} <= on_target
+    else:
+        assert class_checks <= on_target
+    if source == "digits28":  # 5,000 images: the label-error search alone takes minutes; the suite is the check
+        _, typed = assess(dataset, task, params.validate)
+        outcome = run_suite(typed.table, suite, {})
+    else:
+        outcome = gate(dataset, task, params.validate, suite).outcome
+    assert outcome.success, [(r["expectation"], r["column"], r["observed_value"]) for r in outcome.failed]
+    assert not outcome.warnings
