@@ -86,19 +86,20 @@ def main() -> None:
         shutil.rmtree(paths.BOOSTED)
     paths.BOOSTED.mkdir(parents=True)
     reason = why_not(meta, params)
-    if reason is not None:
-        figures: dict = {"trained": False, "reason": reason}
-        write_json(paths.BOOSTED_INFO, figures)
-        write_json(paths.BOOST_REPORT, figures)
-        write_summary("boost", f"No boosted model: {reason}.")
-        return
-    print(f"boost: HistGradientBoosting on {len(meta.feature_names)} encoded features", flush=True)
-    _, figures = boost(load_split("train"), load_split("val"), meta, params)
+    if reason is None:
+        print(f"boost: HistGradientBoosting on {len(meta.feature_names)} encoded features", flush=True)
+        _, figures = boost(load_split("train"), load_split("val"), meta, params)
+    else:
+        figures = {"trained": False, "reason": reason}
     write_json(paths.BOOSTED_INFO, figures)
     write_json(paths.BOOST_REPORT, figures)
     from tasks.core.tracking import log_stage
 
+    # A run either way: every stage is a run under the pipeline's, so MLflow shows the whole run.
     log_stage(all_params.mlflow, "boost", figures, {"task": meta.task}, (paths.BOOST_REPORT,))
+    if reason is not None:
+        write_summary("boost", f"No boosted model: {reason}.")
+        return
     write_summary(
         "boost",
         f"`boosted`: {figures['estimator']}, {figures['rounds']} rounds (early stopping on the validation split), "
