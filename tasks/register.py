@@ -178,7 +178,7 @@ def signature_and_example(path: Path, test_x: np.ndarray) -> tuple[Any, Any]:
     metadata, signature, _ = check_artifact(path)
     encoder = metadata.preprocessing.encoder
     if encoder is not None:
-        columns = [*encoder.numeric, *encoder.categorical]
+        columns = list(encoder.columns)  # every raw column a row carries (numbers, yes/no, dates, categories)
         schema = Schema([ColSpec(AnyType(), name, required=False) for name in columns])
         example = pd.DataFrame([{name: None for name in columns}])
         return ModelSignature(inputs=schema), example

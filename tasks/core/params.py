@@ -76,7 +76,7 @@ class ProductionParams:
             raise ValueError("production.max_share must be >= 0")
 
 
-ColumnType = Literal["numeric", "categorical", "text", "id", "ignore"]
+ColumnType = Literal["numeric", "boolean", "datetime", "categorical", "text", "id", "ignore"]
 TABULAR_SOURCES = ("penguins", "breast_cancer", "diabetes", "csv", "parquet")
 DIGIT_SOURCES = ("digits", "digits28")
 FILE_SOURCES = (

@@ -389,3 +389,7 @@ def test_declared_columns_can_be_set_as_users_type_them_in_dvc_exp_run(tmp_path)
     assert load_params(params_file).data.columns == {}  # none declared by default
     apply_overrides(str(params_file), ["data.columns={age: numeric, city: categorical}"])
     assert load_params(params_file).data.columns == {"age": "numeric", "city": "categorical"}
+    # Every type the gate reads can be declared: yes/no and date columns too.
+    shutil.copy(REPO_ROOT / "params.yaml", params_file)
+    apply_overrides(str(params_file), ["data.columns={member: boolean, joined: datetime}"])
+    assert load_params(params_file).data.columns == {"member": "boolean", "joined": "datetime"}
