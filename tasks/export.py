@@ -68,7 +68,9 @@ def artifact_metadata(meta: ProcessedMeta, threshold: float) -> ArtifactMetadata
         task=meta.task,
         classes=meta.classes,
         input_spec=spec,
-        preprocessing=Preprocessing(inside_graph=inside, mean=meta.mean, std=meta.std, encoder=meta.encoder),
+        preprocessing=Preprocessing(
+            inside_graph=inside, mean=meta.mean, std=meta.std, encoder=meta.encoder, image=meta.image_policy
+        ),
         outputs=output_names(meta.task),
         git_commit=git_commit(),
         data_hash=meta.data_hash,

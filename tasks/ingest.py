@@ -26,6 +26,7 @@ from tasks.core.params import DataParams, load_params
 from tasks.core.provenance import hash_arrays, hash_table
 from tasks.core.report import write_summary
 from tasks.core.task import IMAGE, TABLE, kind_of
+from tasks.data.images import load_images, policy_of
 from tasks.data.sources import (
     ImageData,
     load_digits,
@@ -38,6 +39,11 @@ SECTIONS = ("data",)
 
 
 def load_source(params: DataParams) -> ImageData:
+    if params.source == "images":
+        found = load_images(params.path, params.images, params.seed)
+        return ImageData(
+            images=found.images, labels=found.labels, classes=found.classes, pixel_max=255.0, details=found.details
+        )
     if params.source == "digits":
         return load_digits(params.digits, params.seed)
     if params.source == "digits28":
@@ -47,22 +53,25 @@ def load_source(params: DataParams) -> ImageData:
 
 def image_table(data: ImageData) -> pd.DataFrame:
     """One row per image: what a data-quality suite can check without the pixels."""
-    n, height, width = data.images.shape
-    flat = data.images.reshape(n, -1)
+    n, height, width = data.images.shape[:3]
+    channels = data.images.shape[3] if data.images.ndim == 4 else 1
+    flat = data.images.reshape(n, -1).astype(np.float32)
     finite = np.where(np.isfinite(flat), flat, np.nan)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             ROW_ID: np.arange(n, dtype=np.int64),
             LABEL: data.labels,
             "class_name": np.asarray(data.classes, dtype=object)[data.labels],
             "height": np.full(n, height, dtype=np.int64),
             "width": np.full(n, width, dtype=np.int64),
-            "channels": np.ones(n, dtype=np.int64),
+            "channels": np.full(n, channels, dtype=np.int64),
             "pixel_min": np.nanmin(finite, axis=1, initial=np.inf),
             "pixel_max": np.nanmax(finite, axis=1, initial=-np.inf),
             "n_missing": (~np.isfinite(flat)).sum(axis=1).astype(np.int64),
         }
     )
+    # A folder of pictures adds each file's name, format, size and mode as stored, and why it could not be read.
+    return table if data.details is None else pd.concat([table, data.details.reset_index(drop=True)], axis=1)
 
 
 def production_rows(params: DataParams, source: pd.DataFrame) -> tuple[pd.DataFrame, Snapshot, int]:
@@ -121,6 +130,7 @@ def ingest(params: DataParams) -> Dataset:
         classes=tuple(data.classes),
         image_shape=tuple(data.images.shape[1:]),
         pixel_max=data.pixel_max,
+        image_policy=policy_of(params.images) if data.details is not None else None,
     )
     return Dataset(table=table, arrays={IMAGES: data.images, LABELS: data.labels}, meta=meta)
 

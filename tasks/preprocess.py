@@ -41,7 +41,8 @@ def preprocess(dataset: Dataset, params: PreprocessParams, task: str) -> tuple[S
         return preprocess_table(dataset, params, task)
     images = dataset.arrays[IMAGES].astype(np.float32)
     labels = dataset.arrays[LABELS].astype(np.int64)
-    x = images[:, None, :, :]  # N x C x H x W with one channel
+    # N x C x H x W: one channel added, or a colour folder's channels moved first.
+    x = images.transpose(0, 3, 1, 2) if images.ndim == 4 else images[:, None, :, :]
     classes = tuple(dataset.meta.classes)
     targets: np.ndarray = labels
     if task_of(task).multilabel:
@@ -76,6 +77,7 @@ def preprocess(dataset: Dataset, params: PreprocessParams, task: str) -> tuple[S
         resample=params.resample,
         counts=label_counts(splits, len(classes), task),
         pixel_max=dataset.meta.pixel_max,
+        image_policy=dataset.meta.image_policy,
     )
     return splits, meta
 

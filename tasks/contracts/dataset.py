@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 import pandas as pd
 
+from tasks.contracts.image import ImagePolicy
 from tasks.core import paths
 from tasks.core.config import parse
 from tasks.core.errors import DistilleryError
@@ -36,8 +37,9 @@ class DatasetMeta:
     target: Optional[str] = None  # tables: the target column as the user named it
     declared_types: dict[str, str] = field(default_factory=dict)  # tables: data.columns over the source's own types
     declared_columns: tuple[str, ...] = ()  # tables: the columns the user declared in data.columns
-    image_shape: Optional[tuple[int, ...]] = None  # images: H, W
+    image_shape: Optional[tuple[int, ...]] = None  # images: H, W (one channel) or H, W, C
     pixel_max: Optional[float] = None  # images: the top of the pixel range (16 digits, 255 bitmaps)
+    image_policy: Optional[ImagePolicy] = None  # a folder of pictures: how each file became its pixels
     # Tables: labelled production rows appended after the source's (tasks.contracts.production).
     production_rows: int = 0
     production_snapshot: Optional[str] = None  # sha256 of the snapshot's rows.csv they came from

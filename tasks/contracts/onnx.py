@@ -24,6 +24,7 @@ from typing import Any, Literal, Mapping, Optional, Sequence
 import numpy as np
 
 from tasks.contracts.encoder import TableEncoder
+from tasks.contracts.image import ImagePolicy
 from tasks.core.config import parse
 from tasks.core.errors import DistilleryError
 from tasks.core.task import IMAGE, TABLE, TaskType, kind_of, task_of
@@ -66,6 +67,8 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     encoder: Optional[TableEncoder] = None  # tables: raw rows -> input (tasks.contracts.encoder)
+    # A folder of pictures: how an image file becomes `pixels` (tasks.contracts.image.decode replays it).
+    image: Optional[ImagePolicy] = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 import numpy as np
 
 from tasks.contracts.encoder import TableEncoder
+from tasks.contracts.image import ImagePolicy
 from tasks.core import paths
 from tasks.core.config import parse
 from tasks.core.errors import DistilleryError
@@ -33,6 +34,7 @@ class ProcessedMeta:
     resample: str  # preprocess.resample applied to the train split
     counts: dict[str, tuple[int, ...]]  # per split: samples per class, positives per label, or [rows]
     pixel_max: Optional[float] = None  # images: the top of the pixel range
+    image_policy: Optional[ImagePolicy] = None  # a folder of pictures: how a file becomes the input (replayed to serve)
     encoder: Optional[TableEncoder] = None  # tables: how raw rows become the model's input
     target_mean: float = 0.0  # regression: the model predicts standardised units; the graph scales back
     target_std: float = 1.0

@@ -65,6 +65,23 @@ class QuickDrawParams:
 
 
 @dataclass(frozen=True)
+class ImagesParams:
+    """A folder of pictures (data.source images): how each becomes the model's pixels
+    (tasks.contracts.image.ImagePolicy) and how many are read."""
+
+    size: int  # side of the square every picture is resized to (28, 32, 64 ...)
+    channels: Literal[1, 3]  # 1 = grayscale, 3 = RGB
+    fit: Literal["pad", "crop", "stretch"]  # pad keeps the whole picture; crop its centre; stretch ignores aspect
+    max_per_class: Optional[int]  # at most this many pictures per class (seeded); null = all
+
+    def __post_init__(self) -> None:
+        if self.size < 4:
+            raise ValueError("images.size must be >= 4 pixels")
+        if self.max_per_class is not None and self.max_per_class < 1:
+            raise ValueError("images.max_per_class must be >= 1 (or null for all)")
+
+
+@dataclass(frozen=True)
 class ProductionParams:
     """Labelled production rows (tasks.contracts.production) appended to a table source's rows."""
 
@@ -81,6 +98,7 @@ TABULAR_SOURCES = ("penguins", "breast_cancer", "diabetes", "csv", "parquet")
 DIGIT_SOURCES = ("digits", "digits28")
 FILE_SOURCES = (
     "quickdraw",
+    "images",
     "csv",
     "parquet",
 )  # the user's own data, at data.path  # scikit-learn's digits: the multilabel attributes apply
@@ -88,8 +106,10 @@ FILE_SOURCES = (
 
 @dataclass(frozen=True)
 class DataParams:
-    source: Literal["digits", "digits28", "quickdraw", "penguins", "breast_cancer", "diabetes", "csv", "parquet"]
-    path: Optional[str]  # folder (quickdraw) or file (csv, parquet)
+    source: Literal[
+        "digits", "digits28", "quickdraw", "images", "penguins", "breast_cancer", "diabetes", "csv", "parquet"
+    ]
+    path: Optional[str]  # folder (quickdraw, images) or file (csv, parquet)
     target: Optional[str]  # target column of a tabular source; null = the source's default
     # Declared column types; undeclared columns are inferred. null (the default) is none: it keeps
     # `dvc exp run -S 'data.columns={age: numeric}'` working as typed (Hydra will not set a mapping into {}).
@@ -100,6 +120,7 @@ class DataParams:
     digits: DigitsParams
     digits28: Digits28Params
     quickdraw: QuickDrawParams
+    images: ImagesParams
     production: ProductionParams
 
     @property

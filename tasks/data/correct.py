@@ -287,17 +287,29 @@ def _uniqueness(
     }
 
 
+UNREADABLE = "unreadable image"  # + the file and the decoder's reason
+DECODE_ERROR = "decode_error"  # a folder of pictures: the decoder's reason per file ("" = read)
+EXAMPLES = 5  # files named per issue in data_quality.json
+
+
 def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidateParams) -> Corrected:
-    """The image path: size, channels and value range; missing pixels; exact and
-    perceptual-hash near-duplicates; class balance."""
+    """The image path: files that could not be decoded; size, channels and value
+    range; missing pixels; exact and perceptual-hash near-duplicates; class balance."""
     issues: dict[int, list[str]] = {}
+    failed = table[DECODE_ERROR].astype(str).ne("").to_numpy() if DECODE_ERROR in table else np.zeros(len(table), bool)
+    if failed.any():
+        bad = table.loc[failed]
+        _flag(issues, bad[ROW_ID], UNREADABLE + " " + bad["file"].astype(str) + ": " + bad[DECODE_ERROR].astype(str))
+    readable = ~failed
+    # Duplicates among the pictures read (an unreadable file's zeros say nothing); colour is hashed as its mean.
+    gray = images.mean(axis=3) if images.ndim == 4 else images
     dupes = (
-        quality.image_duplicates(images)
-        if len(images)
+        quality.image_duplicates(gray[readable])
+        if readable.any()
         else {"duplicate_images": 0, "near_duplicate_images": 0, "exact_mask": np.zeros(0, bool)}
     )
     if params.drop_duplicates and dupes["duplicate_images"]:
-        _flag(issues, table.loc[dupes["exact_mask"], ROW_ID], "duplicate image")
+        _flag(issues, table.loc[readable].loc[dupes["exact_mask"], ROW_ID], "duplicate image")
     shapes = table.groupby(["height", "width", "channels"]).size()
     report = {
         "kind": IMAGE.name,
@@ -316,6 +328,18 @@ def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidatePara
             "near_duplicate_fraction": dupes["near_duplicate_images"] / len(table) if len(table) else 0.0,
         },
         "balance": quality.class_balance(table["class_name"]),
-        "corrections": {"duplicates_quarantined": dupes["duplicate_images"] if params.drop_duplicates else 0},
+        "corrections": {
+            "duplicates_quarantined": dupes["duplicate_images"] if params.drop_duplicates else 0,
+            "unreadable_quarantined": int(failed.sum()),
+        },
     }
+    if DECODE_ERROR in table:
+        report["unreadable"] = {
+            "count": int(failed.sum()),
+            "examples": [
+                {"file": str(f), "reason": str(r)}
+                for f, r in zip(table.loc[failed, "file"][:EXAMPLES], table.loc[failed, DECODE_ERROR][:EXAMPLES])
+            ],
+        }
+        report["representation"]["source"] = quality.image_representation(table.loc[readable], images[readable])
     return Corrected(table=table.copy(), report=report, row_issues=issues)

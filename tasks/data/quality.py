@@ -432,3 +432,60 @@ def target_distribution(values: pd.Series) -> dict[str, Any]:
             "skew": float(x.skew()) if len(x) > 2 else 0.0,
         },
     }
+
+
+# --------------------------------------------------------------------------- pictures as stored
+# CleanVision's issue types and default thresholds are the anchor (cleanvision/issue_managers):
+# odd_size (a side-root over 10x or under 1/10 of the median), odd_aspect_ratio (min(w/h, h/w) < 0.5),
+# dark (99th percentile of brightness < 0.37 of full scale), light (5th percentile > 0.95),
+# low_information (grayscale histogram entropy < 0.3 of its 8 bits). Warnings: counted, never quarantined.
+ODD_SIZE_FACTOR = 10.0
+ODD_ASPECT = 0.5
+DARK_P99, LIGHT_P5 = 0.37, 0.95
+LOW_INFORMATION = 0.3
+REPRESENTATION_EXAMPLES = 5
+
+
+def _examples(files: pd.Series, mask: np.ndarray) -> dict[str, Any]:
+    return {"count": int(mask.sum()), "examples": files[mask].astype(str).head(REPRESENTATION_EXAMPLES).tolist()}
+
+
+def image_representation(table: pd.DataFrame, images: np.ndarray) -> dict[str, Any]:
+    """Size, aspect, channel, format and exposure issues of the pictures as read
+    (`table`: the source_* columns and `file` of tasks.data.images; `images`: their
+    decoded uint8 pixels, on which brightness and information are measured)."""
+    files = table["file"].reset_index(drop=True)
+    if table.empty:
+        return {"checked": 0}
+    width = table["source_width"].to_numpy(np.float64)
+    height = table["source_height"].to_numpy(np.float64)
+    side = np.sqrt(width * height)
+    median = float(np.median(side))
+    odd_size = (side > median * ODD_SIZE_FACTOR) | (side < median / ODD_SIZE_FACTOR)
+    odd_aspect = np.minimum(width / height, height / width) < ODD_ASPECT
+    channels = table["source_channels"].to_numpy()
+    values, counts = np.unique(channels, return_counts=True)
+    usual = values[np.argmax(counts)]
+    mismatch = channels != usual
+    gray = (images.mean(axis=3) if images.ndim == 4 else images).reshape(len(images), -1) / 255.0
+    p99, p5 = np.percentile(gray, 99, axis=1), np.percentile(gray, 5, axis=1)
+    hist = np.stack([np.bincount(np.clip(row * 255, 0, 255).astype(np.int64), minlength=256) for row in gray])
+    prob = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
+    entropy = -(np.where(prob > 0, prob * np.log2(np.where(prob > 0, prob, 1)), 0)).sum(axis=1) / 8.0
+    formats = table["format"].astype(str).value_counts()
+    return {
+        "checked": int(len(table)),
+        "source_sizes": {
+            "median_side": median,
+            "min": [int(width.min()), int(height.min())],
+            "max": [int(width.max()), int(height.max())],
+        },
+        "odd_size": _examples(files, odd_size),
+        "odd_aspect_ratio": _examples(files, odd_aspect),
+        "channel_mismatch": {**_examples(files, mismatch), "usual_channels": int(usual)},
+        "formats": {str(k): int(v) for k, v in formats.items()},
+        "format_mix": len(formats) > 1,
+        "dark": _examples(files, p99 < DARK_P99),
+        "light": _examples(files, p5 > LIGHT_P5),
+        "low_information": _examples(files, entropy < LOW_INFORMATION),
+    }

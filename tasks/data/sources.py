@@ -1,10 +1,12 @@
 """Data sources: each returns images (N, H, W) float32 in raw pixel units, labels
-(N,) int64 and the class names. Nothing is downloaded at run time."""
+(N,) int64 and the class names. Nothing is downloaded at run time. A folder of
+pictures (uint8, any channels) is tasks/data/images.py's."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -18,10 +20,11 @@ QUICKDRAW_SIDE = 28
 
 @dataclass(frozen=True)
 class ImageData:
-    images: np.ndarray  # (N, H, W) float32, raw pixel units
+    images: np.ndarray  # (N, H, W) or (N, H, W, C), raw pixel units (float32; uint8 for a folder of pictures)
     labels: np.ndarray  # (N,) int64 index into classes
     classes: tuple[str, ...]
     pixel_max: float  # the top of the source's pixel range (16 for digits, 255 for bitmaps)
+    details: Optional[pd.DataFrame] = None  # per-image columns a source of files knows (tasks.data.images)
 
 
 # Attributes of each digit 0..9, for the multilabel task: even, at least 5, has a closed loop.
