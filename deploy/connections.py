@@ -56,6 +56,46 @@ class _Discard:
         pass
 
 
+class _HeadWithBody:
+    """A response's transport, as its request's cycle sees it: the status line
+    and headers (uvicorn writes them on http.response.start) are held and written
+    with the first piece of the body, in one write. Written apart, every answer
+    cost a second send() system call and a second TCP segment, which the client
+    reads separately too: about 13% of the server's CPU time per request at c16
+    with bench_serve's small model (99 against 114 us, interleaved runs).
+    Used only where that first write is the head and a body write follows: not
+    for HEAD (no body is written) nor after `Expect: 100-continue` (the interim
+    100 is written first)."""
+
+    __slots__ = ("transport", "head")
+
+    def __init__(self, transport: asyncio.Transport):
+        self.transport = transport
+        self.head: bytes | None = None  # None: nothing written yet; b"": the head is out
+
+    def write(self, data: bytes) -> None:
+        head = self.head
+        if head is None:
+            self.head = data
+        elif head:
+            self.head = b""
+            self.transport.write(head + data)
+        else:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self.head:  # the application failed between head and body: the head goes out, as it would have
+            self.transport.write(self.head)
+            self.head = b""
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - whatever else of the transport a cycle asks for
+        return getattr(self.transport, name)
+
+
 def guarded_protocol(max_connections: int, header_timeout_s: float, retry_after_s: int) -> type:
     over_capacity = _response(
         b"503 Service Unavailable",
@@ -141,7 +181,11 @@ def guarded_protocol(max_connections: int, header_timeout_s: float, retry_after_
         def on_headers_complete(self) -> None:
             self._headers_since = None
             self._request_started = False
+            before = self.cycle
             HttpToolsProtocol.on_headers_complete(self)
+            cycle = self.cycle
+            if cycle is not before and not self.expect_100_continue and self.scope["method"] != "HEAD":
+                cycle.transport = _HeadWithBody(self.transport)  # type: ignore[assignment]  # write, close, is_closing
 
         def _unset_keepalive_if_required(self) -> None:
             # uvicorn calls this when data comes (and when the connection is lost).
