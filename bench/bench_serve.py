@@ -18,11 +18,32 @@ all of them alike. Results go to reports/bench.json under "serve".
 
 Targets: /predict and v2 infer at concurrency 16 reach >= 3x the naive
 endpoint's throughput, and /predict's p50 at concurrency 1 is <= 1 ms.
+
+Against an earlier release of the server itself:
+
+    python -m bench.bench_serve --against 5446666 [--against HEAD] [--rounds 7]
+
+serves the same model from this checkout's deploy/ and from each commit's own
+deploy/ and tasks/ (`git archive` into a temporary folder, run from there, so
+the old server imports its own tasks.core and contracts), with the same
+settings: onnxruntime on one thread, the prediction log on as by default, no
+model polling. Rounds are interleaved (every server at concurrency 1, then
+every server at 16, the order rotated each round) and the medians kept: c1
+p50/p99 and c16 throughput of POST /predict, one sample per request, each
+server's CPU time per request (less swayed than throughput by other work on
+the machine), and the ratios of every other server to the first --against
+(the baseline: with `--against 5446666 --against HEAD`, both the committed
+server and this checkout's against 5446666, from one run). Results go to reports/bench.json
+under "serve_vs_commit". The model is --model, else models/champion.onnx,
+else a stand-in built here: the student's shape from params.yaml (8x8
+digits, conv channels 8 and 16, dense 32, 10 classes, fp32, untrained
+weights), exported by the pipeline's own export code.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the naive route's
 # pydantic body type itself, not a string naming a class local to naive_app.
 import argparse
+import io
 import json
 import os
 import shutil
@@ -31,13 +52,14 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.common import record
+from bench.common import machine, record
 from tasks.contracts.onnx import IMAGE_INPUT, PROBABILITIES, ArtifactMetadata
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.provenance import sha256_file
@@ -333,11 +355,279 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- against an earlier commit
+
+REPO = Path(__file__).resolve().parents[1]
+SERVED_TREES = ("deploy", "tasks")  # what a commit's server imports: its own server code, core and contracts
+WORKING_TREE = "working tree"
+
+
+def resolve_commit(rev: str) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise DistilleryError(f"--against {rev}: not a commit of {REPO}")
+    return out.stdout.strip()
+
+
+def materialise(commit: str, dest: Path) -> None:
+    """`commit`'s deploy/ and tasks/ under `dest`, and a check that a server
+    started there imports them, not this checkout's (the editable install)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit, *SERVED_TREES], capture_output=True, check=True
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    probe = "import deploy.app, deploy.server, tasks; print(deploy.app.__file__); print(tasks.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=dest, env=server_env(dest), capture_output=True, text=True, timeout=120
+    )
+    files = out.stdout.split()
+    if out.returncode != 0 or len(files) != 2 or not all(Path(f).is_relative_to(dest) for f in files):
+        raise DistilleryError(f"{commit[:12]}: its server does not import from {dest}: {out.stderr.strip() or files}")
+
+
+def server_env(tree: Path, settings: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a server run from `tree`: no stray DISTILLERY_SERVE_* or PYTHONPATH."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_SERVE_") and k != "PYTHONPATH"}
+    return {**inherited, "PYTHONPATH": str(tree), **(settings or {})}
+
+
+def stand_in_model(path: Path) -> Path:
+    """An image model of the student's shape (params.yaml distill: conv 8, 16; dense 32), 10 digit classes,
+    exported and labelled by the pipeline's own code. Untrained: the bench measures serving, not accuracy."""
+    import torch
+
+    from tasks.contracts.onnx import IMAGE_INPUT, ArtifactMetadata, InputSpec, Preprocessing, output_names
+    from tasks.ml.models import CNN, CNNSpec
+    from tasks.onnx.export import export_onnx, set_metadata
+
+    torch.manual_seed(0)
+    shape = (1, 8, 8)
+    spec = CNNSpec(shape, channels=(8, 16), hidden=32, n_classes=10, dropout=0.0, mean=(8.0,), std=(4.0,))
+    export_onnx(CNN(spec).eval(), shape, path, opset=17, input_name=IMAGE_INPUT)
+    metadata = ArtifactMetadata(
+        task="multiclass",
+        classes=tuple(str(d) for d in range(10)),
+        input_spec=InputSpec(name=IMAGE_INPUT, shape=(-1, *shape), dtype="float32", range=(0.0, 16.0)),
+        preprocessing=Preprocessing(inside_graph="(x - mean) / std per channel", mean=(8.0,), std=(4.0,)),
+        outputs=output_names("multiclass"),
+        git_commit="bench-stand-in",
+        data_hash="none",
+    )
+    set_metadata(path, metadata)
+    return path
+
+
+def logged_rows(folder: Path) -> int:
+    """Rows in a server's prediction log (any schema version: both have the table)."""
+    import sqlite3
+
+    total = 0
+    for path in sorted(folder.glob("predictions-*.db")):
+        db = sqlite3.connect(path)
+        try:
+            total += db.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        finally:
+            db.close()
+    return total
+
+
+def start_servers(
+    trees: dict[str, Path], model: Path, tmp_path: Path
+) -> tuple[dict[str, subprocess.Popen], dict[str, str]]:
+    """One server per tree, the same model and settings; (processes, base URLs), once all are ready.
+    Server i logs its predictions to tmp_path/predictions-i and its stderr to tmp_path/server-i.log."""
+    procs: dict[str, subprocess.Popen] = {}
+    urls: dict[str, str] = {}
+    try:
+        for i, (name, tree) in enumerate(trees.items()):
+            port = free_port()
+            settings = {
+                "DISTILLERY_SERVE_MODEL": str(model.resolve()),
+                "DISTILLERY_SERVE_PORT": str(port),
+                "DISTILLERY_SERVE_POLL_INTERVAL_S": "0",
+                "DISTILLERY_SERVE_LOG_DIR": str(tmp_path / f"predictions-{i}"),  # on, as by default
+                "DISTILLERY_SERVE_LOG_LEVEL": "warning",
+                "DISTILLERY_SERVE_ORT_THREADS": "1",
+            }
+            with open(tmp_path / f"server-{i}.log", "w") as stderr:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "deploy.server"], cwd=tree, env=server_env(tree, settings), stderr=stderr
+                )
+            urls[name] = f"http://127.0.0.1:{port}"
+        for i, (name, proc) in enumerate(procs.items()):
+            try:
+                wait_ready(urls[name] + "/v2/health/ready", proc)
+            except DistilleryError as err:
+                raise DistilleryError(f"{name}: {err}\n{(tmp_path / f'server-{i}.log').read_text()[-2000:]}") from None
+    except BaseException:
+        for proc in procs.values():
+            stop(proc)
+        raise
+    return procs, urls
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads, so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def interleaved(
+    servers: dict[str, tuple[str, int]], body: Path, script: Path, seconds: int, rounds: int
+) -> dict[str, dict[int, list]]:
+    """wrk samples of POST /predict, per server (base URL, pid) and concurrency:
+    each round every server at c1, then every server at c16, the order rotated
+    each round (A,B then B,A: no server is always first, so drift in the
+    machine's load falls on all). Each sample also has the server's CPU time per
+    request, which a busy machine sways less than requests per second."""
+    for url, _ in servers.values():  # warm-up: caches, the onnxruntime session, the log's first file
+        wrk(url + "/predict", body, script, 16, 2)
+        wrk(url + "/predict", body, script, 1, 1)
+    samples: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in CONCURRENCY} for name in servers}
+    names = list(servers)
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for c in CONCURRENCY:
+            for name in order:
+                url, pid = servers[name]
+                cpu = cpu_seconds(pid)
+                sample = wrk(url + "/predict", body, script, c, seconds)
+                sample["cpu_us"] = (cpu_seconds(pid) - cpu) / sample["requests"] * 1e6
+                samples[name][c].append(sample)
+    return samples
+
+
+def summarise(samples: dict[str, dict[int, list]], logged: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Per server: the medians over rounds, each round's figures, and the rows its prediction log holds."""
+
+    def median(name: str, c: int, key: str) -> float:
+        return round(statistics.median(s[key] for s in samples[name][c]), 4)
+
+    return {
+        name: {
+            **{
+                f"c{c}": {key: median(name, c, key) for key in ("rps", "p50_ms", "p99_ms", "cpu_us")}
+                for c in CONCURRENCY
+            },
+            "c16_rps_rounds": [round(s["rps"]) for s in samples[name][16]],
+            "c1_p50_ms_rounds": [round(s["p50_ms"], 4) for s in samples[name][1]],
+            "prediction_log_rows": logged[name],
+        }
+        for name in samples
+    }
+
+
+def over_baseline(servers: dict[str, dict[str, Any]], baseline: str) -> dict[str, dict[str, float]]:
+    base = servers[baseline]
+    return {
+        name: {
+            "c16_rps": round(r["c16"]["rps"] / base["c16"]["rps"], 3),
+            "c1_p50": round(r["c1"]["p50_ms"] / base["c1"]["p50_ms"], 3),
+            "c1_p99": round(r["c1"]["p99_ms"] / base["c1"]["p99_ms"], 3),
+            "c16_cpu_per_request": round(r["c16"]["cpu_us"] / base["c16"]["cpu_us"], 3)
+            if base["c16"]["cpu_us"]
+            else None,
+        }
+        for name, r in servers.items()
+        if name != baseline
+    }
+
+
+def model_note(model: Path | None) -> str:
+    if model is None:
+        return "no models/champion.onnx: a stand-in, " + " ".join((stand_in_model.__doc__ or "").split())
+    return "the champion" if str(model) == DEFAULT_MODEL else "--model"
+
+
+def run_against(model: Path | None, revs: list[str], seconds: int, rounds: int) -> dict[str, Any]:
+    commits = {rev: resolve_commit(rev) for rev in revs}
+    note = model_note(model)
+    with tempfile.TemporaryDirectory(prefix="bench-serve-vs-") as tmp:
+        tmp_path = Path(tmp)
+        model_name = "stand-in" if model is None else str(model)
+        served = stand_in_model(tmp_path / "stand-in.onnx") if model is None else model
+        model_sha256 = sha256_file(served)
+        bodies = sample_bodies(str(served), tmp_path)
+        script = tmp_path / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        trees = {WORKING_TREE: REPO}
+        for rev, commit in commits.items():
+            trees[rev] = tmp_path / f"tree-{commit[:12]}"
+            materialise(commit, trees[rev])
+        procs, urls = start_servers(trees, served, tmp_path)
+        try:
+            targets = {name: (urls[name], proc.pid) for name, proc in procs.items()}
+            samples = interleaved(targets, bodies["predict"], script, seconds, rounds)
+        finally:
+            for proc in procs.values():
+                stop(proc)
+        logged = {name: logged_rows(tmp_path / f"predictions-{i}") for i, name in enumerate(trees)}
+    servers = summarise(samples, logged)
+    return {
+        "command": "python -m bench.bench_serve "
+        + " ".join(f"--against {rev}" for rev in revs)
+        + f" --seconds {seconds} --rounds {rounds}",
+        "commits": commits,
+        "cpu": machine()["cpu"],
+        "model": model_name,
+        "model_note": note,
+        "model_sha256": model_sha256,
+        "endpoint": "POST /predict, one sample per request",
+        "load_generator": "wrk -t1, loopback",
+        "settings": "DISTILLERY_SERVE_ORT_THREADS=1, prediction log on (default), POLL_INTERVAL_S=0, defaults otherwise",
+        "onnxruntime_threads": 1,
+        "seconds_per_measurement": seconds,
+        "rounds": rounds,
+        "interleaving": "per round: every server at c1, then every server at c16; the order rotated each round",
+        "servers": servers,
+        "baseline": revs[0],
+        "over_baseline": over_baseline(servers, revs[0]),
+    }
+
+
+def report_against(results: dict[str, Any]) -> str:
+    lines = [
+        f"{'server':<22} {'c1 p50 ms':>10} {'c1 p99 ms':>10} {'c16 req/s':>10} {'c16 cpu us/req':>15}  c16 req/s by round"
+    ]
+    for name, r in results["servers"].items():
+        label = name if name == WORKING_TREE else f"{name} ({results['commits'][name][:7]})"
+        rounds = " ".join(str(v) for v in r["c16_rps_rounds"])
+        lines.append(
+            f"{label:<22} {r['c1']['p50_ms']:>10.3f} {r['c1']['p99_ms']:>10.3f} {r['c16']['rps']:>10.0f}"
+            f" {r['c16']['cpu_us']:>15.1f}  {rounds}"
+        )
+    baseline = results["baseline"]
+    for name, ratio in results["over_baseline"].items():
+        lines.append(
+            f"{name} / {baseline}: c16 throughput {ratio['c16_rps']}x, c1 p50 {ratio['c1_p50']}x, "
+            f"c1 p99 {ratio['c1_p99']}x, c16 server CPU per request {ratio['c16_cpu_per_request']}x"
+        )
+    lines.append(
+        f"model: {results['model_note']}; {results['rounds']} rounds of {results['seconds_per_measurement']} s"
+    )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help=f"ONNX model (default: the champion, {DEFAULT_MODEL})")
     parser.add_argument("--seconds", type=int, default=3, help="length of each measurement")
     parser.add_argument("--rounds", type=int, default=3, help="measurements per endpoint and concurrency (median kept)")
+    parser.add_argument(
+        "--against",
+        action="append",
+        metavar="COMMIT",
+        help="measure this checkout's server against COMMIT's (repeatable); results under serve_vs_commit",
+    )
     parser.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -356,6 +646,17 @@ def main() -> None:
         return
     if args.seconds < 1 or args.rounds < 1:
         raise DistilleryError("--seconds must be >= 1 and --rounds >= 1")
+    if args.against:
+        if shutil.which("wrk") is None:
+            print("bench_serve: skipped, wrk is not installed (Debian: apt-get install -y wrk)")
+            return
+        model = Path(args.model) if args.model else Path(DEFAULT_MODEL) if Path(DEFAULT_MODEL).exists() else None
+        if model is not None and not model.exists():
+            raise DistilleryError(f"{model}: not found")
+        against = run_against(model, args.against, args.seconds, args.rounds)
+        record("serve_vs_commit", against)
+        print(report_against(against))
+        return
     results = measure("bench_serve", args.model, lambda model: run_bench(model, args.seconds, args.rounds))
     if results is not None:
         record("serve", results)
