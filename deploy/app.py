@@ -814,6 +814,8 @@ class ServingApp:
         if model.encoder is not None:
             parameters["columns"] = {
                 "numeric": list(model.encoder.numeric),
+                "booleans": list(model.encoder.booleans),
+                "dates": {c: column.format for c, column in model.encoder.dates.items()},
                 "categorical": {c: list(v) for c, v in model.encoder.categorical.items()},
             }
         body: ModelMetadata = {

@@ -212,7 +212,13 @@ def _trial_run(model: LoadedModel) -> None:
 def _column_kinds(model: LoadedModel) -> dict[str, str]:
     encoder = model.encoder
     assert encoder is not None  # asked of table models only
-    return {**{c: "numeric" for c in encoder.numeric}, **{c: "categorical" for c in encoder.categorical}}
+    # A date's format is part of its kind: a client writing "04/03/2021" must know which is the day.
+    return {
+        **{c: "numeric" for c in encoder.numeric},
+        **{c: "boolean" for c in encoder.booleans},
+        **{c: f"datetime ({column.format})" for c, column in encoder.dates.items()},
+        **{c: "categorical" for c in encoder.categorical},
+    }
 
 
 def client_contract_differences(served: LoadedModel, candidate: LoadedModel) -> list[str]:

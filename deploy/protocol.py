@@ -19,14 +19,14 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, Union, cast
+from typing import Annotated, Any, Callable, Literal, Union, cast
 
 import numpy as np
 import orjson
 from pydantic import ConfigDict, Field, GetPydanticSchema, with_config
 from typing_extensions import NotRequired, TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
-from tasks.contracts.encoder import TableEncoder
+from tasks.contracts.encoder import BOOLEAN_WORDS, TableEncoder, as_dates
 from tasks.contracts.onnx import (
     IMAGE_INPUT,
     LOGITS,
@@ -224,6 +224,8 @@ class TensorMetadata(TypedDict):
 @_answer
 class TableColumns(TypedDict):
     numeric: list[str]
+    booleans: Annotated[list[str], _doc("yes/no columns: true/false, 0/1 or a word such as yes, no, Y, N")]
+    dates: Annotated[dict[str, str], _doc("each date column's format (pd.to_datetime's, e.g. ISO8601 or %d/%m/%Y)")]
     categorical: Annotated[
         dict[str, list[str]], _doc("each column's known categories; another value is encoded as unseen")
     ]
@@ -692,36 +694,69 @@ def parse_predict(payload: Any, model: Any, max_rows: int, maybe_bool: bool = Tr
 
 def encode_rows(rows: list, encoder: TableEncoder) -> np.ndarray:
     """Table rows {column: value} -> the model's features, through the very
-    encoder training used (tasks.contracts.encoder)."""
+    encoder training used (tasks.contracts.encoder). Each cell is checked
+    first, so that a value the encoder would quietly read as a gap is a 422
+    naming its row and column instead."""
     import pandas as pd
 
-    numeric, categorical = encoder.numeric, list(encoder.categorical)
+    check = _cell_checks(encoder)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise invalid(f"rows[{i}] must be an object {{column: value}}, got {_describe(row)}", f"rows[{i}]")
-        for col in numeric:
+        for col, ok in check.items():
             if col not in row:
                 raise invalid(f"rows[{i}] has no '{col}' (send null for a missing value)", f"rows[{i}].{col}")
             value = row[col]
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise invalid(f"rows[{i}].{col} must be a number or null, got {_describe(value)}", f"rows[{i}].{col}")
-            if not finite32(value):
-                raise invalid(
-                    f"rows[{i}].{col} is {_describe(value)}; send a finite number, or null for a missing value",
-                    f"rows[{i}].{col}",
-                )
-        for col in categorical:
-            if col not in row:
-                raise invalid(f"rows[{i}] has no '{col}' (send null for a missing value)", f"rows[{i}].{col}")
-            value = row[col]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
-                raise invalid(f"rows[{i}].{col} must be a string or null, got {_describe(value)}", f"rows[{i}].{col}")
-    frame = pd.DataFrame({col: [row[col] for row in rows] for col in [*numeric, *categorical]})
-    for col in numeric:
+            if value is not None:
+                ok(value, f"rows[{i}].{col}")
+    frame = pd.DataFrame({col: [row[col] for row in rows] for col in encoder.columns})
+    for col in encoder.numeric:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return np.ascontiguousarray(encoder.encode(frame), dtype=np.float32)
+
+
+def _number_cell(value: Any, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise invalid(f"{field} must be a number or null, got {_describe(value)}", field)
+    if not finite32(value):
+        raise invalid(f"{field} is {_describe(value)}; send a finite number, or null for a missing value", field)
+
+
+def _boolean_cell(value: Any, field: str) -> None:
+    """true/false, 0/1, or a yes/no word in any case (as_boolean reads it)."""
+    if isinstance(value, bool) or (isinstance(value, (int, float)) and value in (0, 1)):
+        return
+    if not (isinstance(value, str) and value.strip().lower() in BOOLEAN_WORDS):
+        raise invalid(
+            f"{field} must be yes or no (true/false, 0/1, or one of {sorted(BOOLEAN_WORDS)}) or null, "
+            f"got {_describe(value)}",
+            field,
+        )
+
+
+def _date_cell(format: str) -> Callable[[Any, str], None]:
+    def check(value: Any, field: str) -> None:
+        import pandas as pd
+
+        if not (isinstance(value, str) and as_dates(pd.Series([value]), format).notna().all()):
+            raise invalid(f"{field} must be a date written as {format}, or null; got {_describe(value)}", field)
+
+    return check
+
+
+def _category_cell(value: Any, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise invalid(f"{field} must be a string or null, got {_describe(value)}", field)
+
+
+def _cell_checks(encoder: TableEncoder) -> dict[str, Callable[[Any, str], None]]:
+    """Each raw column -> the check of one non-null cell (raises a 422 naming the field)."""
+    return {
+        **dict.fromkeys(encoder.numeric, _number_cell),
+        **dict.fromkeys(encoder.booleans, _boolean_cell),
+        **{col: _date_cell(column.format) for col, column in encoder.dates.items()},
+        **dict.fromkeys(encoder.categorical, _category_cell),
+    }
 
 
 def predictions(

@@ -28,6 +28,8 @@ def test_metadata_describes_the_table_input(server):
     assert meta["parameters"]["kind"] == "table"
     assert meta["parameters"]["columns"] == {
         "numeric": ["bill", "mass"],
+        "booleans": [],
+        "dates": {},
         "categorical": {"island": ["Biscoe", "Dream", "Torgersen"], "sex": ["FEMALE", "MALE"]},
     }
     assert meta["parameters"]["input_spec"]["features"] == list(ENCODER.feature_names)
