@@ -137,7 +137,8 @@ def decode(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise UnreadableImage(f"decompression bomb: {err}") from err
     except Image.UnidentifiedImageError as err:
-        raise UnreadableImage(f"not a picture Pillow can identify ({err})") from err
+        # Pillow's own message names the in-memory buffer's address: the reason must be the same every run.
+        raise UnreadableImage("not a picture: its bytes match no format Pillow reads") from err
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # truncated or corrupt data
         raise UnreadableImage(f"{type(err).__name__}: {err}") from err
     return decoded

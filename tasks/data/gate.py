@@ -330,6 +330,23 @@ def failure_message(outcome: ValidationOutcome, suite_path: Path, target: str | 
     return "\n".join(lines)
 
 
+PICTURE_WARNINGS = ("odd_size", "odd_aspect_ratio", "channel_mismatch", "dark", "light", "low_information")
+
+
+def picture_findings(report: dict) -> str:
+    """A folder of pictures: the files that could not be read, and the warnings on the pictures as stored."""
+    if "unreadable" not in report:
+        return ""
+    unreadable = report["unreadable"]
+    named = "; ".join(f"`{e['file']}`: {e['reason']}" for e in unreadable["examples"])
+    text = f"; unreadable files {unreadable['count']} (quarantined{': ' + named if named else ''})"
+    source = report["representation"].get("source", {})
+    found = {k: source[k]["count"] for k in PICTURE_WARNINGS if source.get(k, {}).get("count")}
+    if source.get("format_mix"):
+        found["format_mix"] = len(source["formats"])
+    return text + f"; warnings on the pictures as stored {found or 'none'} (examples in data_quality.json)"
+
+
 def quality_summary(report: dict) -> str:
     """The four dimensions in a few lines, for the Prefect artifact."""
     balance, unique = report["balance"], report["uniqueness"]
@@ -347,6 +364,7 @@ def quality_summary(report: dict) -> str:
         representation = (
             f"shapes {report['representation']['shapes']}, value range {report['representation']['value_range']}"
         )
+        representation += picture_findings(report)
     ratio = balance["imbalance_ratio"]
     if "target" in balance:
         t = balance["target"]

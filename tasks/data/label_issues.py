@@ -204,7 +204,10 @@ def plot_label_issues(issues: LabelIssues, datasets: list[Dataset], path: Path) 
             ax.axis("off")
         for ax, (row, given, suggested, score) in zip(axes.ravel(), top):
             image = where[row]
-            ax.imshow(image.reshape(image.shape[-2:]) if image.ndim > 2 else image, cmap="gray_r")
+            if image.ndim == 3 and image.shape[-1] == 3:  # a colour picture (H, W, C), shown as it is
+                ax.imshow(image.astype("uint8"))
+            else:
+                ax.imshow(image.reshape(image.shape[-2:]) if image.ndim > 2 else image, cmap="gray_r")
             ax.set_title(f"row {row}\n{given} -> {suggested} ({score:.2f})", fontsize=7)
         fig.suptitle("likely label errors: given -> suggested (score)", fontsize=9)
     else:

@@ -16,7 +16,8 @@ from tasks.contracts.image import ImagePolicy, UnreadableImage, decode, to_array
 from tasks.contracts.processed import read_meta as read_processed_meta
 from tasks.contracts.processed import write_meta
 from tasks.core.params import load_params
-from tasks.data.gate import gate, load_suite
+from tasks.data.gate import gate, load_suite, quality_summary
+from tasks.data.label_issues import LabelIssues, plot_label_issues
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess
 
@@ -113,7 +114,7 @@ def unreadable_files(folder: Path) -> dict[str, str]:
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.png").write_text("not a picture, despite the name\n")
     Image.new("L", (300, 300), 128).save(folder / "bomb.png")  # a bomb under the test's small limit
-    return {"truncated.png": "truncated", "empty.png": "empty", "notes.png": "identify", "bomb.png": "bomb"}
+    return {"truncated.png": "truncated", "empty.png": "empty", "notes.png": "not a picture", "bomb.png": "bomb"}
 
 
 def test_each_unreadable_file_raises_its_reason(tmp_path: Path) -> None:
@@ -162,6 +163,15 @@ def test_folder_of_every_format_runs_ingest_validate_preprocess_and_train_takes_
     source = report["representation"]["source"]
     assert source["format_mix"] and set(source["formats"]) == {f for _, f in FORMATS}
     assert source["channel_mismatch"]["count"] == 2  # one grayscale file per class in a colour set
+
+    summary = quality_summary(report)
+    assert "unreadable files 4" in summary and "'format_mix': 6" in summary and "channel_mismatch" in summary
+    # The label-error plot shows a colour picture as it is.
+    row = int(result.valid.table["row_id"].iloc[0])
+    suspect = LabelIssues(classes=["bar", "disc"], checked_rows=1, row_ids=[row], given=["bar"], suggested=["disc"])
+    suspect.scores.append(0.9)
+    plot_label_issues(suspect, [result.valid, result.quarantined], tmp_path / "label_issues.png")
+    assert (tmp_path / "label_issues.png").stat().st_size > 0
 
     splits, meta = preprocess(result.valid, all_params.preprocess, "multiclass")
     assert meta.input_shape == (3, 16, 16)
@@ -216,3 +226,17 @@ def test_many_files_decode_on_a_process_pool(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(images.os, "cpu_count", lambda: 2)
     pooled = ingest(data_params(folder))
     assert np.array_equal(in_process.arrays[IMAGES], pooled.arrays[IMAGES])
+
+
+def test_a_folder_without_pictures_is_refused_plainly(tmp_path: Path) -> None:
+    from tasks.core.errors import DistilleryError
+
+    with pytest.raises(DistilleryError, match="folder of pictures not found"):
+        ingest(data_params(tmp_path / "nowhere"))
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "readme.txt").write_text("no pictures here")
+    with pytest.raises(DistilleryError, match="no pictures found"):
+        ingest(data_params(tmp_path))
+    (tmp_path / "metadata.csv").write_text("path,label\na.png,cat\n")
+    with pytest.raises(DistilleryError, match="file_name"):
+        ingest(data_params(tmp_path))
