@@ -696,7 +696,10 @@ def encode_rows(rows: list, encoder: TableEncoder) -> np.ndarray:
     """Table rows {column: value} -> the model's features, through the very
     encoder training used (tasks.contracts.encoder). Each cell is checked
     first, so that a value the encoder would quietly read as a gap is a 422
-    naming its row and column instead."""
+    naming its row and column instead. A model that carries the gate's
+    corrections (encoder.reading) has each cell read as the gate read its
+    training rows first ("n/a" a gap, "65000 $" a number, " rent " RENT), and
+    only then checked."""
     import pandas as pd
 
     check = _cell_checks(encoder)
@@ -707,12 +710,43 @@ def encode_rows(rows: list, encoder: TableEncoder) -> np.ndarray:
             if col not in row:
                 raise invalid(f"rows[{i}] has no '{col}' (send null for a missing value)", f"rows[{i}].{col}")
             value = row[col]
-            if value is not None:
+            if value is None:
+                continue
+            if encoder.reading is None:
                 ok(value, f"rows[{i}].{col}")
+            elif isinstance(value, bool) and col not in encoder.booleans or not isinstance(value, (str, int, float)):
+                raise invalid(
+                    f"rows[{i}].{col} must be a number, a string or null, got {_describe(value)}", f"rows[{i}].{col}"
+                )
     frame = pd.DataFrame({col: [row[col] for row in rows] for col in encoder.columns})
+    if encoder.reading is not None:
+        frame = _read_as_training(frame, encoder, check)
     for col in encoder.numeric:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
     return np.ascontiguousarray(encoder.encode(frame), dtype=np.float32)
+
+
+def _read_as_training(frame: Any, encoder: TableEncoder, check: dict[str, Callable[[Any, str], None]]) -> Any:
+    """The rows read by the gate's own corrections (TableEncoder.read); a cell
+    the gate would have quarantined, or that is still not of its column's kind, is a 422."""
+    import pandas as pd
+
+    read, refused = encoder.read(frame)
+    values = {col: read[col].tolist() for col in check}
+    quarantined = {col: mask.to_numpy() for col, mask in refused.items()}
+    for i in range(len(read)):
+        for col, ok in check.items():
+            field = f"rows[{i}].{col}"
+            if col in quarantined and quarantined[col][i]:
+                raise invalid(
+                    f"{field} is {_describe(frame[col].iat[i])}, which training would have quarantined "
+                    "(not a number); send a number, or null for a missing value",
+                    field,
+                )
+            value = values[col][i]
+            if not pd.isna(value):
+                ok(value, field)
+    return read
 
 
 def _number_cell(value: Any, field: str) -> None:

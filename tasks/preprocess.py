@@ -109,7 +109,9 @@ def preprocess_table(dataset: Dataset, params: PreprocessParams, task: str) -> t
     targets, parts = table_targets(table, classes, task, params)
     types = {c: t for c, t in dataset.meta.column_types.items() if c in dataset.meta.features}
     train = table.iloc[parts["train"]]
-    encoder = fit_encoder(train, types, params.impute, params.knn_neighbors, params.seed, dataset.meta.date_formats)
+    encoder = fit_encoder(
+        train, types, params.impute, params.knn_neighbors, params.seed, dataset.meta.date_formats, dataset.meta.reading
+    )
     splits = {
         name: {X: encoder.encode(table.iloc[ix]), Y: targets[ix], ROW_IDS: table[ROW_ID].to_numpy()[ix]}
         for name, ix in parts.items()

@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 import pandas as pd
 
+from tasks.contracts.encoder import Reading
 from tasks.contracts.image import ImagePolicy
 from tasks.core import paths
 from tasks.core.config import parse
@@ -49,6 +50,7 @@ class DatasetMeta:
     column_types: dict[str, str] = field(default_factory=dict)  # every column's type after correction
     features: tuple[str, ...] = ()  # the columns the model takes (numeric, boolean, datetime and categorical)
     date_formats: dict[str, str] = field(default_factory=dict)  # datetime column -> its format (pd.to_datetime)
+    reading: Optional[Reading] = None  # the gate's corrections of raw cells, which serving replays
 
     def replace(self, **changes: Any) -> "DatasetMeta":
         return dataclasses.replace(self, **changes)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -45,6 +46,108 @@ BOOLEAN_WORDS = {
 def as_boolean(values: pd.Series) -> pd.Series:
     """1.0 for yes, 0.0 for no, NaN for a gap or a value that is neither."""
     return values.astype("string").str.strip().str.lower().map(BOOLEAN_WORDS).astype(np.float64)
+
+
+# ------------------------------------------------------------ what the gate did to a raw cell
+# The validate stage's corrections, applied to a raw cell before encoding. The
+# gate (tasks/data/correct.py) and the server (deploy/protocol.py) call these
+# same functions, with the settings the model carries (Reading).
+
+# A number, optionally with thousands separators, wrapped in currency or units:
+# "65000 $", "€70,000", "12.5 kg", "-3e2".
+_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?"
+# Only currency symbols may lead: "PAL0708" or "SKU123" are codes, not numbers.
+UNIT_NUMBER = re.compile(rf"^\s*(?P<pre>[$€£¥₹]?)\s*(?P<num>{_NUMBER})\s*(?P<post>[^\d\s]{{0,6}})\s*$")
+
+
+def parse_numbers(values: pd.Series) -> pd.DataFrame:
+    """Classify each value of a text column: plain number, number with a unit or
+    currency, or not a number. Returns columns `number` (float or NaN), `kind`
+    ('number' | 'unit' | 'text' | 'missing') and `unit`.
+
+    Each distinct value is parsed once, and plain numbers skip the regex, so a
+    million rows with few distinct spellings cost little."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    text = pd.Series(uniques, dtype="string")
+    number = pd.to_numeric(text, errors="coerce").astype(float)
+    kind = pd.Series(np.where(number.notna(), "number", "text"), dtype=object)
+    unit = pd.Series(pd.NA, index=text.index, dtype="string")
+    needs_regex = number.isna().to_numpy()
+    if needs_regex.any():
+        parts = text[needs_regex].str.extract(UNIT_NUMBER)
+        parsed = pd.to_numeric(parts["num"].str.replace(",", "", regex=False), errors="coerce")
+        suffix = (parts["pre"].fillna("") + parts["post"].fillna("")).str.strip()
+        number[needs_regex] = parsed.astype(float)
+        kind[needs_regex] = np.where(parsed.isna(), "text", np.where(suffix == "", "number", "unit"))
+        unit[needs_regex] = suffix.where(parsed.notna() & (suffix != ""))
+    missing = codes < 0
+    take = np.where(missing, 0, codes)
+
+    def expand(column: pd.Series, fill: object) -> np.ndarray:
+        out = column.to_numpy(dtype=object)[take] if len(column) else np.full(len(codes), fill, dtype=object)
+        out[missing] = fill
+        return out
+
+    return pd.DataFrame(
+        {
+            "number": expand(number, np.nan).astype(float),
+            "kind": expand(kind, "missing"),
+            "unit": pd.array(expand(unit, pd.NA), dtype="string"),
+        },
+        index=values.index,
+    )
+
+
+def numbers_read(parsed: pd.DataFrame, coerce_numeric: bool) -> tuple[pd.Series, pd.Series]:
+    """(numbers, refused) of parse_numbers' output: a word, or a number with a
+    unit when units are not stripped, is refused (the gate quarantines its row)."""
+    refused = parsed["kind"].eq("text") | (parsed["kind"].eq("unit") & (not coerce_numeric))
+    return parsed["number"].where(~refused), refused
+
+
+def missing_token_mask(values: pd.Series, tokens: tuple[str, ...] | frozenset[str]) -> pd.Series:
+    """True where a value, trimmed, is one of the text tokens that mean missing ("NA", "n/a", "?")."""
+    return values.astype("string").str.strip().isin(set(tokens)).fillna(False).astype(bool)
+
+
+def fold(value: object) -> str:
+    """Case and whitespace folding: ' Human  resources' -> 'human resources'
+    (expectations.measures.fold, which may import nothing of the project, is the same)."""
+    return " ".join(str(value).split()).casefold()
+
+
+def fold_synonyms(synonyms: dict[str, str]) -> dict[str, str]:
+    """folded variant -> canonical spelling; a canonical spelling's folded form maps to itself."""
+    folded = {fold(k): v for k, v in synonyms.items()}
+    folded.update({fold(v): v for v in synonyms.values()})
+    return folded
+
+
+def training_spelling(values: pd.Series, categories: tuple[str, ...], synonyms: dict[str, str]) -> pd.Series:
+    """Each category as the gate spelt it: a synonym's canonical spelling, else
+    the training category it folds to (" MORTGAGE " -> "MORTGAGE" when training
+    kept "MORTGAGE"); a value that folds to none stays as sent (unseen)."""
+    spelling = {fold(c): c for c in categories}
+    spelling.update(fold_synonyms(synonyms))
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    mapped = np.asarray([spelling.get(fold(u), u) for u in uniques], dtype=object)
+    out = mapped[np.where(codes < 0, 0, codes)] if len(mapped) else np.full(len(codes), None, dtype=object)
+    out[codes < 0] = None
+    return pd.Series(out, index=values.index, dtype=object)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the gate did to raw cells before the encoder was fitted, as plain
+    data, so that serving reads a row as training did. A model without one (an
+    older model) reads numbers and categories exactly as sent."""
+
+    missing_tokens: tuple[str, ...] = ()  # validate.missing_tokens: trimmed text that means missing
+    coerce_numeric: bool = False  # validate.coerce_numeric: "65000 $" is 65000 in a numeric column
+    normalise_categories: bool = False  # validate.normalise_categories: case and whitespace folded
+    synonyms: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # validate.synonyms: column -> {variant: canonical}
 
 
 @dataclass(frozen=True)
@@ -203,6 +306,7 @@ class TableEncoder:
     imputer: Imputer  # fills the numbers, the yes/no columns and the date parts (number_columns)
     booleans: tuple[str, ...] = ()  # yes/no columns in any spelling, as 1/0 (as_boolean)
     dates: dict[str, DateColumn] = field(default_factory=dict)  # date column -> its format and parts
+    reading: Optional[Reading] = None  # the gate's corrections of raw cells (None: cells are read as sent)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -222,6 +326,33 @@ class TableEncoder:
     @property
     def width(self) -> int:
         return len(self.imputed) + sum(len(v) for v in self.categorical.values())
+
+    def read(self, rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+        """Raw rows as the gate left the training rows (self.reading): missing
+        tokens become gaps, numbers written as text (with their unit, where the
+        gate stripped units) numbers, categories the training spelling. Also,
+        per numeric column, the cells the gate would have quarantined (a word,
+        a unit it kept, an infinite number): the caller refuses those rows."""
+        reading = self.reading
+        if reading is None:
+            return rows, {}
+        rows = rows.copy()
+        refused = {}
+        for col in self.columns:
+            values = rows[col]
+            if reading.missing_tokens and not pd.api.types.is_numeric_dtype(values):
+                values = values.mask(missing_token_mask(values, reading.missing_tokens))
+            if col in self.numeric:
+                if pd.api.types.is_numeric_dtype(values):
+                    values, bad = values.astype(np.float64), pd.Series(False, index=values.index)
+                else:
+                    values, bad = numbers_read(parse_numbers(values), reading.coerce_numeric)
+                infinite = np.isinf(values)
+                refused[col], values = bad | infinite, values.where(~infinite)
+            elif col in self.categorical and (reading.normalise_categories or col in reading.synonyms):
+                values = training_spelling(values, self.categorical[col], reading.synonyms.get(col, {}))
+            rows[col] = values
+        return rows, refused
 
     def encode(self, rows: pd.DataFrame) -> np.ndarray:
         """Raw typed rows -> the float32 matrix the model takes: numbers, yes/no

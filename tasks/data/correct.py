@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts.dataset import LABEL, ROW_ID
-from tasks.contracts.encoder import as_boolean, as_dates
+from tasks.contracts.encoder import Reading, as_boolean, as_dates, missing_token_mask, numbers_read
 from tasks.core.params import ValidateParams
 from tasks.core.task import IMAGE, TABLE, task_of
 from tasks.data import quality
@@ -31,6 +31,7 @@ class Corrected:
     row_issues: dict[int, list[str]] = field(default_factory=dict)  # row_id -> reasons to quarantine
     column_types: dict[str, str] = field(default_factory=dict)
     date_formats: dict[str, str] = field(default_factory=dict)  # datetime column -> the format it was read with
+    reading: Reading | None = None  # the corrections of raw cells, as serving must replay them
 
 
 def _flag(issues: dict[int, list[str]], row_ids: pd.Series, reason: str | pd.Series) -> None:
@@ -127,12 +128,10 @@ def correct_table(
     row_ids = table[ROW_ID]
 
     # Missing tokens first, so "." and "NA" count as missing everywhere below.
-    tokens = set(params.missing_tokens)
     token_counts = {}
     for col in table.columns:
         if col != ROW_ID and not pd.api.types.is_numeric_dtype(table[col]):
-            stripped = table[col].astype("string").str.strip()
-            is_token = stripped.isin(tokens).fillna(False)
+            is_token = missing_token_mask(table[col], params.missing_tokens)
             if is_token.any():
                 token_counts[col] = int(is_token.sum())
                 table[col] = table[col].mask(is_token)
@@ -184,7 +183,15 @@ def correct_table(
         else quality.class_balance(table.loc[~no_label, LABEL]),
         "corrections": corrections,
     }
-    return Corrected(table=table, report=report, row_issues=issues, column_types=types, date_formats=date_formats)
+    reading = Reading(
+        missing_tokens=tuple(params.missing_tokens),
+        coerce_numeric=params.coerce_numeric,
+        normalise_categories=params.normalise_categories,
+        synonyms={c: dict(v) for c, v in params.synonyms.items() if c in types and c != target},
+    )
+    return Corrected(
+        table=table, report=report, row_issues=issues, column_types=types, date_formats=date_formats, reading=reading
+    )
 
 
 def _read_column(table: pd.DataFrame, col: str, read: pd.Series, what: str, issues: dict[int, list[str]]) -> dict:
@@ -217,7 +224,7 @@ def _numeric_column(
         entry: dict[str, Any] = {"numbers": int(values.notna().sum()), "with_units": 0, "not_numbers": 0}
     else:
         kinds = parsed["kind"].value_counts()
-        bad = parsed["kind"].eq("text") | (parsed["kind"].eq("unit") & (not params.coerce_numeric))
+        numbers, bad = numbers_read(parsed, params.coerce_numeric)
         entry = {
             "numbers": int(kinds.get("number", 0)),
             "with_units": int(kinds.get("unit", 0)),
@@ -227,7 +234,6 @@ def _numeric_column(
         }
         if bad.any():
             _flag(issues, table.loc[bad, ROW_ID], values[bad].map(lambda v: f"{col}: {v!r} is not a number"))
-        numbers = parsed["number"].where(~bad)
         if params.coerce_numeric and entry["with_units"]:
             coerced[col] = entry["with_units"]
     # "inf" reads as a number, but no statistic, imputer or loss survives one: a row issue like a word.

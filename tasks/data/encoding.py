@@ -10,6 +10,7 @@ from tasks.contracts.encoder import (
     ImputeMethod,
     Imputer,
     IterativeStep,
+    Reading,
     TableEncoder,
     as_dates,
     encode_matrix,
@@ -25,11 +26,13 @@ def fit_encoder(
     knn_neighbors: int = 5,
     seed: int = 0,
     date_formats: dict[str, str] | None = None,
+    reading: Reading | None = None,
 ) -> TableEncoder:
     """Everything `TableEncoder.encode` needs, learnt from the train split: the
     numeric, yes/no and date columns and their imputer, and each categorical
     column's categories. `date_formats`: each date column's format, as the gate
-    read it (ISO 8601 where not given)."""
+    read it (ISO 8601 where not given). `reading`: the gate's corrections of raw
+    cells, carried so that serving replays them."""
     of_type = {kind: tuple(c for c, t in column_types.items() if t == kind) for kind in set(column_types.values())}
     numeric, booleans = of_type.get("numeric", ()), of_type.get("boolean", ())
     formats = date_formats or {}
@@ -39,7 +42,9 @@ def fit_encoder(
     }
     x = number_block(train, numeric, booleans, dates)
     imputer = fit_imputer(x, number_columns(numeric, booleans, dates), impute, knn_neighbors, seed)
-    return TableEncoder(numeric=numeric, categorical=categorical, imputer=imputer, booleans=booleans, dates=dates)
+    return TableEncoder(
+        numeric=numeric, categorical=categorical, imputer=imputer, booleans=booleans, dates=dates, reading=reading
+    )
 
 
 def date_column(values: pd.Series, format: str) -> DateColumn:

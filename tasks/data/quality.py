@@ -7,7 +7,6 @@ of rows, so a million rows take seconds.
 
 from __future__ import annotations
 
-import re
 from difflib import SequenceMatcher
 from typing import Any
 
@@ -31,54 +30,14 @@ from expectations.measures import (
 from expectations.measures import (
     near_duplicate_rows as near_duplicate_rows,
 )
-from tasks.contracts.encoder import as_boolean, as_dates
 
-# A number, optionally with thousands separators, wrapped in currency or units:
-# "65000 $", "€70,000", "12.5 kg", "-3e2".
-_NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?"
-# Only currency symbols may lead: "PAL0708" or "SKU123" are codes, not numbers.
-UNIT_NUMBER = re.compile(rf"^\s*(?P<pre>[$€£¥₹]?)\s*(?P<num>{_NUMBER})\s*(?P<post>[^\d\s]{{0,6}})\s*$")
-
+# Numbers with a unit or currency ("65000 $", "12.5 kg") are parsed by the table encoder's contract, so that
+# serving reads a row's text with the very code the gate read the training rows with.
+from tasks.contracts.encoder import UNIT_NUMBER as UNIT_NUMBER
+from tasks.contracts.encoder import as_boolean, as_dates, fold_synonyms
+from tasks.contracts.encoder import parse_numbers as parse_numbers
 
 # --------------------------------------------------------------------------- representation
-
-
-def parse_numbers(values: pd.Series) -> pd.DataFrame:
-    """Classify each value of a text column: plain number, number with a unit or
-    currency, or not a number. Returns columns `number` (float or NaN), `kind`
-    ('number' | 'unit' | 'text' | 'missing') and `unit`.
-
-    Each distinct value is parsed once, and plain numbers skip the regex, so a
-    million rows with few distinct spellings cost little."""
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    text = pd.Series(uniques, dtype="string")
-    number = pd.to_numeric(text, errors="coerce").astype(float)
-    kind = pd.Series(np.where(number.notna(), "number", "text"), dtype=object)
-    unit = pd.Series(pd.NA, index=text.index, dtype="string")
-    needs_regex = number.isna().to_numpy()
-    if needs_regex.any():
-        parts = text[needs_regex].str.extract(UNIT_NUMBER)
-        parsed = pd.to_numeric(parts["num"].str.replace(",", "", regex=False), errors="coerce")
-        suffix = (parts["pre"].fillna("") + parts["post"].fillna("")).str.strip()
-        number[needs_regex] = parsed.astype(float)
-        kind[needs_regex] = np.where(parsed.isna(), "text", np.where(suffix == "", "number", "unit"))
-        unit[needs_regex] = suffix.where(parsed.notna() & (suffix != ""))
-    missing = codes < 0
-    take = np.where(missing, 0, codes)
-
-    def expand(column: pd.Series, fill: object) -> np.ndarray:
-        out = column.to_numpy(dtype=object)[take] if len(column) else np.full(len(codes), fill, dtype=object)
-        out[missing] = fill
-        return out
-
-    return pd.DataFrame(
-        {
-            "number": expand(number, np.nan).astype(float),
-            "kind": expand(kind, "missing"),
-            "unit": pd.array(expand(unit, pd.NA), dtype="string"),
-        },
-        index=values.index,
-    )
 
 
 def observed_type(values: pd.Series, parsed: pd.DataFrame | None = None) -> str:
@@ -191,8 +150,7 @@ def _canonical_map(values: pd.Series, synonyms: dict[str, str]) -> dict[str, str
     match after folding, and a synonym's target is also the spelling of its own
     folded form ("hr" -> "HR" when some synonym maps to "HR"). Other variants take
     their group's most common spelling, ties broken alphabetically."""
-    folded_synonyms = {fold(k): v for k, v in synonyms.items()}
-    folded_synonyms.update({fold(v): v for v in synonyms.values()})
+    folded_synonyms = fold_synonyms(synonyms)
     counts = values.dropna().astype(str).value_counts()
     best: dict[str, tuple[int, str]] = {}
     for raw, n in counts.items():

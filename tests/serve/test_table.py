@@ -98,3 +98,12 @@ def test_the_prediction_log_keeps_table_rows_as_sent(server):
     assert len(logged) == 1
     assert json.loads(logged[0]["inputs"]) == ROWS[0]
     assert logged[0]["predicted"] == r.json()["predictions"][0]["class"]
+
+
+def test_a_model_without_the_gates_corrections_reads_cells_as_sent(server):
+    """An older model (no encoder.reading): numbers must be JSON numbers, as before."""
+    assert ENCODER.reading is None
+    r = server.predict([{"bill": "44", "mass": 3750, "island": "Dream", "sex": "MALE"}])
+    assert r.status_code == 422 and r.json()["field"] == "rows[0].bill", r.text
+    r = server.predict([{"bill": 44, "mass": 3750, "island": "Dream", "sex": "NA"}])  # "NA": a category, unseen
+    assert r.status_code == 200, r.text

@@ -202,3 +202,26 @@ def test_an_encoder_written_before_dates_and_yes_no_still_reads():
     old = {"numeric": ["x"], "categorical": {"c": ["a"]}, "imputer": {"method": "median", "fill_values": {"x": 1.0}}}
     encoder = parse(TableEncoder, old, "old.onnx")
     assert encoder.booleans == () and encoder.dates == {} and encoder.feature_names == ("x", "c=a")
+
+
+def test_the_gates_corrections_travel_with_the_encoder_and_older_encoders_still_parse():
+    """TableEncoder.reading: the gate's corrections of raw cells as plain data,
+    replayed by TableEncoder.read with the gate's own functions; an encoder
+    written before it existed parses with none, and reads cells as sent."""
+    from tasks.contracts.encoder import Reading
+
+    reading = Reading(("NA", "n/a"), True, True, {"home": {"own home": "OWN"}})
+    train = pd.DataFrame({"income": [1.0, 2.0, None], "home": ["MORTGAGE", "RENT", "OWN"]})
+    encoder = fit_encoder(train, {"income": "numeric", "home": "categorical"}, "median", reading=reading)
+    as_json = json.loads(json.dumps(dataclasses.asdict(encoder)))
+    assert parse(TableEncoder, as_json, "meta") == encoder
+    rows = pd.DataFrame(
+        {"income": ["65000", " n/a ", "12,000 $", "lots"], "home": [" mortgage", "Own Home", "x", "NA"]}
+    )
+    read, refused = encoder.read(rows)
+    assert read["income"].tolist()[0::2] == [65000.0, 12000.0] and read["income"].isna().tolist()[1::2] == [True] * 2
+    assert refused["income"].tolist() == [False, False, False, True]
+    assert read["home"].tolist()[:3] == ["MORTGAGE", "OWN", "x"] and read["home"].isna().tolist()[3]
+    del as_json["reading"]
+    old = parse(TableEncoder, as_json, "meta")
+    assert old.reading is None and old.read(rows)[0] is rows

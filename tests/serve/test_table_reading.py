@@ -1,0 +1,114 @@
+"""Serving reads a raw row as the gate read the training rows (issue 23): the
+corrections it applied travel in the model's metadata (TableEncoder.reading)
+and the server replays them with the same functions (tasks.contracts.encoder).
+Every raw row training kept gets 200 and the offline model's answer; a row the
+gate would have quarantined is a 422 naming its cell."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.contracts.dataset import ROW_ID
+from tasks.core.params import load_params
+
+from .serve_helpers import PENGUINS, onnx_outputs, table_model
+
+N = 60
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def raw_table() -> pd.DataFrame:
+    """A messy loans-like table as a user's CSV reads: numbers as text, with
+    units and gaps spelt as words; categories in several cases and spacings."""
+    rng = np.random.default_rng(0)
+    income = rng.integers(20, 120, N) * 1000
+    spelt = [
+        str(v) if k == 0 else f"{v:,} $" if k == 1 else "n/a" if k == 2 else "NA"
+        for v, k in zip(income, rng.integers(0, 4, N))
+    ]
+    home = rng.choice(["MORTGAGE", " mortgage ", "RENT", "rent", "OWN", "own home", "?"], N)
+    member = rng.choice(["Y", "N", "yes", "no"], N)
+    return pd.DataFrame(
+        {
+            ROW_ID: np.arange(N),
+            "income": pd.Series(spelt, dtype=object),
+            "home": pd.Series(home, dtype=object),
+            "member": pd.Series(member, dtype=object),
+            "grade": rng.choice(["a", "b"], N),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The gate's corrections and the encoder fitted after them, as the pipeline does."""
+    from tasks.data.correct import DUPLICATE_OF, FEATURE_TYPES, correct_table
+    from tasks.data.encoding import fit_encoder
+
+    validate = dataclasses.replace(load_params(PARAMS).validate, synonyms={"home": {"own home": "OWN"}})
+    raw = raw_table()
+    declared = {"income": "numeric", "home": "categorical", "member": "boolean"}
+    corrected = correct_table(raw, "grade", declared, "binary", validate)
+    kept = ~corrected.table[ROW_ID].isin(list(corrected.row_issues))
+    # Exact duplicates once folded are the only rows quarantined: the gate read every cell.
+    assert all(why.startswith(DUPLICATE_OF) for reasons in corrected.row_issues.values() for why in reasons)
+    types = {c: t for c, t in corrected.column_types.items() if t in FEATURE_TYPES}
+    encoder = fit_encoder(corrected.table[kept], types, "median", reading=corrected.reading)
+    assert set(encoder.categorical["home"]) == {"MORTGAGE", "RENT", "OWN"}  # folded and mapped by the gate
+    model = table_model(tmp_path_factory.mktemp("reading") / "reading.onnx", encoder=encoder)
+    return raw[kept.to_numpy()], corrected.table[kept], encoder, model
+
+
+@pytest.fixture(scope="module")
+def server(serve_module, trained):
+    return serve_module(trained[3])
+
+
+def as_json(frame: pd.DataFrame) -> list[dict]:
+    return [{c: (None if pd.isna(v) else v) for c, v in row.items()} for row in frame.to_dict("records")]
+
+
+def test_every_row_training_kept_gets_the_offline_answer(server, trained):
+    raw, typed, encoder, model = trained
+    assert len(raw) >= N // 2  # the gate quarantined exact duplicates only (once folded), no reading of a cell
+    features = ["income", "home", "member"]
+    r = server.predict(as_json(raw[features]))
+    assert r.status_code == 200, r.text
+    want = onnx_outputs(model, encoder.encode(typed))["probabilities"]
+    got = [[p["probabilities"][c] for c in PENGUINS] for p in r.json()["predictions"]]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_spellings_training_folded_answer_alike(server):
+    rows = [
+        {"income": 65000, "home": "MORTGAGE", "member": "Y"},
+        {"income": "65000", "home": " mortgage ", "member": "yes"},
+        {"income": "65,000 $", "home": "Mortgage", "member": True},
+        {"income": None, "home": "own home", "member": "n/a"},
+        {"income": "n/a", "home": "OWN", "member": None},
+    ]
+    r = server.predict(rows)
+    assert r.status_code == 200, r.text
+    answers = [p["probabilities"] for p in r.json()["predictions"]]
+    assert answers[0] == answers[1] == answers[2]
+    assert answers[3] == answers[4]
+
+
+@pytest.mark.parametrize(
+    "cell, field",
+    [
+        ({"income": "lots"}, "rows[0].income"),  # the gate quarantined words in a number column
+        ({"income": "inf"}, "rows[0].income"),
+        ({"income": True}, "rows[0].income"),
+        ({"member": "maybe"}, "rows[0].member"),
+        ({"home": ["RENT"]}, "rows[0].home"),
+    ],
+)
+def test_a_cell_the_gate_would_have_quarantined_is_named(server, cell, field):
+    r = server.predict([{"income": 50000, "home": "RENT", "member": "N", **cell}])
+    assert r.status_code == 422 and r.json()["field"] == field, r.text
