@@ -706,8 +706,8 @@ class ServingApp:
         finally:
             self.admission.release()
         answer = outputs[model.answer]
-        await self._log(request, "predict", model, parsed.x, parsed.rows, answer)
-        return 200, protocol.predict_response(model, answer, request.request_id), JSON, []
+        await self._log(request, "predict", model, parsed.x, parsed.rows, answer, parsed.unseen)
+        return 200, protocol.predict_response(model, answer, request.request_id, parsed.unseen), JSON, []
 
     async def infer(self, request: Request) -> Response:
         self._shed_early()
@@ -739,7 +739,16 @@ class ServingApp:
         content, headers = protocol.infer_response(model, parsed, outputs)
         return 200, content, (b"application/octet-stream" if headers else JSON), headers
 
-    async def _log(self, request: Request, endpoint: str, model: Any, x: Any, rows: list | None, answer: Any) -> None:
+    async def _log(
+        self,
+        request: Request,
+        endpoint: str,
+        model: Any,
+        x: Any,
+        rows: list | None,
+        answer: Any,
+        unseen: list[list[str]] | None = None,
+    ) -> None:
         # Before the answer is sent: an answered row is in the log's buffer (or the answer waits for room).
         entry = _entry(
             request,
@@ -751,6 +760,7 @@ class ServingApp:
             x=x,
             rows=rows,
             outputs=answer,
+            unseen=unseen,
         )
         if not self.predlog.append(entry):  # the usual case appends without a wait
             await self.predlog.put(entry)

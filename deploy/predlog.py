@@ -188,6 +188,7 @@ def _run_key(entry: Entry) -> Hashable:
         (entry.x.shape[1:], entry.x.dtype) if image and entry.x is not None else None,
         outputs.shape[1:],
         outputs.dtype,
+        entry.unseen is None,  # a run either flags its rows' unseen categories or not
     )
 
 
@@ -220,6 +221,7 @@ def _stacked(run: list[Entry]) -> list[tuple]:
         x=np.concatenate([e.x for e in run]) if image else None,  # type: ignore[misc]  # image entries carry x
         rows=None if image else [row for e in run for row in e.rows],  # type: ignore[union-attr]  # table: rows
         outputs=np.concatenate([e.outputs for e in run]),  # type: ignore[misc]  # answered: outputs
+        unseen=None if first.unseen is None else [names for e in run for names in e.unseen or ()],
     )
     rows = predlog.records([stacked])
     # Columns ts, request_id, row first and latency_ms last (tests/serve/test_predlog_writer.py holds this).

@@ -138,11 +138,18 @@ class PredictRequest(TypedDict):
     ]
 
 
+UNSEEN_DOC = (
+    "table models: the row's categorical columns whose value training never saw (answered as no category; "
+    "the prediction log and the monitor's feature/<name>/unseen_fraction count them)"
+)
+
+
 @_answer
 class ValuePrediction(TypedDict):
     """One row's answer from a regression model."""
 
     value: Annotated[float, _doc("the predicted value, in the target's units")]
+    unseen: NotRequired[Annotated[list[str], _doc(UNSEEN_DOC)]]
 
 
 # "class" is a keyword: this one is declared by the functional syntax.
@@ -152,6 +159,7 @@ ClassPrediction = TypedDict(
         "class": Annotated[str, _doc("the most probable class")],
         "probability": Annotated[float, _doc("that class's probability")],
         "probabilities": Annotated[dict[str, float], _doc("every class's probability, in the model's class order")],
+        "unseen": NotRequired[Annotated[list[str], _doc(UNSEEN_DOC)]],
     },
 )
 _answer(ClassPrediction)
@@ -166,6 +174,7 @@ class LabelsPrediction(TypedDict):
         list[str], _doc("the labels at or over the model's threshold (parameters.threshold in the model metadata)")
     ]
     probabilities: Annotated[dict[str, float], _doc("every label's probability, in the model's label order")]
+    unseen: NotRequired[Annotated[list[str], _doc(UNSEEN_DOC)]]
 
 
 # A row's answer by Task.answer (tasks.core.task): which tasks give which is decided there.
@@ -631,6 +640,7 @@ class ParsedPredict:
 
     x: np.ndarray
     rows: list | None  # table rows as sent (for the prediction log)
+    unseen: list[list[str]] | None = None  # table rows: per row, the columns with a category training never saw
 
 
 def _rows(payload: Any, max_rows: int) -> list:
@@ -662,7 +672,8 @@ def _row_layouts(shape: tuple[int, ...]) -> tuple[tuple[tuple[int, ...], ...], s
 def parse_predict(payload: Any, model: Any, max_rows: int, maybe_bool: bool = True) -> ParsedPredict:
     rows = _rows(payload, max_rows)
     if model.encoder is not None:
-        return ParsedPredict(encode_rows(rows, model.encoder), rows)
+        x, unseen = encode_table(rows, model.encoder)
+        return ParsedPredict(x, rows, unseen)
     shape = model.signature.input_shape
     accepted, expected = _row_layouts(shape)
     for i, row in enumerate(rows):  # cheap: finds a row that is not a list before numpy does
@@ -693,13 +704,19 @@ def parse_predict(payload: Any, model: Any, max_rows: int, maybe_bool: bool = Tr
 
 
 def encode_rows(rows: list, encoder: TableEncoder) -> np.ndarray:
+    """Table rows {column: value} -> the model's features (encode_table)."""
+    return encode_table(rows, encoder)[0]
+
+
+def encode_table(rows: list, encoder: TableEncoder) -> tuple[np.ndarray, list[list[str]]]:
     """Table rows {column: value} -> the model's features, through the very
     encoder training used (tasks.contracts.encoder). Each cell is checked
     first, so that a value the encoder would quietly read as a gap is a 422
     naming its row and column instead. A model that carries the gate's
     corrections (encoder.reading) has each cell read as the gate read its
     training rows first ("n/a" a gap, "65000 $" a number, " rent " RENT), and
-    only then checked."""
+    only then checked. Also, per row, the categorical columns whose value
+    training never saw (answered, as all zeros, and flagged)."""
     import pandas as pd
 
     check = _cell_checks(encoder)
@@ -723,7 +740,7 @@ def encode_rows(rows: list, encoder: TableEncoder) -> np.ndarray:
         frame = _read_as_training(frame, encoder, check)
     for col in encoder.numeric:
         frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    return np.ascontiguousarray(encoder.encode(frame), dtype=np.float32)
+    return np.ascontiguousarray(encoder.encode(frame), dtype=np.float32), encoder.unseen(frame)
 
 
 def _read_as_training(frame: Any, encoder: TableEncoder, check: dict[str, Callable[[Any, str], None]]) -> Any:
@@ -794,8 +811,17 @@ def _cell_checks(encoder: TableEncoder) -> dict[str, Callable[[Any, str], None]]
 
 
 def predictions(
-    model: Any, answer: np.ndarray
+    model: Any, answer: np.ndarray, unseen: list[list[str]] | None = None
 ) -> list[ValuePrediction] | list[LabelsPrediction] | list[ClassPrediction]:
+    """`unseen` (table rows): each answer says which of its row's categories training never saw."""
+    answers = _answers(model, answer)
+    if unseen is not None:
+        for one, names in zip(answers, unseen):
+            one["unseen"] = names
+    return answers
+
+
+def _answers(model: Any, answer: np.ndarray) -> list[ValuePrediction] | list[LabelsPrediction] | list[ClassPrediction]:
     """One answer per row, by task: the value (regression); the labels at or over
     the threshold and every label's probability (multilabel); the class, its
     probability and every class's (binary, multiclass). Probabilities stay
@@ -819,7 +845,7 @@ def predictions(
     return classified
 
 
-def predict_response(model: Any, answer: np.ndarray, request_id: str) -> bytes:
+def predict_response(model: Any, answer: np.ndarray, request_id: str, unseen: list[list[str]] | None = None) -> bytes:
     """The /predict body (a PredictResponse); `answer` is the model's answer output for the rows."""
     return orjson.dumps(
         {
@@ -827,7 +853,7 @@ def predict_response(model: Any, answer: np.ndarray, request_id: str) -> bytes:
             "model_version": model.version,
             "task": model.task,
             "request_id": request_id,
-            "predictions": predictions(model, answer),
+            "predictions": predictions(model, answer, unseen),
         },
         option=NUMPY,
     )

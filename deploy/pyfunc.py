@@ -64,4 +64,4 @@ class ChampionModel(PythonModel):
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from err
         answer = self.model.run(request.x)[self.model.answer]
         # Plain floats and strings, as /predict's JSON: MLflow's encoder knows no numpy scalars.
-        return orjson.loads(orjson.dumps(predictions(self.model, answer), option=NUMPY))
+        return orjson.loads(orjson.dumps(predictions(self.model, answer, request.unseen), option=NUMPY))

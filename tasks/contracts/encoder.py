@@ -354,6 +354,20 @@ class TableEncoder:
             rows[col] = values
         return rows, refused
 
+    def unseen(self, rows: pd.DataFrame) -> list[list[str]]:
+        """Per row, the categorical columns whose value training never saw (a
+        gap is not unseen): encode's all-zeros one-hot, which the server flags."""
+        if not self.categorical:
+            return [[] for _ in range(len(rows))]
+        names = np.asarray(list(self.categorical), dtype=object)
+        flags = np.column_stack(
+            [
+                (rows[c].notna() & ~rows[c].astype("string").isin(list(categories)).fillna(False)).to_numpy(bool)
+                for c, categories in self.categorical.items()
+            ]
+        )
+        return [names[row].tolist() for row in flags]
+
     def encode(self, rows: pd.DataFrame) -> np.ndarray:
         """Raw typed rows -> the float32 matrix the model takes: numbers, yes/no
         and date parts with their gaps imputed, categories one-hot. Training and

@@ -19,6 +19,7 @@ written), WAL mode, so readers never block the writer. Table `predictions`:
 | probability | the predicted class's probability (classifiers) |
 | probabilities | JSON list, one per class or label, in the model's order (classifiers, multilabel) |
 | value | the predicted value (regression) |
+| unseen | JSON list: a table row's categorical columns whose value training never saw (null for images, infer, older rows) |
 | latency_ms | the request's time in the server, receive to answer |
 """
 
@@ -45,12 +46,13 @@ GLOB = f"{PREFIX}*{SUFFIX}"
 
 TS, REQUEST_ID, ROW, ENDPOINT = "ts", "request_id", "row", "endpoint"
 MODEL_NAME, MODEL_VERSION, STATUS, ERROR = "model_name", "model_version", "status", "error"
-INPUTS, PREDICTED, PROBABILITY, PROBABILITIES, VALUE, LATENCY_MS = (
+INPUTS, PREDICTED, PROBABILITY, PROBABILITIES, VALUE, UNSEEN, LATENCY_MS = (
     "inputs",
     "predicted",
     "probability",
     "probabilities",
     "value",
+    "unseen",
     "latency_ms",
 )
 # Name, SQLite type, default for rows written before the column existed.
@@ -68,6 +70,7 @@ COLUMNS: tuple[tuple[str, str, Any], ...] = (
     (PROBABILITY, "REAL", None),
     (PROBABILITIES, "TEXT", None),
     (VALUE, "REAL", None),
+    (UNSEEN, "TEXT", None),
     (LATENCY_MS, "REAL NOT NULL", None),
 )
 NAMES = tuple(name for name, _, _ in COLUMNS)
@@ -126,6 +129,7 @@ class Entry:
     x: Optional[np.ndarray] = None  # what the model ran on
     rows: Optional[list] = None  # table rows as sent (logged instead of the encoded x)
     outputs: Optional[np.ndarray] = None  # the answer: probabilities, or a regression's values
+    unseen: Optional[list] = None  # table rows: per row, the columns with a category training never saw
     status: int = OK
     error: Optional[str] = None
 
@@ -158,9 +162,10 @@ def _answered(entry: Entry) -> list[tuple]:
         names = np.asarray(entry.classes, dtype=object)[best].tolist()
         top = out[np.arange(n), best].astype(np.float64).tolist()
         answers = [(c, p, _json(row), None) for c, p, row in zip(names, top, out)]
+    unseen = [None] * n if entry.unseen is None else [_json(names) for names in entry.unseen]
     head = (entry.ts, entry.request_id)
     tail = (entry.endpoint, entry.model_name, entry.model_version, OK, None)
-    return [(*head, i, *tail, inputs[i], *answers[i], entry.latency_ms) for i in range(n)]
+    return [(*head, i, *tail, inputs[i], *answers[i], unseen[i], entry.latency_ms) for i in range(n)]
 
 
 def records(entries: list[Entry]) -> list[tuple]:
@@ -179,6 +184,7 @@ def records(entries: list[Entry]) -> list[tuple]:
                     entry.model_version,
                     entry.status,
                     error,
+                    None,
                     None,
                     None,
                     None,

@@ -294,6 +294,7 @@ def assess(dataset: Dataset, task: str, params: ValidateParams) -> tuple[Correct
             column_types=types,
             features=tuple(c for c, t in types.items() if t in FEATURE_TYPES),
             date_formats=corrected.date_formats,
+            reading=corrected.reading,
         )
         return corrected, Dataset(table=corrected.table, arrays=dataset.arrays, meta=meta)
     corrected = correct_images(dataset.table, dataset.arrays[IMAGES], params)

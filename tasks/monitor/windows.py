@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -85,6 +86,19 @@ def feature_drift(reference: Reference, inputs: pd.DataFrame, params: MonitorPar
     return features
 
 
+def logged_unseen(ok: pd.DataFrame) -> dict[str, float] | None:
+    """Per categorical column, the share of the window's answered rows the
+    server flagged as holding a category training never saw (after reading the
+    row as the gate did, so " mortgage " is not unseen where training kept
+    MORTGAGE). None when some row carries no flag (an image, /infer, a row
+    logged before the flag existed): the raw values are compared instead."""
+    flags = ok[predlog.UNSEEN] if predlog.UNSEEN in ok else None
+    if flags is None or not len(ok) or flags.isna().any():
+        return None
+    counts = Counter(name for text in flags for name in json.loads(text))
+    return {name: n / len(ok) for name, n in counts.items()}
+
+
 def analyse_window(frame: pd.DataFrame, reference: Reference, params: MonitorParams, start: float) -> dict:
     """Everything measured on one window of logged rows, and whether it calls for retraining."""
     window_s = window_seconds(params)
@@ -92,6 +106,11 @@ def analyse_window(frame: pd.DataFrame, reference: Reference, params: MonitorPar
     errors = int(len(frame) - len(ok))  # one row per refused request
     inputs = input_frame(ok[predlog.INPUTS]) if len(ok) else pd.DataFrame(index=ok.index)
     features = feature_drift(reference, inputs, params)
+    flagged = logged_unseen(ok)
+    if flagged is not None:
+        for f in features:
+            if "unseen_fraction" in f:
+                f["unseen_fraction"] = flagged.get(f["feature"], 0.0)
     prediction = None
     if reference.predicted_counts and len(ok):
         prediction = prediction_drift(

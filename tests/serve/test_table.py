@@ -41,6 +41,7 @@ def test_rows_are_encoded_as_in_training(server, models):
     x = ENCODER.encode(pd.DataFrame(ROWS))
     assert x[1, 0] == 44.0  # the missing bill is the train median
     assert x[2, 2:5].tolist() == [0, 0, 0]  # Atlantis: no island
+    assert [p["unseen"] for p in r.json()["predictions"]] == [[], [], ["island"]]  # answered, and flagged
     expected = onnx_outputs(models["table"], x)["probabilities"]
     classes = ["Adelie", "Chinstrap", "Gentoo"]
     for prediction, want in zip(r.json()["predictions"], expected):
@@ -98,6 +99,7 @@ def test_the_prediction_log_keeps_table_rows_as_sent(server):
     assert len(logged) == 1
     assert json.loads(logged[0]["inputs"]) == ROWS[0]
     assert logged[0]["predicted"] == r.json()["predictions"][0]["class"]
+    assert json.loads(logged[0]["unseen"]) == []
 
 
 def test_a_model_without_the_gates_corrections_reads_cells_as_sent(server):

@@ -7,6 +7,8 @@ gate would have quarantined is a 422 naming its cell."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,44 @@ def test_spellings_training_folded_answer_alike(server):
 def test_a_cell_the_gate_would_have_quarantined_is_named(server, cell, field):
     r = server.predict([{"income": 50000, "home": "RENT", "member": "N", **cell}])
     assert r.status_code == 422 and r.json()["field"] == field, r.text
+
+
+def test_an_unseen_category_is_answered_flagged_logged_and_counted_by_the_monitor(serve_module, trained):
+    """ "Atlantis" is answered (all zeros, as training encodes it), and the answer,
+    the prediction log and the monitor's feature/<name>/unseen_fraction say so;
+    a spelling training folded (" mortgage ") is not unseen."""
+    from tasks.contracts import predlog
+    from tasks.core.params import load_params
+    from tasks.monitor import windows
+    from tasks.monitor.reference import Reference
+
+    server = serve_module(trained[3], log_flush_interval_s=0.05)
+    rows = [
+        {"income": 50000, "home": " mortgage ", "member": "Y"},
+        {"income": 50000, "home": "Atlantis", "member": "Y"},
+        {"income": 50000, "home": None, "member": "Y"},
+        {"income": 50000, "home": "RENT", "member": "N"},
+    ]
+    r = server.predict(rows, headers={"X-Request-ID": "unseen-1"})
+    assert r.status_code == 200, r.text
+    assert [p["unseen"] for p in r.json()["predictions"]] == [[], ["home"], [], []]
+    deadline = time.monotonic() + 10
+    logged = pd.DataFrame()
+    while time.monotonic() < deadline and len(logged) < len(rows):
+        logged = predlog.read_rows(server.log_dir)
+        logged = logged[logged[predlog.REQUEST_ID] == "unseen-1"]  # the module's servers share a log folder
+        time.sleep(0.05)
+    assert [json.loads(u) for u in logged[predlog.UNSEEN]] == [[], ["home"], [], []]
+    reference = Reference(
+        "tabular",
+        "multiclass",
+        {"income": np.full(10, 50000.0)},
+        {"home": np.array(["MORTGAGE", "RENT", "OWN"] * 3, dtype=object)},
+        list(PENGUINS),
+        {c: 1 for c in PENGUINS},
+        "labels",
+        9,
+    )
+    (window,) = windows.analyse(logged, reference, load_params(PARAMS).monitor)
+    (home,) = [f for f in window["features"] if f["feature"] == "home"]
+    assert home["unseen_fraction"] == 0.25  # Atlantis alone: not " mortgage ", nor the gap

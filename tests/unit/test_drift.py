@@ -486,6 +486,7 @@ def _rows(
             "probability": 0.9,
             "probabilities": [json.dumps([0.9, 0.1] if v == "a" else [0.1, 0.9]) for v in predicted],
             "value": None,
+            "unseen": None,  # image rows carry no flag
             "latency_ms": rng.gamma(2.0, 2.0, n),
         }
     )[list(predlog.NAMES)]

@@ -225,3 +225,15 @@ def test_the_gates_corrections_travel_with_the_encoder_and_older_encoders_still_
     del as_json["reading"]
     old = parse(TableEncoder, as_json, "meta")
     assert old.reading is None and old.read(rows)[0] is rows
+
+
+def test_the_gate_records_the_corrections_it_applied_for_the_encoder():
+    raw = raw_dated(40, 1).assign(row_id=np.arange(40), label="a")
+    validate = params_section("validate", synonyms={"color": {"rouge": "red"}, "label": {"A": "a"}})
+    reading = correct_table(raw, "label", {}, "binary", validate).reading
+    assert reading is not None and reading.missing_tokens == tuple(validate.missing_tokens)
+    assert (reading.coerce_numeric, reading.normalise_categories) == (
+        validate.coerce_numeric,
+        validate.normalise_categories,
+    )
+    assert reading.synonyms == {"color": {"rouge": "red"}}  # the target's synonyms are not a feature's
