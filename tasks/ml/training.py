@@ -35,8 +35,10 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    # warn_only: a few CUDA kernels have no deterministic version; the CPU ones all do.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # warn_only: a few CUDA kernels have no deterministic version; the CPU ones all do. The flag itself,
+    # not torch.use_deterministic_algorithms: that also sets torch.compile's flag, importing
+    # torch._inductor (~2 s per training stage), and nothing here compiles.
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:

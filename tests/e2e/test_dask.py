@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_helpers import BIN, clean_env, free_port, make_project, run
+from e2e_helpers import BIN, clean_env, copy_project, free_port, run
 
 pytestmark = pytest.mark.e2e
 
@@ -92,8 +92,8 @@ def _trials(root: Path, executor: str) -> dict[str, tuple[dict, float]]:
     return {c.info.run_name: (c.data.params, c.data.metrics["val_quality"]) for c in children}
 
 
-def test_a_search_on_dask_matches_the_same_search_in_local_processes(tmp_path, cluster):
-    root = make_project(tmp_path / "project")
+def test_a_search_on_dask_matches_the_same_search_in_local_processes(tmp_path, warm_digits, cluster):
+    root = copy_project(warm_digits, tmp_path / "project", registry=False)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["search"].update(enabled=True, sampler="random", trials=4, parallel=2, max_epochs=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -108,14 +108,16 @@ def test_a_search_on_dask_matches_the_same_search_in_local_processes(tmp_path, c
     assert on_dask == on_threads and set(on_dask) == {"lr", "dropout", "batch_size"}
 
 
-def test_the_flow_runs_its_stages_and_trials_on_the_cluster_through_the_dask_task_runner(tmp_path, cluster):
-    root = make_project(tmp_path / "project")
+def test_the_flow_runs_its_stages_and_trials_on_the_cluster_through_the_dask_task_runner(
+    tmp_path, warm_digits, cluster
+):
+    root = copy_project(warm_digits, tmp_path / "project", registry=False)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["search"].update(enabled=True, sampler="random", trials=2, parallel=2, max_epochs=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     done = _run(root, "-m", "flows.pipeline", "--dask-address", cluster)
     assert f"Connecting to an existing Dask cluster at {cluster}" in done.stdout + done.stderr
-    assert "pipeline done: ran ['ingest'" in done.stdout
+    assert "pipeline done: ran ['search', 'train'" in done.stdout  # the search's settings changed
     # Each stage ran on a worker (two workers of one thread: the search stage frees its
     # thread while it waits, so its trials run beside it), and the trials on the cluster.
     assert "stages ran on Dask worker w" in done.stdout and f"of {cluster}" in done.stdout
@@ -134,8 +136,8 @@ def test_the_flow_runs_its_stages_and_trials_on_the_cluster_through_the_dask_tas
     assert status.stdout.split() == ["register:", "always", "changed"], status.stdout  # it asks the registry
 
 
-def test_an_unreachable_scheduler_is_named(tmp_path):
-    root = make_project(tmp_path / "project")
+def test_an_unreachable_scheduler_is_named(tmp_path, warm_digits):
+    root = copy_project(warm_digits, tmp_path / "project", registry=False)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["search"].update(enabled=True, trials=1, max_epochs=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_helpers import make_project, run
+from e2e_helpers import copy_project, make_project, run
 
 from tasks.onnx.runtime import check_artifact
 
@@ -29,8 +29,8 @@ def _set(root: Path, **sections: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_two_processes_train_a_model_as_good_as_one(tmp_path_factory):
-    root = make_project(tmp_path_factory.mktemp("ddp"))
+def test_two_processes_train_a_model_as_good_as_one(tmp_path_factory, warm_digits):
+    root = copy_project(warm_digits, tmp_path_factory.mktemp("ddp") / "project", registry=False)
     # Enough epochs that quality means something (the tiny defaults stop at 3).
     _set(root, train={"max_epochs": 12, "patience": 5}, distill={"max_epochs": 6, "patience": 5})
     _run(root, "-m", "dvc", "repro", "train")

@@ -23,7 +23,7 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
-from e2e_helpers import PREFECT, make_project
+from e2e_helpers import PREFECT, copy_project
 from e2e_helpers import free_port as _free_port
 from e2e_helpers import stop as _stop
 from e2e_helpers import wait_for as _wait
@@ -64,7 +64,9 @@ def _set_params(project: Path, section: str, **values: object) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_failed_request(tmp_path: Path) -> None:
+def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_failed_request(
+    tmp_path: Path, warm_penguins: Path
+) -> None:
     from mlflow import MlflowClient
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
@@ -74,7 +76,9 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
     from flows.monitor import trigger_retrain
     from tasks.contracts import production as snap
 
-    project = make_project(tmp_path / "project", source="penguins")
+    # A project that has trained (its outputs in DVC's cache), but with an empty registry: the first
+    # retrain on the worker registers version 1.
+    project = copy_project(warm_penguins, tmp_path / "project", registry=False)
     _set_params(project, "monitor", window_minutes=WINDOW_S / 60, min_rows=30)
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"

@@ -56,8 +56,8 @@ def _client_env(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, stack_env) -> tuple[Path, dict[str, str]]:
-    root = make_project(tmp_path_factory.mktemp("stack") / "project")
+def project(digits_project, stack_env) -> tuple[Path, dict[str, str]]:
+    root = digits_project  # has run locally once (a local sqlite registry): DVC's run cache holds every stage
     _stack(root, stack_env, "up")
     return root, {**stack_env, **_client_env(root)}
 
@@ -86,11 +86,10 @@ def _s3_keys(client_env: dict[str, str], bucket: str) -> list[str]:
 
 
 def test_a_run_restored_from_the_run_cache_registers_on_the_stack_and_is_served_from_it(project, monkeypatch):
-    """Run locally first (a local sqlite registry), then `make clean && make run` against the stack: DVC
-    restores every training stage from its run cache, and register, which always runs, puts the champion
-    on the stack's registry. The console names the version the stack's server holds."""
+    """A project that ran locally first (a local sqlite registry), then `make clean && make run` against the
+    stack: DVC restores every training stage from its run cache, and register, which always runs, puts the
+    champion on the stack's registry. The console names the version the stack's server holds."""
     root, env = project
-    _dvc(root, {k: v for k, v in env.items() if k.startswith("DISTILLERY_STACK_")}, "repro")  # local registry
     assert (root / "mlflow.db").exists()
     run(["make", "clean"], root, env)
     done = run([sys.executable, "-m", "flows.run"], root, env)

@@ -1,20 +1,26 @@
-"""Every task type through the whole DAG on bundled data, tiny settings, the way
-the README says: a project that has run (`dvc repro`), then `dvc exp run -S
+"""Every task type through the whole DAG, tiny settings, the way the README says:
+a project that has run (the warm digits project), then `dvc exp run -S
 task.type=...` in it. Each experiment must retrain for its task (task.type
-reaches every stage that depends on it), and its champion must be served
-(the serve tests' Server helper: the real server on loopback)."""
+reaches every stage that depends on it), and its champion must be served (the
+serve tests' Server helper: the real server on loopback). Two experiments read
+the user's data where most users keep it, outside the project: a CSV at an
+absolute path with spaces, a Quick Draw folder at `../drawings`; their
+champions are registered with lineage tags MLflow accepts."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
+import yaml
 from e2e_helpers import dvc as _dvc
-from e2e_helpers import make_project
+from e2e_helpers import git
 from serve.serve_helpers import Server
 
 from tasks.contracts.onnx import PREDICTION, PROBABILITIES
@@ -36,12 +42,10 @@ def served(model: Path) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def project(digits_project: Path) -> Path:
     """A project that has run once on its defaults (digits, multiclass)."""
-    root = make_project(tmp_path_factory.mktemp("tasks"))
-    _dvc(root, "repro")
-    assert json.loads((root / "reports/selection.json").read_text())["task"] == "multiclass"
-    return root
+    assert json.loads((digits_project / "reports/selection.json").read_text())["task"] == "multiclass"
+    return digits_project
 
 
 def _evaluation(root: Path) -> dict:
@@ -70,13 +74,30 @@ def test_multilabel_experiment_retrains_every_stage_for_the_new_task(project: Pa
         assert row["labels"] == [name for name, p in zip(["even", "large", "loop"], probs) if p >= metadata.threshold]
 
 
-def test_binary_experiment_on_breast_cancer(project: Path) -> None:
-    _dvc(project, "exp", "run", "-S", "task.type=binary", "-S", "data.source=breast_cancer")
+def test_binary_experiment_on_a_csv_at_an_absolute_path_with_spaces(project: Path, tmp_path: Path) -> None:
+    """The user's table kept outside the project, as most users keep it: the champion is registered (and
+    promoted, as asked) under the dataset's own model name, with lineage tags MLflow accepts."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.sample(240, random_state=0)
+    frame["target"] = frame["target"].map({0: "malignant", 1: "benign"})
+    table = tmp_path / "my data" / "Breast Cancer.csv"
+    table.parent.mkdir()
+    frame.to_csv(table, index=False)
+    data = ["-S", "data.source=csv", "-S", f"data.path='{table}'", "-S", "data.target=target"]
+    _dvc(project, "exp", "run", "-S", "task.type=binary", *data, "-S", "select.promote=true")
     teacher = _evaluation(project)["candidates"]["teacher.fp32"]
     assert teacher["roc_auc"]["auc"] is not None and "ece_before_scaling" in teacher
     metadata, signature, _ = check_artifact(project / "models/champion.onnx")
-    assert metadata.task == "binary" and metadata.classes == ("benign", "malignant")
+    assert metadata.task == "binary" and set(metadata.classes) == {"benign", "malignant"}
     assert signature.outputs[-1] == (PROBABILITIES, (2,))
+    version, hashes = _registered(project, "distillery-breast-cancer")  # one registered model per dataset
+    assert hashes[str(table)]  # dvc.lock's md5 of the user's file, under a key MLflow accepted
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    ingest_deps = {d["path"]: d["md5"] for d in lock["stages"]["ingest"]["deps"]}
+    assert hashes[str(table)] == ingest_deps[str(table)]
+    assert version.tags["sha256"] and version.tags["gate"] == "passed"
+    git(project, "checkout", "--", "params.yaml")  # the next experiments start from the project's own data settings
 
 
 def test_regression_experiment_gives_a_champion_a_v2_client_can_query(project: Path) -> None:
@@ -107,15 +128,17 @@ def test_regression_experiment_gives_a_champion_a_v2_client_can_query(project: P
     assert set(value) == {"value"} and np.isfinite(value["value"])
 
 
-def test_a_quick_draw_folder_of_ten_imbalanced_classes(project: Path) -> None:
+def test_a_quick_draw_folder_of_ten_imbalanced_classes_outside_the_project(project: Path) -> None:
     """10 classes of 28x28 doodles in Quick Draw's own file format, one rare
-    class, through the same DAG: ingest reads every class, export's int8 convs
-    run as onnxruntime integer kernels, and the champion is the fastest
-    qualifying candidate of every precision on the Pareto front, served."""
+    class, in a folder beside the project (`../drawings`), through the same DAG:
+    ingest reads every class, export's int8 convs run as onnxruntime integer
+    kernels, the champion is the fastest qualifying candidate of every precision
+    on the Pareto front, served, and registered with lineage tags that
+    `tasks.trace` and the console read back."""
     from tasks.doodles import CLASSES, make_doodles
 
     counts = {name: 60 if name == "star" else 150 + 20 * i for i, name in enumerate(CLASSES)}
-    make_doodles(project / "data/raw", {name: n + 10 for name, n in counts.items()}, seed=1)
+    make_doodles(project.parent / "drawings", {name: n + 10 for name, n in counts.items()}, seed=1)
     # task.type too: an earlier experiment in this project leaves its own in params.yaml.
     _dvc(
         project,
@@ -126,12 +149,16 @@ def test_a_quick_draw_folder_of_ten_imbalanced_classes(project: Path) -> None:
         "-S",
         "data.source=quickdraw",
         "-S",
+        "data.path=../drawings",
+        "-S",
         f"data.quickdraw.classes=[{','.join(CLASSES)}]",
         # Hydra syntax, as in the README: replace the mapping (`~` then `+`), not merge into it.
         "-S",
         "~data.quickdraw.samples_per_class",
         "-S",
         "+data.quickdraw.samples_per_class={" + ",".join(f"{k}:{v}" for k, v in counts.items()) + "}",
+        "-S",
+        "select.promote=true",
     )
     meta = json.loads((project / "data/processed/meta.json").read_text())
     assert meta["classes"] == list(CLASSES) and meta["input_shape"] == [1, 28, 28]
@@ -152,3 +179,34 @@ def test_a_quick_draw_folder_of_ten_imbalanced_classes(project: Path) -> None:
     with served(project / "models/champion.onnx") as server:
         answer = server.predict(x.tolist()).json()
     assert {row["class"] for row in answer["predictions"]} <= set(CLASSES)
+
+    version, hashes = _registered(project, "distillery-drawings")
+    assert hashes["../drawings"]
+    # tasks.trace finds a run's data by dvc.lock's md5 of data/processed: the tag holds the lock's.
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    outs = {o["path"]: o["md5"] for o in lock["stages"]["preprocess"]["outs"]}
+    assert hashes["data/processed"] == outs["data/processed"]
+    # The console summary and trace read the same registry: the version the alias holds.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pathlib import Path; from flows.report import console_summary;"
+            "print('\\n'.join(console_summary(Path('.').resolve())))",
+        ],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert f"registry: distillery-drawings version {version.version}, alias @champion" in done.stdout, done.stderr
+
+
+def _registered(root: Path, name: str):
+    from mlflow import MlflowClient
+
+    from tasks.contracts.registry import lineage_hashes
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    version = client.get_model_version_by_alias(name, "champion")
+    return version, lineage_hashes(version.tags)
