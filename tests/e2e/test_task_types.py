@@ -125,7 +125,8 @@ def test_regression_experiment_gives_a_champion_a_v2_client_can_query(project: P
     np.testing.assert_allclose(output["data"], expected.ravel(), rtol=1e-5)
     assert predicted.status_code == 200, predicted.text
     (value,) = predicted.json()["predictions"]
-    assert set(value) == {"value"} and np.isfinite(value["value"])
+    assert set(value) == {"value", "unseen"} and np.isfinite(value["value"])
+    assert value["unseen"] == []  # every column is a number: no category to be unseen
 
 
 def test_a_quick_draw_folder_of_ten_imbalanced_classes_outside_the_project(project: Path) -> None:
