@@ -23,8 +23,20 @@ from tasks.core.provenance import sha256_file
 pytestmark = pytest.mark.e2e
 
 # The flow's order (flows.common.stage_order; `dvc repro` may order independent stages otherwise).
-STAGES = ["ingest", "validate", "preprocess", "search", "boost", "train", "distill", "prune", "export", "evaluate"]
-STAGES += ["select", "register"]
+STAGES = [
+    "ingest",
+    "validate",
+    "preprocess",
+    "search",
+    "boost",
+    "train",
+    "distill",
+    "prune",
+    "export",
+    "evaluate",
+    "select",
+    "register",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +59,8 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(
     from mlflow import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    stages = STAGES
     # `make run` on the fresh project (the warm build, python -m flows.run) ran every stage, in order.
-    assert f"pipeline done: ran {stages}; skipped 0 up-to-date stage(s)" in warm_digits.with_suffix(".log").read_text()
+    assert f"pipeline done: ran {STAGES}; skipped 0 up-to-date stage(s)" in warm_digits.with_suffix(".log").read_text()
 
     # The champion is the fastest candidate (every precision competes; the budget is open here),
     # an ONNX that onnxruntime loads and that predicts.
@@ -80,10 +91,10 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(
     # One MLflow run for the pipeline run, FINISHED, with every stage's run nested under it.
     experiment = client.get_experiment_by_name("distillery")
     (parent,) = client.search_runs([experiment.experiment_id], "tags.stage = 'pipeline'")
-    assert parent.info.status == "FINISHED" and parent.data.tags["stages_ran"] == ",".join(stages)
+    assert parent.info.status == "FINISHED" and parent.data.tags["stages_ran"] == ",".join(STAGES)
     nested = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     # search is disabled here; select only chooses among evaluate's figures, which evaluate tracked
-    assert {r.data.tags["stage"] for r in nested} == set(stages) - {"search", "select"}
+    assert {r.data.tags["stage"] for r in nested} == set(STAGES) - {"search", "select"}
     assert all(r.data.tags.get("task") or r.data.tags["stage"] == "ingest" for r in nested)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"index.html", "model_card.md"}
 
@@ -96,8 +107,8 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(
     assert [str(v.version) for v in client.search_model_versions("name='distillery-digits'")] == [str(version.version)]
 
     # Editing any module a stage imports makes exactly the stages that import it stale.
-    assert stale_after_editing(project, "tasks/core/provenance.py") == set(stages)  # hash_arrays: every stage
-    assert stale_after_editing(project, "tasks/core/paths.py") == set(stages)
+    assert stale_after_editing(project, "tasks/core/provenance.py") == set(STAGES)  # hash_arrays: every stage
+    assert stale_after_editing(project, "tasks/core/paths.py") == set(STAGES)
     assert stale_after_editing(project, "tasks/ml/losses.py") == {
         "search",
         "boost",
@@ -107,7 +118,7 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(
         "export",
         "register",
     }
-    assert stale_after_editing(project, "tasks/evaluation/plots.py") == set(stages[3:])
+    assert stale_after_editing(project, "tasks/evaluation/plots.py") == set(STAGES[3:])
     # boost and distill run ONNX graphs (tasks/onnx): the boosted model's, the boosted teacher's.
     assert stale_after_editing(project, "tasks/onnx/quantize.py") == {
         "boost",
