@@ -21,10 +21,12 @@ import dataclasses
 import hmac
 import itertools
 import logging
+import os
 import re
 import signal
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from time import perf_counter
@@ -35,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from deploy import protocol
 from deploy.batching import Admission, Batcher, Deadlines, Overloaded
+from deploy.images import IMAGE_MEDIA, MULTIPART, OCTET_STREAM, PICTURE_MEDIA, decode_pictures, pictures_of, policy_of
 from deploy.metrics import Metrics
 from deploy.openapi import openapi_document
 from deploy.predlog import Entry, PredictionLog
@@ -47,6 +50,8 @@ from deploy.protocol import (
     ModelParameters,
     ModelStatistics,
     ModelStats,
+    Picture,
+    PictureForm,
     PredictRequest,
     PredictResponse,
     Readiness,
@@ -85,6 +90,7 @@ class Outcome:
 
 
 BAD_JSON = Outcome(400, "the body is not JSON (or is empty)")
+BAD_MULTIPART = Outcome(400, "a multipart/form-data body without its boundary, or cut short; field names the part")
 BAD_BINARY_HEADER = Outcome(400, "Inference-Header-Content-Length is not a byte count within the body")
 BAD_NAME = Outcome(400, "a model name or version holds a path separator ('/' or '\\', escaped or not)")
 UNAUTHORIZED = Outcome(
@@ -102,6 +108,18 @@ RELOAD_REFUSED = Outcome(
 )
 TOO_LARGE = Outcome(413, "the body is larger than DISTILLERY_SERVE_MAX_BODY_BYTES; the connection is closed")
 WRONG_MEDIA = Outcome(415, "the Content-Type is not one of the request body's")
+NO_IMAGE_POLICY = Outcome(
+    415,
+    "picture files for a model that takes JSON rows (a table model, or an image model trained on pixel "
+    "arrays: no preprocessing.image in its metadata)",
+)
+TOO_MANY_PIXELS = Outcome(
+    413, "the pictures hold more pixels than DISTILLERY_SERVE_MAX_IMAGE_PIXELS (a decompression bomb); field names it"
+)
+UNREADABLE_PICTURE = Outcome(
+    422,
+    "a picture file does not decode (empty, cut short, not a picture); field names it: body, parts[i] or inputs[0].data[i]",
+)
 INVALID = Outcome(
     422, "a field is missing, mistyped, of the wrong shape, not finite, or over DISTILLERY_SERVE_MAX_ROWS"
 )
@@ -164,11 +182,24 @@ class Route:
 
 
 _BODY_IN = (BAD_JSON, SLOW_BODY, TOO_LARGE, WRONG_MEDIA, INVALID, OVERLOADED, TIMEOUT)
+_PICTURES_IN = (BAD_MULTIPART, TOO_MANY_PIXELS, NO_IMAGE_POLICY, UNREADABLE_PICTURE)
+_PREDICT = {
+    "application/json": PredictRequest,
+    **{media: bytes for media in IMAGE_MEDIA + (OCTET_STREAM,)},
+    MULTIPART: PictureForm,
+}
+_PREDICT_NOTE = (
+    "A model trained on a folder of pictures (parameters.image in GET /v2/models/{name}) takes picture files "
+    "too, decoded by the policy training used: one picture as the body (its image/* type, or "
+    "application/octet-stream: the format is read from the bytes), or multipart/form-data with one picture per "
+    "part (a row each, answered in order). Any other model answers 415 to them."
+)
 _BINARY = {"application/json": InferRequest, "application/octet-stream": bytes}
 _BINARY_NOTE = (
     "With the binary tensor extension, the body is application/octet-stream: a JSON header of "
     "Inference-Header-Content-Length bytes, then the tensors; outputs asked for as binary come back "
-    "the same way, with that header."
+    "the same way, with that header. A model trained on a folder of pictures takes a BYTES input of shape [n] "
+    "too: picture files, base64 strings in JSON, or length-prefixed in the binary part (as tritonclient sends them)."
 )
 
 ROUTES: tuple[Route, ...] = (
@@ -177,11 +208,12 @@ ROUTES: tuple[Route, ...] = (
         "/predict",
         "predict",
         tag="inference",
-        request=PredictRequest,
+        request=_PREDICT,
         ok=PredictResponse,
-        errors=_BODY_IN,
-        summary="Predict rows: raw pixels or table rows in; per row the value, the class and probabilities, "
-        "or the labels",
+        errors=_BODY_IN + _PICTURES_IN,
+        summary="Predict rows: raw pixels, picture files or table rows in; per row the value, the class and "
+        "probabilities, or the labels",
+        description=_PREDICT_NOTE,
     ),
     Route(
         "POST",
@@ -191,7 +223,7 @@ ROUTES: tuple[Route, ...] = (
         versioned=True,
         request=_BINARY,
         ok={"application/json": InferResponse, "application/octet-stream": bytes},
-        errors=(BAD_BINARY_HEADER, UNKNOWN_MODEL, *_BODY_IN),
+        errors=(BAD_BINARY_HEADER, UNKNOWN_MODEL, *_BODY_IN, TOO_MANY_PIXELS, UNREADABLE_PICTURE),
         summary="Open Inference Protocol (KServe v2) inference",
         description=_BINARY_NOTE,
     ),
@@ -280,6 +312,11 @@ ROUTES: tuple[Route, ...] = (
         summary="Swagger UI's script, style and icon",
     ),
 )
+# The media types each prediction route reads, and how a 415 says so.
+PREDICT_MEDIA = frozenset(media.encode() for media in ("application/json", *PICTURE_MEDIA))
+PREDICT_WANTED = f"application/json, a picture ({', '.join(IMAGE_MEDIA)}, or {OCTET_STREAM}) or {MULTIPART}"
+INFER_MEDIA = frozenset((JSON, OCTET_STREAM.encode()))
+INFER_WANTED = f"application/json (or {OCTET_STREAM} with Inference-Header-Content-Length)"
 # Routes whose refusals go to the prediction log, and the endpoint name logged.
 LOGGED_ENDPOINTS = {"/predict": "predict", "/v2/models/{name}/infer": "infer"}
 
@@ -473,6 +510,8 @@ class ServingApp:
         self.deadlines = Deadlines(settings.request_timeout_s)
         self.stats = InferenceStats()
         self.batcher = Batcher(settings.max_batch, settings.max_wait_ms / 1000, self._observe_batch)
+        # Picture files are decoded here, off the event loop; admission bounds the requests decoding at once.
+        self._decoder = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="decode")
         self.predlog = PredictionLog(
             settings.log_dir, settings.log_max_buffer, settings.log_flush_interval_s, metrics.count_log
         )
@@ -608,19 +647,20 @@ class ServingApp:
                 [(b"www-authenticate", b'Bearer realm="distillery", error="invalid_token"')],
             )
 
-    async def _read_body(self, request: Request, binary_ok: bool = False) -> bytes:
+    def _media_type(self, request: Request, accepted: frozenset[bytes], wanted: str) -> bytes:
+        """The body's media type, one of `accepted` (or a 415 saying to send `wanted`). None at
+        all is read as JSON: Triton's HTTP client sends none."""
         content_type = request.headers.get(b"content-type")
-        if content_type:  # none at all is read as JSON: Triton's HTTP client sends none
-            media = content_type.split(b";", 1)[0].strip().lower()
-            if media != JSON and not (binary_ok and media == b"application/octet-stream"):
-                wanted = "application/json" + (
-                    " (or application/octet-stream with Inference-Header-Content-Length)" if binary_ok else ""
-                )
-                raise RequestError(
-                    415,
-                    f"Content-Type {content_type.decode('latin-1')!r} is not supported; send {wanted}",
-                    "Content-Type",
-                )
+        if not content_type:
+            return JSON
+        media = content_type.split(b";", 1)[0].strip().lower()
+        if media not in accepted:
+            raise RequestError(
+                415, f"Content-Type {content_type.decode('latin-1')!r} is not supported; send {wanted}", "Content-Type"
+            )
+        return media
+
+    async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
         declared = request.headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -696,22 +736,43 @@ class ServingApp:
 
     async def predict(self, request: Request) -> Response:
         self._shed_early()
+        media = self._media_type(request, PREDICT_MEDIA, PREDICT_WANTED)
         body = await self._read_body(request)
         await self._admit()
         try:
-            payload = protocol.parse_json(body)
             model = self.manager.current
-            parsed = protocol.parse_predict(payload, model, self.settings.max_rows, b"true" in body or b"false" in body)
-            outputs = await self.batcher.submit(model, parsed.x)
+            if media == JSON:
+                payload = protocol.parse_json(body)
+                parsed = protocol.parse_predict(
+                    payload, model, self.settings.max_rows, b"true" in body or b"false" in body
+                )
+                x, rows, unseen, stored = parsed.x, parsed.rows, parsed.unseen, None
+            else:
+                policy = policy_of(model)
+                content_type = request.headers[b"content-type"]
+                pictures = pictures_of(media.decode(), content_type, body, self.settings.max_rows)
+                x, stored = await self._decode(pictures, policy)
+                rows, unseen = None, None
+            outputs = await self.batcher.submit(model, x)
         finally:
             self.admission.release()
         answer = outputs[model.answer]
-        await self._log(request, "predict", model, parsed.x, parsed.rows, answer, parsed.unseen)
-        return 200, protocol.predict_response(model, answer, request.request_id, parsed.unseen), JSON, []
+        await self._log(request, "predict", model, x, rows, answer, unseen, stored)
+        return 200, protocol.predict_response(model, answer, request.request_id, unseen), JSON, []
+
+    async def _decode(self, pictures: list[Picture], policy: Any) -> tuple[Any, list]:
+        """Decode on the decoder threads: a picture's pixels, not its bytes, set the work
+        (a small PNG can hold millions), and Pillow leaves the GIL to the event loop meanwhile."""
+        loop = asyncio.get_running_loop()
+        decoded = await loop.run_in_executor(
+            self._decoder, decode_pictures, pictures, policy, self.settings.max_image_pixels
+        )
+        return decoded.x, decoded.stored
 
     async def infer(self, request: Request) -> Response:
         self._shed_early()
-        body = await self._read_body(request, binary_ok=True)
+        self._media_type(request, INFER_MEDIA, INFER_WANTED)
+        body = await self._read_body(request)
         header_length = request.headers.get(protocol.BINARY_HEADER.encode())
         binary = None
         if header_length is not None:
@@ -730,12 +791,16 @@ class ServingApp:
             parsed = protocol.parse_infer(
                 payload, model, self.settings.max_rows, binary, b"true" in body or b"false" in body
             )
-            outputs = await self.batcher.submit(model, parsed.x)
+            if parsed.x is not None:
+                x, stored = parsed.x, None
+            else:  # a BYTES input: picture files (parse_infer has checked there is one a row)
+                x, stored = await self._decode(parsed.pictures or [], policy_of(model))
+            outputs = await self.batcher.submit(model, x)
         finally:
             self.admission.release()
         if parsed.request_id and REQUEST_ID.match(parsed.request_id) and b"x-request-id" not in request.headers:
             request.request_id = parsed.request_id
-        await self._log(request, "infer", model, parsed.x, None, outputs[model.answer])
+        await self._log(request, "infer", model, x, None, outputs[model.answer], None, stored)
         content, headers = protocol.infer_response(model, parsed, outputs)
         return 200, content, (b"application/octet-stream" if headers else JSON), headers
 
@@ -748,6 +813,7 @@ class ServingApp:
         rows: list | None,
         answer: Any,
         unseen: list[list[str]] | None = None,
+        pictures: list | None = None,
     ) -> None:
         # Before the answer is sent: an answered row is in the log's buffer (or the answer waits for room).
         entry = _entry(
@@ -761,6 +827,7 @@ class ServingApp:
             rows=rows,
             outputs=answer,
             unseen=unseen,
+            pictures=pictures,
         )
         if not self.predlog.append(entry):  # the usual case appends without a wait
             await self.predlog.put(entry)
@@ -821,6 +888,8 @@ class ServingApp:
         }
         if task_of(model.task).multilabel:
             parameters["threshold"] = model.metadata.threshold
+        if meta.preprocessing.image is not None:
+            parameters["image"] = dataclasses.asdict(meta.preprocessing.image)
         if model.encoder is not None:
             parameters["columns"] = {
                 "numeric": list(model.encoder.numeric),
@@ -934,6 +1003,7 @@ class ServingApp:
         if self._watcher is not None:
             self._watcher.cancel()
         await self.batcher.close()
+        self._decoder.shutdown(wait=True)
         self.deadlines.close()
         self.predlog.close()
         log.info("stopped; the prediction log is flushed")

@@ -191,6 +191,12 @@ def build_model(
         raise DistilleryError(f"{source}: onnxruntime cannot load it ({type(err).__name__}: {err})") from err
     metadata = ArtifactMetadata.from_props(session.get_modelmeta().custom_metadata_map, source)
     signature = check_servable(_tensors(session.get_inputs()), _tensors(session.get_outputs()), metadata, source)
+    policy = metadata.preprocessing.image
+    if policy is not None and signature.input_shape != (policy.channels, policy.size, policy.size):
+        raise DistilleryError(
+            f"{source}: preprocessing.image decodes a picture into {policy.channels} x {policy.size} x "
+            f"{policy.size} pixels, but the input takes {list(signature.input_shape)}; re-export it (dvc repro)"
+        )
     model = LoadedModel(name, version, sha256, source, session, signature, metadata)
     _trial_run(model)
     return model

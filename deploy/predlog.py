@@ -189,6 +189,7 @@ def _run_key(entry: Entry) -> Hashable:
         outputs.shape[1:],
         outputs.dtype,
         entry.unseen is None,  # a run either flags its rows' unseen categories or not
+        entry.pictures is None,  # ... and either describes its rows' picture files or not
     )
 
 
@@ -222,6 +223,7 @@ def _stacked(run: list[Entry]) -> list[tuple]:
         rows=None if image else [row for e in run for row in e.rows],  # type: ignore[union-attr]  # table: rows
         outputs=np.concatenate([e.outputs for e in run]),  # type: ignore[misc]  # answered: outputs
         unseen=None if first.unseen is None else [names for e in run for names in e.unseen or ()],
+        pictures=None if first.pictures is None else [picture for e in run for picture in e.pictures or ()],
     )
     rows = predlog.records([stacked])
     # Columns ts, request_id, row first and latency_ms last (tests/serve/test_predlog_writer.py holds this).

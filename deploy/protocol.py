@@ -16,10 +16,12 @@ raise anything else.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import json
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Literal, Union, cast
+from typing import Annotated, Any, Callable, Literal, NamedTuple, Union, cast
 
 import numpy as np
 import orjson
@@ -27,6 +29,7 @@ from pydantic import ConfigDict, Field, GetPydanticSchema, with_config
 from typing_extensions import NotRequired, TypedDict  # pydantic reads typing's TypedDict only from Python 3.12
 
 from tasks.contracts.encoder import BOOLEAN_WORDS, TableEncoder, as_dates
+from tasks.contracts.image import ImagePolicy
 from tasks.contracts.onnx import (
     IMAGE_INPUT,
     LOGITS,
@@ -78,11 +81,30 @@ class TensorInput(TypedDict):
     name: Annotated[
         str, _doc(f"the model's input: '{IMAGE_INPUT}' (images) or '{TABLE_INPUT}' (tables: the encoded features)")
     ]
-    shape: Annotated[list[int], Field(min_length=1, description="actual sizes, batch first; no -1")]
-    datatype: Literal["FP32"]
-    data: NotRequired[Annotated[list[Any], _doc("row-major values, flat or nested to match shape")]]
+    shape: Annotated[
+        list[int], Field(min_length=1, description="actual sizes, batch first; no -1; BYTES: [n], one picture a row")
+    ]
+    datatype: Annotated[
+        Literal["FP32", "BYTES"],
+        _doc(
+            "FP32: pixel values or encoded features; BYTES: picture files (PNG, JPEG, WebP, GIF, BMP, TIFF), "
+            "for a model trained on a folder of pictures (parameters.image in the model metadata)"
+        ),
+    ]
+    data: NotRequired[
+        Annotated[
+            list[Any],
+            _doc("FP32: row-major values, flat or nested to match shape; BYTES: one base64 string per picture"),
+        ]
+    ]
     parameters: NotRequired[
-        Annotated[dict[str, Any], _doc("binary_data_size: bytes of this tensor after the JSON header")]
+        Annotated[
+            dict[str, Any],
+            _doc(
+                "binary_data_size: bytes of this tensor after the JSON header (BYTES: each picture as a 4-byte "
+                "little-endian length, then its bytes, as tritonclient sends them)"
+            ),
+        ]
     ]
 
 
@@ -124,6 +146,15 @@ class InferResponse(TypedDict):
     model_version: str
     id: NotRequired[Annotated[str, _doc("the request's id, when it sent one")]]
     outputs: list[TensorOutput]
+
+
+class PictureForm(TypedDict):
+    """A multipart/form-data upload: one picture file per part, any field name."""
+
+    file: Annotated[
+        list[bytes],
+        _doc("picture files (PNG, JPEG, WebP, GIF, BMP, TIFF); each part is a row, answered in the parts' order"),
+    ]
 
 
 class PredictRequest(TypedDict):
@@ -254,6 +285,16 @@ class ModelParameters(TypedDict):
     data_hash: str
     candidate: Union[str, None]
     threshold: NotRequired[Annotated[float, _doc("multilabel: a label is predicted at or over this probability")]]
+    image: NotRequired[
+        Annotated[
+            dict[str, Any],
+            _as(ImagePolicy),
+            _doc(
+                "a model trained on a folder of pictures: how a picture file becomes its pixels; such a model "
+                "takes picture files too (an image body or multipart on /predict, a BYTES input on infer)"
+            ),
+        ]
+    ]
     columns: NotRequired[Annotated[TableColumns, _doc("tables: the raw columns /predict takes")]]
 
 
@@ -464,11 +505,25 @@ def as_float32(data: Any, path: str, shape: tuple[int, ...] | None = None, maybe
 class ParsedInfer:
     """A checked v2 infer request."""
 
-    x: np.ndarray
+    x: np.ndarray | None  # None when the input is picture files (`pictures`), decoded by deploy.images
     request_id: str | None
     outputs: list[tuple[str, bool]]  # (name, as binary)
     binary_output: bool = False
     parameters: dict = field(default_factory=dict)
+    pictures: list[Picture] | None = None  # a BYTES input: one picture file per row
+
+
+class Picture(NamedTuple):
+    """A picture file in a request: the field a refusal names (body, parts[1],
+    inputs[0].data[2]), its bytes, and how a message says where it is."""
+
+    field: str
+    data: bytes
+    label: str = ""  # e.g. parts[1] (field "file", file "cat.png"); the field if empty
+
+    @property
+    def where(self) -> str:
+        return self.label or self.field
 
 
 def _mapping(value: Any, path: str) -> dict:
@@ -519,14 +574,13 @@ def parse_infer(
         raise invalid(
             f"inputs[0].name is {tensor['name']!r}; this model's input is '{sig.input_name}'", "inputs[0].name"
         )
-    if tensor["datatype"] != "FP32":
-        raise invalid(f"inputs[0].datatype is {tensor['datatype']!r}; '{sig.input_name}' is FP32", "inputs[0].datatype")
+    pictures = tensor["datatype"] == "BYTES" and model.metadata.preprocessing.image is not None
+    if tensor["datatype"] != "FP32" and not pictures:
+        raise invalid(_datatype_refusal(tensor["datatype"], model), "inputs[0].datatype")
     shape = _shape(tensor["shape"], "inputs[0].shape")
-    if shape[1:] != sig.input_shape:
-        raise invalid(
-            f"inputs[0].shape is {list(shape)}; '{sig.input_name}' takes [n, {', '.join(map(str, sig.input_shape))}]",
-            "inputs[0].shape",
-        )
+    if shape[1:] != (() if pictures else sig.input_shape):
+        takes = "[n] (BYTES: one picture file a row)" if pictures else f"[n, {', '.join(map(str, sig.input_shape))}]"
+        raise invalid(f"inputs[0].shape is {list(shape)}; '{sig.input_name}' takes {takes}", "inputs[0].shape")
     rows = shape[0]
     if rows == 0:
         raise invalid("inputs[0].shape has 0 rows: the batch is empty", "inputs[0].shape")
@@ -540,8 +594,19 @@ def parse_infer(
         raise invalid("inputs[0].parameters must be a JSON object", "inputs[0].parameters")
     size = int(np.prod(shape))
 
-    if "binary_data_size" in params:
-        x = _binary_tensor(params["binary_data_size"], binary, size, shape)
+    x, files = None, None
+    if pictures and "binary_data_size" in params:
+        files = _length_prefixed(_binary_part(params["binary_data_size"], binary, None, shape), rows)
+    elif pictures:
+        files = _base64_pictures(tensor, rows)
+    elif "binary_data_size" in params:
+        part = _binary_part(params["binary_data_size"], binary, size * 4, shape)
+        x = np.frombuffer(part, dtype="<f4").astype(np.float32).reshape(shape)
+        if not np.isfinite(x).all():
+            index = int(np.flatnonzero(~np.isfinite(x.ravel()))[0])
+            raise invalid(
+                f"inputs[0] (binary): value {index} is {x.ravel()[index]}; values must be finite", "inputs[0].data"
+            )
     else:
         if "data" not in tensor:
             raise invalid("inputs[0] has no 'data'", "inputs[0].data")
@@ -564,24 +629,79 @@ def parse_infer(
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise invalid("id must be a string", "id")
-    return ParsedInfer(np.ascontiguousarray(x), request_id, outputs, binary_default, request_params)
+    if x is not None:
+        x = np.ascontiguousarray(x)
+    return ParsedInfer(x, request_id, outputs, binary_default, request_params, files)
 
 
-def _binary_tensor(declared: Any, binary: bytes | None, size: int, shape: tuple[int, ...]) -> np.ndarray:
+def _binary_part(declared: Any, binary: bytes | None, need: int | None, shape: tuple[int, ...]) -> bytes:
+    """The binary part of the one input, `declared` bytes long (and `need`, if known)."""
     path = "inputs[0].parameters.binary_data_size"
     if binary is None:
         raise invalid(f"{path} is set but the request has no binary part (header {BINARY_HEADER} missing)", path)
-    if not isinstance(declared, int) or isinstance(declared, bool) or declared != size * 4:
-        raise invalid(f"{path} is {declared!r}; shape {list(shape)} of FP32 needs {size * 4} bytes", path)
+    if not isinstance(declared, int) or isinstance(declared, bool) or (need is not None and declared != need):
+        want = f"shape {list(shape)} of FP32 needs {need} bytes" if need is not None else "a byte count is expected"
+        raise invalid(f"{path} is {declared!r}; {want}", path)
     if len(binary) != declared:
         raise invalid(f"{path} is {declared} but the binary part has {len(binary)} bytes", path)
-    x = np.frombuffer(binary, dtype="<f4").astype(np.float32).reshape(shape)
-    if not np.isfinite(x).all():
-        index = int(np.flatnonzero(~np.isfinite(x.ravel()))[0])
+    return binary
+
+
+def _length_prefixed(part: bytes, rows: int) -> list[Picture]:
+    """A BYTES tensor in the binary extension: each element a 4-byte little-endian
+    length, then that many bytes (tritonclient's serialize_byte_tensor)."""
+    files, pos = [], 0
+    for i in range(rows):
+        where = f"inputs[0].data[{i}]"
+        if pos + 4 > len(part):
+            raise invalid(
+                f"{where} (binary): the part ends before its 4-byte length; shape says {rows} pictures", where
+            )
+        n = int.from_bytes(part[pos : pos + 4], "little")
+        pos += 4
+        if pos + n > len(part):
+            raise invalid(f"{where} (binary): its length says {n} bytes, {len(part) - pos} are left", where)
+        files.append(Picture(where, part[pos : pos + n]))
+        pos += n
+    if pos != len(part):
+        raise invalid(f"inputs[0] (binary): {len(part) - pos} bytes after the {rows} pictures", "inputs[0].data")
+    return files
+
+
+def _base64_pictures(tensor: dict, rows: int) -> list[Picture]:
+    """A BYTES tensor in JSON: one base64 string per picture (JSON strings are text;
+    KServe's examples send pictures so)."""
+    data = tensor.get("data")
+    if not isinstance(data, list) or len(data) != rows:
+        got = f"a list of {len(data)}" if isinstance(data, list) else _describe(data)
         raise invalid(
-            f"inputs[0] (binary): value {index} is {x.ravel()[index]}; values must be finite", "inputs[0].data"
+            f"inputs[0].data must be a list of {rows} base64 strings, one picture a row; got {got}", "inputs[0].data"
         )
-    return x
+    files = []
+    for i, item in enumerate(data):
+        where = f"inputs[0].data[{i}]"
+        if not isinstance(item, str):
+            raise invalid(f"{where} must be a picture file's bytes as a base64 string, got {_describe(item)}", where)
+        try:
+            files.append(Picture(where, base64.b64decode(item, validate=True)))
+        except (binascii.Error, ValueError) as err:
+            raise invalid(
+                f"{where} is not base64 ({err}); send each picture file's bytes base64-encoded", where
+            ) from None
+    return files
+
+
+def _datatype_refusal(datatype: Any, model: Any) -> str:
+    sig = model.signature
+    if datatype != "BYTES":
+        also = " (or BYTES: picture files)" if model.metadata.preprocessing.image is not None else ""
+        return f"inputs[0].datatype is {datatype!r}; '{sig.input_name}' is FP32{also}"
+    if model.kind == "table":
+        return f"inputs[0].datatype is 'BYTES' (picture files); this table model takes FP32 '{sig.input_name}'"
+    return (
+        f"inputs[0].datatype is 'BYTES' (picture files); this model takes FP32 '{sig.input_name}', pixel values in "
+        "its raw units: it was not trained on a folder of pictures, so it has no decoding policy (preprocessing.image)"
+    )
 
 
 def _requested_outputs(value: Any, model: Any, binary_default: bool) -> list[tuple[str, bool]]:

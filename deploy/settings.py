@@ -60,6 +60,12 @@ class ServeSettings:
     # Limits: what a request may ask, and how much work is taken on at once
     max_body_bytes: int = _setting(4 * 1024 * 1024, "largest request body; bigger gets 413", minimum=1)
     max_rows: int = _setting(1024, "most rows (samples) in one request; more gets 422 naming this limit", minimum=1)
+    max_image_pixels: int = _setting(
+        4096 * 4096,
+        "most pixels the picture files of one request may hold together, as stored (before resizing); more "
+        "(a decompression bomb) gets 413 naming the picture",
+        minimum=1,
+    )
     max_concurrency: int = _setting(64, "requests being decoded, batched and answered at once", minimum=1)
     max_queue: int = _setting(
         256, "requests waiting for one of those slots; beyond it, 503 with Retry-After", minimum=0

@@ -14,7 +14,7 @@ written), WAL mode, so readers never block the writer. Table `predictions`:
 | model_name, model_version | the model that answered (or was asked) |
 | status | the HTTP status: 200, or the 4xx/5xx the request got |
 | error | why it was refused (null when answered) |
-| inputs | JSON: a table row as sent; for images the summary {mean, std, min, max} of its pixels |
+| inputs | JSON: a table row as sent; for images the summary {mean, std, min, max} of its pixels, and for a picture sent as a file also {width, height, channels, format} as stored |
 | predicted | the answer as text: the class, or for multilabel a JSON list of labels (null for regression) |
 | probability | the predicted class's probability (classifiers) |
 | probabilities | JSON list, one per class or label, in the model's order (classifiers, multilabel) |
@@ -85,6 +85,9 @@ INSERT = f"INSERT INTO {TABLE} ({', '.join(NAMES)}) VALUES ({', '.join('?' for _
 OK = 200
 
 IMAGE_SUMMARY = ("mean", "std", "min", "max")  # per image, over its pixels in raw units
+# Per picture sent as a file (deploy.images): as stored, after EXIF orientation and before the model's
+# policy resized it: width and height in pixels, channels (1 grey, 3 colour; alpha not counted), Pillow's format.
+PICTURE = ("width", "height", "channels", "format")
 MAX_ERROR_CHARS = 500
 
 
@@ -130,6 +133,7 @@ class Entry:
     rows: Optional[list] = None  # table rows as sent (logged instead of the encoded x)
     outputs: Optional[np.ndarray] = None  # the answer: probabilities, or a regression's values
     unseen: Optional[list] = None  # table rows: per row, the columns with a category training never saw
+    pictures: Optional[list] = None  # pictures sent as files: per row, its PICTURE values (logged in inputs)
     status: int = OK
     error: Optional[str] = None
 
@@ -149,7 +153,10 @@ def _answered(entry: Entry) -> list[tuple]:
     else:
         assert entry.x is not None  # an image entry carries its pixels (Entry's own check)
         stats = image_summary(entry.x)
-        inputs = [_json(dict(zip(IMAGE_SUMMARY, values))) for values in zip(*(s.tolist() for s in stats.values()))]
+        summaries = [dict(zip(IMAGE_SUMMARY, values)) for values in zip(*(s.tolist() for s in stats.values()))]
+        for summary, picture in zip(summaries, entry.pictures or ()):
+            summary.update(zip(PICTURE, picture))
+        inputs = [_json(summary) for summary in summaries]
     out = np.asarray(entry.outputs)
     task = task_of(entry.task)
     if task.regression:

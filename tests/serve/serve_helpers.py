@@ -42,22 +42,32 @@ def table_encoder(rows: dict[str, list] = ENCODER_ROWS, columns: dict[str, str] 
 ENCODER = table_encoder()
 
 
+IMAGE_SCALE = (8.0, 4.0)  # mean, std of the 0..16 pixel models
+PICTURE_SCALE = (128.0, 64.0)  # ... and of the 0..255 models of picture files
+
+
 def image_metadata(
     classes: Sequence[str] = tuple(CLASSES),
     input_shape: tuple[int, ...] = (1, 8, 8),
     data_hash: str = "hash0",
     task: str = "multiclass",
     threshold: float = 0.5,
+    policy: Any = None,
 ) -> Any:
-    """The ONNX metadata of an image model in raw 0..16 pixel units, through the contract."""
+    """The ONNX metadata of an image model in raw 0..16 pixel units, through the contract; with
+    `policy` (an ImagePolicy), of a model trained on a folder of pictures: 0..255 units, the policy in it."""
     from tasks.contracts.onnx import IMAGE_INPUT, ArtifactMetadata, InputSpec, Preprocessing, output_names
 
+    top, (mean, std) = (16.0, IMAGE_SCALE) if policy is None else (255.0, PICTURE_SCALE)
     return ArtifactMetadata(
         task=task,
         classes=tuple(classes),
-        input_spec=InputSpec(name=IMAGE_INPUT, shape=(-1, *input_shape), dtype="float32", range=(0.0, 16.0)),
+        input_spec=InputSpec(name=IMAGE_INPUT, shape=(-1, *input_shape), dtype="float32", range=(0.0, top)),
         preprocessing=Preprocessing(
-            inside_graph="(x - mean) / std per channel; send raw pixel values", mean=(8.0,), std=(4.0,)
+            inside_graph="(x - mean) / std per channel; send raw pixel values",
+            mean=(mean,),
+            std=(std,),
+            image=policy,
         ),
         outputs=output_names(task),
         git_commit="abc123",
@@ -118,10 +128,13 @@ def image_model(
     task: str = "multiclass",
     classes: Sequence[str] | None = None,
     threshold: float = 0.5,
+    policy: Any = None,
 ) -> Path:
     """A tiny CNN (a few hundred weights) for raw 0..16 pixels, exported as the
     pipeline does: export_onnx, then set_metadata. A binary model has one
-    sigmoid logit (n_classes=1) and two classes."""
+    sigmoid logit (n_classes=1) and two classes. With `policy` (an ImagePolicy):
+    a model of a folder of pictures, taking 0..255 pixels of the policy's shape
+    (input_shape is then the policy's) and carrying the policy, as export writes it."""
     import torch
 
     from tasks.contracts.onnx import input_name
@@ -129,13 +142,16 @@ def image_model(
     from tasks.onnx.export import export_onnx, set_metadata
 
     torch.manual_seed(seed)
+    if policy is not None:
+        input_shape = (policy.channels, policy.size, policy.size)
+    mean, std = IMAGE_SCALE if policy is None else PICTURE_SCALE
     spec = CNNSpec(
-        input_shape=input_shape, channels=(4,), hidden=8, n_classes=n_classes, dropout=0.0, mean=(8.0,), std=(4.0,)
+        input_shape=input_shape, channels=(4,), hidden=8, n_classes=n_classes, dropout=0.0, mean=(mean,), std=(std,)
     )
     export_onnx(CNN(spec).eval(), input_shape, path, opset=17, input_name=input_name("image"), task=task)
     if classes is None:
         classes = CLASSES if n_classes == 3 else [f"c{i}" for i in range(n_classes)]
-    set_metadata(path, image_metadata(classes, input_shape, f"hash{seed}", task, threshold))
+    set_metadata(path, image_metadata(classes, input_shape, f"hash{seed}", task, threshold, policy))
     return path
 
 
