@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from .serve_helpers import Server, image_model, slow_model, table_model
+from .serve_helpers import Server, image_model, picture_policy, slow_model, table_model
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "four_classes": image_model(folder / "four_classes.onnx", seed=3, n_classes=4),
         "table": table_model(folder / "table.onnx"),
         "slow": slow_model(folder / "slow.onnx"),
+        # A model of a folder of pictures: it takes picture files, 16 x 16 RGB (preprocessing.image).
+        "picture": image_model(folder / "picture.onnx", seed=4, policy=picture_policy()),
     }
 
 

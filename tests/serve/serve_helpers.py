@@ -249,6 +249,28 @@ def pixels(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 17, size=(n, 1, 8, 8)).astype(np.float32)
 
 
+def picture_policy(size: int = 16, channels: int = 3, fit: str = "pad") -> Any:
+    """The decoding policy of the picture models (tasks.contracts.image.ImagePolicy)."""
+    from tasks.contracts.image import ImagePolicy
+
+    return ImagePolicy(size=size, channels=channels, fit=fit)  # type: ignore[arg-type]
+
+
+def picture_file(seed: int = 0, size: tuple[int, int] = (20, 12), mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    """A picture file, `size` = (width, height), of random 4x4-pixel blocks (JPEG keeps
+    their colours near enough), in Pillow's `mode` and `fmt`."""
+    import io
+
+    from PIL import Image
+
+    width, height = size
+    blocks = np.random.default_rng(seed).integers(0, 256, ((height + 3) // 4, (width + 3) // 4, 3), dtype=np.uint8)
+    image = Image.fromarray(blocks.repeat(4, 0).repeat(4, 1)[:height, :width], "RGB").convert(mode)
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
 # --------------------------------------------------------------------------- registry
 
 
