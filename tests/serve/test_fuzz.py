@@ -1,4 +1,5 @@
-"""A seeded fuzzer: 600 malformed requests, none answered 5xx.
+"""A seeded fuzzer: 600 malformed requests, none answered 5xx; then 300
+malformed picture files to a model that takes them.
 
 Each request is drawn from one of the case families below (kept here with
 the seed, so a failure replays exactly). Every answer must be a 4xx whose
@@ -8,14 +9,17 @@ process, live and ready."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import socket
 import time
+import zlib
 
+import httpx
 import pytest
 
-from .serve_helpers import pixels
+from .serve_helpers import picture_file, pixels
 
 SEED = 20261202
 REQUESTS = 600
@@ -230,9 +234,123 @@ FAMILIES = [
 ]
 
 
+# Picture files, to the model of a folder of pictures (16 x 16 RGB): each family takes a valid file and breaks it.
+PICTURE_FORMATS = ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]
+PICTURE_TYPES = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff"]
+MAX_PIXELS = 1_000_000
+
+
+def _a_picture(rng) -> bytes:
+    size = (rng.randint(1, 40), rng.randint(1, 40))
+    return picture_file(seed=rng.randrange(1000), size=size, fmt=rng.choice(PICTURE_FORMATS))
+
+
+def _as_body(rng, data: bytes):
+    return "/predict", data, {"Content-Type": rng.choice([*PICTURE_TYPES, "application/octet-stream"])}
+
+
+def truncated_picture(rng):
+    data = _a_picture(rng)
+    return _as_body(rng, data[: rng.randrange(len(data))])
+
+
+def not_a_picture(rng):
+    data = rng.choice([b"", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"\xff\xd8\xff", b"BM", b"II*\x00", b"RIFF"])
+    junk = rng.choice([b"", b"hello, I am text", bytes(rng.randrange(256) for _ in range(rng.randint(1, 300)))])
+    return _as_body(rng, data + junk)
+
+
+def bomb_header(rng):
+    """A valid PNG whose header claims another size (its checksum made right): huge, zero, or
+    just over or under the pixel limit."""
+    data = bytearray(picture_file(seed=rng.randrange(1000)))
+    side = rng.choice([0, 1, 999, 1000, 1001, 65535, 100_000, 2**31 - 1, 2**32 - 1])
+    data[16:24] = side.to_bytes(4, "big") + rng.choice([side, 1, 1000]).to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return _as_body(rng, bytes(data))
+
+
+def flipped_bytes(rng):
+    data = bytearray(_a_picture(rng))
+    for _ in range(rng.randint(1, 8)):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    return _as_body(rng, bytes(data))
+
+
+def garbage_multipart(rng):
+    files = [("file", (f"{i}.png", _a_picture(rng), "image/png")) for i in range(rng.randint(0, MAX_ROWS + 1))]
+    request = httpx.Request("POST", "http://x/predict", files=files or None, data=None if files else {"a": "b"})
+    body, content_type = request.read(), request.headers["Content-Type"]
+    boundary = content_type.partition("boundary=")[2].encode()
+    how = rng.randrange(8)
+    if how == 0:  # another boundary, or none
+        content_type = rng.choice(["multipart/form-data", "multipart/form-data; boundary=", content_type + "x"])
+    elif how == 1:  # cut anywhere
+        body = body[: rng.randrange(len(body) + 1)]
+    elif how == 2:  # a delimiter without its line end, or with junk after it
+        body = body.replace(
+            b"--" + boundary + b"\r\n", b"--" + boundary + rng.choice([b"", b"junk\r\n", b" \t\r\n"]), 1
+        )
+    elif how == 3:  # no blank line after a part's headers
+        body = body.replace(b"\r\n\r\n", b"\r\n", 1)
+    elif how == 4:  # bytes spliced in
+        cut = rng.randrange(len(body) + 1)
+        body = body[:cut] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 40))) + body[cut:]
+    elif how == 5:  # a quoted boundary, headers in another case, a preamble
+        content_type = content_type.replace(f"boundary={boundary.decode()}", f'BOUNDARY="{boundary.decode()}"')
+        body = b"preamble\r\n" + body.replace(b"Content-Disposition", b"content-DISPOSITION")
+    elif how == 6:  # an empty part, a part without headers
+        body = b"--" + boundary + rng.choice([b"\r\n\r\n\r\n", b"\r\n\r\nabc\r\n"]) + body
+    else:  # the close delimiter only
+        body = b"--" + boundary + b"--\r\n"
+    return "/predict", body, {"Content-Type": content_type}
+
+
+def bytes_inputs(rng):
+    pictures = [_a_picture(rng) for _ in range(rng.randint(1, 3))]
+    encoded = [base64.b64encode(p).decode() for p in pictures]
+    tensor: dict = {"name": "pixels", "shape": [len(pictures)], "datatype": "BYTES"}
+    how = rng.randrange(6)
+    if how == 0:  # not base64, not strings, nested
+        tensor["data"] = rng.choice([["!!" + encoded[0]], [1], [None], [encoded], encoded[0], [encoded[0][:-3]]])
+    elif how == 1:  # a shape that is not [n]
+        tensor["data"] = encoded
+        tensor["shape"] = rng.choice([[], [0], [len(pictures), 1], [len(pictures) + 1], [1, 3, 16, 16], [MAX_ROWS + 1]])
+    elif how == 2:  # the right shape, base64 of a broken picture
+        tensor["data"] = [base64.b64encode(p[: rng.randrange(len(p))]).decode() for p in pictures]
+    else:  # the binary extension, with lengths that lie
+        part = b"".join(len(p).to_bytes(4, "little") + p for p in pictures)
+        if how == 3:
+            at = rng.randrange(0, len(part) - 3)
+            part = part[:at] + rng.choice([0, 1, 2**31, 2**32 - 1]).to_bytes(4, "little") + part[at + 4 :]
+        elif how == 4:
+            part = part[: rng.randrange(len(part))]
+        declared = rng.choice([len(part), len(part) + 1, len(part) - 1, 0, -1, "x"])
+        tensor["parameters"] = {"binary_data_size": declared}
+        header = json.dumps({"inputs": [tensor]}).encode()
+        headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+        return INFER, header + part, headers
+    return INFER, json.dumps({"inputs": [tensor]}).encode(), {"Content-Type": "application/json"}
+
+
+PICTURE_FAMILIES = [
+    truncated_picture,
+    not_a_picture,
+    bomb_header,
+    flipped_bytes,
+    garbage_multipart,
+    bytes_inputs,
+]
+
+
 @pytest.fixture(scope="module")
 def server(serve_module, models):
     return serve_module(models["image"], max_rows=MAX_ROWS, max_body_bytes=MAX_BODY)
+
+
+@pytest.fixture(scope="module")
+def picture_server(serve_module, models):
+    return serve_module(models["picture"], max_rows=MAX_ROWS, max_body_bytes=MAX_BODY, max_image_pixels=MAX_PIXELS)
 
 
 def _check(answer, what: str) -> int:
@@ -244,21 +362,34 @@ def _check(answer, what: str) -> int:
     return answer.status_code
 
 
-def test_six_hundred_seeded_malformed_requests_get_no_5xx(server):
-    rng = random.Random(SEED)
+def _fuzz(server, families: list, requests: int, seed: int) -> dict[str, set[int]]:
+    """`requests` drawn from `families` in turn; each family's statuses. None may be a 5xx,
+    every family must be refused at least once (a fuzzer that only sends good bodies tests
+    nothing), and the server must be the same process, live, afterwards."""
+    rng = random.Random(seed)
     pid = server.proc.pid
     seen: dict[str, set[int]] = {}
-    for i in range(REQUESTS):
-        family = FAMILIES[i % len(FAMILIES)]
+    for i in range(requests):
+        family = families[i % len(families)]
         path, body, headers = family(rng)
         headers = {"Content-Type": "application/json", **headers}
         status = _check(server.client.post(path, content=body, headers=headers), f"request {i} ({family.__name__})")
         seen.setdefault(family.__name__, set()).add(status)
     assert server.proc.pid == pid and server.proc.poll() is None
     assert server.client.get("/v2/health/live").status_code == 200
-    # Every family was refused at least once (a fuzzer that only sends good bodies tests nothing).
     assert all(any(s >= 400 for s in statuses) for statuses in seen.values()), seen
+    return seen
+
+
+def test_six_hundred_seeded_malformed_requests_get_no_5xx(server):
+    seen = _fuzz(server, FAMILIES, REQUESTS, SEED)
     assert 413 in seen["body_sizes"] and 200 in seen["body_sizes"]
+
+
+def test_three_hundred_malformed_picture_files_get_no_5xx(picture_server):
+    seen = _fuzz(picture_server, PICTURE_FAMILIES, 300, SEED + 1)
+    assert {413, 422} <= seen["bomb_header"], seen  # over the pixel limit, and a header that lies about the data
+    assert 400 in seen["garbage_multipart"] and 422 in seen["truncated_picture"], seen
 
 
 def test_chunked_bodies_without_a_length_and_a_slow_body(server):

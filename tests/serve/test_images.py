@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from typing import Any
 
 import httpx
 import numpy as np
@@ -178,7 +179,7 @@ def _png_body(data: bytes) -> dict:
     return {"content": data, "headers": {"Content-Type": "image/png"}}
 
 
-def _bytes_input(*elements: str, shape: list[int] | None = None, name: str = "pixels") -> dict:
+def _bytes_input(*elements: Any, shape: list[int] | None = None, name: str = "pixels") -> dict:
     tensor = {"name": name, "shape": shape or [len(elements)], "datatype": "BYTES", "data": list(elements)}
     return {"json": {"inputs": [tensor]}}
 
@@ -249,7 +250,7 @@ REFUSALS = {
         "cut short",
     ),
     "v2: not base64": (INFER, _bytes_input(_b64(GOOD), "not base64!"), 422, "inputs[0].data[1]", "base64"),
-    "v2: a number for a picture": (INFER, _bytes_input(7), 422, "inputs[0].data[0]", "base64 string"),  # type: ignore[arg-type]
+    "v2: a number for a picture": (INFER, _bytes_input(7), 422, "inputs[0].data[0]", "base64 string"),
     "v2: a truncated picture": (
         INFER,
         _bytes_input(_b64(GOOD[: len(GOOD) // 2])),
