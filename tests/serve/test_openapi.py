@@ -31,7 +31,7 @@ from deploy.app import ROUTES, Route, ServingApp
 from deploy.server import build_app
 from deploy.settings import load_settings
 
-from .serve_helpers import image_model, pixels, replace_file, slow_model, table_model, wait_until
+from .serve_helpers import image_model, picture_file, pixels, replace_file, slow_model, table_model, wait_until
 
 TOKEN = "openapi-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -236,8 +236,10 @@ def exchanges(document, main_server, serve_module, models, task_models, tmp_path
     timeouts = serve_module(slower, ready=False, request_timeout_s=TIMEOUT_S)
     overload = serve_module(models["slow"], ready=False, max_concurrency=1, max_queue=0)
     tasks = {task: serve_module(path, ready=False) for task, path in task_models.items()}
+    pictures = serve_module(models["picture"], ready=False, max_image_pixels=10_000)
 
     _ask_every_route(rec, main_server)
+    _pictures(rec, started(pictures), main_server)
     _slow_bodies(rec, main_server)
     _slow_headers(rec, main_server)
     _too_many_connections(rec, main_server)
@@ -309,6 +311,31 @@ def _ask_every_route(rec: Recorder, server) -> None:
                 },
             )
             assert r.headers["content-type"] == "application/octet-stream"
+
+
+def _pictures(rec: Recorder, server, json_only) -> None:
+    """Picture files, to a model that takes them (`server`) and to one that does not (`json_only`)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    png, image_type = picture_file(), {"Content-Type": "image/png"}
+    bomb = io.BytesIO()
+    Image.new("L", (200, 200)).save(bomb, "PNG")  # 40,000 pixels; the server takes 10,000
+    for route, path in paths_of("predict"):
+        rec.http(server, route, path, 200, token=False, content=png, headers=image_type)
+        rec.http(server, route, path, 200, token=False, files=[("file", ("a.png", png)), ("file", ("b.png", png))])
+        rec.http(server, route, path, 413, token=False, content=bomb.getvalue(), headers=image_type)
+        rec.http(server, route, path, 422, token=False, content=png[:50], headers=image_type)
+        cut = {"Content-Type": "multipart/form-data; boundary=x"}
+        rec.http(server, route, path, 400, token=False, content=b"--x\r\n\r\n" + png, headers=cut)
+        rec.http(json_only, route, path, 415, content=png, headers=image_type)
+    tensor = {"name": "pixels", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(png).decode()]}
+    for route, path in paths_of("infer"):
+        rec.http(server, route, path, 200, token=False, json={"inputs": [tensor]})
+    for route, path in paths_of("model_metadata")[:1]:
+        assert "image" in rec.http(server, route, path, 200, token=False).json()["parameters"]
 
 
 def _slow_bodies(rec: Recorder, server) -> None:
@@ -544,6 +571,19 @@ def test_the_document_has_every_route_of_the_table_and_no_other(document):
         assert ("security" in document["paths"][path][route.method.lower()]) == (not route.auth)
         if route.request is not None:
             assert document["paths"][path][route.method.lower()]["requestBody"]["required"]
+
+
+def test_the_document_declares_the_picture_bodies(document):
+    """/predict reads JSON rows, a picture (its type, or octet-stream) or a multipart upload; infer a BYTES input."""
+    content = document["paths"]["/predict"]["post"]["requestBody"]["content"]
+    pictures = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff"]
+    assert set(content) == {"application/json", *pictures, "application/octet-stream", "multipart/form-data"}
+    for media in [*pictures, "application/octet-stream"]:
+        assert content[media]["schema"] == {"type": "string", "format": "binary"}
+    form = document["components"]["schemas"][content["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert form["properties"]["file"]["items"] == {"type": "string", "format": "binary"}
+    tensor = document["components"]["schemas"]["TensorInput"]["properties"]["datatype"]
+    assert tensor["enum"] == ["FP32", "BYTES"]
 
 
 def test_every_answer_is_as_the_document_says(document, exchanges):
