@@ -235,9 +235,11 @@ def client_contract_differences(served: LoadedModel, candidate: LoadedModel) -> 
     is the raw columns and their kinds: the server encodes rows with each
     model's own encoder, so a category more or fewer (a wider or narrower
     encoded input) is invisible to clients. For an image it is the pixel
-    array's shape and range. For both, the task and the classes in order,
-    which fix the outputs and the answer (tasks.contracts.onnx.check_servable
-    has checked each model's outputs against them).
+    array's shape and range, and picture files if the served model takes
+    them (the candidate's policy may differ: clients send the same files).
+    For both, the task and the classes in order, which fix the outputs and the
+    answer (tasks.contracts.onnx.check_servable has checked each model's
+    outputs against them).
     """
     if served.kind != candidate.kind:  # nothing else compares across kinds
         return [f"the served model takes {served.kind} input and the candidate {candidate.kind} input"]
@@ -265,6 +267,10 @@ def client_contract_differences(served: LoadedModel, candidate: LoadedModel) -> 
             differences.append(
                 f"pixel range is {list(old_spec.range or ())} in the served model and "
                 f"{list(new_spec.range or ())} in the candidate"
+            )
+        if served.metadata.preprocessing.image is not None and candidate.metadata.preprocessing.image is None:
+            differences.append(
+                "the served model takes picture files and the candidate does not (no preprocessing.image)"
             )
     if served.task != candidate.task:
         differences.append(f"task is {served.task} in the served model and {candidate.task} in the candidate")

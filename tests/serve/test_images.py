@@ -10,6 +10,7 @@ policy a 415 saying what it takes."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 from typing import Any
@@ -19,8 +20,9 @@ import numpy as np
 import pytest
 
 from tasks.contracts.image import decode
+from tasks.onnx.runtime import read_metadata
 
-from .serve_helpers import image_model, picture_file, picture_policy, read_log, wait_until
+from .serve_helpers import image_model, picture_file, picture_policy, read_log, replace_file, wait_until
 
 MAX_ROWS, MAX_BODY, MAX_PIXELS = 4, 60_000, 50_000
 POLICY = picture_policy()  # the "picture" model's: 16 x 16 RGB, padded
@@ -345,3 +347,30 @@ def test_the_log_records_each_pictures_size_channels_and_format_with_its_pixel_s
             assert got["mean"] == pytest.approx(want["mean"]) and (got["min"], got["max"]) == (want["min"], want["max"])
         assert [row["predicted"] for row in rows[name]] == [row["predicted"] for row in rows["pixels"]]
     assert all("width" not in i for i in inputs["pixels"])  # pixels sent as JSON have no file to describe
+
+
+# --------------------------------------------------------------------------- reloads and start-up
+
+
+def test_a_candidate_that_no_longer_takes_picture_files_is_refused(serve, models, tmp_path):
+    path = tmp_path / "model.onnx"
+    replace_file(path, models["picture"])
+    server = serve(path)
+    replace_file(path, image_model(tmp_path / "pixels_only.onnx", seed=4, input_shape=(3, 16, 16)))
+    r = server.client.post("/v2/repository/models/distillery/load")
+    assert r.status_code == 409 and "takes picture files and the candidate does not" in r.json()["error"], r.text
+    r = server.client.post("/predict", content=GOOD, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text  # the served model keeps serving
+
+
+def test_a_model_whose_policy_is_not_its_input_is_not_served(tmp_path):
+    """A policy of 8 x 8 grey pixels on a model taking 16 x 16 RGB: refused at load, naming both."""
+    from deploy.model import PathSource
+    from tasks.core.errors import DistilleryError
+    from tasks.onnx.export import set_metadata
+
+    path = image_model(tmp_path / "mismatch.onnx", seed=4, policy=POLICY)
+    meta = read_metadata(path)
+    set_metadata(path, meta.replace(preprocessing=dataclasses.replace(meta.preprocessing, image=picture_policy(8, 1))))
+    with pytest.raises(DistilleryError, match=r"1 x 8 x 8 pixels, but the input takes \[3, 16, 16\]"):
+        PathSource(str(path), "distillery").load(threads=1)
