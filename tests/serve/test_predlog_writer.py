@@ -4,6 +4,8 @@ contract's own records(), in the same order, whatever the mix of entries."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from deploy.predlog import stacked_records
@@ -50,6 +52,11 @@ def test_stacked_rows_are_the_contract_rows_in_order():
         + [_entry(40, table=True, rows=2), _entry(41, table=True), _entry(42)]  # table rows are logged as sent
         + [_entry(43 + i, task=task) for i, task in enumerate(("regression", "regression", "multilabel"))]
         + [_entry(46, task="multilabel", rows=2), _entry(47, task="binary"), _entry(48, task="binary")]
+        + [
+            _entry(49, pictures=[(30, 20, 3, "PNG")]),
+            _entry(50, rows=2, pictures=[(9, 9, 1, "JPEG"), (1, 2, 3, "GIF")]),
+        ]
+        + [_entry(51), _entry(52, pictures=[(5, 6, 3, "WEBP")])]  # picture files and pixels break runs
     )
     stacked = stacked_records(entries)
     assert stacked == predlog.records(entries)
@@ -62,6 +69,16 @@ def test_stacked_rows_are_the_contract_rows_in_order():
         ("r32", 0),
         ("r32", 1),
     ]
+    # A picture file's width, height, channels and format go into its row's inputs, next to the pixel summary.
+    described = [json.loads(row[predlog.NAMES.index(predlog.INPUTS)]) for row in stacked[-5:]]
+    assert [tuple(d.get(k) for k in predlog.PICTURE) for d in described] == [
+        (30, 20, 3, "PNG"),
+        (9, 9, 1, "JPEG"),
+        (1, 2, 3, "GIF"),
+        (None, None, None, None),
+        (5, 6, 3, "WEBP"),
+    ]
+    assert all(set(predlog.IMAGE_SUMMARY) <= set(d) for d in described)
 
 
 def test_one_entry_and_none():
