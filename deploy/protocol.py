@@ -7,8 +7,9 @@ types and deploy.app's route table, and tests/serve/test_openapi.py checks
 every answer the real server gives against that document.
 
 The code: the Open Inference Protocol (KServe v2) infer request, JSON or with
-Triton's binary tensor extension, and the plain /predict rows, in; tensors
-and answers out. Every refusal is a RequestError that names the field at
+Triton's binary tensor extension (FP32 tensors, or BYTES picture files that
+deploy.images decodes), and the plain /predict rows, in; tensors and answers
+out. Every refusal is a RequestError that names the field at
 fault, with a JSON path such as `inputs[0].shape` or `rows[3].Island`, and its
 body is made by error_body. Nothing a client sends can make these functions
 raise anything else.
@@ -501,18 +502,6 @@ def as_float32(data: Any, path: str, shape: tuple[int, ...] | None = None, maybe
 # --------------------------------------------------------------------------- v2 infer
 
 
-@dataclass
-class ParsedInfer:
-    """A checked v2 infer request."""
-
-    x: np.ndarray | None  # None when the input is picture files (`pictures`), decoded by deploy.images
-    request_id: str | None
-    outputs: list[tuple[str, bool]]  # (name, as binary)
-    binary_output: bool = False
-    parameters: dict = field(default_factory=dict)
-    pictures: list[Picture] | None = None  # a BYTES input: one picture file per row
-
-
 class Picture(NamedTuple):
     """A picture file in a request: the field a refusal names (body, parts[1],
     inputs[0].data[2]), its bytes, and how a message says where it is."""
@@ -524,6 +513,18 @@ class Picture(NamedTuple):
     @property
     def where(self) -> str:
         return self.label or self.field
+
+
+@dataclass
+class ParsedInfer:
+    """A checked v2 infer request."""
+
+    x: np.ndarray | None  # None when the input is picture files (`pictures`), decoded by deploy.images
+    request_id: str | None
+    outputs: list[tuple[str, bool]]  # (name, as binary)
+    binary_output: bool = False
+    parameters: dict = field(default_factory=dict)
+    pictures: list[Picture] | None = None  # a BYTES input: one picture file per row
 
 
 def _mapping(value: Any, path: str) -> dict:
