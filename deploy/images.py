@@ -18,6 +18,7 @@ from __future__ import annotations
 import email.message
 import email.parser
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -33,6 +34,7 @@ IMAGE_MEDIA = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"
 OCTET_STREAM = "application/octet-stream"
 MULTIPART = "multipart/form-data"
 PICTURE_MEDIA = (*IMAGE_MEDIA, OCTET_STREAM, MULTIPART)  # what /predict takes besides JSON
+BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046's bchars
 
 
 def policy_of(model: Any) -> ImagePolicy:
@@ -59,7 +61,9 @@ def pictures_of(media: str, content_type: bytes, body: bytes, max_rows: int) -> 
 
 
 def _header_params(block: bytes) -> email.message.Message:
-    return email.parser.BytesHeaderParser().parsebytes(block + b"\r\n\r\n")
+    """Headers read by the standard library; their bytes as UTF-8 (what browsers send a file
+    name in), anything else replaced, so that no name an error quotes can fail to be JSON."""
+    return email.parser.HeaderParser().parsestr(block.decode("utf-8", "replace") + "\r\n\r\n")
 
 
 def multipart_parts(content_type: bytes, body: bytes, max_rows: int) -> list[Picture]:
@@ -67,11 +71,14 @@ def multipart_parts(content_type: bytes, body: bytes, max_rows: int) -> list[Pic
     picture. Split on the boundary by hand (bytes.find: exact for any bytes,
     and fast); each part's headers are read by the standard library."""
     boundary = _header_params(b"Content-Type: " + content_type).get_boundary()
-    if not boundary:
+    if not boundary or not BOUNDARY.fullmatch(boundary):
         raise RequestError(
-            400, f"{MULTIPART} needs its boundary: Content-Type: {MULTIPART}; boundary=...", "Content-Type"
+            400,
+            f"{MULTIPART} needs its boundary: Content-Type: {MULTIPART}; boundary=... (1 to 70 letters, digits "
+            f"or '()+_,-./:=? characters, RFC 2046), got {boundary!r}",
+            "Content-Type",
         )
-    delimiter = b"--" + boundary.encode("latin-1")
+    delimiter = b"--" + boundary.encode()
     if body.startswith(delimiter):
         pos = 0
     else:  # a preamble before the first delimiter is allowed, and ignored

@@ -284,15 +284,22 @@ def garbage_multipart(rng):
     boundary = content_type.partition("boundary=")[2].encode()
     how = rng.randrange(8)
     if how == 0:  # another boundary, or none
-        content_type = rng.choice(["multipart/form-data", "multipart/form-data; boundary=", content_type + "x"])
+        content_type = rng.choice(
+            [
+                "multipart/form-data",
+                "multipart/form-data; boundary=",
+                content_type + "x",
+                content_type.encode() + b"\xff",
+            ]
+        )
     elif how == 1:  # cut anywhere
         body = body[: rng.randrange(len(body) + 1)]
     elif how == 2:  # a delimiter without its line end, or with junk after it
         body = body.replace(
             b"--" + boundary + b"\r\n", b"--" + boundary + rng.choice([b"", b"junk\r\n", b" \t\r\n"]), 1
         )
-    elif how == 3:  # no blank line after a part's headers
-        body = body.replace(b"\r\n\r\n", b"\r\n", 1)
+    elif how == 3:  # no blank line after a part's headers, or bytes that are not text in them
+        body = body.replace(b"\r\n\r\n", rng.choice([b"\r\n", b"\xff\xfe\r\n\r\n", b"; filename*=x\xc3\r\n\r\n"]), 1)
     elif how == 4:  # bytes spliced in
         cut = rng.randrange(len(body) + 1)
         body = body[:cut] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 40))) + body[cut:]

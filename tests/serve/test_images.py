@@ -244,6 +244,30 @@ REFUSALS = {
         "Content-Type",
         "boundary",
     ),
+    "a boundary of bytes that are not text": (
+        "/predict",
+        {
+            "content": b"--\xff\r\n\r\nabc\r\n--\xff--",
+            "headers": {"Content-Type": b"multipart/form-data; boundary=\xff"},
+        },
+        400,
+        "Content-Type",
+        "RFC 2046",
+    ),
+    "a cut part whose file name is UTF-8, and one that is not": (
+        "/predict",
+        {
+            "content": b'--x\r\nContent-Disposition: form-data; name="f"; filename="caf\xc3\xa9.png"\r\n\r\n'
+            + GOOD[:40]
+            + b'\r\n--x\r\nContent-Disposition: form-data; name="f"; filename="\xff.png"\r\n\r\n'
+            + GOOD[:40]
+            + b"\r\n--x--\r\n",
+            "headers": {"Content-Type": "multipart/form-data; boundary=x"},
+        },
+        422,
+        "parts[0]",
+        'file "café.png"',
+    ),
     "a multipart body cut short": (
         "/predict",
         {"content": CUT_BODY, "headers": {"Content-Type": CUT_MULTIPART.headers["Content-Type"]}},
