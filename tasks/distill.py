@@ -21,13 +21,13 @@ from tasks.core.params import load_params
 from tasks.core.task import task_of
 from tasks.evaluation.metrics import task_metrics
 from tasks.ml.checks import check_fit_params
-from tasks.ml.distillation import distill_student
+from tasks.ml.distillation import distill_mode, distill_student
 from tasks.ml.distributed import stage_main
 from tasks.ml.fitting import record_training
 from tasks.ml.models import load_model
 from tasks.ml.training import predict_logits
 
-SECTIONS = ("distill",)
+SECTIONS = ("distill", "augment")
 
 
 def main() -> None:
@@ -76,6 +76,7 @@ def run(params) -> None:
     network = load_model(paths.MODELS / "teacher")
     train, val = load_split("train"), load_split("val")
     teacher, chosen = choose_teacher(params.distill.teacher, network, train, val, meta)
+    chosen["mode"] = distill_mode(params.distill, params.augment, train[0], teacher)
     quality = task_of(meta.task).quality_label
     if "boosted_val_quality" in chosen:
         print(
@@ -90,7 +91,14 @@ def run(params) -> None:
         params.mlflow,
         meta,
         lambda on_epoch: distill_student(
-            teacher, train, val, meta, params.distill, on_epoch, tensorboard_dir=str(paths.TENSORBOARD / "distill")
+            teacher,
+            train,
+            val,
+            meta,
+            params.distill,
+            on_epoch,
+            tensorboard_dir=str(paths.TENSORBOARD / "distill"),
+            augment=params.augment,
         ),
         chosen,
     )

@@ -25,7 +25,7 @@ from tasks.contracts.processed import (
     load_split_arrays,
     read_meta,
 )
-from tasks.contracts.reports import Baseline, EvaluationReport
+from tasks.contracts.reports import REFERENCE, Baseline, EvaluationReport
 from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
@@ -202,6 +202,23 @@ def add_int8_agreement(candidates: dict, x: np.ndarray, task: str, params: Evalu
             candidates[name]["int8_top1_agreement"] = agreement(b, a)
 
 
+def add_teacher_agreement(candidates: dict, x: np.ndarray, task: str, params: EvaluateParams) -> None:
+    """Top-1 agreement of every candidate with the network teacher (`REFERENCE`)
+    on the test split, beside its macro-F1: how far a student or a compressed
+    copy makes the teacher's own decisions (Stanton et al. 2021). Single-label
+    tasks: a multilabel or regression output has no top-1."""
+    if not task_of(task).single_label or REFERENCE.name not in candidates:
+        return
+
+    def answers(name: str) -> np.ndarray:
+        return run_batches(session(paths.ONNX_DIR / f"{name}.onnx", threads=params.threads), x, answer_output(task))
+
+    teacher = answers(REFERENCE.name)
+    for name in candidates:
+        if name != REFERENCE.name:
+            candidates[name]["teacher_top1_agreement"] = agreement(teacher, answers(name))
+
+
 def compute_baselines(meta: ProcessedMeta, test_y: np.ndarray, candidates: dict) -> dict[str, Baseline]:
     """The trivial baseline (fitted on the train split's labels) and, on tables,
     the boosted candidate, both on this test split."""
@@ -241,6 +258,7 @@ def main() -> None:
     for name, latency in measure_latency(files, x, params).items():
         candidates[name].update(latency)
     add_int8_agreement(candidates, x, meta.task, params)
+    add_teacher_agreement(candidates, x, meta.task, params)
     for kind in CURVE_KINDS:  # DVC wants every declared plots folder, even one this task leaves empty
         (paths.CURVES / kind).mkdir(parents=True, exist_ok=True)
     for name, result in candidates.items():

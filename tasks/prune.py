@@ -24,7 +24,7 @@ from tasks.ml.pruning import (
 from tasks.ml.training import class_weights, seed_everything, task_loss
 
 # Fine-tuning uses each model's own training settings.
-SECTIONS = ("prune", "train", "distill")
+SECTIONS = ("prune", "train", "distill", "augment")
 
 
 def main() -> None:
@@ -50,6 +50,7 @@ def main() -> None:
                 task_loss(meta.task, tuning, weights),
                 tuning,
                 prune_params.fine_tune_epochs,
+                augment=params.augment,
             )
         save_model(pruned.cpu(), paths.MODELS / f"{name}_pruned")
         print(

@@ -45,6 +45,7 @@ SUMMARY_KEYS = (
     "mae",
     "size_bytes",
     "int8_top1_agreement",
+    "teacher_top1_agreement",
     "int8_max_abs_diff",
 )
 LATENCY_PREFIX = "latency_ms_"  # evaluate's latencies: latency_ms_b<batch>_t<threads>[_p10|_p90]

@@ -20,7 +20,7 @@ from tasks.ml.checks import check_fit_params
 from tasks.ml.distributed import stage_main
 from tasks.ml.fitting import record_training, train_teacher
 
-SECTIONS = ("train",)
+SECTIONS = ("train", "augment")
 
 
 def with_search_results(params: TrainParams, best_params_file: Path) -> TrainParams:
@@ -51,7 +51,13 @@ def run(params) -> None:
         params.mlflow,
         meta,
         lambda on_epoch: train_teacher(
-            train, val, meta, train_params, on_epoch, tensorboard_dir=str(paths.TENSORBOARD / "train")
+            train,
+            val,
+            meta,
+            train_params,
+            on_epoch,
+            tensorboard_dir=str(paths.TENSORBOARD / "train"),
+            augment=params.augment,
         ),
     )
 

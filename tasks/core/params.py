@@ -297,6 +297,10 @@ class DistillParams(FitParams):
     # tables: which model the student learns from; auto = the boosted model where it beats the
     # network teacher on the validation split, else the teacher (images: always the teacher)
     teacher: Literal["auto", "teacher", "boosted"] = "auto"
+    # function_matching (Beyer et al. 2022): the teacher's outputs computed on every augmented batch
+    # the student sees; precomputed: once, on the unaugmented train split. auto = function_matching
+    # where there is augmentation (pictures), precomputed otherwise (tables, the boosted teacher).
+    mode: Literal["auto", "function_matching", "precomputed"] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -304,6 +308,30 @@ class DistillParams(FitParams):
             raise ValueError("temperature must be > 0")
         if not 0 <= self.alpha <= 1:
             raise ValueError("alpha must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Training-time augmentation of pictures, batch by batch (tasks/ml/augment.py);
+    used by the teacher, the student and pruning's fine-tune. Tables get none."""
+
+    enabled: bool
+    rotate_deg: float  # rotation drawn in +-this, degrees
+    scale: float  # zoom drawn in 1 +- this
+    shift_px: float  # shift drawn in +-this pixels per axis (a random crop of the zero-padded picture)
+    flip: bool  # horizontal flip; off where a mirrored picture is another class (digits, letters)
+    erase: float  # probability of random erasing per picture
+    mixup: float  # Beta(a, a) of mixup; 0 = off
+    cutmix: float  # Beta(a, a) of cutmix; 0 = off (with mixup also on, a coin picks one per batch)
+
+    def __post_init__(self) -> None:
+        for name in ("rotate_deg", "scale", "shift_px", "mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.scale >= 1:
+            raise ValueError("scale must be < 1 (a zoom of 1 - scale must stay positive)")
+        if not 0 <= self.erase <= 1:
+            raise ValueError("erase must lie in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -549,6 +577,7 @@ class Params:
     preprocess: PreprocessParams
     train: TrainParams
     distill: DistillParams
+    augment: AugmentParams
     boost: BoostParams
     prune: PruneParams
     export: ExportParams

@@ -88,6 +88,12 @@ def compression_steps(candidates: Sequence[dict], speed_key: str, champion: str)
                 "size_bytes": row["size_bytes"],
                 f"{speed_key}": round(row[speed_key], 4),
                 "quality": round(row["quality"], 4),
+                # the share of test rows where it decides as the teacher does (single-label tasks)
+                **(
+                    {"teacher_agreement": round(row["teacher_top1_agreement"], 4)}
+                    if "teacher_top1_agreement" in row
+                    else {}
+                ),
             }
         )
     return steps

@@ -4,6 +4,14 @@ the teacher's softened outputs.
 Loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * hard loss.
 The T^2 factor keeps the soft term's gradients on the same scale as the hard
 term's when T changes.
+
+Two ways to get the teacher's outputs. Function matching (Beyer et al. 2022,
+"A good teacher is patient and consistent"): the frozen teacher runs on every
+augmented (and mixed) batch the student sees, so the student matches the
+teacher's function on many more inputs than the train split holds; outputs
+cached once let the student overfit them. Precomputed: once, on the
+unaugmented train split (the only way for the boosted model's outputs, read
+from its graph beforehand).
 """
 
 from __future__ import annotations
@@ -13,9 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from tasks.contracts.processed import ProcessedMeta
-from tasks.core.params import DistillParams
+from tasks.core.params import AugmentParams, DistillParams
 from tasks.core.task import task_of
 from tasks.evaluation.metrics import class_logits
+from tasks.ml.augment import augmenter
 from tasks.ml.fitting import as_tensors
 from tasks.ml.models import Model, build_model, spec_for
 from tasks.ml.training import (
@@ -54,24 +63,30 @@ def distill_student(
     params: DistillParams,
     on_epoch: EpochLogger | None = None,
     tensorboard_dir: str | None = None,
+    augment: AugmentParams | None = None,
 ) -> tuple[Model, FitResult]:
     """The student, trained on `teacher`'s outputs: a network, or outputs
     computed beforehand (the boosted model's log-probabilities, or its
-    predictions for regression, on the train and validation rows)."""
+    predictions for regression, on the train and validation rows). Each train
+    batch is augmented as `augment` says; `distill_mode` says whether the
+    teacher then runs on it."""
     seed_everything(params.seed)
     task = meta.task
     device = pick_device()
-    # The teacher is frozen: its outputs are computed once, not every epoch. As
-    # class logits, a binary sigmoid teacher distils like any softmax one.
+    # As class logits, a binary sigmoid teacher distils like any softmax one.
     single_label = task_of(task).single_label
+    as_class = class_logits if single_label else np.asarray
+    online = None
     if isinstance(teacher, tuple):
-        teacher_train, teacher_val = (np.asarray(o, np.float32) for o in teacher)
+        teacher_train, teacher_val = (as_class(np.asarray(o, np.float32)) for o in teacher)
     else:
-        teacher = teacher.to(device)
-        teacher_train = predict_logits(teacher, train[0])
-        teacher_val = predict_logits(teacher, val[0])
-    if single_label:
-        teacher_train, teacher_val = class_logits(teacher_train), class_logits(teacher_val)
+        teacher = teacher.to(device).eval().requires_grad_(False)
+        teacher_val = as_class(predict_logits(teacher, val[0]))  # validation is never augmented: once
+        if distill_mode(params, augment, train[0], teacher) == "function_matching":
+            network = teacher
+            online = (lambda x: class_logits_tensor(network(x))) if single_label else network
+        else:
+            teacher_train = as_class(predict_logits(teacher, train[0]))
     student = build_model(spec_for(meta, params, n_outputs(task, params, meta.n_classes))).to(device)
     hard_loss = task_loss(task, params, None)
 
@@ -88,15 +103,29 @@ def distill_student(
 
     result = fit(
         student,
-        as_tensors(train[0], teacher_train, train[1]),
+        as_tensors(*train) if online else as_tensors(train[0], teacher_train, train[1]),
         as_tensors(val[0], teacher_val, val[1]),
         loss_fn,
         params,
         on_epoch,
         desc="student",
         tensorboard_dir=tensorboard_dir,
+        augment=augment,
+        online=online,
     )
     return student, result
+
+
+def distill_mode(params: DistillParams, augment: AugmentParams | None, x: np.ndarray, teacher: object) -> str:
+    """function_matching or precomputed, `auto` resolved: function matching
+    where batches are augmented (pictures), since unaugmented batches repeat
+    the same teacher outputs every epoch. Outputs computed beforehand (the
+    boosted model) can only be precomputed."""
+    if isinstance(teacher, tuple):
+        return "precomputed"
+    if params.mode == "auto":
+        return "function_matching" if augmenter(augment, torch.as_tensor(x[:1]), 0) is not None else "precomputed"
+    return params.mode
 
 
 def class_logits_tensor(logits: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from tasks.contracts.processed import ProcessedMeta, load_split
 from tasks.core import paths
 from tasks.core.errors import DistilleryError
 from tasks.core.io import write_json
-from tasks.core.params import FitParams, MlflowParams, TrainParams
+from tasks.core.params import AugmentParams, FitParams, MlflowParams, TrainParams
 from tasks.core.report import write_summary
 from tasks.core.task import task_of
 from tasks.evaluation.metrics import task_metrics
@@ -49,6 +49,7 @@ def train_teacher(
     on_epoch: EpochLogger | None = None,
     quiet: bool = False,
     tensorboard_dir: str | None = None,
+    augment: AugmentParams | None = None,
 ) -> tuple[Model, FitResult]:
     seed_everything(params.seed)
     device = pick_device()
@@ -69,6 +70,7 @@ def train_teacher(
         frozen=params.freeze if params.init_from else (),
         unfreeze_after=params.unfreeze_after,
         tensorboard_dir=tensorboard_dir,
+        augment=augment,
     )
     return model, result
 
@@ -150,6 +152,9 @@ def _against_teachers(summary: dict) -> str:
         for name in ("network", "boosted")
         if f"{name}_val_quality" in summary
     ]
+    how = {"function_matching": " by function matching (its outputs on every augmented batch)"}.get(
+        summary.get("mode", ""), ""
+    )
     if not parts:
-        return ""
-    return f" Learnt from the {summary['teacher']}; the teachers on the same split: " + ", ".join(parts) + "."
+        return f" Learnt from the teacher{how}." if how else ""
+    return f" Learnt from the {summary['teacher']}{how}; the teachers on the same split: " + ", ".join(parts) + "."

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from tasks.contracts.processed import ProcessedMeta
-from tasks.core.params import FitParams
+from tasks.core.params import AugmentParams, FitParams
 from tasks.ml.models import CNN, MLP, CNNSpec, MLPSpec, Model, build_model
 from tasks.ml.training import FitResult, LossFn, fit, predict_logits
 
@@ -230,6 +230,7 @@ def fine_tune(
     epochs: int,
     keep_zeros: bool = True,
     quiet: bool = True,
+    augment: Optional[AugmentParams] = None,
 ) -> FitResult:
     """Recover accuracy after pruning: `tasks.ml.training.fit` for `epochs` epochs
     (early stopping and best-weight restore as usual), in place.
@@ -249,7 +250,14 @@ def fine_tune(
                 masked.append(layer)
     try:
         result = fit(
-            model, train, val, loss_fn, dataclasses.replace(params, max_epochs=epochs), desc="fine-tune", quiet=quiet
+            model,
+            train,
+            val,
+            loss_fn,
+            dataclasses.replace(params, max_epochs=epochs),
+            desc="fine-tune",
+            quiet=quiet,
+            augment=augment,
         )
     finally:
         for layer in masked:

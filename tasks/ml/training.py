@@ -15,11 +15,14 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from tasks.core.errors import DistilleryError
-from tasks.core.params import FitParams
+from tasks.core.params import AugmentParams, FitParams
 from tasks.core.task import task_of
+from tasks.ml.augment import augmenter
 
-# loss_fn(logits, *targets) -> scalar; targets are the batch's tensors after x.
+# loss_fn(logits, *targets) -> scalar; targets are the batch's tensors after x (after the
+# outputs `online` computes on the batch's view, when there is such a function).
 LossFn = Callable[..., torch.Tensor]
+Online = Callable[[torch.Tensor], torch.Tensor]
 EpochLogger = Callable[[dict[str, float], int], None]
 
 
@@ -160,6 +163,8 @@ class _Loop:
     batch_size: int  # per process: the global batch stays params.batch_size
     generator: torch.Generator
     desc: str
+    augment: Any = None  # tasks.ml.augment.Augmenter, or None: the batch is used as it is
+    online: Optional[Online] = None  # targets computed on each batch's (augmented) view: a frozen teacher
 
     def order(self, epoch: int) -> torch.Tensor:
         """This epoch's sample order: a seeded shuffle, or this process's share under DDP."""
@@ -178,8 +183,21 @@ class _Loop:
         from tasks.ml.regularization import apply_constraint, weight_penalty
 
         params = self.params
+        x, targets, mix = batch[0], batch[1:], None
+        if self.augment is not None:
+            x, mix = self.augment(x)
+        computed = []
+        if self.online is not None:
+            with torch.no_grad(), torch.autocast(device_type=self.device.type, enabled=self.amp):
+                computed = [self.online(x).float()]
         with torch.autocast(device_type=self.device.type, enabled=self.amp):
-            loss = self.loss_fn(self.net(batch[0]), *batch[1:])
+            outputs = self.net(x)
+            loss = self.loss_fn(outputs, *computed, *targets)
+            if mix is not None:
+                # A blended picture answers to both its sources' targets, weighed by the blend.
+                # Targets computed on the blend itself (the online teacher's) are already its own.
+                other = self.loss_fn(outputs, *computed, *(t[mix.perm] for t in targets))
+                loss = mix.lam * loss + (1 - mix.lam) * other
         if not torch.isfinite(loss):
             raise DistilleryError(
                 f"{self.desc}: the loss became {loss.item()} at epoch {epoch}; lower the learning rate "
@@ -224,6 +242,8 @@ def _make_loop(
     loss_fn: LossFn,
     params: FitParams,
     desc: str,
+    augment: Optional[AugmentParams] = None,
+    online: Optional[Online] = None,
 ) -> _Loop:
     from tasks.ml import distributed
     from tasks.ml.optim import make_optimizer
@@ -265,6 +285,9 @@ def _make_loop(
         batch_size=-(-params.batch_size // world),
         generator=torch.Generator().manual_seed(params.seed),
         desc=desc,
+        # Seeded apart from the shuffle (and per rank under DDP), so each stream repeats on its own.
+        augment=augmenter(augment, train[0], seed=params.seed * 1_000 + 1 + rank),
+        online=online,
     )
 
 
@@ -280,6 +303,8 @@ def fit(
     frozen: tuple[str, ...] = (),
     unfreeze_after: int = 0,
     tensorboard_dir: Optional[str] = None,
+    augment: Optional[AugmentParams] = None,
+    online: Optional[Online] = None,
 ) -> FitResult:
     """Train on `train`, stop on the validation loss (patience or the correlation
     criterion) and restore the best weights. `train` and `val` are (x, *targets).
@@ -287,14 +312,18 @@ def fit(
     Per batch (`_Loop.step`): data loss + weight and activity penalties,
     backward, clipping, optimizer step, weight constraint. Per epoch
     (`_Loop.epoch`): validation loss (no penalties), learning-rate schedule,
-    stopping rule, then the callbacks (on_epoch, TensorBoard, the bar)."""
+    stopping rule, then the callbacks (on_epoch, TensorBoard, the bar).
+
+    `augment`: each train batch is augmented first (tasks/ml/augment.py;
+    pictures only). `online(x)`: targets computed on that very view and passed
+    to loss_fn before the batch's own (function-matching distillation)."""
     from tqdm.auto import tqdm
 
     from tasks.ml import distributed
     from tasks.ml.optim import make_scheduler, step_scheduler
 
     _set_trainable(model, frozen, False)
-    loop = _make_loop(model, train, val, loss_fn, params, desc)
+    loop = _make_loop(model, train, val, loss_fn, params, desc, augment, online)
     schedule_options = dict(params.schedule_options)
     if params.schedule == "cosine":
         schedule_options.setdefault("t_max", params.max_epochs)
