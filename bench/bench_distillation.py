@@ -1,36 +1,51 @@
-"""Distillation against its control: students of several widths trained with
-the teacher (soft targets) and without it (hard labels only), three seeds each.
+"""Distillation against its control, on the 28x28 workloads: students of
+several widths trained with the teacher and without it, three seeds each.
 
-    python -m bench.bench_distillation [--source digits28] [--widths 4,8:16 8,16:32 16,32:64]
+    python -m bench.bench_distillation [--sources digits28 doodles] [--widths 4,8:16 8,16:32]
+                                       [--epochs 30] [--temperatures 1 2 4] [--alphas 0.7 1.0]
 
-Uses the pipeline's own teacher recipe and student recipe from params.yaml on
-a bundled image source (default digits28, the 28x28 workload; `--source
-digits` for 8x8). A width is `channels:hidden`. For each width and seed the
-same student architecture, optimiser, schedule and epochs are trained twice:
-distilled (distill stage: KL on the teacher's softened logits + hard loss) and
-alone (hard labels only, the control). Reports test macro-F1 per seed, the
-paired gain (distilled - alone) with its mean, standard deviation and range,
-and each student's parameters against the teacher's. Results go to
-reports/bench.json under "distillation".
+Sources: digits28 (bundled, 28x28) and doodles (tasks/doodles.py: 10 classes
+of 28x28 Quick Draw-format drawings made here, imbalanced, read through the
+quickdraw source). Each goes through ingest, the gate and preprocess as in the
+pipeline. A width is `channels:hidden`.
+
+Per source: the teacher (params.yaml 'train') trained with and without
+augmentation (params.yaml 'augment'); the augmented one teaches. Then per width
+and seed, the same student architecture, optimiser, cosine schedule, epochs
+(`--epochs`, no early stopping: the same number for every arm) and augmentation,
+trained three ways:
+- alone: hard labels only (the control; no class weights, as the distill
+  stage's hard term has none);
+- function_matching: the teacher's outputs on every augmented batch (the
+  distill stage's default for pictures);
+- precomputed: the teacher's outputs computed once on the unaugmented train split
+  (the old mode).
+Reports test macro-F1 per seed, the paired gain over the control (mean, std,
+range, in points), each student's top-1 agreement with the teacher, and a
+temperature and alpha sweep of function matching at the default width (first
+seed). Results go to reports/bench.json under "distillation".
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from bench.common import processed_digits, record, timed
+from bench.common import BENCH_REPORT, processed_digits, record, source_params, timed
 from tasks.core.params import load_params
 from tasks.evaluation.metrics import task_metrics
 from tasks.ml.distillation import distill_student
 from tasks.ml.fitting import train_teacher
 from tasks.ml.models import count_parameters
 from tasks.ml.training import predict_logits
-
-SEEDS = (0, 1, 2)
+from tasks.onnx.quantize import agreement
 
 
 def width(text: str) -> tuple[tuple[int, ...], int]:
@@ -41,86 +56,152 @@ def width(text: str) -> tuple[tuple[int, ...], int]:
 def spread(values: list[float]) -> dict[str, float]:
     return {
         "mean": float(np.mean(values)),
-        "std": float(np.std(values, ddof=1)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
         "min": float(np.min(values)),
         "max": float(np.max(values)),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", default="digits28", choices=("digits", "digits28"))
-    parser.add_argument(
-        "--widths",
-        nargs="+",
-        type=width,
-        default=[width("4,8:16"), width("8,16:32"), width("16,32:64")],
-        help="student widths as channels:hidden, e.g. 8,16:32",
-    )
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    params = load_params()
-    params = dataclasses.replace(params, data=dataclasses.replace(params.data, source=args.source))
+def bench_source(params: Any, args: argparse.Namespace) -> dict[str, Any]:
     splits, meta = processed_digits(params)
     train = (splits["train"]["x"], splits["train"]["y"])
     val = (splits["val"]["x"], splits["val"]["y"])
     test_x, test_y = splits["test"]["x"], splits["test"]["y"]
+    augment = params.augment
 
-    def score(model) -> float:
-        return task_metrics("multiclass", predict_logits(model, test_x), test_y, list(meta.classes))["macro_f1"]
+    def score(model) -> dict[str, float]:
+        logits = predict_logits(model, test_x)
+        return {
+            "macro_f1": task_metrics("multiclass", logits, test_y, list(meta.classes))["macro_f1"],
+            "teacher_agreement": agreement(teacher_logits, logits) if teacher_logits is not None else 1.0,
+        }
 
     seconds: dict[str, float] = {}
+    teacher_logits = None
+    with timed(seconds, "teacher_without_augmentation"):
+        plain, _ = train_teacher(train, val, meta, params.train, quiet=True)
     with timed(seconds, "teacher"):
-        teacher, _ = train_teacher(train, val, meta, params.train, quiet=True)
-    teacher_parameters = count_parameters(teacher)
-    students = {}
+        teacher, _ = train_teacher(train, val, meta, params.train, quiet=True, augment=augment)
+    teacher_logits = predict_logits(teacher, test_x)
+    teacher_f1 = score(teacher)["macro_f1"]
+    print(
+        f"{args.source}: teacher macro-F1 {teacher_f1:.4f} with augmentation, {score(plain)['macro_f1']:.4f} without",
+        flush=True,
+    )
+
+    def student_params(channels, hidden, seed, **extra):
+        # A fixed schedule, the same for every arm: cosine over --epochs, no early stopping.
+        return dataclasses.replace(
+            params.distill,
+            seed=seed,
+            channels=channels,
+            hidden=hidden,
+            max_epochs=args.epochs,
+            patience=args.epochs,
+            schedule="cosine",
+            schedule_options={},
+            **extra,
+        )
+
+    def alone(sp) -> Any:
+        shared = {f.name for f in dataclasses.fields(params.train)}
+        control = dataclasses.replace(
+            params.train, **{f.name: getattr(sp, f.name) for f in dataclasses.fields(sp) if f.name in shared}
+        )
+        model, _ = train_teacher(
+            train, val, meta, dataclasses.replace(control, class_weighting="none"), quiet=True, augment=augment
+        )
+        return model
+
+    students: dict[str, Any] = {}
     for channels, hidden in args.widths:
         name = f"{','.join(map(str, channels))}:{hidden}"
-        distilled, alone = [], []
+        arms: dict[str, list[dict[str, float]]] = {"alone": [], "function_matching": [], "precomputed": []}
         with timed(seconds, name):
-            for seed in SEEDS:
-                student_params = dataclasses.replace(params.distill, seed=seed, channels=channels, hidden=hidden)
-                student, _ = distill_student(teacher, train, val, meta, student_params)
-                distilled.append(score(student))
-                # The control: the student's architecture and optimiser, hard labels only.
-                shared = {f.name for f in dataclasses.fields(params.train)}
-                control = dataclasses.replace(
-                    params.train,
-                    **{
-                        f.name: getattr(student_params, f.name)
-                        for f in dataclasses.fields(student_params)
-                        if f.name in shared
-                    },
-                )
-                # The distill stage's hard term has no class weights, so neither has the control.
-                baseline, _ = train_teacher(
-                    train, val, meta, dataclasses.replace(control, class_weighting="none"), quiet=True
-                )
-                alone.append(score(baseline))
-        gains = [d - a for d, a in zip(distilled, alone)]
-        students[name] = {
+            for seed in args.seeds:
+                sp = student_params(channels, hidden, seed)
+                arms["alone"].append(score(alone(sp)))
+                for mode in ("function_matching", "precomputed"):
+                    model, _ = distill_student(
+                        teacher, train, val, meta, dataclasses.replace(sp, mode=mode), augment=augment
+                    )
+                    arms[mode].append(score(model))
+        f1 = {arm: [r["macro_f1"] for r in rows] for arm, rows in arms.items()}
+        row: dict[str, Any] = {
             "channels": list(channels),
             "hidden": hidden,
-            "parameters": count_parameters(student),
-            "share_of_teacher": round(count_parameters(student) / teacher_parameters, 4),
-            "distilled_macro_f1": {"per_seed": distilled, **spread(distilled)},
-            "without_teacher_macro_f1": {"per_seed": alone, **spread(alone)},
-            "gain_points": {"per_seed": [100 * g for g in gains], **{k: 100 * v for k, v in spread(gains).items()}},
+            "parameters": count_parameters(model),
+            "share_of_teacher": round(count_parameters(model) / count_parameters(teacher), 4),
         }
+        for arm, rows in arms.items():
+            agree = [r["teacher_agreement"] for r in rows]
+            row[arm] = {"macro_f1": {"per_seed": f1[arm], **spread(f1[arm])}, "teacher_agreement": spread(agree)}
+        for arm in ("function_matching", "precomputed"):
+            gains = [100 * (d - a) for d, a in zip(f1[arm], f1["alone"])]
+            row[f"{arm}_gain_points"] = {"per_seed": gains, **spread(gains)}
+        students[name] = row
+        fm, pre = row["function_matching_gain_points"], row["precomputed_gain_points"]
         print(
-            f"{name}: {students[name]['parameters']:,} parameters; distilled {np.mean(distilled):.4f} "
-            f"vs alone {np.mean(alone):.4f}; gain {100 * np.mean(gains):+.2f} +- {100 * np.std(gains, ddof=1):.2f} "
-            f"points (seeds {SEEDS})",
+            f"{args.source} {name}: {row['parameters']:,} parameters; alone {np.mean(f1['alone']):.4f}, "
+            f"function matching {np.mean(f1['function_matching']):.4f} ({fm['mean']:+.2f} +- {fm['std']:.2f} points), "
+            f"precomputed {np.mean(f1['precomputed']):.4f} ({pre['mean']:+.2f} +- {pre['std']:.2f}); "
+            f"teacher {teacher_f1:.4f}",
             flush=True,
         )
-    results = {
-        "source": args.source,
-        "seeds": list(SEEDS),
-        "teacher_macro_f1": score(teacher),
-        "teacher_parameters": teacher_parameters,
+
+    sweep = []
+    channels, hidden = args.widths[-1]
+    for alpha in args.alphas:
+        for temperature in args.temperatures:
+            sp = student_params(channels, hidden, args.seeds[0], alpha=alpha, temperature=temperature)
+            model, _ = distill_student(
+                teacher, train, val, meta, dataclasses.replace(sp, mode="function_matching"), augment=augment
+            )
+            sweep.append({"alpha": alpha, "temperature": temperature, **score(model)})
+            print(f"{args.source} sweep: alpha {alpha} T {temperature}: {sweep[-1]['macro_f1']:.4f}", flush=True)
+    return {
+        "train_rows": int(len(train[1])),
+        "test_rows": int(len(test_y)),
+        "teacher_macro_f1": teacher_f1,
+        "teacher_macro_f1_without_augmentation": score(plain)["macro_f1"],
+        "teacher_parameters": count_parameters(teacher),
         "students": students,
+        "sweep": {"width": f"{','.join(map(str, channels))}:{hidden}", "seed": args.seeds[0], "runs": sweep},
         "seconds": seconds,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sources", nargs="+", default=["digits28", "doodles"], choices=("digits28", "doodles"))
+    parser.add_argument(
+        "--widths",
+        nargs="+",
+        type=width,
+        default=[width("4,8:16"), width("8,16:32")],
+        help="student widths as channels:hidden, e.g. 8,16:32; the last one is swept",
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=30, help="every student arm's epochs (cosine, no early stop)")
+    parser.add_argument("--temperatures", nargs="+", type=float, default=[1.0, 2.0, 4.0])
+    parser.add_argument("--alphas", nargs="+", type=float, default=[0.7, 1.0])
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    params = load_params()
+    results: dict[str, Any] = {
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "augment": dataclasses.asdict(params.augment),
+        "sources": {},
+    }
+    for source in args.sources:
+        args.source = source
+        with tempfile.TemporaryDirectory() as folder:
+            results["sources"][source] = bench_source(source_params(params, source, Path(folder)), args)
+    # One source per process runs in parallel: keep the other sources' latest results.
+    earlier = json.loads(BENCH_REPORT.read_text()).get("distillation", {}) if BENCH_REPORT.exists() else {}
+    results["sources"] = {**earlier.get("sources", {}), **results["sources"]}
     record("distillation", results)
 
 

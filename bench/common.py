@@ -3,6 +3,7 @@ reports/bench.json (other benchmarks' keys are kept)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -27,6 +28,32 @@ def processed_digits(params: Any) -> tuple[dict, Any]:
         ingest(params.data), params.task.type, params.validate, load_suite(f"expectations/{params.data.source}.json")
     )
     return preprocess(result.valid, params.preprocess, params.task.type)
+
+
+# Doodles per class (tasks/doodles.py): most 600, two rarer, one rare, like the course's imbalanced Quick Draw set.
+DOODLE_COUNTS = {"line": 300, "star": 300, "zigzag": 150}
+DOODLES_PER_CLASS = 600
+# digits28 drawn with stronger jitter than its default (10 deg, 0.1, 2 px): a harder set of look-alikes.
+HARD_DIGITS28 = {"rotate_deg": 30.0, "scale": 0.25, "shift_px": 4.0}
+IMAGE_SOURCES = ("digits", "digits28", "digits28-hard", "doodles")
+
+
+def source_params(params: Any, source: str, folder: Path) -> Any:
+    """params with the picture source set: a bundled one, digits28-hard, or
+    doodles (10 classes drawn into `folder` first, read as Quick Draw files)."""
+    if source == "digits28-hard":
+        digits28 = dataclasses.replace(params.data.digits28, **HARD_DIGITS28)
+        return dataclasses.replace(params, data=dataclasses.replace(params.data, source="digits28", digits28=digits28))
+    if source != "doodles":
+        return dataclasses.replace(params, data=dataclasses.replace(params.data, source=source))
+    from tasks.doodles import CLASSES, make_doodles
+
+    counts = {c: DOODLE_COUNTS.get(c, DOODLES_PER_CLASS) for c in CLASSES}
+    make_doodles(folder, counts, seed=0)
+    quickdraw = dataclasses.replace(params.data.quickdraw, classes=CLASSES, samples_per_class=counts)
+    return dataclasses.replace(
+        params, data=dataclasses.replace(params.data, source="quickdraw", path=str(folder), quickdraw=quickdraw)
+    )
 
 
 def machine() -> dict[str, Any]:

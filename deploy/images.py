@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from deploy.protocol import Picture, RequestError, invalid
-from tasks.contracts.image import ImagePolicy, UnreadableImage, decode
+from tasks.contracts.image import ImagePolicy, UnreadableImage, as_input, decode
 
 log = logging.getLogger("deploy.images")
 
@@ -159,10 +159,3 @@ def decode_pictures(pictures: Sequence[Picture], policy: ImagePolicy, max_pixels
         arrays.append(got.pixels)
         stored.append((got.width, got.height, got.channels, got.format))
     return Decoded(as_input(np.stack(arrays)), stored)
-
-
-def as_input(images: np.ndarray) -> np.ndarray:
-    """Decoded pictures (N x H x W, or N x H x W x C) as the model's input, N x C x H x W
-    float32: the layout tasks/preprocess.py gives the training split."""
-    x = images[:, None, :, :] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x, dtype=np.float32)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts.dataset import IMAGES, LABEL, LABELS, ROW_ID, Dataset, read_dataset
+from tasks.contracts.image import as_input
 from tasks.contracts.processed import (
     ROW_IDS,
     ProcessedMeta,
@@ -42,7 +43,7 @@ def preprocess(dataset: Dataset, params: PreprocessParams, task: str) -> tuple[S
     images = dataset.arrays[IMAGES].astype(np.float32)
     labels = dataset.arrays[LABELS].astype(np.int64)
     # N x C x H x W: one channel added, or a colour folder's channels moved first.
-    x = images.transpose(0, 3, 1, 2) if images.ndim == 4 else images[:, None, :, :]
+    x = as_input(images)
     classes = tuple(dataset.meta.classes)
     targets: np.ndarray = labels
     if task_of(task).multilabel:

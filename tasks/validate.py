@@ -87,6 +87,12 @@ def label_issue_summary(report: dict) -> str:
         if report["skipped_classes"]
         else ""
     )
+    if not report.get("reliable", True):
+        return (
+            f"Label errors (confident learning): {report['suspects']} suspects among {report['checked_rows']} rows, "
+            f"not acted on or gated: unreliable, {report['unreliable_reason']}. See `{paths.LABEL_ISSUES_REPORT}`."
+            + skipped
+        )
     done = {
         "report": "reported only",
         "quarantine": f"{report['quarantined']} quarantined (reason label_issue)",
@@ -94,7 +100,8 @@ def label_issue_summary(report: dict) -> str:
     }[report["action"]]
     return (
         f"Label errors (confident learning): {report['suspects']} likely among {report['checked_rows']} rows "
-        f"({report['flagged_rate']:.1%}; estimated rate {report['estimated_rate']:.1%}); {done}. "
+        f"({report['flagged_rate']:.1%}; estimated rate {report['estimated_rate']:.1%}; out-of-fold "
+        f"{report['model']} macro-F1 {report['model_quality']:.3f}); {done}. "
         f"See `{paths.LABEL_ISSUES_REPORT}`.{skipped}"
     )
 

@@ -142,3 +142,11 @@ def decode(
     except (OSError, SyntaxError, ValueError, EOFError) as err:  # truncated or corrupt data
         raise UnreadableImage(f"{type(err).__name__}: {err}") from err
     return decoded
+
+
+def as_input(images: np.ndarray) -> np.ndarray:
+    """Decoded pictures (N x H x W, or N x H x W x C) as a model's input, N x C x H x W
+    float32 in raw 0..255 units: one layout for training (tasks/preprocess.py), the
+    label-error check and a server decoding picture files."""
+    x = images[:, None, :, :] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -162,8 +162,16 @@ class LabelIssuesParams:
     seed: int
     max_rate: float  # the gate: a GX expectation on the fraction of rows flagged
     severity: Literal["warning", "critical"]  # critical: a rate over max_rate stops the flow
+    # The out-of-fold model's own macro-F1 against the given labels must reach this for its
+    # suspects to be acted on and gated: a model too weak for the data flags hard rows, not errors.
+    min_model_quality: float = 0.7
+    image_epochs: int = 8  # pictures: epochs of the small CNN trained per fold
 
     def __post_init__(self) -> None:
+        if not 0 <= self.min_model_quality <= 1:
+            raise ValueError("min_model_quality must lie in [0, 1]")
+        if self.image_epochs < 1:
+            raise ValueError("image_epochs must be >= 1")
         if not 0 <= self.relabel_above <= 1:
             raise ValueError("relabel_above must lie in [0, 1]")
         if self.folds < 2:
@@ -318,14 +326,14 @@ class AugmentParams:
     enabled: bool
     rotate_deg: float  # rotation drawn in +-this, degrees
     scale: float  # zoom drawn in 1 +- this
-    shift_px: float  # shift drawn in +-this pixels per axis (a random crop of the zero-padded picture)
+    shift: float  # shift drawn in +-this fraction of the side per axis (a random crop of the zero-padded picture)
     flip: bool  # horizontal flip; off where a mirrored picture is another class (digits, letters)
     erase: float  # probability of random erasing per picture
     mixup: float  # Beta(a, a) of mixup; 0 = off
     cutmix: float  # Beta(a, a) of cutmix; 0 = off (with mixup also on, a coin picks one per batch)
 
     def __post_init__(self) -> None:
-        for name in ("rotate_deg", "scale", "shift_px", "mixup", "cutmix"):
+        for name in ("rotate_deg", "scale", "shift", "mixup", "cutmix"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.scale >= 1:

@@ -431,18 +431,27 @@ def gate(
     valid, quarantined = split_quarantine(typed, reasons)
     # Label errors are looked for among the rows kept: a row already refused says nothing about the others.
     options = params.label_issues
-    issues = find_label_issues(valid, list(typed.meta.classes or ()), task, options.folds, options.seed)
+    issues = find_label_issues(
+        valid,
+        list(typed.meta.classes or ()),
+        task,
+        options.folds,
+        options.seed,
+        options.min_model_quality,
+        options.image_epochs,
+    )
     gate_on_kept(outcome, suite, parameters, valid.table, issues, options)
     relabelled = 0
-    if options.action == "quarantine" and issues.row_ids:
+    # A model too weak for the data (issues.reliable false) is reported, never acted on.
+    if options.action == "quarantine" and issues.row_ids and issues.reliable:
         reasons = merge_reasons(reasons, issues.quarantine_reasons())
         valid, quarantined = split_quarantine(typed, reasons)
-    elif options.action == "relabel":
+    elif options.action == "relabel" and issues.reliable:
         relabelled = relabel(valid, issues, options.relabel_above)
     outcome.results.append(row_loss(reasons, len(typed.table), params.max_quarantined_fraction))
     outcome.success = not outcome.failed
     label_report = issues.report(
-        options.action, relabelled, len(issues.row_ids) if options.action == "quarantine" else 0
+        options.action, relabelled, len(issues.row_ids) if options.action == "quarantine" and issues.reliable else 0
     )
     report = corrected.report
     if report.get("balance", {}).get("counts") and LABEL in valid.table:
@@ -482,7 +491,7 @@ def gate_on_kept(
     expectations (their results replace those over every row read) and the
     label-error rate (added). In place."""
     checks = [e for e in suite["expectations"] if e.get("type") in BALANCE_EXPECTATIONS]
-    if issues.skipped_reason is None:
+    if issues.reliable:
         flags = set(issues.row_ids)
         kept = kept.assign(**{LABEL_ISSUE_COLUMN: [float(r in flags) for r in kept[ROW_ID]]})
         checks += label_issue_suite(options.max_rate, options.severity)["expectations"]

@@ -1,9 +1,15 @@
 """Likely label errors, found by confident learning (Northcutt, Jiang & Chuang,
 "Confident Learning: Estimating Uncertainty in Dataset Labels", JAIR 70, 2021).
 
-1. Out-of-fold predicted probabilities from a cheap model: a multinomial
-   logistic regression on standardised features, k-fold (stratified) over the
-   rows the gate kept, so no row is scored by a model that saw its label.
+1. Out-of-fold predicted probabilities, k-fold (stratified) over the rows the
+   gate kept, so no row is scored by a model that saw its label. Cleanlab's
+   advice is to use a model that fits the data: for tables a multinomial
+   logistic regression on standardised features; for pictures a small CNN
+   trained a few epochs per fold on augmented batches (a linear model on raw
+   pixels is too weak for drawings: it flags hard pictures, not wrong labels).
+   The model's own out-of-fold macro-F1 against the given labels is reported;
+   below `min_model_quality` the suspects are reported as unreliable, and
+   neither gated nor acted on.
 2. Per-class thresholds t_j: the mean probability of class j over the rows
    labelled j (the model's average self-confidence in that class).
 3. The confident joint: a row counts for the class j it is most confidently
@@ -29,9 +35,14 @@ import pandas as pd
 
 from tasks.contracts.dataset import IMAGES, LABEL, LABELS, ROW_ID, Dataset
 from tasks.contracts.encoder import DateColumn, number_block
+from tasks.contracts.image import as_input
+from tasks.core.params import AugmentParams
 from tasks.core.task import task_of
 
 QUARANTINE_REASON = "label_issue"  # what the reason of a suspect quarantined (action: quarantine) starts with
+# The picture model's augmentation: params.yaml 'augment''s defaults, fixed here so the gate's
+# result does not move when training's augmentation is tuned.
+AUGMENT = AugmentParams(enabled=True, rotate_deg=10, scale=0.1, shift=0.08, flip=False, erase=0, mixup=0, cutmix=0)
 TOP_SHOWN = 16  # suspects drawn in reports/label_issues.png
 DATE_PARTS = ("year", "month", "day", "weekday")  # what the cheap model sees of a date
 
@@ -47,6 +58,13 @@ class LabelIssues:
     estimated_rate: float = 0.0  # from the calibrated confident joint
     skipped_classes: dict[str, int] = field(default_factory=dict)  # class -> rows, fewer than the folds
     skipped_reason: Optional[str] = None  # the whole step skipped (task type, too few rows)
+    model: str = ""  # what gave the out-of-fold probabilities
+    model_quality: Optional[float] = None  # its out-of-fold macro-F1 against the given labels
+    unreliable_reason: Optional[str] = None  # set: the model is too weak to be believed; report only
+
+    @property
+    def reliable(self) -> bool:
+        return self.skipped_reason is None and self.unreliable_reason is None
 
     @property
     def flagged_rate(self) -> float:
@@ -61,7 +79,11 @@ class LabelIssues:
 
     def report(self, action: str, relabelled: int, quarantined: int) -> dict[str, Any]:
         return {
-            "method": "confident learning (Northcutt et al. 2021), out-of-fold logistic regression",
+            "method": f"confident learning (Northcutt et al. 2021), out-of-fold {self.model or 'model'}",
+            "model": self.model,
+            "model_quality": None if self.model_quality is None else round(self.model_quality, 6),
+            "reliable": self.reliable,
+            "unreliable_reason": self.unreliable_reason,
             "action": action,
             "checked_rows": self.checked_rows,
             "suspects": len(self.row_ids),
@@ -102,6 +124,12 @@ def features(dataset: Dataset) -> np.ndarray:
     return np.hstack(parts) if parts else np.zeros((len(table), 0))
 
 
+LOGISTIC = "logistic regression"
+CNN = "small CNN"
+# The picture model: about a quarter of the default teacher, enough to fit 28x28 drawings in a few epochs.
+CNN_CHANNELS, CNN_HIDDEN, CNN_BATCH, CNN_LR = (16, 32), 64, 64, 3e-3
+
+
 def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -115,6 +143,58 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, fold
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
         model.fit(x[train], y[train])
         probabilities[np.ix_(held_out, model.classes_)] = model.predict_proba(x[held_out])
+    return probabilities
+
+
+def cnn_out_of_fold_probabilities(
+    images: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int, epochs: int
+) -> np.ndarray:
+    """Out-of-fold softmax probabilities of a small CNN trained `epochs` epochs
+    per fold on augmented batches (the pipeline's default augmentation), on the
+    CPU or the GPU. `images` is (N, H, W) or (N, H, W, C) uint8, as ingest
+    holds pictures."""
+    import torch
+    from sklearn.model_selection import StratifiedKFold
+
+    from tasks.ml.augment import Augmenter
+    from tasks.ml.models import CNN as Network
+    from tasks.ml.models import CNNSpec
+    from tasks.ml.training import pick_device, predict_logits, seed_everything
+
+    x = as_input(images)
+    device = pick_device()
+    probabilities = np.zeros((len(y), n_classes))
+    for fold, (train, held_out) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)):
+        seed_everything(seed + fold)
+        spec = CNNSpec(
+            input_shape=tuple(x.shape[1:]),  # type: ignore[arg-type]  # (C, H, W)
+            channels=CNN_CHANNELS,
+            hidden=CNN_HIDDEN,
+            n_classes=n_classes,
+            dropout=0.2,
+            mean=tuple(float(m) for m in x[train].mean(axis=(0, 2, 3))),
+            std=tuple(float(max(s, 1e-6)) for s in x[train].std(axis=(0, 2, 3))),
+        )
+        model = Network(spec).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=CNN_LR)
+        steps = epochs * -(-len(train) // CNN_BATCH)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=CNN_LR, total_steps=steps)
+        augment = Augmenter(AUGMENT, seed + fold)
+        xs, ys = torch.as_tensor(x[train]), torch.as_tensor(y[train])
+        generator = torch.Generator().manual_seed(seed + fold)
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(train), generator=generator)
+            for start in range(0, len(order), CNN_BATCH):
+                batch = order[start : start + CNN_BATCH]
+                view, _ = augment(xs[batch])
+                loss = torch.nn.functional.cross_entropy(model(view.to(device)), ys[batch].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+        logits = predict_logits(model, x[held_out])
+        probabilities[held_out] = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
     return probabilities
 
 
@@ -143,7 +223,15 @@ def confident_learning(probabilities: np.ndarray, y: np.ndarray) -> tuple[np.nda
     return suspect, suggested, np.clip(score, 0.0, 1.0), rate
 
 
-def find_label_issues(dataset: Dataset, classes: list[str], task: str, folds: int, seed: int) -> LabelIssues:
+def find_label_issues(
+    dataset: Dataset,
+    classes: list[str],
+    task: str,
+    folds: int,
+    seed: int,
+    min_model_quality: float = 0.0,
+    image_epochs: int = 8,
+) -> LabelIssues:
     """The suspects among `dataset`'s rows, most suspect first."""
     found = LabelIssues(classes=list(classes))
     if not task_of(task).single_label:
@@ -161,13 +249,27 @@ def find_label_issues(dataset: Dataset, classes: list[str], task: str, folds: in
     if len(kept_classes) < 2:
         found.skipped_reason = f"fewer than 2 classes with at least {folds} rows (label_issues.folds)"
         return found
-    x = features(dataset)[keep]
-    if x.shape[1] == 0:  # every column is an id, text or ignored: nothing to predict a label from
-        found.skipped_reason = "no feature columns to predict the labels from"
-        return found
     remap = {c: i for i, c in enumerate(kept_classes)}
     y = np.array([remap[index[label]] for label in labels[keep]])
-    probabilities = out_of_fold_probabilities(x, y, len(kept_classes), folds, seed)
+    if IMAGES in dataset.arrays:
+        found.model = CNN
+        probabilities = cnn_out_of_fold_probabilities(
+            dataset.arrays[IMAGES][keep], y, len(kept_classes), folds, seed, image_epochs
+        )
+    else:
+        x = features(dataset)[keep]
+        if x.shape[1] == 0:  # every column is an id, text or ignored: nothing to predict a label from
+            found.skipped_reason = "no feature columns to predict the labels from"
+            return found
+        found.model = LOGISTIC
+        probabilities = out_of_fold_probabilities(x, y, len(kept_classes), folds, seed)
+    found.model_quality = macro_f1(y, probabilities.argmax(axis=1), len(kept_classes))
+    if found.model_quality < min_model_quality:
+        found.unreliable_reason = (
+            f"the out-of-fold {found.model} reaches macro-F1 {found.model_quality:.3f} on the given labels, under "
+            f"validate.label_issues.min_model_quality {min_model_quality}: too weak a model flags hard rows, "
+            "not wrong labels"
+        )
     suspect, suggested, score, rate = confident_learning(probabilities, y)
     order = np.argsort(-score[suspect], kind="stable")
     rows = dataset.table[ROW_ID].to_numpy()[keep][suspect][order]
@@ -177,6 +279,12 @@ def find_label_issues(dataset: Dataset, classes: list[str], task: str, folds: in
     found.suggested = [classes[kept_classes[j]] for j in suggested[suspect][order]]
     found.scores = [float(s) for s in score[suspect][order]]
     return found
+
+
+def macro_f1(y: np.ndarray, predicted: np.ndarray, k: int) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, predicted, labels=list(range(k)), average="macro", zero_division=0))
 
 
 def plot_label_issues(issues: LabelIssues, datasets: list[Dataset], path: Path) -> None:

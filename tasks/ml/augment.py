@@ -45,13 +45,13 @@ class Augmenter:
         return (torch.rand(n, *shape, generator=self.generator) * 2 - 1) * half_width
 
     def affine(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotation in +-rotate_deg, zoom in 1 +- scale, shift in +-shift_px per
-        axis, and a horizontal flip with probability 1/2 when `flip`."""
+        """Rotation in +-rotate_deg, zoom in 1 +- scale, shift in +-shift (a fraction
+        of the side) per axis, and a horizontal flip with probability 1/2 when `flip`."""
         p = self.params
-        n, _, height, width = x.shape
+        n = len(x)
         angle = self._uniform(n, math.radians(p.rotate_deg))
         zoom = 1 + self._uniform(n, p.scale)
-        shift = self._uniform(n, p.shift_px, 2) * torch.tensor([2 / width, 2 / height])
+        shift = self._uniform(n, 2 * p.shift, 2)  # affine_grid spans a side as [-1, 1]
         mirror = torch.where(torch.rand(n, generator=self.generator) < 0.5, -1.0, 1.0) if p.flip else torch.ones(n)
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         # affine_grid maps output coordinates to input ones: the inverse of the picture's motion.
@@ -106,7 +106,7 @@ class Augmenter:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[Mix]]:
         p = self.params
-        if p.rotate_deg or p.scale or p.shift_px or p.flip:
+        if p.rotate_deg or p.scale or p.shift or p.flip:
             x = self.affine(x)
         if p.erase:
             x = self.erase(x)

@@ -111,3 +111,39 @@ def test_confident_learning_on_a_clean_separable_problem_flags_nothing():
     suspect, suggested, score, rate = confident_learning(probabilities, y_noisy)
     assert set(np.flatnonzero(suspect)) == set(range(9)) and (suggested[:9] == y[:9]).all()
     assert rate == pytest.approx(9 / 300, abs=0.01) and (score[:9] > 0.8).all()
+
+
+def test_pictures_are_scored_by_a_small_cnn_and_the_report_says_how_well_it_fits(digits):
+    noisy, flips = flip_labels(digits, 0.03)
+    report = run(noisy).label_report
+    assert report["model"] == "small CNN" and report["reliable"] and report["unreliable_reason"] is None
+    # Against the given labels, 3% of them wrong (and a rare digit 3 in macro-F1): the model fits the rest.
+    assert 0.8 <= report["model_quality"] <= 0.99
+    assert "small CNN" in report["method"]
+
+
+def test_a_model_too_weak_for_the_data_is_reported_unreliable_and_neither_gated_nor_acted_on(digits):
+    noisy, _ = flip_labels(digits, 0.10)
+    result = run(noisy, action="quarantine", max_rate=0.01, severity="critical", min_model_quality=0.999)
+    report = result.label_report
+    assert not report["reliable"] and report["suspects"] > 0
+    assert "min_model_quality 0.999" in report["unreliable_reason"] and "small CNN" in report["unreliable_reason"]
+    assert report["quarantined"] == 0 and result.summary["rows_quarantined"] == 0  # nothing moved on its word
+    assert result.outcome.success  # the critical rate check is not run on an unreliable estimate
+    assert not [r for r in result.outcome.results if r["column"] == "label_issue"]
+
+
+def test_on_harder_pictures_the_flips_are_found_and_the_rate_is_estimated_within_two_fold():
+    """digits28 drawn with stronger jitter (bench.common.HARD_DIGITS28), where a
+    linear model on pixels flags hard pictures, not errors."""
+    from bench.common import HARD_DIGITS28
+
+    hard = replace(PARAMS.data.digits28, **HARD_DIGITS28)  # the set bench_label_issues reports as digits28-hard
+    dataset = ingest(replace(PARAMS.data, source="digits28", digits28=hard))
+    noisy, flips = flip_labels(dataset, 0.03)
+    validate = replace(PARAMS.validate, label_issues=replace(PARAMS.validate.label_issues, min_model_quality=0.0))
+    report = gate(noisy, "multiclass", validate, load_suite(REPO / "expectations/digits28.json")).label_report
+    found = {issue["row_id"] for issue in report["issues"]}
+    precision, recall = len(found & flips) / len(found), len(found & flips) / len(flips)
+    assert precision >= 0.6 and recall >= 0.6, (precision, recall)
+    assert 0.5 <= report["estimated_rate"] / 0.03 <= 2.0, report["estimated_rate"]

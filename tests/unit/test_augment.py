@@ -16,7 +16,7 @@ from tasks.ml.distillation import distill_mode, distill_student
 from tasks.ml.fitting import train_teacher
 from tasks.ml.models import build_model
 
-OFF = AugmentParams(enabled=True, rotate_deg=0, scale=0, shift_px=0, flip=False, erase=0, mixup=0, cutmix=0)
+OFF = AugmentParams(enabled=True, rotate_deg=0, scale=0, shift=0, flip=False, erase=0, mixup=0, cutmix=0)
 
 
 def aug(**on) -> AugmentParams:
@@ -32,7 +32,7 @@ def batch(n: int = 16, side: int = 12, seed: int = 0) -> torch.Tensor:
 
 
 def test_the_same_seed_gives_the_same_views_and_another_seed_others():
-    x, p = batch(), aug(rotate_deg=15, scale=0.1, shift_px=2, erase=0.5, mixup=0.4)
+    x, p = batch(), aug(rotate_deg=15, scale=0.1, shift=0.1, erase=0.5, mixup=0.4)
     first, second, other = Augmenter(p, 3)(x), Augmenter(p, 3)(x), Augmenter(p, 4)(x)
     assert torch.equal(first[0], second[0]) and first[1].lam == second[1].lam
     assert not torch.equal(first[0], other[0])
@@ -55,7 +55,7 @@ def test_a_flip_mirrors_each_picture_or_leaves_it():
 
 def test_affine_views_move_the_stroke_and_stay_in_the_pixel_range():
     x = batch()
-    view, _ = Augmenter(aug(rotate_deg=20, scale=0.1, shift_px=2), 0)(x)
+    view, _ = Augmenter(aug(rotate_deg=20, scale=0.1, shift=0.1), 0)(x)
     assert view.shape == x.shape and view.dtype == x.dtype
     assert float(view.min()) >= 0 and float(view.max()) <= float(x.max()) + 1e-4  # bilinear, black border
     assert all(not torch.allclose(v, p, atol=1.0) for v, p in zip(view, x))
@@ -113,7 +113,7 @@ def fit_params(section: str, **overrides):
 
 def test_augmented_training_repeats_bit_for_bit_on_the_cpu():
     train, val, meta = picture_data(64, 0), picture_data(32, 1), image_meta()
-    p = aug(rotate_deg=10, shift_px=1, erase=0.3, mixup=0.4, cutmix=1.0)
+    p = aug(rotate_deg=10, shift=0.1, erase=0.3, mixup=0.4, cutmix=1.0)
     first, _ = train_teacher(train, val, meta, fit_params("train"), quiet=True, augment=p)
     again, _ = train_teacher(train, val, meta, fit_params("train"), quiet=True, augment=p)
     plain, _ = train_teacher(train, val, meta, fit_params("train"), quiet=True)
@@ -127,7 +127,7 @@ def test_function_matching_runs_the_teacher_on_every_augmented_batch():
     teacher = build_model(tiny_spec())
     seen: list[torch.Tensor] = []
     teacher.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach().clone()))
-    p = aug(rotate_deg=15, shift_px=1)
+    p = aug(rotate_deg=15, shift=0.1)
     params = fit_params("distill", max_epochs=2, mode="function_matching")
     distill_student(teacher, train, val, meta, params, augment=p)
     views = torch.cat(seen[1:])  # the first call is the validation split, once
