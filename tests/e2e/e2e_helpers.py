@@ -39,6 +39,7 @@ def tiny(params: dict) -> dict:
     params["evaluate"].update(latency_seconds=0.2, latency_rounds=2)
     params["export"]["calibration_samples"] = 32
     params["prune"].update(fine_tune_epochs=1, unstructured_amounts=[0.5])
+    params["validate"]["label_issues"]["image_epochs"] = 1  # the label-error model: tests/data/test_label_issues.py
     # 3 epochs decide nothing about quality: open the selection budget and the gate.
     # The gate's baseline check too: a 3-epoch regression need not beat the mean (tests/unit/test_baselines.py checks it).
     params["select"].update(max_quality_drop=1e9, min_gain_over_trivial=-1e9, max_ece=1.0, max_drop_vs_champion=1e9)
