@@ -200,7 +200,7 @@ def test_the_student_distils_from_the_boosted_model_when_it_beats_the_network(ta
     model = fit_boosted(train, val, task, PARAMS)
     paths.BOOSTED.mkdir(parents=True)
     onnx.save(boosted_to_onnx(model, 5, task, 17), str(paths.BOOSTED_ONNX))
-    params = params_section("distill", mlp_layers=(16,), max_epochs=20, patience=20, alpha=1.0, batch_size=64)
+    params = params_section("distill", mlp_layers=(16,), batch_size=64)  # the default schedule and loss
     network = build_model(spec_for(meta, params_section("train", mlp_layers=(4,)), len(meta.classes) or 1)).eval()
     teacher, chosen = choose_teacher("auto", network, train, val, meta)
     assert chosen["teacher"] == "boosted" and chosen["boosted_val_quality"] > chosen["network_val_quality"]
