@@ -42,7 +42,9 @@ from tasks.core.task import task_of
 QUARANTINE_REASON = "label_issue"  # what the reason of a suspect quarantined (action: quarantine) starts with
 # The picture model's augmentation: params.yaml 'augment''s defaults, fixed here so the gate's
 # result does not move when training's augmentation is tuned.
-AUGMENT = AugmentParams(enabled=True, rotate_deg=10, scale=0.1, shift=0.08, flip=False, erase=0, mixup=0, cutmix=0)
+AUGMENT = AugmentParams(
+    enabled=True, min_side=1, rotate_deg=10, scale=0.1, shift=0.08, flip=False, erase=0, mixup=0, cutmix=0
+)
 TOP_SHOWN = 16  # suspects drawn in reports/label_issues.png
 DATE_PARTS = ("year", "month", "day", "weekday")  # what the cheap model sees of a date
 

@@ -115,7 +115,7 @@ class Augmenter:
 
 def augmenter(params: Optional[AugmentParams], x: torch.Tensor, seed: int) -> Optional[Augmenter]:
     """The augmenter for a train split `x`, or None: augmentation is for
-    pictures (N, C, H, W); tables get none."""
-    if params is None or not params.enabled or x.ndim != 4:
+    pictures (N, C, H, W) of at least `min_side` pixels a side; tables get none."""
+    if params is None or not params.enabled or x.ndim != 4 or min(x.shape[2:]) < params.min_side:
         return None
     return Augmenter(params, seed)

@@ -16,7 +16,7 @@ from tasks.ml.distillation import distill_mode, distill_student
 from tasks.ml.fitting import train_teacher
 from tasks.ml.models import build_model
 
-OFF = AugmentParams(enabled=True, rotate_deg=0, scale=0, shift=0, flip=False, erase=0, mixup=0, cutmix=0)
+OFF = AugmentParams(enabled=True, min_side=4, rotate_deg=0, scale=0, shift=0, flip=False, erase=0, mixup=0, cutmix=0)
 
 
 def aug(**on) -> AugmentParams:
@@ -170,3 +170,8 @@ def test_auto_is_function_matching_where_batches_are_augmented(mode, augment, x,
 def test_bad_augment_params_name_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
         aug(**{key: value})
+
+
+def test_pictures_under_min_side_are_not_augmented():
+    assert augmenter(aug(rotate_deg=10, min_side=16), batch(side=12), 0) is None
+    assert isinstance(augmenter(aug(rotate_deg=10, min_side=12), batch(side=12), 0), Augmenter)
