@@ -159,15 +159,15 @@ def cnn_out_of_fold_probabilities(
     from sklearn.model_selection import StratifiedKFold
 
     from tasks.ml.augment import Augmenter
+    from tasks.ml.distributed import device as pick_device
     from tasks.ml.models import CNN as Network
     from tasks.ml.models import CNNSpec
-    from tasks.ml.training import pick_device, predict_logits, seed_everything
 
     x = as_input(images)
     device = pick_device()
     probabilities = np.zeros((len(y), n_classes))
     for fold, (train, held_out) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)):
-        seed_everything(seed + fold)
+        torch.manual_seed(seed + fold)
         spec = CNNSpec(
             input_shape=tuple(x.shape[1:]),  # type: ignore[arg-type]  # (C, H, W)
             channels=CNN_CHANNELS,
@@ -195,8 +195,12 @@ def cnn_out_of_fold_probabilities(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-        logits = predict_logits(model, x[held_out])
-        probabilities[held_out] = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
+        model.eval()
+        with torch.no_grad():
+            held = torch.as_tensor(x[held_out])
+            probabilities[held_out] = torch.cat(
+                [torch.softmax(model(held[i : i + 1024].to(device)), dim=1).cpu() for i in range(0, len(held), 1024)]
+            ).numpy()
     return probabilities
 
 
