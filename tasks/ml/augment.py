@@ -113,9 +113,12 @@ class Augmenter:
         return self.mix(x)
 
 
+def augments(params: Optional[AugmentParams], x: np.ndarray | torch.Tensor) -> bool:
+    """Whether a train split `x` is augmented: pictures (N, C, H, W) of at least
+    `min_side` pixels a side; tables never."""
+    return params is not None and params.enabled and x.ndim == 4 and min(x.shape[2:]) >= params.min_side
+
+
 def augmenter(params: Optional[AugmentParams], x: torch.Tensor, seed: int) -> Optional[Augmenter]:
-    """The augmenter for a train split `x`, or None: augmentation is for
-    pictures (N, C, H, W) of at least `min_side` pixels a side; tables get none."""
-    if params is None or not params.enabled or x.ndim != 4 or min(x.shape[2:]) < params.min_side:
-        return None
-    return Augmenter(params, seed)
+    """The augmenter for a train split `x`, or None where it is not augmented (`augments`)."""
+    return Augmenter(params, seed) if params is not None and augments(params, x) else None

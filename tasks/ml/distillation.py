@@ -24,7 +24,7 @@ from tasks.contracts.processed import ProcessedMeta
 from tasks.core.params import AugmentParams, DistillParams
 from tasks.core.task import task_of
 from tasks.evaluation.metrics import class_logits
-from tasks.ml.augment import augmenter
+from tasks.ml.augment import augments
 from tasks.ml.fitting import as_tensors
 from tasks.ml.models import Model, build_model, spec_for
 from tasks.ml.training import (
@@ -124,7 +124,7 @@ def distill_mode(params: DistillParams, augment: AugmentParams | None, x: np.nda
     if isinstance(teacher, tuple):
         return "precomputed"
     if params.mode == "auto":
-        return "function_matching" if augmenter(augment, torch.as_tensor(x[:1]), 0) is not None else "precomputed"
+        return "function_matching" if augments(augment, x) else "precomputed"
     return params.mode
 
 
