@@ -9,6 +9,7 @@ folder at the same path (one machine, or a shared filesystem)."""
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Callable, Optional, Sequence
 
 from tasks.core.errors import DistilleryError
@@ -25,12 +26,26 @@ def connect_dask(address: str) -> Any:
     from distributed import Client
 
     try:
+        _refuses(address)
         return Client(address, timeout="15s")
     except (OSError, TimeoutError) as err:
         raise DistilleryError(
             f"{DASK_ENV}={address} (or --dask-address): no Dask scheduler answers there ({err}); "
             "start one (`dask scheduler`, then `dask worker <address>`) or unset it"
         ) from err
+
+
+def _refuses(address: str) -> None:
+    """Raise ConnectionRefusedError at once when nothing listens on a tcp:// address:
+    Dask's client would retry a refused connection for its whole timeout. A slow or
+    filtered address (no answer at all) is left to that timeout."""
+    host, sep, port = address.removeprefix("tcp://").rpartition(":")
+    if not address.startswith("tcp://") or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+    except socket.timeout:
+        return
 
 
 def check_scheduler(address: str) -> None:

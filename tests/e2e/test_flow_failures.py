@@ -6,11 +6,13 @@ without an activated venv."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -190,7 +192,12 @@ def test_kill_9_during_a_stage_then_the_same_driver_recovers_with_no_lock_cleanu
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.5)
     time.sleep(2)  # well inside the timing loop
+    # Prefect's temporary server runs in a session of its own, out of the group's reach: killed by pid.
+    descendants = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
     proc.wait()
     assert "Running stage 'select'" not in log.read_text()  # the kill landed in evaluate
     # The rerun needs only to evaluate again, not for long: a shorter budget than the killed run's, still stale.

@@ -1,4 +1,4 @@
-"""The soak bench's 60-second version (bench/soak.py): a real server under wrk
+"""The soak bench's 30-second version (bench/soak.py): a real server under wrk
 with a mixed valid and malformed load at 80% of its measured peak, then
 overloaded. Figures are reported, not asserted (speed is measured, not
 asserted); what must hold whatever the machine's speed is asserted: no valid
@@ -30,7 +30,7 @@ def soak(models, tmp_path_factory) -> dict:
             "--model",
             str(models["image"]),
             "--seconds",
-            "60",
+            "30",
             "--step-seconds",
             "2",
             "--report",
@@ -48,7 +48,7 @@ def soak(models, tmp_path_factory) -> dict:
 
 def test_every_valid_request_is_answered_and_every_malformed_one_refused(soak):
     s = soak["soak"]
-    assert s["seconds"] >= 55 and s["valid_ok"] > 1000 and s["invalid_4xx"] > 500
+    assert s["seconds"] >= 25 and s["valid_ok"] > 1000 and s["invalid_4xx"] > 500
     assert s["errors"] == 0, s
     assert (
         s["valid_bad"] == s["invalid_bad"] == s["shed"] == s["server_errors"] == s["unknown"] == s["socket_errors"] == 0
@@ -78,5 +78,5 @@ def test_every_answer_is_in_the_prediction_log(soak):
 
 def test_memory_stays_flat(soak):
     s = soak["soak"]
-    assert len(s["rss_kib"]) >= 7  # before, and after each 10-s chunk
+    assert len(s["rss_kib"]) >= 4  # before, and after each 10-s chunk
     assert s["rss_growth"] < 0.05, s["rss_kib"]
