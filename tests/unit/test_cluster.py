@@ -24,4 +24,3 @@ def test_a_refused_address_is_named_with_the_reason():
         check_scheduler(address)
     assert f"DISTILLERY_DASK_ADDRESS={address} (or --dask-address): no Dask scheduler answers there" in str(err.value)
     assert "refused" in str(err.value).lower()
-
