@@ -22,14 +22,15 @@ install: $(INSTALLED)
 run: install
 	$(BIN)/python -m flows.run
 
-## test: the test suite, its files spread over the cores (TEST_WORKERS=1 for one process)
+## test: the test suite, its files spread over the cores, the longest first (tests/conftest.py; TEST_WORKERS=1 for one process)
 TEST_WORKERS ?= auto
+TEST_ORDER := --dist loadfile --no-loadscope-reorder
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(TEST_ORDER)
 
 ## test-fast: the unit and data tests only (no e2e flow, no server): the suite to run while editing
 test-fast: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests/unit tests/data
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(TEST_ORDER) tests/unit tests/data
 
 ## docs: the manual (docs/, mkdocs.yml) built offline into site/; --strict: a broken link, a page missing from nav or a bad snippet fails
 docs: install

@@ -2,6 +2,7 @@
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,38 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import tempfile
 
     os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"prefect-home-{os.environ['PYTEST_XDIST_WORKER']}-")
+
+
+# The longest test files, longest first (measured in `make test` on two cores). pytest-xdist hands out
+# whole files in collection order (`--dist loadfile --no-loadscope-reorder`, the Makefile's), so the long
+# ones start at once, the two warm projects (tests/e2e/conftest.py) are built side by side (test_task_types
+# needs digits, test_loop penguins), and the many short files fill the end evenly. xdist's own order
+# (most tests first) started these last, one worker finishing alone.
+LONGEST_FIRST = (
+    "e2e/test_task_types.py",  # 530 s
+    "e2e/test_loop.py",  # 231 s
+    "e2e/test_stack.py",  # 345 s with the digits build it usually waits on
+    "e2e/test_flow_failures.py",  # 261 s
+    "data/test_label_issues.py",  # 245 s
+    "e2e/test_flow.py",  # 220 s
+    "e2e/test_dask.py",  # 210 s
+    "serve/test_soak.py",  # 110 s at 60 s of soak
+    "serve/test_reload.py",  # 93 s
+    "e2e/test_distributed.py",  # 73 s
+    "e2e/test_monitor.py",  # 48 s
+    "unit/test_register.py",  # 48 s
+    "e2e/test_flow_outputs.py",  # 36 s
+    "e2e/test_deployments.py",  # 29 s
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    if missing := [name for name in LONGEST_FIRST if not (tests / name).is_file()]:
+        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names files that are gone: {missing}")
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    # A stable sort: each file's tests stay together and in their own order.
+    items.sort(key=lambda item: rank.get(item.path.relative_to(tests).as_posix(), len(rank)))
 
 
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
