@@ -28,9 +28,9 @@ TEST_ORDER := --dist loadfile --no-loadscope-reorder
 test: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(TEST_ORDER)
 
-## test-fast: the unit and data tests only (no e2e flow, no server): the suite to run while editing
+## test-fast: the unit and data tests only (no e2e flow, no server, no `slow` training): the suite to run while editing
 test-fast: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(TEST_ORDER) tests/unit tests/data
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(TEST_ORDER) -m "not slow" tests/unit tests/data
 
 ## docs: the manual (docs/, mkdocs.yml) built offline into site/; --strict: a broken link, a page missing from nav or a bad snippet fails
 docs: install

@@ -14,6 +14,12 @@ os.environ.setdefault("DISTILLERY_PYTHON", sys.executable)
 # come up by default; two test workers on two cores can take longer. Subprocesses inherit it.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
+# One intra-op thread per process when the test files run in parallel: each of the workers' torch and
+# BLAS pools, and the stages' they start, would otherwise be sized to the whole machine, and N of them
+# oversubscribe it. Subprocesses inherit it; a test that times threads sets them itself.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Test files run in parallel (pytest-xdist, `make test`): each worker gets its own
 # Prefect home, so the temporary Prefect servers do not share one SQLite file
 # (~/.prefect/prefect.db) and lock each other out. Subprocesses inherit it.

@@ -133,6 +133,7 @@ def test_a_model_too_weak_for_the_data_is_reported_unreliable_and_neither_gated_
     assert not [r for r in result.outcome.results if r["column"] == "label_issue"]
 
 
+@pytest.mark.slow  # 5 folds of a CNN on 5,300 pictures of 28x28
 def test_on_harder_pictures_the_flips_are_found_and_the_rate_is_estimated_within_two_fold():
     """digits28 drawn with stronger jitter (bench.common.HARD_DIGITS28), where a
     linear model on pixels flags hard pictures, not errors."""
