@@ -34,21 +34,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # ones start at once, the two warm projects (tests/e2e/conftest.py) are built side by side (test_task_types
 # needs digits, test_loop penguins), and the many short files fill the end evenly. xdist's own order
 # (most tests first) started these last, one worker finishing alone.
-LONGEST_FIRST = (
-    "e2e/test_task_types.py",  # 530 s
-    "e2e/test_loop.py",  # 231 s
-    "e2e/test_stack.py",  # 345 s with the digits build it usually waits on
-    "e2e/test_flow_failures.py",  # 261 s
-    "data/test_label_issues.py",  # 245 s
-    "e2e/test_flow.py",  # 220 s
-    "e2e/test_dask.py",  # 210 s
-    "serve/test_soak.py",  # 110 s at 60 s of soak
-    "serve/test_reload.py",  # 93 s
-    "e2e/test_distributed.py",  # 73 s
-    "e2e/test_monitor.py",  # 48 s
-    "unit/test_register.py",  # 48 s
-    "e2e/test_flow_outputs.py",  # 36 s
-    "e2e/test_deployments.py",  # 29 s
+LONGEST_FIRST = (  # seconds in `make test` on two cores, the warm builds included where they land
+    "e2e/test_task_types.py",  # 538 s, the warm digits build first
+    "e2e/test_loop.py",  # 306 s, the warm penguins build first
+    "e2e/test_flow_failures.py",  # 238 s
+    "e2e/test_stack.py",  # 178 s
+    "e2e/test_dask.py",  # 163 s
+    "serve/test_reload.py",  # 104 s
+    "serve/test_soak.py",  # 80 s
+    "data/test_label_issues.py",  # 74 s
+    "e2e/test_flow.py",  # 62 s
+    "e2e/test_distributed.py",  # 61 s
+    "e2e/test_monitor.py",  # 50 s
+    "e2e/test_flow_outputs.py",  # 37 s
+    "unit/test_register.py",  # 30 s
+    "e2e/test_deployments.py",  # 22 s
 )
 
 
