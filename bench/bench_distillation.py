@@ -43,8 +43,7 @@ from tasks.core.params import load_params
 from tasks.evaluation.metrics import task_metrics
 from tasks.ml.distillation import distill_student
 from tasks.ml.fitting import train_teacher
-from tasks.ml.models import count_parameters
-from tasks.ml.training import predict_logits
+from tasks.ml.models import count_parameters, predict_logits
 from tasks.onnx.quantize import agreement
 
 

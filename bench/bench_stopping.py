@@ -21,7 +21,7 @@ from bench.common import processed_digits, record
 from tasks.core.params import load_params
 from tasks.evaluation.metrics import class_logits, softmax, task_metrics
 from tasks.ml.fitting import train_teacher
-from tasks.ml.training import predict_logits
+from tasks.ml.models import predict_logits
 
 
 def main() -> None:

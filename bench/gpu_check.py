@@ -30,7 +30,7 @@ from tasks.contracts.onnx import IMAGE_INPUT, LOGITS
 from tasks.core.params import load_params
 from tasks.evaluation.metrics import task_metrics
 from tasks.ml.fitting import train_teacher
-from tasks.ml.training import predict_logits
+from tasks.ml.models import predict_logits
 from tasks.onnx.export import export_onnx
 from tasks.onnx.runtime import run_batches, session
 

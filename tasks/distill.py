@@ -24,8 +24,7 @@ from tasks.ml.checks import check_fit_params
 from tasks.ml.distillation import distill_mode, distill_student
 from tasks.ml.distributed import stage_main
 from tasks.ml.fitting import record_training
-from tasks.ml.models import load_model
-from tasks.ml.training import predict_logits
+from tasks.ml.models import load_model, predict_logits
 
 SECTIONS = ("distill", "augment")
 

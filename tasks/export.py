@@ -36,8 +36,7 @@ from tasks.core.report import markdown_table, write_summary
 from tasks.core.task import kind_of, task_of
 from tasks.evaluation.metrics import class_logits
 from tasks.ml.calibration import calibrate
-from tasks.ml.models import Model, count_parameters, load_model
-from tasks.ml.training import predict_logits
+from tasks.ml.models import Model, count_parameters, load_model, predict_logits
 from tasks.onnx.export import export_onnx, set_metadata
 from tasks.onnx.quantize import (
     cpu_has_vnni,

@@ -82,7 +82,7 @@ def score_trial(train: tuple, val: tuple, meta: ProcessedMeta, params: TrainPara
 
     from tasks.evaluation.metrics import task_metrics
     from tasks.ml.fitting import train_teacher
-    from tasks.ml.training import predict_logits
+    from tasks.ml.models import predict_logits
 
     torch.set_num_threads(threads)
     model, _ = train_teacher(train, val, meta, params, quiet=True)

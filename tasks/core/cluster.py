@@ -26,7 +26,7 @@ def connect_dask(address: str) -> Any:
     from distributed import Client
 
     try:
-        _refuses(address)
+        _raise_if_refused(address)
         return Client(address, timeout="15s")
     except (OSError, TimeoutError) as err:
         raise DistilleryError(
@@ -35,12 +35,14 @@ def connect_dask(address: str) -> Any:
         ) from err
 
 
-def _refuses(address: str) -> None:
-    """Raise ConnectionRefusedError at once when nothing listens on a tcp:// address:
+def _raise_if_refused(address: str) -> None:
+    """ConnectionRefusedError at once when nothing listens on a tcp:// address:
     Dask's client would retry a refused connection for its whole timeout. A slow or
     filtered address (no answer at all) is left to that timeout."""
-    host, sep, port = address.removeprefix("tcp://").rpartition(":")
-    if not address.startswith("tcp://") or not sep or not port.isdigit():
+    if not address.startswith("tcp://"):
+        return
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if not host or not port.isdigit():
         return
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()

@@ -161,7 +161,7 @@ def cnn_out_of_fold_probabilities(
     from tasks.ml.augment import Augmenter
     from tasks.ml.distributed import device as pick_device
     from tasks.ml.models import CNN as Network
-    from tasks.ml.models import CNNSpec
+    from tasks.ml.models import CNNSpec, predict_logits
 
     x = as_input(images)
     device = pick_device()
@@ -195,12 +195,8 @@ def cnn_out_of_fold_probabilities(
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-        model.eval()
-        with torch.no_grad():
-            held = torch.as_tensor(x[held_out])
-            probabilities[held_out] = torch.cat(
-                [torch.softmax(model(held[i : i + 1024].to(device)), dim=1).cpu() for i in range(0, len(held), 1024)]
-            ).numpy()
+        logits = predict_logits(model, x[held_out])
+        probabilities[held_out] = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
     return probabilities
 
 

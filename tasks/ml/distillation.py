@@ -26,14 +26,13 @@ from tasks.core.task import task_of
 from tasks.evaluation.metrics import class_logits
 from tasks.ml.augment import augments
 from tasks.ml.fitting import as_tensors
-from tasks.ml.models import Model, build_model, spec_for
+from tasks.ml.models import Model, build_model, predict_logits, spec_for
 from tasks.ml.training import (
     EpochLogger,
     FitResult,
     fit,
     n_outputs,
     pick_device,
-    predict_logits,
     seed_everything,
     task_loss,
 )

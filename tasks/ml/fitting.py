@@ -21,6 +21,7 @@ from tasks.ml.models import (
     build_model,
     count_parameters,
     load_model,
+    predict_logits,
     save_model,
     spec_for,
 )
@@ -31,7 +32,6 @@ from tasks.ml.training import (
     fit,
     n_outputs,
     pick_device,
-    predict_logits,
     seed_everything,
     task_loss,
 )

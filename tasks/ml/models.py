@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -192,3 +193,15 @@ def spec_for(meta: ProcessedMeta, params: FitParams, outputs: int | None = None)
         std=tuple(meta.std),
         batch_norm=params.batch_norm,
     )
+
+
+def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """The model's raw outputs for `x`, in eval mode and batches, on the model's device; as numpy."""
+    device = next(model.parameters()).device
+    x = torch.as_tensor(x, dtype=torch.float32)
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            outputs.append(model(x[start : start + batch_size].to(device)).cpu())
+    return torch.cat(outputs).numpy()

@@ -28,8 +28,8 @@ from torch.nn.utils import prune as torch_prune
 
 from tasks.contracts.processed import ProcessedMeta
 from tasks.core.params import AugmentParams, FitParams
-from tasks.ml.models import CNN, MLP, CNNSpec, MLPSpec, Model, build_model
-from tasks.ml.training import FitResult, LossFn, fit, predict_logits
+from tasks.ml.models import CNN, MLP, CNNSpec, MLPSpec, Model, build_model, predict_logits
+from tasks.ml.training import FitResult, LossFn, fit
 
 Scope = Literal["layer", "global"]
 # How structured pruning ranks a layer's units: by the batch norm scale after it

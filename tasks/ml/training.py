@@ -376,14 +376,3 @@ def fit(
     return FitResult(
         best_epoch=stopper.best_epoch, best_val_loss=stopper.best, epochs_run=len(history), history=history
     )
-
-
-def predict_logits(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-    device = next(model.parameters()).device
-    x = torch.as_tensor(x, dtype=torch.float32)
-    model.eval()
-    outputs = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            outputs.append(model(x[start : start + batch_size].to(device)).cpu())
-    return torch.cat(outputs).numpy()

@@ -17,7 +17,7 @@ from tasks.evaluation.metrics import class_logits, softmax
 from tasks.ingest import ingest
 from tasks.ml.checks import check_fit_params
 from tasks.ml.fitting import train_teacher
-from tasks.ml.training import predict_logits
+from tasks.ml.models import predict_logits
 from tasks.preprocess import preprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

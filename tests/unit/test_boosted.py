@@ -207,7 +207,7 @@ def test_the_student_distils_from_the_boosted_model_when_it_beats_the_network(ta
     assert isinstance(teacher, tuple) and teacher[0].shape[0] == len(train[1])
     assert choose_teacher("teacher", network, train, val, meta)[1]["teacher"] == "teacher"
     student, _ = distill_student(teacher, train, val, meta, params)
-    from tasks.ml.training import predict_logits
+    from tasks.ml.models import predict_logits
 
     classes = list(meta.classes)
     student_quality = task_metrics(task, predict_logits(student, val[0]), val[1], classes)["quality"]

@@ -25,9 +25,9 @@ from tasks.ml.checks import NOT_WIRED, SIGMOID_TASKS, UNWEIGHTED_LOSSES, check_f
 from tasks.ml.distillation import distill_student
 from tasks.ml.fitting import start_from, train_teacher
 from tasks.ml.losses import LOSS_TASKS, TASK_TYPES
-from tasks.ml.models import build_model, save_model, spec_for
+from tasks.ml.models import build_model, predict_logits, save_model, spec_for
 from tasks.ml.regularization import _unit_norms
-from tasks.ml.training import class_weights, n_outputs, predict_logits, task_loss
+from tasks.ml.training import class_weights, n_outputs, task_loss
 from tasks.onnx.runtime import run_batches, session
 
 META = image_meta(data_hash="h")

@@ -14,8 +14,8 @@ from tasks.core.errors import DistilleryError
 from tasks.core.params import FitParams
 from tasks.ml.distillation import distill_student
 from tasks.ml.fitting import train_teacher
-from tasks.ml.models import CNN
-from tasks.ml.training import _epoch_loss, balanced_class_weights, fit, pick_device, predict_logits, seed_everything
+from tasks.ml.models import CNN, predict_logits
+from tasks.ml.training import _epoch_loss, balanced_class_weights, fit, pick_device, seed_everything
 
 META = image_meta()
 
