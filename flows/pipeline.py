@@ -33,6 +33,7 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.common import check_prefect_server, is_stale, release_dead_locks, stage_order, without_git_hints
 from flows.report import INDEX, console_summary, write_report
+from flows.warm import SOCKET_ENV, warm_interpreter
 from tasks.core import paths
 from tasks.core.errors import EXIT_EXPECTED_FAILURE, DistilleryError, run_cli
 from tasks.core.params import MlflowParams, load_params
@@ -58,10 +59,12 @@ class StageFailed(DistilleryError):
         return StageFailed, (self.stage, self.exit_code, self.output)
 
 
-def _stage_env(dask_address: str | None, parent: str | None = None) -> dict[str, str]:
+def _stage_env(dask_address: str | None, parent: str | None = None, warm: str | None = None) -> dict[str, str]:
     from tasks.core.cluster import DASK_ENV
 
     env = dict(os.environ)
+    if warm:  # bin/python hands the stage to the warm interpreter, which has done the imports
+        env[SOCKET_ENV] = warm
     if parent:
         env[PARENT_RUN_ENV] = parent
     if dask_address:  # set here: on a Dask worker, the flow's environment is not this process's
@@ -137,14 +140,19 @@ def _dask_worker_freed() -> Iterator[str]:
 
 
 @task(retries=2, retry_delay_seconds=3, retry_condition_fn=_retry_if_transient, task_run_name="{stage}")
-def run_dvc_stage(stage: str, root: Path, dask_address: str | None = None, parent: str | None = None) -> dict:
+def run_dvc_stage(
+    stage: str, root: Path, dask_address: str | None = None, parent: str | None = None, warm: str | None = None
+) -> dict:
     """Run one stage through DVC unless it is up to date; publish its summary.
-    `parent`: the pipeline's MLflow run, which the stage's run nests under."""
+    `parent`: the pipeline's MLflow run, which the stage's run nests under;
+    `warm`: the socket of a warm interpreter (flows/warm.py) for the stage."""
     with _dask_worker_freed() as where:
-        return _run_dvc_stage(stage, root, where, dask_address, parent)
+        return _run_dvc_stage(stage, root, where, dask_address, parent, warm)
 
 
-def _run_dvc_stage(stage: str, root: Path, where: str, dask_address: str | None, parent: str | None) -> dict:
+def _run_dvc_stage(
+    stage: str, root: Path, where: str, dask_address: str | None, parent: str | None, warm: str | None
+) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
     if not is_stale(root, stage):
@@ -156,7 +164,7 @@ def _run_dvc_stage(stage: str, root: Path, where: str, dask_address: str | None,
         process = subprocess.Popen(
             [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
             cwd=root,
-            env=_stage_env(dask_address, parent),
+            env=_stage_env(dask_address, parent, warm),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -191,15 +199,19 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
     from tasks.core.provenance import git_commit
 
     mlflow_cfg = load_params(root_path / paths.PARAMS).mlflow
-    with parent_run(
-        mlflow_cfg,
-        root_path,
-        f"pipeline {flow_run.get_name() or ''}".strip(),
-        {"pipeline_run": str(flow_run.get_id() or ""), "git_commit": git_commit(root_path)},
-    ) as parent:
+    with (
+        warm_interpreter() as warm,
+        parent_run(
+            mlflow_cfg,
+            root_path,
+            f"pipeline {flow_run.get_name() or ''}".strip(),
+            {"pipeline_run": str(flow_run.get_id() or ""), "git_commit": git_commit(root_path)},
+        ) as parent,
+    ):
         futures: list = []
+        socket = warm.get(SOCKET_ENV)
         for stage in stage_order(root_path):  # one at a time, in order: they share dvc.lock (see above)
-            futures.append(run_dvc_stage.submit(stage, root_path, dask_address, parent, wait_for=futures[-1:]))
+            futures.append(run_dvc_stage.submit(stage, root_path, dask_address, parent, socket, wait_for=futures[-1:]))
         results = [future.result() for future in futures]
         write_report(root_path, results)
         log_run_report(root_path, mlflow_cfg, parent, results)

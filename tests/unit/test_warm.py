@@ -1,0 +1,199 @@
+"""The warm interpreter (flows/warm.py) through bin/python, as dvc.yaml's
+commands reach it: a module runs there exactly as under `python -m` (arguments,
+working directory, environment, stdin, output, exit status, tracebacks,
+results), signals reach it, it dies with its caller, and whatever it cannot
+run as a fresh interpreter would runs in a fresh interpreter. The probe knows
+which it ran in: a fresh interpreter has not imported torch before it starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from flows.warm import SOCKET_ENV, wait_until_ready, warm_interpreter
+
+REPO = Path(__file__).resolve().parents[2]
+BIN_PYTHON = str(REPO / "bin" / "python")
+
+PROBE = """
+import json, os, sys, time
+warm = "torch" in sys.modules  # before the probe imports anything heavy
+import numpy as np, torch
+torch.manual_seed(0)
+net = torch.nn.Linear(8, 3)
+optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+for _ in range(5):
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    optimizer.step()
+print(json.dumps({
+    "warm": warm,
+    "name": __name__,
+    "argv": sys.argv,
+    "cwd": os.getcwd(),
+    "probe_env": os.environ.get("PROBE"),
+    "stdin": sys.stdin.read() if "--stdin" in sys.argv else None,
+    "weights": net.weight.detach().double().sum().item(),
+    "numpy": np.random.default_rng(0).normal(),
+}))
+print("to stderr", file=sys.stderr)
+if "--pid" in sys.argv:
+    open(sys.argv[-1], "w").write(str(os.getpid()))
+    time.sleep(60)
+if "--raise" in sys.argv:
+    raise ValueError("the probe's own error")
+sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
+"""
+
+
+@pytest.fixture(scope="module")
+def warm() -> str:
+    with warm_interpreter() as env:
+        assert wait_until_ready(env[SOCKET_ENV]), "the warm interpreter never listened"
+        yield env[SOCKET_ENV]
+    assert not _warm_processes(), "the warm interpreter outlived its block"
+    assert not Path(env[SOCKET_ENV]).parent.exists()
+
+
+def _warm_processes() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if "warm.py" in " ".join(p.cmdline())]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "probe.py").write_text(textwrap.dedent(PROBE))
+    return tmp_path
+
+
+def _probe(folder: Path, *args: str, socket: str | None, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != SOCKET_ENV} | env
+    if socket:
+        environment[SOCKET_ENV] = socket
+    return subprocess.run(
+        [BIN_PYTHON, "-m", "probe", *args],
+        cwd=folder,
+        env=environment,
+        input="what the caller piped",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _answer(done: subprocess.CompletedProcess) -> dict:
+    return json.loads(done.stdout.splitlines()[0])
+
+
+def test_a_module_runs_warm_exactly_as_python_m_runs_it(warm: str, folder: Path) -> None:
+    warm_run = _probe(folder, "a b", "--stdin", socket=warm, PROBE="given", PROBE_EXIT="3")
+    fresh_run = _probe(folder, "a b", "--stdin", socket=None, PROBE="given", PROBE_EXIT="3")
+    warm_answer, fresh_answer = _answer(warm_run), _answer(fresh_run)
+    assert warm_answer.pop("warm") is True and fresh_answer.pop("warm") is False
+    assert warm_answer == fresh_answer  # the same arguments, folder, environment, stdin, and results
+    assert warm_answer["argv"] == [str(folder / "probe.py"), "a b", "--stdin"]
+    assert warm_answer["name"] == "__main__" and warm_answer["cwd"] == str(folder)
+    assert warm_answer["probe_env"] == "given" and warm_answer["stdin"] == "what the caller piped"
+    assert warm_run.returncode == fresh_run.returncode == 3
+    assert warm_run.stderr == fresh_run.stderr == "to stderr\n"
+
+
+def test_an_exception_gives_the_traceback_and_status_python_gives(warm: str, folder: Path) -> None:
+    done, fresh = _probe(folder, "--raise", socket=warm), _probe(folder, "--raise", socket=None)
+    assert _answer(done)["warm"] is True
+    assert done.returncode == fresh.returncode == 1
+    assert 'probe.py", line' in done.stderr and "ValueError: the probe's own error" in done.stderr
+    assert done.stderr == fresh.stderr  # the module's frames, none of the warm process's
+
+
+def _started(folder: Path, warm: str) -> tuple[subprocess.Popen, int]:
+    pid_file = folder / "pid"
+    environment = {**os.environ, SOCKET_ENV: warm}
+    caller = subprocess.Popen(
+        [BIN_PYTHON, "-m", "probe", "--pid", str(pid_file)],
+        cwd=folder,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert caller.poll() is None and time.monotonic() < deadline, caller.communicate()
+        time.sleep(0.1)
+    stage = int(pid_file.read_text())
+    assert stage != caller.pid  # it ran in the warm process's child, not in the caller
+    return caller, stage
+
+
+def _gone(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_signal_to_the_caller_reaches_the_stage_and_its_status_comes_back(warm: str, folder: Path) -> None:
+    caller, stage = _started(folder, warm)
+    caller.send_signal(signal.SIGTERM)
+    assert caller.wait(timeout=30) == -signal.SIGTERM  # as if the caller were the stage
+    assert _gone(stage)
+
+
+def test_killing_the_caller_kills_the_stage(warm: str, folder: Path) -> None:
+    """kill -9 to a `dvc repro` and its children: the stage, a child of the warm process, goes too."""
+    caller, stage = _started(folder, warm)
+    caller.kill()
+    caller.wait(timeout=30)
+    assert _gone(stage)
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["another thread setting", "no socket", "not -m"],
+)
+def test_what_cannot_run_warm_runs_fresh(warm: str, folder: Path, how: str) -> None:
+    if how == "not -m":
+        done = subprocess.run(
+            [BIN_PYTHON, str(folder / "probe.py")],
+            cwd=folder,
+            env={**os.environ, SOCKET_ENV: warm},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    elif how == "no socket":
+        done = _probe(folder, socket=str(folder / "nothing-listens-here"))
+    else:  # torch sized its thread pools when the warm process loaded it
+        threads = str(int(os.environ.get("OMP_NUM_THREADS", "1")) + 1)
+        done = _probe(folder, socket=warm, OMP_NUM_THREADS=threads)
+    assert done.returncode == 0, done.stderr
+    assert _answer(done)["warm"] is False
+
+
+def test_a_block_over_before_the_imports_are_done_leaves_nothing() -> None:
+    """A flow with little to run: the warm process, still importing, is stopped with the block."""
+    before = _warm_processes()
+    with warm_interpreter() as env:
+        (started,) = set(_warm_processes()) - set(before)
+        assert not Path(env[SOCKET_ENV]).exists()  # not listening yet: its imports take seconds
+    assert not started.is_running()
+    assert not Path(env[SOCKET_ENV]).parent.exists()
+
+
+def test_a_block_inside_a_running_one_shares_it(warm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SOCKET_ENV, warm)
+    with warm_interpreter() as inner:
+        assert inner == {SOCKET_ENV: warm}
+    assert Path(warm).exists()
