@@ -33,7 +33,7 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.common import check_prefect_server, is_stale, release_dead_locks, stage_order, without_git_hints
 from flows.report import INDEX, console_summary, write_report
-from flows.warm import SOCKET_ENV, warm_interpreter
+from flows.warm import warm_interpreter
 from tasks.core import paths
 from tasks.core.errors import EXIT_EXPECTED_FAILURE, DistilleryError, run_cli
 from tasks.core.params import MlflowParams, load_params
@@ -59,12 +59,12 @@ class StageFailed(DistilleryError):
         return StageFailed, (self.stage, self.exit_code, self.output)
 
 
-def _stage_env(dask_address: str | None, parent: str | None = None, warm: str | None = None) -> dict[str, str]:
+def _stage_env(
+    dask_address: str | None, parent: str | None = None, warm: dict[str, str] | None = None
+) -> dict[str, str]:
     from tasks.core.cluster import DASK_ENV
 
-    env = dict(os.environ)
-    if warm:  # bin/python hands the stage to the warm interpreter, which has done the imports
-        env[SOCKET_ENV] = warm
+    env = {**os.environ, **(warm or {})}  # warm: bin/python hands the stage to the warm interpreter
     if parent:
         env[PARENT_RUN_ENV] = parent
     if dask_address:  # set here: on a Dask worker, the flow's environment is not this process's
@@ -141,17 +141,21 @@ def _dask_worker_freed() -> Iterator[str]:
 
 @task(retries=2, retry_delay_seconds=3, retry_condition_fn=_retry_if_transient, task_run_name="{stage}")
 def run_dvc_stage(
-    stage: str, root: Path, dask_address: str | None = None, parent: str | None = None, warm: str | None = None
+    stage: str,
+    root: Path,
+    dask_address: str | None = None,
+    parent: str | None = None,
+    warm: dict[str, str] | None = None,
 ) -> dict:
     """Run one stage through DVC unless it is up to date; publish its summary.
     `parent`: the pipeline's MLflow run, which the stage's run nests under;
-    `warm`: the socket of a warm interpreter (flows/warm.py) for the stage."""
+    `warm`: the settings that name a warm interpreter (flows/warm.py) for the stage."""
     with _dask_worker_freed() as where:
         return _run_dvc_stage(stage, root, where, dask_address, parent, warm)
 
 
 def _run_dvc_stage(
-    stage: str, root: Path, where: str, dask_address: str | None, parent: str | None, warm: str | None
+    stage: str, root: Path, where: str, dask_address: str | None, parent: str | None, warm: dict[str, str] | None
 ) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
@@ -209,9 +213,8 @@ def pipeline(root: str = ".", dask_address: str | None = None) -> list[dict]:
         ) as parent,
     ):
         futures: list = []
-        socket = warm.get(SOCKET_ENV)
         for stage in stage_order(root_path):  # one at a time, in order: they share dvc.lock (see above)
-            futures.append(run_dvc_stage.submit(stage, root_path, dask_address, parent, socket, wait_for=futures[-1:]))
+            futures.append(run_dvc_stage.submit(stage, root_path, dask_address, parent, warm, wait_for=futures[-1:]))
         results = [future.result() for future in futures]
         write_report(root_path, results)
         log_run_report(root_path, mlflow_cfg, parent, results)

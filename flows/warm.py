@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Iterator
 
 SOCKET_ENV = "DISTILLERY_WARM_SOCKET"
+# The interpreter the warm process runs: bin/python hands it only what it would run with that one
+# (a DISTILLERY_PYTHON that is a wrapper script, say, is run as it is).
+INTERPRETER_ENV = "DISTILLERY_WARM_PYTHON"
 
 # What the stages import and the imports cost (python -X importtime on each stage). Third-party
 # only: the project's own modules are imported by each child, from its working directory.
@@ -344,13 +347,13 @@ def _follow_client(conn: socket.socket) -> None:
 @contextlib.contextmanager
 def warm_interpreter(python: str = sys.executable) -> Iterator[dict[str, str]]:
     """A warm process for the stages run inside the block: the environment to give them.
-    One already named by $DISTILLERY_WARM_SOCKET is used as it is; where processes
+    One already named by $DISTILLERY_WARM_SOCKET and $DISTILLERY_WARM_PYTHON is used as it is; where processes
     cannot be watched by pidfd (not Linux), the stages run fresh."""
     if not hasattr(os, "pidfd_open"):
         yield {}
         return
-    if (existing := os.environ.get(SOCKET_ENV)) and os.path.exists(existing):
-        yield {SOCKET_ENV: existing}
+    if (existing := os.environ.get(SOCKET_ENV)) and os.path.exists(existing) and os.environ.get(INTERPRETER_ENV):
+        yield {SOCKET_ENV: existing, INTERPRETER_ENV: os.environ[INTERPRETER_ENV]}
         return
     # A short folder: a socket's path must fit in 107 bytes, which a deep $TMPDIR can exceed.
     folder = Path(tempfile.mkdtemp(prefix="distillery-warm-", dir="/tmp" if os.path.isdir("/tmp") else None))
@@ -365,7 +368,7 @@ def warm_interpreter(python: str = sys.executable) -> Iterator[dict[str, str]]:
             start_new_session=True,
         )
     try:
-        yield {SOCKET_ENV: str(path)}
+        yield {SOCKET_ENV: str(path), INTERPRETER_ENV: python}
     finally:
         assert process.stdin is not None
         if not path.exists():  # still importing, so it has run nothing: not worth waiting for

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.warm import SOCKET_ENV, wait_until_ready, warm_interpreter
+from flows.warm import INTERPRETER_ENV, SOCKET_ENV, wait_until_ready, warm_interpreter
 
 REPO = Path(__file__).resolve().parents[2]
 BIN_PYTHON = str(REPO / "bin" / "python")
@@ -56,11 +56,13 @@ sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
 
 
 @pytest.fixture(scope="module")
-def warm() -> str:
+def warm() -> dict[str, str]:
+    before = _warm_processes()
     with warm_interpreter() as env:
+        (started,) = set(_warm_processes()) - set(before)
         assert wait_until_ready(env[SOCKET_ENV]), "the warm interpreter never listened"
-        yield env[SOCKET_ENV]
-    assert not _warm_processes(), "the warm interpreter outlived its block"
+        yield env
+    assert not started.is_running(), "the warm interpreter outlived its block"
     assert not Path(env[SOCKET_ENV]).parent.exists()
 
 
@@ -74,10 +76,8 @@ def folder(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _probe(folder: Path, *args: str, socket: str | None, **env: str) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != SOCKET_ENV} | env
-    if socket:
-        environment[SOCKET_ENV] = socket
+def _probe(folder: Path, *args: str, warm: dict[str, str] | None, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in (SOCKET_ENV, INTERPRETER_ENV)} | (warm or {}) | env
     return subprocess.run(
         [BIN_PYTHON, "-m", "probe", *args],
         cwd=folder,
@@ -93,9 +93,9 @@ def _answer(done: subprocess.CompletedProcess) -> dict:
     return json.loads(done.stdout.splitlines()[0])
 
 
-def test_a_module_runs_warm_exactly_as_python_m_runs_it(warm: str, folder: Path) -> None:
-    warm_run = _probe(folder, "a b", "--stdin", socket=warm, PROBE="given", PROBE_EXIT="3")
-    fresh_run = _probe(folder, "a b", "--stdin", socket=None, PROBE="given", PROBE_EXIT="3")
+def test_a_module_runs_warm_exactly_as_python_m_runs_it(warm: dict[str, str], folder: Path) -> None:
+    warm_run = _probe(folder, "a b", "--stdin", warm=warm, PROBE="given", PROBE_EXIT="3")
+    fresh_run = _probe(folder, "a b", "--stdin", warm=None, PROBE="given", PROBE_EXIT="3")
     warm_answer, fresh_answer = _answer(warm_run), _answer(fresh_run)
     assert warm_answer.pop("warm") is True and fresh_answer.pop("warm") is False
     assert warm_answer == fresh_answer  # the same arguments, folder, environment, stdin, and results
@@ -106,17 +106,17 @@ def test_a_module_runs_warm_exactly_as_python_m_runs_it(warm: str, folder: Path)
     assert warm_run.stderr == fresh_run.stderr == "to stderr\n"
 
 
-def test_an_exception_gives_the_traceback_and_status_python_gives(warm: str, folder: Path) -> None:
-    done, fresh = _probe(folder, "--raise", socket=warm), _probe(folder, "--raise", socket=None)
+def test_an_exception_gives_the_traceback_and_status_python_gives(warm: dict[str, str], folder: Path) -> None:
+    done, fresh = _probe(folder, "--raise", warm=warm), _probe(folder, "--raise", warm=None)
     assert _answer(done)["warm"] is True
     assert done.returncode == fresh.returncode == 1
     assert 'probe.py", line' in done.stderr and "ValueError: the probe's own error" in done.stderr
     assert done.stderr == fresh.stderr  # the module's frames, none of the warm process's
 
 
-def _started(folder: Path, warm: str) -> tuple[subprocess.Popen, int]:
+def _started(folder: Path, warm: dict[str, str]) -> tuple[subprocess.Popen, int]:
     pid_file = folder / "pid"
-    environment = {**os.environ, SOCKET_ENV: warm}
+    environment = {**os.environ, **warm}
     caller = subprocess.Popen(
         [BIN_PYTHON, "-m", "probe", "--pid", str(pid_file)],
         cwd=folder,
@@ -144,14 +144,14 @@ def _gone(pid: int, timeout: float = 15) -> bool:
     return False
 
 
-def test_a_signal_to_the_caller_reaches_the_stage_and_its_status_comes_back(warm: str, folder: Path) -> None:
+def test_a_signal_to_the_caller_reaches_the_stage_and_its_status_comes_back(warm: dict[str, str], folder: Path) -> None:
     caller, stage = _started(folder, warm)
     caller.send_signal(signal.SIGTERM)
     assert caller.wait(timeout=30) == -signal.SIGTERM  # as if the caller were the stage
     assert _gone(stage)
 
 
-def test_killing_the_caller_kills_the_stage(warm: str, folder: Path) -> None:
+def test_killing_the_caller_kills_the_stage(warm: dict[str, str], folder: Path) -> None:
     """kill -9 to a `dvc repro` and its children: the stage, a child of the warm process, goes too."""
     caller, stage = _started(folder, warm)
     caller.kill()
@@ -159,25 +159,28 @@ def test_killing_the_caller_kills_the_stage(warm: str, folder: Path) -> None:
     assert _gone(stage)
 
 
-@pytest.mark.parametrize(
-    "how",
-    ["another thread setting", "no socket", "not -m"],
-)
-def test_what_cannot_run_warm_runs_fresh(warm: str, folder: Path, how: str) -> None:
+@pytest.mark.parametrize("how", ["another thread setting", "no socket", "not -m", "a wrapper interpreter"])
+def test_what_cannot_run_warm_runs_fresh(warm: dict[str, str], folder: Path, how: str) -> None:
     if how == "not -m":
         done = subprocess.run(
             [BIN_PYTHON, str(folder / "probe.py")],
             cwd=folder,
-            env={**os.environ, SOCKET_ENV: warm},
+            env={**os.environ, **warm},
             capture_output=True,
             text=True,
             timeout=120,
         )
     elif how == "no socket":
-        done = _probe(folder, socket=str(folder / "nothing-listens-here"))
+        done = _probe(folder, warm={**warm, SOCKET_ENV: str(folder / "nothing-listens-here")})
+    elif how == "a wrapper interpreter":  # DISTILLERY_PYTHON names a script: it runs, with the stage's arguments
+        wrapper = folder / "python-wrapper"
+        wrapper.write_text(f'#!/bin/sh\necho "$@" > "{folder}/wrapped"\nexec "{warm[INTERPRETER_ENV]}" "$@"\n')
+        wrapper.chmod(0o755)
+        done = _probe(folder, warm=warm, DISTILLERY_PYTHON=str(wrapper))
+        assert (folder / "wrapped").read_text() == "-m probe\n"
     else:  # torch sized its thread pools when the warm process loaded it
         threads = str(int(os.environ.get("OMP_NUM_THREADS", "1")) + 1)
-        done = _probe(folder, socket=warm, OMP_NUM_THREADS=threads)
+        done = _probe(folder, warm=warm, OMP_NUM_THREADS=threads)
     assert done.returncode == 0, done.stderr
     assert _answer(done)["warm"] is False
 
@@ -192,8 +195,9 @@ def test_a_block_over_before_the_imports_are_done_leaves_nothing() -> None:
     assert not Path(env[SOCKET_ENV]).parent.exists()
 
 
-def test_a_block_inside_a_running_one_shares_it(warm: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SOCKET_ENV, warm)
+def test_a_block_inside_a_running_one_shares_it(warm: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in warm.items():
+        monkeypatch.setenv(name, value)
     with warm_interpreter() as inner:
-        assert inner == {SOCKET_ENV: warm}
-    assert Path(warm).exists()
+        assert inner == warm
+    assert Path(warm[SOCKET_ENV]).exists()
