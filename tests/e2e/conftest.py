@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from e2e_helpers import WARM_INTERPRETER, copy_project, make_project, run, set_params
+from e2e_helpers import copy_project, make_project, run, set_params
 from filelock import FileLock
 
 from flows.warm import warm_interpreter
@@ -25,14 +25,14 @@ def harness():
 
 @pytest.fixture(scope="session", autouse=True)
 def warm_stages():
-    """One warm interpreter per test worker (flows/warm.py) for the stages of the commands the
-    e2e modules run (e2e_helpers.run): a stage starts without its seconds of imports, as under the
-    flow that `make run` starts. A test that runs a command with an environment of its own (the kill
-    and bare-PATH tests of test_flow_failures.py) runs its stages in fresh interpreters."""
-    with warm_interpreter() as env:
-        WARM_INTERPRETER.update(env)
+    """One warm interpreter per test worker (flows/warm.py) for the stages of every command and flow
+    the e2e modules run: a stage starts without its seconds of imports, as under `make run`'s flow,
+    and the flows share it instead of starting their own. A command given an environment without
+    it (test_flow_failures.py's bare-PATH `dvc repro`) runs its stages in fresh interpreters."""
+    with warm_interpreter() as env, pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
         yield
-        WARM_INTERPRETER.clear()
 
 
 # The projects that have run once, as a user's does after `make run`: built once per test session

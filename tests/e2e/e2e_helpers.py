@@ -28,8 +28,6 @@ GIT_IDENTITY = {
     for who in ("AUTHOR", "COMMITTER")
     for what, value in (("NAME", "distillery tests"), ("EMAIL", "tests@localhost"))
 }
-# The warm interpreter of this test worker (tests/e2e/conftest.py), for the stages of every command run here.
-WARM_INTERPRETER: dict[str, str] = {}
 # Settings that point a command at a shared service: a test names the ones it wants.
 SERVICE_VARIABLES = ("MLFLOW_", "PREFECT_API", "AWS_", "DISTILLERY_STACK_", "DISTILLERY_DASK_ADDRESS")
 
@@ -90,7 +88,6 @@ def clean_env(**extra: str) -> dict[str, str]:
         "DISTILLERY_PYTHON": sys.executable,
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         **GIT_IDENTITY,
-        **WARM_INTERPRETER,
         **extra,
     }
 

@@ -55,8 +55,17 @@ sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
 """
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_warm_interpreter_around():
+    """Its own, not the one the e2e modules share when they ran first in this test worker."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(SOCKET_ENV, raising=False)
+        patch.delenv(INTERPRETER_ENV, raising=False)
+        yield
+
+
 @pytest.fixture(scope="module")
-def warm() -> dict[str, str]:
+def warm(_no_warm_interpreter_around) -> dict[str, str]:
     before = _warm_processes()
     with warm_interpreter() as env:
         (started,) = set(_warm_processes()) - set(before)
