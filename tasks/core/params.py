@@ -661,6 +661,11 @@ class StageParams:
             f"{list(self._sections)}; declare it there and list its keys in dvc.yaml"
         )
 
+    @property
+    def registered_model(self) -> str:
+        """As `Params.registered_model`, through this view: the stage must declare select and data."""
+        return Params.registered_model.fget(self)  # type: ignore[attr-defined]
+
 
 EXPERIMENT_ENV = "DVC_EXP_BASELINE_REV"
 

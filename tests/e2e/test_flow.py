@@ -36,6 +36,7 @@ STAGES = [
     "evaluate",
     "select",
     "register",
+    "report",
 ]
 
 
@@ -94,16 +95,16 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(
     assert parent.info.status == "FINISHED" and parent.data.tags["stages_ran"] == ",".join(STAGES)
     nested = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     # search is disabled here; select only chooses among evaluate's figures, which evaluate tracked
-    assert {r.data.tags["stage"] for r in nested} == set(STAGES) - {"search", "select"}
+    assert {r.data.tags["stage"] for r in nested} == set(STAGES) - {"search", "select", "report"}
     assert all(r.data.tags.get("task") or r.data.tags["stage"] == "ingest" for r in nested)
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"index.html", "model_card.md"}
 
-    # DVC agrees nothing is stale but register, which always asks the registry; a second flow run skips
-    # every other stage, and register finds the same file already registered: no new version.
+    # DVC agrees nothing is stale but register and report, which always ask the registry; a second flow
+    # run skips every other stage, and register finds the same file already registered: no new version.
     with contextlib.chdir(project), Repo(str(project)) as repo:  # DVC names stages relative to the cwd
-        assert repo.status() == {"register": ["always changed"]}
+        assert repo.status() == {"register": ["always changed"], "report": ["always changed"]}
     second = _run_flow(project)
-    assert [r["stage"] for r in second if r["ran"]] == ["register"]
+    assert [r["stage"] for r in second if r["ran"]] == ["register", "report"]
     assert [str(v.version) for v in client.search_model_versions("name='distillery-digits'")] == [str(version.version)]
 
     # Editing any module a stage imports makes exactly the stages that import it stale.
@@ -117,6 +118,7 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(
         "prune",
         "export",
         "register",
+        "report",
     }
     assert stale_after_editing(project, "tasks/evaluation/plots.py") == set(STAGES[3:])
     # boost and distill run ONNX graphs (tasks/onnx): the boosted model's, the boosted teacher's.
@@ -127,6 +129,7 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(
         "evaluate",
         "select",
         "register",
+        "report",
     }
 
     # Changing an evaluate param reruns evaluate and what follows it, nothing before.
@@ -135,7 +138,7 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(
     params["evaluate"]["latency_rounds"] = 3
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run_flow(project)
-    assert [r["stage"] for r in third if r["ran"]] == ["evaluate", "select", "register"]
+    assert [r["stage"] for r in third if r["ran"]] == ["evaluate", "select", "register", "report"]
     # The same file wins again or another does: a new version only for another file.
     again = yaml.safe_load((project / "reports/selection.json").read_text())
     now = client.get_model_version_by_alias("distillery-digits", "champion")

@@ -58,14 +58,14 @@ def test_make_run_on_an_up_to_date_project_starts_no_flow(project: Path) -> None
     _up_to_date(project)
     done = make_run()
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "pipeline done: ran ['register'] (always run" in done.stdout
+    assert "pipeline done: ran ['register', 'report'] (always run" in done.stdout
     assert "skipped 11 up-to-date stage(s)" in done.stdout and "no Prefect flow run" in done.stdout
     assert "Starting temporary server" not in done.stdout + done.stderr
     assert "To track the changes with git" not in done.stdout
     (project / "reports/summaries/select.md").unlink()
     done = make_run()
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "pipeline done: ran ['select', 'register']" in done.stdout
+    assert "pipeline done: ran ['select', 'register', 'report']" in done.stdout
     assert (project / "reports/summaries/select.md").exists()
     # The console ends with what a user needs next, and DVC's git hints are said once, not per stage.
     last = "\n".join(done.stdout.splitlines()[-15:])
@@ -151,7 +151,7 @@ def test_a_transient_stage_failure_is_retried_and_an_exit_2_is_not(
     try:
         if code == 1:
             results = _run_flow(project)
-            assert [r["stage"] for r in results if r["ran"]] == ["select", "register"]
+            assert [r["stage"] for r in results if r["ran"]] == ["select", "register", "report"]
             assert attempts.read_text().count("attempt") == 2  # failed once, retried, done
         else:
             with pytest.raises(StageFailed) as failure:
@@ -209,7 +209,9 @@ def test_kill_9_during_a_stage_then_the_same_driver_recovers_with_no_lock_cleanu
     status = subprocess.run(
         [sys.executable, "-m", "dvc", "status"], cwd=project, env=env, capture_output=True, text=True, timeout=120
     )
-    assert status.stdout.split() == ["register:", "always", "changed"], status.stdout  # it asks the registry
+    assert status.stdout.split() == ["register:", "always", "changed", "report:", "always", "changed"], (
+        status.stdout
+    )  # it asks the registry
 
 
 def test_dvc_repro_needs_no_activated_venv(project: Path) -> None:

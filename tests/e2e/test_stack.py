@@ -162,10 +162,17 @@ def test_dvc_push_then_a_fresh_clone_pulls_and_reruns_nothing(project, tmp_path)
     assert not (clone / ".dvc/config.local").exists()  # credentials are never committed
     _stack(clone, env, "up")  # the stack is up already: this writes the clone's .stack.env and remote only
     _dvc(clone, env, "pull")
-    assert _dvc(clone, env, "status").split() == ["register:", "always", "changed"]  # every output pulled
+    assert _dvc(clone, env, "status").split() == [
+        "register:",
+        "always",
+        "changed",
+        "report:",
+        "always",
+        "changed",
+    ]  # every output pulled
     before = _champion(env)
     rerun = run([sys.executable, "-m", "flows.pipeline"], clone, {**env, **_client_env(clone)})
-    assert "pipeline done: ran ['register']" in rerun.stdout  # it asks the registry, which has this very file
+    assert "pipeline done: ran ['register', 'report']" in rerun.stdout  # it asks the registry, which has this very file
     assert _champion(env).version == before.version
 
 

@@ -107,6 +107,10 @@ def test_regression_experiment_gives_a_champion_a_v2_client_can_query(project: P
     teacher = evaluation["candidates"]["teacher.fp32"]
     assert {"mae", "mape", "mse", "rmse", "r2", "d2", "median_absolute_error", "max_error"} <= set(teacher)
     assert (project / "reports/plots/residuals_teacher.fp32.png").exists()
+    # The report stage refreshed the page a user opens: this experiment's champion, not the last run's.
+    selection = json.loads((project / "reports/selection.json").read_text())
+    quality = selection["candidates"][selection["champion"]]["quality"]
+    assert f"R^2<b id=champion-quality>{quality:.4f}</b>" in (project / "reports/index.html").read_text()
     metadata, signature, session = check_artifact(project / "models/champion.onnx")
     assert metadata.task == "regression" and signature.outputs == ((PREDICTION, (1,)),)
     with np.load(project / "data/processed/test.npz") as test:

@@ -139,7 +139,7 @@ def test_the_card_and_the_report_show_the_champion_beside_both_baselines():
         "boosted baseline: boosted.fp32",
     ]
     assert [r["vs champion (macro-F1)"] for r in rows] == [0.0, -0.58, 0.02]
-    from flows.report import _baselines_table
+    from tasks.evaluation.page import _baselines_table
 
     html = _baselines_table(selection)
     assert "DummyClassifier(strategy=&#x27;uniform&#x27;)" in html or "DummyClassifier(strategy='uniform')" in html
