@@ -102,8 +102,17 @@ MAX_REQUEST = 1 << 20
 READY_TIMEOUT = 60.0
 
 
+# Pools that size themselves from OMP_NUM_THREADS when their own setting is unset: a Dask worker
+# sets all three to 1, which is the same pool as OMP_NUM_THREADS=1 alone.
+OMP_FALLBACK = ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def _load_time_env(env: dict[str, str]) -> dict[str, str]:
-    return {key: value for key, value in env.items() if key.startswith(LOAD_TIME_ENV)}
+    found = {key: value for key, value in env.items() if key.startswith(LOAD_TIME_ENV)}
+    if "OMP_NUM_THREADS" in found:
+        for key in OMP_FALLBACK:
+            found.setdefault(key, found["OMP_NUM_THREADS"])
+    return found
 
 
 # ---------------------------------------------------------------- the client (bin/python)

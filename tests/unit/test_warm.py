@@ -168,7 +168,9 @@ def test_killing_the_caller_kills_the_stage(warm: dict[str, str], folder: Path) 
     assert _gone(stage)
 
 
-@pytest.mark.parametrize("how", ["another thread setting", "no socket", "not -m", "a wrapper interpreter"])
+@pytest.mark.parametrize(
+    "how", ["another thread setting", "another BLAS pool", "no socket", "not -m", "a wrapper interpreter"]
+)
 def test_what_cannot_run_warm_runs_fresh(warm: dict[str, str], folder: Path, how: str) -> None:
     if how == "not -m":
         done = subprocess.run(
@@ -187,11 +189,24 @@ def test_what_cannot_run_warm_runs_fresh(warm: dict[str, str], folder: Path, how
         wrapper.chmod(0o755)
         done = _probe(folder, warm=warm, DISTILLERY_PYTHON=str(wrapper))
         assert (folder / "wrapped").read_text() == "-m probe\n"
+    elif how == "another BLAS pool":  # numpy's OpenBLAS sized its pool when the warm process loaded it
+        threads = str(int(os.environ.get("OMP_NUM_THREADS", "1")) + 1)
+        done = _probe(folder, warm=warm, OPENBLAS_NUM_THREADS=threads)
     else:  # torch sized its thread pools when the warm process loaded it
         threads = str(int(os.environ.get("OMP_NUM_THREADS", "1")) + 1)
         done = _probe(folder, warm=warm, OMP_NUM_THREADS=threads)
     assert done.returncode == 0, done.stderr
     assert _answer(done)["warm"] is False
+
+
+def test_a_dask_workers_thread_settings_are_the_same_pools_as_omp_alone(warm: dict[str, str], folder: Path) -> None:
+    """A Dask worker sets OMP_NUM_THREADS, MKL_NUM_THREADS and OPENBLAS_NUM_THREADS to 1: with
+    OMP_NUM_THREADS=1 alone, the others default to it, so its stages run warm."""
+    if os.environ.get("OMP_NUM_THREADS") != "1":
+        pytest.skip("the warm process was not started with OMP_NUM_THREADS=1 (one test worker)")
+    done = _probe(folder, warm=warm, MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr
+    assert _answer(done)["warm"] is True
 
 
 def test_a_block_over_before_the_imports_are_done_leaves_nothing() -> None:
