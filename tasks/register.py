@@ -242,7 +242,9 @@ def register(
         with warnings.catch_warnings():
             # Our predict takes no type hints on purpose (MLflow would validate rows by them, before the
             # server's own parsing that names the row and column): its advice to add them is not the user's.
-            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method")
+            # MLflow raises it under a `simplefilter("once")` of its own, which outranks any filter set
+            # here, so it is dropped where warnings are shown.
+            warnings.showwarning = _without_type_hint_advice(warnings.showwarning)
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(DEPLOY / "pyfunc_model.py"),  # models from code: nothing pickled
@@ -254,6 +256,14 @@ def register(
             )
     # One call creates the version and its tags together: no version is ever seen without its provenance.
     return str(mlflow.register_model(info.model_uri, registered_model, tags=tags).version)
+
+
+def _without_type_hint_advice(show: Any) -> Any:
+    def shown(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' own signature
+        if "type hints to the `predict` method" not in str(message):
+            show(message, category, filename, lineno, file, line)
+
+    return shown
 
 
 def describe(registered_model: str, version: str, card: str) -> None:
