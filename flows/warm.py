@@ -15,7 +15,8 @@ fresh interpreter would (another interpreter, `-c`, a module it has loaded
 itself, thread or locale settings the libraries read when they load) runs in
 a fresh interpreter instead, as without it.
 
-Standard library only, at module level: the client runs with `python -I -S`.
+Standard library only, at module level, and only what the client needs: it runs
+with `python -I -S` before every warm stage.
 """
 
 from __future__ import annotations
@@ -28,12 +29,11 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Iterator
 
 SOCKET_ENV = "DISTILLERY_WARM_SOCKET"
 # The interpreter the warm process runs: bin/python hands it only what it would run with that one
@@ -99,7 +99,6 @@ LOAD_TIME_ENV = (
 # The signals a client passes on to its stage, as a parent's would reach a child.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 MAX_REQUEST = 1 << 20
-READY_TIMEOUT = 60.0
 
 
 # Pools that size themselves from OMP_NUM_THREADS when their own setting is unset: a Dask worker
@@ -279,6 +278,7 @@ def _child(conn: socket.socket, request: dict, env: dict[str, str], fds: list[in
     """Become `python -m <module> <args>` started by the client, then exit as it would."""
     import atexit
     import runpy
+    import tempfile
     import threading
     import traceback
     import types
@@ -358,6 +358,10 @@ def warm_interpreter(python: str = sys.executable) -> Iterator[dict[str, str]]:
     """A warm process for the stages run inside the block: the environment to give them.
     One already named by $DISTILLERY_WARM_SOCKET and $DISTILLERY_WARM_PYTHON is used as it is; where processes
     cannot be watched by pidfd (not Linux), the stages run fresh."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
     if not hasattr(os, "pidfd_open"):
         yield {}
         return
@@ -394,16 +398,6 @@ def warm_interpreter(python: str = sys.executable) -> Iterator[dict[str, str]]:
             print(f"the warm interpreter (exit {process.returncode}):\n{said[-2000:]}", file=sys.stderr)
         (folder / "log").unlink()
         folder.rmdir()
-
-
-def wait_until_ready(path: str, timeout: float = READY_TIMEOUT) -> bool:
-    """Whether the warm process at `path` is listening within `timeout` seconds (its imports take a few)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.exists(path):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.warm import INTERPRETER_ENV, SOCKET_ENV, wait_until_ready, warm_interpreter
+from flows.warm import INTERPRETER_ENV, SOCKET_ENV, warm_interpreter
 
 REPO = Path(__file__).resolve().parents[2]
 BIN_PYTHON = str(REPO / "bin" / "python")
@@ -56,6 +56,16 @@ if "--raise" in sys.argv:
     raise ValueError("the probe's own error")
 sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
 """
+
+
+def wait_until_ready(path: str, timeout: float = 60) -> bool:
+    """Whether the warm process at `path` is listening within `timeout` seconds (its imports take a few)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 @pytest.fixture(autouse=True, scope="module")
