@@ -106,8 +106,17 @@ MAX_REQUEST = 1 << 20
 OMP_FALLBACK = ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def _load_time_env(env: dict[str, str]) -> dict[str, str]:
+def _load_time_env(env: dict[str, str], cwd: str) -> dict[str, str]:
     found = {key: value for key, value in env.items() if key.startswith(LOAD_TIME_ENV)}
+    # `python -m` in `cwd` puts it first on sys.path, as the child does: a PYTHONPATH naming only it (what
+    # a Prefect worker sets for its flow runs) changes nothing. Applied to both sides, with the caller's cwd.
+    if "PYTHONPATH" in found:
+        here = os.path.realpath(cwd)
+        kept = [
+            p for p in found.pop("PYTHONPATH").split(os.pathsep) if p and os.path.realpath(os.path.join(cwd, p)) != here
+        ]
+        if kept:
+            found["PYTHONPATH"] = os.pathsep.join(kept)
     if "OMP_NUM_THREADS" in found:
         for key in OMP_FALLBACK:
             found.setdefault(key, found["OMP_NUM_THREADS"])
@@ -268,7 +277,8 @@ def _refusal(request: dict, fds: list[int], boot: dict[str, str]) -> str | None:
         return "only `python -m <module>` runs warm"
     if argv[1].split(".")[0] in sys.modules:
         return f"{argv[1]}: loaded here already, so not from the caller's working directory"
-    if (wanted := _load_time_env(request.get("env", {}))) != (mine := _load_time_env(boot)):
+    cwd = request.get("cwd", "")
+    if (wanted := _load_time_env(request.get("env", {}), cwd)) != (mine := _load_time_env(boot, cwd)):
         differ = sorted(k for k in wanted.keys() | mine.keys() if wanted.get(k) != mine.get(k))
         return f"settings the libraries read when they load differ: {differ}"
     return None

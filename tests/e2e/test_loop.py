@@ -200,7 +200,9 @@ def test_drift_and_late_labels_retrain_on_a_worker_and_the_server_swaps_with_no_
                 [registry.get_experiment_by_name("distillery-production").experiment_id]
             )
             assert drift_run.info.status == "FINISHED"
-            assert drift_run.data.metrics["drift/retrain_signal"] == 1.0
+            # The shifted rows can straddle a window boundary: the window holding most of them signals.
+            signals = [m.value for m in registry.get_metric_history(drift_run.info.run_id, "drift/retrain_signal")]
+            assert 1.0 in signals, signals
 
             runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[retrain.id])))
             (triggered,) = [

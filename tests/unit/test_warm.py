@@ -185,7 +185,15 @@ def test_killing_the_caller_kills_the_stage(warm: dict[str, str], folder: Path) 
 
 
 @pytest.mark.parametrize(
-    "how", ["another thread setting", "another BLAS pool", "no socket", "not -m", "a wrapper interpreter"]
+    "how",
+    [
+        "another thread setting",
+        "another BLAS pool",
+        "another PYTHONPATH",
+        "no socket",
+        "not -m",
+        "a wrapper interpreter",
+    ],
 )
 def test_what_cannot_run_warm_runs_fresh(warm: dict[str, str], folder: Path, how: str) -> None:
     if how == "not -m":
@@ -208,6 +216,9 @@ def test_what_cannot_run_warm_runs_fresh(warm: dict[str, str], folder: Path, how
     elif how == "another BLAS pool":  # numpy's OpenBLAS sized its pool when the warm process loaded it
         threads = str(int(os.environ.get("OMP_NUM_THREADS", "1")) + 1)
         done = _probe(folder, warm=warm, OPENBLAS_NUM_THREADS=threads, PROBE_LIGHT="1")
+    elif how == "another PYTHONPATH":  # a folder the warm process's sys.path lacks
+        (folder / "elsewhere").mkdir()
+        done = _probe(folder, warm=warm, PYTHONPATH=f"{folder}{os.pathsep}{folder / 'elsewhere'}", PROBE_LIGHT="1")
     else:  # torch sized its thread pools when the warm process loaded it
         threads = str(int(os.environ.get("OMP_NUM_THREADS", "1")) + 1)
         done = _probe(folder, warm=warm, OMP_NUM_THREADS=threads, PROBE_LIGHT="1")
@@ -221,6 +232,17 @@ def test_a_dask_workers_thread_settings_are_the_same_pools_as_omp_alone(warm: di
     if os.environ.get("OMP_NUM_THREADS") != "1":
         pytest.skip("the warm process was not started with OMP_NUM_THREADS=1 (one test worker)")
     done = _probe(folder, warm=warm, MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr
+    assert _answer(done)["warm"] is True
+
+
+@pytest.mark.parametrize("spelling", ["absolute", "relative"])
+def test_a_pythonpath_naming_only_the_working_folder_runs_warm(
+    warm: dict[str, str], folder: Path, spelling: str
+) -> None:
+    """A Prefect worker's flow runs get PYTHONPATH=<the project>, the folder the stages run in, which
+    `python -m` puts first on sys.path anyway: the retrains `make worker` runs stay warm."""
+    done = _probe(folder, warm=warm, PYTHONPATH=str(folder) if spelling == "absolute" else ".", PROBE_LIGHT="1")
     assert done.returncode == 0, done.stderr
     assert _answer(done)["warm"] is True
 
