@@ -59,6 +59,9 @@ class StageFailed(DistilleryError):
         return StageFailed, (self.stage, self.exit_code, self.output)
 
 
+NANNY_HASH_SEED = "6640"  # what distributed.nanny sets when the worker's environment has none
+
+
 def _stage_env(
     dask_address: str | None, parent: str | None = None, warm: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -69,6 +72,11 @@ def _stage_env(
         env[PARENT_RUN_ENV] = parent
     if dask_address:  # set here: on a Dask worker, the flow's environment is not this process's
         env[DASK_ENV] = dask_address
+        # A nanny fixes the worker's hash seed for dask's own hashing (dask/distributed#8400). A stage is
+        # a program of its own, seeded at random as under `make run` (its results cannot depend on it),
+        # and so it can run in the warm interpreter, whose seed is its own.
+        if env.get("PYTHONHASHSEED") == NANNY_HASH_SEED:
+            del env["PYTHONHASHSEED"]
     # dvc.yaml's `bin/python` runs the stages with this interpreter: the one running the flow.
     env[PYTHON_ENV] = sys.executable
     env[PIPELINE_RUN_ENV] = str(flow_run.get_id() or "")

@@ -278,7 +278,11 @@ def _refusal(request: dict, fds: list[int], boot: dict[str, str]) -> str | None:
     if argv[1].split(".")[0] in sys.modules:
         return f"{argv[1]}: loaded here already, so not from the caller's working directory"
     cwd = request.get("cwd", "")
-    if (wanted := _load_time_env(request.get("env", {}), cwd)) != (mine := _load_time_env(boot, cwd)):
+    # A value this process's own imports set (torch: TORCHINDUCTOR_CACHE_DIR, its default) is what the stage's
+    # imports would set too: a caller that imported torch itself (a Dask worker) passes it on, unchanged.
+    set_here = {k: v for k, v in os.environ.items() if k not in boot}
+    env = {k: v for k, v in request.get("env", {}).items() if k not in set_here or set_here[k] != v}
+    if (wanted := _load_time_env(env, cwd)) != (mine := _load_time_env(boot, cwd)):
         differ = sorted(k for k in wanted.keys() | mine.keys() if wanted.get(k) != mine.get(k))
         return f"settings the libraries read when they load differ: {differ}"
     return None

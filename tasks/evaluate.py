@@ -30,6 +30,7 @@ from tasks.core import paths
 from tasks.core.errors import DistilleryError, run_cli
 from tasks.core.io import write_json
 from tasks.core.params import EvaluateParams, load_params
+from tasks.core.progress import progress
 from tasks.core.report import markdown_table, write_summary
 from tasks.core.task import task_of
 from tasks.evaluation import plots
@@ -254,14 +255,15 @@ def main() -> None:
     x, y = load_split("test")
     files = candidate_files(paths.ONNX_DIR)
     print(f"evaluate: scoring {len(files)} candidates on {len(y):,} test rows", flush=True)
-    candidates = {name: evaluate_candidate(path, x, y, meta, params) for name, path in files.items()}
+    scoring = progress(files.items(), "evaluate: scoring the candidates", "candidate", len(files))
+    candidates = {name: evaluate_candidate(path, x, y, meta, params) for name, path in scoring}
     for name, latency in measure_latency(files, x, params).items():
         candidates[name].update(latency)
     add_int8_agreement(candidates, x, meta.task, params)
     add_teacher_agreement(candidates, x, meta.task, params)
     for kind in CURVE_KINDS:  # DVC wants every declared plots folder, even one this task leaves empty
         (paths.CURVES / kind).mkdir(parents=True, exist_ok=True)
-    for name, result in candidates.items():
+    for name, result in progress(candidates.items(), "evaluate: curves and plots", "candidate", len(candidates)):
         write_plots(name, result, list(meta.classes), meta.task)
     slices = slice_report(meta, y, params) if params.slice_column else None
     baselines = compute_baselines(meta, y, candidates)

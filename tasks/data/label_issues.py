@@ -37,6 +37,7 @@ from tasks.contracts.dataset import IMAGES, LABEL, LABELS, ROW_ID, Dataset
 from tasks.contracts.encoder import DateColumn, number_block
 from tasks.contracts.image import as_input
 from tasks.core.params import AugmentParams
+from tasks.core.progress import progress
 from tasks.core.task import task_of
 
 QUARANTINE_REASON = "label_issue"  # what the reason of a suspect quarantined (action: quarantine) starts with
@@ -139,7 +140,8 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, fold
     from sklearn.preprocessing import StandardScaler
 
     probabilities = np.zeros((len(y), n_classes))
-    for train, held_out in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
+    for train, held_out in progress(splits, "label errors: out-of-fold logistic regression", "fold", folds):
         # C=0.1: a regularised, smoother fit scores noisy rows as less certain (on digits with 3%
         # flipped, precision 0.90 and recall 0.68 against 0.56 and 0.83 at C=1; bench/bench_label_issues.py).
         model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
@@ -166,7 +168,9 @@ def cnn_out_of_fold_probabilities(
     x = as_input(images)
     device = pick_device()
     probabilities = np.zeros((len(y), n_classes))
-    for fold, (train, held_out) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)):
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
+    what = f"label errors: out-of-fold CNN, {epochs} epoch(s) per fold"
+    for fold, (train, held_out) in enumerate(progress(splits, what, "fold", folds)):
         torch.manual_seed(seed + fold)
         spec = CNNSpec(
             input_shape=tuple(x.shape[1:]),  # type: ignore[arg-type]  # (C, H, W)

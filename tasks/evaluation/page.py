@@ -381,7 +381,8 @@ def _labels_section(found: Found) -> str:
         for c, n in labels.get("skipped_classes", {}).items()
     )
     return (
-        head + f"<p>Confident learning (out-of-fold logistic regression): <b>{labels['suspects']:,}</b> likely "
+        head + f"<p>Confident learning (out-of-fold {_e(labels.get('model') or 'model')}): "
+        f"<b>{labels['suspects']:,}</b> likely "
         f"label errors among {labels['checked_rows']:,} rows ({labels['flagged_rate']:.1%}; estimated "
         f"rate {labels['estimated_rate']:.1%}); action <code>{_e(labels['action'])}</code>: "
         f"{labels['quarantined']:,} quarantined, {labels['relabelled']:,} relabelled{skipped}. "

@@ -28,6 +28,7 @@ from torch.nn.utils import prune as torch_prune
 
 from tasks.contracts.processed import ProcessedMeta
 from tasks.core.params import AugmentParams, FitParams
+from tasks.core.progress import progress
 from tasks.ml.models import CNN, MLP, CNNSpec, MLPSpec, Model, build_model, predict_logits
 from tasks.ml.training import FitResult, LossFn, fit
 
@@ -279,7 +280,7 @@ def unstructured_sweep(
     from tasks.evaluation.metrics import task_metrics
 
     rows = []
-    for amount in amounts:
+    for amount in progress(amounts, "prune: unstructured sweep", "amount"):
         pruned = prune_unstructured(model, amount, scope)
         weights = b"".join(p.detach().cpu().numpy().tobytes() for p in pruned.parameters())
         scores = task_metrics(meta.task, predict_logits(pruned, val[0]), val[1], list(meta.classes))

@@ -317,8 +317,7 @@ def fit(
     `augment`: each train batch is augmented first (tasks/ml/augment.py;
     pictures only). `online(x)`: targets computed on that very view and passed
     to loss_fn before the batch's own (function-matching distillation)."""
-    from tqdm.auto import tqdm
-
+    from tasks.core.progress import progress
     from tasks.ml import distributed
     from tasks.ml.optim import make_scheduler, step_scheduler
 
@@ -338,7 +337,7 @@ def fit(
         writer = SummaryWriter(tensorboard_dir)
 
     history: list[dict[str, float]] = []
-    bar = tqdm(range(1, params.max_epochs + 1), desc=desc, unit="epoch", disable=quiet, mininterval=1.0)
+    bar = progress(range(1, params.max_epochs + 1), desc, "epoch", quiet=quiet)
     try:
         for epoch in bar:
             if frozen and unfreeze_after and epoch == unfreeze_after + 1:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts import dataset as dataset_contract
+from tasks.contracts.encoder import TableEncoder
 from tasks.contracts.onnx import PREDICTION, PROBABILITIES
 from tasks.contracts.predlog import image_summary
 from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
@@ -35,6 +36,9 @@ class Reference:
     predictions_from: str  # where the reference predictions came from, in words
     rows: int
     predicted_values: Optional[np.ndarray] = None  # regression: the champion's predictions on the test split
+    # Tables: how the gate read the training cells, replayed on the logged rows before they are compared
+    # (" mortgage " is MORTGAGE, "65,000 $" is 65000, as the server read them).
+    encoder: Optional[TableEncoder] = None
 
     @property
     def features(self) -> list[str]:
@@ -125,4 +129,7 @@ def build_reference(root: str | Path, champion: Optional[Path] = None) -> Refere
             x = images
         numeric, categorical, n_rows = image_summary(x), {}, len(x)
     counts, values, source = reference_predictions(root, meta, champion)
-    return Reference(meta.kind, meta.task, numeric, categorical, list(meta.classes), counts, source, n_rows, values)
+    encoder = meta.encoder if kind_of(meta.kind).table else None
+    return Reference(
+        meta.kind, meta.task, numeric, categorical, list(meta.classes), counts, source, n_rows, values, encoder
+    )

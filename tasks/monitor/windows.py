@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.contracts import predlog
+from tasks.contracts.encoder import TableEncoder
 from tasks.core.params import MonitorParams
 from tasks.monitor.feedback import LABEL
 from tasks.monitor.reference import Reference, as_categories
@@ -74,6 +75,8 @@ def feature_drift(reference: Reference, inputs: pd.DataFrame, params: MonitorPar
     """Each reference feature's drift report on the window's `inputs` (one
     column per feature; a missing column counts as all missing)."""
     p_value = feature_p_value(params, len(reference.features))
+    if reference.encoder is not None and len(inputs):
+        inputs = read_as_trained(reference.encoder, inputs)
     features = []
     for name, ref in reference.numeric.items():
         current = (
@@ -84,6 +87,15 @@ def feature_drift(reference: Reference, inputs: pd.DataFrame, params: MonitorPar
         current = inputs[name] if name in inputs else pd.Series(pd.NA, index=inputs.index, dtype="string")
         features.append(categorical_drift(name, ref, as_categories(current), params.psi_threshold, p_value))
     return features
+
+
+def read_as_trained(encoder: TableEncoder, inputs: pd.DataFrame) -> pd.DataFrame:
+    """The logged raw rows read as the gate read the training rows and the server read them
+    (TableEncoder.read): a spelling or a unit training folded is not drift. A column a row
+    lacked stays missing."""
+    absent = [c for c in encoder.columns if c not in inputs]
+    read, _refused = encoder.read(inputs.assign(**{c: None for c in absent}).astype({c: object for c in absent}))
+    return read
 
 
 def logged_unseen(ok: pd.DataFrame) -> dict[str, float] | None:

@@ -61,7 +61,18 @@ def test_flow_end_to_end_then_skips_and_reruns_only_what_changed(
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     # `make run` on the fresh project (the warm build, python -m flows.run) ran every stage, in order.
-    assert f"pipeline done: ran {STAGES}; skipped 0 up-to-date stage(s)" in warm_digits.with_suffix(".log").read_text()
+    log = warm_digits.with_suffix(".log").read_text()
+    assert f"pipeline done: ran {STAGES}; skipped 0 up-to-date stage(s)" in log
+    # The long stages show how far they are, and with what (tasks/core/progress.py), in the flow's console.
+    for bar in (
+        "label errors: out-of-fold CNN, 1 epoch(s) per fold: 100%",
+        "teacher: 100%",
+        "student: 100%",
+        "prune: unstructured sweep: 100%",
+        "evaluate: scoring the candidates: 100%",
+        "evaluate: curves and plots: 100%",
+    ):
+        assert bar in log, bar
 
     # The champion is the fastest candidate (every precision competes; the budget is open here),
     # an ONNX that onnxruntime loads and that predicts.

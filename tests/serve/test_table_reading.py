@@ -155,3 +155,35 @@ def test_an_unseen_category_is_answered_flagged_logged_and_counted_by_the_monito
     (window,) = windows.analyse(logged, reference, load_params(PARAMS).monitor)
     (home,) = [f for f in window["features"] if f["feature"] == "home"]
     assert home["unseen_fraction"] == 0.25  # Atlantis alone: not " mortgage ", nor the gap
+
+
+def test_the_monitor_compares_the_logged_rows_as_training_read_them(trained):
+    """Spellings and units the gate folded in training are not drift: the monitor reads the logged raw
+    rows with the model's reading (TableEncoder.read, the server's) before comparing them."""
+    from tasks.core.params import load_params
+    from tasks.monitor import windows
+    from tasks.monitor.reference import Reference
+
+    inputs = pd.DataFrame(
+        {
+            "income": pd.Series(["65,000 $", "65000", 65000.0, "n/a"], dtype=object),
+            "home": [" mortgage ", "Mortgage", "RENT", "own home"],
+        }  # "member" never sent: it stays missing
+    )
+    reference = Reference(
+        "tabular",
+        "binary",
+        {"income": np.full(12, 65000.0)},
+        {"home": np.array(["MORTGAGE", "RENT", "OWN"] * 4, dtype=object)},
+        ["a", "b"],
+        {"a": 6, "b": 6},
+        "labels",
+        12,
+        encoder=trained[2],
+    )
+    params = load_params(PARAMS).monitor
+    income, home = windows.feature_drift(reference, inputs, params)
+    assert income["missing_fraction"] == 0.25  # "n/a" alone
+    assert home["unseen_fraction"] == 0.0  # every spelling is one training kept
+    raw_income, raw_home = windows.feature_drift(dataclasses.replace(reference, encoder=None), inputs, params)
+    assert raw_income["missing_fraction"] == 0.5 and raw_home["unseen_fraction"] == 0.75  # what raw values say

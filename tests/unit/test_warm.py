@@ -44,6 +44,7 @@ print(json.dumps({
     "argv": sys.argv,
     "cwd": os.getcwd(),
     "probe_env": os.environ.get("PROBE"),
+    "inductor_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
     "stdin": sys.stdin.read() if "--stdin" in sys.argv else None,
     "weights": weights,
     "numpy": draw,
@@ -245,6 +246,33 @@ def test_a_pythonpath_naming_only_the_working_folder_runs_warm(
     done = _probe(folder, warm=warm, PYTHONPATH=str(folder) if spelling == "absolute" else ".", PROBE_LIGHT="1")
     assert done.returncode == 0, done.stderr
     assert _answer(done)["warm"] is True
+
+
+def test_a_stage_on_a_dask_worker_runs_warm(
+    warm: dict[str, str], folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Dask worker's environment holds the nanny's PYTHONHASHSEED and, once the worker has imported
+    torch, torch's default TORCHINDUCTOR_CACHE_DIR: the stage environment the flow gives it
+    (flows.pipeline._stage_env) runs warm; a hash seed of the caller's own, or another cache, does not."""
+    from flows.pipeline import NANNY_HASH_SEED, _stage_env
+
+    torch_sets = _answer(_probe(folder, warm=warm, PROBE_LIGHT="1"))["inductor_cache"]
+    assert torch_sets  # what the warm process's torch import set, as the worker's did
+    monkeypatch.setenv("PYTHONHASHSEED", NANNY_HASH_SEED)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", torch_sets)
+    monkeypatch.setenv("PROBE_LIGHT", "1")
+
+    def ran_warm(env: dict[str, str]) -> bool:
+        done = subprocess.run(
+            [BIN_PYTHON, "-m", "probe"], cwd=folder, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return _answer(done)["warm"]
+
+    stage_env = _stage_env("tcp://127.0.0.1:8786", warm=warm)
+    assert "PYTHONHASHSEED" not in stage_env and ran_warm(stage_env)
+    assert not ran_warm({**stage_env, "PYTHONHASHSEED": "42"})
+    assert not ran_warm({**stage_env, "TORCHINDUCTOR_CACHE_DIR": str(folder / "inductor")})
 
 
 def test_a_block_over_before_the_imports_are_done_leaves_nothing() -> None:
