@@ -75,6 +75,14 @@ def write_reports(result: GateResult, suite_path: Path) -> None:
     )
 
 
+def _beside(report: dict) -> str:
+    """The other models tried (tables), with their out-of-fold macro-F1."""
+    others = [
+        f"{name} {quality:.3f}" for name, quality in report.get("considered", {}).items() if name != report["model"]
+    ]
+    return f", over {', '.join(others)}" if others else ""
+
+
 def label_issue_summary(report: dict) -> str:
     if report.get("skipped_reason"):
         return f"Label errors: not looked for ({report['skipped_reason']})."
@@ -101,7 +109,7 @@ def label_issue_summary(report: dict) -> str:
     return (
         f"Label errors (confident learning): {report['suspects']} likely among {report['checked_rows']} rows "
         f"({report['flagged_rate']:.1%}; estimated rate {report['estimated_rate']:.1%}; out-of-fold "
-        f"{report['model']} macro-F1 {report['model_quality']:.3f}); {done}. "
+        f"{report['model']} macro-F1 {report['model_quality']:.3f}{_beside(report)}); {done}. "
         f"See `{paths.LABEL_ISSUES_REPORT}`.{skipped}"
     )
 

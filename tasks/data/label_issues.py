@@ -63,6 +63,7 @@ class LabelIssues:
     skipped_reason: Optional[str] = None  # the whole step skipped (task type, too few rows)
     model: str = ""  # what gave the out-of-fold probabilities
     model_quality: Optional[float] = None  # its out-of-fold macro-F1 against the given labels
+    considered: dict[str, float] = field(default_factory=dict)  # tables: each model tried -> its macro-F1
     unreliable_reason: Optional[str] = None  # set: the model is too weak to be believed; report only
 
     @property
@@ -85,6 +86,7 @@ class LabelIssues:
             "method": f"confident learning (Northcutt et al. 2021), out-of-fold {self.model or 'model'}",
             "model": self.model,
             "model_quality": None if self.model_quality is None else round(self.model_quality, 6),
+            "considered": {name: round(quality, 6) for name, quality in self.considered.items()},
             "reliable": self.reliable,
             "unreliable_reason": self.unreliable_reason,
             "action": action,
@@ -128,6 +130,7 @@ def features(dataset: Dataset) -> np.ndarray:
 
 
 LOGISTIC = "logistic regression"
+BOOSTED = "gradient boosting"
 CNN = "small CNN"
 # The picture model: about a quarter of the default teacher, enough to fit 28x28 drawings in a few epochs.
 CNN_CHANNELS, CNN_HIDDEN, CNN_BATCH, CNN_LR = (16, 32), 64, 64, 3e-3
@@ -148,6 +151,43 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, fold
         model.fit(x[train], y[train])
         probabilities[np.ix_(held_out, model.classes_)] = model.predict_proba(x[held_out])
     return probabilities
+
+
+def boosted_out_of_fold_probabilities(
+    x: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int
+) -> np.ndarray:
+    """Out-of-fold probabilities of scikit-learn's HistGradientBoosting: what fits a table whose classes
+    are not linearly separable (4 overlapping classes: out-of-fold macro-F1 0.68 against the logistic
+    regression's 0.50, and 15% of the rows flagged instead of 37% with no label wrong). Small trees,
+    L2 and early stopping on a slice of each training fold keep its probabilities from going to 0 and
+    1, which confident learning would read as certainty."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.model_selection import StratifiedKFold
+
+    probabilities = np.zeros((len(y), n_classes))
+    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
+    for train, held_out in progress(splits, "label errors: out-of-fold gradient boosting", "fold", folds):
+        # Early stopping holds out 15% of the fold, stratified: only where every class can have 2 rows there.
+        stop_early = 0.15 * len(train) >= 2 * n_classes
+        model = HistGradientBoostingClassifier(
+            max_iter=200 if stop_early else 50,
+            max_leaf_nodes=15,
+            min_samples_leaf=20,
+            l2_regularization=1.0,
+            early_stopping=stop_early,
+            validation_fraction=0.15,
+            n_iter_no_change=10,
+            random_state=seed,
+        )
+        model.fit(x[train], y[train])
+        probabilities[np.ix_(held_out, model.classes_)] = model.predict_proba(x[held_out])
+    return probabilities
+
+
+# A table's candidates, the cheaper first: the one whose out-of-fold macro-F1 is higher is used (a tie
+# keeps the first). A linear table is read as well or better by the logistic regression (breast cancer,
+# penguins, wine with 3% flipped: precision 0.92-1.00 against 0.75-0.79 for boosting).
+TABLE_MODELS = {LOGISTIC: out_of_fold_probabilities, BOOSTED: boosted_out_of_fold_probabilities}
 
 
 def cnn_out_of_fold_probabilities(
@@ -267,8 +307,10 @@ def find_label_issues(
         if x.shape[1] == 0:  # every column is an id, text or ignored: nothing to predict a label from
             found.skipped_reason = "no feature columns to predict the labels from"
             return found
-        found.model = LOGISTIC
-        probabilities = out_of_fold_probabilities(x, y, len(kept_classes), folds, seed)
+        tried = {name: fit(x, y, len(kept_classes), folds, seed) for name, fit in TABLE_MODELS.items()}
+        found.considered = {name: macro_f1(y, p.argmax(axis=1), len(kept_classes)) for name, p in tried.items()}
+        found.model = max(found.considered, key=lambda name: found.considered[name])
+        probabilities = tried[found.model]
     found.model_quality = macro_f1(y, probabilities.argmax(axis=1), len(kept_classes))
     if found.model_quality < min_model_quality:
         found.unreliable_reason = (
