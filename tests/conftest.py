@@ -34,21 +34,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # ones start at once, the two warm projects (tests/e2e/conftest.py) are built side by side (test_task_types
 # needs digits, test_loop penguins), and the many short files fill the end evenly. xdist's own order
 # (most tests first) started these last, one worker finishing alone.
-LONGEST_FIRST = (  # seconds in `make test` on two cores (14 min 37 s), the warm builds included where they land
-    "e2e/test_loop.py",  # 261 s, the warm penguins build first
-    "e2e/test_task_types.py",  # 244 s, the warm digits build first
-    "e2e/test_flow_failures.py",  # 209 s
-    "e2e/test_dask.py",  # 180 s
-    "e2e/test_stack.py",  # 170 s
-    "data/test_label_issues.py",  # 84 s
-    "serve/test_reload.py",  # 83 s
-    "serve/test_soak.py",  # 73 s
-    "e2e/test_flow.py",  # 59 s
-    "e2e/test_distributed.py",  # 52 s
-    "e2e/test_monitor.py",  # 43 s
-    "e2e/test_flow_outputs.py",  # 34 s
+LONGEST_FIRST = (  # seconds in a run of the suite on two cores (12 min 48 s), the warm builds included where they land
+    "e2e/test_task_types.py",  # 202 s, the warm digits build first
+    "e2e/test_loop.py",  # 174 s, the warm penguins build first
+    "e2e/test_flow_failures.py",  # 175 s
+    "e2e/test_stack.py",  # 173 s
+    "e2e/test_dask.py",  # 149 s
+    "data/test_label_issues.py",  # 80 s
+    "serve/test_soak.py",  # 74 s
+    "serve/test_reload.py",  # 68 s
+    "e2e/test_flow.py",  # 66 s
+    "e2e/test_distributed.py",  # 51 s
+    "e2e/test_monitor.py",  # 39 s
+    "e2e/test_flow_outputs.py",  # 35 s
     "unit/test_register.py",  # 31 s
-    "e2e/test_deployments.py",  # 20 s
+    "e2e/test_deployments.py",  # 19 s
 )
 
 
