@@ -87,7 +87,7 @@ OK = 200
 IMAGE_SUMMARY = ("mean", "std", "min", "max")  # per image, over its pixels in raw units
 # Per picture sent as a file (deploy.images): as stored, after EXIF orientation and before the model's
 # policy resized it: width and height in pixels, channels (1 grey, 3 colour; alpha not counted), Pillow's format.
-PICTURE = ("width", "height", "channels", "format")
+PICTURE = WIDTH, HEIGHT, CHANNELS, FORMAT = ("width", "height", "channels", "format")
 MAX_ERROR_CHARS = 500
 
 

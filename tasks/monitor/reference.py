@@ -13,13 +13,14 @@ import pandas as pd
 from tasks.contracts import dataset as dataset_contract
 from tasks.contracts.encoder import TableEncoder
 from tasks.contracts.onnx import PREDICTION, PROBABILITIES
-from tasks.contracts.predlog import image_summary
+from tasks.contracts.predlog import CHANNELS, FORMAT, HEIGHT, WIDTH, image_summary
 from tasks.contracts.processed import ProcessedMeta, load_split, read_meta
 from tasks.core import paths
 from tasks.core.errors import DistilleryError
 from tasks.core.io import load_npz
 from tasks.core.provenance import hash_arrays
 from tasks.core.task import kind_of, task_of
+from tasks.data import images
 from tasks.monitor.stats import MISSING
 
 
@@ -98,6 +99,20 @@ def reference_predictions(
     return {c: int(n) for c, n in zip(meta.classes, counts)}, None, where
 
 
+def picture_reference(root: Path, numeric: dict, categorical: dict) -> None:
+    """A folder of pictures: each validated file's size, channels and format as stored (ingest read
+    them before the resize), under the names the server logs for a picture sent as a file
+    (tasks.contracts.predlog.PICTURE). In place; nothing for pixel arrays (digits, Quick Draw)."""
+    table_path = root / paths.VALIDATED / paths.TABLE
+    stored = pd.read_parquet(table_path) if table_path.exists() else pd.DataFrame()
+    if images.WIDTH not in stored:
+        return
+    numeric[WIDTH] = stored[images.WIDTH].to_numpy(dtype=np.float64)
+    numeric[HEIGHT] = stored[images.HEIGHT].to_numpy(dtype=np.float64)
+    categorical[CHANNELS] = as_categories(stored[images.SOURCE_CHANNELS].astype(str))
+    categorical[FORMAT] = as_categories(stored[images.FORMAT])
+
+
 def build_reference(root: str | Path, champion: Optional[Path] = None) -> Reference:
     """The training reference of the model in `root`'s data/processed.
 
@@ -128,6 +143,7 @@ def build_reference(root: str | Path, champion: Optional[Path] = None) -> Refere
             _check_same_data(meta.data_hash, hash_arrays(images, labels), arrays_path)
             x = images
         numeric, categorical, n_rows = image_summary(x), {}, len(x)
+        picture_reference(root, numeric, categorical)
     counts, values, source = reference_predictions(root, meta, champion)
     encoder = meta.encoder if kind_of(meta.kind).table else None
     return Reference(

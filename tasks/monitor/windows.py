@@ -15,6 +15,7 @@ import pandas as pd
 from tasks.contracts import predlog
 from tasks.contracts.encoder import TableEncoder
 from tasks.core.params import MonitorParams
+from tasks.core.task import kind_of
 from tasks.monitor.feedback import LABEL
 from tasks.monitor.reference import Reference, as_categories
 from tasks.monitor.stats import (
@@ -79,14 +80,23 @@ def feature_drift(reference: Reference, inputs: pd.DataFrame, params: MonitorPar
         inputs = read_as_trained(reference.encoder, inputs)
     features = []
     for name, ref in reference.numeric.items():
-        current = (
-            pd.to_numeric(inputs[name], errors="coerce") if name in inputs else pd.Series(np.nan, index=inputs.index)
-        )
-        features.append(numeric_drift(name, ref, current.to_numpy(dtype=np.float64), params.psi_threshold, p_value))
+        if (values := window_values(reference, inputs, name)) is not None:
+            current = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+            features.append(numeric_drift(name, ref, current, params.psi_threshold, p_value))
     for name, ref in reference.categorical.items():
-        current = inputs[name] if name in inputs else pd.Series(pd.NA, index=inputs.index, dtype="string")
-        features.append(categorical_drift(name, ref, as_categories(current), params.psi_threshold, p_value))
+        if (values := window_values(reference, inputs, name)) is not None:
+            features.append(categorical_drift(name, ref, as_categories(values), params.psi_threshold, p_value))
     return features
+
+
+def window_values(reference: Reference, inputs: pd.DataFrame, name: str) -> pd.Series | None:
+    """One feature's values in the window; a column no row carries is all missing (a renamed or dropped
+    column drifts). A picture's stored size, channels and format are compared over the pictures sent as
+    files only: one sent as pixels has none, and is no sign of drift (None: no file in the window)."""
+    if not kind_of(reference.kind).table and name in predlog.PICTURE:
+        sent = inputs[name].notna() if name in inputs else pd.Series(False, index=inputs.index)
+        return inputs.loc[sent, name] if sent.any() else None
+    return inputs[name] if name in inputs else pd.Series(pd.NA, index=inputs.index, dtype=object)
 
 
 def read_as_trained(encoder: TableEncoder, inputs: pd.DataFrame) -> pd.DataFrame:

@@ -819,3 +819,38 @@ def test_bonferroni_holds_the_false_alarm_rate_across_many_features():
     shifted = pd.DataFrame({n: rng.normal(0.5 if i < 3 else 0.0, size=300) for i, n in enumerate(names)})
     flagged = [f["feature"] for f in windows.feature_drift(reference, shifted, strict) if f["drifted"]]
     assert flagged == ["f0", "f1", "f2"]  # a real shift still stands out
+
+
+def test_pictures_sent_as_files_are_compared_with_the_folder_by_size_channels_and_format(tmp_path):
+    """A folder of pictures: the reference holds each validated file's stored size, channels and format;
+    a window of larger RGB JPEGs sent as files drifts on them, one of pictures sent as pixels does not."""
+    from tasks.data import images as folder
+
+    data = image_project(tmp_path)
+    n = len(data["labels"])
+    rng = np.random.default_rng(3)
+    stored = pd.DataFrame(
+        {
+            folder.WIDTH: rng.integers(30, 34, n),
+            folder.HEIGHT: rng.integers(30, 34, n),
+            folder.SOURCE_CHANNELS: 1,
+            folder.FORMAT: "PNG",
+        }
+    )
+    stored.to_parquet(tmp_path / "data/validated/table.parquet")
+    reference = build_reference(tmp_path)
+    assert set(predlog.PICTURE) <= set(reference.features)
+    np.testing.assert_array_equal(reference.numeric["width"], stored[folder.WIDTH])
+    assert set(reference.categorical["format"]) == {"PNG"} and set(reference.categorical["channels"]) == {"1"}
+
+    t0 = 1_800_000_000 // 3600 * 3600.0
+    as_pixels = _rows(rng, 200, t0)
+    as_files = _rows(rng, 200, t0 + 3600)
+    as_files["inputs"] = [
+        json.dumps({**json.loads(text), "width": 640, "height": 480, "channels": 3, "format": "JPEG"})
+        for text in as_files["inputs"]
+    ]
+    pixels_window, files_window = windows.analyse(pd.concat([as_pixels, as_files]), reference, MONITOR)
+    assert not set(predlog.PICTURE) & {f["feature"] for f in pixels_window["features"]}  # nothing to compare
+    assert not set(predlog.PICTURE) & set(pixels_window["drifted_features"])
+    assert set(predlog.PICTURE) <= set(files_window["drifted_features"]), files_window["drifted_features"]
