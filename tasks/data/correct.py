@@ -298,6 +298,32 @@ DECODE_ERROR = "decode_error"  # a folder of pictures: the decoder's reason per 
 EXAMPLES = 5  # files named per issue in data_quality.json
 
 
+LABEL_CONFLICT = "label conflict"  # + the classes and files: one picture filed under two classes
+
+
+def label_conflicts(table: pd.DataFrame, images: np.ndarray) -> pd.DataFrame:
+    """The rows whose picture (the same decoded pixels) is filed under more than one class: every copy,
+    since which class is right cannot be told (`row_id`, `reason` naming the classes and the files)."""
+    if table.empty:
+        return pd.DataFrame({ROW_ID: pd.Series(dtype=np.int64), "reason": pd.Series(dtype=object)})
+    flat = np.ascontiguousarray(images.reshape(len(images), -1))
+    groups = pd.DataFrame(
+        {
+            ROW_ID: table[ROW_ID].to_numpy(),
+            "pixels": [row.tobytes() for row in flat],
+            "class_name": table["class_name"].astype(str).to_numpy(),
+            "file": table["file"].astype(str).to_numpy() if "file" in table else table[ROW_ID].astype(str).to_numpy(),
+        }
+    )
+    found = groups[groups.groupby("pixels")["class_name"].transform("nunique") > 1]
+    reasons = {
+        pixels: f"{LABEL_CONFLICT}: the same picture is filed under classes {sorted(set(g['class_name']))} "
+        f"({', '.join(g['file'].head(EXAMPLES))})"
+        for pixels, g in found.groupby("pixels")
+    }
+    return pd.DataFrame({ROW_ID: found[ROW_ID].to_numpy(), "reason": [reasons[p] for p in found["pixels"]]})
+
+
 def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidateParams) -> Corrected:
     """The image path: files that could not be decoded; size, channels and value
     range; missing pixels; exact and perceptual-hash near-duplicates; class balance."""
@@ -314,8 +340,11 @@ def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidatePara
         if readable.any()
         else {"duplicate_images": 0, "near_duplicate_images": 0, "exact_mask": np.zeros(0, bool)}
     )
+    conflicts = label_conflicts(table.loc[readable], images[readable])
+    _flag(issues, conflicts[ROW_ID], conflicts["reason"])
     if params.drop_duplicates and dupes["duplicate_images"]:
-        _flag(issues, table.loc[readable].loc[dupes["exact_mask"], ROW_ID], "duplicate image")
+        copies = table.loc[readable].loc[dupes["exact_mask"], ROW_ID]
+        _flag(issues, copies[~copies.isin(conflicts[ROW_ID])], "duplicate image")  # a conflict says more
     shapes = table.groupby(["height", "width", "channels"]).size()
     report = {
         "kind": IMAGE.name,
@@ -332,11 +361,16 @@ def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidatePara
             "duplicate_rows": dupes["duplicate_images"],
             "near_duplicate_images": dupes["near_duplicate_images"],
             "near_duplicate_fraction": dupes["near_duplicate_images"] / len(table) if len(table) else 0.0,
+            "label_conflicts": {
+                "count": int(len(conflicts)),
+                "examples": conflicts["reason"].drop_duplicates().head(EXAMPLES).tolist(),
+            },
         },
         "balance": quality.class_balance(table["class_name"]),
         "corrections": {
             "duplicates_quarantined": dupes["duplicate_images"] if params.drop_duplicates else 0,
             "unreadable_quarantined": int(failed.sum()),
+            "label_conflicts_quarantined": int(len(conflicts)),
         },
     }
     if DECODE_ERROR in table:

@@ -341,6 +341,8 @@ def picture_findings(report: dict) -> str:
     unreadable = report["unreadable"]
     named = "; ".join(f"`{e['file']}`: {e['reason']}" for e in unreadable["examples"])
     text = f"; unreadable files {unreadable['count']} (quarantined{': ' + named if named else ''})"
+    if conflicts := report["uniqueness"].get("label_conflicts", {}).get("count"):
+        text += f"; label conflicts {conflicts} (one picture under two classes: every copy quarantined)"
     source = report["representation"].get("source", {})
     found = {k: source[k]["count"] for k in PICTURE_WARNINGS if source.get(k, {}).get("count")}
     if source.get("format_mix"):

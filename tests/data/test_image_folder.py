@@ -240,3 +240,31 @@ def test_a_folder_without_pictures_is_refused_plainly(tmp_path: Path) -> None:
     (tmp_path / "metadata.csv").write_text("path,label\na.png,cat\n")
     with pytest.raises(DistilleryError, match="file_name"):
         ingest(data_params(tmp_path))
+
+
+def test_a_picture_filed_under_two_classes_is_a_label_conflict_and_both_copies_are_quarantined(
+    tmp_path: Path,
+) -> None:
+    """The same file under disc/ and bar/ cannot say which class is right: both copies go to quarantine,
+    the reason naming the classes and the files; a copy within one class is a duplicate, one kept."""
+    import shutil
+
+    folder = write_folder(tmp_path / "pictures", per_class=12)
+    shutil.copy(folder / "disc" / "1.jpg", folder / "bar" / "copied-from-disc.jpg")
+    shutil.copy(folder / "bar" / "2.webp", folder / "bar" / "again.webp")
+    dataset = ingest(data_params(folder, size=16, channels=3))
+    validate = replace(load_params(REPO / "params.yaml").validate, max_quarantined_fraction=0.2)
+    result = gate(dataset, "multiclass", validate, load_suite(REPO / "expectations/images.json"))
+    assert result.outcome.success, result.outcome.failed
+    reasons = dict(zip(result.quarantined.table["file"], result.quarantined.table["reason"]))
+    conflicted = {f: r for f, r in reasons.items() if "label conflict" in r}
+    assert sorted(Path(f).name for f in conflicted) == ["1.jpg", "copied-from-disc.jpg"]
+    assert all("classes ['bar', 'disc']" in r and "copied-from-disc.jpg" in r for r in conflicted.values())
+    duplicates = [f for f, r in reasons.items() if "duplicate image" in r]
+    assert [Path(f).name for f in duplicates] == ["again.webp"]  # 2.webp is kept
+    assert len(result.valid.table) + len(result.quarantined.table) == len(dataset.table)
+    uniqueness = result.report["uniqueness"]
+    assert (
+        uniqueness["label_conflicts"]["count"] == 2 and result.report["corrections"]["label_conflicts_quarantined"] == 2
+    )
+    assert "label conflicts 2" in quality_summary(result.report)
