@@ -419,6 +419,19 @@ def write_env_file(stack: Stack, path: Path = ENV_FILE) -> None:
 
 SERVICES = ("postgres", "s3", "mlflow", "prefect")
 STARTERS = {"postgres": _start_postgres, "s3": _start_s3, "mlflow": _start_mlflow, "prefect": _start_prefect}
+# Started side by side, a wave at a time: MLflow and Prefect need PostgreSQL's databases, and nothing
+# else waits for another (MLflow reaches S3 only when an artifact moves). Stopped in the reverse order.
+WAVES = (("postgres", "s3"), ("mlflow", "prefect"))
+
+
+def _side_by_side(names: tuple[str, ...], work: Callable[[str], object]) -> dict[str, object]:
+    """`work(name)` for each name at once (threads: each waits on a process or a port), the results
+    in order; the first failure, in that order, is raised once all are done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, len(names))) as pool:
+        futures = {name: pool.submit(work, name) for name in names}
+    return {name: future.result() for name, future in futures.items()}
 
 
 def running(stack: Stack) -> dict[str, bool]:
@@ -436,13 +449,15 @@ def up(stack: Stack, repo: Path = ROOT) -> None:
     for name in SERVICES:  # check every port before starting anything
         if not state[name]:
             _check_port(stack, name)
-    for name in SERVICES:
-        if state[name]:
-            print(f"{name}: already up at {stack.urls()[name]}")
-        else:
-            STARTERS[name](stack)
+    for wave in WAVES:
+        for name in wave:
+            if state[name]:
+                print(f"{name}: already up at {stack.urls()[name]}")
+        started = tuple(name for name in wave if not state[name])
+        _side_by_side(started, lambda name: STARTERS[name](stack))
+        for name in started:
             print(f"{name}: up at {stack.urls()[name]}")
-        if name == "postgres":  # before MLflow and Prefect connect; a no-op when they exist
+        if "postgres" in wave:  # before MLflow and Prefect connect; a no-op when they exist
             _create_databases(stack)
     write_env_file(stack, repo / ENV_FILE.name)
     configure_dvc_remote(stack, repo)
@@ -455,9 +470,10 @@ def up(stack: Stack, repo: Path = ROOT) -> None:
 def down(stack: Stack) -> None:
     if running(stack)["s3"]:
         _save_s3(stack)
-    for name in reversed(SERVICES):
-        stopped = _stop_postgres(stack) if name == "postgres" else _stop(stack, name)
-        print(f"{name}: {'stopped' if stopped else 'was not running'}")
+    for wave in reversed(WAVES):
+        stopped = _side_by_side(wave, lambda name: _stop_postgres(stack) if name == "postgres" else _stop(stack, name))
+        for name, was_running in stopped.items():
+            print(f"{name}: {'stopped' if was_running else 'was not running'}")
 
 
 def status(stack: Stack) -> dict[str, bool]:

@@ -30,8 +30,9 @@ from tasks.core.provenance import hash_arrays
 from tasks.core.report import write_summary
 from tasks.core.task import IMAGE, TABLE, kind_of, task_of
 from tasks.data.encoding import fit_encoder
+from tasks.data.quality import near_duplicate_groups
 from tasks.data.sources import DIGIT_ATTRIBUTE_MATRIX, DIGIT_ATTRIBUTES
-from tasks.data.split import label_counts, resample_train, split_indices
+from tasks.data.split import keep_groups_together, label_counts, resample_train, split_indices
 
 SECTIONS = ("task", "preprocess")
 Splits = dict[str, dict[str, np.ndarray]]
@@ -57,9 +58,10 @@ def preprocess(dataset: Dataset, params: PreprocessParams, task: str) -> tuple[S
     elif task_of(task).regression:
         raise DistilleryError("task.type 'regression' needs a table with a numeric target, not images")
     row_ids = dataset.table[ROW_ID].to_numpy()
-    splits = {
-        name: {X: x[ix], Y: targets[ix], ROW_IDS: row_ids[ix]} for name, ix in split_indices(labels, params).items()
-    }
+    # Near-duplicate pictures (one dHash; colour hashed as its mean) stay on one side of the split.
+    gray = images.mean(axis=3) if images.ndim == 4 else images
+    parts, grouped = keep_groups_together(split_indices(labels, params), near_duplicate_groups(gray))
+    splits = {name: {X: x[ix], Y: targets[ix], ROW_IDS: row_ids[ix]} for name, ix in parts.items()}
     train_x = splits["train"][X]
     if not task_of(task).multilabel and params.resample != "none":
         splits["train"][X], splits["train"][Y] = resample_train(
@@ -79,6 +81,7 @@ def preprocess(dataset: Dataset, params: PreprocessParams, task: str) -> tuple[S
         counts=label_counts(splits, len(classes), task),
         pixel_max=dataset.meta.pixel_max,
         image_policy=dataset.meta.image_policy,
+        grouped_rows=grouped,
     )
     return splits, meta
 
@@ -161,7 +164,13 @@ def main() -> None:
     write_summary(
         "preprocess",
         f"Stratified split: {sizes}; {inputs}; train resampling: {meta.resample} "
-        f"(train class counts {list(meta.counts['train'])}).\n\nStandardisation fitted on train only.",
+        f"(train class counts {list(meta.counts['train'])}).\n\nStandardisation fitted on train only."
+        + (
+            f"\n\nNear-duplicate pictures kept on one side of the split: {meta.grouped_rows} row(s) moved "
+            "to the side holding most of their group (no near copy of a test picture in train)."
+            if meta.grouped_rows
+            else ""
+        ),
     )
     from tasks.core.tracking import log_stage
 

@@ -40,6 +40,7 @@ class ProcessedMeta:
     target_std: float = 1.0
     production_rows: int = 0  # labelled production rows among the validated rows (lineage)
     production_snapshot: Optional[str] = None  # the production snapshot they came from (sha256 of rows.csv)
+    grouped_rows: int = 0  # pictures: rows moved so that each near-duplicate group sits on one side of the split
 
     def __post_init__(self) -> None:
         if kind_of(self.kind).table and self.encoder is None:

@@ -350,6 +350,16 @@ def difference_hash(images: np.ndarray, size: int = 8) -> np.ndarray:
     return np.ascontiguousarray(np.packbits(bits, axis=1)).view(">u8").ravel().astype(np.uint64)
 
 
+def near_duplicate_groups(images: np.ndarray) -> np.ndarray:
+    """A group id per image: images sharing a dHash share one. A flat image (no left-to-right rise
+    anywhere: hash 0, a blank or constant picture) says nothing of its content and is a group of its own."""
+    hashes = difference_hash(images)
+    groups = pd.factorize(hashes)[0].astype(np.int64)
+    flat = hashes == 0
+    groups[flat] = len(images) + np.flatnonzero(flat)
+    return groups
+
+
 def image_duplicates(images: np.ndarray) -> dict[str, Any]:
     """Exact duplicate images (same bytes) and near-duplicates (same dHash but
     different bytes)."""

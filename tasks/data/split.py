@@ -42,6 +42,24 @@ def split_indices(labels: np.ndarray, params: PreprocessParams) -> dict[str, np.
     return {name: np.sort(np.concatenate([part, dealt[name]])) for name, part in parts.items()}
 
 
+def keep_groups_together(parts: dict[str, np.ndarray], groups: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """Each group of rows (near-duplicate pictures: one dHash) on one side of the split: a picture in
+    train with its near copy in test is leakage, a test score the model has half seen. A group split
+    across sides goes whole to the side holding most of it (train on a tie). The new parts, and how
+    many rows moved."""
+    order = ("train", "val", "test")
+    side = np.empty(len(groups), dtype=np.int64)
+    for i, name in enumerate(order):
+        side[parts[name]] = i
+    # Per group, the side with most of its rows; np.unique sorts, so the lowest index (train) wins ties.
+    keys, group_of = np.unique(groups, return_inverse=True)
+    counts = np.zeros((len(keys), len(order)), dtype=np.int64)
+    np.add.at(counts, (group_of, side), 1)
+    target = counts.argmax(axis=1)[group_of]
+    moved = int((target != side).sum())
+    return {name: np.flatnonzero(target == i) for i, name in enumerate(order)}, moved
+
+
 def _deal(rows: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """The rows of rare classes, each class's in a seeded order: train, test, val, then train again.
     Train first: a class the model never saw in training could not be learnt at all."""

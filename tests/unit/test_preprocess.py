@@ -10,7 +10,7 @@ from conftest import params_section
 from tasks.contracts.dataset import Dataset, DatasetMeta
 from tasks.contracts.processed import ProcessedMeta
 from tasks.core.provenance import hash_arrays
-from tasks.data.split import split_indices
+from tasks.data.split import keep_groups_together, split_indices
 from tasks.preprocess import preprocess
 
 PARAMS = params_section("preprocess", val_fraction=0.15, test_fraction=0.2, seed=42)
@@ -158,3 +158,33 @@ def test_each_split_keeps_the_row_ids_of_its_images():
     for split in splits.values():
         # Every pixel of an image holds its row index (mod the class offset).
         assert (split["x"][:, 0, 0, 0] % 1000 == split["row_id"]).all()
+
+
+def test_a_group_split_across_sides_moves_whole_to_the_side_holding_most_of_it():
+    parts = {"train": np.array([0, 1, 2, 5]), "val": np.array([3]), "test": np.array([4, 6])}
+    groups = np.array([0, 0, 1, 1, 2, 3, 2])  # 0 in train; 1 train + val (tie: train); 2 test twice; 3 train
+    kept, moved = keep_groups_together(parts, groups)
+    assert {k: v.tolist() for k, v in kept.items()} == {"train": [0, 1, 2, 3, 5], "val": [], "test": [4, 6]}
+    assert moved == 1
+
+
+def test_near_duplicate_pictures_stay_on_one_side_of_the_split():
+    """40 pictures have a near copy (the same picture a little darker: one dHash); the stratified
+    split alone puts some pairs across train and test, which would leak. None stays split."""
+    labels = imbalanced_labels()
+    dataset = make_dataset(labels)
+    rng = np.random.default_rng(1)
+    images = rng.uniform(0, 16, size=dataset.arrays["images"].shape).astype(np.float32)
+    originals = rng.choice(len(labels), 40, replace=False)
+    copies = rng.choice(np.setdiff1d(np.arange(len(labels)), originals), 40, replace=False)
+    images[copies] = images[originals] * 0.97  # a little darker: every left-right comparison holds
+    labels[copies] = labels[originals]
+    dataset = Dataset(table=dataset.table, arrays={"images": images, "labels": labels}, meta=dataset.meta)
+    before = split_indices(labels, PARAMS)
+    side = {int(r): name for name, rows in before.items() for r in rows}
+    assert any(side[int(a)] != side[int(b)] for a, b in zip(originals, copies))  # the leak this prevents
+    splits, meta = preprocess(dataset, PARAMS, "multiclass")
+    after = {int(r): name for name, split in splits.items() for r in split["row_id"]}
+    assert sorted(after) == list(range(len(labels)))  # every row in one split
+    assert all(after[int(a)] == after[int(b)] for a, b in zip(originals, copies))
+    assert meta.grouped_rows == sum(side[r] != after[r] for r in side) > 0
