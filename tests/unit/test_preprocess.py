@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import params_section
 
 from tasks.contracts.dataset import Dataset, DatasetMeta
+from tasks.contracts.image import ImagePolicy
 from tasks.contracts.processed import ProcessedMeta
 from tasks.core.provenance import hash_arrays
 from tasks.data.split import keep_groups_together, split_indices
@@ -168,9 +171,9 @@ def test_a_group_split_across_sides_moves_whole_to_the_side_holding_most_of_it()
     assert moved == 1
 
 
-def test_near_duplicate_pictures_stay_on_one_side_of_the_split():
-    """40 pictures have a near copy (the same picture a little darker: one dHash); the stratified
-    split alone puts some pairs across train and test, which would leak. None stays split."""
+def test_near_duplicate_pictures_of_a_folder_stay_on_one_side_of_the_split():
+    """A folder of pictures where 40 have a near copy (the same picture a little darker: one dHash):
+    the stratified split alone puts some pairs across train and test, which would leak. None stays split."""
     labels = imbalanced_labels()
     dataset = make_dataset(labels)
     rng = np.random.default_rng(1)
@@ -179,7 +182,11 @@ def test_near_duplicate_pictures_stay_on_one_side_of_the_split():
     copies = rng.choice(np.setdiff1d(np.arange(len(labels)), originals), 40, replace=False)
     images[copies] = images[originals] * 0.97  # a little darker: every left-right comparison holds
     labels[copies] = labels[originals]
-    dataset = Dataset(table=dataset.table, arrays={"images": images, "labels": labels}, meta=dataset.meta)
+    folder = dataclasses.replace(dataset.meta, image_policy=ImagePolicy(size=8, channels=1, fit="pad"))
+    arrays = {"images": images, "labels": labels}
+    _, bundled = preprocess(Dataset(table=dataset.table, arrays=arrays, meta=dataset.meta), PARAMS, "multiclass")
+    assert bundled.grouped_rows == 0  # bundled arrays (no image policy): the split as it was
+    dataset = Dataset(table=dataset.table, arrays=arrays, meta=folder)
     before = split_indices(labels, PARAMS)
     side = {int(r): name for name, rows in before.items() for r in rows}
     assert any(side[int(a)] != side[int(b)] for a, b in zip(originals, copies))  # the leak this prevents
