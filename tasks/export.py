@@ -78,6 +78,13 @@ def artifact_metadata(meta: ProcessedMeta, threshold: float) -> ArtifactMetadata
     )
 
 
+def allowed_difference(atol: float, reference: np.ndarray) -> float:
+    """export.atol, relative to the largest |value| once that is over 1: float32 sums drift in
+    proportion to what they add up. A pruned CNN on 32x32 colour pictures, logits up to about 20,
+    was 1.07e-4 off PyTorch in onnxruntime: float32 rounding, not an export fault (those are O(1))."""
+    return atol * max(1.0, float(np.abs(reference).max()))
+
+
 def export_candidate(
     name: str,
     model: Model,
@@ -106,11 +113,12 @@ def export_candidate(
     _, _, sess = check_artifact(fp32)
     output = output_names(task)[0]  # logits, or a regression's prediction
     got = run_batches(sess, val_x, output=output)
-    max_diff = float(np.abs(raw / metadata.temperature - got).max())
-    if max_diff > params.atol * max(1.0, float(np.abs(raw).max()) if task_of(task).regression else 1.0):
+    reference = raw / metadata.temperature  # what the graph must give: the logits over the temperature
+    max_diff = float(np.abs(reference - got).max())
+    if max_diff > allowed_difference(params.atol, reference):
         raise DistilleryError(
             f"{fp32}: ONNX {output} differ from PyTorch by {max_diff:.2e} on the validation set, "
-            f"above export.atol={params.atol:.0e}"
+            f"above export.atol={params.atol:.0e} (relative to the largest |value|, {np.abs(reference).max():.3g})"
         )
     reduce_range = default_reduce_range() if params.reduce_range == "auto" else params.reduce_range == "on"
     quantization = Quantization(
@@ -211,11 +219,12 @@ def export_boosted(
     set_metadata(target, metadata)
     _, _, sess = check_artifact(target)
     got = run_batches(sess, val_x, output=output)
-    max_diff = float(np.abs(raw / metadata.temperature - got).max())
-    if max_diff > params.atol * (max(1.0, float(np.abs(raw).max())) if task_of(task).regression else 1.0):
+    reference = raw / metadata.temperature  # what the graph must give: the logits over the temperature
+    max_diff = float(np.abs(reference - got).max())
+    if max_diff > allowed_difference(params.atol, reference):
         raise DistilleryError(
             f"{target}: its {output} differ from {source}'s by {max_diff:.2e} on the validation set, "
-            f"above export.atol={params.atol:.0e}"
+            f"above export.atol={params.atol:.0e} (relative to the largest |value|, {np.abs(reference).max():.3g})"
         )
     return {
         **scaling,

@@ -391,7 +391,7 @@ class BoostParams:
 @dataclass(frozen=True)
 class ExportParams:
     opset: int
-    atol: float  # max abs logit difference allowed between ONNX fp32 and PyTorch
+    atol: float  # max abs logit difference allowed between ONNX fp32 and PyTorch, relative to the largest |logit| once over 1
     calibration_samples: int  # training samples used to calibrate int8 ranges
     per_channel: bool
     temperature_scaling: bool  # fit T on the validation split and fold it into the graph

@@ -54,3 +54,15 @@ def test_calibrate_keeps_t_1_when_the_nll_optimum_raises_ece() -> None:
     result = calibrate(logits, labels, n_bins=1)
     assert result["temperature"] == 1.0
     assert result["val_ece_after"] == result["val_ece_before"]
+
+
+def test_a_validation_split_without_an_error_does_not_drive_the_temperature_to_zero() -> None:
+    """Every validation row right, with margin: the NLL falls as T -> 0 with no minimum. T stops at the
+    floor, so served probabilities keep their spread and the graph's logits stay finite-sized."""
+    from tasks.ml.calibration import TEMPERATURE_RANGE
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    logits = rng.normal(0, 1, (200, 3))
+    logits[np.arange(200), labels] += 6.0  # all right, with margin
+    assert fit_temperature(logits, labels) == pytest.approx(TEMPERATURE_RANGE[0])
