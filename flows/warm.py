@@ -242,7 +242,9 @@ def _start(conn: socket.socket, boot: dict[str, str], inherited: list) -> tuple[
             data += more
         conn.settimeout(None)
         request = json.loads(data)
-        reason = _refusal(request, fds, boot)
+        # What the imports set (torch: KMP_INIT_AT_FORK, ...), as they would have in a fresh interpreter.
+        added = {key: value for key, value in os.environ.items() if key not in boot}
+        reason = _refusal(request, fds, boot, added)
     except (OSError, ValueError) as error:
         reason = f"unreadable request: {error!r}"
     if reason:
@@ -255,8 +257,6 @@ def _start(conn: socket.socket, boot: dict[str, str], inherited: list) -> tuple[
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
-        # What the imports set (torch: KMP_INIT_AT_FORK, ...), as they would have in a fresh interpreter.
-        added = {key: value for key, value in os.environ.items() if key not in boot}
         _child(conn, request, {**added, **request["env"]}, fds, inherited)  # exits: never comes back
     for fd in fds:
         os.close(fd)
@@ -266,7 +266,7 @@ def _start(conn: socket.socket, boot: dict[str, str], inherited: list) -> tuple[
     return pidfd, pid, conn
 
 
-def _refusal(request: dict, fds: list[int], boot: dict[str, str]) -> str | None:
+def _refusal(request: dict, fds: list[int], boot: dict[str, str], added: dict[str, str]) -> str | None:
     """Why this request must run in a fresh interpreter, if it must."""
     argv = request.get("argv", [])
     if len(fds) != 3:
@@ -278,10 +278,9 @@ def _refusal(request: dict, fds: list[int], boot: dict[str, str]) -> str | None:
     if argv[1].split(".")[0] in sys.modules:
         return f"{argv[1]}: loaded here already, so not from the caller's working directory"
     cwd = request.get("cwd", "")
-    # A value this process's own imports set (torch: TORCHINDUCTOR_CACHE_DIR, its default) is what the stage's
-    # imports would set too: a caller that imported torch itself (a Dask worker) passes it on, unchanged.
-    set_here = {k: v for k, v in os.environ.items() if k not in boot}
-    env = {k: v for k, v in request.get("env", {}).items() if k not in set_here or set_here[k] != v}
+    # A value this process's own imports set (`added`; torch: TORCHINDUCTOR_CACHE_DIR, its default) is what the
+    # stage's imports would set too: a caller that imported torch itself (a Dask worker) passes it on, unchanged.
+    env = {k: v for k, v in request.get("env", {}).items() if k not in added or added[k] != v}
     if (wanted := _load_time_env(env, cwd)) != (mine := _load_time_env(boot, cwd)):
         differ = sorted(k for k in wanted.keys() | mine.keys() if wanted.get(k) != mine.get(k))
         return f"settings the libraries read when they load differ: {differ}"

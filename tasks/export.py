@@ -85,6 +85,18 @@ def allowed_difference(atol: float, reference: np.ndarray) -> float:
     return atol * max(1.0, float(np.abs(reference).max()))
 
 
+def check_graph(got: np.ndarray, reference: np.ndarray, atol: float, differ: str) -> float:
+    """The largest |difference| between the graph's answers and `reference` (what it must give: the
+    logits over the temperature), or a DistilleryError beginning with `differ` past the tolerance."""
+    max_diff = float(np.abs(reference - got).max())
+    if max_diff > allowed_difference(atol, reference):
+        raise DistilleryError(
+            f"{differ} by {max_diff:.2e} on the validation set, above export.atol={atol:.0e} "
+            f"(relative to the largest |value|, {np.abs(reference).max():.3g})"
+        )
+    return max_diff
+
+
 def export_candidate(
     name: str,
     model: Model,
@@ -113,13 +125,7 @@ def export_candidate(
     _, _, sess = check_artifact(fp32)
     output = output_names(task)[0]  # logits, or a regression's prediction
     got = run_batches(sess, val_x, output=output)
-    reference = raw / metadata.temperature  # what the graph must give: the logits over the temperature
-    max_diff = float(np.abs(reference - got).max())
-    if max_diff > allowed_difference(params.atol, reference):
-        raise DistilleryError(
-            f"{fp32}: ONNX {output} differ from PyTorch by {max_diff:.2e} on the validation set, "
-            f"above export.atol={params.atol:.0e} (relative to the largest |value|, {np.abs(reference).max():.3g})"
-        )
+    max_diff = check_graph(got, raw / metadata.temperature, params.atol, f"{fp32}: ONNX {output} differ from PyTorch")
     reduce_range = default_reduce_range() if params.reduce_range == "auto" else params.reduce_range == "on"
     quantization = Quantization(
         mode=params.quantization,
@@ -219,13 +225,9 @@ def export_boosted(
     set_metadata(target, metadata)
     _, _, sess = check_artifact(target)
     got = run_batches(sess, val_x, output=output)
-    reference = raw / metadata.temperature  # what the graph must give: the logits over the temperature
-    max_diff = float(np.abs(reference - got).max())
-    if max_diff > allowed_difference(params.atol, reference):
-        raise DistilleryError(
-            f"{target}: its {output} differ from {source}'s by {max_diff:.2e} on the validation set, "
-            f"above export.atol={params.atol:.0e} (relative to the largest |value|, {np.abs(reference).max():.3g})"
-        )
+    max_diff = check_graph(
+        got, raw / metadata.temperature, params.atol, f"{target}: its {output} differ from {source}'s"
+    )
     return {
         **scaling,
         "parameters": info.get("tree_nodes"),  # tree nodes: the size a network's parameter count stands for

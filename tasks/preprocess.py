@@ -60,11 +60,10 @@ def preprocess(dataset: Dataset, params: PreprocessParams, task: str) -> tuple[S
     row_ids = dataset.table[ROW_ID].to_numpy()
     parts, grouped = split_indices(labels, params), 0
     if dataset.meta.image_policy is not None:
-        # A folder of pictures: near duplicates (one dHash; colour hashed as its mean), the same photo
-        # resized or saved again, stay on one side of the split. Not for the bundled arrays: at 8x8 or
-        # 28x28 the hash's 8x9 grid is the drawing itself, so distinct simple drawings share one.
-        gray = images.mean(axis=3) if images.ndim == 4 else images
-        parts, grouped = keep_groups_together(parts, near_duplicate_groups(gray))
+        # A folder of pictures: near duplicates (one dHash), the same photo resized or saved again, stay
+        # on one side of the split. Not for the bundled arrays: at 8x8 or 28x28 the hash's 8x9 grid is
+        # the drawing itself, so distinct simple drawings share one.
+        parts, grouped = keep_groups_together(parts, near_duplicate_groups(images))
     splits = {name: {X: x[ix], Y: targets[ix], ROW_IDS: row_ids[ix]} for name, ix in parts.items()}
     train_x = splits["train"][X]
     if not task_of(task).multilabel and params.resample != "none":

@@ -5,6 +5,7 @@ returned in `row_issues` with its reason, and the gate quarantines it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -310,7 +311,8 @@ def label_conflicts(table: pd.DataFrame, images: np.ndarray) -> pd.DataFrame:
     groups = pd.DataFrame(
         {
             ROW_ID: table[ROW_ID].to_numpy(),
-            "pixels": [row.tobytes() for row in flat],
+            # A digest of each picture's pixels, not the pixels: 100,000 pictures stay a few MB here.
+            "pixels": [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat],
             "class_name": table["class_name"].astype(str).to_numpy(),
             "file": table["file"].astype(str).to_numpy() if "file" in table else table[ROW_ID].astype(str).to_numpy(),
         }
@@ -334,7 +336,7 @@ def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidatePara
         _flag(issues, bad[ROW_ID], UNREADABLE + " " + bad["file"].astype(str) + ": " + bad[DECODE_ERROR].astype(str))
     readable = ~failed
     # Duplicates among the pictures read (an unreadable file's zeros say nothing); colour is hashed as its mean.
-    gray = images.mean(axis=3) if images.ndim == 4 else images
+    gray = quality.grayscale(images)
     dupes = (
         quality.image_duplicates(gray[readable])
         if readable.any()

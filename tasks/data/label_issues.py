@@ -136,21 +136,31 @@ CNN = "small CNN"
 CNN_CHANNELS, CNN_HIDDEN, CNN_BATCH, CNN_LR = (16, 32), 64, 64, 3e-3
 
 
-def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
+def _out_of_fold(
+    x: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int, what: str, model: Any
+) -> np.ndarray:
+    """Out-of-fold probabilities of a scikit-learn classifier: `model(train_rows)` makes a fresh one per fold."""
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     probabilities = np.zeros((len(y), n_classes))
     splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
-    for train, held_out in progress(splits, "label errors: out-of-fold logistic regression", "fold", folds):
-        # C=0.1: a regularised, smoother fit scores noisy rows as less certain (on digits with 3%
-        # flipped, precision 0.90 and recall 0.68 against 0.56 and 0.83 at C=1; bench/bench_label_issues.py).
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
-        model.fit(x[train], y[train])
-        probabilities[np.ix_(held_out, model.classes_)] = model.predict_proba(x[held_out])
+    for train, held_out in progress(splits, f"label errors: out-of-fold {what}", "fold", folds):
+        fitted = model(len(train)).fit(x[train], y[train])
+        probabilities[np.ix_(held_out, fitted.classes_)] = fitted.predict_proba(x[held_out])
     return probabilities
+
+
+def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # C=0.1: a regularised, smoother fit scores noisy rows as less certain (on digits with 3%
+    # flipped, precision 0.90 and recall 0.68 against 0.56 and 0.83 at C=1; bench/bench_label_issues.py).
+    def model(_rows: int) -> Any:
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, C=0.1))
+
+    return _out_of_fold(x, y, n_classes, folds, seed, LOGISTIC, model)
 
 
 def boosted_out_of_fold_probabilities(
@@ -162,14 +172,11 @@ def boosted_out_of_fold_probabilities(
     L2 and early stopping on a slice of each training fold keep its probabilities from going to 0 and
     1, which confident learning would read as certainty."""
     from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.model_selection import StratifiedKFold
 
-    probabilities = np.zeros((len(y), n_classes))
-    splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)
-    for train, held_out in progress(splits, "label errors: out-of-fold gradient boosting", "fold", folds):
+    def model(rows: int) -> Any:
         # Early stopping holds out 15% of the fold, stratified: only where every class can have 2 rows there.
-        stop_early = 0.15 * len(train) >= 2 * n_classes
-        model = HistGradientBoostingClassifier(
+        stop_early = 0.15 * rows >= 2 * n_classes
+        return HistGradientBoostingClassifier(
             max_iter=200 if stop_early else 50,
             max_leaf_nodes=15,
             min_samples_leaf=20,
@@ -179,9 +186,8 @@ def boosted_out_of_fold_probabilities(
             n_iter_no_change=10,
             random_state=seed,
         )
-        model.fit(x[train], y[train])
-        probabilities[np.ix_(held_out, model.classes_)] = model.predict_proba(x[held_out])
-    return probabilities
+
+    return _out_of_fold(x, y, n_classes, folds, seed, BOOSTED, model)
 
 
 # A table's candidates, the cheaper first: the one whose out-of-fold macro-F1 is higher is used (a tie

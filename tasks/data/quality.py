@@ -350,10 +350,16 @@ def difference_hash(images: np.ndarray, size: int = 8) -> np.ndarray:
     return np.ascontiguousarray(np.packbits(bits, axis=1)).view(">u8").ravel().astype(np.uint64)
 
 
+def grayscale(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) pictures as they are; (N, H, W, C) colour as the mean of its channels."""
+    return images.mean(axis=3) if images.ndim == 4 else images
+
+
 def near_duplicate_groups(images: np.ndarray) -> np.ndarray:
-    """A group id per image: images sharing a dHash share one. A flat image (no left-to-right rise
-    anywhere: hash 0, a blank or constant picture) says nothing of its content and is a group of its own."""
-    hashes = difference_hash(images)
+    """A group id per image (grey or colour, hashed as its mean): images sharing a dHash share one. A flat
+    image (no left-to-right rise anywhere: hash 0, a blank or constant picture) says nothing of its
+    content and is a group of its own."""
+    hashes = difference_hash(grayscale(images))
     groups = pd.factorize(hashes)[0].astype(np.int64)
     flat = hashes == 0
     groups[flat] = len(images) + np.flatnonzero(flat)
@@ -435,7 +441,7 @@ def image_representation(table: pd.DataFrame, images: np.ndarray) -> dict[str, A
     values, counts = np.unique(channels, return_counts=True)
     usual = values[np.argmax(counts)]
     mismatch = channels != usual
-    gray = (images.mean(axis=3) if images.ndim == 4 else images).reshape(len(images), -1) / 255.0
+    gray = grayscale(images).reshape(len(images), -1) / 255.0
     p99, p5 = np.percentile(gray, 99, axis=1), np.percentile(gray, 5, axis=1)
     hist = np.stack([np.bincount(np.clip(row * 255, 0, 255).astype(np.int64), minlength=256) for row in gray])
     prob = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
