@@ -407,9 +407,12 @@ class RegistrySource:
         expected = mv.tags[SHA256_TAG]
         with tempfile.TemporaryDirectory(prefix="distillery-serve-") as tmp:
             try:
+                # The version's own storage location, asked of this source's registry: a
+                # models:/ URI would be resolved against MLflow's process-wide registry URI.
+                location = self.client.get_model_version_download_uri(self.registered, version)
                 folder = Path(
                     mlflow.artifacts.download_artifacts(
-                        artifact_uri=where, dst_path=tmp, tracking_uri=self.tracking_uri
+                        artifact_uri=location, dst_path=tmp, tracking_uri=self.tracking_uri
                     )
                 )
             except Exception as err:

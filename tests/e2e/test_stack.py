@@ -7,7 +7,6 @@ nothing. Stopping and starting the stack keeps it all."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import socket
 import sys
@@ -129,6 +128,25 @@ def test_a_run_restored_from_the_run_cache_registers_on_the_stack_and_is_served_
     assert described["parameters"]["sha256"] == version.tags["sha256"]
 
 
+@pytest.fixture
+def s3_clients_follow_the_environment():
+    """Credentials read from the environment are cached twice in this process: boto3's
+    default session keeps the first ones it resolved, and MLflow keeps its client per
+    endpoint. Both are dropped around a test that changes them, so the test sees its
+    own and the tests after it see theirs."""
+    import boto3
+    from mlflow.store.artifact.s3_artifact_repo import _cached_get_s3_client
+
+    def forget():
+        boto3.DEFAULT_SESSION = None
+        _cached_get_s3_client.cache_clear()
+
+    forget()
+    yield
+    forget()
+
+
+@pytest.mark.usefixtures("s3_clients_follow_the_environment")
 @pytest.mark.parametrize(
     "wrong", [{"AWS_ACCESS_KEY_ID": "nobody"}, {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}], ids=["key", "secret"]
 )
@@ -176,7 +194,7 @@ def test_dvc_push_then_a_fresh_clone_pulls_and_reruns_nothing(project, tmp_path)
     assert _champion(env).version == before.version
 
 
-def test_stopping_and_starting_the_stack_keeps_registry_artifacts_and_cache(project, tmp_path, monkeypatch):
+def test_stopping_and_starting_the_stack_keeps_registry_artifacts_and_cache(project, monkeypatch):
     root, env = project
     for key, value in _client_env(root).items():  # this process is a client too: registry and S3
         monkeypatch.setenv(key, value)
@@ -186,18 +204,11 @@ def test_stopping_and_starting_the_stack_keeps_registry_artifacts_and_cache(proj
     _stack(root, env, "up")
     after = _champion(env)
     assert after.version == before.version
-    import mlflow
+    from deploy.model import RegistrySource
 
-    # An earlier test in this process may have set MLflow's global URIs: models:/ resolves through the registry URI.
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    mlflow.set_registry_uri(env["MLFLOW_TRACKING_URI"])
-    path = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/distillery-digits/{after.version}",
-        dst_path=str(tmp_path),
-        tracking_uri=env["MLFLOW_TRACKING_URI"],
-    )
-    onnx_file = next(Path(path).rglob("*.onnx"))
-    assert hashlib.sha256(onnx_file.read_bytes()).hexdigest() == after.tags["sha256"]
+    # The server's own download path checks the file against the version's sha256 tag.
+    served = RegistrySource(f"models:/distillery-digits/{after.version}", env["MLFLOW_TRACKING_URI"]).load(threads=1)
+    assert served.sha256 == after.tags["sha256"]
     assert "in sync" in _dvc(root, env, "status", "--cloud")  # the restored S3 holds every pushed output
 
 

@@ -464,3 +464,25 @@ def test_the_registered_model_holds_no_pickle(registry, tmp_path):
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert not [p for p in files if p.suffix in (".pkl", ".pickle") or p.name == "python_model.pkl"], files
     assert "pyfunc_model.py" in [p.name for p in files]  # logged as code
+
+
+def test_the_server_reads_a_version_from_its_own_registry_not_mlflows_global_one(registry, tmp_path, monkeypatch):
+    """Two registries hold a `tiny` version 1 with different files; the process-wide
+    MLflow URIs point at the second. The server's source names the first and must
+    serve the first's file (models:/ URIs would resolve against the global one)."""
+    from deploy.model import RegistrySource
+
+    ours = onnx_file(tmp_path / "ours.onnx", seed=0)
+    assert register(ours, "student.int8", SCORES, META, "tiny", registry, True, pixels(2, 0)) == "1"
+    our_uri = mlflow.get_tracking_uri()
+
+    other_uri = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other_uri)
+    mlflow.set_tracking_uri(other_uri)
+    mlflow.set_registry_uri(other_uri)
+    other = onnx_file(tmp_path / "other.onnx", seed=1)
+    assert register(other, "student.int8", SCORES, META, "tiny", registry, True, pixels(2, 0)) == "1"
+    assert sha256_file(ours) != sha256_file(other)
+
+    loaded = RegistrySource("models:/tiny/1", our_uri).load(threads=1)
+    assert loaded.sha256 == sha256_file(ours)
