@@ -145,10 +145,11 @@ def gate_failures(
             "no signal about the target; check data.target and the columns"
         )
     boosted = baselines.get(BOOSTED_BASELINE)
-    if boosted is not None and quality < boosted.quality - params.max_quality_drop:
+    if boosted is not None and quality < params.quality_floor(boosted.quality):
         failures.append(
             f"{name} {quality:.4f} is {boosted.quality - quality:.4f} below the boosted baseline, {boosted.model} "
-            f"({boosted.quality:.4f}), more than select.max_quality_drop {params.max_quality_drop}"
+            f"({boosted.quality:.4f}), more than select.max_quality_drop {params.max_quality_drop} of it "
+            f"(at least {params.quality_floor(boosted.quality):.4f})"
         )
     if floor is not None and quality < floor:
         failures.append(f"{name} {quality:.4f} < select.min_{name} {floor} (short by {floor - quality:.4f})")

@@ -1,9 +1,9 @@
 """Stage 10, select: the accuracy-aware choice of the champion.
 
 The champion is the fastest eligible candidate whose quality (macro-F1, R^2
-for regression) is within `select.max_quality_drop` of the best candidate's
-(any model, any precision: on tables usually the boosted one) and within the
-budgets. It is copied to models/champion.onnx, with the selection record
+for regression) is within `select.max_quality_drop` (a share: 0.005 = 0.5%)
+of the best candidate's (any model, any precision: on tables usually the
+boosted one) and within the budgets. It is copied to models/champion.onnx, with the selection record
 and the compression report (Pareto front). If none qualifies, the stage fails
 with the table. Nothing here touches the registry: that is the register
 stage's, which runs every time (tasks/register.py).
@@ -66,12 +66,12 @@ def select_champion(
 ) -> tuple[str, dict[str, dict]]:
     """Return the champion's name and every candidate's summary with its verdict.
     Quality is the task's (macro-F1, R^2 for regression); `max_quality_drop`
-    bounds its loss against the best candidate."""
+    bounds its loss against the best candidate, as a share of the best's."""
     if REFERENCE.name not in candidates:
         raise DistilleryError(f"{paths.EVALUATION_REPORT}: the reference candidate '{REFERENCE}' was not evaluated")
     best = best_candidate(candidates)
     top = _quality(candidates[best])
-    floor = top - params.max_quality_drop
+    floor = params.quality_floor(top)
     boosted = _quality(candidates[BOOSTED.name]) if BOOSTED.name in candidates else None
     table: dict[str, dict] = {}
     for name, result in candidates.items():
@@ -108,8 +108,8 @@ def select_champion(
         ]
         raise DistilleryError(
             f"no candidate qualifies: none of precision {list(params.precisions)} keeps its quality "
-            f"({task_of(task).quality_label}) within select.max_quality_drop={params.max_quality_drop} of the best "
-            f"candidate, {best} ({top:.4f}), and within the size/latency budgets (select.max_size_bytes="
+            f"({task_of(task).quality_label}) within select.max_quality_drop={params.max_quality_drop} (a share, so at least "
+            f"{floor:.4f}) of the best candidate, {best} ({top:.4f}), and within the size/latency budgets (select.max_size_bytes="
             f"{params.max_size_bytes}, select.max_latency_ms={params.max_latency_ms}). Nothing was promoted.\n"
             + markdown_table(rows)
         )
@@ -167,7 +167,7 @@ def write_compression_report(
             }
         )
     front = pareto_front(table, params.speed_key)
-    floor = _quality(table[best]) - params.max_quality_drop
+    floor = params.quality_floor(_quality(table[best]))
     reports.write(
         CompressionReport(
             champion=champion,
@@ -214,8 +214,8 @@ def main() -> None:
     beside = "; ".join(f"{b.name} baseline {b.model}: {b.quality:.4f}" for b in selection.baselines.values())
     write_summary(
         "select",
-        f"Champion **{champion}** (fastest by {params.speed_key} within {params.max_quality_drop} "
-        f"{quality_name} of the best candidate, {best}: {table[best]['quality']:.4f}): {quality_name} "
+        f"Champion **{champion}** (fastest by {params.speed_key} within {params.max_quality_drop:.1%} "
+        f"of the {quality_name} of the best candidate, {best}: {table[best]['quality']:.4f}): {quality_name} "
         f"{c['quality']:.4f}{ece}, {c['size_bytes']:,} bytes, "
         f"{c[params.speed_key]:.3f} ms ({params.speed_key}, median of interleaved rounds), "
         f"{selection.speedup:.2f}x the speed of {REFERENCE} in the same runtime. Baselines on the same test split: "

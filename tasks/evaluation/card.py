@@ -285,7 +285,7 @@ def _metrics(given: CardInputs) -> list[str]:
     if s.baselines:
         lines += [
             "Beside the baselines (same test split; the gate wants the champion clearly above the trivial one "
-            "and within `select.max_quality_drop` of the best candidate):",
+            "and within `select.max_quality_drop`, a share, of the best candidate):",
             "",
             markdown_table(baseline_rows(s)),
             "",

@@ -422,7 +422,7 @@ def _candidates_section(found: Found) -> str:
             ],
             ["candidate", *keys],
         )
-        + f"<p>Quality budget: within {selection.max_quality_drop} of the best candidate, "
+        + f"<p>Quality budget: within {selection.max_quality_drop:.1%} of the best candidate, "
         f"<code>{_e(selection.best)}</code> ({selection.candidates[selection.best]['quality']:.4f}). "
         f"Pareto front: {', '.join(map(_e, front)) or 'n/a'}.</p>"
         + "<div class=plots>"

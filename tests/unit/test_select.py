@@ -81,9 +81,27 @@ def test_a_looser_drop_lets_the_fast_inaccurate_candidate_win(candidates):
 
 
 def test_a_candidate_exactly_at_the_floor_qualifies():
-    candidates = {"teacher.fp32": candidate(0.75, 1.0, 10.0), "student.int8": candidate(0.5, 0.5, 5.0)}
-    champion, table = select_champion(candidates, params(max_quality_drop=0.25))
-    assert champion == "student.int8" and table["student.int8"]["quality_drop"] == 0.25
+    candidates = {"teacher.fp32": candidate(0.75, 1.0, 10.0), "student.int8": candidate(0.375, 0.5, 5.0)}
+    champion, table = select_champion(candidates, params(max_quality_drop=0.5))  # half of 0.75, exactly
+    assert champion == "student.int8" and table["student.int8"]["quality_drop"] == 0.375
+
+
+@pytest.mark.parametrize(
+    ("best", "kept", "refused"),
+    [(0.99, 0.9851, 0.9849), (0.30, 0.2985, 0.2975), (-0.2, -0.201, -0.2011)],
+    ids=["easy", "hard table", "r2 below zero"],
+)
+def test_the_budget_is_a_share_of_the_best_quality_not_points(best, kept, refused):
+    """0.5% of the best: half a point at 0.99, 0.15 points on a hard table whose best is
+    0.30 (a fixed 1 point there would let a 3% worse champion through)."""
+    candidates = {
+        "teacher.fp32": candidate(best, 1.0, 10.0),
+        "student.int8": candidate(kept, 0.5, 5.0),
+        "pruned.int8": candidate(refused, 0.1, 1.0),
+    }
+    champion, table = select_champion(candidates, params(max_quality_drop=0.005))
+    assert champion == "student.int8"
+    assert table["pruned.int8"]["qualifies"] is False and table["student.int8"]["qualifies"] is True
 
 
 def test_no_qualifying_candidate_fails_with_the_table(candidates):
@@ -91,7 +109,10 @@ def test_no_qualifying_candidate_fails_with_the_table(candidates):
         select_champion(candidates, params(max_quality_drop=0.001))
     message = str(err.value)
     assert "Nothing was promoted" in message
-    assert "select.max_quality_drop=0.001 of the best candidate, teacher.fp32 (0.9000)" in message
+    assert (
+        "select.max_quality_drop=0.001 (a share, so at least 0.8991) of the best candidate, teacher.fp32 (0.9000)"
+        in message
+    )
     assert (
         "| candidate | quality | quality_drop | eligible | within_budget | size_bytes | latency_ms_b256_t1 |" in message
     )
@@ -164,18 +185,18 @@ def test_the_headline_compares_the_champion_with_the_reference_at_every_latency_
 def test_the_budget_is_measured_against_the_best_candidate_not_the_teacher():
     """The loans case: the teacher is the weakest model, so a budget against it let a
     pruned student at 0.277 win over a student at 0.312. Against the best (the boosted
-    model here), only candidates near 0.32 qualify."""
+    model here), only candidates within 1% of 0.32 qualify."""
     candidates = {
         "teacher.fp32": candidate(0.250, b1=1.0, b256=40.0),
         "boosted.fp32": candidate(0.320, b1=0.9, b256=30.0),
-        "student.int8": candidate(0.312, b1=0.5, b256=8.0),
-        "student_pruned.int8": candidate(0.277, b1=0.1, b256=2.0),
+        "student.int8": candidate(0.318, b1=0.5, b256=8.0),
+        "student_pruned.int8": candidate(0.312, b1=0.1, b256=2.0),  # 2.5% below: a point would have let it win
     }
     champion, table = select_champion(candidates, params(precisions=("fp32", "int8")))
     assert champion == "student.int8"
     assert table["student_pruned.int8"]["qualifies"] is False
-    assert table["student.int8"]["quality_drop"] == pytest.approx(0.008)
-    assert table["student.int8"]["vs_boosted"] == pytest.approx(-0.008)
+    assert table["student.int8"]["quality_drop"] == pytest.approx(0.002)
+    assert table["student.int8"]["vs_boosted"] == pytest.approx(-0.002)
     assert table["teacher.fp32"]["qualifies"] is False  # 0.07 below the best
 
 
