@@ -33,6 +33,7 @@ class Corrected:
     column_types: dict[str, str] = field(default_factory=dict)
     date_formats: dict[str, str] = field(default_factory=dict)  # datetime column -> the format it was read with
     reading: Reading | None = None  # the corrections of raw cells, as serving must replay them
+    picture_flags: pd.DataFrame | None = None  # a folder of pictures: quality.picture_flags of those read
 
 
 def _flag(issues: dict[int, list[str]], row_ids: pd.Series, reason: str | pd.Series) -> None:
@@ -383,5 +384,7 @@ def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidatePara
                 for f, r in zip(table.loc[failed, "file"][:EXAMPLES], table.loc[failed, DECODE_ERROR][:EXAMPLES])
             ],
         }
-        report["representation"]["source"] = quality.image_representation(table.loc[readable], images[readable])
+        flags = quality.picture_flags(table.loc[readable], images[readable])
+        report["representation"]["source"] = quality.image_representation(table.loc[readable], images[readable], flags)
+        return Corrected(table=table.copy(), report=report, row_issues=issues, picture_flags=flags)
     return Corrected(table=table.copy(), report=report, row_issues=issues)

@@ -36,7 +36,7 @@ from tasks.core.report import markdown_table
 from tasks.core.task import kind_of, task_of
 from tasks.data.correct import DUPLICATE_OF, FEATURE_TYPES, Corrected, correct_images, correct_table
 from tasks.data.label_issues import LabelIssues, find_label_issues
-from tasks.data.quality import class_balance
+from tasks.data.quality import PICTURE_WARNINGS, class_balance
 
 
 @dataclass
@@ -331,7 +331,14 @@ def failure_message(outcome: ValidationOutcome, suite_path: Path, target: str | 
     return "\n".join(lines)
 
 
-PICTURE_WARNINGS = ("odd_size", "odd_aspect_ratio", "channel_mismatch", "dark", "light", "low_information")
+def split_picture_checks(suite: dict) -> tuple[dict, list[dict]]:
+    """The suite without the expectations on the pictures as read (a column of
+    quality.PICTURE_WARNINGS: size, aspect, channels, exposure, information,
+    blur), and those: they run on quality.picture_flags, not on the table. A
+    source with no files (Quick Draw arrays) has nothing to measure them on."""
+    on_pictures = [e for e in suite["expectations"] if e.get("kwargs", {}).get("column") in PICTURE_WARNINGS]
+    rest = [e for e in suite["expectations"] if e not in on_pictures]
+    return {**suite, "expectations": rest}, on_pictures
 
 
 def picture_findings(report: dict) -> str:
@@ -425,10 +432,14 @@ def gate(
     dataset: Dataset, task: str, params: ValidateParams, suite: dict, docs_dir: Optional[Path] = None
 ) -> GateResult:
     """Measure, correct, run the suite, and split the rows into valid and quarantined."""
-    suite = with_min_class_rows(suite, params.min_class_rows)
+    suite, picture_checks = split_picture_checks(with_min_class_rows(suite, params.min_class_rows))
     corrected, typed = assess(dataset, task, params)
     parameters = suite_parameters(typed.meta, typed.table)
     outcome = run_suite(typed.table, suite, parameters, docs_dir)
+    if picture_checks and corrected.picture_flags is not None:
+        pictures = run_suite(corrected.picture_flags, {"name": "pictures as read", "expectations": picture_checks}, {})
+        outcome.results += [{**r, "measured_on": "pictures as read"} for r in pictures.results]
+        outcome.success = not outcome.failed
     reasons = merge_reasons(corrected.row_issues, outcome.reasons)
     valid, quarantined = split_quarantine(typed, reasons)
     # Label errors are looked for among the rows kept: a row already refused says nothing about the others.

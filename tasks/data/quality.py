@@ -30,6 +30,7 @@ from expectations.measures import (
 from expectations.measures import (
     near_duplicate_rows as near_duplicate_rows,
 )
+from tasks.contracts.dataset import ROW_ID
 
 # Numbers with a unit or currency ("65000 $", "12.5 kg") are parsed by the table encoder's contract, so that
 # serving reads a row's text with the very code the gate read the training rows with.
@@ -412,54 +413,103 @@ def target_distribution(values: pd.Series) -> dict[str, Any]:
 # CleanVision's issue types and default thresholds are the anchor (cleanvision/issue_managers):
 # odd_size (a side-root over 10x or under 1/10 of the median), odd_aspect_ratio (min(w/h, h/w) < 0.5),
 # dark (99th percentile of brightness < 0.37 of full scale), light (5th percentile > 0.95),
-# low_information (grayscale histogram entropy < 0.3 of its 8 bits). Warnings: counted, never quarantined.
+# low_information (grayscale histogram entropy < 0.3 of its 8 bits), blurry (below). Warnings: counted,
+# each a GX expectation with a severity (expectations/images.json), never quarantined.
 ODD_SIZE_FACTOR = 10.0
 ODD_ASPECT = 0.5
 DARK_P99, LIGHT_P5 = 0.37, 0.95
 LOW_INFORMATION = 0.3
+# CleanVision's blurry (issue_managers/image_property.py, BlurrinessProperty; defaults threshold 0.29,
+# normalizing_factor 0.01, color_threshold 0.18): the spread of the edges (PIL's FIND_EDGES kernel, clipped
+# to 0..255) scores 1 - exp(-0.01 std); a peaky grey histogram (few tones: drawings, flat backgrounds, which
+# have little edge to measure) adds its own score when that is over 0.18; under 0.29 is blurry. CleanVision
+# measures a copy at most 64 px a side; here the pictures as held (data.images.size), with the histogram
+# counted as over 64x64 pixels so the tone score means the same at any size.
+BLUR_NORMALISER, BLURRY_BELOW, FEW_TONES_ABOVE = 0.01, 0.29, 0.18
+BLUR_REFERENCE_PIXELS = 64 * 64
+PICTURE_WARNINGS = ("odd_size", "odd_aspect_ratio", "channel_mismatch", "dark", "light", "low_information", "blurry")
 REPRESENTATION_EXAMPLES = 5
+
+
+def blur_scores(gray: np.ndarray) -> np.ndarray:
+    """CleanVision's blur score (0..1, low = blurry) of each (N, H, W) grey uint8-range picture."""
+    g = gray.astype(np.float64)
+    if g.shape[1] < 3 or g.shape[2] < 3:
+        return np.ones(len(g))  # no interior pixel to take an edge at
+    centre = g[:, 1:-1, 1:-1]
+    around = sum(
+        g[:, 1 + dy : g.shape[1] - 1 + dy, 1 + dx : g.shape[2] - 1 + dx]
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+        if dy or dx
+    )
+    edges = np.clip(8 * centre - around, 0, 255).reshape(len(g), -1)
+    blur = 1 - np.exp(-BLUR_NORMALISER * edges.std(axis=1))
+    levels = np.clip(np.rint(g), 0, 255).astype(np.int64).reshape(len(g), -1)
+    hist = np.stack([np.bincount(row, minlength=256) for row in levels]) * (BLUR_REFERENCE_PIXELS / levels.shape[1])
+    tones = 1 - np.exp(-BLUR_NORMALISER * hist.std(axis=1))
+    return np.minimum(blur + np.where(tones > FEW_TONES_ABOVE, tones, 0.0), 1.0)
 
 
 def _examples(files: pd.Series, mask: np.ndarray) -> dict[str, Any]:
     return {"count": int(mask.sum()), "examples": files[mask].astype(str).head(REPRESENTATION_EXAMPLES).tolist()}
 
 
-def image_representation(table: pd.DataFrame, images: np.ndarray) -> dict[str, Any]:
-    """Size, aspect, channel, format and exposure issues of the pictures as read
-    (`table`: the source_* columns and `file` of tasks.data.images; `images`: their
-    decoded uint8 pixels, on which brightness and information are measured)."""
-    files = table["file"].reset_index(drop=True)
+def picture_flags(table: pd.DataFrame, images: np.ndarray) -> pd.DataFrame:
+    """`row_id` and one 0/1 column per warning in PICTURE_WARNINGS, a row per picture as read
+    (`table`: the source_* columns of tasks.data.images; `images`: their decoded
+    uint8 pixels, on which brightness, information and blur are measured). The
+    gate runs the suite's expectations on these columns (their mean is the
+    share of pictures with the issue)."""
     if table.empty:
-        return {"checked": 0}
+        return pd.DataFrame(
+            {ROW_ID: pd.Series(dtype=np.int64), **{n: pd.Series(dtype=np.float64) for n in PICTURE_WARNINGS}}
+        )
     width = table["source_width"].to_numpy(np.float64)
     height = table["source_height"].to_numpy(np.float64)
     side = np.sqrt(width * height)
     median = float(np.median(side))
-    odd_size = (side > median * ODD_SIZE_FACTOR) | (side < median / ODD_SIZE_FACTOR)
-    odd_aspect = np.minimum(width / height, height / width) < ODD_ASPECT
     channels = table["source_channels"].to_numpy()
     values, counts = np.unique(channels, return_counts=True)
-    usual = values[np.argmax(counts)]
-    mismatch = channels != usual
-    gray = grayscale(images).reshape(len(images), -1) / 255.0
+    grey = grayscale(images)
+    gray = grey.reshape(len(images), -1) / 255.0
     p99, p5 = np.percentile(gray, 99, axis=1), np.percentile(gray, 5, axis=1)
     hist = np.stack([np.bincount(np.clip(row * 255, 0, 255).astype(np.int64), minlength=256) for row in gray])
     prob = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
     entropy = -(np.where(prob > 0, prob * np.log2(np.where(prob > 0, prob, 1)), 0)).sum(axis=1) / 8.0
+    flags = {
+        "odd_size": (side > median * ODD_SIZE_FACTOR) | (side < median / ODD_SIZE_FACTOR),
+        "odd_aspect_ratio": np.minimum(width / height, height / width) < ODD_ASPECT,
+        "channel_mismatch": channels != values[np.argmax(counts)],
+        "dark": p99 < DARK_P99,
+        "light": p5 > LIGHT_P5,
+        "low_information": entropy < LOW_INFORMATION,
+        "blurry": blur_scores(grey) < BLURRY_BELOW,
+    }
+    return pd.DataFrame(
+        {ROW_ID: table[ROW_ID].to_numpy(), **{name: flags[name].astype(np.float64) for name in PICTURE_WARNINGS}}
+    )
+
+
+def image_representation(table: pd.DataFrame, images: np.ndarray, flags: pd.DataFrame) -> dict[str, Any]:
+    """Size, aspect, channel, format, exposure and blur issues of the pictures as
+    read: counts and a few file names per warning (`flags`: picture_flags)."""
+    files = table["file"].reset_index(drop=True)
+    if table.empty:
+        return {"checked": 0}
+    width, height = table["source_width"].to_numpy(np.float64), table["source_height"].to_numpy(np.float64)
+    values, counts = np.unique(table["source_channels"].to_numpy(), return_counts=True)
     formats = table["format"].astype(str).value_counts()
+    found = {name: _examples(files, flags[name].to_numpy() > 0) for name in PICTURE_WARNINGS}
     return {
         "checked": int(len(table)),
         "source_sizes": {
-            "median_side": median,
+            "median_side": float(np.median(np.sqrt(width * height))),
             "min": [int(width.min()), int(height.min())],
             "max": [int(width.max()), int(height.max())],
         },
-        "odd_size": _examples(files, odd_size),
-        "odd_aspect_ratio": _examples(files, odd_aspect),
-        "channel_mismatch": {**_examples(files, mismatch), "usual_channels": int(usual)},
+        **found,
+        "channel_mismatch": {**found["channel_mismatch"], "usual_channels": int(values[np.argmax(counts)])},
         "formats": {str(k): int(v) for k, v in formats.items()},
         "format_mix": len(formats) > 1,
-        "dark": _examples(files, p99 < DARK_P99),
-        "light": _examples(files, p5 > LIGHT_P5),
-        "low_information": _examples(files, entropy < LOW_INFORMATION),
     }

@@ -268,3 +268,57 @@ def test_a_picture_filed_under_two_classes_is_a_label_conflict_and_both_copies_a
         uniqueness["label_conflicts"]["count"] == 2 and result.report["corrections"]["label_conflicts_quarantined"] == 2
     )
     assert "label conflicts 2" in quality_summary(result.report)
+
+
+def faulty_pictures(rng: np.random.Generator) -> dict[str, Image.Image]:
+    """warning -> a picture that has it, CleanVision's issue types as the anchor."""
+    # square: data.images.fit pad would add black borders, and a light picture's 5th percentile is then black
+    shape = np.asarray(shape_picture("disc", rng, (36, 36)), dtype=np.float64)
+    yy, xx = np.mgrid[0:64, 0:64]
+    return {
+        "odd_size": shape_picture("disc", rng, (3, 3)),  # under a tenth of the median side
+        "odd_aspect_ratio": shape_picture("bar", rng, (120, 20)),
+        "dark": Image.fromarray((shape * 0.3).astype(np.uint8)),
+        "light": Image.fromarray((255 - shape * 0.05).astype(np.uint8)),
+        "low_information": Image.new("RGB", (40, 30), (128, 128, 128)),
+        # soft waves of grey, every tone, no edge anywhere: what a photo out of focus looks like
+        "blurry": Image.fromarray((np.sin(xx / 9) * np.cos(yy / 11) * 127 + 128).astype(np.uint8)).convert("RGB"),
+    }
+
+
+def test_each_warning_on_the_pictures_as_stored_is_a_gx_expectation_with_its_severity(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "pictures", per_class=12)
+    faults = faulty_pictures(np.random.default_rng(1))
+    for name, picture in faults.items():
+        picture.save(folder / "disc" / f"fault-{name}.png")
+    dataset = ingest(data_params(folder, size=28, channels=3))
+    validate = replace(load_params(REPO / "params.yaml").validate, max_quarantined_fraction=0.2)
+    suite = load_suite(REPO / "expectations/images.json")
+    result = gate(dataset, "multiclass", validate, suite)
+    assert result.outcome.success, result.outcome.failed  # warnings: counted, the flow goes on
+    assert len(result.quarantined.table) == 0 and len(result.valid.table) == len(dataset.table)  # none moved
+    checks = {r["column"]: r for r in result.outcome.results if r.get("measured_on") == "pictures as read"}
+    source = result.report["representation"]["source"]
+    for name in (*faults, "channel_mismatch"):
+        check = checks[name]
+        assert check["expectation"] == "expect_column_mean_to_be_between" and check["severity"] == "warning"
+        assert not check["success"], check
+        assert source[name]["count"] >= 1
+    for name in faults:
+        assert f"fault-{name}.png" in {Path(f).name for f in source[name]["examples"]}, (name, source[name])
+    # The sharp pictures (a shape on a noisy ground, any format) are not blurry: only the soft field is.
+    assert [Path(f).name for f in source["blurry"]["examples"]] == ["fault-blurry.png"]
+    formats = [r for r in result.outcome.warnings if r["column"] == "format"]
+    assert formats and formats[0]["expectation"] == "expect_column_unique_value_count_to_be_between"
+    assert "blurry" in quality_summary(result.report)
+
+    # The severity is the suite's: made critical, a blurry picture stops the flow, naming the check.
+    strict = {
+        **suite,
+        "expectations": [
+            {**e, "severity": "critical"} if e.get("kwargs", {}).get("column") == "blurry" else e
+            for e in suite["expectations"]
+        ],
+    }
+    stopped = gate(dataset, "multiclass", validate, strict).outcome
+    assert not stopped.success and [r["column"] for r in stopped.failed] == ["blurry"]
