@@ -13,6 +13,9 @@ interleaved rounds after warm-up, medians kept with p10/p90.
    and 256 and the speed-up over fp32. Weights are random with batch-norm
    statistics set, so the figures measure speed and size, not accuracy;
    static int8 is calibrated on random inputs in the 0..16 pixel range.
+   The teacher again on 3-channel 32x32 pictures (a folder of colour
+   pictures, data.images channels 3), fp32 against int8 with the first block
+   in float and in int8: whether that rule still pays on 27-term reductions.
 2. Structured pruning of the teacher architecture at 50% of channels and
    hidden units (tasks/ml/pruning.py): fp32 speed-up over the unpruned model.
 3. The pipeline's own result, when `make run` (or `dvc repro`) has made it in
@@ -55,6 +58,7 @@ THREADS = (1, 2)
 BATCHES = (1, 256)
 SHAPE = (1, 28, 28)
 PIXEL_MAX = 16.0
+RGB_SHAPE, RGB_PIXEL_MAX = (3, 32, 32), 255.0  # a folder of colour pictures, held as uint8
 OPSET = 17
 PRUNE_AMOUNT = 0.5
 AGREEMENT_TOLERANCE = 0.25
@@ -68,17 +72,17 @@ INT8_VARIANTS = {
 }
 
 
-def architecture(section) -> CNN:
-    """A CNN of the pipeline's widths for `section` (train or distill), on 28x28, with trained-like BN stats."""
+def architecture(section, shape: tuple[int, int, int] = SHAPE, pixel_max: float = PIXEL_MAX) -> CNN:
+    """A CNN of the pipeline's widths for `section` (train or distill), on `shape`, with trained-like BN stats."""
     model = CNN(
         CNNSpec(
-            input_shape=SHAPE,
+            input_shape=shape,
             channels=tuple(section.channels),
             hidden=section.hidden,
             n_classes=10,
             dropout=0.0,
-            mean=(4.9,),
-            std=(6.0,),
+            mean=(0.3 * pixel_max,) * shape[0],
+            std=(0.375 * pixel_max,) * shape[0],
             batch_norm=section.batch_norm,
         )
     )
@@ -111,12 +115,21 @@ def speedups(latencies: dict[str, dict], reference: str) -> dict[str, dict[str, 
     }
 
 
-def bench_int8(model: CNN, folder: Path, name: str, seconds: float, reduce_range: bool) -> dict:
+def bench_int8(
+    model: CNN,
+    folder: Path,
+    name: str,
+    seconds: float,
+    reduce_range: bool,
+    pixel_max: float = PIXEL_MAX,
+    variants: tuple[str, ...] = tuple(INT8_VARIANTS),
+) -> dict:
     rng = np.random.default_rng(1)
-    calibration = rng.uniform(0, PIXEL_MAX, (256, *SHAPE)).astype(np.float32)
+    shape = model.spec.input_shape
+    calibration = rng.uniform(0, pixel_max, (256, *shape)).astype(np.float32)
     files = {"fp32": folder / f"{name}.fp32.onnx"}
-    export_onnx(model, SHAPE, files["fp32"], OPSET, IMAGE_INPUT)
-    for variant, options in INT8_VARIANTS.items():
+    export_onnx(model, shape, files["fp32"], OPSET, IMAGE_INPUT)
+    for variant, options in ((v, INT8_VARIANTS[v]) for v in variants):
         files[variant] = folder / f"{name}.{variant}.onnx"
         quantize(
             files["fp32"],
@@ -126,14 +139,15 @@ def bench_int8(model: CNN, folder: Path, name: str, seconds: float, reduce_range
             input_name=IMAGE_INPUT,
             **options,
         )
-    x = rng.uniform(0, PIXEL_MAX, (512, *SHAPE)).astype(np.float32)
+    x = rng.uniform(0, pixel_max, (512, *shape)).astype(np.float32)
     probs = {v: session(f, threads=1).run([PROBABILITIES], {IMAGE_INPUT: x})[0] for v, f in files.items()}
     latencies = timed_files(files, x, seconds)
     return {
+        "input_shape": list(shape),
         "parameters": sum(p.numel() for p in model.parameters()),
         "size_bytes": {v: file_size(f) for v, f in files.items()},
-        "agreement_vs_fp32": {v: agreement(probs["fp32"], probs[v]) for v in INT8_VARIANTS},
-        "int8_kernels": {v: int8_kernels(files[v]) for v in INT8_VARIANTS},
+        "agreement_vs_fp32": {v: agreement(probs["fp32"], probs[v]) for v in variants},
+        "int8_kernels": {v: int8_kernels(files[v]) for v in variants},
         "latency_ms": latencies,
         "speedup_vs_fp32": speedups(latencies, "fp32"),
     }
@@ -223,6 +237,16 @@ def main() -> None:
         for name, model in (("teacher", teacher), ("student", student)):
             with timed(stages, f"int8_{name}"):
                 results[f"int8_{name}"] = bench_int8(model, Path(tmp), name, args.seconds, reduce_range)
+        with timed(stages, "int8_teacher_rgb32"):
+            results["int8_teacher_rgb32"] = bench_int8(
+                architecture(params.train, RGB_SHAPE, RGB_PIXEL_MAX),
+                Path(tmp),
+                "teacher_rgb32",
+                args.seconds,
+                reduce_range,
+                RGB_PIXEL_MAX,
+                ("qdq_per_channel", "qdq_per_channel_int8_first_block"),
+            )
         with timed(stages, "structured_pruning"):
             results["structured_pruning"] = bench_pruning(teacher, Path(tmp), args.seconds)
     for root in args.project or [Path(".")]:
@@ -250,7 +274,7 @@ def main() -> None:
     results["load_average_after"] = os.getloadavg()[0]
     results["seconds"] = stages
     record("compression", results)
-    for name in ("int8_teacher", "int8_student"):
+    for name in ("int8_teacher", "int8_student", "int8_teacher_rgb32"):
         r = results[name]
         print(f"\n{name}: {r['parameters']:,} parameters")
         for variant, ratios in r["speedup_vs_fp32"].items():
