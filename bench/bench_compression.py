@@ -267,7 +267,7 @@ def main() -> None:
                 f"{key}: champion vs teacher.fp32, b256 t2 >= 3": recorded["speedup"].get("latency_ms_b256_t2", 0) >= 3,
                 f"{key}: champion vs teacher.fp32, b1 t1 >= 2": recorded["speedup"].get("latency_ms_b1_t1", 0) >= 2,
                 f"{key}: champion size <= 0.1x": recorded["size_ratio"] <= 0.1,
-                f"{key}: champion drop <= 1 point": recorded["quality_drop_points"] <= 1,
+                f"{key}: champion drop <= 0.5 points": recorded["quality_drop_points"] <= 0.5,
                 f"{key}: one-process check within 25% at the speed key": results[key]["agrees_within_25pct"],
             }
         )
