@@ -292,7 +292,11 @@ def test_each_warning_on_the_pictures_as_stored_is_a_gx_expectation_with_its_sev
     for name, picture in faults.items():
         picture.save(folder / "disc" / f"fault-{name}.png")
     dataset = ingest(data_params(folder, size=28, channels=3))
-    validate = replace(load_params(REPO / "params.yaml").validate, max_quarantined_fraction=0.2)
+    validate = load_params(REPO / "params.yaml").validate
+    # One epoch of the label-error model: what it finds is not what this test is about.
+    validate = replace(
+        validate, max_quarantined_fraction=0.2, label_issues=replace(validate.label_issues, image_epochs=1)
+    )
     suite = load_suite(REPO / "expectations/images.json")
     result = gate(dataset, "multiclass", validate, suite)
     assert result.outcome.success, result.outcome.failed  # warnings: counted, the flow goes on
