@@ -376,6 +376,7 @@ def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidatePara
             "label_conflicts_quarantined": int(len(conflicts)),
         },
     }
+    flags = None
     if DECODE_ERROR in table:
         report["unreadable"] = {
             "count": int(failed.sum()),
@@ -384,7 +385,6 @@ def correct_images(table: pd.DataFrame, images: np.ndarray, params: ValidatePara
                 for f, r in zip(table.loc[failed, "file"][:EXAMPLES], table.loc[failed, DECODE_ERROR][:EXAMPLES])
             ],
         }
-        flags = quality.picture_flags(table.loc[readable], images[readable])
-        report["representation"]["source"] = quality.image_representation(table.loc[readable], images[readable], flags)
-        return Corrected(table=table.copy(), report=report, row_issues=issues, picture_flags=flags)
-    return Corrected(table=table.copy(), report=report, row_issues=issues)
+        flags = quality.picture_flags(table.loc[readable], gray[readable])  # its measures are all on grey
+        report["representation"]["source"] = quality.image_representation(table.loc[readable], flags)
+    return Corrected(table=table.copy(), report=report, row_issues=issues, picture_flags=flags)

@@ -336,8 +336,10 @@ def split_picture_checks(suite: dict) -> tuple[dict, list[dict]]:
     quality.PICTURE_WARNINGS: size, aspect, channels, exposure, information,
     blur), and those: they run on quality.picture_flags, not on the table. A
     source with no files (Quick Draw arrays) has nothing to measure them on."""
-    on_pictures = [e for e in suite["expectations"] if e.get("kwargs", {}).get("column") in PICTURE_WARNINGS]
-    rest = [e for e in suite["expectations"] if e not in on_pictures]
+    on_pictures, rest = [], []
+    for expectation in suite["expectations"]:
+        picture = expectation.get("kwargs", {}).get("column") in PICTURE_WARNINGS
+        (on_pictures if picture else rest).append(expectation)
     return {**suite, "expectations": rest}, on_pictures
 
 

@@ -431,8 +431,9 @@ PICTURE_WARNINGS = ("odd_size", "odd_aspect_ratio", "channel_mismatch", "dark", 
 REPRESENTATION_EXAMPLES = 5
 
 
-def blur_scores(gray: np.ndarray) -> np.ndarray:
-    """CleanVision's blur score (0..1, low = blurry) of each (N, H, W) grey uint8-range picture."""
+def blur_scores(gray: np.ndarray, hist: np.ndarray) -> np.ndarray:
+    """CleanVision's blur score (0..1, low = blurry) of each (N, H, W) grey uint8-range
+    picture, given its 256-bin grey histogram (N, 256)."""
     g = gray.astype(np.float64)
     if g.shape[1] < 3 or g.shape[2] < 3:
         return np.ones(len(g))  # no interior pixel to take an edge at
@@ -445,9 +446,8 @@ def blur_scores(gray: np.ndarray) -> np.ndarray:
     )
     edges = np.clip(8 * centre - around, 0, 255).reshape(len(g), -1)
     blur = 1 - np.exp(-BLUR_NORMALISER * edges.std(axis=1))
-    levels = np.clip(np.rint(g), 0, 255).astype(np.int64).reshape(len(g), -1)
-    hist = np.stack([np.bincount(row, minlength=256) for row in levels]) * (BLUR_REFERENCE_PIXELS / levels.shape[1])
-    tones = 1 - np.exp(-BLUR_NORMALISER * hist.std(axis=1))
+    scaled = hist * (BLUR_REFERENCE_PIXELS / (g.shape[1] * g.shape[2]))
+    tones = 1 - np.exp(-BLUR_NORMALISER * scaled.std(axis=1))
     return np.minimum(blur + np.where(tones > FEW_TONES_ABOVE, tones, 0.0), 1.0)
 
 
@@ -484,14 +484,14 @@ def picture_flags(table: pd.DataFrame, images: np.ndarray) -> pd.DataFrame:
         "dark": p99 < DARK_P99,
         "light": p5 > LIGHT_P5,
         "low_information": entropy < LOW_INFORMATION,
-        "blurry": blur_scores(grey) < BLURRY_BELOW,
+        "blurry": blur_scores(grey, hist) < BLURRY_BELOW,
     }
     return pd.DataFrame(
         {ROW_ID: table[ROW_ID].to_numpy(), **{name: flags[name].astype(np.float64) for name in PICTURE_WARNINGS}}
     )
 
 
-def image_representation(table: pd.DataFrame, images: np.ndarray, flags: pd.DataFrame) -> dict[str, Any]:
+def image_representation(table: pd.DataFrame, flags: pd.DataFrame) -> dict[str, Any]:
     """Size, aspect, channel, format, exposure and blur issues of the pictures as
     read: counts and a few file names per warning (`flags`: picture_flags)."""
     files = table["file"].reset_index(drop=True)
