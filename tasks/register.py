@@ -17,7 +17,7 @@ run`, `dvc repro`, `dvc exp run` and worker run asks the registry. In order:
 3. the model card (the version's MLflow description too) and the headline
    metrics are written, with the version the registry answered;
 4. last, the alias `champion` moves (`select.promote`; by default not under
-   `dvc exp run`), since production follows it.
+   `dvc exp run` once the model has a champion), since production follows it.
 
 A failed gate registers the version without the alias and fails the stage.
 """
@@ -354,8 +354,9 @@ def main() -> None:
             f"evaluation gate failed for {champion} (registered as '{name}' version {version} without the "
             f"'{CHAMPION_ALIAS}' alias; nothing promoted):\n  - " + "\n  - ".join(failures)
         )
-    moves = params.promotes() and alias_version(client, name) != version
-    holds = moves or alias_version(client, name) == version
+    current_alias = alias_version(client, name)
+    moves = params.promotes(has_champion=current_alias is not None) and current_alias != version
+    holds = moves or current_alias == version
     try:
         card = model_card(selection, reports.read(CompressionReport), version, name, promoted=holds)
         write_text(paths.MODEL_CARD, card)
@@ -387,7 +388,7 @@ def registry_sentence(
         if moves
         else f"; already `{CHAMPION_ALIAS}`."
         if holds
-        else f"; the alias `{CHAMPION_ALIAS}` did not move (`select.promote` is false, or this is `dvc exp run`)."
+        else f"; the alias `{CHAMPION_ALIAS}` did not move (`select.promote` is false, or this is `dvc exp run` and the model has a champion)."
     )
     return gate + what + alias
 

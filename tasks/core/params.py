@@ -442,13 +442,20 @@ class SelectParams:
     max_drop_vs_champion: float  # gate: quality it may lose against the current champion on this test split
     max_size_bytes: Optional[int]  # budget: largest ONNX file a champion may be (null = no limit)
     max_latency_ms: Optional[float]  # budget: slowest speed_key latency a champion may have (null = no limit)
-    promote: Optional[bool]  # move the alias when the gate passes; null: yes, except under `dvc exp run`
+    promote: Optional[
+        bool
+    ]  # move the alias when the gate passes; null: yes, except under `dvc exp run` once a champion exists
 
-    def promotes(self) -> bool:
+    def promotes(self, has_champion: bool) -> bool:
         """Whether a passing champion takes the alias: `make run`, `dvc repro` and
         the scheduled or triggered flows promote; `dvc exp run` (which sets
-        EXPERIMENT_ENV on its stages) registers only, unless promote is true."""
-        return self.promote if self.promote is not None else not os.environ.get(EXPERIMENT_ENV)
+        EXPERIMENT_ENV on its stages) registers only, unless promote is true,
+        or the model has no champion yet: a first try on new data (README's
+        `dvc exp run -S data.path=...`) has no champion to protect, and without
+        one there is nothing for `make serve` to serve."""
+        if self.promote is not None:
+            return self.promote
+        return not os.environ.get(EXPERIMENT_ENV) or not has_champion
 
     def quality_floor(self, best: float) -> float:
         """The least quality within the budget of `best`. The budget is a share of

@@ -337,16 +337,19 @@ def test_select_promote_false_registers_a_first_version_without_an_alias(project
     assert MlflowClient().get_model_version("tiny", "1").tags[SHA256_TAG] == sha256_file(paths.CHAMPION)
 
 
-def test_dvc_exp_run_registers_without_promoting_unless_asked(project, monkeypatch):
+def test_dvc_exp_run_promotes_a_first_champion_and_then_only_when_asked(project, monkeypatch):
     from tasks.core.params import EXPERIMENT_ENV
 
     monkeypatch.setenv(EXPERIMENT_ENV, "abc123")  # what DVC sets on the stages of `dvc exp run`
     write_params(promote=None)
     assert run_stages() == "1"
-    assert alias_version() is None
+    assert alias_version() == "1"  # a new dataset's first try: no champion to protect, one to serve
+    prepare_candidates(seed=1)  # another model: another file
+    assert run_stages() == "2"
+    assert alias_version() == "1"  # an experiment does not move an existing champion
     write_params(promote=True)  # `dvc exp run -S select.promote=true`
-    assert run_stages() == "1"
-    assert alias_version() == "1"
+    assert run_stages() == "2"
+    assert alias_version() == "2"
 
 
 def test_promoting_a_file_registered_earlier_reuses_its_version(project):
