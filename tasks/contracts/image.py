@@ -55,12 +55,14 @@ class Decoded:
     height: int
     mode: str  # Pillow mode as stored (L, RGB, RGBA, P, ...)
     channels: int  # 1 for grayscale modes, 3 for colour (alpha not counted)
+    orientation: int = 1  # EXIF orientation tag as stored (1 = upright; 2..8 turned or mirrored, and applied)
 
 
 class UnreadableImage(Exception):
     """The bytes are not a picture this policy can read; the message is the decoder's reason."""
 
 
+EXIF_ORIENTATION = 0x0112  # the EXIF tag exif_transpose applies
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
@@ -133,6 +135,7 @@ def decode(
                     height=int(oriented.height),
                     mode=mode,
                     channels=1 if mode in GRAY_MODES else 3,
+                    orientation=int(image.getexif().get(EXIF_ORIENTATION, 1) or 1),
                 )
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise UnreadableImage(f"decompression bomb: {err}") from err

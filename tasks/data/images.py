@@ -28,18 +28,31 @@ from tasks.contracts.image import ImagePolicy, UnreadableImage, decode
 from tasks.core.errors import DistilleryError
 from tasks.core.params import ImagesParams
 
-EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+# The extensions read, and the format (Pillow's name) each promises: a file whose bytes are
+# another format is read by its bytes, and reported (quality.picture_flags, extension_mismatch).
+FORMAT_OF_EXTENSION = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".gif": "GIF",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+EXTENSIONS = frozenset(FORMAT_OF_EXTENSION)
 SPLIT_FOLDERS = frozenset({"train", "test", "validation", "valid", "val"})
 METADATA = "metadata.csv"
 POOL_FROM = 256  # files; fewer decode faster in this process than a pool takes to start
 # The per-picture columns ingest adds to the table (the gate checks them; "" = read).
-FILE, FORMAT, WIDTH, HEIGHT, MODE, SOURCE_CHANNELS, ERROR = (
+FILE, FORMAT, WIDTH, HEIGHT, MODE, SOURCE_CHANNELS, ORIENTATION, ERROR = (
     "file",
     "format",
     "source_width",
     "source_height",
     "source_mode",
     "source_channels",
+    "source_orientation",  # EXIF orientation as stored: 1 upright, 2..8 turned or mirrored (applied); 0 unreadable
     "decode_error",
 )
 
@@ -53,7 +66,7 @@ class FolderImages:
     images: np.ndarray  # (N, *policy.shape) uint8; zeros for an unreadable file
     labels: np.ndarray  # (N,) int64
     classes: tuple[str, ...]
-    details: pd.DataFrame  # one row per file: FILE, FORMAT, WIDTH, HEIGHT, MODE, SOURCE_CHANNELS, ERROR
+    details: pd.DataFrame  # one row per file: FILE and the columns _decode_one gives
     layout: str
 
 
@@ -101,13 +114,14 @@ def _decode_one(job: tuple[str, ImagePolicy, Optional[int]]) -> tuple[Optional[n
     try:
         got = decode(path, policy, max_pixels)
     except UnreadableImage as err:
-        return None, {FORMAT: "", WIDTH: 0, HEIGHT: 0, MODE: "", SOURCE_CHANNELS: 0, ERROR: str(err)}
+        return None, {FORMAT: "", WIDTH: 0, HEIGHT: 0, MODE: "", SOURCE_CHANNELS: 0, ORIENTATION: 0, ERROR: str(err)}
     info = {
         FORMAT: got.format,
         WIDTH: got.width,
         HEIGHT: got.height,
         MODE: got.mode,
         SOURCE_CHANNELS: got.channels,
+        ORIENTATION: got.orientation,
         ERROR: "",
     }
     return got.pixels, info

@@ -8,6 +8,7 @@ of rows, so a million rows take seconds.
 from __future__ import annotations
 
 from difflib import SequenceMatcher
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from tasks.contracts.dataset import ROW_ID
 from tasks.contracts.encoder import UNIT_NUMBER as UNIT_NUMBER
 from tasks.contracts.encoder import as_boolean, as_dates, fold_synonyms
 from tasks.contracts.encoder import parse_numbers as parse_numbers
+from tasks.data.images import FORMAT_OF_EXTENSION
 
 # --------------------------------------------------------------------------- representation
 
@@ -427,7 +429,16 @@ LOW_INFORMATION = 0.3
 # counted as over 64x64 pixels so the tone score means the same at any size.
 BLUR_NORMALISER, BLURRY_BELOW, FEW_TONES_ABOVE = 0.01, 0.29, 0.18
 BLUR_REFERENCE_PIXELS = 64 * 64
-PICTURE_WARNINGS = ("odd_size", "odd_aspect_ratio", "channel_mismatch", "dark", "light", "low_information", "blurry")
+PICTURE_WARNINGS = (
+    "extension_mismatch",
+    "odd_size",
+    "odd_aspect_ratio",
+    "channel_mismatch",
+    "dark",
+    "light",
+    "low_information",
+    "blurry",
+)
 REPRESENTATION_EXAMPLES = 5
 
 
@@ -477,7 +488,9 @@ def picture_flags(table: pd.DataFrame, images: np.ndarray) -> pd.DataFrame:
     hist = np.stack([np.bincount(np.clip(row * 255, 0, 255).astype(np.int64), minlength=256) for row in gray])
     prob = hist / np.maximum(hist.sum(axis=1, keepdims=True), 1)
     entropy = -(np.where(prob > 0, prob * np.log2(np.where(prob > 0, prob, 1)), 0)).sum(axis=1) / 8.0
+    extension = table["file"].astype(str).map(lambda name: FORMAT_OF_EXTENSION.get(Path(name).suffix.lower(), ""))
     flags = {
+        "extension_mismatch": ((extension != "") & (extension != table["format"].astype(str))).to_numpy(),
         "odd_size": (side > median * ODD_SIZE_FACTOR) | (side < median / ODD_SIZE_FACTOR),
         "odd_aspect_ratio": np.minimum(width / height, height / width) < ODD_ASPECT,
         "channel_mismatch": channels != values[np.argmax(counts)],
@@ -512,4 +525,7 @@ def image_representation(table: pd.DataFrame, flags: pd.DataFrame) -> dict[str, 
         "channel_mismatch": {**found["channel_mismatch"], "usual_channels": int(values[np.argmax(counts)])},
         "formats": {str(k): int(v) for k, v in formats.items()},
         "format_mix": len(formats) > 1,
+        # Not a fault once applied (a phone's sideways photo reads upright), but counted: the picture
+        # a user opens in a viewer that ignores EXIF is not the one trained on.
+        "exif_oriented": _examples(files, table["source_orientation"].to_numpy() > 1),
     }

@@ -291,6 +291,11 @@ def test_each_warning_on_the_pictures_as_stored_is_a_gx_expectation_with_its_sev
     faults = faulty_pictures(np.random.default_rng(1))
     for name, picture in faults.items():
         picture.save(folder / "disc" / f"fault-{name}.png")
+    # JPEG bytes under a .png name: read by its bytes, reported as a warning.
+    shape_picture("disc", np.random.default_rng(2)).save(folder / "disc" / "fault-extension_mismatch.png", "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone's sideways photo: turned upright when read, and counted
+    shape_picture("bar", np.random.default_rng(3)).save(folder / "bar" / "sideways.jpg", "JPEG", exif=exif)
     dataset = ingest(data_params(folder, size=28, channels=3))
     validate = load_params(REPO / "params.yaml").validate
     # One epoch of the label-error model: what it finds is not what this test is about.
@@ -303,13 +308,16 @@ def test_each_warning_on_the_pictures_as_stored_is_a_gx_expectation_with_its_sev
     assert len(result.quarantined.table) == 0 and len(result.valid.table) == len(dataset.table)  # none moved
     checks = {r["column"]: r for r in result.outcome.results if r.get("measured_on") == "pictures as read"}
     source = result.report["representation"]["source"]
-    for name in (*faults, "channel_mismatch"):
+    for name in (*faults, "channel_mismatch", "extension_mismatch"):
         check = checks[name]
         assert check["expectation"] == "expect_column_mean_to_be_between" and check["severity"] == "warning"
         assert not check["success"], check
         assert source[name]["count"] >= 1
-    for name in faults:
+    for name in (*faults, "extension_mismatch"):
         assert f"fault-{name}.png" in {Path(f).name for f in source[name]["examples"]}, (name, source[name])
+    # Every other file's bytes are the format its extension names (.jpg, .tiff, .webp ...).
+    assert source["extension_mismatch"]["examples"] == ["disc/fault-extension_mismatch.png"]
+    assert source["exif_oriented"] == {"count": 1, "examples": ["bar/sideways.jpg"]}
     # The sharp pictures (a shape on a noisy ground, any format) are not blurry: only the soft field is.
     assert [Path(f).name for f in source["blurry"]["examples"]] == ["fault-blurry.png"]
     formats = [r for r in result.outcome.warnings if r["column"] == "format"]
@@ -326,3 +334,40 @@ def test_each_warning_on_the_pictures_as_stored_is_a_gx_expectation_with_its_sev
     }
     stopped = gate(dataset, "multiclass", validate, strict).outcome
     assert not stopped.success and [r["column"] for r in stopped.failed] == ["blurry"]
+
+
+def test_a_user_folder_with_every_fault_real_folders_have_is_reported_file_by_file(tmp_path: Path) -> None:
+    """bench/faulty_folder.py's folder (digits28 as PNG and JPEG, some coloured, some resized, two rare
+    classes), smaller: each injected fault is reported, the fatal ones quarantined with their reason,
+    and every file read is in valid or quarantine."""
+    from bench.faulty_folder import write
+
+    manifest = write(tmp_path / "pictures", seed=3, copies=1)
+    faults = manifest["faults"]
+    dataset = ingest(data_params(tmp_path / "pictures"))
+    assert len(dataset.table) == manifest["files"]
+    validate = load_params(REPO / "params.yaml").validate
+    validate = replace(validate, label_issues=replace(validate.label_issues, image_epochs=1))
+    result = gate(dataset, "multiclass", validate, load_suite(REPO / "expectations/images.json"))
+    assert result.outcome.success, result.outcome.failed  # 15 of ~1,260 lost: under the row-loss alarm
+    reasons = dict(zip(result.quarantined.table["file"], result.quarantined.table["reason"]))
+    for kind, word in (("truncated", "truncated"), ("empty", "empty file"), ("not_a_picture", "not a picture")):
+        for name in faults[kind]:
+            assert word in reasons[name].lower(), (name, reasons.get(name))
+    for name in faults["filed_under_two_classes"]:
+        assert "label conflict" in reasons[name], (name, reasons.get(name))
+    fatal = sum(len(faults[k]) for k in ("truncated", "empty", "not_a_picture", "filed_under_two_classes"))
+    assert len(reasons) == fatal  # nothing else is lost
+    assert len(result.valid.table) + len(result.quarantined.table) == manifest["files"]
+    source = result.report["representation"]["source"]
+    mislabelled = faults["jpeg_named_png"] + faults["png_named_jpg"]
+    assert source["extension_mismatch"]["count"] == len(mislabelled)
+    assert set(source["extension_mismatch"]["examples"]) <= set(mislabelled)
+    assert source["exif_oriented"]["count"] == len(faults["sideways_exif"])
+    assert source["channel_mismatch"]["count"] > 0 and source["format_mix"]  # colour among grey; PNG and JPEG
+    assert source["source_sizes"]["min"] == [20, 20] and source["source_sizes"]["max"][1] == 84  # resized
+    warned = {r["column"] for r in result.outcome.warnings}
+    assert {"extension_mismatch", "channel_mismatch", "format"} <= warned
+    # A sideways photo reads upright: taller than wide, as the digit was drawn.
+    sideways = dataset.table.set_index("file").loc[faults["sideways_exif"]]
+    assert (sideways["source_height"] > sideways["source_width"]).all()
