@@ -356,7 +356,10 @@ def picture_findings(report: dict) -> str:
     found = {k: source[k]["count"] for k in PICTURE_WARNINGS if source.get(k, {}).get("count")}
     if source.get("format_mix"):
         found["format_mix"] = len(source["formats"])
-    return text + f"; warnings on the pictures as stored {found or 'none'} (examples in data_quality.json)"
+    text += f"; warnings on the pictures as stored {found or 'none'} (examples in data_quality.json)"
+    if turned := source.get("exif_oriented", {}).get("count"):
+        text += f"; {turned} turned upright by their EXIF orientation, as serving reads them"
+    return text
 
 
 def quality_summary(report: dict) -> str:

@@ -368,6 +368,7 @@ def test_a_user_folder_with_every_fault_real_folders_have_is_reported_file_by_fi
     assert source["source_sizes"]["min"] == [20, 20] and source["source_sizes"]["max"][1] == 84  # resized
     warned = {r["column"] for r in result.outcome.warnings}
     assert {"extension_mismatch", "channel_mismatch", "format"} <= warned
+    assert f"{len(faults['sideways_exif'])} turned upright by their EXIF orientation" in quality_summary(result.report)
     # A sideways photo reads upright: taller than wide, as the digit was drawn.
     sideways = dataset.table.set_index("file").loc[faults["sideways_exif"]]
     assert (sideways["source_height"] > sideways["source_width"]).all()
