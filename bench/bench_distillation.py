@@ -3,6 +3,7 @@ several widths trained with the teacher and without it, three seeds each.
 
     python -m bench.bench_distillation [--sources digits28 doodles] [--widths 4,8:16 8,16:32]
                                        [--epochs 30] [--temperatures 1 2 4] [--alphas 0.7 1.0]
+                                       [--modes function_matching precomputed] [--augment mixup=0.2 ...]
 
 Sources: digits28 (bundled, 28x28) and doodles (tasks/doodles.py: 10 classes
 of 28x28 Quick Draw-format drawings made here, imbalanced, read through the
@@ -118,12 +119,12 @@ def bench_source(params: Any, args: argparse.Namespace) -> dict[str, Any]:
     students: dict[str, Any] = {}
     for channels, hidden in args.widths:
         name = f"{','.join(map(str, channels))}:{hidden}"
-        arms: dict[str, list[dict[str, float]]] = {"alone": [], "function_matching": [], "precomputed": []}
+        arms: dict[str, list[dict[str, float]]] = {"alone": [], **{mode: [] for mode in args.modes}}
         with timed(seconds, name):
             for seed in args.seeds:
                 sp = student_params(channels, hidden, seed)
                 arms["alone"].append(score(alone(sp)))
-                for mode in ("function_matching", "precomputed"):
+                for mode in args.modes:
                     model, _ = distill_student(
                         teacher, train, val, meta, dataclasses.replace(sp, mode=mode), augment=augment
                     )
@@ -138,15 +139,17 @@ def bench_source(params: Any, args: argparse.Namespace) -> dict[str, Any]:
         for arm, rows in arms.items():
             agree = [r["teacher_agreement"] for r in rows]
             row[arm] = {"macro_f1": {"per_seed": f1[arm], **spread(f1[arm])}, "teacher_agreement": spread(agree)}
-        for arm in ("function_matching", "precomputed"):
+        for arm in args.modes:
             gains = [100 * (d - a) for d, a in zip(f1[arm], f1["alone"])]
             row[f"{arm}_gain_points"] = {"per_seed": gains, **spread(gains)}
         students[name] = row
-        fm, pre = row["function_matching_gain_points"], row["precomputed_gain_points"]
+        gained = ", ".join(
+            f"{arm.replace('_', ' ')} {np.mean(f1[arm]):.4f} ({row[f'{arm}_gain_points']['mean']:+.2f} "
+            f"+- {row[f'{arm}_gain_points']['std']:.2f} points)"
+            for arm in args.modes
+        )
         print(
-            f"{args.source} {name}: {row['parameters']:,} parameters; alone {np.mean(f1['alone']):.4f}, "
-            f"function matching {np.mean(f1['function_matching']):.4f} ({fm['mean']:+.2f} +- {fm['std']:.2f} points), "
-            f"precomputed {np.mean(f1['precomputed']):.4f} ({pre['mean']:+.2f} +- {pre['std']:.2f}); "
+            f"{args.source} {name}: {row['parameters']:,} parameters; alone {np.mean(f1['alone']):.4f}, {gained}; "
             f"teacher {teacher_f1:.4f}",
             flush=True,
         )
@@ -188,9 +191,27 @@ def main() -> None:
     parser.add_argument("--temperatures", nargs="+", type=float, default=[1.0, 2.0, 4.0])
     parser.add_argument("--alphas", nargs="+", type=float, default=[0.7, 1.0])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--modes", nargs="+", default=["function_matching", "precomputed"], choices=("function_matching", "precomputed")
+    )
+    parser.add_argument(
+        "--augment", nargs="*", default=[], metavar="KEY=VALUE", help="params.yaml augment overrides, e.g. mixup=0.2"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params()
+    overrides = dict(pair.split("=", 1) for pair in args.augment)
+    kinds = {f.name: type(getattr(params.augment, f.name)) for f in dataclasses.fields(params.augment)}
+    unknown = sorted(set(overrides) - set(kinds))
+    if unknown:
+        parser.error(f"--augment: unknown keys {unknown}; params.yaml augment has {sorted(kinds)}")
+    params = dataclasses.replace(
+        params,
+        augment=dataclasses.replace(
+            params.augment,
+            **{k: (v.lower() == "true") if kinds[k] is bool else kinds[k](v) for k, v in overrides.items()},
+        ),
+    )
     results: dict[str, Any] = {
         "epochs": args.epochs,
         "seeds": args.seeds,
