@@ -34,21 +34,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # ones start at once, the two warm projects (tests/e2e/conftest.py) are built side by side (test_task_types
 # needs digits, test_loop penguins), and the many short files fill the end evenly. xdist's own order
 # (most tests first) started these last, one worker finishing alone.
-LONGEST_FIRST = (  # seconds in a run of the suite on two cores (12 min 48 s), the warm builds included where they land
-    "e2e/test_task_types.py",  # 202 s, the warm digits build first
-    "e2e/test_loop.py",  # 174 s, the warm penguins build first
-    "e2e/test_flow_failures.py",  # 175 s
-    "e2e/test_stack.py",  # 173 s
-    "e2e/test_dask.py",  # 149 s
-    "data/test_label_issues.py",  # 80 s
-    "serve/test_soak.py",  # 74 s
-    "serve/test_reload.py",  # 68 s
-    "e2e/test_flow.py",  # 66 s
-    "e2e/test_distributed.py",  # 51 s
-    "e2e/test_monitor.py",  # 39 s
-    "e2e/test_flow_outputs.py",  # 35 s
-    "unit/test_register.py",  # 31 s
-    "e2e/test_deployments.py",  # 19 s
+LONGEST_FIRST = (  # seconds in a run of the suite on two cores (11 min 22 s), the warm builds included where they land
+    "e2e/test_task_types.py",  # 181 s, the warm digits build first
+    "e2e/test_loop.py",  # 160 s, the warm penguins build first
+    "e2e/test_flow_failures.py",  # 165 s
+    "e2e/test_stack.py",  # 129 s
+    "e2e/test_dask.py",  # 107 s
+    "data/test_label_issues.py",  # 73 s
+    "serve/test_soak.py",  # 62 s
+    "serve/test_reload.py",  # 56 s
+    "e2e/test_flow.py",  # 61 s
+    "e2e/test_distributed.py",  # 43 s
+    "e2e/test_monitor.py",  # 34 s
+    "e2e/test_flow_outputs.py",  # 31 s
+    "unit/test_register.py",  # 36 s
+    "e2e/test_deployments.py",  # 17 s
 )
 
 
