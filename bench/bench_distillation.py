@@ -200,6 +200,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     params = load_params()
+    if bad := [pair for pair in args.augment if "=" not in pair]:
+        parser.error(f"--augment takes KEY=VALUE pairs, got {bad}")
     overrides = dict(pair.split("=", 1) for pair in args.augment)
     kinds = {f.name: type(getattr(params.augment, f.name)) for f in dataclasses.fields(params.augment)}
     unknown = sorted(set(overrides) - set(kinds))
