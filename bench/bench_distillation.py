@@ -207,13 +207,11 @@ def main() -> None:
     unknown = sorted(set(overrides) - set(kinds))
     if unknown:
         parser.error(f"--augment: unknown keys {unknown}; params.yaml augment has {sorted(kinds)}")
-    params = dataclasses.replace(
-        params,
-        augment=dataclasses.replace(
-            params.augment,
-            **{k: (v.lower() == "true") if kinds[k] is bool else kinds[k](v) for k, v in overrides.items()},
-        ),
-    )
+    try:
+        values = {k: (v.lower() == "true") if kinds[k] is bool else kinds[k](v) for k, v in overrides.items()}
+    except ValueError as err:
+        parser.error(f"--augment: {err}")
+    params = dataclasses.replace(params, augment=dataclasses.replace(params.augment, **values))
     results: dict[str, Any] = {
         "epochs": args.epochs,
         "seeds": args.seeds,
