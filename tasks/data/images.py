@@ -114,7 +114,8 @@ def _decode_one(job: tuple[str, ImagePolicy, Optional[int]]) -> tuple[Optional[n
     try:
         got = decode(path, policy, max_pixels)
     except UnreadableImage as err:
-        return None, {FORMAT: "", WIDTH: 0, HEIGHT: 0, MODE: "", SOURCE_CHANNELS: 0, ORIENTATION: 0, ERROR: str(err)}
+        # No format (null, not ""): the format-mix expectation counts the formats of the files read.
+        return None, {FORMAT: None, WIDTH: 0, HEIGHT: 0, MODE: "", SOURCE_CHANNELS: 0, ORIENTATION: 0, ERROR: str(err)}
     info = {
         FORMAT: got.format,
         WIDTH: got.width,

@@ -367,6 +367,8 @@ def test_a_user_folder_with_every_fault_real_folders_have_is_reported_file_by_fi
     assert source["channel_mismatch"]["count"] > 0 and source["format_mix"]  # colour among grey; PNG and JPEG
     assert source["source_sizes"]["min"] == [20, 20] and source["source_sizes"]["max"][1] == 84  # resized
     warned = {r["column"] for r in result.outcome.warnings}
+    (mix,) = [r for r in result.outcome.warnings if r["column"] == "format"]
+    assert mix["observed_value"] == 2  # PNG and JPEG: an unreadable file has no format to count
     assert {"extension_mismatch", "channel_mismatch", "format"} <= warned
     assert f"{len(faults['sideways_exif'])} turned upright by their EXIF orientation" in quality_summary(result.report)
     # A sideways photo reads upright: taller than wide, as the digit was drawn.
