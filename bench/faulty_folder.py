@@ -18,19 +18,21 @@ from __future__ import annotations
 import argparse
 import io
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from tasks.contracts.image import EXIF_ORIENTATION
 from tasks.core.params import Digits28Params, DigitsParams
 
 # Two rare classes (3 and 8), eight common ones: ~490 files each, ~72 for a rare one.
 KEEP = (0.85, 0.85, 0.85, 0.1, 0.85, 0.85, 0.85, 0.85, 0.1, 0.85)
+RARE = frozenset(str(digit) for digit, kept in enumerate(KEEP) if kept < 0.5)
 COPIES = 4
 # Stroke colours of the RGB pictures; each keeps a luma >= 0.5, so grayscale reads the strokes.
 COLOURS = ((255, 200, 40), (120, 255, 120), (255, 120, 255), (90, 220, 255), (255, 160, 120))
 N_TRUNCATED, N_EMPTY, N_TEXT, N_JPEG_AS_PNG, N_PNG_AS_JPG, N_SIDEWAYS = 6, 4, 3, 5, 3, 3
-EXIF_ORIENTATION = 0x0112
 ROTATED_90_CW = 6  # EXIF orientation: the stored picture must be turned 90 degrees clockwise
 
 
@@ -91,7 +93,7 @@ def write(root: Path, seed: int = 0, copies: int = COPIES) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(_encoded(image, fmt))
         written.append((name, cls))
-    common = [(name, cls) for name, cls in written if cls not in ("3", "8")]
+    common = [(name, cls) for name, cls in written if cls not in RARE]
     picks = iter(rng.permutation(len(common)))
 
     def victim() -> tuple[Path, str, str]:
@@ -135,15 +137,17 @@ def write(root: Path, seed: int = 0, copies: int = COPIES) -> dict:
         faults["sideways_exif"].append(f"{cls}/{photo.name}")
     # The same picture under a second class: a label conflict.
     path, name, cls = victim()
-    other = str((int(cls) + 1) % 10) if str((int(cls) + 1) % 10) not in ("3", "8") else str((int(cls) + 2) % 10)
+    other = next(c for c in sorted({c for _, c in common}) if c != cls)
     copy = root / other / f"copy_of_{path.name}"
     copy.write_bytes(path.read_bytes())
     faults["filed_under_two_classes"] += [name, f"{other}/{copy.name}"]
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    per_class: dict[str, int] = {}
-    for p in files:
-        per_class[p.parent.name] = per_class.get(p.parent.name, 0) + 1
-    return {"files": len(files), "per_class": dict(sorted(per_class.items())), "seed": seed, "faults": faults}
+    per_class = Counter(p.parent.name for p in root.rglob("*") if p.is_file())
+    return {
+        "files": sum(per_class.values()),
+        "per_class": dict(sorted(per_class.items())),
+        "seed": seed,
+        "faults": faults,
+    }
 
 
 def main() -> None:

@@ -442,9 +442,7 @@ class SelectParams:
     max_drop_vs_champion: float  # gate: quality it may lose against the current champion on this test split
     max_size_bytes: Optional[int]  # budget: largest ONNX file a champion may be (null = no limit)
     max_latency_ms: Optional[float]  # budget: slowest speed_key latency a champion may have (null = no limit)
-    promote: Optional[
-        bool
-    ]  # move the alias when the gate passes; null: yes, except under `dvc exp run` once a champion exists
+    promote: Optional[bool]  # move the alias when the gate passes; null: see promotes()
 
     def promotes(self, has_champion: bool) -> bool:
         """Whether a passing champion takes the alias: `make run`, `dvc repro` and
